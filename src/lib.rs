@@ -1,0 +1,18 @@
+//! ctsync: keeps the conntrack tables of paired or clustered Linux firewalls
+//! in sync. The library holds every layer; `src/main.rs` is the thin binary.
+//!
+//! Layers (see DESIGN.md): `flow` (model), `kernel` (ctnetlink), `cache`,
+//! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
+//! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
+//! `daemon` (the tokio wiring).
+
+pub mod cache;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod filter;
+pub mod flow;
+pub mod kernel;
+pub mod sync;
+pub mod transport;
+pub mod wire;
