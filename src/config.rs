@@ -1,1 +1,863 @@
-//! TODO
+//! The daemon's configuration: TOML text in, a validated [`Config`] out.
+//!
+//! Owns: the key names and their defaults, the semantic checks, and error
+//! messages that name the file, the line and the key
+//! (`ctsyncd.toml:7: key 'link[0].peer': required for transport "udp"`).
+//! Must not: open sockets, touch the kernel, or hand out a half-validated
+//! config: `Config::parse` either returns a config the daemon can run with or
+//! an error.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Where the daemon and the client look for the config without `-C`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ctsyncd/ctsyncd.toml";
+/// The control socket when `socket` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/ctsyncd/ctsyncd.sock";
+/// At most this many `[[link]]` tables.
+pub const MAX_LINKS: usize = 4;
+
+/// A config that failed to load, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{origin}: can't read config: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not TOML, or a key has the wrong type or is unknown.
+    #[error("{origin}:{line}: {key_part}{message}", key_part = key_prefix(key))]
+    Syntax {
+        origin: String,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{origin}:{line}: key '{key}': {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    match key {
+        Some(k) => format!("key '{k}': "),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// The 1-based line the error points at (0 for a read error).
+    pub fn line(&self) -> usize {
+        match self {
+            ConfigError::Read { .. } => 0,
+            ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. } => *line,
+        }
+    }
+
+    /// The dotted key the error is about, if known (`link[0].peer`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+/// The replication mode (`[sync] mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Ftfw,
+    Notrack,
+    Alarm,
+}
+
+/// How a link reaches its peers (`[[link]] transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Multicast,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    /// Unique in the cluster, never 0.
+    pub node_id: u32,
+    /// The control socket (created with mode 0600).
+    pub socket: PathBuf,
+    pub sync: SyncConfig,
+    /// 1 to [`MAX_LINKS`] links; the first is the active one at start.
+    pub links: Vec<LinkConfig>,
+    pub kernel: KernelConfig,
+    pub daemon: DaemonConfig,
+}
+
+/// `[sync]`: replication behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncConfig {
+    pub mode: SyncMode,
+    /// FTFW: messages in flight (sent, not yet acknowledged) per peer.
+    pub window: u32,
+    /// FTFW: acknowledge at least every this many messages received.
+    pub ack_every: u32,
+    /// FTFW: acknowledge at the latest this long after a message arrives.
+    pub ack_delay_ms: u64,
+    /// Send a keepalive when nothing else was sent for this long.
+    pub keepalive_ms: u64,
+    /// FTFW: resend an unacknowledged message after this long.
+    pub rto_ms: u64,
+    /// A peer heard from for this long is considered gone.
+    pub peer_timeout_ms: u64,
+    /// Ask the peers for a full resync at start.
+    pub startup_resync: bool,
+    /// Largest datagram sent, IP header included.
+    pub mtu: u32,
+    /// Delay before the kernel flush scheduled by `-t` (conntrackd's PurgeTimeout).
+    pub purge_timeout_s: u32,
+    /// ALARM: refresh every flow this often (conntrackd's RefreshTime).
+    pub alarm_refresh_s: u32,
+    /// ALARM: a peer flow not refreshed for this long expires (CacheTimeout).
+    pub alarm_timeout_s: u32,
+}
+
+/// One `[[link]]`: a sync channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LinkConfig {
+    pub transport: Transport,
+    pub interface: String,
+    /// The address this node binds.
+    pub local: IpAddr,
+    /// UDP: the other node.
+    pub peer: Option<IpAddr>,
+    /// Multicast: the group.
+    pub group: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl LinkConfig {
+    /// Where datagrams on this link are sent: the peer or the group.
+    pub fn remote(&self) -> Option<IpAddr> {
+        self.peer.or(self.group)
+    }
+}
+
+/// `[kernel]`: the ctnetlink side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelConfig {
+    /// Event socket receive buffer, bytes.
+    pub netlink_buffer: u64,
+    /// The buffer may double after an overrun up to this many bytes.
+    pub netlink_buffer_max: u64,
+    /// Keep the kernel's TCP window tracking on committed flows (off sets BE_LIBERAL).
+    pub tcp_window_tracking: bool,
+    /// Fixed timeout in seconds for committed flows; `None` = the cached
+    /// timeout minus the time since the last update (conntrackd's estimate).
+    pub commit_timeout: Option<u32>,
+}
+
+/// `[daemon]`: process matters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    pub pid_file: Option<PathBuf>,
+    /// An O_EXCL lock file, as conntrackd's LockFile.
+    pub lock: Option<PathBuf>,
+    /// error | warn | info | debug | trace
+    pub log_level: String,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            mode: SyncMode::Ftfw,
+            window: 4096,
+            ack_every: 64,
+            ack_delay_ms: 20,
+            keepalive_ms: 1000,
+            rto_ms: 200,
+            peer_timeout_ms: 5000,
+            startup_resync: true,
+            mtu: 1500,
+            purge_timeout_s: 60,
+            alarm_refresh_s: 60,
+            alarm_timeout_s: 180,
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            netlink_buffer: 8 << 20,
+            netlink_buffer_max: 64 << 20,
+            tcp_window_tracking: false,
+            commit_timeout: None,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            pid_file: None,
+            lock: None,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+// ---- raw (as written) form, with spans for error lines -------------------
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: S<i64>,
+    socket: Option<S<String>>,
+    sync: Option<RawSync>,
+    #[serde(default)]
+    link: Vec<S<RawLink>>,
+    kernel: Option<RawKernel>,
+    daemon: Option<RawDaemon>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    mode: Option<S<String>>,
+    window: Option<S<i64>>,
+    ack_every: Option<S<i64>>,
+    ack_delay_ms: Option<S<i64>>,
+    keepalive_ms: Option<S<i64>>,
+    rto_ms: Option<S<i64>>,
+    peer_timeout_ms: Option<S<i64>>,
+    startup_resync: Option<bool>,
+    mtu: Option<S<i64>>,
+    purge_timeout_s: Option<S<i64>>,
+    alarm_refresh_s: Option<S<i64>>,
+    alarm_timeout_s: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    transport: S<String>,
+    interface: S<String>,
+    local: S<String>,
+    peer: Option<S<String>>,
+    group: Option<S<String>>,
+    port: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    netlink_buffer: Option<S<i64>>,
+    netlink_buffer_max: Option<S<i64>>,
+    tcp_window_tracking: Option<bool>,
+    commit_timeout: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    pid_file: Option<S<String>>,
+    lock: Option<S<String>>,
+    log_level: Option<S<String>>,
+}
+
+/// The text being validated, for turning byte offsets into lines.
+struct Ctx<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    fn invalid<T>(
+        &self,
+        offset: usize,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line: self.line_of(offset),
+            key: key.to_string(),
+            message: message.into(),
+        })
+    }
+
+    /// An integer within `lo..=hi`, or the default when absent.
+    fn int(
+        &self,
+        v: &Option<S<i64>>,
+        key: &str,
+        lo: i64,
+        hi: i64,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let n = *s.get_ref();
+                if n < lo || n > hi {
+                    self.invalid(
+                        s.span().start,
+                        key,
+                        format!("{n} is out of range {lo}..={hi}"),
+                    )
+                } else {
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    fn addr(&self, s: &S<String>, key: &str) -> Result<IpAddr, ConfigError> {
+        s.get_ref().parse::<IpAddr>().or_else(|_| {
+            self.invalid(
+                s.span().start,
+                key,
+                format!("\"{}\" is not an IPv4 or IPv6 address", s.get_ref()),
+            )
+        })
+    }
+
+    fn path(&self, s: &S<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let p = s.get_ref();
+        if !p.starts_with('/') {
+            return self.invalid(
+                s.span().start,
+                key,
+                format!("\"{p}\" must be an absolute path"),
+            );
+        }
+        Ok(PathBuf::from(p))
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()
+        .get(..end)
+        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+        + 1
+}
+
+/// The dotted path of the table enclosing `offset` (`""`, `sync`, `link[1]`).
+fn table_at(text: &str, offset: usize) -> String {
+    let mut current = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut pos = 0usize;
+    for line in text.split_inclusive('\n') {
+        if pos > offset {
+            break;
+        }
+        let t = line.split('#').next().unwrap_or("").trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            current = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+        }
+        pos += line.len();
+    }
+    current
+}
+
+/// The key a toml error at `offset` is about, as a dotted path.
+/// No span means the error is about the root table.
+fn key_at(text: &str, span: Option<usize>, message: &str) -> Option<String> {
+    let offset = span.unwrap_or(0);
+    let table = span.map(|o| table_at(text, o)).unwrap_or_default();
+    let join = |k: &str| {
+        if table.is_empty() {
+            k.to_string()
+        } else {
+            format!("{table}.{k}")
+        }
+    };
+    // serde names the field in backticks for unknown and missing fields.
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            if let Some(name) = rest.split('`').next() {
+                return Some(join(name));
+            }
+        }
+    }
+    let start = text
+        .get(..offset.min(text.len()))?
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?;
+    let (left, _) = line.split_once('=')?;
+    let k = left.trim().trim_matches('"');
+    (!k.is_empty() && !k.starts_with('[')).then(|| join(k))
+}
+
+impl Config {
+    /// Read and validate a config file; errors name `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Validate config text; `origin` names it in errors (usually the file name).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml gives 0..0 for an error about the root table.
+            let span = e.span().filter(|s| s.end > 0).map(|s| s.start);
+            let message = e
+                .message()
+                .trim()
+                .replace('\n', "; ")
+                .replace("expected i64", "expected an integer");
+            ConfigError::Syntax {
+                origin: origin.to_string(),
+                line: line_of(text, span.unwrap_or(0)),
+                key: key_at(text, span, &message),
+                message,
+            }
+        })?;
+        let cx = Ctx { text, origin };
+        raw_to_config(&cx, raw)
+    }
+}
+
+fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let node_id = cx.int(
+        &Some(raw.node_id.clone()),
+        "node_id",
+        1,
+        i64::from(u32::MAX),
+        1,
+    )?;
+    let socket = match &raw.socket {
+        None => PathBuf::from(DEFAULT_SOCKET),
+        Some(s) => {
+            let p = cx.path(s, "socket")?;
+            // sun_path holds 108 bytes including the terminating NUL.
+            if s.get_ref().len() > 107 {
+                return cx.invalid(s.span().start, "socket", "path longer than 107 bytes");
+            }
+            p
+        }
+    };
+    let sync = sync_config(cx, raw.sync)?;
+    let links = links_config(cx, &raw.link, sync.mtu)?;
+    let kernel = kernel_config(cx, raw.kernel)?;
+    let daemon = daemon_config(cx, raw.daemon)?;
+    Ok(Config {
+        node_id: u32::try_from(node_id).unwrap_or(1),
+        socket,
+        sync,
+        links,
+        kernel,
+        daemon,
+    })
+}
+
+fn to_u32(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigError> {
+    let d = SyncConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    let mode = match &r.mode {
+        None => d.mode,
+        Some(s) => match s.get_ref().as_str() {
+            "ftfw" => SyncMode::Ftfw,
+            "notrack" => SyncMode::Notrack,
+            "alarm" => SyncMode::Alarm,
+            other => {
+                return cx.invalid(
+                    s.span().start,
+                    "sync.mode",
+                    format!("\"{other}\" is not one of \"ftfw\", \"notrack\", \"alarm\""),
+                )
+            }
+        },
+    };
+    const DAY_MS: i64 = 86_400_000;
+    let window = cx.int(&r.window, "sync.window", 1, 1 << 20, i64::from(d.window))?;
+    let ack_every = cx.int(
+        &r.ack_every,
+        "sync.ack_every",
+        1,
+        1 << 20,
+        i64::from(d.ack_every),
+    )?;
+    if ack_every > window {
+        if let Some(s) = &r.ack_every {
+            return cx.invalid(
+                s.span().start,
+                "sync.ack_every",
+                format!("{ack_every} is larger than sync.window ({window})"),
+            );
+        }
+        if let Some(s) = &r.window {
+            return cx.invalid(
+                s.span().start,
+                "sync.window",
+                format!("{window} is smaller than sync.ack_every ({ack_every})"),
+            );
+        }
+    }
+    let ack_delay_ms = cx.int(
+        &r.ack_delay_ms,
+        "sync.ack_delay_ms",
+        0,
+        60_000,
+        d.ack_delay_ms as i64,
+    )?;
+    let keepalive_ms = cx.int(
+        &r.keepalive_ms,
+        "sync.keepalive_ms",
+        10,
+        DAY_MS,
+        d.keepalive_ms as i64,
+    )?;
+    let rto_ms = cx.int(&r.rto_ms, "sync.rto_ms", 1, 600_000, d.rto_ms as i64)?;
+    let peer_timeout_ms = cx.int(
+        &r.peer_timeout_ms,
+        "sync.peer_timeout_ms",
+        1,
+        DAY_MS,
+        d.peer_timeout_ms as i64,
+    )?;
+    if peer_timeout_ms <= keepalive_ms {
+        let (span, key) = match (&r.peer_timeout_ms, &r.keepalive_ms) {
+            (Some(s), _) => (s.span().start, "sync.peer_timeout_ms"),
+            (None, Some(s)) => (s.span().start, "sync.keepalive_ms"),
+            (None, None) => (0, "sync.peer_timeout_ms"),
+        };
+        return cx.invalid(
+            span,
+            key,
+            format!("sync.peer_timeout_ms ({peer_timeout_ms}) must be larger than sync.keepalive_ms ({keepalive_ms})"),
+        );
+    }
+    let mtu = cx.int(&r.mtu, "sync.mtu", 576, 65535, i64::from(d.mtu))?;
+    let purge = cx.int(
+        &r.purge_timeout_s,
+        "sync.purge_timeout_s",
+        0,
+        86_400,
+        i64::from(d.purge_timeout_s),
+    )?;
+    let refresh = cx.int(
+        &r.alarm_refresh_s,
+        "sync.alarm_refresh_s",
+        1,
+        86_400,
+        i64::from(d.alarm_refresh_s),
+    )?;
+    let expire = cx.int(
+        &r.alarm_timeout_s,
+        "sync.alarm_timeout_s",
+        1,
+        86_400 * 7,
+        i64::from(d.alarm_timeout_s),
+    )?;
+    if expire <= refresh {
+        let span = r
+            .alarm_timeout_s
+            .as_ref()
+            .or(r.alarm_refresh_s.as_ref())
+            .map_or(0, |s| s.span().start);
+        return cx.invalid(
+            span,
+            "sync.alarm_timeout_s",
+            format!("sync.alarm_timeout_s ({expire}) must be larger than sync.alarm_refresh_s ({refresh})"),
+        );
+    }
+    Ok(SyncConfig {
+        mode,
+        window: to_u32(window),
+        ack_every: to_u32(ack_every),
+        ack_delay_ms: to_u64(ack_delay_ms),
+        keepalive_ms: to_u64(keepalive_ms),
+        rto_ms: to_u64(rto_ms),
+        peer_timeout_ms: to_u64(peer_timeout_ms),
+        startup_resync: r.startup_resync.unwrap_or(d.startup_resync),
+        mtu: to_u32(mtu),
+        purge_timeout_s: to_u32(purge),
+        alarm_refresh_s: to_u32(refresh),
+        alarm_timeout_s: to_u32(expire),
+    })
+}
+
+fn links_config(
+    cx: &Ctx<'_>,
+    raw: &[S<RawLink>],
+    mtu: u32,
+) -> Result<Vec<LinkConfig>, ConfigError> {
+    if raw.is_empty() {
+        return cx.invalid(cx.text.len(), "link", "at least one [[link]] is required");
+    }
+    if raw.len() > MAX_LINKS {
+        let span = raw.get(MAX_LINKS).map_or(0, |l| l.span().start);
+        return cx.invalid(
+            span,
+            "link",
+            format!(
+                "at most {MAX_LINKS} [[link]] tables are supported, found {}",
+                raw.len()
+            ),
+        );
+    }
+    let mut out: Vec<LinkConfig> = Vec::with_capacity(raw.len());
+    for (i, sl) in raw.iter().enumerate() {
+        let l = sl.get_ref();
+        let k = |name: &str| format!("link[{i}].{name}");
+        let transport = match l.transport.get_ref().as_str() {
+            "udp" => Transport::Udp,
+            "multicast" => Transport::Multicast,
+            other => {
+                return cx.invalid(
+                    l.transport.span().start,
+                    &k("transport"),
+                    format!("\"{other}\" is not one of \"udp\", \"multicast\""),
+                )
+            }
+        };
+        let ifname = l.interface.get_ref();
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\t']) {
+            return cx.invalid(
+                l.interface.span().start,
+                &k("interface"),
+                format!("\"{ifname}\" is not a valid interface name (1 to 15 characters)"),
+            );
+        }
+        let local = cx.addr(&l.local, &k("local"))?;
+        if local.is_multicast() {
+            return cx.invalid(
+                l.local.span().start,
+                &k("local"),
+                format!("{local} is a multicast address; use a unicast address of this node"),
+            );
+        }
+        let port = cx.int(&Some(l.port.clone()), &k("port"), 1, 65535, 0)?;
+        let ts = l.transport.span().start;
+        let (peer, group) = match transport {
+            Transport::Udp => {
+                if let Some(g) = &l.group {
+                    return cx.invalid(
+                        g.span().start,
+                        &k("group"),
+                        "not allowed for transport \"udp\" (use peer)",
+                    );
+                }
+                let Some(p) = &l.peer else {
+                    return cx.invalid(ts, &k("peer"), "required for transport \"udp\"");
+                };
+                let peer = cx.addr(p, &k("peer"))?;
+                if peer.is_multicast() || peer.is_unspecified() {
+                    return cx.invalid(
+                        p.span().start,
+                        &k("peer"),
+                        format!("{peer} is not a unicast address"),
+                    );
+                }
+                if peer.is_ipv4() != local.is_ipv4() {
+                    return cx.invalid(
+                        p.span().start,
+                        &k("peer"),
+                        format!("{peer} is not of the same address family as local ({local})"),
+                    );
+                }
+                (Some(peer), None)
+            }
+            Transport::Multicast => {
+                if let Some(p) = &l.peer {
+                    return cx.invalid(
+                        p.span().start,
+                        &k("peer"),
+                        "not allowed for transport \"multicast\" (use group)",
+                    );
+                }
+                let Some(g) = &l.group else {
+                    return cx.invalid(ts, &k("group"), "required for transport \"multicast\"");
+                };
+                let group = cx.addr(g, &k("group"))?;
+                if !group.is_multicast() {
+                    return cx.invalid(
+                        g.span().start,
+                        &k("group"),
+                        format!("{group} is not a multicast address"),
+                    );
+                }
+                if group.is_ipv4() != local.is_ipv4() {
+                    return cx.invalid(
+                        g.span().start,
+                        &k("group"),
+                        format!("{group} is not of the same address family as local ({local})"),
+                    );
+                }
+                (None, Some(group))
+            }
+        };
+        if local.is_ipv6() && mtu < 1280 {
+            return cx.invalid(
+                l.local.span().start,
+                &k("local"),
+                format!("IPv6 links need sync.mtu >= 1280 (it is {mtu})"),
+            );
+        }
+        let link = LinkConfig {
+            transport,
+            interface: ifname.clone(),
+            local,
+            peer,
+            group,
+            port: u16::try_from(port).unwrap_or(0),
+        };
+        if out
+            .iter()
+            .any(|o| o.local == link.local && o.port == link.port && o.interface == link.interface)
+        {
+            return cx.invalid(
+                sl.span().start,
+                &format!("link[{i}]"),
+                "duplicates an earlier link (same interface, local and port)",
+            );
+        }
+        out.push(link);
+    }
+    Ok(out)
+}
+
+fn kernel_config(cx: &Ctx<'_>, raw: Option<RawKernel>) -> Result<KernelConfig, ConfigError> {
+    let d = KernelConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    const MAX: i64 = 1 << 31;
+    let buf = cx.int(
+        &r.netlink_buffer,
+        "kernel.netlink_buffer",
+        65_536,
+        MAX,
+        d.netlink_buffer as i64,
+    )?;
+    let max = cx.int(
+        &r.netlink_buffer_max,
+        "kernel.netlink_buffer_max",
+        65_536,
+        MAX,
+        d.netlink_buffer_max as i64,
+    )?;
+    if max < buf {
+        let span = r
+            .netlink_buffer_max
+            .as_ref()
+            .or(r.netlink_buffer.as_ref())
+            .map_or(0, |s| s.span().start);
+        return cx.invalid(
+            span,
+            "kernel.netlink_buffer_max",
+            format!(
+                "kernel.netlink_buffer_max ({max}) is smaller than kernel.netlink_buffer ({buf})"
+            ),
+        );
+    }
+    let commit_timeout = match &r.commit_timeout {
+        None => None,
+        Some(_) => Some(to_u32(cx.int(
+            &r.commit_timeout,
+            "kernel.commit_timeout",
+            1,
+            i64::from(u32::MAX),
+            0,
+        )?)),
+    };
+    Ok(KernelConfig {
+        netlink_buffer: to_u64(buf),
+        netlink_buffer_max: to_u64(max),
+        tcp_window_tracking: r.tcp_window_tracking.unwrap_or(d.tcp_window_tracking),
+        commit_timeout,
+    })
+}
+
+fn daemon_config(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, ConfigError> {
+    let d = DaemonConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    let pid_file = r
+        .pid_file
+        .as_ref()
+        .map(|s| cx.path(s, "daemon.pid_file"))
+        .transpose()?;
+    let lock = r
+        .lock
+        .as_ref()
+        .map(|s| cx.path(s, "daemon.lock"))
+        .transpose()?;
+    let log_level = match &r.log_level {
+        None => d.log_level,
+        Some(s) => {
+            let v = s.get_ref();
+            if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                return cx.invalid(
+                    s.span().start,
+                    "daemon.log_level",
+                    format!(
+                        "\"{v}\" is not one of \"error\", \"warn\", \"info\", \"debug\", \"trace\""
+                    ),
+                );
+            }
+            v.clone()
+        }
+    };
+    Ok(DaemonConfig {
+        pid_file,
+        lock,
+        log_level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_counts_newlines() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+
+    #[test]
+    fn table_at_indexes_array_tables() {
+        let t = "x = 1\n[[link]]\na = 1\n[[link]]\nb = 2\n[sync]\nc = 3\n";
+        assert_eq!(table_at(t, 0), "");
+        assert_eq!(table_at(t, t.find("a =").unwrap()), "link[0]");
+        assert_eq!(table_at(t, t.find("b =").unwrap()), "link[1]");
+        assert_eq!(table_at(t, t.find("c =").unwrap()), "sync");
+    }
+}

@@ -1,1 +1,862 @@
-//! TODO
+//! The tokio wiring of `ctsyncd`: one task owns the sync core (and through it
+//! the caches) and selects over its inputs; kernel I/O runs on two plain
+//! threads (the event reader and the kernel worker) that talk to it by
+//! message; socket readers and the control server are tasks.
+//!
+//! Owns: start-up order (event socket, table dump, READY), routing of events,
+//! datagrams, control requests and timers to the sync core, and the
+//! translation of control requests into kernel jobs. Must not: encode
+//! netlink or sync-protocol bytes, or hold flows anywhere but in the core.
+
+use crate::cache::{CacheEntry, FlowCache};
+use crate::config::{Config, SyncMode, Transport};
+use crate::control::render::{CacheBlock, LinkBlock, PeerBlock, StatsSnapshot};
+use crate::control::{self, CacheSel, Envelope, Reply, Request, StatsSection};
+use crate::filter::Filter;
+use crate::flow::{Flow, FlowKey};
+use crate::kernel::dump::dump_table;
+use crate::kernel::events::EventSocket;
+use crate::kernel::write::{CreateOptions, WriteReport, Writer};
+use crate::kernel::{EventKind, KernelError, KernelEvent};
+use crate::sync::{Mode, Node, SyncConfig};
+use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the keys of a finished commit are remembered as our own writes.
+const OWN_WRITES_MEMORY: Duration = Duration::from_secs(10);
+/// Time the control server gets to deliver the reply to `-k`.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+/// How long after a netlink overrun the kernel table is re-read.
+const OVERRUN_RESYNC_DELAY: Duration = Duration::from_millis(200);
+/// conntrackd's floor for a commit timeout whose estimate ran out.
+const COMMIT_TIMEOUT_FLOOR: u32 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("sync: {0}")]
+    Sync(String),
+}
+
+/// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
+pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> {
+    init_logging(&config.daemon.log_level);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime
+        .block_on(run(config, config_path))
+        .map_err(|e| e.to_string())
+}
+
+/// Log to stderr (journald picks it up under systemd); `RUST_LOG` overrides
+/// the configured level.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// What the kernel event thread reports.
+enum KernelFeed {
+    Events(Vec<KernelEvent>),
+    Overrun { buffer_size: usize },
+    Failed(String),
+}
+
+/// Work for the kernel worker thread, which owns the writer socket.
+enum Job {
+    Commit(Vec<Flow>, CreateOptions, Option<oneshot::Sender<Reply>>),
+    FlushKernel(Filter, Option<oneshot::Sender<Reply>>),
+    Dump(DumpPurpose),
+}
+
+/// Why the table is being dumped, and who waits for it.
+enum DumpPurpose {
+    /// `-R`: repopulate the internal cache, send nothing.
+    Resync(oneshot::Sender<Reply>),
+    /// A netlink overrun: reconcile and send the differences.
+    Overrun,
+}
+
+/// What the kernel worker hands back.
+enum Done {
+    Commit(
+        Result<WriteReport, String>,
+        Instant,
+        Option<oneshot::Sender<Reply>>,
+    ),
+    FlushKernel(Result<WriteReport, String>, Option<oneshot::Sender<Reply>>),
+    Dump(Result<Vec<Flow>, String>, DumpPurpose),
+}
+
+/// Counters kept by the daemon itself (the core keeps the rest).
+#[derive(Default)]
+struct DaemonCounters {
+    kernel_overruns: u64,
+    kernel_buffer_size: u64,
+    kernel_failures: u64,
+    commit_ok: u64,
+    commit_failed: u64,
+    foreign_source: u64,
+    send_errors: u64,
+}
+
+struct Daemon {
+    config: Config,
+    node: Node,
+    filter: Filter,
+    links: Vec<Link>,
+    own_portids: HashSet<u32>,
+    jobs: std::sync::mpsc::Sender<(Job, mpsc::Sender<Done>)>,
+    done_tx: mpsc::Sender<Done>,
+    started: Instant,
+    commit_running: bool,
+    /// Events seen while a dump is in flight, replayed after it lands.
+    replay: Option<Vec<KernelEvent>>,
+    overrun_resync_at: Option<Instant>,
+    scheduled_flush_at: Option<Instant>,
+    /// Flows our own commit wrote: if an overrun hides their events, the
+    /// re-read of the table must not mistake them for new local flows.
+    own_writes: HashSet<FlowKey>,
+    own_writes_expire_at: Option<Instant>,
+    counters: DaemonCounters,
+    stop: bool,
+}
+
+async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let epoch = new_epoch();
+    let specs = link_specs(&config);
+    let filter = Filter::ignoring(specs.iter().flat_map(|s| s.addresses()));
+
+    // Writer first: its port id marks our own changes in the event stream.
+    let writer = Writer::open()?;
+    let own_portids: HashSet<u32> = [writer.portid()].into_iter().collect();
+
+    // Subscribe before dumping so no change between the two is missed; the
+    // events queued meanwhile are applied after the dump, in order.
+    let events = EventSocket::open(
+        usize::try_from(config.kernel.netlink_buffer).unwrap_or(usize::MAX),
+        usize::try_from(config.kernel.netlink_buffer_max).unwrap_or(usize::MAX),
+    )?;
+    let kernel_buffer_size = events.buffer_size() as u64;
+    let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
+    spawn_event_thread(events, kernel_tx)?;
+
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    spawn_kernel_worker(writer, job_rx)?;
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
+
+    let mut links = Vec::new();
+    for spec in &specs {
+        links.push(transport::open(spec)?);
+    }
+    let (net_tx, mut net_rx) = mpsc::channel::<Received>(4096);
+    for (i, link) in links.iter().enumerate() {
+        tokio::spawn(link.clone().read_into(i, net_tx.clone()));
+    }
+
+    let mut sync_config = core_config(&config);
+    sync_config.links = links.len();
+    if let Some(first) = specs.first() {
+        sync_config.max_payload = first.max_payload(config.sync.mtu as usize);
+    }
+    let now_ms = elapsed_ms(started);
+    let node =
+        Node::new(sync_config, epoch, now_ms).map_err(|e| DaemonError::Sync(e.to_string()))?;
+
+    let mut daemon = Daemon {
+        config,
+        node,
+        filter,
+        links,
+        own_portids,
+        jobs: job_tx,
+        done_tx,
+        started,
+        commit_running: false,
+        replay: None,
+        overrun_resync_at: None,
+        scheduled_flush_at: None,
+        own_writes: HashSet::new(),
+        own_writes_expire_at: None,
+        counters: DaemonCounters {
+            kernel_buffer_size,
+            ..DaemonCounters::default()
+        },
+        stop: false,
+    };
+
+    // Prime the internal cache from the kernel before declaring readiness.
+    let table = tokio::task::spawn_blocking(dump_table)
+        .await
+        .map_err(|e| DaemonError::Sync(format!("dump task failed: {e}")))??;
+    let primed = daemon.accepted(table);
+    let count = primed.len();
+    daemon
+        .node
+        .reconcile_internal(primed, daemon.now_ms(), false);
+    tracing::info!(
+        flows = count,
+        epoch,
+        "internal cache primed from the kernel table"
+    );
+
+    let listener = control::server::bind(&daemon.config.socket)?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
+    tokio::spawn(control::server::serve(listener, ctl_tx));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    daemon.transmit().await;
+    while !daemon.stop {
+        let deadline = daemon.next_deadline();
+        tokio::select! {
+            Some(feed) = kernel_rx.recv() => daemon.on_kernel(feed),
+            Some(received) = net_rx.recv() => {
+                daemon.on_datagram(received);
+                // Drain what else is queued before transmitting once.
+                while let Ok(more) = net_rx.try_recv() {
+                    daemon.on_datagram(more);
+                }
+            }
+            Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
+            Some(done) = done_rx.recv() => daemon.on_done(done),
+            _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
+            _ = sigterm.recv() => daemon.stop = true,
+            _ = sigint.recv() => daemon.stop = true,
+        }
+        daemon.transmit().await;
+    }
+    tracing::info!("ctsyncd stopping");
+    // Let the control server deliver the last replies (the answer to -k).
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&daemon.config.socket);
+    Ok(())
+}
+
+/// The transport view of the configured links.
+fn link_specs(config: &Config) -> Vec<LinkSpec> {
+    config
+        .links
+        .iter()
+        .filter_map(|link| {
+            let kind = match link.transport {
+                Transport::Udp => LinkKind::Udp { peer: link.peer? },
+                Transport::Multicast => LinkKind::Multicast { group: link.group? },
+            };
+            Some(LinkSpec {
+                kind,
+                interface: (!link.interface.is_empty()).then(|| link.interface.clone()),
+                local: link.local,
+                port: link.port,
+            })
+        })
+        .collect()
+}
+
+/// The sync core's settings from `[sync]`.
+fn core_config(config: &Config) -> SyncConfig {
+    let s = &config.sync;
+    SyncConfig {
+        mode: match s.mode {
+            SyncMode::Ftfw => Mode::Ftfw,
+            SyncMode::Notrack => Mode::Notrack,
+            SyncMode::Alarm => Mode::Alarm,
+        },
+        node_id: config.node_id,
+        window: s.window as usize,
+        ack_every: s.ack_every,
+        ack_delay_ms: s.ack_delay_ms,
+        keepalive_ms: s.keepalive_ms,
+        rto_ms: s.rto_ms,
+        peer_timeout_ms: s.peer_timeout_ms,
+        ..SyncConfig::default()
+    }
+}
+
+/// A value that differs at every start: the time in nanoseconds mixed with
+/// the process id.
+fn new_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn spawn_event_thread(
+    mut events: EventSocket,
+    tx: mpsc::Sender<KernelFeed>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ct-events".into())
+        .spawn(move || loop {
+            let mut batch = Vec::new();
+            let feed = match events.recv(&mut batch) {
+                Ok(()) if batch.is_empty() => continue,
+                Ok(()) => KernelFeed::Events(batch),
+                Err(KernelError::Overrun) => {
+                    // Whatever decoded before the overrun still counts.
+                    if !batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err() {
+                        return;
+                    }
+                    KernelFeed::Overrun {
+                        buffer_size: events.buffer_size(),
+                    }
+                }
+                Err(e) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    KernelFeed::Failed(e.to_string())
+                }
+            };
+            if tx.blocking_send(feed).is_err() {
+                return;
+            }
+        })
+        .map(|_| ())
+}
+
+fn spawn_kernel_worker(
+    mut writer: Writer,
+    jobs: std::sync::mpsc::Receiver<(Job, mpsc::Sender<Done>)>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ct-writer".into())
+        .spawn(move || {
+            while let Ok((job, done)) = jobs.recv() {
+                let result = match job {
+                    Job::Commit(flows, options, client) => {
+                        let started = Instant::now();
+                        let report = writer.create_all(&flows, &options);
+                        Done::Commit(Ok(report), started, client)
+                    }
+                    Job::FlushKernel(filter, client) => {
+                        let report = writer
+                            .flush(&|flow: &Flow| !filter.accepts(flow))
+                            .map_err(|e| e.to_string());
+                        Done::FlushKernel(report, client)
+                    }
+                    Job::Dump(purpose) => {
+                        Done::Dump(dump_table().map_err(|e| e.to_string()), purpose)
+                    }
+                };
+                if done.blocking_send(result).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+impl Daemon {
+    fn now_ms(&self) -> u64 {
+        elapsed_ms(self.started)
+    }
+
+    fn accepted(&self, flows: Vec<Flow>) -> Vec<Flow> {
+        flows
+            .into_iter()
+            .filter(|f| self.filter.accepts(f))
+            .collect()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut deadline = now + Duration::from_secs(1);
+        if let Some(ms) = self.node.next_deadline() {
+            let at = self.started + Duration::from_millis(ms);
+            deadline = deadline.min(at.max(now));
+        }
+        let timers = [
+            self.overrun_resync_at,
+            self.scheduled_flush_at,
+            self.own_writes_expire_at,
+        ];
+        for at in timers.into_iter().flatten() {
+            deadline = deadline.min(at);
+        }
+        deadline
+    }
+
+    fn submit(&self, job: Job) {
+        if self.jobs.send((job, self.done_tx.clone())).is_err() {
+            tracing::error!("kernel worker is gone");
+        }
+    }
+
+    fn on_kernel(&mut self, feed: KernelFeed) {
+        match feed {
+            KernelFeed::Events(events) => {
+                if let Some(replay) = &mut self.replay {
+                    replay.extend(events.iter().cloned());
+                }
+                for event in events {
+                    self.apply_event(event);
+                }
+            }
+            KernelFeed::Overrun { buffer_size } => {
+                self.counters.kernel_overruns += 1;
+                self.counters.kernel_buffer_size = buffer_size as u64;
+                tracing::warn!(
+                    buffer_size,
+                    "netlink event socket overrun; the table will be re-read"
+                );
+                if self.overrun_resync_at.is_none() {
+                    self.overrun_resync_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
+                }
+            }
+            KernelFeed::Failed(reason) => {
+                self.counters.kernel_failures += 1;
+                tracing::warn!(%reason, "reading kernel events failed");
+            }
+        }
+    }
+
+    fn apply_event(&mut self, event: KernelEvent) {
+        let now = self.now_ms();
+        // Changes our own writer made are cached but never echoed to peers.
+        let replicate = !self.own_portids.contains(&event.portid);
+        let key = event.flow.key();
+        if !self.filter.accepts(&event.flow) {
+            if self.node.internal().contains(&key) {
+                self.node.local_delete(&key, now, replicate);
+            }
+            return;
+        }
+        match event.kind {
+            EventKind::New | EventKind::Update => {
+                self.node.local_upsert(event.flow, now, replicate)
+            }
+            EventKind::Destroy => self.node.local_delete(&key, now, replicate),
+        }
+    }
+
+    fn on_datagram(&mut self, received: Received) {
+        let from_peer = self
+            .links
+            .get(received.link)
+            .is_some_and(|link| link.is_from_peer(&received.from));
+        if !from_peer {
+            self.counters.foreign_source += 1;
+            return;
+        }
+        let now = self.now_ms();
+        self.node.on_datagram(&received.bytes, received.link, now);
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self.own_writes_expire_at.is_some_and(|at| at <= now) {
+            self.own_writes_expire_at = None;
+            self.own_writes.clear();
+        }
+        if self.overrun_resync_at.is_some_and(|at| at <= now) && self.replay.is_none() {
+            self.overrun_resync_at = None;
+            self.start_dump(DumpPurpose::Overrun);
+        }
+        if self.scheduled_flush_at.is_some_and(|at| at <= now) {
+            self.scheduled_flush_at = None;
+            tracing::info!("flushing kernel conntrack table (scheduled)");
+            self.node.flush_internal();
+            self.submit(Job::FlushKernel(self.filter.clone(), None));
+        }
+    }
+
+    fn start_dump(&mut self, purpose: DumpPurpose) {
+        self.replay = Some(Vec::new());
+        self.submit(Job::Dump(purpose));
+    }
+
+    async fn transmit(&mut self) {
+        let now = self.now_ms();
+        for out in self.node.poll_transmit(now) {
+            let Some(link) = self.links.get(out.link) else {
+                continue;
+            };
+            let dest = link.spec.destination();
+            if let Err(e) = link.socket.send_to(&out.bytes, dest).await {
+                self.counters.send_errors += 1;
+                tracing::debug!(error = %e, %dest, "sync send failed");
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Commit(result, started, client) => {
+                self.commit_running = false;
+                self.own_writes_expire_at = Some(Instant::now() + OWN_WRITES_MEMORY);
+                let reply = match result {
+                    Ok(report) => {
+                        self.counters.commit_ok += report.ok;
+                        self.counters.commit_failed += report.failed;
+                        tracing::info!("Committed {} new entries", report.ok);
+                        if report.failed > 0 {
+                            tracing::warn!(
+                                first_errors = ?report.first_errors,
+                                "{} entries can't be committed",
+                                report.failed
+                            );
+                        }
+                        tracing::info!(
+                            "commit has taken {:.6} seconds",
+                            started.elapsed().as_secs_f64()
+                        );
+                        if report.failed > 0 && report.ok == 0 {
+                            failure(format!(
+                                "none of {} entries could be committed: {}",
+                                report.failed,
+                                report
+                                    .first_errors
+                                    .first()
+                                    .map(String::as_str)
+                                    .unwrap_or("unknown error")
+                            ))
+                        } else {
+                            success(String::new())
+                        }
+                    }
+                    Err(reason) => failure(format!("commit failed: {reason}")),
+                };
+                if let Some(client) = client {
+                    let _ = client.send(reply);
+                }
+            }
+            Done::FlushKernel(result, client) => {
+                let reply = match result {
+                    Ok(report) => {
+                        tracing::info!(
+                            deleted = report.ok,
+                            failed = report.failed,
+                            "kernel table flushed"
+                        );
+                        success(String::new())
+                    }
+                    Err(reason) => failure(format!("kernel flush failed: {reason}")),
+                };
+                if let Some(client) = client {
+                    let _ = client.send(reply);
+                }
+            }
+            Done::Dump(result, purpose) => {
+                let replay = self.replay.take().unwrap_or_default();
+                let (replicate, client) = match purpose {
+                    DumpPurpose::Resync(client) => (false, Some(client)),
+                    DumpPurpose::Overrun => (true, None),
+                };
+                let reply = match result {
+                    Ok(flows) => {
+                        let flows = self.accepted(flows);
+                        let now = self.now_ms();
+                        // Our own commit's flows are cached, never echoed,
+                        // even when the overrun swallowed their events.
+                        for flow in flows.iter().filter(|f| self.own_writes.contains(&f.key())) {
+                            self.node.local_upsert(flow.clone(), now, false);
+                        }
+                        let report = self.node.reconcile_internal(flows, now, replicate);
+                        tracing::info!(?report, "internal cache reconciled with the kernel table");
+                        for event in replay {
+                            self.apply_event(event);
+                        }
+                        success(String::new())
+                    }
+                    Err(reason) => {
+                        self.counters.kernel_failures += 1;
+                        if replicate {
+                            // Try again: an overrun must always heal.
+                            self.overrun_resync_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
+                        }
+                        failure(format!("kernel dump failed: {reason}"))
+                    }
+                };
+                if let Some(client) = client {
+                    let _ = client.send(reply);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, envelope: Envelope, reply: oneshot::Sender<Reply>) {
+        let now = self.now_ms();
+        let json = envelope.json;
+        let answer = match envelope.request {
+            Request::Commit => {
+                if self.commit_running {
+                    failure("commit already in progress".into())
+                } else {
+                    self.commit_running = true;
+                    let flows = self.commit_set(now);
+                    self.own_writes.extend(flows.iter().map(Flow::key));
+                    self.own_writes_expire_at = None;
+                    tracing::info!(flows = flows.len(), "committing external cache");
+                    let options = CreateOptions {
+                        tcp_window_tracking: self.config.kernel.tcp_window_tracking,
+                    };
+                    self.submit(Job::Commit(flows, options, Some(reply)));
+                    return;
+                }
+            }
+            Request::FlushCaches(which) => {
+                if self.commit_running && which != CacheSel::Internal {
+                    failure("ignoring flush command, commit still in progress".into())
+                } else {
+                    tracing::info!(?which, "flushing caches");
+                    if which != CacheSel::External {
+                        self.node.flush_internal();
+                        self.scheduled_flush_at = None;
+                    }
+                    if which != CacheSel::Internal {
+                        self.node.flush_external();
+                    }
+                    success(String::new())
+                }
+            }
+            Request::FlushKernel => {
+                tracing::info!("flushing kernel conntrack table");
+                self.submit(Job::FlushKernel(self.filter.clone(), Some(reply)));
+                return;
+            }
+            Request::ResyncFromKernel => {
+                if self.replay.is_some() {
+                    failure("a kernel dump is already running; try again".into())
+                } else {
+                    tracing::info!("resync with master conntrack table");
+                    self.start_dump(DumpPurpose::Resync(reply));
+                    return;
+                }
+            }
+            Request::DumpInternal => success(self.render_cache(None, json)),
+            Request::DumpExternal => success(self.render_external(json)),
+            Request::Stats(section) => success(self.render_stats(section, json)),
+            Request::RequestResync => {
+                tracing::info!("resync requested");
+                self.node.request_resync(now);
+                success(String::new())
+            }
+            Request::SendBulk => {
+                tracing::info!("sending bulk update");
+                self.node.send_bulk(now);
+                success(String::new())
+            }
+            Request::ResetTimers => {
+                if self.scheduled_flush_at.is_none() {
+                    let delay = u64::from(self.config.sync.purge_timeout_s);
+                    tracing::info!("flushing conntrack table in {delay} secs");
+                    self.scheduled_flush_at = Some(Instant::now() + Duration::from_secs(delay));
+                }
+                success(String::new())
+            }
+            Request::Kill => {
+                self.stop = true;
+                success(String::new())
+            }
+            Request::DebugDropExternal { count } => {
+                let victims: Vec<(u32, FlowKey)> = self
+                    .node
+                    .external()
+                    .iter()
+                    .flat_map(|(peer, cache)| cache.keys().map(|k| (*peer, *k)))
+                    .take(count)
+                    .collect();
+                let dropped = victims
+                    .iter()
+                    .filter(|(peer, key)| self.node.remove_external(*peer, key))
+                    .count();
+                success(format!("dropped {dropped} external flows\n"))
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Every peer's flows with conntrackd's commit timeout: the configured
+    /// one, or what was left on the wire minus the time since, floored at 60 s.
+    fn commit_set(&self, now_ms: u64) -> Vec<Flow> {
+        let fixed = self.config.kernel.commit_timeout;
+        self.node
+            .external()
+            .values()
+            .flat_map(|cache| cache.iter().map(|(_, e)| e))
+            .map(|entry| {
+                let mut flow = entry.flow.clone();
+                flow.timeout = fixed.unwrap_or_else(|| {
+                    let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
+                    let left = u64::from(flow.timeout).saturating_sub(elapsed);
+                    if left == 0 {
+                        COMMIT_TIMEOUT_FLOOR
+                    } else {
+                        u32::try_from(left).unwrap_or(u32::MAX)
+                    }
+                });
+                flow
+            })
+            .collect()
+    }
+
+    fn render_cache(&self, peer: Option<u32>, json: bool) -> String {
+        let now = self.now_ms();
+        let entries: Vec<&CacheEntry> = match peer {
+            None => self.node.internal().iter().map(|(_, e)| e).collect(),
+            Some(p) => self
+                .node
+                .external()
+                .get(&p)
+                .map(|c| c.iter().map(|(_, e)| e).collect())
+                .unwrap_or_default(),
+        };
+        render_entries(&entries, now, peer.is_none(), json)
+    }
+
+    fn render_external(&self, json: bool) -> String {
+        let now = self.now_ms();
+        let entries: Vec<&CacheEntry> = self
+            .node
+            .external()
+            .values()
+            .flat_map(|c| c.iter().map(|(_, e)| e))
+            .collect();
+        render_entries(&entries, now, false, json)
+    }
+
+    fn render_stats(&self, section: StatsSection, json: bool) -> String {
+        let snapshot = self.snapshot();
+        if json {
+            control::render::render_stats_json(&snapshot)
+        } else {
+            control::render::render_stats(&snapshot, section)
+        }
+    }
+}
+
+impl Daemon {
+    /// Everything `-s` prints, gathered now.
+    fn snapshot(&self) -> StatsSnapshot {
+        let stats = self.node.stats();
+        let internal = self.node.internal();
+        let mut external = CacheBlock::default();
+        for cache in self.node.external().values() {
+            add_cache(&mut external, cache);
+        }
+        let mut internal_block = CacheBlock::default();
+        add_cache(&mut internal_block, internal);
+        let mut malformed_by_reason = stats.malformed.clone();
+        if self.counters.foreign_source > 0 {
+            malformed_by_reason.insert("foreign_source".into(), self.counters.foreign_source);
+        }
+        let active_link = stats.links.iter().position(|l| l.up).unwrap_or(0);
+        let links = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, link)| {
+                let counters = stats.links.get(i).cloned().unwrap_or_default();
+                LinkBlock {
+                    transport: match link.spec.kind {
+                        LinkKind::Udp { .. } => "UDP".into(),
+                        LinkKind::Multicast { .. } => "multicast".into(),
+                    },
+                    device: link.spec.interface.clone().unwrap_or_default(),
+                    active: i == active_link,
+                    up: counters.up,
+                    bytes_sent: counters.sent_bytes,
+                    bytes_recv: counters.recv_bytes,
+                    packets_sent: counters.sent_packets,
+                    packets_recv: counters.recv_packets,
+                    errors_send: if i == 0 { self.counters.send_errors } else { 0 },
+                    errors_recv: counters.errors,
+                }
+            })
+            .collect();
+        StatsSnapshot {
+            internal: internal_block,
+            external,
+            traffic_bytes: 0,
+            traffic_packets: 0,
+            links,
+            malformed: malformed_by_reason.values().sum(),
+            lost: stats.lost,
+            malformed_by_reason,
+            resent: stats.retransmits,
+            resyncs_requested: stats.resyncs_requested_sent,
+            resyncs_received: stats.resyncs_requested_received,
+            bulks_sent: stats.bulks_sent,
+            bulks_received: stats.bulks_received,
+            kernel_overruns: self.counters.kernel_overruns,
+            kernel_buffer_size: self.counters.kernel_buffer_size,
+            commit_ok: self.counters.commit_ok,
+            commit_failed: self.counters.commit_failed,
+            uptime_s: self.started.elapsed().as_secs(),
+            peers: self
+                .node
+                .peers()
+                .into_iter()
+                .map(|p| PeerBlock {
+                    node_id: p.node_id,
+                    epoch: p.epoch,
+                    alive: p.alive,
+                    flows: p.flows as u64,
+                    expected_seq: p.expected_seq,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn add_cache(block: &mut CacheBlock, cache: &FlowCache) {
+    let s = cache.stats();
+    block.active += cache.len() as u64;
+    block.created += s.created;
+    block.create_failed += s.create_failed;
+    block.updated += s.updated;
+    block.update_failed += s.update_failed;
+    block.destroyed += s.destroyed;
+    block.destroy_failed += s.destroy_failed;
+}
+
+fn render_entries(entries: &[&CacheEntry], now_ms: u64, with_reply: bool, json: bool) -> String {
+    if json {
+        control::render::flows_json(entries, now_ms)
+    } else {
+        let mut out = String::new();
+        for entry in entries {
+            out.push_str(&control::render::flow_line(entry, now_ms, with_reply));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn success(body: String) -> Reply {
+    Reply {
+        ok: true,
+        error: None,
+        body,
+    }
+}
+
+fn failure(reason: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(reason),
+        body: String::new(),
+    }
+}

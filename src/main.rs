@@ -1,1 +1,167 @@
-fn main() {}
+//! `ctsyncd`: the daemon and its own client, in conntrackd's command-line
+//! dialect (see `control::cli`).
+//!
+//! Owns: process matters around the library: reading the config, starting
+//! the daemon in the foreground or the background (`-d`), sending one
+//! request and printing the reply, exit codes (0 success, 1 with a one-line
+//! reason on stderr). Must not: hold protocol or daemon logic.
+
+use ctsync::config::Config;
+use ctsync::control::cli::{self, Action, Invocation};
+use ctsync::control::{self, Envelope, Request, StatsSection};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `-d` waits for the background daemon's control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("ctsyncd: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let inv = cli::parse(args).map_err(|e| e.to_string())?;
+    match inv.action {
+        Action::Version => {
+            println!(
+                "ctsyncd v{}: connection tracking sync daemon (conntrackd-compatible). Licensed under MIT OR Apache-2.0.",
+                env!("CARGO_PKG_VERSION")
+            );
+            return Ok(());
+        }
+        Action::Help => {
+            print!("{}", cli::USAGE);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let config = Config::load(&inv.config).map_err(|e| e.to_string())?;
+    match &inv.action {
+        Action::Foreground => ctsync::daemon::run_blocking(config, inv.config.clone()),
+        Action::Background => start_background(&config, &inv),
+        Action::Status => status(&config),
+        Action::Request(req) => request(&config, req.clone(), inv.json),
+        Action::Version | Action::Help => Ok(()),
+    }
+}
+
+fn request(config: &Config, request: Request, json: bool) -> Result<(), String> {
+    let kill = request == Request::Kill;
+    let reply = match control::send(&config.socket, &Envelope { request, json }) {
+        Ok(reply) => reply,
+        // A daemon told to die may go before it answers: that is success.
+        Err(control::ClientError::NoReply) if kill => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    print!("{}", reply.body);
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(reply
+            .error
+            .unwrap_or_else(|| "ctsyncd refused the request".to_string()))
+    }
+}
+
+fn status(config: &Config) -> Result<(), String> {
+    let env = Envelope {
+        request: Request::Stats(StatsSection::General),
+        json: true,
+    };
+    let reply = control::send(&config.socket, &env).map_err(|e| e.to_string())?;
+    if !reply.ok {
+        return Err(reply
+            .error
+            .unwrap_or_else(|| "ctsyncd refused the request".into()));
+    }
+    let v: serde_json::Value = serde_json::from_str(&reply.body)
+        .map_err(|e| format!("malformed stats from ctsyncd: {e}"))?;
+    let n = |path: &[&str]| {
+        path.iter()
+            .try_fold(&v, |v, k| v.get(k))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    };
+    println!(
+        "ctsyncd is running on {} (node {}): up {}s, internal {} flows, external {} flows",
+        config.socket.display(),
+        config.node_id,
+        n(&["uptime_s"]),
+        n(&["internal", "active"]),
+        n(&["external", "active"]),
+    );
+    if let Some(peers) = v.get("peers").and_then(|p| p.as_array()) {
+        for p in peers {
+            let alive = p.get("alive").and_then(|a| a.as_bool()).unwrap_or(false);
+            println!(
+                "peer node {}: {}, {} flows",
+                p.get("node_id").and_then(|x| x.as_u64()).unwrap_or(0),
+                if alive { "alive" } else { "not heard from" },
+                p.get("flows").and_then(|x| x.as_u64()).unwrap_or(0)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// True when a daemon answers a stats request on `socket`.
+fn answers(socket: &Path) -> bool {
+    let env = Envelope {
+        request: Request::Stats(StatsSection::General),
+        json: true,
+    };
+    matches!(control::send(socket, &env), Ok(r) if r.ok)
+}
+
+/// `-d`: re-run this binary without `-d` in its own process group, stdio on
+/// /dev/null, and succeed only once its control socket answers.
+fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    if answers(&config.socket) {
+        return Err(format!(
+            "ctsyncd already running on {}",
+            config.socket.display()
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("can't find my own binary: {e}"))?;
+    let config_path =
+        std::path::absolute(&inv.config).map_err(|e| format!("{}: {e}", inv.config.display()))?;
+    let mut child = Command::new(exe)
+        .arg("-C")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("can't start the daemon: {e}"))?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "the daemon exited during startup ({st}); run ctsyncd -C {} in the foreground to see why",
+                config_path.display()
+            ));
+        }
+        if answers(&config.socket) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the daemon (pid {}) did not answer on {} within {}s",
+                child.id(),
+                config.socket.display(),
+                START_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,1 +1,798 @@
-//! TODO
+//! Sans-IO replication: the whole sync state of one daemon (`Node`).
+//!
+//! Owns: the internal cache (our flows), the external caches (peers' flows),
+//! the FTFW sender (coalescing send queue, sequence numbers, bounded resend
+//! queue, flow control) and receivers (one per sender node id), bulk resyncs,
+//! peer and link liveness, and the counters. Must not: import tokio, sockets
+//! or the clock (time is the `now_ms` argument), or talk to the kernel.
+//!
+//! The daemon feeds a Node local changes and datagrams, then calls
+//! `poll_transmit` after every input and at the latest at `next_deadline`.
+
+mod queue;
+mod resend;
+mod rx;
+mod stats;
+
+pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
+
+use crate::cache::{FlowCache, Upsert};
+use crate::flow::{Flow, FlowKey};
+use crate::wire::{
+    decode_datagram, flags, Header, Message, Packer, Push, WireFlow, WireKey, HEADER_LEN,
+    MAX_DATAGRAM,
+};
+use queue::{Item, SendQueue};
+use resend::ResendQueue;
+use rx::{RxParams, RxStream};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use thiserror::Error;
+
+/// Replication mode (conntrackd's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Mode {
+    Ftfw,
+    Notrack,
+    Alarm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SyncError {
+    #[error("sync mode {0:?} is not implemented yet (only ftfw)")]
+    UnsupportedMode(Mode),
+    #[error("invalid sync configuration: {0}")]
+    InvalidConfig(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub mode: Mode,
+    pub node_id: u32,
+    /// UDP payload budget per datagram (path MTU minus IP/UDP headers).
+    pub max_payload: usize,
+    /// Most unacknowledged reliable datagrams (the resend queue's bound).
+    pub window: usize,
+    /// Acknowledge after this many in-order datagrams...
+    pub ack_every: u32,
+    /// ...or this long after the first unacknowledged one.
+    pub ack_delay_ms: u64,
+    pub keepalive_ms: u64,
+    pub rto_ms: u64,
+    pub peer_timeout_ms: u64,
+    pub reorder_limit: usize,
+    pub links: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig {
+            mode: Mode::Ftfw,
+            node_id: 1,
+            max_payload: crate::wire::PAYLOAD_IPV4_1500,
+            window: 4096,
+            ack_every: 64,
+            ack_delay_ms: 20,
+            keepalive_ms: 1000,
+            rto_ms: 200,
+            peer_timeout_ms: 5000,
+            reorder_limit: 8192,
+            links: 1,
+        }
+    }
+}
+
+/// One datagram to send on one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub link: usize,
+    pub bytes: Vec<u8>,
+}
+
+/// Datagrams resent at once when no ack progress was made for `rto_ms`.
+const RTO_BURST: usize = 4;
+/// Smallest `max_payload` accepted: a header and one IPv6 flow with NAT.
+const MIN_PAYLOAD: usize = HEADER_LEN + 160;
+
+#[derive(Clone, Debug)]
+struct Peer {
+    epoch: u64,
+    /// The epoch before its last restart: late datagrams of it are stale.
+    /// Epochs need not grow; any other new value is a restart.
+    prev_epoch: Option<u64>,
+    last_heard_ms: u64,
+    rx: RxStream,
+    /// Bulk in progress from this peer: (id, generation of its cache).
+    rx_bulk: Option<(u32, u32)>,
+    /// How far this peer has acknowledged our stream.
+    tx_acked: u32,
+    /// When to ask again for its table (until its BulkBegin arrives).
+    resync_retry: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Link {
+    last_recv_ms: Option<u64>,
+}
+
+/// The replication state of one daemon.
+#[derive(Debug)]
+pub struct Node {
+    cfg: SyncConfig,
+    epoch: u64,
+    now: u64,
+    internal: FlowCache,
+    external: BTreeMap<u32, FlowCache>,
+    peers: BTreeMap<u32, Peer>,
+    queue: SendQueue,
+    resend: ResendQueue,
+    next_seq: u32,
+    retransmit: BTreeSet<u32>,
+    /// Control messages for everyone, sent at the next poll.
+    control: Vec<Message>,
+    bulk_id: u32,
+    /// A BulkBegin is still in the send queue (a new bulk would be redundant).
+    bulk_pending: bool,
+    last_send_ms: u64,
+    /// When the retransmit timer was last (re)started.
+    rto_armed_ms: u64,
+    links: Vec<Link>,
+    stats: SyncStats,
+}
+
+impl Node {
+    /// A node that starts by asking its peers for their tables.
+    pub fn new(cfg: SyncConfig, epoch: u64, now_ms: u64) -> Result<Node, SyncError> {
+        if cfg.mode != Mode::Ftfw {
+            return Err(SyncError::UnsupportedMode(cfg.mode));
+        }
+        if cfg.window == 0 {
+            return Err(SyncError::InvalidConfig("window must be at least 1"));
+        }
+        if cfg.links == 0 {
+            return Err(SyncError::InvalidConfig("at least one link is needed"));
+        }
+        if !(MIN_PAYLOAD..=MAX_DATAGRAM).contains(&cfg.max_payload) {
+            return Err(SyncError::InvalidConfig("max_payload out of range"));
+        }
+        let links = cfg.links;
+        let mut node = Node {
+            cfg,
+            epoch,
+            now: now_ms,
+            internal: FlowCache::new(),
+            external: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            queue: SendQueue::default(),
+            resend: ResendQueue::default(),
+            next_seq: 1,
+            retransmit: BTreeSet::new(),
+            control: Vec::new(),
+            bulk_id: 0,
+            bulk_pending: false,
+            last_send_ms: now_ms,
+            rto_armed_ms: now_ms,
+            links: vec![Link::default(); links],
+            stats: SyncStats {
+                links: vec![LinkStats::default(); links],
+                ..SyncStats::default()
+            },
+        };
+        node.request_resync(now_ms);
+        Ok(node)
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn internal(&self) -> &FlowCache {
+        &self.internal
+    }
+
+    pub fn external(&self) -> &BTreeMap<u32, FlowCache> {
+        &self.external
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+
+    /// Keys waiting to be sent (coalesced) and datagrams awaiting an ack.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.queue.len(), self.resend.len())
+    }
+
+    fn rx_params(&self) -> RxParams {
+        RxParams {
+            ack_every: self.cfg.ack_every,
+            ack_delay_ms: self.cfg.ack_delay_ms,
+            rto_ms: self.cfg.rto_ms,
+            reorder_limit: self.cfg.reorder_limit,
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) {
+        self.now = self.now.max(now_ms);
+    }
+
+    fn peer_alive(&self, p: &Peer) -> bool {
+        self.now.saturating_sub(p.last_heard_ms) < self.cfg.peer_timeout_ms
+    }
+
+    // ---- local side -------------------------------------------------------
+
+    /// A kernel NEW/UPDATE. `replicate = false`: our own commit's echo; cache
+    /// it without sending.
+    pub fn local_upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool) {
+        self.tick(now_ms);
+        let key = flow.key();
+        let what = self.internal.upsert(flow, now_ms);
+        if replicate && what != Upsert::Unchanged {
+            self.queue.push_key(key);
+        }
+    }
+
+    /// A kernel DESTROY.
+    pub fn local_delete(&mut self, key: &FlowKey, now_ms: u64, replicate: bool) {
+        self.tick(now_ms);
+        if self.internal.remove(key).is_some() && replicate {
+            self.queue.push_key(*key);
+        }
+    }
+
+    /// Make the internal cache equal to a kernel dump; with `replicate`,
+    /// queue the differences (added, changed, vanished) for sending.
+    pub fn reconcile_internal(
+        &mut self,
+        kernel: Vec<Flow>,
+        now_ms: u64,
+        replicate: bool,
+    ) -> ReconcileReport {
+        self.tick(now_ms);
+        let mut report = ReconcileReport::default();
+        let mut seen = HashSet::with_capacity(kernel.len());
+        for flow in kernel {
+            let key = flow.key();
+            seen.insert(key);
+            let changed = match self.internal.upsert(flow, now_ms) {
+                Upsert::Created => {
+                    report.added += 1;
+                    true
+                }
+                Upsert::Updated => {
+                    report.changed += 1;
+                    true
+                }
+                Upsert::Unchanged => {
+                    report.unchanged += 1;
+                    false
+                }
+            };
+            if changed && replicate {
+                self.queue.push_key(key);
+            }
+        }
+        let gone: Vec<FlowKey> = self
+            .internal
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .copied()
+            .collect();
+        for key in gone {
+            self.internal.remove(&key);
+            report.removed += 1;
+            if replicate {
+                self.queue.push_key(key);
+            }
+        }
+        report
+    }
+
+    /// Forget our flows (`-f internal`); nothing is sent, pending keys are
+    /// dropped (they would otherwise go out as deletes).
+    pub fn flush_internal(&mut self) {
+        self.internal.clear();
+        self.queue.drop_keys();
+    }
+
+    /// Forget the peers' flows (`-f external`).
+    pub fn flush_external(&mut self) {
+        for cache in self.external.values_mut() {
+            cache.clear();
+        }
+        for p in self.peers.values_mut() {
+            p.rx_bulk = None;
+        }
+    }
+
+    /// Remove one flow from a peer's external cache (debug/test seam).
+    pub fn remove_external(&mut self, peer: u32, key: &FlowKey) -> bool {
+        self.external
+            .get_mut(&peer)
+            .is_some_and(|c| c.remove(key).is_some())
+    }
+
+    /// `-n`: ask every peer for its full table.
+    pub fn request_resync(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        self.control.push(Message::ResyncRequest { node: None });
+        let retry = self.now + self.resync_retry_ms();
+        for p in self.peers.values_mut() {
+            p.resync_retry = Some(retry);
+        }
+    }
+
+    /// `-B`: send our full table.
+    pub fn send_bulk(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        self.start_bulk();
+    }
+
+    fn resync_retry_ms(&self) -> u64 {
+        (self.cfg.rto_ms * 4).max(self.cfg.keepalive_ms)
+    }
+
+    fn start_bulk(&mut self) {
+        if self.bulk_pending {
+            return;
+        }
+        self.bulk_id = self.bulk_id.wrapping_add(1);
+        let id = self.bulk_id;
+        self.queue.push_front(Item::BulkBegin(id));
+        for key in self.internal.keys() {
+            self.queue.push_key(*key);
+        }
+        self.queue.push_back(Item::BulkEnd {
+            id,
+            count: self.internal.len() as u64,
+        });
+        self.bulk_pending = true;
+        self.stats.bulks_sent += 1;
+    }
+
+    // ---- receive side -----------------------------------------------------
+
+    /// A datagram from `link`. Malformed ones are counted by reason and
+    /// dropped.
+    pub fn on_datagram(&mut self, bytes: &[u8], link: usize, now_ms: u64) {
+        self.tick(now_ms);
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        if let Some(l) = self.stats.links.get_mut(link) {
+            l.recv_packets += 1;
+            l.recv_bytes += bytes.len() as u64;
+        }
+        let (header, messages) = match decode_datagram(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats.malformed(e.reason());
+                if let Some(l) = self.stats.links.get_mut(link) {
+                    l.errors += 1;
+                }
+                return;
+            }
+        };
+        if header.node_id == self.cfg.node_id {
+            self.stats.malformed("own_node_id");
+            return;
+        }
+        if let Some(l) = self.links.get_mut(link) {
+            l.last_recv_ms = Some(self.now);
+        }
+        self.stats.messages_received += messages.len() as u64;
+        let sender = header.node_id;
+        let params = self.rx_params();
+        let now = self.now;
+        let reliable = header.is_reliable();
+        let retry = now + self.resync_retry_ms();
+        match self.peers.get_mut(&sender) {
+            Some(p) if p.prev_epoch == Some(header.epoch) => {
+                self.stats.malformed("stale_epoch");
+                return;
+            }
+            Some(p) if header.epoch == p.epoch => p.last_heard_ms = now,
+            existing => {
+                let prev_epoch = existing.as_ref().map(|p| p.epoch);
+                // First contact or a restart: start its stream where it is
+                // and ask for its table, after a pause: our start-up request
+                // may already have reached it, and its bulk cancels this.
+                if existing.is_some() {
+                    self.stats.peer_restarts += 1;
+                }
+                self.peers.insert(
+                    sender,
+                    Peer {
+                        epoch: header.epoch,
+                        prev_epoch,
+                        last_heard_ms: now,
+                        rx: RxStream::new(header.seq, reliable, now, &params),
+                        rx_bulk: None,
+                        tx_acked: 0,
+                        resync_retry: Some(retry),
+                    },
+                );
+                self.external.entry(sender).or_default();
+            }
+        }
+        if reliable {
+            let Some(p) = self.peers.get_mut(&sender) else {
+                return;
+            };
+            let outcome = p.rx.on_reliable(header.seq, messages, now, &params);
+            self.stats.lost += outcome.lost;
+            self.stats.duplicates += u64::from(outcome.duplicate);
+            self.stats.reorder_overflow += u64::from(outcome.overflow);
+            for batch in outcome.deliver {
+                for m in batch {
+                    self.apply(sender, m);
+                }
+            }
+        } else {
+            if let Some(p) = self.peers.get_mut(&sender) {
+                self.stats.lost += p.rx.on_control(header.seq);
+            }
+            for m in messages {
+                if m.is_data() {
+                    self.stats.malformed("data_in_control");
+                } else {
+                    self.apply(sender, m);
+                }
+            }
+        }
+    }
+
+    /// Apply one message from `sender` (data messages arrive in order).
+    fn apply(&mut self, sender: u32, msg: Message) {
+        let now = self.now;
+        match msg {
+            Message::Upsert(wf) => {
+                self.external
+                    .entry(sender)
+                    .or_default()
+                    .upsert(wf.into_flow(), now);
+            }
+            Message::Delete(wk) => {
+                self.external
+                    .entry(sender)
+                    .or_default()
+                    .remove(&wk.to_key());
+            }
+            Message::BulkBegin { id } => {
+                self.stats.bulks_received += 1;
+                let generation = self.external.entry(sender).or_default().begin_generation();
+                if let Some(p) = self.peers.get_mut(&sender) {
+                    p.rx_bulk = Some((id, generation));
+                    p.resync_retry = None;
+                }
+            }
+            Message::BulkEnd { id, .. } => {
+                let Some(p) = self.peers.get_mut(&sender) else {
+                    return;
+                };
+                if let Some((bulk, generation)) = p.rx_bulk {
+                    if bulk == id {
+                        p.rx_bulk = None;
+                        let cache = self.external.entry(sender).or_default();
+                        let swept = cache.sweep_older_than(generation);
+                        if !swept.is_empty() {
+                            self.stats.bulk_swept += 1;
+                        }
+                    }
+                }
+            }
+            Message::Ack { node, epoch, upto } => {
+                if node != self.cfg.node_id || epoch != self.epoch {
+                    return;
+                }
+                self.stats.acks_received += 1;
+                let last = self.next_seq.saturating_sub(1);
+                if let Some(p) = self.peers.get_mut(&sender) {
+                    p.tx_acked = p.tx_acked.max(upto.min(last));
+                }
+            }
+            Message::Nack {
+                node,
+                epoch,
+                from,
+                to,
+            } => {
+                if node == self.cfg.node_id && epoch == self.epoch {
+                    self.stats.nacks_received += 1;
+                    self.on_nack(from, to);
+                }
+            }
+            Message::ResyncRequest { node } => {
+                if node.is_none_or(|n| n == self.cfg.node_id) {
+                    self.stats.resyncs_requested_received += 1;
+                    self.start_bulk();
+                }
+            }
+            Message::Resume { from } => {
+                self.stats.resumes_received += 1;
+                let params = self.rx_params();
+                let Some(p) = self.peers.get_mut(&sender) else {
+                    return;
+                };
+                let (deliver, skipped) = p.rx.resume(from, now, &params);
+                if skipped {
+                    // Bulk markers may have been skipped: its bulk follows.
+                    p.rx_bulk = None;
+                }
+                for batch in deliver {
+                    for m in batch {
+                        self.apply(sender, m);
+                    }
+                }
+            }
+            Message::Alive => {}
+        }
+    }
+
+    fn on_nack(&mut self, from: u32, to: u32) {
+        let last = self.next_seq.saturating_sub(1);
+        let to = to.min(last);
+        if from > to {
+            return;
+        }
+        let oldest = self.resend.oldest().unwrap_or(self.next_seq);
+        if from < oldest {
+            // Never silent loss: say where we can resume, and send a bulk.
+            self.control.push(Message::Resume { from: oldest });
+            self.stats.resumes_sent += 1;
+            self.start_bulk();
+        }
+        for seq in from.max(oldest)..=to {
+            self.retransmit.insert(seq);
+        }
+    }
+
+    // ---- send side --------------------------------------------------------
+
+    fn live_min_acked(&self) -> Option<u32> {
+        self.peers
+            .values()
+            .filter(|p| self.peer_alive(p))
+            .map(|p| p.tx_acked)
+            .min()
+    }
+
+    fn prune(&mut self) {
+        if let Some(upto) = self.live_min_acked() {
+            if self.resend.prune_upto(upto) > 0 {
+                self.rto_armed_ms = self.now;
+            }
+        }
+    }
+
+    /// Links data goes out on: the lowest one that is up, or all of them.
+    fn data_links(&self) -> Vec<usize> {
+        let up = self.links.iter().position(|l| {
+            l.last_recv_ms
+                .is_some_and(|t| self.now.saturating_sub(t) < self.cfg.peer_timeout_ms)
+        });
+        match up {
+            Some(i) => vec![i],
+            None => (0..self.links.len()).collect(),
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<Transmit>, links: &[usize], bytes: Vec<u8>) {
+        self.last_send_ms = self.now;
+        for &link in links {
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += bytes.len() as u64;
+            if let Some(l) = self.stats.links.get_mut(link) {
+                l.sent_packets += 1;
+                l.sent_bytes += bytes.len() as u64;
+            }
+            out.push(Transmit {
+                link,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+
+    fn control_header(&self) -> Header {
+        Header {
+            flags: 0,
+            node_id: self.cfg.node_id,
+            epoch: self.epoch,
+            seq: self.next_seq.saturating_sub(1),
+            body_len: 0,
+            tag_len: 0,
+        }
+    }
+
+    fn count_sent(&mut self, msgs: &[Message]) {
+        self.stats.messages_sent += msgs.len() as u64;
+        for m in msgs {
+            match m {
+                Message::Ack { .. } => self.stats.acks_sent += 1,
+                Message::Nack { .. } => self.stats.nacks_sent += 1,
+                Message::ResyncRequest { .. } => self.stats.resyncs_requested_sent += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn build(&self, item: &Item) -> Message {
+        match item {
+            Item::Key(k) => match self.internal.get(k) {
+                Some(e) => Message::Upsert(WireFlow::from(&e.flow)),
+                None => Message::Delete(WireKey::from(k)),
+            },
+            Item::BulkBegin(id) => Message::BulkBegin { id: *id },
+            Item::BulkEnd { id, count } => Message::BulkEnd {
+                id: *id,
+                count: *count,
+            },
+        }
+    }
+
+    /// Everything due now: control (acks, nacks, resync requests, resumes),
+    /// retransmissions, new data within the window, keepalives.
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Vec<Transmit> {
+        self.tick(now_ms);
+        let now = self.now;
+        let mut out = Vec::new();
+        self.prune();
+        let links = self.data_links();
+
+        // Control messages.
+        let params = self.rx_params();
+        let retry = self.resync_retry_ms();
+        let mut ctl = std::mem::take(&mut self.control);
+        for (&id, p) in self.peers.iter_mut() {
+            ctl.extend(p.rx.poll(id, p.epoch, now, &params));
+            if p.resync_retry.is_some_and(|t| t <= now) {
+                p.resync_retry = Some(now + retry);
+                ctl.push(Message::ResyncRequest { node: Some(id) });
+            }
+        }
+        if !ctl.is_empty() {
+            self.count_sent(&ctl);
+            let header = self.control_header();
+            for body in Packer::pack_all(self.cfg.max_payload, &ctl) {
+                self.emit(&mut out, &links, body.seal(&header));
+            }
+        }
+
+        // Retransmissions asked for by NACKs, then on timeout.
+        let mut resend: Vec<u32> = std::mem::take(&mut self.retransmit).into_iter().collect();
+        let last = self.next_seq.saturating_sub(1);
+        let lagging = self
+            .peers
+            .values()
+            .any(|p| self.peer_alive(p) && p.tx_acked < last);
+        if !self.resend.is_empty()
+            && lagging
+            && now >= self.rto_armed_ms + self.cfg.rto_ms
+            && resend.is_empty()
+        {
+            if let Some(oldest) = self.resend.oldest() {
+                resend.extend((0..RTO_BURST as u32).map(|i| oldest.saturating_add(i)));
+            }
+            self.rto_armed_ms = now;
+        }
+        for seq in resend {
+            if let Some(bytes) = self.resend.get(seq).map(<[u8]>::to_vec) {
+                self.stats.retransmits += 1;
+                self.emit(&mut out, &links, bytes);
+            }
+        }
+
+        // New data, within the window.
+        while !self.queue.is_empty() {
+            if self.resend.len() >= self.cfg.window {
+                self.stats.window_full += 1;
+                break;
+            }
+            if self.resend.is_empty() {
+                self.rto_armed_ms = now;
+            }
+            let mut packer = Packer::new(self.cfg.max_payload);
+            let mut msgs = 0u64;
+            while let Some(item) = self.queue.front().copied() {
+                match packer.try_push(&self.build(&item)) {
+                    Push::Full => break,
+                    Push::Added | Push::TooLarge => {
+                        msgs += 1;
+                        self.queue.pop_front();
+                        if matches!(item, Item::BulkBegin(_)) {
+                            self.bulk_pending = false;
+                        }
+                    }
+                }
+            }
+            let Some(body) = packer.take() else {
+                continue;
+            };
+            self.stats.messages_sent += msgs;
+            let seq = self.next_seq;
+            self.next_seq = self.next_seq.saturating_add(1);
+            let header = Header {
+                flags: flags::RELIABLE,
+                seq,
+                ..self.control_header()
+            };
+            let bytes = body.seal(&header);
+            self.resend.push(seq, bytes.clone());
+            self.emit(&mut out, &links, bytes);
+        }
+
+        // Keepalive, on every link so each stays known to be up.
+        if now >= self.last_send_ms + self.cfg.keepalive_ms {
+            let body = Packer::pack_all(self.cfg.max_payload, &[Message::Alive]);
+            self.stats.messages_sent += 1;
+            let all: Vec<usize> = (0..self.links.len()).collect();
+            for b in body {
+                self.emit(&mut out, &all, b.seal(&self.control_header()));
+            }
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            if let Some(s) = self.stats.links.get_mut(i) {
+                s.up = l
+                    .last_recv_ms
+                    .is_some_and(|t| now.saturating_sub(t) < self.cfg.peer_timeout_ms);
+            }
+        }
+        out
+    }
+
+    /// The transport failed to send on `link`.
+    pub fn note_send_error(&mut self, link: usize) {
+        if let Some(l) = self.stats.links.get_mut(link) {
+            l.errors += 1;
+        }
+    }
+
+    /// When to call `poll_transmit` at the latest (may be in the past: now).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mut t = self.last_send_ms + self.cfg.keepalive_ms;
+        let mut at = |x: u64| t = t.min(x);
+        if !self.control.is_empty()
+            || !self.retransmit.is_empty()
+            || (!self.queue.is_empty() && self.resend.len() < self.cfg.window)
+        {
+            at(self.now);
+        }
+        let last = self.next_seq.saturating_sub(1);
+        for p in self.peers.values() {
+            if let Some(d) = p.rx.deadline() {
+                at(d);
+            }
+            if let Some(r) = p.resync_retry {
+                at(r);
+            }
+            if self.peer_alive(p) && p.tx_acked < last && !self.resend.is_empty() {
+                at(self.rto_armed_ms + self.cfg.rto_ms);
+                // When it times out, the others' acks may free the window.
+                at(p.last_heard_ms + self.cfg.peer_timeout_ms);
+            }
+        }
+        Some(t)
+    }
+
+    /// Per sender: what we know of it.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(&id, p)| PeerStatus {
+                node_id: id,
+                epoch: p.epoch,
+                alive: self.peer_alive(p),
+                last_heard_ms: p.last_heard_ms,
+                expected_seq: p.rx.expected,
+                acked_seq: p.tx_acked,
+                flows: self.external.get(&id).map_or(0, FlowCache::len),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,417 @@
+//! End-to-end tests on the real kernel: two firewalls in network namespaces
+//! joined by a veth sync link, each running ctsyncd; flows are written into
+//! A's kernel and must appear in B's external cache and, after `-c`, in B's
+//! kernel table exactly as A holds them.
+//!
+//! Needs root (namespaces, ctnetlink). Addresses: 198.18.0.0/15, 2001:db8::/32.
+
+mod lab;
+
+use ctsync::flow::{Flow, FlowKey};
+use ctsync::kernel::write::{CreateOptions, WriteOp, Writer};
+use lab::{flow_mix, in_netns, wait_until, Lab, SyncFamily};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Does this kernel still track DCCP? (Linux removed it in 6.16.)
+fn kernel_has_dccp(ns: &str) -> bool {
+    let out = lab::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "conntrack",
+            "-I",
+            "-p",
+            "dccp",
+            "-s",
+            "198.18.250.1",
+            "-d",
+            "198.18.250.2",
+            "--sport",
+            "1",
+            "--dport",
+            "2",
+            "--state",
+            "OPEN",
+            "--role",
+            "client",
+            "-t",
+            "10",
+        ],
+    );
+    let ok = out.status.success();
+    if ok {
+        let _ = lab::run(
+            "ip",
+            &["netns", "exec", ns, "conntrack", "-D", "-p", "dccp"],
+        );
+    }
+    ok
+}
+
+/// Write flows into a namespace's kernel with ctsync's own batched writer.
+fn create_in(ns: &str, flows: Vec<Flow>) {
+    let name = ns.to_string();
+    let report = in_netns(ns, move || {
+        let mut writer = Writer::open().expect("open writer");
+        writer.create_all(&flows, &CreateOptions::default())
+    });
+    assert_eq!(
+        report.failed, 0,
+        "creating flows in {name}: {:?}",
+        report.first_errors
+    );
+}
+
+fn apply_in(ns: &str, ops: Vec<WriteOp>) {
+    let name = ns.to_string();
+    let report = in_netns(ns, move || {
+        let mut writer = Writer::open().expect("open writer");
+        writer.apply(&ops)
+    });
+    assert_eq!(
+        report.failed, 0,
+        "applying ops in {name}: {:?}",
+        report.first_errors
+    );
+}
+
+/// A flow list as a comparable set: JSON objects without the fields that
+/// legitimately differ between two views of one flow (timeouts, ages).
+fn comparable(flows: Vec<Value>) -> BTreeSet<String> {
+    flows
+        .into_iter()
+        .map(|mut v| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("timeout");
+                obj.remove("active_since_s");
+                obj.remove("peer");
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
+fn views_agree(lab: &Lab) -> bool {
+    let a = comparable(lab.a.cache_json("-i"));
+    let b = comparable(lab.b.cache_json("-e"));
+    a == b
+}
+
+fn assert_converges(lab: &Lab, what: &str) {
+    let converged = wait_until(CONVERGE, || views_agree(lab));
+    if !converged {
+        let a = comparable(lab.a.cache_json("-i"));
+        let b = comparable(lab.b.cache_json("-e"));
+        let missing: Vec<_> = a.difference(&b).take(5).collect();
+        let extra: Vec<_> = b.difference(&a).take(5).collect();
+        panic!(
+            "{what}: B's external cache ({}) never matched A's internal cache ({})\nmissing on B: {missing:#?}\nextra on B: {extra:#?}{}{}",
+            b.len(),
+            a.len(),
+            lab.a.log_tail(),
+            lab.b.log_tail()
+        );
+    }
+}
+
+fn stat_value(stats: &Value, path: &[&str]) -> u64 {
+    let mut v = stats;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn twenty_thousand_flows_replicate_commit_update_and_delete() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    let dccp = kernel_has_dccp(&lab.a.ns);
+    let flows = flow_mix(20_000, 1, dccp);
+    create_in(&lab.a.ns, flows.clone());
+    lab.a.start();
+    lab.b.start();
+
+    assert_eq!(
+        lab.a.cache_json("-i").len(),
+        20_000,
+        "A's internal cache after its start-up dump"
+    );
+    assert_converges(&lab, "initial replication");
+
+    // Failover: commit B's external cache into B's (empty) kernel table.
+    assert!(
+        lab.b.kernel_table().is_empty(),
+        "B's kernel table must start empty"
+    );
+    lab.b.ctl_ok(&["-c"]);
+    let table_a = lab.a.kernel_table();
+    let table_b = lab.b.kernel_table();
+    assert_eq!(table_a.len(), 20_000);
+    if table_a != table_b {
+        let only_a: Vec<_> = table_a
+            .iter()
+            .filter(|l| !table_b.contains(l))
+            .take(5)
+            .collect();
+        let only_b: Vec<_> = table_b
+            .iter()
+            .filter(|l| !table_a.contains(l))
+            .take(5)
+            .collect();
+        panic!("kernel tables differ after -c\nonly in A: {only_a:#?}\nonly in B: {only_b:#?}");
+    }
+    // B's own commit is cached internally but never echoed back to A.
+    std::thread::sleep(Duration::from_millis(500));
+    let a_external = lab.a.cache_json("-e");
+    assert!(
+        a_external.is_empty(),
+        "B echoed its commit to A: {} flows",
+        a_external.len()
+    );
+
+    // Updates and deletions in A reach B.
+    let mut updates = Vec::new();
+    let mut deletes = Vec::new();
+    for (i, flow) in flows.iter().enumerate() {
+        if i % 10 == 1 {
+            let mut changed = flow.clone();
+            changed.mark = 4242;
+            updates.push(WriteOp::Update(changed));
+        } else if i % 10 == 4 {
+            deletes.push(WriteOp::Delete(flow.key()));
+        }
+    }
+    let deleted: Vec<FlowKey> = deletes
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Delete(k) => Some(*k),
+            _ => None,
+        })
+        .collect();
+    apply_in(&lab.a.ns, updates);
+    apply_in(&lab.a.ns, deletes);
+    assert_converges(&lab, "updates and deletes");
+    let b_external = lab.b.cache_json("-e");
+    assert_eq!(b_external.len(), 20_000 - deleted.len());
+    let marked = b_external.iter().filter(|f| f["mark"] == 4242).count();
+    assert_eq!(marked, 2_000, "updated marks on B");
+}
+
+#[test]
+fn ipv6_sync_link_replicates_nat_flows() {
+    let mut lab = Lab::two_nodes(SyncFamily::V6);
+    lab.a.start();
+    lab.b.start();
+    // Flows created after both daemons run travel as events.
+    create_in(&lab.a.ns, flow_mix(2_000, 2, false));
+    assert_converges(&lab, "replication over an IPv6 sync link");
+    lab.b.ctl_ok(&["-c"]);
+    assert_eq!(lab.a.kernel_table(), lab.b.kernel_table());
+}
+
+#[test]
+fn killed_backup_converges_after_restart_without_manual_resync() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    create_in(&lab.a.ns, flow_mix(3_000, 3, false));
+    lab.a.start();
+    lab.b.start();
+    assert_converges(&lab, "before the crash");
+
+    lab.b.kill(libc::SIGKILL);
+    // A keeps changing while B is down: new flows, deletions, updates.
+    create_in(&lab.a.ns, flow_mix(2_000, 4, false));
+    let gone: Vec<WriteOp> = flow_mix(3_000, 3, false)
+        .iter()
+        .step_by(3)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    apply_in(&lab.a.ns, gone);
+    // The socket of the killed daemon is stale; the restart must cope.
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(500, 5, false));
+    assert_converges(&lab, "after B's restart");
+}
+
+#[test]
+fn malformed_datagrams_are_counted_dropped_and_survived() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(200, 6, false));
+    assert_converges(&lab, "before the garbage");
+
+    // Garbage from A's own sync address, so it passes the source check and
+    // reaches the decoder.
+    in_netns(&lab.a.ns, || {
+        let sock = UdpSocket::bind("198.18.0.1:0").expect("bind");
+        let target = "198.18.0.2:3780";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        sock.send_to(&[0x43], target).expect("truncated");
+        sock.send_to(&[0u8; 64], target).expect("wrong magic");
+        for _ in 0..50 {
+            let len = (next() % 1400) as usize + 1;
+            let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            sock.send_to(&junk, target).expect("random");
+        }
+        let huge = vec![0x55u8; 9000];
+        sock.send_to(&huge, target).expect("oversized");
+    });
+    // A valid header with a bad version and one with a lying length.
+    let valid = in_netns(&lab.a.ns, || {
+        use ctsync::wire::header::{flags, Header};
+        let header = Header {
+            flags: flags::RELIABLE,
+            node_id: 99,
+            epoch: 1,
+            seq: 1,
+            body_len: 0,
+            tag_len: 0,
+        };
+        let mut bytes = ctsync::wire::encode_datagram(&header, &[]);
+        let sock = UdpSocket::bind("198.18.0.1:0").expect("bind");
+        let mut bad_version = bytes.clone();
+        bad_version[4] = 77;
+        sock.send_to(&bad_version, "198.18.0.2:3780")
+            .expect("bad version");
+        bytes.extend_from_slice(&[1, 2, 3]);
+        sock.send_to(&bytes, "198.18.0.2:3780").expect("bad length");
+        true
+    });
+    assert!(valid);
+
+    let counted = wait_until(Duration::from_secs(10), || {
+        let stats: Value =
+            serde_json::from_str(&lab.b.ctl_ok(&["-s", "--json"])).expect("stats json");
+        let by_reason = &stats["malformed_by_reason"];
+        stat_value(by_reason, &["truncated"]) >= 1
+            && stat_value(by_reason, &["bad_magic"]) >= 1
+            && stat_value(by_reason, &["bad_version"]) >= 1
+            && stat_value(by_reason, &["bad_length"]) >= 1
+            && stat_value(&stats, &["malformed"]) >= 54
+    });
+    assert!(
+        counted,
+        "malformed datagrams not counted: {}",
+        lab.b.ctl_ok(&["-s"])
+    );
+    // The text stats show them too.
+    let text = lab.b.ctl_ok(&["-s"]);
+    assert!(text.contains("Malformed msgs"), "{text}");
+
+    // B keeps running and keeps syncing.
+    create_in(&lab.a.ns, flow_mix(300, 7, false));
+    assert_converges(&lab, "after the garbage");
+}
+
+#[test]
+fn primary_backup_script_fails_over_with_ctsyncd() {
+    let script = std::path::Path::new("/usr/share/doc/conntrackd/examples/sync/primary-backup.sh");
+    assert!(
+        script.exists(),
+        "conntrackd's primary-backup.sh is missing (apt-get install conntrackd)"
+    );
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    create_in(&lab.a.ns, flow_mix(1_000, 8, false));
+    lab.a.start();
+    lab.b.start();
+    assert_converges(&lab, "before failover");
+
+    let text = std::fs::read_to_string(script).expect("read script");
+    let patched = text
+        .replace(
+            "CONNTRACKD_BIN=/usr/sbin/conntrackd",
+            &format!("CONNTRACKD_BIN={}", lab::ctsyncd_bin().display()),
+        )
+        .replace(
+            "CONNTRACKD_CONFIG=/etc/conntrackd/conntrackd.conf",
+            &format!("CONNTRACKD_CONFIG={}", lab.b.config.display()),
+        )
+        .replace(
+            "CONNTRACKD_LOCK=/var/lock/conntrack.lock",
+            &format!("CONNTRACKD_LOCK={}", lab.dir.join("b.lock").display()),
+        );
+    assert_ne!(patched, text, "the script's variables were not found");
+    let copy = lab.dir.join("primary-backup.sh");
+    std::fs::write(&copy, patched).expect("write script");
+
+    // B becomes primary: -c, -f, -R, -B.
+    let out = lab.b.exec("sh", &[lab::path_str(&copy), "primary"]);
+    assert!(
+        out.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.a.kernel_table(),
+        lab.b.kernel_table(),
+        "B's kernel after promotion"
+    );
+    assert_eq!(
+        lab.b.cache_json("-i").len(),
+        1_000,
+        "B's internal cache after -R"
+    );
+    assert!(
+        lab.b.cache_json("-e").is_empty(),
+        "B's external cache after -f"
+    );
+    // -B sent B's table to A, which now holds it as external state.
+    let bulk_arrived = wait_until(CONVERGE, || lab.a.cache_json("-e").len() == 1_000);
+    assert!(bulk_arrived, "B's bulk never reached A");
+
+    // A becomes backup: -s succeeds (daemon alive), then -t and -n.
+    let script_a = lab.dir.join("primary-backup-a.sh");
+    let text_a = std::fs::read_to_string(&copy)
+        .expect("read copy")
+        .replace(lab::path_str(&lab.b.config), lab::path_str(&lab.a.config));
+    std::fs::write(&script_a, text_a).expect("write script");
+    let out = lab.a.exec("sh", &[lab::path_str(&script_a), "backup"]);
+    assert!(
+        out.status.success(),
+        "backup transition failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_flag_and_sigterm_stop_the_daemon_cleanly() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    lab.a.start();
+    lab.b.start();
+    lab.a.ctl_ok(&["-k"]);
+    assert!(
+        lab.a.wait_exit(Duration::from_secs(10)),
+        "-k did not stop A"
+    );
+    assert!(!lab.a.socket.exists(), "A left its control socket behind");
+    let out = lab.a.ctl(&["-s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "client must fail when the daemon is gone"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().count(),
+        1,
+        "one-line reason"
+    );
+
+    lab.b.kill(libc::SIGTERM);
+    assert!(
+        !lab.b.socket.exists(),
+        "B left its control socket behind after SIGTERM"
+    );
+}

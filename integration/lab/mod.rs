@@ -1,0 +1,526 @@
+//! The network-namespace lab shared by the end-to-end tests and the demo:
+//! firewalls as namespaces joined by a veth sync link, ctsyncd daemons in
+//! them, flows written into their kernels, and the oracles that compare
+//! tables. Everything it creates is removed on drop, even when a test fails.
+//!
+//! Addresses: sync link 198.18.0.0/24 and 2001:db8:5::/64; test flows from
+//! 198.18.1.0 upward, 198.19.0.0/16 and 2001:db8:1::/48.
+
+#![allow(dead_code)]
+
+use ctsync::flow::{proto, status, Flow, ProtoState, Tuple, L4};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the daemon binary under test.
+pub fn ctsyncd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ctsyncd"))
+}
+
+/// Run a command, returning its output; panics with the command on spawn failure.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"))
+}
+
+/// Run a command that must succeed.
+pub fn must(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {path} failed");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// One firewall: a network namespace and, when started, its daemon.
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub daemon: Option<Child>,
+}
+
+impl Node {
+    /// Run `ctsyncd -C <config> args...` as a client; returns the output.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-C", self.config.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        Command::new(ctsyncd_bin())
+            .args(&all)
+            .output()
+            .expect("run ctsyncd client")
+    }
+
+    /// Run a client command that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "{}: ctsyncd {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a command inside this node's namespace.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", self.ns.as_str(), cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Start the daemon in the foreground (as systemd would) and wait until
+    /// its control socket answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "{} already running", self.name);
+        let log = File::create(&self.log).expect("create daemon log");
+        let err = log.try_clone().expect("clone log handle");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(ctsyncd_bin())
+            .args(["-C", self.config.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn ctsyncd");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ctl(&["-s"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.daemon.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} daemon exited early ({status}){}",
+                        self.name,
+                        self.log_tail()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} daemon did not come up{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send a signal to the daemon and reap it.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut child) = self.daemon.take() {
+            // `ip netns exec` execs the daemon, so the child pid is the daemon's.
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for the daemon to exit on its own (after `-k`); true if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.daemon.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.daemon = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(30);
+        format!(
+            "\n--- {} log tail ---\n{}",
+            self.name,
+            lines[start..].join("\n")
+        )
+    }
+
+    /// `conntrack -L -o extended` in this namespace, normalised for
+    /// comparison: timeouts, use counts and ids stripped, lines sorted.
+    pub fn kernel_table(&self) -> Vec<String> {
+        let out = self.exec("conntrack", &["-L", "-o", "extended"]);
+        assert!(out.status.success(), "conntrack -L failed in {}", self.ns);
+        normalise_conntrack(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `-i`/`-e` as JSON flows.
+    pub fn cache_json(&self, flag: &str) -> Vec<serde_json::Value> {
+        let text = self.ctl_ok(&[flag, "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON from {flag}: {e}: {text}"))
+    }
+}
+
+/// Strip what differs between two kernels holding the same flows.
+pub fn normalise_conntrack(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            tokens
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| *i != 4 && !t.starts_with("use=") && !t.starts_with("id="))
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Two firewalls joined by one veth sync link.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub a: Node,
+    pub b: Node,
+}
+
+/// The sync-link addressing of a lab.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SyncFamily {
+    V4,
+    V6,
+}
+
+impl Lab {
+    /// Make namespaces `cts-a-…` and `cts-b-…`, the link, and both configs.
+    pub fn two_nodes(family: SyncFamily) -> Lab {
+        Lab::two_nodes_with(family, "")
+    }
+
+    /// As `two_nodes`, with extra TOML appended to the `[sync]` table.
+    pub fn two_nodes_with(family: SyncFamily, sync_extra: &str) -> Lab {
+        // ctnetlink creates of NAT flows need the NAT core; where the kernel
+        // has them as modules, load them (built-in kernels need nothing).
+        for module in ["nf_conntrack", "nf_nat"] {
+            let _ = Command::new("modprobe").arg(module).output();
+        }
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("cts-lab-{id}"));
+        std::fs::create_dir_all(&dir).expect("lab dir");
+        let node = |name: &str| Node {
+            name: name.to_string(),
+            ns: format!("cts-{name}-{id}"),
+            config: dir.join(format!("{name}.toml")),
+            socket: dir.join(format!("{name}.sock")),
+            log: dir.join(format!("{name}.log")),
+            daemon: None,
+        };
+        let lab = Lab {
+            a: node("a"),
+            b: node("b"),
+            dir,
+        };
+        for n in [&lab.a, &lab.b] {
+            must("ip", &["netns", "add", &n.ns]);
+            must("ip", &["-n", &n.ns, "link", "set", "lo", "up"]);
+        }
+        must(
+            "ip",
+            &[
+                "link", "add", "sync0", "netns", &lab.a.ns, "type", "veth", "peer", "name",
+                "sync0", "netns", &lab.b.ns,
+            ],
+        );
+        let (addr_a, addr_b, plen) = match family {
+            SyncFamily::V4 => ("198.18.0.1", "198.18.0.2", "24"),
+            SyncFamily::V6 => ("2001:db8:5::1", "2001:db8:5::2", "64"),
+        };
+        for (n, addr) in [(&lab.a, addr_a), (&lab.b, addr_b)] {
+            let cidr = format!("{addr}/{plen}");
+            let mut args = vec![
+                "-n",
+                n.ns.as_str(),
+                "addr",
+                "add",
+                cidr.as_str(),
+                "dev",
+                "sync0",
+            ];
+            if family == SyncFamily::V6 {
+                args.push("nodad");
+            }
+            must("ip", &args);
+            must("ip", &["-n", &n.ns, "link", "set", "sync0", "up"]);
+        }
+        for (n, id, local, peer) in [(&lab.a, 1, addr_a, addr_b), (&lab.b, 2, addr_b, addr_a)] {
+            let config = format!(
+                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
+                n.socket.display()
+            );
+            std::fs::write(&n.config, config).expect("write config");
+        }
+        lab
+    }
+
+    pub fn nodes_mut(&mut self) -> [&mut Node; 2] {
+        [&mut self.a, &mut self.b]
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for n in self.nodes_mut() {
+            n.kill(libc::SIGTERM);
+        }
+        for n in [&self.a, &self.b] {
+            let _ = run("ip", &["netns", "del", &n.ns]);
+        }
+        if std::thread::panicking() {
+            eprintln!("lab files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Poll `check` every 100 ms until it returns true or `within` passes.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::from([a, b, c, d])
+}
+
+fn v6(group3: u16, low: u16) -> IpAddr {
+    IpAddr::from([0x2001, 0x0db8, 0x0001, group3, 0, 0, 0, low])
+}
+
+/// A deterministic mix of `n` flows covering every protocol ctsync models,
+/// IPv4 and IPv6, SNAT, DNAT and both with port changes, a non-default zone
+/// and marks. `salt` keeps different batches apart.
+pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
+    let kinds = if with_dccp { 11 } else { 10 };
+    (0..n)
+        .map(|i| {
+            let hi = (i >> 8) as u8;
+            let lo = (i & 0xff) as u8;
+            let idx = i as u16;
+            let src4 = v4(198, 18, 16 + (hi & 0x3f), lo);
+            let dst4 = v4(198, 19, salt, 1 + (hi >> 6));
+            let src6 = v6(u16::from(salt), idx);
+            let dst6 = v6(0xffff, 1);
+            let ports = |p: u16| L4::Ports {
+                src: 1024 + p % 60000,
+                dst: 80,
+            };
+            let tuple = |src, dst, proto, l4| Tuple {
+                src,
+                dst,
+                proto,
+                l4,
+            };
+            let established = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+            let mut flow = match i % kinds {
+                0 => {
+                    let mut f = Flow::new(tuple(src4, dst4, proto::TCP, ports(idx)));
+                    f.state = tcp_state(3);
+                    f.status = established;
+                    f
+                }
+                1 => {
+                    let mut f = Flow::new(tuple(src6, dst6, proto::TCP, ports(idx)));
+                    f.state = tcp_state(1);
+                    f.status = status::CONFIRMED;
+                    f
+                }
+                2 => {
+                    let orig = tuple(src4, dst4, proto::UDP, ports(idx));
+                    let mut f = Flow::new(orig);
+                    f.reply.dst = v4(198, 19, 255, salt);
+                    f.reply.l4 = L4::Ports {
+                        src: 80,
+                        dst: 10000 + idx % 50000,
+                    };
+                    f.status = status::CONFIRMED
+                        | status::SRC_NAT
+                        | status::SRC_NAT_DONE
+                        | status::DST_NAT_DONE;
+                    f
+                }
+                3 => {
+                    let orig = tuple(src6, dst6, proto::UDP, ports(idx));
+                    let mut f = Flow::new(orig);
+                    f.reply.src = v6(0xfffe, 1);
+                    f.reply.l4 = L4::Ports {
+                        src: 8080,
+                        dst: 1024 + idx % 60000,
+                    };
+                    f.status = status::CONFIRMED
+                        | status::DST_NAT
+                        | status::SRC_NAT_DONE
+                        | status::DST_NAT_DONE;
+                    f
+                }
+                4 => {
+                    let mut f = Flow::new(tuple(
+                        src4,
+                        dst4,
+                        proto::ICMP,
+                        L4::Icmp {
+                            kind: 8,
+                            code: 0,
+                            id: idx,
+                        },
+                    ));
+                    f.status = status::CONFIRMED;
+                    f
+                }
+                5 => {
+                    let mut f = Flow::new(tuple(
+                        src6,
+                        dst6,
+                        proto::ICMPV6,
+                        L4::Icmp {
+                            kind: 128,
+                            code: 0,
+                            id: idx,
+                        },
+                    ));
+                    f.status = status::CONFIRMED;
+                    f
+                }
+                6 => {
+                    let mut f = Flow::new(tuple(src4, dst4, proto::SCTP, ports(idx)));
+                    f.state = ProtoState::Sctp {
+                        state: 4,
+                        vtag_orig: 0x1000 + u32::from(idx),
+                        vtag_reply: 0x2000 + u32::from(idx),
+                    };
+                    f.status = established;
+                    f
+                }
+                7 => {
+                    let mut f = Flow::new(tuple(
+                        src4,
+                        dst4,
+                        proto::GRE,
+                        L4::Ports {
+                            src: idx,
+                            dst: idx ^ 0x5555,
+                        },
+                    ));
+                    f.status = status::CONFIRMED;
+                    f
+                }
+                8 => {
+                    let mut f = Flow::new(tuple(src6, dst6, proto::UDPLITE, ports(idx)));
+                    f.status = status::CONFIRMED | status::SEEN_REPLY;
+                    f
+                }
+                9 => {
+                    // SNAT and DNAT with ports, in zone 7.
+                    let orig = tuple(src4, dst4, proto::TCP, ports(idx));
+                    let mut f = Flow::new(orig);
+                    f.reply = tuple(
+                        v4(198, 18, 200, 9),
+                        v4(198, 19, 254, salt),
+                        proto::TCP,
+                        L4::Ports {
+                            src: 8443,
+                            dst: 20000 + idx % 40000,
+                        },
+                    );
+                    f.zone = 7;
+                    f.state = tcp_state(3);
+                    f.status = established
+                        | status::SRC_NAT
+                        | status::DST_NAT
+                        | status::SRC_NAT_DONE
+                        | status::DST_NAT_DONE;
+                    f
+                }
+                _ => {
+                    let mut f = Flow::new(tuple(src4, dst4, proto::DCCP, ports(idx)));
+                    f.state = ProtoState::Dccp { state: 4, role: 0 };
+                    f.status = established;
+                    f
+                }
+            };
+            flow.mark = (i % 5) as u32;
+            flow.timeout = 600;
+            flow
+        })
+        .collect()
+}
+
+fn tcp_state(state: u8) -> ProtoState {
+    ProtoState::Tcp {
+        state,
+        wscale_orig: 7,
+        wscale_reply: 7,
+        flags_orig: 0,
+        flags_reply: 0,
+    }
+}
+
+/// Read a file path as str for command arguments.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}

@@ -1,0 +1,370 @@
+//! The command line: conntrackd's client flags with their quirks, plus
+//! readable subcommands and `--json`.
+//!
+//! Owns: turning argv into an [`Invocation`]: which config, and whether to
+//! run the daemon (foreground or `-d`) or send one request. Must not: read
+//! the config, touch the socket, print, or exit; `main.rs` does that.
+//!
+//! conntrackd quirks kept (reference §1.11): an option is recognised by its
+//! second character (`-cx` is `-c`); an optional argument is taken when it
+//! does not start with `-` and is a prefix of a keyword (`-s c` = cache,
+//! `-c exp` = expect); for the table options (`-c -i -e -F -R`) a word that
+//! is no keyword prefix is left for the next round; the last client option
+//! wins; `-d` with a client option is an error. Changed on purpose: an
+//! unknown option is an error (conntrackd exits 0), and every `expect`
+//! request fails with "expectation sync is not supported" (ctsync does not
+//! sync expectations, and a script asking for them should know).
+
+use super::request::{CacheSel, Request, StatsSection};
+use crate::config::DEFAULT_CONFIG_PATH;
+use std::path::PathBuf;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// No client option: run the daemon in this process.
+    Foreground,
+    /// `-d`: start the daemon in the background and return once it answers.
+    Background,
+    /// Send one request to the running daemon and print the reply.
+    Request(Request),
+    /// `status`: is the daemon running, and a one-screen summary.
+    Status,
+    /// `-v`
+    Version,
+    /// `-h`
+    Help,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// `-C FILE`, or [`DEFAULT_CONFIG_PATH`].
+    pub config: PathBuf,
+    /// `--json`: dumps and stats as JSON.
+    pub json: bool,
+    pub action: Action,
+}
+
+/// A command line that can't be run, with a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
+    Err(CliError(msg.into()))
+}
+
+/// True when `word` is a non-empty prefix of `keyword` (conntrackd's strncmp test).
+fn is_prefix(word: &str, keyword: &str) -> bool {
+    keyword.starts_with(word)
+}
+
+const EXPECT_UNSUPPORTED: &str = "expectation sync is not supported";
+
+/// `ct`/`expect` argument of `-c -i -e -F -R`.
+enum Table {
+    Default,
+    Ct,
+    Expect,
+}
+
+/// Where a parse is: nothing chosen yet, the daemon, or a client request.
+#[derive(PartialEq)]
+enum Mode {
+    Unset,
+    Daemon,
+    Client,
+}
+
+/// Parse the arguments after the program name.
+pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, CliError> {
+    let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+    let mut config = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let mut json = false;
+    let mut mode = Mode::Unset;
+    let mut action: Option<Result<Action, CliError>> = None;
+    let set_mode = |mode: &mut Mode, want: Mode| -> Result<(), CliError> {
+        if *mode != Mode::Unset && *mode != want {
+            return err("invalid parameters: -d can't be mixed with a client option");
+        }
+        *mode = want;
+        Ok(())
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args.get(i).copied().unwrap_or("");
+        match arg {
+            "--json" => {
+                json = true;
+                i += 1;
+                continue;
+            }
+            "--help" => {
+                return Ok(Invocation {
+                    config,
+                    json,
+                    action: Action::Help,
+                })
+            }
+            "--version" => {
+                return Ok(Invocation {
+                    config,
+                    json,
+                    action: Action::Version,
+                })
+            }
+            _ => {}
+        }
+        if !arg.starts_with('-') {
+            if mode == Mode::Unset {
+                let rest: Vec<&str> = args.get(i + 1..).unwrap_or_default().to_vec();
+                let (act, more_json, more_config) = subcommand(arg, &rest)?;
+                return Ok(Invocation {
+                    config: more_config.unwrap_or(config),
+                    json: json || more_json,
+                    action: act,
+                });
+            }
+            return err(format!("unexpected argument '{arg}'"));
+        }
+        let next = args.get(i + 1).copied().filter(|n| !n.starts_with('-'));
+        // Options are told apart by their second character only.
+        let opt = arg.chars().nth(1).unwrap_or('\0');
+        let table = |consumed: &mut usize| -> Table {
+            match next {
+                Some(n) if is_prefix(n, "ct") => {
+                    *consumed = 1;
+                    Table::Ct
+                }
+                Some(n) if is_prefix(n, "expect") => {
+                    *consumed = 1;
+                    Table::Expect
+                }
+                _ => Table::Default,
+            }
+        };
+        let mut consumed = 0usize;
+        match opt {
+            'd' => {
+                set_mode(&mut mode, Mode::Daemon)?;
+                action = Some(Ok(Action::Background));
+            }
+            'C' => {
+                let Some(file) = args.get(i + 1) else {
+                    return err("missing config filename after -C");
+                };
+                config = PathBuf::from(file);
+                consumed = 1;
+            }
+            'c' | 'i' | 'e' | 'F' | 'R' => {
+                set_mode(&mut mode, Mode::Client)?;
+                let t = table(&mut consumed);
+                let req = match opt {
+                    'c' => Request::Commit,
+                    'i' => Request::DumpInternal,
+                    'e' => Request::DumpExternal,
+                    'F' => Request::FlushKernel,
+                    _ => Request::ResyncFromKernel,
+                };
+                action = Some(match t {
+                    Table::Expect => err(EXPECT_UNSUPPORTED),
+                    Table::Ct | Table::Default => Ok(Action::Request(req)),
+                });
+            }
+            'f' => {
+                set_mode(&mut mode, Mode::Client)?;
+                let sel = match next {
+                    None => CacheSel::All,
+                    Some(n) if is_prefix(n, "internal") => CacheSel::Internal,
+                    Some(n) if is_prefix(n, "external") => CacheSel::External,
+                    Some(n) => return err(format!("unknown parameter '{n}' for option '-f'")),
+                };
+                if next.is_some() {
+                    consumed = 1;
+                }
+                action = Some(Ok(Action::Request(Request::FlushCaches(sel))));
+            }
+            's' => {
+                set_mode(&mut mode, Mode::Client)?;
+                let section = match next {
+                    None => Ok(StatsSection::General),
+                    Some(n) => {
+                        consumed = 1;
+                        stats_keyword(n).ok_or_else(|| {
+                            CliError(format!("unknown parameter '{n}' for option '-s'"))
+                        })?
+                    }
+                };
+                action = Some(section.map(|s| Action::Request(Request::Stats(s))));
+            }
+            'k' | 'B' | 'n' | 't' => {
+                set_mode(&mut mode, Mode::Client)?;
+                let req = match opt {
+                    'k' => Request::Kill,
+                    'B' => Request::SendBulk,
+                    'n' => Request::RequestResync,
+                    _ => Request::ResetTimers,
+                };
+                action = Some(Ok(Action::Request(req)));
+            }
+            'x' => return err("-x (XML output) is not supported; use --json"),
+            'v' => {
+                return Ok(Invocation {
+                    config,
+                    json,
+                    action: Action::Version,
+                })
+            }
+            'h' => {
+                return Ok(Invocation {
+                    config,
+                    json,
+                    action: Action::Help,
+                })
+            }
+            _ => return err(format!("unknown option '{arg}' (try -h)")),
+        }
+        i += 1 + consumed;
+    }
+    let action = match action {
+        None => Action::Foreground,
+        Some(a) => a?,
+    };
+    Ok(Invocation {
+        config,
+        json,
+        action,
+    })
+}
+
+/// The `-s` keywords in conntrackd's order; `Err` for the ones ctsync refuses.
+fn stats_keyword(word: &str) -> Option<Result<StatsSection, CliError>> {
+    let table: [(&str, Result<StatsSection, &str>); 10] = [
+        ("network", Ok(StatsSection::Network)),
+        ("cache", Ok(StatsSection::Cache)),
+        ("runtime", Ok(StatsSection::Runtime)),
+        ("multicast", Ok(StatsSection::Link)),
+        ("link", Ok(StatsSection::Link)),
+        ("rsqueue", Ok(StatsSection::Rsqueue)),
+        ("process", Ok(StatsSection::Process)),
+        ("queue", Ok(StatsSection::Queue)),
+        ("ct", Ok(StatsSection::General)),
+        ("expect", Err(EXPECT_UNSUPPORTED)),
+    ];
+    table
+        .into_iter()
+        .find(|(k, _)| is_prefix(word, k))
+        .map(|(_, r)| r.map_err(CliError::from_str))
+}
+
+impl CliError {
+    fn from_str(s: &str) -> CliError {
+        CliError(s.to_string())
+    }
+}
+
+/// A readable subcommand and its words; `--json` and `-C FILE` may follow.
+fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf>), CliError> {
+    let mut json = false;
+    let mut config = None;
+    let mut words = Vec::new();
+    let mut it = rest.iter();
+    while let Some(&w) = it.next() {
+        match w {
+            "--json" => json = true,
+            "-C" => match it.next() {
+                Some(f) => config = Some(PathBuf::from(f)),
+                None => return err("missing config filename after -C"),
+            },
+            w if w.starts_with('-') => return err(format!("unknown option '{w}' for '{name}'")),
+            w => words.push(w),
+        }
+    }
+    let one = |words: &[&str]| -> Result<Option<String>, CliError> {
+        match words {
+            [] => Ok(None),
+            [w] => Ok(Some((*w).to_string())),
+            _ => err(format!("too many arguments for '{name}'")),
+        }
+    };
+    let none = |words: &[&str]| -> Result<(), CliError> {
+        if words.is_empty() {
+            Ok(())
+        } else {
+            err(format!("'{name}' takes no arguments"))
+        }
+    };
+    let req = |r: Request| Action::Request(r);
+    let action = match name {
+        "status" => none(&words).map(|_| Action::Status)?,
+        "commit" => none(&words).map(|_| req(Request::Commit))?,
+        "resync" => none(&words).map(|_| req(Request::RequestResync))?,
+        "bulk" => none(&words).map(|_| req(Request::SendBulk))?,
+        "flush-kernel" => none(&words).map(|_| req(Request::FlushKernel))?,
+        "kill" => none(&words).map(|_| req(Request::Kill))?,
+        "reload-kernel" => none(&words).map(|_| req(Request::ResyncFromKernel))?,
+        "dump" => match one(&words)?.as_deref() {
+            None | Some("internal") => req(Request::DumpInternal),
+            Some("external") => req(Request::DumpExternal),
+            Some(w) => {
+                return err(format!(
+                    "dump: expected 'internal' or 'external', not '{w}'"
+                ))
+            }
+        },
+        "flush" => match one(&words)?.as_deref() {
+            None | Some("all") => req(Request::FlushCaches(CacheSel::All)),
+            Some("internal") => req(Request::FlushCaches(CacheSel::Internal)),
+            Some("external") => req(Request::FlushCaches(CacheSel::External)),
+            Some(w) => {
+                return err(format!(
+                    "flush: expected 'internal' or 'external', not '{w}'"
+                ))
+            }
+        },
+        "stats" => match one(&words)?.as_deref() {
+            None | Some("general") => req(Request::Stats(StatsSection::General)),
+            Some(w) => match stats_keyword(w) {
+                Some(Ok(s)) => req(Request::Stats(s)),
+                Some(Err(e)) => return Err(e),
+                None => return err(format!("stats: unknown section '{w}'")),
+            },
+        },
+        // Test hook: the daemon drops the next N flow messages it receives.
+        "debug-drop-external" => match one(&words)?.map(|w| w.parse::<usize>()) {
+            Some(Ok(count)) => req(Request::DebugDropExternal { count }),
+            _ => return err("debug-drop-external: expected a count"),
+        },
+        other => return err(format!("unknown command '{other}' (try -h)")),
+    };
+    Ok((action, json, config))
+}
+
+/// The `-h` text.
+pub const USAGE: &str = "\
+Usage: ctsyncd [-C FILE] [options]
+Daemon:
+  (no option)          run the daemon in the foreground
+  -d                   run the daemon in the background
+Client (conntrackd-compatible):
+  -c [ct]              commit the external cache to the kernel
+  -f [internal|external]  flush the caches
+  -F [ct]              flush the kernel conntrack table
+  -i [ct]              dump the internal cache
+  -e [ct]              dump the external cache
+  -k                   kill the daemon
+  -s [network|cache|runtime|link|rsqueue|queue|process]  show counters
+  -R [ct]              resync the internal cache with the kernel table
+  -n                   request a resync from the peers
+  -B                   send a bulk update to the peers
+  -t                   flush the kernel table and internal cache after purge_timeout_s
+  -C FILE              config file (default /etc/ctsyncd/ctsyncd.toml)
+  -v                   version
+  -h                   this help
+Commands:
+  status | commit | dump [internal|external] | stats [section] | resync | bulk
+  flush [internal|external] | flush-kernel | kill | reload-kernel
+  --json               dumps and stats as JSON
+Expectation sync (`expect`) and XML output (-x) are not supported.
+";

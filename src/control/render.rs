@@ -1,0 +1,713 @@
+//! Text and JSON renderings of cache entries and counters.
+//!
+//! Owns: conntrackd's exact output layouts (reference §1.12): the
+//! libnetfilter_conntrack "plain" flow line used by `-i`/`-e`, the `-s`
+//! blocks with their printf widths, and ctsync's own `ctsync:` block; plus
+//! the `--json` forms. Must not: read the clock (times are arguments), or
+//! gather the counters (the daemon fills a [`StatsSnapshot`]).
+
+use super::request::StatsSection;
+use crate::cache::CacheEntry;
+use crate::flow::{proto_name, status, Flow, Tuple, L4};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Counters of one cache, as `cache internal:` prints them.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheBlock {
+    pub active: u64,
+    pub created: u64,
+    pub create_failed: u64,
+    pub updated: u64,
+    pub update_failed: u64,
+    pub destroyed: u64,
+    pub destroy_failed: u64,
+}
+
+/// Counters of one sync link.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkBlock {
+    /// "UDP" or "multicast", as conntrackd names them.
+    pub transport: String,
+    pub device: String,
+    /// The link currently used for sending.
+    pub active: bool,
+    pub up: bool,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    pub errors_send: u64,
+    pub errors_recv: u64,
+}
+
+/// What this node knows of one peer.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerBlock {
+    pub node_id: u32,
+    pub epoch: u64,
+    pub alive: bool,
+    pub flows: u64,
+    pub expected_seq: u32,
+}
+
+/// Everything `-s` can print, gathered by the daemon at one instant.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub internal: CacheBlock,
+    pub external: CacheBlock,
+    pub traffic_bytes: u64,
+    pub traffic_packets: u64,
+    pub links: Vec<LinkBlock>,
+    pub malformed: u64,
+    pub lost: u64,
+    /// Malformed datagrams by reason. The keys in [`reason`] also fill the
+    /// matching rows of `-s network`; any key is listed in the `ctsync:` block.
+    pub malformed_by_reason: BTreeMap<String, u64>,
+    pub resent: u64,
+    pub resyncs_requested: u64,
+    pub resyncs_received: u64,
+    pub bulks_sent: u64,
+    pub bulks_received: u64,
+    pub kernel_overruns: u64,
+    pub kernel_buffer_size: u64,
+    pub commit_ok: u64,
+    pub commit_failed: u64,
+    pub uptime_s: u64,
+    pub peers: Vec<PeerBlock>,
+}
+
+/// Reason keys of `malformed_by_reason` that map to `-s network` rows.
+pub mod reason {
+    pub const VERSION: &str = "version";
+    pub const HEADER: &str = "header";
+    pub const PAYLOAD: &str = "payload";
+    pub const TYPE: &str = "type";
+    pub const TRUNCATED: &str = "truncated";
+    pub const SIZE: &str = "size";
+}
+
+// ---- flows ----------------------------------------------------------------
+
+/// Seconds an entry has been cached, as `[active since Ns]` prints it.
+fn active_since_s(entry: &CacheEntry, now_ms: u64) -> u64 {
+    now_ms.saturating_sub(entry.since_ms) / 1000
+}
+
+/// One flow in libnetfilter_conntrack's plain layout, without the timeout,
+/// followed by ` [active since Ns]`. `with_reply` prints the reply tuple
+/// (`-i`); without it only the original tuple is shown (`-e`).
+pub fn flow_line(entry: &CacheEntry, now_ms: u64, with_reply: bool) -> String {
+    let f = &entry.flow;
+    let mut s = String::with_capacity(200);
+    let _ = write!(s, "{:<8} {} ", proto_name(f.orig.proto), f.orig.proto);
+    if let Some(name) = f.state.name() {
+        // libnetfilter_conntrack prints an out-of-range state as NONE.
+        let name = if name == "UNKNOWN" { "NONE" } else { name };
+        let _ = write!(s, "{name} ");
+    }
+    let _ = write!(s, "{} ", f.orig);
+    if f.status & status::SEEN_REPLY == 0 {
+        s.push_str("[UNREPLIED] ");
+    }
+    if with_reply {
+        let _ = write!(s, "{} ", f.reply);
+    }
+    if f.status & status::HW_OFFLOAD != 0 {
+        s.push_str("[HW_OFFLOAD] ");
+    } else if f.status & status::OFFLOAD != 0 {
+        s.push_str("[OFFLOAD] ");
+    } else if f.status & status::ASSURED != 0 {
+        s.push_str("[ASSURED] ");
+    }
+    let _ = write!(s, "mark={} ", f.mark);
+    if f.zone != 0 {
+        let _ = write!(s, "zone={} ", f.zone);
+    }
+    if let Some(h) = &f.helper {
+        let _ = write!(s, "helper={h} ");
+    }
+    // Labels are not printed: conntrackd formats without a label map, so
+    // libnetfilter_conntrack omits them. `--json` carries them.
+    let _ = write!(s, "[active since {}s]", active_since_s(entry, now_ms));
+    s
+}
+
+/// A tuple as `--json` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct TupleJson {
+    pub src: String,
+    pub dst: String,
+    pub proto: &'static str,
+    pub protonum: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+}
+
+impl From<&Tuple> for TupleJson {
+    fn from(t: &Tuple) -> TupleJson {
+        let mut j = TupleJson {
+            src: t.src.to_string(),
+            dst: t.dst.to_string(),
+            proto: proto_name(t.proto),
+            protonum: t.proto,
+            sport: None,
+            dport: None,
+            r#type: None,
+            code: None,
+            id: None,
+        };
+        match t.l4 {
+            L4::Ports { src, dst } => {
+                j.sport = Some(src);
+                j.dport = Some(dst);
+            }
+            L4::Icmp { kind, code, id } => {
+                j.r#type = Some(kind);
+                j.code = Some(code);
+                j.id = Some(id);
+            }
+            L4::None => {}
+        }
+        j
+    }
+}
+
+/// A NAT binding as `--json` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct NatJson {
+    pub addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// A flow as `--json` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct FlowJson {
+    pub orig: TupleJson,
+    pub reply: TupleJson,
+    pub zone: u16,
+    pub status: u32,
+    pub timeout: u32,
+    pub mark: u32,
+    pub state: Option<&'static str>,
+    pub snat: Option<NatJson>,
+    pub dnat: Option<NatJson>,
+    /// Label bits as lowercase hex, if any is set.
+    pub labels: Option<String>,
+    pub helper: Option<String>,
+    pub active_since_s: u64,
+}
+
+/// The JSON form of one cache entry.
+pub fn flow_json(entry: &CacheEntry, now_ms: u64) -> FlowJson {
+    let f: &Flow = &entry.flow;
+    let nat = f.nat();
+    let bind = |b: crate::flow::NatBinding| NatJson {
+        addr: b.addr.to_string(),
+        port: b.port,
+    };
+    FlowJson {
+        orig: TupleJson::from(&f.orig),
+        reply: TupleJson::from(&f.reply),
+        zone: f.zone,
+        status: f.status,
+        timeout: f.timeout,
+        mark: f.mark,
+        state: f.state.name(),
+        snat: nat.snat.map(bind),
+        dnat: nat.dnat.map(bind),
+        labels: f.labels.as_ref().map(|l| {
+            l.iter().fold(String::new(), |mut acc, b| {
+                let _ = write!(acc, "{b:02x}");
+                acc
+            })
+        }),
+        helper: f.helper.clone(),
+        active_since_s: active_since_s(entry, now_ms),
+    }
+}
+
+/// `--json` for `-i`/`-e`: an array of flow objects, then a newline.
+pub fn flows_json(entries: &[&CacheEntry], now_ms: u64) -> String {
+    let all: Vec<FlowJson> = entries.iter().map(|e| flow_json(e, now_ms)).collect();
+    let mut s = serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".to_string());
+    s.push('\n');
+    s
+}
+
+// ---- stats ----------------------------------------------------------------
+
+/// `--json` for `-s`: the whole snapshot, whatever the section.
+pub fn render_stats_json(snap: &StatsSnapshot) -> String {
+    let mut s = serde_json::to_string_pretty(snap).unwrap_or_else(|_| "{}".to_string());
+    s.push('\n');
+    s
+}
+
+/// `-s [section]` in conntrackd's layout; `General` ends with ctsync's own block.
+pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
+    let mut s = String::new();
+    match section {
+        StatsSection::General => {
+            cache_block(&mut s, "internal", &snap.internal);
+            cache_block(&mut s, "external", &snap.external);
+            let _ = write!(
+                s,
+                "traffic processed:\n{:>20} Bytes      {:>20} Pckts\n\n",
+                snap.traffic_bytes, snap.traffic_packets
+            );
+            active_link_block(&mut s, snap);
+            let _ = write!(
+                s,
+                "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
+                snap.malformed, snap.lost
+            );
+            ctsync_block(&mut s, snap);
+        }
+        StatsSection::Network => {
+            let r = |k: &str| snap.malformed_by_reason.get(k).copied().unwrap_or(0);
+            let _ = write!(
+                s,
+                "network statistics:\n\
+                 \trecv:\n\
+                 \t\tMalformed messages:\t{:>20}\n\
+                 \t\tWrong protocol version:\t{:>20}\n\
+                 \t\tMalformed header:\t{:>20}\n\
+                 \t\tMalformed payload:\t{:>20}\n\
+                 \t\tBad message type:\t{:>20}\n\
+                 \t\tTruncated message:\t{:>20}\n\
+                 \t\tBad message size:\t{:>20}\n\
+                 \tsend:\n\
+                 \t\tMalformed messages:\t{:>20}\n\n",
+                snap.malformed,
+                r(reason::VERSION),
+                r(reason::HEADER),
+                r(reason::PAYLOAD),
+                r(reason::TYPE),
+                r(reason::TRUNCATED),
+                r(reason::SIZE),
+                0
+            );
+            let _ = write!(
+                s,
+                "sequence tracking statistics:\n\
+                 \trecv:\n\
+                 \t\tPackets lost:\t\t{:>20}\n\
+                 \t\tPackets before:\t\t{:>20}\n\n",
+                snap.lost, 0
+            );
+            active_link_block(&mut s, snap);
+        }
+        StatsSection::Cache => {
+            cache_detail(&mut s, "internal", &snap.internal);
+            cache_detail(&mut s, "external", &snap.external);
+        }
+        StatsSection::Runtime => {
+            let _ = writeln!(s, "{}\n", uptime_line(snap.uptime_s));
+            let _ = write!(
+                s,
+                "netlink stats:\n\
+                 \tevents received:\t{:>20}\n\
+                 \tevents filtered:\t{:>20}\n\
+                 \tevents unknown type:\t\t{:>12}\n\
+                 \tcatch event failed:\t\t{:>12}\n\
+                 \tdump unknown type:\t\t{:>12}\n\
+                 \tnetlink overrun:\t\t{:>12}\n\
+                 \tflush kernel table:\t\t{:>12}\n\
+                 \tresync with kernel table:\t{:>12}\n\
+                 \tcurrent buffer size (in bytes):\t{:>12}\n\n",
+                0, 0, 0, 0, 0, snap.kernel_overruns, 0, 0, snap.kernel_buffer_size
+            );
+            let _ = write!(
+                s,
+                "runtime stats:\n\
+                 \tchild process failed:\t\t{:>12}\n\
+                 \t\tchild process segfault:\t{:>12}\n\
+                 \t\tchild process termsig:\t{:>12}\n\
+                 \tselect failed:\t\t\t{:>12}\n\
+                 \twait failed:\t\t\t{:>12}\n\
+                 \tlocal read failed:\t\t{:>12}\n\
+                 \tlocal unknown request:\t\t{:>12}\n\n",
+                0, 0, 0, 0, 0, 0, 0
+            );
+        }
+        StatsSection::Link => {
+            for l in &snap.links {
+                let _ = writeln!(
+                    s,
+                    "{} traffic device={} status={} role={}:",
+                    l.transport,
+                    l.device,
+                    if l.up { "RUNNING" } else { "DOWN" },
+                    if l.active { "ACTIVE" } else { "BACKUP" }
+                );
+                link_counters(&mut s, l);
+            }
+        }
+        StatsSection::Rsqueue => {
+            // ctsync keeps no conntrackd-style resend queue to list.
+            s.push_str("resent queue (len=0)\n");
+        }
+        StatsSection::Queue => {
+            s.push_str("allocated queue nodes:\t\t           0\n\n");
+            for (name, max) in [
+                ("txqueue", 2147483647u64),
+                ("errorq", 128),
+                ("rsqueue", 131072),
+            ] {
+                let _ = write!(
+                    s,
+                    "queue {name}:\ncurrent elements:\t\t{:>12}\nmaximum elements:\t\t{:>12}\nnot enough space errors:\t{:>12}\n\n",
+                    0, max, 0
+                );
+            }
+        }
+        StatsSection::Process => {
+            // ctsync forks no children: nothing to list.
+        }
+    }
+    s
+}
+
+fn cache_block(s: &mut String, name: &str, c: &CacheBlock) {
+    let _ = write!(
+        s,
+        "cache {name}:\n\
+         current active connections:\t{:>12}\n\
+         connections created:\t\t{:>12}\tfailed:\t{:>12}\n\
+         connections updated:\t\t{:>12}\tfailed:\t{:>12}\n\
+         connections destroyed:\t\t{:>12}\tfailed:\t{:>12}\n\n",
+        c.active,
+        c.created,
+        c.create_failed,
+        c.updated,
+        c.update_failed,
+        c.destroyed,
+        c.destroy_failed
+    );
+}
+
+fn cache_detail(s: &mut String, name: &str, c: &CacheBlock) {
+    let _ = write!(
+        s,
+        "cache:{name}\tactive objects:\t\t{:>12}\n\
+         \tactive/total entries:\t\t{:>12}/{:>12}\n\
+         \tcreation OK/failed:\t\t{:>12}/{:>12}\n\
+         \t\tno memory available:\t{:>12}\n\
+         \t\tno space left in cache:\t{:>12}\n\
+         \tupdate OK/failed:\t\t{:>12}/{:>12}\n\
+         \t\tentry not found:\t{:>12}\n\
+         \tdeletion created/failed:\t{:>12}/{:>12}\n\
+         \t\tentry not found:\t{:>12}\n\n",
+        c.active,
+        c.active,
+        c.active,
+        c.created,
+        c.create_failed,
+        0,
+        0,
+        c.updated,
+        c.update_failed,
+        c.update_failed,
+        c.destroyed,
+        c.destroy_failed,
+        c.destroy_failed
+    );
+}
+
+fn active_link_block(s: &mut String, snap: &StatsSnapshot) {
+    let Some(l) = snap.links.iter().find(|l| l.active).or(snap.links.first()) else {
+        return;
+    };
+    let _ = writeln!(s, "{} traffic (active device={}):", l.transport, l.device);
+    link_counters(s, l);
+}
+
+fn link_counters(s: &mut String, l: &LinkBlock) {
+    let _ = write!(
+        s,
+        "{:>20} Bytes sent {:>20} Bytes recv\n\
+         {:>20} Pckts sent {:>20} Pckts recv\n\
+         {:>20} Error send {:>20} Error recv\n\n",
+        l.bytes_sent, l.bytes_recv, l.packets_sent, l.packets_recv, l.errors_send, l.errors_recv
+    );
+}
+
+/// `daemon uptime: [N day(s) ][H h ]M min`, as conntrackd prints it.
+pub fn uptime_line(uptime_s: u64) -> String {
+    let days = uptime_s / 86_400;
+    let hours = (uptime_s % 86_400) / 3600;
+    let mins = (uptime_s % 3600) / 60;
+    let mut s = String::from("daemon uptime: ");
+    if days > 0 {
+        let _ = write!(s, "{days} day{} ", if days > 1 { "s" } else { "" });
+    }
+    if hours > 0 {
+        let _ = write!(s, "{hours} h ");
+    }
+    let _ = write!(s, "{mins} min");
+    s
+}
+
+fn row(s: &mut String, label: &str, v: u64) {
+    let _ = writeln!(s, "\t{:<28}{:>20}", format!("{label}:"), v);
+}
+
+/// ctsync's own counters, printed after conntrackd's blocks by `-s`.
+fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
+    s.push_str("ctsync:\n");
+    row(s, "malformed datagrams", snap.malformed);
+    for (why, n) in &snap.malformed_by_reason {
+        let _ = writeln!(s, "\t\t{:<26}{:>20}", format!("{why}:"), n);
+    }
+    row(s, "messages resent", snap.resent);
+    row(s, "resyncs requested", snap.resyncs_requested);
+    row(s, "resyncs received", snap.resyncs_received);
+    row(s, "bulks sent", snap.bulks_sent);
+    row(s, "bulks received", snap.bulks_received);
+    row(s, "kernel overruns", snap.kernel_overruns);
+    row(s, "kernel buffer size", snap.kernel_buffer_size);
+    row(s, "commits ok", snap.commit_ok);
+    row(s, "commits failed", snap.commit_failed);
+    row(s, "uptime (s)", snap.uptime_s);
+    for p in &snap.peers {
+        let _ = writeln!(
+            s,
+            "\tpeer node={} epoch={} {} flows={} expected_seq={}",
+            p.node_id,
+            p.epoch,
+            if p.alive { "alive" } else { "dead" },
+            p.flows,
+            p.expected_seq
+        );
+    }
+    s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{proto, ProtoState};
+
+    fn entry(flow: Flow, since_ms: u64) -> CacheEntry {
+        CacheEntry {
+            flow,
+            since_ms,
+            updated_ms: since_ms,
+            generation: 0,
+        }
+    }
+
+    fn v4(a: &str) -> std::net::IpAddr {
+        a.parse().unwrap()
+    }
+
+    fn tcp_flow() -> Flow {
+        let mut f = Flow::new(Tuple {
+            src: v4("198.18.0.1"),
+            dst: v4("198.18.0.2"),
+            proto: proto::TCP,
+            l4: L4::Ports { src: 1234, dst: 80 },
+        });
+        f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+        f.mark = 5;
+        f.timeout = 120;
+        f.state = ProtoState::Tcp {
+            state: 3,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+        f
+    }
+
+    #[test]
+    fn tcp_internal_line_matches_conntrackd() {
+        let e = entry(tcp_flow(), 1_000);
+        assert_eq!(
+            flow_line(&e, 4_999, true),
+            "tcp      6 ESTABLISHED src=198.18.0.1 dst=198.18.0.2 sport=1234 dport=80 \
+             src=198.18.0.2 dst=198.18.0.1 sport=80 dport=1234 [ASSURED] mark=5 [active since 3s]"
+        );
+    }
+
+    #[test]
+    fn tcp_external_line_shows_the_original_tuple_only() {
+        let e = entry(tcp_flow(), 0);
+        assert_eq!(
+            flow_line(&e, 3_000, false),
+            "tcp      6 ESTABLISHED src=198.18.0.1 dst=198.18.0.2 sport=1234 dport=80 [ASSURED] mark=5 [active since 3s]"
+        );
+    }
+
+    #[test]
+    fn icmp_unreplied_line() {
+        let f = Flow::new(Tuple {
+            src: v4("198.18.0.1"),
+            dst: v4("198.18.0.4"),
+            proto: proto::ICMP,
+            l4: L4::Icmp {
+                kind: 8,
+                code: 0,
+                id: 77,
+            },
+        });
+        let e = entry(f, 0);
+        assert_eq!(
+            flow_line(&e, 2_500, true),
+            "icmp     1 src=198.18.0.1 dst=198.18.0.4 type=8 code=0 id=77 [UNREPLIED] \
+             src=198.18.0.4 dst=198.18.0.1 type=0 code=0 id=77 mark=0 [active since 2s]"
+        );
+    }
+
+    #[test]
+    fn nat_zone_helper_line() {
+        let mut f = tcp_flow();
+        f.reply = Tuple {
+            src: v4("198.18.9.9"),
+            dst: v4("198.19.0.1"),
+            proto: proto::TCP,
+            l4: L4::Ports {
+                src: 21,
+                dst: 40000,
+            },
+        };
+        f.status = status::ASSURED;
+        f.mark = 0;
+        f.zone = 7;
+        f.helper = Some("ftp".into());
+        let e = entry(f, 0);
+        assert_eq!(
+            flow_line(&e, 0, true),
+            "tcp      6 ESTABLISHED src=198.18.0.1 dst=198.18.0.2 sport=1234 dport=80 [UNREPLIED] \
+             src=198.18.9.9 dst=198.19.0.1 sport=21 dport=40000 [ASSURED] mark=0 zone=7 helper=ftp [active since 0s]"
+        );
+        let j = flow_json(&e, 0);
+        assert_eq!(j.snat.as_ref().map(|n| n.addr.as_str()), Some("198.19.0.1"));
+        assert_eq!(j.snat.as_ref().and_then(|n| n.port), Some(40000));
+        assert_eq!(j.dnat.as_ref().map(|n| n.addr.as_str()), Some("198.18.9.9"));
+        assert_eq!(j.state, Some("ESTABLISHED"));
+    }
+
+    #[test]
+    fn ipv6_udp_line_has_no_state() {
+        let mut f = Flow::new(Tuple {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: "2001:db8::2".parse().unwrap(),
+            proto: proto::UDP,
+            l4: L4::Ports { src: 5000, dst: 53 },
+        });
+        f.status = status::SEEN_REPLY;
+        let e = entry(f, 0);
+        assert_eq!(
+            flow_line(&e, 61_000, true),
+            "udp      17 src=2001:db8::1 dst=2001:db8::2 sport=5000 dport=53 \
+             src=2001:db8::2 dst=2001:db8::1 sport=53 dport=5000 mark=0 [active since 61s]"
+        );
+    }
+
+    #[test]
+    fn flows_json_is_an_array_of_objects() {
+        let a = entry(tcp_flow(), 0);
+        let out = flows_json(&[&a, &a], 5_000);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let arr = v.as_array().unwrap();
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr[0]["orig"]["src"], "198.18.0.1");
+        assert_eq!(arr[0]["orig"]["dport"], 80);
+        assert_eq!(arr[0]["reply"]["sport"], 80);
+        assert_eq!(arr[0]["mark"], 5);
+        assert_eq!(arr[0]["active_since_s"], 5);
+        assert!(arr[0]["snat"].is_null());
+    }
+
+    fn snapshot() -> StatsSnapshot {
+        StatsSnapshot {
+            internal: CacheBlock {
+                active: 6,
+                created: 6,
+                ..Default::default()
+            },
+            links: vec![LinkBlock {
+                transport: "UDP".into(),
+                device: "sync0".into(),
+                active: true,
+                up: true,
+                bytes_sent: 680,
+                bytes_recv: 160,
+                packets_sent: 15,
+                packets_recv: 10,
+                ..Default::default()
+            }],
+            malformed_by_reason: [("header".to_string(), 2u64)].into_iter().collect(),
+            malformed: 2,
+            uptime_s: 90_061,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn general_stats_layout_matches_conntrackd() {
+        let out = render_stats(&snapshot(), StatsSection::General);
+        let expected = [
+            "cache internal:\n",
+            "current active connections:\t           6\n",
+            "connections created:\t\t           6\tfailed:\t           0\n",
+            "connections updated:\t\t           0\tfailed:\t           0\n",
+            "connections destroyed:\t\t           0\tfailed:\t           0\n",
+            "\n",
+            "cache external:\n",
+            "current active connections:\t           0\n",
+            "connections created:\t\t           0\tfailed:\t           0\n",
+            "connections updated:\t\t           0\tfailed:\t           0\n",
+            "connections destroyed:\t\t           0\tfailed:\t           0\n",
+            "\n",
+            "traffic processed:\n",
+            "                   0 Bytes                         0 Pckts\n",
+            "\n",
+            "UDP traffic (active device=sync0):\n",
+            "                 680 Bytes sent                  160 Bytes recv\n",
+            "                  15 Pckts sent                   10 Pckts recv\n",
+            "                   0 Error send                    0 Error recv\n",
+            "\n",
+            "message tracking:\n",
+            "                   2 Malformed msgs                    0 Lost msgs\n",
+            "\n",
+            "ctsync:\n",
+        ]
+        .concat();
+        assert!(out.starts_with(&expected), "got:\n{out}");
+        assert!(out.contains("\t\theader:"));
+    }
+
+    #[test]
+    fn other_sections() {
+        let snap = snapshot();
+        let net = render_stats(&snap, StatsSection::Network);
+        assert!(net.contains("\t\tMalformed header:\t                   2\n"));
+        let cache = render_stats(&snap, StatsSection::Cache);
+        assert!(cache.starts_with("cache:internal\tactive objects:\t\t           6\n\tactive/total entries:\t\t           6/           6\n"));
+        let link = render_stats(&snap, StatsSection::Link);
+        assert!(link.starts_with(
+            "UDP traffic device=sync0 status=RUNNING role=ACTIVE:\n                 680 Bytes sent"
+        ));
+        let rt = render_stats(&snap, StatsSection::Runtime);
+        assert!(rt.starts_with("daemon uptime: 1 day 1 h 1 min\n\nnetlink stats:\n"));
+        assert_eq!(uptime_line(59), "daemon uptime: 0 min");
+        assert_eq!(uptime_line(2 * 86_400 + 120), "daemon uptime: 2 days 2 min");
+        let v: serde_json::Value = serde_json::from_str(&render_stats_json(&snap)).unwrap();
+        assert_eq!(v["internal"]["active"], 6);
+        assert_eq!(v["links"][0]["bytes_sent"], 680);
+    }
+}

@@ -1,0 +1,186 @@
+//! The control-socket vocabulary: what a client can ask, and what comes back.
+//!
+//! Owns: the `Request`/`Envelope`/`Reply` types and the mapping from
+//! conntrackd's native integer request codes (reference §1.11) to requests.
+//! Must not: do I/O or know how a request is carried out.
+
+use serde::{Deserialize, Serialize};
+
+/// Which cache a flush applies to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSel {
+    All,
+    Internal,
+    External,
+}
+
+/// Which block of counters `-s` prints.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsSection {
+    General,
+    Network,
+    Cache,
+    Runtime,
+    Link,
+    Rsqueue,
+    Queue,
+    Process,
+}
+
+/// One thing a client asks the daemon to do.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Write the external cache into the kernel (`-c`); replies when done.
+    Commit,
+    /// Empty one or both caches (`-f`).
+    FlushCaches(CacheSel),
+    /// Delete the kernel's flows that pass the filter (`-F`).
+    FlushKernel,
+    /// The internal cache (`-i`).
+    DumpInternal,
+    /// The external cache (`-e`).
+    DumpExternal,
+    /// Clean shutdown (`-k`).
+    Kill,
+    /// Counters (`-s [section]`).
+    Stats(StatsSection),
+    /// Re-read the kernel table into the internal cache (`-R`).
+    ResyncFromKernel,
+    /// Ask the peers for their bulk (`-n`).
+    RequestResync,
+    /// Send the internal cache to the peers (`-B`).
+    SendBulk,
+    /// Schedule a kernel and internal-cache flush (`-t`).
+    ResetTimers,
+    /// Test hook: drop the next `count` received flow messages.
+    DebugDropExternal { count: usize },
+}
+
+/// A request as sent on the socket in ctsync's own protocol.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub request: Request,
+    /// Render dumps and stats as JSON instead of conntrackd's text.
+    #[serde(default)]
+    pub json: bool,
+}
+
+/// The daemon's answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Text (or JSON) to print as is.
+    pub body: String,
+}
+
+impl Reply {
+    /// A success with a body.
+    pub fn ok(body: impl Into<String>) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            body: body.into(),
+        }
+    }
+
+    /// A failure with a one-line reason.
+    pub fn err(reason: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(reason.into()),
+            body: String::new(),
+        }
+    }
+}
+
+/// What a native conntrackd request code asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NativeRequest {
+    /// A request ctsync carries out.
+    Supported(Request),
+    /// A known code that ctsync does not implement (expectations, XML, ...).
+    Unsupported(&'static str),
+    /// Not a conntrackd request code.
+    Unknown(i32),
+}
+
+/// Map a conntrackd request code (reference §1.11) to a request.
+pub fn from_native_code(code: i32) -> NativeRequest {
+    use NativeRequest::{Supported as S, Unsupported as U};
+    match code {
+        0 | 43 => S(Request::FlushKernel),
+        1 | 44 => S(Request::ResyncFromKernel),
+        16 => S(Request::DumpInternal),
+        17 => S(Request::DumpExternal),
+        18 | 46 => S(Request::Commit),
+        19 | 45 => S(Request::FlushCaches(CacheSel::All)),
+        20 => S(Request::Kill),
+        21 => S(Request::Stats(StatsSection::General)),
+        22 => S(Request::SendBulk),
+        23 => S(Request::RequestResync),
+        26 => S(Request::ResetTimers),
+        28 => S(Request::Stats(StatsSection::Network)),
+        29 => S(Request::Stats(StatsSection::Cache)),
+        30 => S(Request::Stats(StatsSection::Runtime)),
+        31 => S(Request::Stats(StatsSection::Link)),
+        32 => S(Request::Stats(StatsSection::Rsqueue)),
+        33 => S(Request::FlushCaches(CacheSel::Internal)),
+        34 => S(Request::FlushCaches(CacheSel::External)),
+        35 => S(Request::Stats(StatsSection::Process)),
+        36 => S(Request::Stats(StatsSection::Queue)),
+        24 | 25 | 47 | 48 => U("XML output is not supported"),
+        27 => U("debug info is not supported"),
+        37..=42 => U("expectation sync is not supported"),
+        other => NativeRequest::Unknown(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_codes_map_to_requests() {
+        assert_eq!(
+            from_native_code(16),
+            NativeRequest::Supported(Request::DumpInternal)
+        );
+        assert_eq!(
+            from_native_code(46),
+            NativeRequest::Supported(Request::Commit)
+        );
+        assert_eq!(
+            from_native_code(18),
+            NativeRequest::Supported(Request::Commit)
+        );
+        assert_eq!(
+            from_native_code(34),
+            NativeRequest::Supported(Request::FlushCaches(CacheSel::External))
+        );
+        assert_eq!(
+            from_native_code(0),
+            NativeRequest::Supported(Request::FlushKernel)
+        );
+        assert_eq!(
+            from_native_code(44),
+            NativeRequest::Supported(Request::ResyncFromKernel)
+        );
+        assert!(matches!(
+            from_native_code(40),
+            NativeRequest::Unsupported(_)
+        ));
+        assert_eq!(from_native_code(999), NativeRequest::Unknown(999));
+    }
+
+    #[test]
+    fn envelope_json_round_trips() {
+        let e = Envelope {
+            request: Request::DebugDropExternal { count: 3 },
+            json: true,
+        };
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(s.starts_with('{'));
+        assert_eq!(serde_json::from_str::<Envelope>(&s).unwrap(), e);
+    }
+}

@@ -1,0 +1,399 @@
+//! The daemon's end of the control socket: bind it safely, accept
+//! connections, read one request each, hand it to the state owner over a
+//! channel, write the reply back, close.
+//!
+//! Owns: socket setup (parent dir, stale-socket removal, mode 0600), request
+//! framing in both dialects (a JSON `Envelope` line, or conntrackd's native
+//! 4-byte request code), and the limits on request size and read time.
+//! Must not: carry out requests or hold daemon state; a bad request gets an
+//! error reply and never stops the server.
+
+use super::request::{from_native_code, Envelope, NativeRequest, Reply};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Largest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What the server hands the daemon: a request and where to put the reply.
+pub type Job = (Envelope, oneshot::Sender<Reply>);
+
+/// Bind the control socket at `path`: create the parent directory (0700) if
+/// needed, replace a stale socket nobody answers on, refuse if a daemon
+/// answers, and make the socket 0600. Must run inside a tokio runtime.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("ctsyncd already running on {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accept connections until the receiving end of `tx` is gone; each one is
+/// served on its own task.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, tx).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// How the client spoke, which decides how the reply is framed.
+enum Dialect {
+    Json,
+    Native,
+}
+
+/// What was read from a connection.
+enum Incoming {
+    Request(Envelope, Dialect),
+    Bad(String, Dialect),
+}
+
+async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Job>) -> io::Result<()> {
+    let incoming = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(r) => r?,
+        Err(_) => Incoming::Bad("timed out reading the request".to_string(), Dialect::Json),
+    };
+    let (reply, dialect) = match incoming {
+        Incoming::Bad(reason, d) => (Reply::err(reason), d),
+        Incoming::Request(env, d) => (dispatch(env, &tx).await, d),
+    };
+    write_reply(&mut stream, &reply, dialect).await?;
+    stream.shutdown().await
+}
+
+async fn dispatch(env: Envelope, tx: &mpsc::Sender<Job>) -> Reply {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if tx.send((env, reply_tx)).await.is_err() {
+        return Reply::err("ctsyncd is shutting down");
+    }
+    reply_rx
+        .await
+        .unwrap_or_else(|_| Reply::err("ctsyncd dropped the request without replying"))
+}
+
+async fn read_request(stream: &mut UnixStream) -> io::Result<Incoming> {
+    let mut first = [0u8; 1];
+    if stream.read(&mut first).await? == 0 {
+        return Ok(Incoming::Bad("empty request".to_string(), Dialect::Json));
+    }
+    if first[0] == b'{' {
+        return read_json(stream).await;
+    }
+    // conntrackd's native protocol: one native-endian i32, nothing else.
+    let mut code = [first[0], 0, 0, 0];
+    if let Err(e) = stream.read_exact(&mut code[1..]).await {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return Ok(Incoming::Bad(
+                "truncated request".to_string(),
+                Dialect::Native,
+            ));
+        }
+        return Err(e);
+    }
+    let code = i32::from_ne_bytes(code);
+    Ok(match from_native_code(code) {
+        NativeRequest::Supported(request) => Incoming::Request(
+            Envelope {
+                request,
+                json: false,
+            },
+            Dialect::Native,
+        ),
+        NativeRequest::Unsupported(why) => Incoming::Bad(why.to_string(), Dialect::Native),
+        NativeRequest::Unknown(c) => {
+            Incoming::Bad(format!("unknown request code {c}"), Dialect::Native)
+        }
+    })
+}
+
+async fn read_json(stream: &mut UnixStream) -> io::Result<Incoming> {
+    let mut buf = vec![b'{'];
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(pos);
+            break;
+        }
+        if buf.len() > MAX_REQUEST {
+            return Ok(Incoming::Bad(
+                format!("request larger than {MAX_REQUEST} bytes"),
+                Dialect::Json,
+            ));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    if buf.len() > MAX_REQUEST {
+        return Ok(Incoming::Bad(
+            format!("request larger than {MAX_REQUEST} bytes"),
+            Dialect::Json,
+        ));
+    }
+    Ok(match serde_json::from_slice::<Envelope>(&buf) {
+        Ok(env) => Incoming::Request(env, Dialect::Json),
+        Err(e) => Incoming::Bad(format!("malformed request: {e}"), Dialect::Json),
+    })
+}
+
+/// The first line of a reply in ctsync's own dialect.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct ReplyHeader {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+async fn write_reply(stream: &mut UnixStream, reply: &Reply, dialect: Dialect) -> io::Result<()> {
+    match dialect {
+        Dialect::Json => {
+            let header = ReplyHeader {
+                ok: reply.ok,
+                error: reply.error.clone(),
+            };
+            let mut line = serde_json::to_vec(&header).map_err(io::Error::other)?;
+            line.push(b'\n');
+            stream.write_all(&line).await?;
+            stream.write_all(reply.body.as_bytes()).await
+        }
+        Dialect::Native => {
+            stream.write_all(reply.body.as_bytes()).await?;
+            match (&reply.ok, &reply.error) {
+                (false, Some(e)) => stream.write_all(format!("ERROR: {e}\n").as_bytes()).await,
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::client;
+    use crate::control::request::{Request, StatsSection};
+    use std::io::{Read, Write};
+
+    /// A temp dir removed on drop, even when a test fails.
+    struct TempDir(std::path::PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("cts-ctl-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A stand-in for the daemon: answers every request with its Debug form.
+    fn fake_daemon(mut rx: mpsc::Receiver<Job>) {
+        tokio::spawn(async move {
+            while let Some((env, reply)) = rx.recv().await {
+                let r = match env.request {
+                    Request::Kill => Reply::err("refused in test"),
+                    other => Reply::ok(format!("{other:?} json={}\n", env.json)),
+                };
+                let _ = reply.send(r);
+            }
+        });
+    }
+
+    fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<u8> {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn round_trip_native_and_garbage() {
+        let dir = TempDir::new("rt");
+        let path = dir.0.join("sub/ctsyncd.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (tx, rx) = mpsc::channel(8);
+        fake_daemon(rx);
+        tokio::spawn(serve(listener, tx));
+
+        let p = path.clone();
+        let (reply, native, garbage, bad_code, kill, after) =
+            tokio::task::spawn_blocking(move || {
+                let reply = client::send(
+                    &p,
+                    &Envelope {
+                        request: Request::Stats(StatsSection::Cache),
+                        json: true,
+                    },
+                )
+                .unwrap();
+                let native = raw_exchange(&p, &16i32.to_ne_bytes());
+                let garbage = raw_exchange(&p, b"{this is not json}\n");
+                let bad_code = raw_exchange(&p, &999i32.to_ne_bytes());
+                let kill = client::send(
+                    &p,
+                    &Envelope {
+                        request: Request::Kill,
+                        json: false,
+                    },
+                )
+                .unwrap();
+                let after = client::send(
+                    &p,
+                    &Envelope {
+                        request: Request::Commit,
+                        json: false,
+                    },
+                )
+                .unwrap();
+                (reply, native, garbage, bad_code, kill, after)
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(reply, Reply::ok("Stats(Cache) json=true\n"));
+        assert_eq!(
+            String::from_utf8(native).unwrap(),
+            "DumpInternal json=false\n"
+        );
+        let garbage = String::from_utf8(garbage).unwrap();
+        let (head, body) = garbage.split_once('\n').unwrap();
+        let head: serde_json::Value = serde_json::from_str(head).unwrap();
+        assert_eq!(head["ok"], false);
+        assert!(head["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request"));
+        assert_eq!(body, "");
+        assert_eq!(
+            String::from_utf8(bad_code).unwrap(),
+            "ERROR: unknown request code 999\n"
+        );
+        assert!(!kill.ok);
+        assert_eq!(kill.error.as_deref(), Some("refused in test"));
+        assert_eq!(after, Reply::ok("Commit json=false\n"));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_requests_get_errors() {
+        let dir = TempDir::new("big");
+        let path = dir.0.join("ctsyncd.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        fake_daemon(rx);
+        tokio::spawn(serve(listener, tx));
+        let p = path.clone();
+        let (big, short, ok) = tokio::task::spawn_blocking(move || {
+            let mut req = vec![b'{'];
+            req.extend(std::iter::repeat_n(b'x', MAX_REQUEST + 10));
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            // The server may close before reading everything; ignore write errors.
+            let _ = s.write_all(&req);
+            let mut big = Vec::new();
+            let _ = s.read_to_end(&mut big);
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.write_all(&[16u8, 0]).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut short = Vec::new();
+            s.read_to_end(&mut short).unwrap();
+            let ok = raw_exchange(&p, &21i32.to_ne_bytes());
+            (big, short, ok)
+        })
+        .await
+        .unwrap();
+        assert!(String::from_utf8_lossy(&big).contains("larger than"));
+        assert_eq!(
+            String::from_utf8(short).unwrap(),
+            "ERROR: truncated request\n"
+        );
+        assert_eq!(
+            String::from_utf8(ok).unwrap(),
+            "Stats(General) json=false\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_stale_socket_and_refuses_live_one() {
+        let dir = TempDir::new("stale");
+        let path = dir.0.join("ctsyncd.sock");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // A stale socket: bound, then its listener dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = bind(&path).unwrap();
+        let err = bind(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("ctsyncd already running on {}", path.display())
+        );
+        drop(live);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(bind(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+    }
+}

@@ -1,0 +1,106 @@
+//! Table dumps: read the whole conntrack table (IPv4 and IPv6, every zone)
+//! into flows.
+//!
+//! Owns: the dump request/response loop, restarts after an interrupted dump.
+//! Must not: filter, cache or write flows.
+
+use super::codec::{ct_msg_type, decode_flow, encode_dump_request, IPCTNL_MSG_CT_NEW};
+use super::socket::{messages, NlSocket, NLM_F_DUMP_INTR};
+use super::KernelError;
+use crate::flow::Flow;
+
+/// How often a dump interrupted by table changes is restarted.
+const MAX_DUMP_RESTARTS: u32 = 5;
+/// Receive buffer for one dump datagram (the kernel sends at most ~32 KiB).
+const RECV_BUF: usize = 256 * 1024;
+
+/// Dump the conntrack table of the calling thread's network namespace.
+/// Flows the codec cannot decode are skipped (and logged).
+pub fn dump_table() -> Result<Vec<Flow>, KernelError> {
+    let sock = NlSocket::open()?;
+    // A big buffer keeps a long dump from stalling on a slow reader.
+    sock.set_rcvbuf(4 * 1024 * 1024)?;
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    let mut attempt = 0;
+    loop {
+        let seq = attempt + 1;
+        match dump_once(&sock, seq, &mut buf)? {
+            Some(flows) => return Ok(flows),
+            None => {
+                attempt += 1;
+                if attempt > MAX_DUMP_RESTARTS {
+                    return Err(KernelError::DumpInterrupted(attempt));
+                }
+                tracing::debug!(attempt, "conntrack dump interrupted, restarting");
+            }
+        }
+    }
+}
+
+/// One dump; `None` if it was interrupted and must be restarted.
+fn dump_once(
+    sock: &NlSocket,
+    seq: u32,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Vec<Flow>>, KernelError> {
+    let mut req = Vec::with_capacity(32);
+    encode_dump_request(&mut req, seq);
+    sock.send(&req)?;
+    let mut flows = Vec::new();
+    let mut interrupted = false;
+    let mut skipped = 0u64;
+    loop {
+        sock.recv(buf)
+            .map_err(|e| KernelError::io("recv dump", e))?;
+        for m in messages(buf) {
+            let m = m.map_err(|e| {
+                KernelError::io(
+                    "recv dump",
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })?;
+            if m.seq != seq {
+                continue;
+            }
+            if m.flags & NLM_F_DUMP_INTR != 0 {
+                interrupted = true;
+            }
+            if let Some(err) = m.done_error() {
+                if err == libc::EINTR || (err == 0 && interrupted) {
+                    return Ok(None);
+                }
+                if err != 0 {
+                    return Err(KernelError::Refused {
+                        what: "dump",
+                        errno: err,
+                    });
+                }
+                if skipped > 0 {
+                    tracing::warn!(skipped, "conntrack dump: undecodable entries skipped");
+                }
+                return Ok(Some(flows));
+            }
+            if let Some(err) = m.error() {
+                if err == libc::EINTR {
+                    return Ok(None);
+                }
+                if err != 0 {
+                    return Err(KernelError::Refused {
+                        what: "dump",
+                        errno: err,
+                    });
+                }
+                continue;
+            }
+            if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
+                match decode_flow(m.payload) {
+                    Ok(f) => flows.push(f),
+                    Err(e) => {
+                        skipped += 1;
+                        tracing::debug!(error = %e, "skipping undecodable dump entry");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Counters and status reports of the replication core.
+//!
+//! Owns: the plain, serialisable structs that `-s` and metrics read. Must
+//! not: hold logic beyond counting.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Per-link traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStats {
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub recv_packets: u64,
+    pub recv_bytes: u64,
+    /// Malformed datagrams received and send errors reported on this link.
+    pub errors: u64,
+    /// Whether datagrams have arrived recently.
+    pub up: bool,
+}
+
+/// Every counter of one Node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStats {
+    /// Dropped datagrams by reason (`WireError::reason()`, `own_node_id`,
+    /// `stale_epoch`, `data_in_control`).
+    pub malformed: BTreeMap<String, u64>,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Sequence numbers found missing (gaps seen).
+    pub lost: u64,
+    /// Reliable datagrams received again.
+    pub duplicates: u64,
+    /// Datagrams dropped because the reorder buffer was full.
+    pub reorder_overflow: u64,
+    pub acks_sent: u64,
+    pub acks_received: u64,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    pub retransmits: u64,
+    pub resyncs_requested_sent: u64,
+    pub resyncs_requested_received: u64,
+    pub bulks_sent: u64,
+    pub bulks_received: u64,
+    /// Bulks whose end swept flows the sender no longer has.
+    pub bulk_swept: u64,
+    pub resumes_sent: u64,
+    pub resumes_received: u64,
+    /// Peer restarts seen (a new epoch).
+    pub peer_restarts: u64,
+    /// Times new data waited because the window was full.
+    pub window_full: u64,
+    pub links: Vec<LinkStats>,
+}
+
+impl SyncStats {
+    pub(crate) fn malformed(&mut self, reason: &str) {
+        *self.malformed.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+/// What the Node knows about one sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    pub node_id: u32,
+    pub epoch: u64,
+    pub alive: bool,
+    pub last_heard_ms: u64,
+    /// The next sequence number we will apply from it.
+    pub expected_seq: u32,
+    /// How far it has acknowledged our stream.
+    pub acked_seq: u32,
+    /// Flows in its external cache.
+    pub flows: usize,
+}
+
+/// What `reconcile_internal` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}

@@ -1,0 +1,638 @@
+//! Seeded simulation of Nodes over an in-memory network with loss,
+//! duplication, reordering, partitions and restarts.
+
+use super::*;
+use crate::flow::{proto, status, ProtoState, Tuple, L4};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// splitmix64: tiny, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    loss: u64,
+    dup: u64,
+    /// Extra random delay, in ms (reordering).
+    jitter: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Option<Node>>,
+    ids: Vec<u32>,
+    /// (deliver at, order, to, link, bytes)
+    wire: Vec<(u64, u64, usize, usize, Vec<u8>)>,
+    order: u64,
+    faults: Faults,
+    /// Directed pairs (from, to) that drop everything.
+    cut: HashSet<(usize, usize)>,
+}
+
+fn cfg(id: u32) -> SyncConfig {
+    SyncConfig {
+        node_id: id,
+        ..SyncConfig::default()
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, configs: Vec<SyncConfig>) -> Sim {
+        let ids = configs.iter().map(|c| c.node_id).collect();
+        let nodes = configs
+            .into_iter()
+            .map(|c| Some(Node::new(c, 1000, 0).unwrap()))
+            .collect();
+        Sim {
+            rng: Rng(seed),
+            now: 0,
+            nodes,
+            ids,
+            wire: Vec::new(),
+            order: 0,
+            faults: Faults::default(),
+            cut: HashSet::new(),
+        }
+    }
+
+    fn node(&mut self, i: usize) -> &mut Node {
+        self.nodes[i].as_mut().unwrap()
+    }
+
+    fn send(&mut self, from: usize, t: Transmit) {
+        for to in 0..self.nodes.len() {
+            if to == from || self.cut.contains(&(from, to)) {
+                continue;
+            }
+            let copies = if self.rng.chance(self.faults.dup) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                if self.rng.chance(self.faults.loss) {
+                    continue;
+                }
+                let at = self.now + 1 + self.rng.below(self.faults.jitter + 1);
+                self.order += 1;
+                self.wire
+                    .push((at, self.order, to, t.link, t.bytes.clone()));
+            }
+        }
+    }
+
+    /// Deliver what is due, poll every node, advance to the next event.
+    fn step(&mut self) {
+        let now = self.now;
+        let mut due: Vec<_> = Vec::new();
+        self.wire.retain(|d| {
+            if d.0 <= now {
+                due.push(d.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due.sort_by_key(|d| (d.0, d.1));
+        for (_, _, to, link, bytes) in due {
+            if let Some(n) = self.nodes[to].as_mut() {
+                n.on_datagram(&bytes, link, now);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let Some(n) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            for t in n.poll_transmit(now) {
+                self.send(i, t);
+            }
+        }
+        let next_wire = self.wire.iter().map(|d| d.0).min().unwrap_or(u64::MAX);
+        let next_node = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(Node::next_deadline)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.now = next_wire.min(next_node).max(now + 1);
+    }
+
+    fn run_until(&mut self, t: u64) {
+        while self.now < t {
+            self.step();
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Does `to`'s external view of `from` equal `from`'s internal cache?
+    fn converged(&self, from: usize, to: usize) -> Result<(), String> {
+        let a = self.nodes[from].as_ref().unwrap();
+        let b = self.nodes[to].as_ref().unwrap();
+        let want: HashMap<FlowKey, &Flow> =
+            a.internal().iter().map(|(k, e)| (*k, &e.flow)).collect();
+        let got: HashMap<FlowKey, &Flow> = b
+            .external()
+            .get(&self.ids[from])
+            .map(|c| c.iter().map(|(k, e)| (*k, &e.flow)).collect())
+            .unwrap_or_default();
+        if want == got {
+            return Ok(());
+        }
+        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
+        let extra = got.keys().filter(|k| !want.contains_key(k)).count();
+        let differ = want
+            .iter()
+            .filter(|(k, f)| got.get(k).is_some_and(|g| g != *f))
+            .count();
+        Err(format!(
+            "node {from} -> {to}: {} flows vs {}: missing {missing}, extra {extra}, differ {differ}; sender {:?} receiver {:?}",
+            want.len(),
+            got.len(),
+            a.stats(),
+            b.peers()
+        ))
+    }
+}
+
+fn flow_for(rng: &mut Rng, slot: u64) -> Flow {
+    let kind = slot % 5;
+    let n = (slot / 5) as u16;
+    let v4 = |x: u16| IpAddr::V4(Ipv4Addr::new(198, 18, (x >> 8) as u8, x as u8));
+    let v6 = |x: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, x));
+    let (src, dst, p, l4) = match kind {
+        0 => (
+            v4(n),
+            v4(9),
+            proto::TCP,
+            L4::Ports {
+                src: 1024 + n,
+                dst: 80,
+            },
+        ),
+        1 => (
+            v6(n),
+            v6(9),
+            proto::UDP,
+            L4::Ports {
+                src: 2000 + n,
+                dst: 53,
+            },
+        ),
+        2 => (
+            v4(n),
+            v4(7),
+            proto::ICMP,
+            L4::Icmp {
+                kind: 8,
+                code: 0,
+                id: n,
+            },
+        ),
+        3 => (v4(n), v4(8), proto::SCTP, L4::Ports { src: n, dst: 3868 }),
+        _ => (
+            v6(n),
+            v6(8),
+            proto::TCP,
+            L4::Ports {
+                src: 3000 + n,
+                dst: 443,
+            },
+        ),
+    };
+    let mut f = Flow::new(Tuple {
+        src,
+        dst,
+        proto: p,
+        l4,
+    });
+    f.zone = (slot % 3) as u16;
+    f.status = status::CONFIRMED | status::ASSURED;
+    f.timeout = rng.below(432_000) as u32;
+    f.mark = rng.below(4) as u32;
+    if p == proto::TCP {
+        f.state = ProtoState::Tcp {
+            state: rng.below(10) as u8,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+    }
+    if kind == 0 && rng.chance(40) {
+        // SNAT to another source and port.
+        f.reply.dst = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+        f.reply.l4 = L4::Ports {
+            src: 80,
+            dst: 40000 + n,
+        };
+        f.status |= status::SRC_NAT | status::SRC_NAT_DONE;
+    }
+    if kind == 3 && rng.chance(50) {
+        f.helper = Some("sip".into());
+        f.labels = Some(vec![1, 0, 0, 2]);
+    }
+    f
+}
+
+/// Random upserts, updates and deletes on node `i` over `[from, to)` ms.
+fn churn(sim: &mut Sim, nodes: &[usize], ops: usize, from: u64, to: u64, slots: u64) {
+    for op in 0..ops {
+        let t = from + (to - from) * op as u64 / ops as u64;
+        sim.run_until(t);
+        let i = nodes[sim.rng.below(nodes.len() as u64) as usize];
+        let slot = sim.rng.below(slots);
+        let f = flow_for(&mut sim.rng, slot);
+        let now = sim.now;
+        if sim.rng.chance(25) {
+            sim.node(i).local_delete(&f.key(), now, true);
+        } else {
+            sim.node(i).local_upsert(f, now, true);
+        }
+    }
+}
+
+fn assert_all_converged(sim: &Sim, seed: u64) {
+    for a in 0..sim.nodes.len() {
+        for b in 0..sim.nodes.len() {
+            if a != b {
+                if let Err(e) = sim.converged(a, b) {
+                    panic!("seed {seed}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn scenario(seed: u64, faults: Faults, ops: usize) -> Sim {
+    let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
+    sim.faults = faults;
+    churn(&mut sim, &[0, 1], ops, 10, 3000, 200);
+    sim.faults = Faults::default();
+    sim.run_until(20_000);
+    assert_all_converged(&sim, seed);
+    sim
+}
+
+#[test]
+fn converges_without_faults() {
+    for seed in 0..100 {
+        let sim = scenario(seed, Faults::default(), 300);
+        let s = sim.nodes[0].as_ref().unwrap().stats();
+        assert_eq!(s.retransmits, 0, "seed {seed}");
+        assert_eq!(s.lost, 0, "seed {seed}");
+        assert!(!sim.nodes[1].as_ref().unwrap().external()[&1].is_empty());
+    }
+}
+
+#[test]
+fn converges_with_20_percent_loss() {
+    let mut nacks = 0;
+    for seed in 0..200 {
+        let f = Faults {
+            loss: 20,
+            ..Faults::default()
+        };
+        let sim = scenario(seed, f, 300);
+        nacks += sim.nodes[0].as_ref().unwrap().stats().nacks_received;
+    }
+    assert!(nacks > 0, "loss must have caused NACKs");
+}
+
+#[test]
+fn converges_with_reordering_and_duplication() {
+    let mut dups = 0;
+    for seed in 0..200 {
+        let f = Faults {
+            loss: 5,
+            dup: 20,
+            jitter: 30,
+        };
+        let sim = scenario(seed, f, 300);
+        dups += sim.nodes[1].as_ref().unwrap().stats().duplicates;
+    }
+    assert!(dups > 0);
+}
+
+#[test]
+fn restarted_receiver_converges_without_manual_resync() {
+    for seed in 0..100 {
+        let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
+        sim.faults.loss = 10;
+        churn(&mut sim, &[0], 200, 10, 1500, 150);
+        // B restarts: a new Node with a new epoch; its external view is gone.
+        sim.nodes[1] = Some(Node::new(cfg(2), 2000, sim.now).unwrap());
+        churn(&mut sim, &[0], 200, 1600, 3000, 150);
+        sim.faults = Faults::default();
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        assert_eq!(sim.nodes[0].as_ref().unwrap().peers()[0].epoch, 2000);
+    }
+}
+
+#[test]
+fn restarted_sender_converges() {
+    for seed in 0..100 {
+        let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
+        sim.faults.loss = 10;
+        churn(&mut sim, &[0], 200, 10, 1500, 150);
+        // A restarts with an empty table; B must drop A's old flows.
+        // Epochs need not grow (the daemon mixes in the pid).
+        let epoch = if seed % 2 == 0 { 2000 } else { 500 };
+        sim.nodes[0] = Some(Node::new(cfg(1), epoch, sim.now).unwrap());
+        churn(&mut sim, &[0], 100, 1600, 3000, 150);
+        sim.faults = Faults::default();
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        let b = sim.nodes[1].as_ref().unwrap();
+        assert_eq!(b.stats().peer_restarts, 1, "seed {seed}");
+        assert_eq!(b.peers()[0].epoch, epoch);
+    }
+}
+
+#[test]
+fn tiny_window_and_long_partition_lose_nothing() {
+    for seed in 0..50 {
+        let mut sim = Sim::new(
+            seed,
+            vec![
+                SyncConfig {
+                    window: 2,
+                    ..cfg(1)
+                },
+                cfg(2),
+            ],
+        );
+        churn(&mut sim, &[0], 50, 10, 500, 300);
+        sim.cut.insert((0, 1));
+        sim.cut.insert((1, 0));
+        churn(&mut sim, &[0], 400, 600, 10_000, 300);
+        let a = sim.nodes[0].as_ref().unwrap();
+        assert!(a.backlog().1 <= 2, "resend queue bounded by the window");
+        assert!(a.stats().window_full > 0);
+        sim.cut.clear();
+        sim.run_until(40_000);
+        assert_all_converged(&sim, seed);
+    }
+}
+
+#[test]
+fn resend_queue_overrun_heals_via_resume_and_bulk() {
+    for seed in 0..50 {
+        // C is cut off long enough to be "down": A's window moves on with B's
+        // acks, so what C missed is gone from the resend queue.
+        let mut sim = Sim::new(
+            seed,
+            vec![
+                SyncConfig {
+                    window: 4,
+                    ..cfg(1)
+                },
+                cfg(2),
+                cfg(3),
+            ],
+        );
+        churn(&mut sim, &[0], 50, 10, 500, 300);
+        sim.cut.insert((0, 2));
+        sim.cut.insert((2, 0));
+        churn(&mut sim, &[0], 400, 600, 12_000, 300);
+        sim.cut.clear();
+        churn(&mut sim, &[0], 20, 12_000, 12_500, 300);
+        sim.run_until(40_000);
+        assert_all_converged(&sim, seed);
+        let a = sim.nodes[0].as_ref().unwrap();
+        assert!(a.stats().resumes_sent > 0, "seed {seed}: {:?}", a.stats());
+        let c = sim.nodes[2].as_ref().unwrap();
+        assert!(c.stats().resumes_received > 0);
+    }
+}
+
+#[test]
+fn bulk_and_resync_request_repair_the_external_view() {
+    let mut sim = Sim::new(7, vec![cfg(1), cfg(2)]);
+    churn(&mut sim, &[0], 200, 10, 1000, 100);
+    sim.run_until(3000);
+    assert_all_converged(&sim, 7);
+    let keys: Vec<FlowKey> = sim.nodes[0]
+        .as_ref()
+        .unwrap()
+        .internal()
+        .keys()
+        .copied()
+        .collect();
+    assert!(keys.len() > 10);
+    // B loses some flows; A forgets one silently (B keeps a stale copy).
+    for k in &keys[..5] {
+        assert!(sim.node(1).remove_external(1, k));
+    }
+    let now = sim.now;
+    sim.node(0).local_delete(&keys[6], now, false);
+    assert!(sim.converged(0, 1).is_err());
+    sim.node(0).send_bulk(now);
+    sim.run_until(now + 2000);
+    assert_all_converged(&sim, 7);
+    assert!(sim.nodes[1].as_ref().unwrap().stats().bulk_swept > 0);
+
+    // -n from B: the same repair, pulled.
+    for k in &keys[7..12] {
+        assert!(sim.node(1).remove_external(1, k));
+    }
+    let now = sim.now;
+    sim.node(0).local_delete(&keys[13], now, false);
+    assert!(sim.converged(0, 1).is_err());
+    sim.node(1).request_resync(now);
+    sim.run_until(now + 2000);
+    assert_all_converged(&sim, 7);
+    let a = sim.nodes[0].as_ref().unwrap().stats();
+    assert!(
+        a.resyncs_requested_received >= 2 && a.bulks_sent >= 3,
+        "{a:?}"
+    );
+}
+
+#[test]
+fn reconcile_sends_only_differences() {
+    let mut sim = Sim::new(3, vec![cfg(1), cfg(2)]);
+    churn(&mut sim, &[0], 100, 10, 500, 60);
+    sim.run_until(2000);
+    let mut kernel: Vec<Flow> = sim.nodes[0]
+        .as_ref()
+        .unwrap()
+        .internal()
+        .flows()
+        .cloned()
+        .collect();
+    kernel.sort_by_key(|f| f.key());
+    let removed = kernel.pop().unwrap();
+    kernel[0].mark ^= 0x55;
+    let mut rng = Rng(99);
+    kernel.push(flow_for(&mut rng, 1000));
+    let before = sim.nodes[0].as_ref().unwrap().stats().messages_sent;
+    let now = sim.now;
+    let r = sim.node(0).reconcile_internal(kernel.clone(), now, true);
+    assert_eq!((r.added, r.changed, r.removed), (1, 1, 1));
+    assert_eq!(r.unchanged, kernel.len() - 2);
+    assert!(!sim.nodes[0]
+        .as_ref()
+        .unwrap()
+        .internal()
+        .contains(&removed.key()));
+    sim.run_until(now + 2000);
+    assert_all_converged(&sim, 3);
+    let sent = sim.nodes[0].as_ref().unwrap().stats().messages_sent - before;
+    // Three data messages plus a few keepalives, not the whole table.
+    assert!(sent < 3 + 5, "{sent}");
+}
+
+#[test]
+fn malformed_datagrams_are_counted_and_ignored() {
+    let mut sim = Sim::new(5, vec![cfg(1), cfg(2)]);
+    churn(&mut sim, &[0], 50, 10, 500, 60);
+    sim.run_until(2000);
+    let before = sim.nodes[1].as_ref().unwrap().external()[&1].len();
+    let now = sim.now;
+    let b = sim.node(1);
+    let bulks = b.stats().bulks_sent;
+    b.on_datagram(b"garbage", 0, now);
+    b.on_datagram(&[0u8; 40], 0, now);
+    let mut bad_version = crate::wire::encode_datagram(&Header::default(), &[Message::Alive]);
+    bad_version[4] = 7;
+    b.on_datagram(&bad_version, 0, now);
+    let own = crate::wire::encode_datagram(
+        &Header {
+            node_id: 2,
+            ..Header::default()
+        },
+        &[Message::ResyncRequest { node: None }],
+    );
+    b.on_datagram(&own, 0, now);
+    let m = &b.stats().malformed;
+    assert_eq!(m.get("truncated"), Some(&1));
+    assert_eq!(m.get("bad_magic"), Some(&1));
+    assert_eq!(m.get("bad_version"), Some(&1));
+    assert_eq!(m.get("own_node_id"), Some(&1));
+    assert_eq!(b.stats().links[0].errors, 3);
+    assert_eq!(b.external()[&1].len(), before);
+    assert_eq!(
+        b.stats().bulks_sent,
+        bulks,
+        "own ResyncRequest must not start a bulk"
+    );
+}
+
+#[test]
+fn late_datagrams_of_a_previous_epoch_are_stale() {
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let mut a_old = Node::new(cfg(1), 900, 0).unwrap();
+    let now = 1;
+    let mut rng = Rng(4);
+    a_old.local_upsert(flow_for(&mut rng, 0), now, true);
+    let old: Vec<Transmit> = a_old.poll_transmit(now);
+    for t in &old {
+        b.on_datagram(&t.bytes, 0, now);
+    }
+    assert_eq!(b.external()[&1].len(), 1);
+    let mut a_new = Node::new(cfg(1), 100, now).unwrap();
+    for t in a_new.poll_transmit(now) {
+        b.on_datagram(&t.bytes, 0, now);
+    }
+    assert_eq!(b.peers()[0].epoch, 100);
+    // A reordered datagram of the old life arrives late: dropped.
+    b.on_datagram(&old[old.len() - 1].bytes, 0, now);
+    assert_eq!(b.stats().malformed.get("stale_epoch"), Some(&1));
+    assert_eq!(b.peers()[0].epoch, 100);
+}
+
+#[test]
+fn only_ftfw_is_accepted() {
+    for mode in [Mode::Notrack, Mode::Alarm] {
+        let c = SyncConfig {
+            mode,
+            ..SyncConfig::default()
+        };
+        assert_eq!(
+            Node::new(c, 1, 0).err(),
+            Some(SyncError::UnsupportedMode(mode))
+        );
+    }
+    let c = SyncConfig {
+        window: 0,
+        ..SyncConfig::default()
+    };
+    assert!(Node::new(c, 1, 0).is_err());
+}
+
+#[test]
+fn startup_requests_a_resync_and_data_is_compact() {
+    let mut n = Node::new(cfg(1), 42, 0).unwrap();
+    let out = n.poll_transmit(0);
+    assert_eq!(out.len(), 1);
+    let (h, msgs) = decode_datagram(&out[0].bytes).unwrap();
+    assert_eq!(
+        (h.node_id, h.epoch, h.seq, h.is_reliable()),
+        (1, 42, 0, false)
+    );
+    assert_eq!(msgs, vec![Message::ResyncRequest { node: None }]);
+    // 100 changes to one flow cost one message.
+    let mut rng = Rng(1);
+    for _ in 0..100 {
+        let f = flow_for(&mut rng, 0);
+        n.local_upsert(f, 1, true);
+    }
+    let out = n.poll_transmit(1);
+    assert_eq!(out.len(), 1);
+    let (h, msgs) = decode_datagram(&out[0].bytes).unwrap();
+    assert_eq!((h.seq, h.is_reliable()), (1, true));
+    assert_eq!(msgs.len(), 1);
+    // Many flows fill datagrams up to max_payload.
+    for slot in 0..500 {
+        let f = flow_for(&mut rng, slot);
+        n.local_upsert(f, 2, true);
+    }
+    let out = n.poll_transmit(2);
+    assert!(out.len() > 5);
+    assert!(out.iter().all(|t| t.bytes.len() <= 1472 && t.link == 0));
+}
+
+#[test]
+fn data_goes_on_the_lowest_link_that_is_up() {
+    let two = |id| SyncConfig {
+        links: 2,
+        ..cfg(id)
+    };
+    let mut a = Node::new(two(1), 1, 0).unwrap();
+    let mut b = Node::new(two(2), 1, 0).unwrap();
+    // Nothing heard yet: everything goes on every link.
+    let out = a.poll_transmit(0);
+    assert_eq!(out.iter().map(|t| t.link).collect::<Vec<_>>(), vec![0, 1]);
+    // B is heard on link 1 only: A's data now uses link 1.
+    for t in b.poll_transmit(0) {
+        if t.link == 1 {
+            a.on_datagram(&t.bytes, 1, 1);
+        }
+    }
+    let mut rng = Rng(2);
+    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    let out = a.poll_transmit(2);
+    assert!(!out.is_empty());
+    assert!(out.iter().all(|t| t.link == 1));
+    assert!(a.stats().links[1].up && !a.stats().links[0].up);
+    assert_eq!(a.stats().links[1].recv_packets, 1);
+}

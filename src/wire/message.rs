@@ -1,0 +1,460 @@
+//! The body of a sync datagram: a bincode-encoded batch of `Message`s, and
+//! the compact flow representation that travels in it.
+//!
+//! Owns: the message set, `WireFlow`/`WireKey` and their conversions from and
+//! to the model (`crate::flow`), the bincode configuration, and the decoding
+//! limits and semantic checks. Must not: touch the header, sequence numbers or
+//! any replication state.
+
+use super::header::{WireError, MAX_BODY};
+use crate::flow::{proto, Flow, FlowKey, ProtoState, Tuple, L4};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Most messages one datagram may carry.
+pub const MAX_MESSAGES: usize = 4096;
+/// Longest conntrack helper name accepted (the kernel's NF_CT_HELPER_NAME_LEN).
+pub const MAX_HELPER_LEN: usize = 16;
+/// Longest label bitmap accepted (128 bits).
+pub const MAX_LABELS_LEN: usize = 16;
+
+/// One unit of the sync protocol.
+///
+/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`) travel in
+/// reliable datagrams; the others in control datagrams. `node` fields name
+/// the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
+/// more than two nodes share a multicast link) and `epoch` that stream's
+/// epoch (so an ack for a sender's previous life cannot ack its new one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Upsert(WireFlow),
+    Delete(WireKey),
+    BulkBegin {
+        id: u32,
+    },
+    BulkEnd {
+        id: u32,
+        count: u64,
+    },
+    /// Every reliable datagram of `node`'s stream `epoch` up to `upto` has
+    /// been applied.
+    Ack {
+        node: u32,
+        epoch: u64,
+        upto: u32,
+    },
+    /// Please resend `from..=to` of `node`'s stream `epoch`.
+    Nack {
+        node: u32,
+        epoch: u64,
+        from: u32,
+        to: u32,
+    },
+    /// Please send a bulk of your table (`None`: every receiver).
+    ResyncRequest {
+        node: Option<u32>,
+    },
+    /// Nothing before `from` can be resent any more; a bulk follows.
+    Resume {
+        from: u32,
+    },
+    Alive,
+}
+
+impl Message {
+    /// True for the messages that consume a sequence number.
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            Message::Upsert(_)
+                | Message::Delete(_)
+                | Message::BulkBegin { .. }
+                | Message::BulkEnd { .. }
+        )
+    }
+}
+
+/// The two addresses of a tuple; one family for both by construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireAddrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+/// The layer-4 part of a tuple; ports and ids in network byte order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireL4 {
+    Ports { src: [u8; 2], dst: [u8; 2] },
+    Icmp { kind: u8, code: u8, id: [u8; 2] },
+    None,
+}
+
+/// A tuple without its protocol (the flow carries it once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireTuple {
+    pub addrs: WireAddrs,
+    pub l4: WireL4,
+}
+
+/// Protocol state as it travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireState {
+    None,
+    Tcp {
+        state: u8,
+        wscale_orig: u8,
+        wscale_reply: u8,
+        flags_orig: u8,
+        flags_reply: u8,
+    },
+    Sctp {
+        state: u8,
+        vtag_orig: u32,
+        vtag_reply: u32,
+    },
+    Dccp {
+        state: u8,
+        role: u8,
+    },
+}
+
+/// What a peer needs to recreate a flow. `reply` is present only under NAT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFlow {
+    pub proto: u8,
+    pub orig: WireTuple,
+    pub zone: u16,
+    pub status: u32,
+    pub timeout: u32,
+    pub mark: u32,
+    pub state: WireState,
+    pub labels: Option<Vec<u8>>,
+    pub helper: Option<String>,
+    pub reply: Option<WireTuple>,
+}
+
+/// What identifies a flow: zone and original tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireKey {
+    pub proto: u8,
+    pub zone: u16,
+    pub orig: WireTuple,
+}
+
+fn addrs_of(src: IpAddr, dst: IpAddr) -> WireAddrs {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => WireAddrs::V4 {
+            src: s.octets(),
+            dst: d.octets(),
+        },
+        // A mixed pair cannot come from the kernel; carry it as v6 (mapped)
+        // rather than panic.
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            WireAddrs::V6 {
+                src: v6(s),
+                dst: v6(d),
+            }
+        }
+    }
+}
+
+impl From<&Tuple> for WireTuple {
+    fn from(t: &Tuple) -> WireTuple {
+        let l4 = match t.l4 {
+            L4::Ports { src, dst } => WireL4::Ports {
+                src: src.to_be_bytes(),
+                dst: dst.to_be_bytes(),
+            },
+            L4::Icmp { kind, code, id } => WireL4::Icmp {
+                kind,
+                code,
+                id: id.to_be_bytes(),
+            },
+            L4::None => WireL4::None,
+        };
+        WireTuple {
+            addrs: addrs_of(t.src, t.dst),
+            l4,
+        }
+    }
+}
+
+impl WireTuple {
+    fn is_v6(&self) -> bool {
+        matches!(self.addrs, WireAddrs::V6 { .. })
+    }
+
+    /// The model tuple, with the flow's protocol.
+    pub fn to_tuple(&self, proto: u8) -> Tuple {
+        let (src, dst) = match self.addrs {
+            WireAddrs::V4 { src, dst } => (
+                IpAddr::V4(Ipv4Addr::from(src)),
+                IpAddr::V4(Ipv4Addr::from(dst)),
+            ),
+            WireAddrs::V6 { src, dst } => (
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+            ),
+        };
+        let l4 = match self.l4 {
+            WireL4::Ports { src, dst } => L4::Ports {
+                src: u16::from_be_bytes(src),
+                dst: u16::from_be_bytes(dst),
+            },
+            WireL4::Icmp { kind, code, id } => L4::Icmp {
+                kind,
+                code,
+                id: u16::from_be_bytes(id),
+            },
+            WireL4::None => L4::None,
+        };
+        Tuple {
+            src,
+            dst,
+            proto,
+            l4,
+        }
+    }
+
+    /// The layer-4 part must suit the protocol: ICMP ids only for ICMP over
+    /// IPv4 and ICMPv6 over IPv6.
+    fn validate(&self, proto: u8) -> Result<(), WireError> {
+        let icmp_ok = match proto {
+            proto::ICMP => !self.is_v6(),
+            proto::ICMPV6 => self.is_v6(),
+            _ => false,
+        };
+        match self.l4 {
+            WireL4::Icmp { .. } if !icmp_ok => Err(WireError::BadFlow("icmp tuple for non-icmp")),
+            WireL4::Ports { .. } | WireL4::None if matches!(proto, proto::ICMP | proto::ICMPV6) => {
+                Err(WireError::BadFlow("icmp flow without icmp tuple"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<&ProtoState> for WireState {
+    fn from(s: &ProtoState) -> WireState {
+        match *s {
+            ProtoState::None => WireState::None,
+            ProtoState::Tcp {
+                state,
+                wscale_orig,
+                wscale_reply,
+                flags_orig,
+                flags_reply,
+            } => WireState::Tcp {
+                state,
+                wscale_orig,
+                wscale_reply,
+                flags_orig,
+                flags_reply,
+            },
+            ProtoState::Sctp {
+                state,
+                vtag_orig,
+                vtag_reply,
+            } => WireState::Sctp {
+                state,
+                vtag_orig,
+                vtag_reply,
+            },
+            ProtoState::Dccp { state, role } => WireState::Dccp { state, role },
+        }
+    }
+}
+
+impl From<WireState> for ProtoState {
+    fn from(s: WireState) -> ProtoState {
+        match s {
+            WireState::None => ProtoState::None,
+            WireState::Tcp {
+                state,
+                wscale_orig,
+                wscale_reply,
+                flags_orig,
+                flags_reply,
+            } => ProtoState::Tcp {
+                state,
+                wscale_orig,
+                wscale_reply,
+                flags_orig,
+                flags_reply,
+            },
+            WireState::Sctp {
+                state,
+                vtag_orig,
+                vtag_reply,
+            } => ProtoState::Sctp {
+                state,
+                vtag_orig,
+                vtag_reply,
+            },
+            WireState::Dccp { state, role } => ProtoState::Dccp { state, role },
+        }
+    }
+}
+
+impl From<&Flow> for WireFlow {
+    fn from(f: &Flow) -> WireFlow {
+        WireFlow {
+            proto: f.orig.proto,
+            orig: WireTuple::from(&f.orig),
+            zone: f.zone,
+            status: f.status,
+            timeout: f.timeout,
+            mark: f.mark,
+            state: WireState::from(&f.state),
+            labels: f.labels.clone(),
+            helper: f.helper.clone(),
+            reply: f.has_nat().then(|| WireTuple::from(&f.reply)),
+        }
+    }
+}
+
+impl WireFlow {
+    /// The model flow. Call on a validated flow (`decode_body` validates).
+    pub fn into_flow(self) -> Flow {
+        let orig = self.orig.to_tuple(self.proto);
+        let reply = match self.reply {
+            Some(r) => r.to_tuple(self.proto),
+            None => orig.inverted(),
+        };
+        Flow {
+            orig,
+            reply,
+            zone: self.zone,
+            status: self.status,
+            timeout: self.timeout,
+            mark: self.mark,
+            state: self.state.into(),
+            labels: self.labels,
+            helper: self.helper,
+        }
+    }
+
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            zone: self.zone,
+            orig: self.orig.to_tuple(self.proto),
+        }
+    }
+
+    /// Semantic checks bincode cannot make.
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.orig.validate(self.proto)?;
+        if let Some(reply) = &self.reply {
+            reply.validate(self.proto)?;
+            if reply.is_v6() != self.orig.is_v6() {
+                return Err(WireError::BadFlow("address family differs between tuples"));
+            }
+        }
+        if self
+            .helper
+            .as_ref()
+            .is_some_and(|h| h.len() > MAX_HELPER_LEN)
+        {
+            return Err(WireError::BadFlow("helper name too long"));
+        }
+        if self
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.len() > MAX_LABELS_LEN)
+        {
+            return Err(WireError::BadFlow("labels too long"));
+        }
+        Ok(())
+    }
+}
+
+impl From<&FlowKey> for WireKey {
+    fn from(k: &FlowKey) -> WireKey {
+        WireKey {
+            proto: k.orig.proto,
+            zone: k.zone,
+            orig: WireTuple::from(&k.orig),
+        }
+    }
+}
+
+impl WireKey {
+    pub fn to_key(&self) -> FlowKey {
+        FlowKey {
+            zone: self.zone,
+            orig: self.orig.to_tuple(self.proto),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.orig.validate(self.proto)
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ MAX_BODY + 1 }>()
+}
+
+/// bincode's varint encoding of a length (standard config, little endian).
+pub(crate) fn encode_len(n: usize, out: &mut Vec<u8>) {
+    let n = n as u64;
+    if n < 251 {
+        out.push(n as u8);
+    } else if n <= u64::from(u16::MAX) {
+        out.push(251);
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+    } else if n <= u64::from(u32::MAX) {
+        out.push(252);
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// The bincode bytes of one message; a body is `encode_len(count)` followed
+/// by the messages' bytes, exactly as bincode encodes a `Vec<Message>`.
+pub fn encode_message(msg: &Message) -> Vec<u8> {
+    match bincode::serde::encode_to_vec(msg, config()) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            // Our own types always serialise; log rather than panic.
+            tracing::error!(%err, "cannot encode a sync message");
+            Vec::new()
+        }
+    }
+}
+
+/// Decode and validate a body.
+pub fn decode_body(body: &[u8]) -> Result<Vec<Message>, WireError> {
+    if body.len() > MAX_BODY {
+        return Err(WireError::Oversized(body.len()));
+    }
+    // Check the count before decoding anything behind it.
+    let (count, _): (u64, usize) =
+        bincode::decode_from_slice(body, bincode::config::standard().with_limit::<16>())
+            .map_err(|e| WireError::BadBody(e.to_string()))?;
+    if count > MAX_MESSAGES as u64 {
+        return Err(WireError::TooManyMessages(count));
+    }
+    let (messages, used): (Vec<Message>, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| WireError::BadBody(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::BadBody(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    for m in &messages {
+        match m {
+            Message::Upsert(f) => f.validate()?,
+            Message::Delete(k) => k.validate()?,
+            _ => {}
+        }
+    }
+    Ok(messages)
+}

@@ -1,0 +1,428 @@
+//! Golden bytes, round trips and hostile input for the wire layer.
+
+use super::*;
+use crate::flow::{proto, status, Flow, ProtoState, Tuple, L4};
+use proptest::prelude::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn v4(a: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(a))
+}
+
+fn tcp_flow() -> Flow {
+    let mut f = Flow::new(Tuple {
+        src: v4([198, 18, 0, 1]),
+        dst: v4([198, 18, 0, 2]),
+        proto: proto::TCP,
+        l4: L4::Ports {
+            src: 40000,
+            dst: 80,
+        },
+    });
+    f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+    f.timeout = 120;
+    f.state = ProtoState::Tcp {
+        state: 3,
+        wscale_orig: 7,
+        wscale_reply: 7,
+        flags_orig: 0,
+        flags_reply: 0,
+    };
+    f
+}
+
+fn header() -> Header {
+    Header {
+        flags: flags::RELIABLE,
+        node_id: 1,
+        epoch: 2,
+        seq: 3,
+        body_len: 0,
+        tag_len: 0,
+    }
+}
+
+#[rustfmt::skip]
+const TCP_NO_NAT: [u8; 29] = [
+    0x00,                               // Message::Upsert
+    0x06,                               // proto TCP
+    0x00, 198, 18, 0, 1, 198, 18, 0, 2, // orig: V4 src dst
+    0x00, 0x9c, 0x40, 0x00, 0x50,       // Ports 40000 -> 80 (big endian)
+    0x00,                               // zone 0
+    0x0e,                               // status SEEN_REPLY|ASSURED|CONFIRMED
+    0x78,                               // timeout 120
+    0x00,                               // mark 0
+    0x01, 3, 7, 7, 0, 0,                // Tcp ESTABLISHED, wscale 7/7, flags 0/0
+    0x00,                               // labels None
+    0x00,                               // helper None
+    0x00,                               // reply None (no NAT)
+];
+
+#[test]
+fn golden_datagram_bytes() {
+    let plain = tcp_flow();
+    let mut snat = tcp_flow();
+    snat.status |= status::SRC_NAT | status::SRC_NAT_DONE;
+    snat.reply = Tuple {
+        src: v4([198, 18, 0, 2]),
+        dst: v4([198, 19, 0, 1]),
+        proto: proto::TCP,
+        l4: L4::Ports { src: 80, dst: 5000 },
+    };
+    let del_key = Flow::new(Tuple {
+        src: v4([198, 18, 0, 3]),
+        dst: v4([198, 18, 0, 4]),
+        proto: proto::UDP,
+        l4: L4::Ports { src: 53, dst: 5353 },
+    })
+    .key();
+    let messages = vec![
+        Message::Upsert(WireFlow::from(&plain)),
+        Message::Upsert(WireFlow::from(&snat)),
+        Message::Delete(WireKey::from(&del_key)),
+        Message::Ack {
+            node: 7,
+            epoch: 2,
+            upto: 300,
+        },
+    ];
+    let bytes = encode_datagram(&header(), &messages);
+
+    let mut body = vec![0x04]; // four messages
+    body.extend_from_slice(&TCP_NO_NAT);
+    #[rustfmt::skip]
+    body.extend_from_slice(&[
+        0x00, 0x06,
+        0x00, 198, 18, 0, 1, 198, 18, 0, 2,
+        0x00, 0x9c, 0x40, 0x00, 0x50,
+        0x00,
+        0x9e,                                // status + SRC_NAT + SRC_NAT_DONE = 158
+        0x78, 0x00,
+        0x01, 3, 7, 7, 0, 0,
+        0x00, 0x00,
+        0x01,                                // reply Some
+        0x00, 198, 18, 0, 2, 198, 19, 0, 1,  // reply V4 src dst
+        0x00, 0x00, 0x50, 0x13, 0x88,        // Ports 80 -> 5000
+    ]);
+    #[rustfmt::skip]
+    body.extend_from_slice(&[
+        0x01,                                // Message::Delete
+        0x11,                                // proto UDP
+        0x00,                                // zone 0
+        0x00, 198, 18, 0, 3, 198, 18, 0, 4,
+        0x00, 0x00, 0x35, 0x14, 0xe9,        // Ports 53 -> 5353
+        0x04, 0x07, 0x02, 0xfb, 0x2c, 0x01,  // Ack { node 7, epoch 2, upto 300 (251 + LE u16) }
+    ]);
+    #[rustfmt::skip]
+    let mut expected = vec![
+        b'C', b'T', b'S', 0x01, 0x01, flags::RELIABLE,
+        0, 0, 0, 1,
+        0, 0, 0, 0, 0, 0, 0, 2,
+        0, 0, 0, 3,
+    ];
+    expected.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    expected.extend_from_slice(&[0, 0]);
+    expected.extend_from_slice(&body);
+    assert_eq!(bytes, expected);
+
+    let (h, decoded) = decode_datagram(&bytes).unwrap();
+    assert_eq!(h.seq, 3);
+    assert_eq!(h.body_len as usize, body.len());
+    assert_eq!(decoded, messages);
+    match &decoded[1] {
+        Message::Upsert(f) => assert_eq!(f.clone().into_flow(), snat),
+        other => panic!("unexpected {other:?}"),
+    }
+    match &decoded[2] {
+        Message::Delete(k) => assert_eq!(k.to_key(), del_key),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn ipv4_tcp_upsert_is_small() {
+    let mut f = tcp_flow();
+    // Realistic values: a long ESTABLISHED timeout and the usual status bits.
+    f.timeout = 432_000;
+    f.status |= status::SRC_NAT_DONE | status::DST_NAT_DONE;
+    let n = encode_message(&Message::Upsert(WireFlow::from(&f))).len();
+    println!("IPv4 TCP Upsert without NAT: {n} bytes (conntrackd: 84)");
+    assert_eq!(
+        encode_message(&Message::Upsert(WireFlow::from(&tcp_flow()))),
+        TCP_NO_NAT
+    );
+    assert!(n < 45, "{n} bytes");
+}
+
+fn reason(bytes: &[u8]) -> &'static str {
+    match decode_datagram(bytes) {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    }
+}
+
+#[test]
+fn hostile_datagrams_are_rejected_with_their_reason() {
+    let good = encode_datagram(&header(), &[Message::Upsert(WireFlow::from(&tcp_flow()))]);
+    assert_eq!(reason(&good), "ok");
+    for cut in 0..good.len() {
+        let r = reason(&good[..cut]);
+        let want = if cut < HEADER_LEN {
+            "truncated"
+        } else {
+            "bad_length"
+        };
+        assert_eq!(r, want, "cut at {cut}");
+    }
+    let mut b = good.clone();
+    b[1] = b'X';
+    assert_eq!(reason(&b), "bad_magic");
+    let mut b = good.clone();
+    b[4] = 9;
+    assert_eq!(reason(&b), "bad_version");
+    assert_eq!(reason(&vec![0u8; MAX_DATAGRAM + 10]), "oversized");
+
+    // A body whose bytes are garbage under a correct header.
+    let mut b = good.clone();
+    b[HEADER_LEN + 1] = 0x7f; // unknown message variant
+    assert_eq!(reason(&b), "bad_body");
+    // Trailing bytes inside the declared body.
+    let mut h = header();
+    let mut body = Packer::pack_all(1472, &[Message::Alive]).remove(0).seal(&h);
+    body.push(0);
+    h.body_len = 3; // declared body: count + Alive + the extra byte
+    let mut b = Vec::new();
+    h.encode_into(&mut b);
+    b.extend_from_slice(&body[HEADER_LEN..]);
+    assert_eq!(reason(&b), "bad_body");
+
+    // Too many messages: the count is checked before decoding.
+    let many = vec![Message::Alive; MAX_MESSAGES + 1];
+    let mut b = Vec::new();
+    let mut h = header();
+    let mut raw = Vec::new();
+    message::encode_len(many.len(), &mut raw);
+    for m in &many {
+        raw.extend_from_slice(&encode_message(m));
+    }
+    h.body_len = raw.len() as u16;
+    h.encode_into(&mut b);
+    b.extend_from_slice(&raw);
+    assert_eq!(reason(&b), "too_many_messages");
+
+    // Semantic checks after decoding.
+    let mut mixed = WireFlow::from(&tcp_flow());
+    mixed.reply = Some(WireTuple {
+        addrs: WireAddrs::V6 {
+            src: [0x20; 16],
+            dst: [0x20; 16],
+        },
+        l4: WireL4::None,
+    });
+    assert_eq!(
+        reason(&encode_datagram(&header(), &[Message::Upsert(mixed)])),
+        "bad_flow"
+    );
+    let mut long_helper = WireFlow::from(&tcp_flow());
+    long_helper.helper = Some("x".repeat(MAX_HELPER_LEN + 1));
+    assert_eq!(
+        reason(&encode_datagram(&header(), &[Message::Upsert(long_helper)])),
+        "bad_flow"
+    );
+    let mut long_labels = WireFlow::from(&tcp_flow());
+    long_labels.labels = Some(vec![1; MAX_LABELS_LEN + 1]);
+    assert_eq!(
+        reason(&encode_datagram(&header(), &[Message::Upsert(long_labels)])),
+        "bad_flow"
+    );
+    let mut icmp_v6 = WireFlow::from(&tcp_flow());
+    icmp_v6.proto = proto::ICMPV6; // v4 addresses with ports
+    assert_eq!(
+        reason(&encode_datagram(&header(), &[Message::Upsert(icmp_v6)])),
+        "bad_flow"
+    );
+}
+
+#[test]
+fn packer_respects_the_payload_and_keeps_order() {
+    let flows: Vec<Message> = (0..500u16)
+        .map(|i| {
+            let mut f = tcp_flow();
+            f.orig.l4 = L4::Ports { src: i, dst: 80 };
+            f.reply = f.orig.inverted();
+            Message::Upsert(WireFlow::from(&f))
+        })
+        .collect();
+    for max in [PAYLOAD_IPV4_1500, PAYLOAD_IPV6_1500, 200, 60] {
+        let bodies = Packer::pack_all(max, &flows);
+        let mut back = Vec::new();
+        for b in &bodies {
+            let dgram = b.seal(&header());
+            assert!(dgram.len() <= max, "{} > {max}", dgram.len());
+            back.extend(decode_datagram(&dgram).unwrap().1);
+        }
+        assert_eq!(back, flows);
+        if max == PAYLOAD_IPV4_1500 {
+            assert!(
+                bodies.len() <= 500 * 31 / (1472 - 30) + 1,
+                "{}",
+                bodies.len()
+            );
+        }
+    }
+    // A payload too small for any message: each goes alone, never dropped.
+    let bodies = Packer::pack_all(HEADER_LEN + 2, &flows[..3]);
+    assert_eq!(bodies.len(), 3);
+}
+
+fn addr_pair(v6: bool) -> impl Strategy<Value = (IpAddr, IpAddr)> {
+    if v6 {
+        (any::<[u8; 16]>(), any::<[u8; 16]>())
+            .prop_map(|(a, b)| (IpAddr::V6(Ipv6Addr::from(a)), IpAddr::V6(Ipv6Addr::from(b))))
+            .boxed()
+    } else {
+        (any::<[u8; 4]>(), any::<[u8; 4]>())
+            .prop_map(|(a, b)| (v4(a), v4(b)))
+            .boxed()
+    }
+}
+
+fn tuple(v6: bool, p: u8) -> impl Strategy<Value = Tuple> {
+    let l4 = match p {
+        proto::ICMP | proto::ICMPV6 => (any::<u8>(), any::<u8>(), any::<u16>())
+            .prop_map(|(kind, code, id)| L4::Icmp { kind, code, id })
+            .boxed(),
+        50 => Just(L4::None).boxed(),
+        _ => (any::<u16>(), any::<u16>())
+            .prop_map(|(src, dst)| L4::Ports { src, dst })
+            .boxed(),
+    };
+    (addr_pair(v6), l4).prop_map(move |((src, dst), l4)| Tuple {
+        src,
+        dst,
+        proto: p,
+        l4,
+    })
+}
+
+fn proto_state() -> impl Strategy<Value = ProtoState> {
+    prop_oneof![
+        Just(ProtoState::None),
+        any::<[u8; 5]>().prop_map(|b| ProtoState::Tcp {
+            state: b[0],
+            wscale_orig: b[1],
+            wscale_reply: b[2],
+            flags_orig: b[3],
+            flags_reply: b[4],
+        }),
+        (any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|(state, vtag_orig, vtag_reply)| {
+            ProtoState::Sctp {
+                state,
+                vtag_orig,
+                vtag_reply,
+            }
+        }),
+        (any::<u8>(), any::<u8>()).prop_map(|(state, role)| ProtoState::Dccp { state, role }),
+    ]
+}
+
+pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
+    let family_proto = prop_oneof![
+        Just((false, proto::TCP)),
+        Just((true, proto::TCP)),
+        Just((false, proto::UDP)),
+        Just((true, proto::UDP)),
+        Just((false, proto::ICMP)),
+        Just((true, proto::ICMPV6)),
+        Just((false, proto::SCTP)),
+        Just((true, proto::DCCP)),
+        Just((false, proto::GRE)),
+        Just((true, 50u8)),
+    ];
+    family_proto.prop_flat_map(|(v6, p)| {
+        (
+            tuple(v6, p),
+            proptest::option::of(tuple(v6, p)),
+            any::<(u16, u32, u32, u32)>(),
+            proto_state(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=16)),
+            proptest::option::of("[a-z0-9-]{0,16}"),
+        )
+            .prop_map(
+                |(orig, nat, (zone, st, timeout, mark), state, labels, helper)| {
+                    let mut f = Flow::new(orig);
+                    if let Some(reply) = nat {
+                        f.reply = reply;
+                    }
+                    f.zone = zone;
+                    f.status = st;
+                    f.timeout = timeout;
+                    f.mark = mark;
+                    f.state = state;
+                    f.labels = labels;
+                    f.helper = helper;
+                    f
+                },
+            )
+    })
+}
+
+proptest! {
+    #[test]
+    fn flows_round_trip(flows in proptest::collection::vec(arb_flow(), 1..20), seq in any::<u32>()) {
+        let messages: Vec<Message> = flows.iter().map(|f| Message::Upsert(WireFlow::from(f))).collect();
+        let h = Header { seq, ..header() };
+        let mut back = Vec::new();
+        for body in Packer::pack_all(PAYLOAD_IPV6_1500, &messages) {
+            let dgram = body.seal(&h);
+            prop_assert!(dgram.len() <= PAYLOAD_IPV6_1500);
+            let (got_h, msgs) = decode_datagram(&dgram).unwrap();
+            prop_assert_eq!(got_h.seq, seq);
+            back.extend(msgs);
+        }
+        prop_assert_eq!(&back, &messages);
+        for (m, f) in back.into_iter().zip(&flows) {
+            match m {
+                Message::Upsert(w) => {
+                    prop_assert_eq!(w.reply.is_some(), f.has_nat());
+                    prop_assert_eq!(w.key(), f.key());
+                    prop_assert_eq!(&w.into_flow(), f);
+                }
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn keys_round_trip(f in arb_flow()) {
+        let k = f.key();
+        let dgram = encode_datagram(&header(), &[Message::Delete(WireKey::from(&k))]);
+        let (_, msgs) = decode_datagram(&dgram).unwrap();
+        prop_assert_eq!(msgs, vec![Message::Delete(WireKey::from(&k))]);
+        prop_assert_eq!(WireKey::from(&k).to_key(), k);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        prop_assert!(decode_datagram(&bytes).is_err());
+    }
+
+    #[test]
+    fn random_bodies_behind_a_good_header_never_panic(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut b = Vec::new();
+        Header { body_len: body.len() as u16, ..header() }.encode_into(&mut b);
+        b.extend_from_slice(&body);
+        // Either a clean decode or a body-level reason; never a panic.
+        if let Err(e) = decode_datagram(&b) {
+            prop_assert!(matches!(e.reason(), "bad_body" | "bad_flow" | "too_many_messages"), "{}", e.reason());
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_never_panic(f in arb_flow(), pos in any::<usize>(), val in any::<u8>()) {
+        let mut d = encode_datagram(&header(), &[Message::Upsert(WireFlow::from(&f)), Message::Alive]);
+        let i = pos % d.len();
+        d[i] = val;
+        let _ = decode_datagram(&d);
+    }
+}

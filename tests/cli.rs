@@ -1,0 +1,316 @@
+//! The command line: the conntrackd flag matrix with its quirks, the
+//! subcommands, and the built binary's exit codes and output.
+
+use ctsync::control::cli::{parse, Action, Invocation};
+use ctsync::control::{CacheSel, Envelope, Reply, Request, StatsSection};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn act(args: &[&str]) -> Action {
+    match parse(args) {
+        Ok(inv) => inv.action,
+        Err(e) => panic!("{args:?}: {e}"),
+    }
+}
+
+fn fails(args: &[&str]) -> String {
+    match parse(args) {
+        Ok(inv) => panic!("{args:?} parsed as {inv:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn req(r: Request) -> Action {
+    Action::Request(r)
+}
+
+#[test]
+fn conntrackd_flags() {
+    use Request::*;
+    let cases: Vec<(&[&str], Action)> = vec![
+        (&[], Action::Foreground),
+        (&["-d"], Action::Background),
+        (&["-c"], req(Commit)),
+        (&["-c", "ct"], req(Commit)),
+        (&["-cx"], req(Commit)),
+        (&["-i"], req(DumpInternal)),
+        (&["-i", "c"], req(DumpInternal)),
+        (&["-e"], req(DumpExternal)),
+        (&["-f"], req(FlushCaches(CacheSel::All))),
+        (&["-f", "internal"], req(FlushCaches(CacheSel::Internal))),
+        (&["-f", "ext"], req(FlushCaches(CacheSel::External))),
+        (&["-F"], req(FlushKernel)),
+        (&["-F", "ct"], req(FlushKernel)),
+        (&["-R"], req(ResyncFromKernel)),
+        (&["-k"], req(Kill)),
+        (&["-s"], req(Stats(StatsSection::General))),
+        (&["-s", "ct"], req(Stats(StatsSection::General))),
+        (&["-s", "c"], req(Stats(StatsSection::Cache))),
+        (&["-s", "r"], req(Stats(StatsSection::Runtime))),
+        (&["-s", "n"], req(Stats(StatsSection::Network))),
+        (&["-s", "link"], req(Stats(StatsSection::Link))),
+        (&["-s", "m"], req(Stats(StatsSection::Link))),
+        (&["-s", "rs"], req(Stats(StatsSection::Rsqueue))),
+        (&["-s", "q"], req(Stats(StatsSection::Queue))),
+        (&["-s", "p"], req(Stats(StatsSection::Process))),
+        (&["-n"], req(RequestResync)),
+        (&["-B"], req(SendBulk)),
+        (&["-t"], req(ResetTimers)),
+        (&["-v"], Action::Version),
+        (&["-h"], Action::Help),
+        // The last client option wins, as in conntrackd.
+        (&["-i", "-e"], req(DumpExternal)),
+        // Options are recognised by their second character.
+        (&["-kill"], req(Kill)),
+        (&["-stats", "cache"], req(Stats(StatsSection::Cache))),
+    ];
+    for (args, want) in cases {
+        assert_eq!(act(args), want, "{args:?}");
+    }
+}
+
+#[test]
+fn config_and_json_flags() {
+    let inv = parse(&["-C", "/tmp/x.toml", "-i", "--json"]).unwrap();
+    assert_eq!(
+        inv,
+        Invocation {
+            config: PathBuf::from("/tmp/x.toml"),
+            json: true,
+            action: req(Request::DumpInternal)
+        }
+    );
+    assert_eq!(
+        parse::<&str>(&[]).unwrap().config,
+        PathBuf::from("/etc/ctsyncd/ctsyncd.toml")
+    );
+    assert!(fails(&["-C"]).contains("missing config filename"));
+}
+
+#[test]
+fn errors() {
+    assert!(fails(&["-d", "-c"]).contains("-d"));
+    assert!(fails(&["-c", "-d"]).contains("-d"));
+    assert!(fails(&["-z"]).contains("unknown option '-z'"));
+    assert!(fails(&["-x"]).contains("not supported"));
+    assert!(fails(&["-i", "-x"]).contains("not supported"));
+    assert!(fails(&["-s", "bogus"]).contains("unknown parameter 'bogus'"));
+    assert!(fails(&["-f", "both"]).contains("unknown parameter 'both'"));
+    // A word after -c that is no keyword prefix is not consumed, and then
+    // it is no option either.
+    assert!(fails(&["-c", "zzz"]).contains("unexpected argument 'zzz'"));
+    for args in [
+        &["-c", "exp"][..],
+        &["-i", "expect"],
+        &["-e", "e"],
+        &["-F", "expect"],
+        &["-R", "ex"],
+        &["-s", "expect"],
+    ] {
+        assert_eq!(fails(args), "expectation sync is not supported", "{args:?}");
+    }
+    assert!(fails(&["frobnicate"]).contains("unknown command"));
+    assert!(fails(&["dump", "sideways"]).contains("dump:"));
+    assert!(fails(&["commit", "now"]).contains("takes no arguments"));
+    assert!(fails(&["debug-drop-external", "x"]).contains("expected a count"));
+}
+
+#[test]
+fn subcommands() {
+    use Request::*;
+    let cases: Vec<(&[&str], Action)> = vec![
+        (&["status"], Action::Status),
+        (&["commit"], req(Commit)),
+        (&["dump"], req(DumpInternal)),
+        (&["dump", "internal"], req(DumpInternal)),
+        (&["dump", "external"], req(DumpExternal)),
+        (&["stats"], req(Stats(StatsSection::General))),
+        (&["stats", "network"], req(Stats(StatsSection::Network))),
+        (&["stats", "c"], req(Stats(StatsSection::Cache))),
+        (&["resync"], req(RequestResync)),
+        (&["bulk"], req(SendBulk)),
+        (&["flush"], req(FlushCaches(CacheSel::All))),
+        (&["flush", "external"], req(FlushCaches(CacheSel::External))),
+        (&["flush-kernel"], req(FlushKernel)),
+        (&["kill"], req(Kill)),
+        (&["reload-kernel"], req(ResyncFromKernel)),
+        (
+            &["debug-drop-external", "5"],
+            req(DebugDropExternal { count: 5 }),
+        ),
+    ];
+    for (args, want) in cases {
+        assert_eq!(act(args), want, "{args:?}");
+    }
+    let inv = parse(&["-C", "/a.toml", "dump", "external", "--json"]).unwrap();
+    assert!(inv.json);
+    assert_eq!(inv.config, PathBuf::from("/a.toml"));
+    let inv = parse(&["--json", "stats", "-C", "/b.toml"]).unwrap();
+    assert!(inv.json);
+    assert_eq!(inv.config, PathBuf::from("/b.toml"));
+}
+
+// ---- the built binary ------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctsyncd");
+
+/// A temp dir removed on drop, even when the test fails.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("cts-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn config(&self, socket: &Path) -> PathBuf {
+        let path = self.0.join("ctsyncd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = 1\nsocket = \"{}\"\n[[link]]\ntransport = \"udp\"\ninterface = \"cts-sync0\"\nlocal = \"198.18.0.1\"\npeer = \"198.18.0.2\"\nport = 3780\n",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn binary_exit_codes_without_a_daemon() {
+    let dir = TempDir::new("nodaemon");
+    let cfg = dir.config(&dir.0.join("missing.sock"));
+    let cfg = cfg.to_str().unwrap();
+
+    let (code, out, _) = run(&["-v"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ctsyncd v"));
+    let (code, out, _) = run(&["-h"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage"));
+
+    let (code, _, err) = run(&["-C", cfg, "-s"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("can't connect") && err.contains("is ctsyncd running?"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let (code, _, err) = run(&["-C", cfg, "status"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, _, err) = run(&["-C", cfg, "-z"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown option"), "{err}");
+
+    let (code, _, err) = run(&["-C", cfg, "-c", "expect"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expectation sync is not supported"), "{err}");
+
+    let (code, _, err) = run(&["-C", cfg, "-d", "-k"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn binary_refuses_a_bad_or_missing_config() {
+    let dir = TempDir::new("badcfg");
+    let path = dir.0.join("ctsyncd.toml");
+    std::fs::write(&path, "node_id = 0\n[[link]]\ntransport = \"udp\"\ninterface = \"x\"\nlocal = \"198.18.0.1\"\npeer = \"198.18.0.2\"\nport = 1\n").unwrap();
+    let p = path.to_str().unwrap();
+    for args in [&["-C", p, "-s"][..], &["-C", p], &["-C", p, "-d"]] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains("ctsyncd.toml:1: key 'node_id'"), "{err}");
+    }
+    let (code, _, err) = run(&["-C", "/nonexistent/ctsyncd.toml", "-i"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/ctsyncd.toml"), "{err}");
+}
+
+/// Serve the control socket with a fake daemon on a background runtime.
+fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<Envelope> {
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = ctsync::control::server::bind(&socket).unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(Envelope, tokio::sync::oneshot::Sender<Reply>)>(4);
+            tokio::spawn(ctsync::control::server::serve(listener, tx));
+            ready_tx.send(()).unwrap();
+            while let Some((env, reply)) = rx.recv().await {
+                let r = match &env.request {
+                    Request::Commit => Reply::err("commit already in progress"),
+                    Request::Stats(_) if env.json => Reply::ok(
+                        "{\"uptime_s\": 7, \"internal\": {\"active\": 3}, \"external\": {\"active\": 2}, \"peers\": []}\n",
+                    ),
+                    other => Reply::ok(format!("did {other:?}\n")),
+                };
+                let _ = seen_tx.send(env);
+                let _ = reply.send(r);
+            }
+        });
+    });
+    ready_rx.recv().unwrap();
+    seen_rx
+}
+
+#[test]
+fn binary_talks_to_the_daemon() {
+    let dir = TempDir::new("fake");
+    let socket = dir.0.join("ctsyncd.sock");
+    let cfg = dir.config(&socket);
+    let cfg = cfg.to_str().unwrap();
+    let seen = fake_daemon(&socket);
+
+    let (code, out, err) = run(&["-C", cfg, "-f", "ext"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "did FlushCaches(External)\n"),
+        "{err}"
+    );
+    assert_eq!(
+        seen.recv().unwrap().request,
+        Request::FlushCaches(CacheSel::External)
+    );
+
+    let (code, out, _) = run(&["-C", cfg, "dump", "--json"]);
+    assert_eq!((code, out.as_str()), (0, "did DumpInternal\n"));
+    assert!(seen.recv().unwrap().json);
+
+    let (code, _, err) = run(&["-C", cfg, "-c"]);
+    assert_eq!(code, 1);
+    assert_eq!(err, "ctsyncd: commit already in progress\n");
+
+    let (code, out, err) = run(&["-C", cfg, "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("up 7s, internal 3 flows, external 2 flows"),
+        "{out}"
+    );
+
+    // -d refuses when a daemon already answers on the socket.
+    let (code, _, err) = run(&["-C", cfg, "-d"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+}
