@@ -104,7 +104,16 @@ fn views_agree(lab: &Lab) -> bool {
     a == b
 }
 
-fn assert_converges(lab: &Lab, what: &str) {
+/// Wait until A's daemon holds `expected` flows (it has seen its kernel's
+/// changes), then until B's external cache equals A's internal cache.
+fn assert_converges(lab: &Lab, expected: usize, what: &str) {
+    let a_ready = wait_until(CONVERGE, || lab.a.cache_json("-i").len() == expected);
+    assert!(
+        a_ready,
+        "{what}: A's internal cache never reached {expected} flows (has {}){}",
+        lab.a.cache_json("-i").len(),
+        lab.a.log_tail()
+    );
     let converged = wait_until(CONVERGE, || views_agree(lab));
     if !converged {
         let a = comparable(lab.a.cache_json("-i"));
@@ -143,7 +152,7 @@ fn twenty_thousand_flows_replicate_commit_update_and_delete() {
         20_000,
         "A's internal cache after its start-up dump"
     );
-    assert_converges(&lab, "initial replication");
+    assert_converges(&lab, 20_000, "initial replication");
 
     // Failover: commit B's external cache into B's (empty) kernel table.
     assert!(
@@ -197,7 +206,24 @@ fn twenty_thousand_flows_replicate_commit_update_and_delete() {
         .collect();
     apply_in(&lab.a.ns, updates);
     apply_in(&lab.a.ns, deletes);
-    assert_converges(&lab, "updates and deletes");
+    // A's daemon must see its kernel's changes first; then B must follow.
+    let a_settled = wait_until(CONVERGE, || {
+        let a = lab.a.cache_json("-i");
+        a.len() == 20_000 - deleted.len() && a.iter().filter(|f| f["mark"] == 4242).count() == 2_000
+    });
+    if !a_settled {
+        let a = lab.a.cache_json("-i");
+        let marked = a.iter().filter(|f| f["mark"] == 4242).count();
+        let kernel = lab.a.kernel_table();
+        let kernel_marked = kernel.iter().filter(|l| l.contains("mark=4242")).count();
+        panic!(
+            "A's internal cache never reflected the updates and deletes: cache {} flows ({marked} marked), kernel {} flows ({kernel_marked} marked){}",
+            a.len(),
+            kernel.len(),
+            lab.a.log_tail()
+        );
+    }
+    assert_converges(&lab, 20_000 - deleted.len(), "updates and deletes");
     let b_external = lab.b.cache_json("-e");
     assert_eq!(b_external.len(), 20_000 - deleted.len());
     let marked = b_external.iter().filter(|f| f["mark"] == 4242).count();
@@ -211,7 +237,7 @@ fn ipv6_sync_link_replicates_nat_flows() {
     lab.b.start();
     // Flows created after both daemons run travel as events.
     create_in(&lab.a.ns, flow_mix(2_000, 2, false));
-    assert_converges(&lab, "replication over an IPv6 sync link");
+    assert_converges(&lab, 2_000, "replication over an IPv6 sync link");
     lab.b.ctl_ok(&["-c"]);
     assert_eq!(lab.a.kernel_table(), lab.b.kernel_table());
 }
@@ -222,7 +248,7 @@ fn killed_backup_converges_after_restart_without_manual_resync() {
     create_in(&lab.a.ns, flow_mix(3_000, 3, false));
     lab.a.start();
     lab.b.start();
-    assert_converges(&lab, "before the crash");
+    assert_converges(&lab, 3_000, "before the crash");
 
     lab.b.kill(libc::SIGKILL);
     // A keeps changing while B is down: new flows, deletions, updates.
@@ -236,7 +262,7 @@ fn killed_backup_converges_after_restart_without_manual_resync() {
     // The socket of the killed daemon is stale; the restart must cope.
     lab.b.start();
     create_in(&lab.a.ns, flow_mix(500, 5, false));
-    assert_converges(&lab, "after B's restart");
+    assert_converges(&lab, 4_500, "after B's restart");
 }
 
 #[test]
@@ -245,7 +271,7 @@ fn malformed_datagrams_are_counted_dropped_and_survived() {
     lab.a.start();
     lab.b.start();
     create_in(&lab.a.ns, flow_mix(200, 6, false));
-    assert_converges(&lab, "before the garbage");
+    assert_converges(&lab, 200, "before the garbage");
 
     // Garbage from A's own sync address, so it passes the source check and
     // reaches the decoder.
@@ -313,7 +339,7 @@ fn malformed_datagrams_are_counted_dropped_and_survived() {
 
     // B keeps running and keeps syncing.
     create_in(&lab.a.ns, flow_mix(300, 7, false));
-    assert_converges(&lab, "after the garbage");
+    assert_converges(&lab, 500, "after the garbage");
 }
 
 #[test]
@@ -327,7 +353,7 @@ fn primary_backup_script_fails_over_with_ctsyncd() {
     create_in(&lab.a.ns, flow_mix(1_000, 8, false));
     lab.a.start();
     lab.b.start();
-    assert_converges(&lab, "before failover");
+    assert_converges(&lab, 1_000, "before failover");
 
     let text = std::fs::read_to_string(script).expect("read script");
     let patched = text

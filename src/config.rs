@@ -165,6 +165,13 @@ pub struct KernelConfig {
     /// Fixed timeout in seconds for committed flows; `None` = the cached
     /// timeout minus the time since the last update (conntrackd's estimate).
     pub commit_timeout: Option<u32>,
+    /// Set `net.netfilter.nf_conntrack_events` to 1 at start when it is 0 or
+    /// 2 ("auto"): with 2, flows created while nobody listens never report
+    /// their updates or their end.
+    pub enable_events: bool,
+    /// Re-read the kernel table this often and send only the differences;
+    /// heals changes the kernel never reported. 0 turns it off.
+    pub reconcile_interval_s: u32,
 }
 
 /// `[daemon]`: process matters.
@@ -203,6 +210,8 @@ impl Default for KernelConfig {
             netlink_buffer_max: 64 << 20,
             tcp_window_tracking: false,
             commit_timeout: None,
+            enable_events: true,
+            reconcile_interval_s: 60,
         }
     }
 }
@@ -268,6 +277,8 @@ struct RawKernel {
     netlink_buffer_max: Option<S<i64>>,
     tcp_window_tracking: Option<bool>,
     commit_timeout: Option<S<i64>>,
+    enable_events: Option<bool>,
+    reconcile_interval_s: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -797,11 +808,20 @@ fn kernel_config(cx: &Ctx<'_>, raw: Option<RawKernel>) -> Result<KernelConfig, C
             0,
         )?)),
     };
+    let reconcile_interval_s = cx.int(
+        &r.reconcile_interval_s,
+        "kernel.reconcile_interval_s",
+        0,
+        86_400,
+        i64::from(d.reconcile_interval_s),
+    )?;
     Ok(KernelConfig {
         netlink_buffer: to_u64(buf),
         netlink_buffer_max: to_u64(max),
         tcp_window_tracking: r.tcp_window_tracking.unwrap_or(d.tcp_window_tracking),
         commit_timeout,
+        enable_events: r.enable_events.unwrap_or(d.enable_events),
+        reconcile_interval_s: to_u32(reconcile_interval_s),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::kernel::write::{CreateOptions, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::sync::{Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
+use crate::process;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,8 +87,9 @@ enum Job {
 enum DumpPurpose {
     /// `-R`: repopulate the internal cache, send nothing.
     Resync(oneshot::Sender<Reply>),
-    /// A netlink overrun: reconcile and send the differences.
-    Overrun,
+    /// A netlink overrun or the periodic re-read: reconcile and send the
+    /// differences.
+    Heal,
 }
 
 /// What the kernel worker hands back.
@@ -126,6 +128,7 @@ struct Daemon {
     /// Events seen while a dump is in flight, replayed after it lands.
     replay: Option<Vec<KernelEvent>>,
     overrun_resync_at: Option<Instant>,
+    reconcile_at: Option<Instant>,
     scheduled_flush_at: Option<Instant>,
     /// Flows our own commit wrote: if an overrun hides their events, the
     /// re-read of the table must not mistake them for new local flows.
@@ -137,6 +140,17 @@ struct Daemon {
 
 async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
+    let _lock = match &config.daemon.lock {
+        Some(path) => Some(process::LockFile::acquire(path)?),
+        None => None,
+    };
+    let _pid_file = match &config.daemon.pid_file {
+        Some(path) => Some(process::PidFile::write(path)?),
+        None => None,
+    };
+    if config.kernel.enable_events {
+        process::enable_conntrack_events();
+    }
     let epoch = new_epoch();
     let specs = link_specs(&config);
     let filter = Filter::ignoring(specs.iter().flat_map(|s| s.addresses()));
@@ -189,6 +203,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         commit_running: false,
         replay: None,
         overrun_resync_at: None,
+        reconcile_at: None,
         scheduled_flush_at: None,
         own_writes: HashSet::new(),
         own_writes_expire_at: None,
@@ -214,6 +229,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         "internal cache primed from the kernel table"
     );
 
+    daemon.arm_reconcile();
     let listener = control::server::bind(&daemon.config.socket)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
     tokio::spawn(control::server::serve(listener, ctl_tx));
@@ -389,6 +405,7 @@ impl Daemon {
         }
         let timers = [
             self.overrun_resync_at,
+            self.reconcile_at,
             self.scheduled_flush_at,
             self.own_writes_expire_at,
         ];
@@ -472,7 +489,13 @@ impl Daemon {
         }
         if self.overrun_resync_at.is_some_and(|at| at <= now) && self.replay.is_none() {
             self.overrun_resync_at = None;
-            self.start_dump(DumpPurpose::Overrun);
+            self.start_dump(DumpPurpose::Heal);
+        }
+        if self.reconcile_at.is_some_and(|at| at <= now) {
+            self.reconcile_at = None;
+            if self.replay.is_none() {
+                self.start_dump(DumpPurpose::Heal);
+            }
         }
         if self.scheduled_flush_at.is_some_and(|at| at <= now) {
             self.scheduled_flush_at = None;
@@ -480,6 +503,12 @@ impl Daemon {
             self.node.flush_internal();
             self.submit(Job::FlushKernel(self.filter.clone(), None));
         }
+    }
+
+    /// Schedule the next periodic re-read of the kernel table.
+    fn arm_reconcile(&mut self) {
+        let every = self.config.kernel.reconcile_interval_s;
+        self.reconcile_at = (every > 0).then(|| Instant::now() + Duration::from_secs(u64::from(every)));
     }
 
     fn start_dump(&mut self, purpose: DumpPurpose) {
@@ -560,9 +589,10 @@ impl Daemon {
             }
             Done::Dump(result, purpose) => {
                 let replay = self.replay.take().unwrap_or_default();
+                self.arm_reconcile();
                 let (replicate, client) = match purpose {
                     DumpPurpose::Resync(client) => (false, Some(client)),
-                    DumpPurpose::Overrun => (true, None),
+                    DumpPurpose::Heal => (true, None),
                 };
                 let reply = match result {
                     Ok(flows) => {

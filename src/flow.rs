@@ -203,6 +203,31 @@ impl Flow {
         }
     }
 
+    /// True when both describe the same state of the connection: every
+    /// field but the timeout, which the kernel counts down on its own.
+    pub fn same_state(&self, other: &Flow) -> bool {
+        // Exhaustive, so a new field must be placed on one side or the other.
+        let Flow {
+            orig,
+            reply,
+            zone,
+            status,
+            timeout: _,
+            mark,
+            state,
+            labels,
+            helper,
+        } = self;
+        *orig == other.orig
+            && *reply == other.reply
+            && *zone == other.zone
+            && *status == other.status
+            && *mark == other.mark
+            && *state == other.state
+            && *labels == other.labels
+            && *helper == other.helper
+    }
+
     /// True when the reply tuple is not simply the inverted original.
     pub fn has_nat(&self) -> bool {
         self.reply != self.orig.inverted()
@@ -347,6 +372,16 @@ mod tests {
                 dst: dport,
             },
         }
+    }
+
+    #[test]
+    fn same_state_ignores_only_the_timeout() {
+        let f = Flow::new(tcp([198, 18, 0, 1], 1000, [198, 18, 0, 2], 80));
+        let mut later = f.clone();
+        later.timeout = 17;
+        assert!(f.same_state(&later));
+        later.mark = 1;
+        assert!(!f.same_state(&later));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod filter;
 pub mod flow;
 pub mod kernel;
+pub mod process;
 pub mod sync;
 pub mod transport;
 pub mod wire;

@@ -301,7 +301,7 @@ impl Lab {
         }
         for (n, id, local, peer) in [(&lab.a, 1, addr_a, addr_b), (&lab.b, 2, addr_b, addr_a)] {
             let config = format!(
-                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
+                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[kernel]\n# Flows made before a daemon starts never report events (the kernel's\n# nf_conntrack_events=2); the periodic re-read finds their changes.\nreconcile_interval_s = 5\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
                 n.socket.display()
             );
             std::fs::write(&n.config, config).expect("write config");

@@ -258,6 +258,16 @@ impl Node {
         for flow in kernel {
             let key = flow.key();
             seen.insert(key);
+            // The kernel counts timeouts down by itself: a flow whose only
+            // difference is its timeout has not changed.
+            if self
+                .internal
+                .get(&key)
+                .is_some_and(|cached| cached.flow.same_state(&flow))
+            {
+                report.unchanged += 1;
+                continue;
+            }
             let changed = match self.internal.upsert(flow, now_ms) {
                 Upsert::Created => {
                     report.added += 1;

@@ -1,0 +1,122 @@
+//! Process matters of the daemon: the lock file, the pid file, and the one
+//! kernel setting ctsyncd adjusts at start.
+//!
+//! Owns: files the daemon holds while it runs, removed again on drop.
+//! Must not: know about flows, sockets or the sync protocol.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Where the kernel decides whether conntrack entries report events.
+const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
+
+/// A lock file held with `flock` while the daemon runs. Unlike conntrackd's
+/// O_EXCL lock it can never be left stale by a crash: the kernel drops the
+/// lock with the process.
+pub struct LockFile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl LockFile {
+    pub fn acquire(path: &Path) -> io::Result<LockFile> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("lock file {}: {e}", path.display())))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("lock file {} is held: is ctsyncd already running?", path.display()),
+            ));
+        }
+        Ok(LockFile {
+            path: path.to_path_buf(),
+            _file: file,
+        })
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The daemon's pid, written at start and removed at a clean exit.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    pub fn write(path: &Path) -> io::Result<PidFile> {
+        let mut file = File::create(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Make every conntrack entry created from now on report its events: the
+/// kernel's default ("auto", 2) gives no event cache to entries created while
+/// nobody listens, so their updates and their end are never reported.
+/// Failure (a read-only /proc/sys) is logged, not fatal: the periodic
+/// re-read of the table still heals what events miss.
+pub fn enable_conntrack_events() {
+    match std::fs::read_to_string(EVENTS_SYSCTL) {
+        Ok(value) if value.trim() == "1" => {}
+        Ok(value) => match std::fs::write(EVENTS_SYSCTL, "1\n") {
+            Ok(()) => tracing::info!(
+                previous = value.trim(),
+                "net.netfilter.nf_conntrack_events set to 1"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot set net.netfilter.nf_conntrack_events to 1"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read net.netfilter.nf_conntrack_events"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_refuses_a_second_holder_and_is_removed_on_drop() {
+        let dir = std::env::temp_dir().join(format!("cts-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctsyncd.lock");
+        let first = LockFile::acquire(&path).unwrap();
+        let second = LockFile::acquire(&path);
+        assert_eq!(second.err().map(|e| e.kind()), Some(io::ErrorKind::AlreadyExists));
+        drop(first);
+        assert!(!path.exists());
+        // A leftover file from a crash does not block the next start.
+        std::fs::write(&path, "").unwrap();
+        assert!(LockFile::acquire(&path).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pid_file_holds_our_pid() {
+        let path = std::env::temp_dir().join(format!("cts-pid-{}", std::process::id()));
+        let pid = PidFile::write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        drop(pid);
+        assert!(!path.exists());
+    }
+}
