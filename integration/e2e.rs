@@ -17,42 +17,39 @@ use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-/// Does this kernel still track DCCP? (Linux removed it in 6.16.)
+/// Does this kernel still track DCCP? Linux 6.16 removed its tracker: a
+/// create then succeeds but the generic tracker drops the ports and state.
 fn kernel_has_dccp(ns: &str) -> bool {
-    let out = lab::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "conntrack",
-            "-I",
-            "-p",
-            "dccp",
-            "-s",
-            "198.18.250.1",
-            "-d",
-            "198.18.250.2",
-            "--sport",
-            "1",
-            "--dport",
-            "2",
-            "--state",
-            "OPEN",
-            "--role",
-            "client",
-            "-t",
-            "10",
-        ],
-    );
-    let ok = out.status.success();
-    if ok {
-        let _ = lab::run(
-            "ip",
-            &["netns", "exec", ns, "conntrack", "-D", "-p", "dccp"],
-        );
+    let exec = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", ns, "conntrack"];
+        all.extend_from_slice(args);
+        lab::run("ip", &all)
+    };
+    let created = exec(&[
+        "-I",
+        "-p",
+        "dccp",
+        "-s",
+        "198.18.250.1",
+        "-d",
+        "198.18.250.2",
+        "--sport",
+        "1",
+        "--dport",
+        "2",
+        "--state",
+        "OPEN",
+        "--role",
+        "client",
+        "-t",
+        "10",
+    ]);
+    if !created.status.success() {
+        return false;
     }
-    ok
+    let listed = exec(&["-L", "-p", "dccp"]);
+    let _ = exec(&["-D", "-p", "dccp"]);
+    String::from_utf8_lossy(&listed.stdout).contains("sport=1 dport=2")
 }
 
 /// Write flows into a namespace's kernel with ctsync's own batched writer.

@@ -120,8 +120,6 @@ pub struct SyncConfig {
     pub rto_ms: u64,
     /// A peer heard from for this long is considered gone.
     pub peer_timeout_ms: u64,
-    /// Ask the peers for a full resync at start.
-    pub startup_resync: bool,
     /// Largest datagram sent, IP header included.
     pub mtu: u32,
     /// Delay before the kernel flush scheduled by `-t` (conntrackd's PurgeTimeout).
@@ -194,7 +192,6 @@ impl Default for SyncConfig {
             keepalive_ms: 1000,
             rto_ms: 200,
             peer_timeout_ms: 5000,
-            startup_resync: true,
             mtu: 1500,
             purge_timeout_s: 60,
             alarm_refresh_s: 60,
@@ -252,7 +249,6 @@ struct RawSync {
     keepalive_ms: Option<S<i64>>,
     rto_ms: Option<S<i64>>,
     peer_timeout_ms: Option<S<i64>>,
-    startup_resync: Option<bool>,
     mtu: Option<S<i64>>,
     purge_timeout_s: Option<S<i64>>,
     alarm_refresh_s: Option<S<i64>>,
@@ -618,7 +614,6 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         keepalive_ms: to_u64(keepalive_ms),
         rto_ms: to_u64(rto_ms),
         peer_timeout_ms: to_u64(peer_timeout_ms),
-        startup_resync: r.startup_resync.unwrap_or(d.startup_resync),
         mtu: to_u32(mtu),
         purge_timeout_s: to_u32(purge),
         alarm_refresh_s: to_u32(refresh),

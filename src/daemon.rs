@@ -18,9 +18,9 @@ use crate::kernel::dump::dump_table;
 use crate::kernel::events::EventSocket;
 use crate::kernel::write::{CreateOptions, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
+use crate::process;
 use crate::sync::{Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
-use crate::process;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -508,7 +508,8 @@ impl Daemon {
     /// Schedule the next periodic re-read of the kernel table.
     fn arm_reconcile(&mut self) {
         let every = self.config.kernel.reconcile_interval_s;
-        self.reconcile_at = (every > 0).then(|| Instant::now() + Duration::from_secs(u64::from(every)));
+        self.reconcile_at =
+            (every > 0).then(|| Instant::now() + Duration::from_secs(u64::from(every)));
     }
 
     fn start_dump(&mut self, purpose: DumpPurpose) {

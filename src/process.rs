@@ -33,7 +33,10 @@ impl LockFile {
         if rc != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("lock file {} is held: is ctsyncd already running?", path.display()),
+                format!(
+                    "lock file {} is held: is ctsyncd already running?",
+                    path.display()
+                ),
             ));
         }
         Ok(LockFile {
@@ -84,7 +87,9 @@ pub fn enable_conntrack_events() {
                 previous = value.trim(),
                 "net.netfilter.nf_conntrack_events set to 1"
             ),
-            Err(e) => tracing::warn!(error = %e, "cannot set net.netfilter.nf_conntrack_events to 1"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set net.netfilter.nf_conntrack_events to 1")
+            }
         },
         Err(e) => tracing::warn!(error = %e, "cannot read net.netfilter.nf_conntrack_events"),
     }
@@ -101,7 +106,10 @@ mod tests {
         let path = dir.join("ctsyncd.lock");
         let first = LockFile::acquire(&path).unwrap();
         let second = LockFile::acquire(&path);
-        assert_eq!(second.err().map(|e| e.kind()), Some(io::ErrorKind::AlreadyExists));
+        assert_eq!(
+            second.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists)
+        );
         drop(first);
         assert!(!path.exists());
         // A leftover file from a crash does not block the next start.

@@ -35,7 +35,6 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.sync.keepalive_ms, 1000);
     assert_eq!(c.sync.rto_ms, 200);
     assert_eq!(c.sync.peer_timeout_ms, 5000);
-    assert!(c.sync.startup_resync);
     assert_eq!(c.sync.mtu, 1500);
     assert_eq!(c.kernel.netlink_buffer, 8 << 20);
     assert_eq!(c.kernel.netlink_buffer_max, 64 << 20);

@@ -78,14 +78,15 @@ pub struct StatsSnapshot {
     pub peers: Vec<PeerBlock>,
 }
 
-/// Reason keys of `malformed_by_reason` that map to `-s network` rows.
+/// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
+/// names) fill each row of `-s network`.
 pub mod reason {
-    pub const VERSION: &str = "version";
-    pub const HEADER: &str = "header";
-    pub const PAYLOAD: &str = "payload";
-    pub const TYPE: &str = "type";
-    pub const TRUNCATED: &str = "truncated";
-    pub const SIZE: &str = "size";
+    pub const VERSION: &[&str] = &["bad_version"];
+    pub const HEADER: &[&str] = &["bad_magic", "bad_header"];
+    pub const PAYLOAD: &[&str] = &["bad_body", "bad_flow"];
+    pub const TYPE: &[&str] = &["data_in_control"];
+    pub const TRUNCATED: &[&str] = &["truncated"];
+    pub const SIZE: &[&str] = &["bad_length", "oversized", "too_many_messages"];
 }
 
 // ---- flows ----------------------------------------------------------------
@@ -275,7 +276,11 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
             ctsync_block(&mut s, snap);
         }
         StatsSection::Network => {
-            let r = |k: &str| snap.malformed_by_reason.get(k).copied().unwrap_or(0);
+            let r = |keys: &[&str]| -> u64 {
+                keys.iter()
+                    .map(|k| snap.malformed_by_reason.get(*k).copied().unwrap_or(0))
+                    .sum()
+            };
             let _ = write!(
                 s,
                 "network statistics:\n\
@@ -650,7 +655,7 @@ mod tests {
                 packets_recv: 10,
                 ..Default::default()
             }],
-            malformed_by_reason: [("header".to_string(), 2u64)].into_iter().collect(),
+            malformed_by_reason: [("bad_magic".to_string(), 2u64)].into_iter().collect(),
             malformed: 2,
             uptime_s: 90_061,
             ..Default::default()
@@ -688,7 +693,7 @@ mod tests {
         ]
         .concat();
         assert!(out.starts_with(&expected), "got:\n{out}");
-        assert!(out.contains("\t\theader:"));
+        assert!(out.contains("\t\tbad_magic:"));
     }
 
     #[test]
