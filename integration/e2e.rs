@@ -228,15 +228,107 @@ fn twenty_thousand_flows_replicate_commit_update_and_delete() {
 }
 
 #[test]
-fn ipv6_sync_link_replicates_nat_flows() {
-    let mut lab = Lab::two_nodes(SyncFamily::V6);
+fn ipv6_sync_link_carries_events_only_changes() {
+    // No periodic re-read: creates, updates and deletes must all travel as
+    // kernel events, over an IPv6 sync link.
+    let mut lab = Lab::two_nodes_events_only(SyncFamily::V6);
     lab.a.start();
     lab.b.start();
-    // Flows created after both daemons run travel as events.
-    create_in(&lab.a.ns, flow_mix(2_000, 2, false));
-    assert_converges(&lab, 2_000, "replication over an IPv6 sync link");
+    let flows = flow_mix(2_000, 2, false);
+    create_in(&lab.a.ns, flows.clone());
+    assert_converges(&lab, 2_000, "creates over an IPv6 sync link");
+    let updates: Vec<WriteOp> = flows
+        .iter()
+        .step_by(4)
+        .map(|f| {
+            let mut changed = f.clone();
+            changed.mark = 77;
+            WriteOp::Update(changed)
+        })
+        .collect();
+    let deletes: Vec<WriteOp> = flows
+        .iter()
+        .skip(1)
+        .step_by(4)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    apply_in(&lab.a.ns, updates);
+    apply_in(&lab.a.ns, deletes);
+    assert_converges(&lab, 1_500, "updates and deletes as events");
+    let marked = lab
+        .b
+        .cache_json("-e")
+        .iter()
+        .filter(|f| f["mark"] == 77)
+        .count();
+    assert_eq!(marked, 500);
     lab.b.ctl_ok(&["-c"]);
     assert_eq!(lab.a.kernel_table(), lab.b.kernel_table());
+}
+
+#[test]
+fn packet_driven_updates_keep_tcp_state_on_the_peer() {
+    // A real TCP connection through A's conntrack (on A's loopback): the
+    // kernel's later updates carry only what changed (here a mark set by a
+    // rule on one large segment), and B must still know the connection is
+    // ESTABLISHED.
+    let mut lab = Lab::two_nodes_events_only(SyncFamily::V4);
+    lab.a.start();
+    lab.b.start();
+    let rules = "table inet cts_test {\n chain out {\n  type filter hook output priority 0;\n  tcp dport 4000 meta length > 200 ct mark set 42\n }\n}\n";
+    let rules_file = lab.dir.join("rules.nft");
+    std::fs::write(&rules_file, rules).expect("write rules");
+    let out = lab.a.exec("nft", &["-f", lab::path_str(&rules_file)]);
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let ns = lab.a.ns.clone();
+    let traffic = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        lab::enter_netns(&ns);
+        let listener = std::net::TcpListener::bind("127.0.0.1:4000").expect("listen");
+        let mut client = std::net::TcpStream::connect("127.0.0.1:4000").expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        for _ in 0..3 {
+            client.write_all(b"hello").expect("write");
+            server.read_exact(&mut buf).expect("read");
+            server.write_all(&buf).expect("echo");
+            client.read_exact(&mut buf).expect("read echo");
+        }
+        // The connection is ESTABLISHED and quiet; now one large segment
+        // changes only the mark, so the kernel's update event carries no
+        // TCP state.
+        std::thread::sleep(Duration::from_millis(300));
+        let big = [7u8; 400];
+        let mut sink = [0u8; 400];
+        client.write_all(&big).expect("write big");
+        server.read_exact(&mut sink).expect("read big");
+        ready_tx.send(()).expect("signal");
+        // Keep the connection open until the test has looked.
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("connection up");
+    let seen = wait_until(Duration::from_secs(20), || {
+        lab.b
+            .cache_json("-e")
+            .iter()
+            .any(|f| f["orig"]["dport"] == 4000 && f["mark"] == 42 && f["state"] == "ESTABLISHED")
+    });
+    let _ = done_tx.send(());
+    let _ = traffic.join();
+    assert!(
+        seen,
+        "B never held the marked connection as ESTABLISHED: {:#?}",
+        lab.b.cache_json("-e")
+    );
 }
 
 #[test]

@@ -43,6 +43,8 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     #[error("sync: {0}")]
     Sync(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
@@ -85,8 +87,8 @@ enum Job {
 
 /// Why the table is being dumped, and who waits for it.
 enum DumpPurpose {
-    /// `-R`: repopulate the internal cache, send nothing.
-    Resync(oneshot::Sender<Reply>),
+    /// `-R`: repopulate the internal cache, send nothing; answer these clients.
+    Resync(Vec<oneshot::Sender<Reply>>),
     /// A netlink overrun or the periodic re-read: reconcile and send the
     /// differences.
     Heal,
@@ -134,11 +136,14 @@ struct Daemon {
     /// re-read of the table must not mistake them for new local flows.
     own_writes: HashSet<FlowKey>,
     own_writes_expire_at: Option<Instant>,
+    /// `-R` requests that arrived while another dump was running.
+    pending_resyncs: Vec<oneshot::Sender<Reply>>,
     counters: DaemonCounters,
     stop: bool,
 }
 
-async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
+async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+    refuse_unavailable(&config, &config_path)?;
     let started = Instant::now();
     let _lock = match &config.daemon.lock {
         Some(path) => Some(process::LockFile::acquire(path)?),
@@ -207,6 +212,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         scheduled_flush_at: None,
         own_writes: HashSet::new(),
         own_writes_expire_at: None,
+        pending_resyncs: Vec::new(),
         counters: DaemonCounters {
             kernel_buffer_size,
             ..DaemonCounters::default()
@@ -263,6 +269,28 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&daemon.config.socket);
+    Ok(())
+}
+
+/// Valid settings this build cannot serve yet are refused before anything
+/// starts, naming the file and the key.
+fn refuse_unavailable(config: &Config, path: &std::path::Path) -> Result<(), DaemonError> {
+    let file = path.display();
+    if config.sync.mode != SyncMode::Ftfw {
+        return Err(DaemonError::Unavailable(format!(
+            "{file}: key 'sync.mode': {:?} is not available yet; use \"ftfw\"",
+            config.sync.mode
+        )));
+    }
+    if let Some(i) = config
+        .links
+        .iter()
+        .position(|l| l.transport == Transport::Multicast)
+    {
+        return Err(DaemonError::Unavailable(format!(
+            "{file}: key 'link[{i}].transport': multicast links are not available yet; use \"udp\""
+        )));
+    }
     Ok(())
 }
 
@@ -443,8 +471,12 @@ impl Daemon {
                 }
             }
             KernelFeed::Failed(reason) => {
+                // Whatever the reason, events may be lost: re-read the table.
                 self.counters.kernel_failures += 1;
-                tracing::warn!(%reason, "reading kernel events failed");
+                tracing::warn!(%reason, "reading kernel events failed; the table will be re-read");
+                if self.overrun_resync_at.is_none() {
+                    self.overrun_resync_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
+                }
             }
         }
     }
@@ -461,8 +493,13 @@ impl Daemon {
             return;
         }
         match event.kind {
-            EventKind::New | EventKind::Update => {
-                self.node.local_upsert(event.flow, now, replicate)
+            EventKind::New => self.node.local_upsert(event.flow, now, replicate),
+            EventKind::Update => {
+                let mut flow = event.flow;
+                if let Some(cached) = self.node.internal().get(&key) {
+                    flow.fill_from_previous(&cached.flow);
+                }
+                self.node.local_upsert(flow, now, replicate);
             }
             EventKind::Destroy => self.node.local_delete(&key, now, replicate),
         }
@@ -591,9 +628,9 @@ impl Daemon {
             Done::Dump(result, purpose) => {
                 let replay = self.replay.take().unwrap_or_default();
                 self.arm_reconcile();
-                let (replicate, client) = match purpose {
-                    DumpPurpose::Resync(client) => (false, Some(client)),
-                    DumpPurpose::Heal => (true, None),
+                let (replicate, clients) = match purpose {
+                    DumpPurpose::Resync(clients) => (false, clients),
+                    DumpPurpose::Heal => (true, Vec::new()),
                 };
                 let reply = match result {
                     Ok(flows) => {
@@ -620,8 +657,12 @@ impl Daemon {
                         failure(format!("kernel dump failed: {reason}"))
                     }
                 };
-                if let Some(client) = client {
-                    let _ = client.send(reply);
+                for client in clients {
+                    let _ = client.send(reply.clone());
+                }
+                if !self.pending_resyncs.is_empty() {
+                    let waiting = std::mem::take(&mut self.pending_resyncs);
+                    self.start_dump(DumpPurpose::Resync(waiting));
                 }
             }
         }
@@ -636,6 +677,8 @@ impl Daemon {
                     failure("commit already in progress".into())
                 } else {
                     self.commit_running = true;
+                    // As conntrackd: a commit cancels a pending `-t` flush.
+                    self.scheduled_flush_at = None;
                     let flows = self.commit_set(now);
                     self.own_writes.extend(flows.iter().map(Flow::key));
                     self.own_writes_expire_at = None;
@@ -668,13 +711,15 @@ impl Daemon {
                 return;
             }
             Request::ResyncFromKernel => {
+                tracing::info!("resync with master conntrack table");
                 if self.replay.is_some() {
-                    failure("a kernel dump is already running; try again".into())
+                    // A dump is running (an overrun heal, say): read the
+                    // table again right after it, for this request.
+                    self.pending_resyncs.push(reply);
                 } else {
-                    tracing::info!("resync with master conntrack table");
-                    self.start_dump(DumpPurpose::Resync(reply));
-                    return;
+                    self.start_dump(DumpPurpose::Resync(vec![reply]));
                 }
+                return;
             }
             Request::DumpInternal => success(self.render_cache(None, json)),
             Request::DumpExternal => success(self.render_external(json)),

@@ -228,6 +228,21 @@ impl Flow {
             && *helper == other.helper
     }
 
+    /// Complete a kernel UPDATE event from the cached flow: the kernel puts
+    /// protocol state, labels and the helper in an update only when they
+    /// changed, so their absence means "as before", not "none".
+    pub fn fill_from_previous(&mut self, previous: &Flow) {
+        if self.state == ProtoState::None {
+            self.state = previous.state;
+        }
+        if self.labels.is_none() {
+            self.labels.clone_from(&previous.labels);
+        }
+        if self.helper.is_none() {
+            self.helper.clone_from(&previous.helper);
+        }
+    }
+
     /// True when the reply tuple is not simply the inverted original.
     pub fn has_nat(&self) -> bool {
         self.reply != self.orig.inverted()
@@ -382,6 +397,38 @@ mod tests {
         assert!(f.same_state(&later));
         later.mark = 1;
         assert!(!f.same_state(&later));
+    }
+
+    #[test]
+    fn partial_update_keeps_what_it_does_not_carry() {
+        let mut cached = Flow::new(tcp([198, 18, 0, 1], 1000, [198, 18, 0, 2], 80));
+        cached.state = ProtoState::Tcp {
+            state: 3,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+        cached.labels = Some(vec![1; 16]);
+        cached.helper = Some("ftp".into());
+        let mut update = Flow::new(cached.orig);
+        update.mark = 5;
+        update.fill_from_previous(&cached);
+        assert_eq!(update.state, cached.state);
+        assert_eq!(update.labels, cached.labels);
+        assert_eq!(update.helper, cached.helper);
+        assert_eq!(update.mark, 5);
+        // A carried state wins over the cached one.
+        let mut newer = Flow::new(cached.orig);
+        newer.state = ProtoState::Tcp {
+            state: 7,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+        newer.fill_from_previous(&cached);
+        assert_eq!(newer.state.name(), Some("TIME_WAIT"));
     }
 
     #[test]

@@ -15,8 +15,9 @@ const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
 /// A lock file held with `flock` while the daemon runs. Unlike conntrackd's
 /// O_EXCL lock it can never be left stale by a crash: the kernel drops the
 /// lock with the process.
+/// The file itself stays after exit: unlinking it could let a starting
+/// daemon lock a new inode while another still holds the old one.
 pub struct LockFile {
-    path: PathBuf,
     _file: File,
 }
 
@@ -39,16 +40,7 @@ impl LockFile {
                 ),
             ));
         }
-        Ok(LockFile {
-            path: path.to_path_buf(),
-            _file: file,
-        })
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(LockFile { _file: file })
     }
 }
 
@@ -100,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_held_lock_refuses_a_second_holder_and_is_removed_on_drop() {
+    fn a_held_lock_refuses_a_second_holder_and_a_released_one_is_reusable() {
         let dir = std::env::temp_dir().join(format!("cts-lock-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ctsyncd.lock");
@@ -111,9 +103,8 @@ mod tests {
             Some(io::ErrorKind::AlreadyExists)
         );
         drop(first);
-        assert!(!path.exists());
-        // A leftover file from a crash does not block the next start.
-        std::fs::write(&path, "").unwrap();
+        // The file left behind (as after a crash) does not block the next start.
+        assert!(path.exists());
         assert!(LockFile::acquire(&path).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -43,14 +43,21 @@ pub fn must(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Move the calling thread into network namespace `ns` (only this thread:
+/// setns(2) is per thread).
+pub fn enter_netns(ns: &str) {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {path} failed");
+}
+
 /// Run `f` on a thread that has entered network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_string();
     std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {path} failed");
+        enter_netns(&ns);
         f()
     })
     .join()
@@ -242,6 +249,16 @@ impl Lab {
 
     /// As `two_nodes`, with extra TOML appended to the `[sync]` table.
     pub fn two_nodes_with(family: SyncFamily, sync_extra: &str) -> Lab {
+        Lab::build(family, sync_extra, 5)
+    }
+
+    /// Two nodes whose daemons never re-read their kernel table on their
+    /// own: every change must travel as a kernel event.
+    pub fn two_nodes_events_only(family: SyncFamily) -> Lab {
+        Lab::build(family, "", 0)
+    }
+
+    fn build(family: SyncFamily, sync_extra: &str, reconcile_interval_s: u32) -> Lab {
         // ctnetlink creates of NAT flows need the NAT core; where the kernel
         // has them as modules, load them (built-in kernels need nothing).
         for module in ["nf_conntrack", "nf_nat"] {
@@ -301,7 +318,7 @@ impl Lab {
         }
         for (n, id, local, peer) in [(&lab.a, 1, addr_a, addr_b), (&lab.b, 2, addr_b, addr_a)] {
             let config = format!(
-                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[kernel]\n# Flows made before a daemon starts never report events (the kernel's\n# nf_conntrack_events=2); the periodic re-read finds their changes.\nreconcile_interval_s = 5\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
+                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[kernel]\n# Flows made before a daemon starts never report events (the kernel's\n# nf_conntrack_events=2); the periodic re-read finds their changes.\nreconcile_interval_s = {reconcile_interval_s}\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
                 n.socket.display()
             );
             std::fs::write(&n.config, config).expect("write config");

@@ -52,7 +52,8 @@ pub enum Request {
     SendBulk,
     /// Schedule a kernel and internal-cache flush (`-t`).
     ResetTimers,
-    /// Test hook: drop the next `count` received flow messages.
+    /// Debug: remove up to `count` flows from the external caches behind the
+    /// sync protocol's back (to show that a resync repairs them).
     DebugDropExternal { count: usize },
 }
 
