@@ -530,3 +530,30 @@ fn kill_flag_and_sigterm_stop_the_daemon_cleanly() {
         "B left its control socket behind after SIGTERM"
     );
 }
+
+#[test]
+fn systemd_hears_ready_only_once_the_cache_is_primed() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    create_in(&lab.a.ns, flow_mix(5_000, 9, false));
+    let notify_path = lab.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let path = notify_path.to_str().expect("utf-8 path").to_string();
+    lab.a.start_with_env(&[("NOTIFY_SOCKET", &path)]);
+    let mut buf = [0u8; 512];
+    let n = notify
+        .recv(&mut buf)
+        .expect("no notification from the daemon");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        message.contains("READY=1"),
+        "unexpected notification: {message}"
+    );
+    // READY came after the start-up dump: the cache already holds the table.
+    assert_eq!(lab.a.cache_json("-i").len(), 5_000);
+    lab.a.kill(libc::SIGTERM);
+    let n = notify.recv(&mut buf).expect("no STOPPING notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}

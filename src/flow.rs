@@ -258,10 +258,21 @@ impl Flow {
             (Some(t), Some(o)) if t != o => Some(t),
             _ => None,
         };
-        let reply_ports = self.reply.ports();
-        let inv_ports = inv.ports();
-        let snat_port = port_of(reply_ports.map(|p| p.1), inv_ports.map(|p| p.1));
-        let dnat_port = port_of(reply_ports.map(|p| p.0), inv_ports.map(|p| p.0));
+        let (snat_port, dnat_port) = match (self.reply.l4, inv.l4) {
+            // ICMP has one identifier; the kernel's SNAT may remap it, and
+            // the NAT range carries it where ports would go.
+            (L4::Icmp { id: translated, .. }, L4::Icmp { id: original, .. }) => {
+                (port_of(Some(translated), Some(original)), None)
+            }
+            _ => {
+                let reply_ports = self.reply.ports();
+                let inv_ports = inv.ports();
+                (
+                    port_of(reply_ports.map(|p| p.1), inv_ports.map(|p| p.1)),
+                    port_of(reply_ports.map(|p| p.0), inv_ports.map(|p| p.0)),
+                )
+            }
+        };
         let snat = (self.reply.dst != inv.dst || snat_port.is_some()).then_some(NatBinding {
             addr: self.reply.dst,
             port: snat_port,
@@ -279,8 +290,10 @@ impl Flow {
         let mut reply = self.orig.inverted();
         if let Some(s) = nat.snat {
             reply.dst = s.addr;
-            if let (Some(p), L4::Ports { dst, .. }) = (s.port, &mut reply.l4) {
-                *dst = p;
+            match (s.port, &mut reply.l4) {
+                (Some(p), L4::Ports { dst, .. }) => *dst = p,
+                (Some(p), L4::Icmp { id, .. }) => *id = p,
+                _ => {}
             }
         }
         if let Some(d) = nat.dnat {
@@ -464,6 +477,37 @@ mod tests {
         assert!(nat.snat.is_some() && nat.dnat.is_some());
         assert_eq!(nat.snat.unwrap().port, None);
         assert_eq!(nat.dnat.unwrap().port, Some(8080));
+        assert_eq!(Flow::new(orig).with_nat(nat), f);
+    }
+
+    #[test]
+    fn icmp_snat_with_a_remapped_id_round_trips() {
+        let orig = Tuple {
+            src: "198.18.1.1".parse().unwrap(),
+            dst: "198.19.0.1".parse().unwrap(),
+            proto: proto::ICMP,
+            l4: L4::Icmp {
+                kind: 8,
+                code: 0,
+                id: 77,
+            },
+        };
+        let mut f = Flow::new(orig);
+        f.reply.dst = "198.19.255.1".parse().unwrap();
+        f.reply.l4 = L4::Icmp {
+            kind: 0,
+            code: 0,
+            id: 1234,
+        };
+        let nat = f.nat();
+        assert_eq!(
+            nat.snat,
+            Some(NatBinding {
+                addr: "198.19.255.1".parse().unwrap(),
+                port: Some(1234)
+            })
+        );
+        assert_eq!(nat.dnat, None);
         assert_eq!(Flow::new(orig).with_nat(nat), f);
     }
 

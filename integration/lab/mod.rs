@@ -108,6 +108,11 @@ impl Node {
     /// Start the daemon in the foreground (as systemd would) and wait until
     /// its control socket answers.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "{} already running", self.name);
         let log = File::create(&self.log).expect("create daemon log");
         let err = log.try_clone().expect("clone log handle");
@@ -116,6 +121,7 @@ impl Node {
             .arg(ctsyncd_bin())
             .args(["-C", self.config.to_str().unwrap_or_default()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -447,6 +453,16 @@ pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
                         },
                     ));
                     f.status = status::CONFIRMED;
+                    if (i / 10) % 2 == 0 {
+                        // SNAT that also remaps the echo identifier.
+                        f.reply.dst = v4(198, 19, 253, salt);
+                        f.reply.l4 = L4::Icmp {
+                            kind: 0,
+                            code: 0,
+                            id: idx ^ 0x8000,
+                        };
+                        f.status |= status::SRC_NAT | status::SRC_NAT_DONE | status::DST_NAT_DONE;
+                    }
                     f
                 }
                 5 => {

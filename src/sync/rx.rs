@@ -14,7 +14,29 @@ pub(crate) struct RxParams {
     pub ack_every: u32,
     pub ack_delay_ms: u64,
     pub rto_ms: u64,
+    /// How far ahead of `expected` a datagram may be buffered (and so the
+    /// most datagrams buffered).
     pub reorder_limit: usize,
+    /// The most memory (`buffered_cost`) the reorder buffer may hold.
+    pub reorder_max_bytes: usize,
+}
+
+/// What a buffered body costs: the messages as they sit in memory plus the
+/// bytes they own. A one-byte message decodes into a whole `Message`, so
+/// counting wire bytes would understate it many times over.
+pub(crate) fn buffered_cost(msgs: &[Message]) -> usize {
+    let owned: usize = msgs
+        .iter()
+        .map(|m| match m {
+            Message::Upsert(f) => {
+                f.labels.as_ref().map_or(0, Vec::len) + f.helper.as_ref().map_or(0, String::len)
+            }
+            _ => 0,
+        })
+        .sum();
+    std::mem::size_of::<Message>()
+        .saturating_mul(msgs.len())
+        .saturating_add(owned)
 }
 
 /// What a reliable datagram did.
@@ -25,8 +47,12 @@ pub(crate) struct RxOutcome {
     pub duplicate: bool,
     /// Newly detected missing sequence numbers.
     pub lost: u64,
-    /// The reorder buffer was full; the datagram was dropped.
+    /// The reorder buffer was full (its byte budget); the datagram was
+    /// dropped.
     pub overflow: bool,
+    /// The datagram was more than `reorder_limit` ahead of `expected`; it was
+    /// dropped without being buffered.
+    pub too_far: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -35,7 +61,10 @@ pub(crate) struct RxStream {
     pub expected: u32,
     /// The highest sequence number known to exist.
     highest: u32,
-    buffer: BTreeMap<u32, Vec<Message>>,
+    /// Out-of-order bodies with their `buffered_cost`.
+    buffer: BTreeMap<u32, (usize, Vec<Message>)>,
+    /// The sum of the buffered costs.
+    buffered_bytes: usize,
     /// The last `upto` we acknowledged.
     acked: u32,
     ack_due: Option<u64>,
@@ -52,6 +81,7 @@ impl RxStream {
             expected,
             highest: expected.saturating_sub(1),
             buffer: BTreeMap::new(),
+            buffered_bytes: 0,
             acked: 0,
             // Tell the sender at once where we start, so it can prune.
             ack_due: (expected > 1).then_some(now + p.ack_delay_ms),
@@ -74,7 +104,8 @@ impl RxStream {
     }
 
     fn drain(&mut self, out: &mut Vec<Vec<Message>>) {
-        while let Some(msgs) = self.buffer.remove(&self.expected) {
+        while let Some((cost, msgs)) = self.buffer.remove(&self.expected) {
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(cost);
             out.push(msgs);
             self.expected = self.expected.saturating_add(1);
         }
@@ -103,15 +134,32 @@ impl RxStream {
             self.ack_due = Some(self.ack_due.unwrap_or(u64::MAX).min(now));
             return out;
         }
+        // A live sender has at most its window beyond what we applied;
+        // further ahead is a sender that gave up on us (it will say so when
+        // we NACK) or garbage: never buffered. The gap it reveals is noted
+        // only up to the limit, so a wild seq cannot make the NACKs huge.
+        let limit = u32::try_from(p.reorder_limit).unwrap_or(u32::MAX);
+        let horizon = self.expected.saturating_add(limit);
+        if seq > horizon {
+            // As if a control datagram said `horizon` was sent.
+            out.lost = self.on_control(horizon);
+            out.too_far = true;
+            return out;
+        }
         out.lost = self.note_seen(seq);
         if seq == self.expected {
             out.deliver.push(msgs);
             self.expected = self.expected.saturating_add(1);
             self.drain(&mut out.deliver);
-        } else if self.buffer.len() < p.reorder_limit {
-            self.buffer.insert(seq, msgs);
         } else {
-            out.overflow = true;
+            let cost = buffered_cost(&msgs);
+            let bytes = self.buffered_bytes.saturating_add(cost);
+            if self.buffer.len() < p.reorder_limit && bytes <= p.reorder_max_bytes {
+                self.buffer.insert(seq, (cost, msgs));
+                self.buffered_bytes = bytes;
+            } else {
+                out.overflow = true;
+            }
         }
         self.schedule_ack(now, p);
         out
@@ -139,6 +187,7 @@ impl RxStream {
         self.expected = from;
         self.highest = self.highest.max(from.saturating_sub(1));
         self.buffer = self.buffer.split_off(&from);
+        self.buffered_bytes = self.buffer.values().map(|(c, _)| *c).sum();
         self.drain(&mut out);
         self.schedule_ack(now, p);
         (out, true)
