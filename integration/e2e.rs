@@ -415,6 +415,7 @@ fn malformed_datagrams_are_counted_dropped_and_survived() {
             && stat_value(by_reason, &["bad_magic"]) >= 1
             && stat_value(by_reason, &["bad_version"]) >= 1
             && stat_value(by_reason, &["bad_length"]) >= 1
+            && stat_value(by_reason, &["oversized"]) >= 1
             && stat_value(&stats, &["malformed"]) >= 54
     });
     assert!(

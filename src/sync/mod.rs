@@ -48,7 +48,10 @@ pub enum SyncError {
 pub struct SyncConfig {
     pub mode: Mode,
     pub node_id: u32,
-    /// UDP payload budget per datagram (path MTU minus IP/UDP headers).
+    /// UDP payload budget per datagram (path MTU minus IP/UDP headers). It
+    /// bounds what we send and what we accept: a datagram longer than this is
+    /// dropped unread (counted as "oversized"), so every node of a cluster
+    /// must be configured with the same MTU (and link address family).
     pub max_payload: usize,
     /// Most unacknowledged reliable datagrams (the resend queue's bound).
     pub window: usize,
@@ -58,8 +61,19 @@ pub struct SyncConfig {
     pub ack_delay_ms: u64,
     pub keepalive_ms: u64,
     pub rto_ms: u64,
+    /// Silence after which a peer is down: its acks no longer hold the
+    /// window, and we stop asking it for resyncs and resends.
     pub peer_timeout_ms: u64,
+    /// How far ahead of the next expected sequence number a reliable
+    /// datagram may be buffered; further ones are dropped unbuffered. Should
+    /// be at least the senders' `window` (a live sender is never further
+    /// ahead than that).
     pub reorder_limit: usize,
+    /// Memory the reorder buffer of one sender may hold, in bytes.
+    pub reorder_max_bytes: usize,
+    /// Most senders known at once; datagrams from further node ids are
+    /// dropped (counted as "too_many_peers").
+    pub max_peers: usize,
     pub links: usize,
 }
 
@@ -76,6 +90,8 @@ impl Default for SyncConfig {
             rto_ms: 200,
             peer_timeout_ms: 5000,
             reorder_limit: 8192,
+            reorder_max_bytes: 64 << 20,
+            max_peers: 16,
             links: 1,
         }
     }
@@ -92,12 +108,21 @@ pub struct Transmit {
 const RTO_BURST: usize = 4;
 /// Smallest `max_payload` accepted: a header and one IPv6 flow with NAT.
 const MIN_PAYLOAD: usize = HEADER_LEN + 160;
+/// Largest `window` accepted: it keeps the sequence space's reserve small.
+const MAX_WINDOW: usize = 1 << 24;
+/// A peer down for this many `peer_timeout_ms` with nothing in its external
+/// cache is forgotten.
+const FORGET_AFTER_TIMEOUTS: u64 = 60;
 
 #[derive(Clone, Debug)]
 struct Peer {
     epoch: u64,
-    /// The epoch before its last restart: late datagrams of it are stale.
-    /// Epochs need not grow; any other new value is a restart.
+    /// The epoch before its last restart. Epochs need not grow; a new value
+    /// is a restart, except that while the current epoch is alive, late
+    /// datagrams of `prev_epoch` and of `epoch - 1` (the one before a
+    /// sequence rollover, see `Node::new_epoch`, even if we first met it
+    /// after the rollover) are stale. Once the current epoch falls silent
+    /// any epoch is taken again, so a wrong switch cannot lock a peer out.
     prev_epoch: Option<u64>,
     last_heard_ms: u64,
     rx: RxStream,
@@ -126,6 +151,9 @@ pub struct Node {
     queue: SendQueue,
     resend: ResendQueue,
     next_seq: u32,
+    /// The last sequence number of an epoch: past it we start a new epoch
+    /// rather than let the numbers run out.
+    seq_limit: u32,
     retransmit: BTreeSet<u32>,
     /// Control messages for everyone, sent at the next poll.
     control: Vec<Message>,
@@ -148,6 +176,12 @@ impl Node {
         if cfg.window == 0 {
             return Err(SyncError::InvalidConfig("window must be at least 1"));
         }
+        if cfg.window > MAX_WINDOW {
+            return Err(SyncError::InvalidConfig("window too large"));
+        }
+        if cfg.max_peers == 0 {
+            return Err(SyncError::InvalidConfig("max_peers must be at least 1"));
+        }
         if cfg.links == 0 {
             return Err(SyncError::InvalidConfig("at least one link is needed"));
         }
@@ -155,6 +189,10 @@ impl Node {
             return Err(SyncError::InvalidConfig("max_payload out of range"));
         }
         let links = cfg.links;
+        // Keep a window's worth (and one) of numbers unused, so no stream
+        // position or resend arithmetic ever meets u32::MAX.
+        let reserve = u32::try_from(cfg.window).unwrap_or(u32::MAX);
+        let seq_limit = u32::MAX.saturating_sub(reserve).saturating_sub(1);
         let mut node = Node {
             cfg,
             epoch,
@@ -165,6 +203,7 @@ impl Node {
             queue: SendQueue::default(),
             resend: ResendQueue::default(),
             next_seq: 1,
+            seq_limit,
             retransmit: BTreeSet::new(),
             control: Vec::new(),
             bulk_id: 0,
@@ -212,6 +251,7 @@ impl Node {
             ack_delay_ms: self.cfg.ack_delay_ms,
             rto_ms: self.cfg.rto_ms,
             reorder_limit: self.cfg.reorder_limit,
+            reorder_max_bytes: self.cfg.reorder_max_bytes,
         }
     }
 
@@ -221,6 +261,14 @@ impl Node {
 
     fn peer_alive(&self, p: &Peer) -> bool {
         self.now.saturating_sub(p.last_heard_ms) < self.cfg.peer_timeout_ms
+    }
+
+    /// Test seam: the next reliable datagram gets `seq` (a fresh Node only,
+    /// before it has sent data), to reach the end of the sequence space.
+    #[cfg(test)]
+    pub(crate) fn start_seq_at(&mut self, seq: u32) {
+        debug_assert!(self.resend.is_empty());
+        self.next_seq = seq.max(1);
     }
 
     // ---- local side -------------------------------------------------------
@@ -376,6 +424,15 @@ impl Node {
             l.recv_packets += 1;
             l.recv_bytes += bytes.len() as u64;
         }
+        // No peer of ours sends more than the path MTU allows (the same on
+        // every node): don't spend a decode on it.
+        if bytes.len() > self.cfg.max_payload {
+            self.stats.malformed("oversized");
+            if let Some(l) = self.stats.links.get_mut(link) {
+                l.errors += 1;
+            }
+            return;
+        }
         let (header, messages) = match decode_datagram(bytes) {
             Ok(d) => d,
             Err(e) => {
@@ -390,6 +447,10 @@ impl Node {
             self.stats.malformed("own_node_id");
             return;
         }
+        if !self.peers.contains_key(&header.node_id) && self.peers.len() >= self.cfg.max_peers {
+            self.stats.malformed("too_many_peers");
+            return;
+        }
         if let Some(l) = self.links.get_mut(link) {
             l.last_recv_ms = Some(self.now);
         }
@@ -399,20 +460,28 @@ impl Node {
         let now = self.now;
         let reliable = header.is_reliable();
         let retry = now + self.resync_retry_ms();
+        let timeout = self.cfg.peer_timeout_ms;
         match self.peers.get_mut(&sender) {
-            Some(p) if p.prev_epoch == Some(header.epoch) => {
+            Some(p) if header.epoch == p.epoch => p.last_heard_ms = now,
+            Some(p)
+                if now.saturating_sub(p.last_heard_ms) < timeout
+                    && (p.prev_epoch == Some(header.epoch)
+                        || header.epoch.wrapping_add(1) == p.epoch) =>
+            {
                 self.stats.malformed("stale_epoch");
                 return;
             }
-            Some(p) if header.epoch == p.epoch => p.last_heard_ms = now,
             existing => {
                 let prev_epoch = existing.as_ref().map(|p| p.epoch);
                 // First contact or a restart: start its stream where it is
                 // and ask for its table, after a pause: our start-up request
                 // may already have reached it, and its bulk cancels this.
+                // How far it acked our stream stays true: its acks are about
+                // our epoch, not its own (a rollover keeps its receive side).
                 if existing.is_some() {
                     self.stats.peer_restarts += 1;
                 }
+                let tx_acked = existing.as_ref().map_or(0, |p| p.tx_acked);
                 self.peers.insert(
                     sender,
                     Peer {
@@ -421,7 +490,7 @@ impl Node {
                         last_heard_ms: now,
                         rx: RxStream::new(header.seq, reliable, now, &params),
                         rx_bulk: None,
-                        tx_acked: 0,
+                        tx_acked,
                         resync_retry: Some(retry),
                     },
                 );
@@ -436,6 +505,7 @@ impl Node {
             self.stats.lost += outcome.lost;
             self.stats.duplicates += u64::from(outcome.duplicate);
             self.stats.reorder_overflow += u64::from(outcome.overflow);
+            self.stats.reorder_too_far += u64::from(outcome.too_far);
             for batch in outcome.deliver {
                 for m in batch {
                     self.apply(sender, m);
@@ -570,6 +640,50 @@ impl Node {
             .min()
     }
 
+    /// Our sequence numbers are running out: start a new epoch of our own,
+    /// numbered from 1, and send our whole table in it. Peers take a new
+    /// epoch for a restart: they start our stream afresh, hold late
+    /// datagrams of the old one for stale, and the bulk rebuilds their view.
+    /// What the old epoch left unacknowledged is dropped: the bulk covers it.
+    fn new_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.next_seq = 1;
+        self.resend = ResendQueue::default();
+        self.retransmit.clear();
+        self.rto_armed_ms = self.now;
+        for p in self.peers.values_mut() {
+            p.tx_acked = 0;
+        }
+        self.stats.epoch_rollovers += 1;
+        self.start_bulk();
+    }
+
+    /// Forget peers down for long with nothing of theirs cached (a node
+    /// removed from the cluster, or a stray id), so they stop counting
+    /// toward `max_peers`.
+    fn forget_dead_peers(&mut self) {
+        let horizon = self
+            .cfg
+            .peer_timeout_ms
+            .saturating_mul(FORGET_AFTER_TIMEOUTS);
+        let now = self.now;
+        let external = &self.external;
+        let gone: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                now.saturating_sub(p.last_heard_ms) >= horizon
+                    && external.get(id).is_none_or(FlowCache::is_empty)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.peers.remove(&id);
+            self.external.remove(&id);
+            self.stats.peers_forgotten += 1;
+        }
+    }
+
     fn prune(&mut self) {
         if let Some(upto) = self.live_min_acked() {
             if self.resend.prune_upto(upto) > 0 {
@@ -649,14 +763,20 @@ impl Node {
         self.tick(now_ms);
         let now = self.now;
         let mut out = Vec::new();
+        self.forget_dead_peers();
         self.prune();
         let links = self.data_links();
 
-        // Control messages.
+        // Control messages; none for peers that are down (they resume when
+        // it is heard again).
         let params = self.rx_params();
         let retry = self.resync_retry_ms();
+        let timeout = self.cfg.peer_timeout_ms;
         let mut ctl = std::mem::take(&mut self.control);
         for (&id, p) in self.peers.iter_mut() {
+            if now.saturating_sub(p.last_heard_ms) >= timeout {
+                continue;
+            }
             ctl.extend(p.rx.poll(id, p.epoch, now, &params));
             if p.resync_retry.is_some_and(|t| t <= now) {
                 p.resync_retry = Some(now + retry);
@@ -697,6 +817,9 @@ impl Node {
 
         // New data, within the window.
         while !self.queue.is_empty() {
+            if self.next_seq > self.seq_limit {
+                self.new_epoch();
+            }
             if self.resend.len() >= self.cfg.window {
                 self.stats.window_full += 1;
                 break;
@@ -723,6 +846,7 @@ impl Node {
             };
             self.stats.messages_sent += msgs;
             let seq = self.next_seq;
+            // Cannot saturate: `new_epoch` restarts the numbers first.
             self.next_seq = self.next_seq.saturating_add(1);
             let header = Header {
                 flags: flags::RELIABLE,
@@ -772,13 +896,17 @@ impl Node {
         }
         let last = self.next_seq.saturating_sub(1);
         for p in self.peers.values() {
+            if !self.peer_alive(p) {
+                // Nothing is sent to it until it is heard again (an input).
+                continue;
+            }
             if let Some(d) = p.rx.deadline() {
                 at(d);
             }
             if let Some(r) = p.resync_retry {
                 at(r);
             }
-            if self.peer_alive(p) && p.tx_acked < last && !self.resend.is_empty() {
+            if p.tx_acked < last && !self.resend.is_empty() {
                 at(self.rto_armed_ms + self.cfg.rto_ms);
                 // When it times out, the others' acks may free the window.
                 at(p.last_heard_ms + self.cfg.peer_timeout_ms);

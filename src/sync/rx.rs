@@ -246,6 +246,7 @@ mod tests {
         ack_delay_ms: 20,
         rto_ms: 200,
         reorder_limit: 4,
+        reorder_max_bytes: usize::MAX,
     };
 
     fn body(n: u32) -> Vec<Message> {
@@ -308,12 +309,52 @@ mod tests {
     }
 
     #[test]
-    fn reorder_buffer_is_bounded() {
+    fn reorder_buffer_is_bounded_in_distance() {
         let mut s = RxStream::new(1, true, 0, &P);
-        for seq in 3..7 {
-            assert!(!s.on_reliable(seq, body(seq), 0, &P).overflow);
+        for seq in 3..=5 {
+            let o = s.on_reliable(seq, body(seq), 0, &P);
+            assert!(!o.overflow && !o.too_far);
         }
-        assert!(s.on_reliable(8, body(8), 0, &P).overflow);
+        // 6 is more than reorder_limit (4) ahead of 1: never buffered.
+        let o = s.on_reliable(6, body(6), 0, &P);
+        assert!(o.too_far && !o.overflow && o.deliver.is_empty());
+        // A wild seq notes a gap no wider than the limit.
+        let o = s.on_reliable(u32::MAX - 1, body(0), 0, &P);
+        assert_eq!((o.too_far, o.lost), (true, 0));
         assert_eq!(s.gap(), Some((1, 2)));
+        assert!(s.on_reliable(2, body(2), 0, &P).deliver.is_empty());
+        let o = s.on_reliable(1, body(1), 0, &P);
+        assert_eq!(o.deliver, (1..=5).map(body).collect::<Vec<_>>());
+        // 6 was noted no further than the limit: the sender's next control
+        // datagram reveals it like any tail loss. Now it is in reach.
+        assert_eq!(s.gap(), None);
+        assert_eq!(s.on_reliable(6, body(6), 0, &P).deliver, vec![body(6)]);
+        assert_eq!(s.gap(), None);
+    }
+
+    #[test]
+    fn reorder_buffer_is_bounded_in_bytes() {
+        let p = RxParams {
+            reorder_limit: 100,
+            reorder_max_bytes: 2 * buffered_cost(&body(0)),
+            ..P
+        };
+        let mut s = RxStream::new(1, true, 0, &p);
+        assert!(!s.on_reliable(3, body(3), 0, &p).overflow);
+        assert!(!s.on_reliable(4, body(4), 0, &p).overflow);
+        let o = s.on_reliable(5, body(5), 0, &p);
+        assert!(o.overflow && !o.too_far);
+        assert_eq!(s.gap(), Some((1, 2)));
+        // Draining frees the budget.
+        s.on_reliable(1, body(1), 0, &p);
+        assert_eq!(s.on_reliable(2, body(2), 0, &p).deliver.len(), 3);
+        assert_eq!(s.buffered_bytes, 0);
+        assert!(!s.on_reliable(7, body(7), 0, &p).overflow);
+        assert!(!s.on_reliable(8, body(8), 0, &p).overflow);
+        assert!(s.on_reliable(9, body(9), 0, &p).overflow);
+        // A resume past them recounts what is left.
+        s.resume(8, 0, &p);
+        assert_eq!(s.expected, 9);
+        assert_eq!(s.buffered_bytes, 0);
     }
 }

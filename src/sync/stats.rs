@@ -22,8 +22,9 @@ pub struct LinkStats {
 /// Every counter of one Node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SyncStats {
-    /// Dropped datagrams by reason (`WireError::reason()`, `own_node_id`,
-    /// `stale_epoch`, `data_in_control`).
+    /// Dropped datagrams by reason (`WireError::reason()`, `oversized` (over
+    /// our `max_payload`), `own_node_id`, `too_many_peers`, `stale_epoch`,
+    /// `data_in_control`).
     pub malformed: BTreeMap<String, u64>,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
@@ -37,6 +38,8 @@ pub struct SyncStats {
     pub duplicates: u64,
     /// Datagrams dropped because the reorder buffer was full.
     pub reorder_overflow: u64,
+    /// Datagrams dropped unbuffered: further ahead than `reorder_limit`.
+    pub reorder_too_far: u64,
     pub acks_sent: u64,
     pub acks_received: u64,
     pub nacks_sent: u64,
@@ -50,8 +53,12 @@ pub struct SyncStats {
     pub bulk_swept: u64,
     pub resumes_sent: u64,
     pub resumes_received: u64,
-    /// Peer restarts seen (a new epoch).
+    /// Peer restarts seen (a new epoch, which a peer's rollover is too).
     pub peer_restarts: u64,
+    /// New epochs we started because our sequence numbers ran out.
+    pub epoch_rollovers: u64,
+    /// Peers forgotten after being down long with an empty external cache.
+    pub peers_forgotten: u64,
     /// Times new data waited because the window was full.
     pub window_full: u64,
     pub links: Vec<LinkStats>,

@@ -636,3 +636,296 @@ fn data_goes_on_the_lowest_link_that_is_up() {
     assert!(a.stats().links[1].up && !a.stats().links[0].up);
     assert_eq!(a.stats().links[1].recv_packets, 1);
 }
+
+#[test]
+fn sync_continues_across_a_sequence_rollover() {
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
+        // Both start a few dozen datagrams short of their rollover point, or
+        // short of u32::MAX itself (past it: they roll over at once).
+        for i in 0..2 {
+            let n = sim.node(i);
+            let end = if seed % 2 == 0 { n.seq_limit } else { u32::MAX };
+            n.start_seq_at(end - 30 - seed as u32);
+        }
+        sim.faults = Faults {
+            loss: 10,
+            dup: 10,
+            jitter: 20,
+        };
+        churn(&mut sim, &[0, 1], 400, 10, 3000, 200);
+        sim.faults = Faults::default();
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        for (i, peer) in [(0, 1), (1, 0)] {
+            let n = sim.nodes[i].as_ref().unwrap();
+            assert_eq!(n.stats().epoch_rollovers, 1, "seed {seed}");
+            assert_eq!(n.epoch(), 1001, "seed {seed}");
+            let p = sim.nodes[peer].as_ref().unwrap();
+            assert_eq!(p.peers()[0].epoch, 1001, "seed {seed}");
+            assert!(n.next_seq < 1000, "seed {seed}: numbered from 1 again");
+        }
+    }
+}
+
+#[test]
+fn rollover_is_a_new_epoch_and_the_old_one_is_stale() {
+    let mut a = Node::new(cfg(1), 7, 0).unwrap();
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let last = a.seq_limit;
+    a.start_seq_at(last);
+    let mut rng = Rng(11);
+    let deliver = |from: &mut Node, to: &mut Node, now: u64| -> Vec<Transmit> {
+        let out = from.poll_transmit(now);
+        for t in &out {
+            to.on_datagram(&t.bytes, t.link, now);
+        }
+        out
+    };
+    deliver(&mut b, &mut a, 0);
+    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    let old = deliver(&mut a, &mut b, 1);
+    let (h, _) = decode_datagram(&old.last().unwrap().bytes).unwrap();
+    assert_eq!((h.epoch, h.seq), (7, last));
+    assert_eq!(b.peers()[0].expected_seq, last + 1);
+
+    // The next data goes out in epoch 8 from seq 1, led by a bulk.
+    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    let new = deliver(&mut a, &mut b, 2);
+    let (h, msgs) = decode_datagram(&new.last().unwrap().bytes).unwrap();
+    assert_eq!((h.epoch, h.seq, h.is_reliable()), (8, 1, true));
+    assert!(matches!(msgs[0], Message::BulkBegin { .. }));
+    assert_eq!((a.epoch(), a.backlog().1), (8, 1));
+    assert_eq!(b.peers()[0].epoch, 8);
+    assert_eq!(b.stats().peer_restarts, 1);
+    assert_eq!(b.external()[&1].len(), 2);
+
+    // A late copy from epoch 7 is stale: it neither applies nor flips back.
+    b.on_datagram(&old.last().unwrap().bytes, 0, 3);
+    assert_eq!(b.stats().malformed.get("stale_epoch"), Some(&1));
+    assert_eq!(b.peers()[0].epoch, 8);
+    // B's ack of epoch 8 frees A's resend queue; the bulk cancelled B's
+    // resync request.
+    deliver(&mut b, &mut a, 100);
+    a.poll_transmit(101);
+    assert_eq!(a.backlog(), (0, 0));
+    assert_eq!(b.stats().resyncs_requested_sent, 1, "start-up only");
+    assert!(b.peers()[0].acked_seq == 0 && a.peers()[0].acked_seq == 1);
+}
+
+/// A valid datagram from node 1 carrying `flows` upserts, sealed as-is.
+fn datagram_with(flows: u64) -> Vec<u8> {
+    let mut rng = Rng(8);
+    let msgs: Vec<Message> = (0..flows)
+        .map(|slot| Message::Upsert(WireFlow::from(&flow_for(&mut rng, slot))))
+        .collect();
+    let header = Header {
+        flags: flags::RELIABLE,
+        node_id: 1,
+        epoch: 5,
+        seq: 1,
+        ..Header::default()
+    };
+    crate::wire::encode_datagram(&header, &msgs)
+}
+
+#[test]
+fn datagrams_over_max_payload_are_dropped_unread() {
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let big = datagram_with(60);
+    assert!(big.len() > b.config().max_payload && big.len() < MAX_DATAGRAM);
+    assert!(decode_datagram(&big).is_ok(), "valid but for its size");
+    b.on_datagram(&big, 0, 1);
+    assert_eq!(b.stats().malformed.get("oversized"), Some(&1));
+    assert_eq!(b.stats().links[0].errors, 1);
+    assert!(b.peers().is_empty() && b.external().is_empty());
+
+    let small = datagram_with(10);
+    assert!(small.len() <= b.config().max_payload);
+    b.on_datagram(&small, 0, 2);
+    assert_eq!(b.external()[&1].len(), 10);
+    assert_eq!(b.stats().malformed.values().sum::<u64>(), 1);
+}
+
+#[test]
+fn far_ahead_datagrams_are_not_buffered() {
+    let mut b = Node::new(
+        SyncConfig {
+            reorder_limit: 3,
+            ..cfg(2)
+        },
+        1,
+        0,
+    )
+    .unwrap();
+    let at = |seq: u32| {
+        let mut d = datagram_with(1);
+        d[18..22].copy_from_slice(&seq.to_be_bytes());
+        d
+    };
+    b.on_datagram(&at(1), 0, 1);
+    b.on_datagram(&at(4), 0, 1);
+    b.on_datagram(&at(6), 0, 1);
+    assert_eq!(b.stats().reorder_too_far, 1);
+    assert_eq!(b.stats().reorder_overflow, 0);
+    assert_eq!(b.peers()[0].expected_seq, 2);
+}
+
+/// The control datagram node `id` sends first (a ResyncRequest), or at
+/// `now` (a keepalive).
+fn hello(id: u32, now: u64) -> Vec<u8> {
+    let mut n = Node::new(cfg(id), u64::from(id), 0).unwrap();
+    let first = n.poll_transmit(0);
+    if now == 0 {
+        return first[0].bytes.clone();
+    }
+    n.poll_transmit(now).remove(0).bytes
+}
+
+fn resync_requests_to(out: &[Transmit]) -> Vec<u32> {
+    out.iter()
+        .flat_map(|t| decode_datagram(&t.bytes).map(|d| d.1).unwrap_or_default())
+        .filter_map(|m| match m {
+            Message::ResyncRequest { node: Some(n) } => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn peers_are_bounded_and_dead_ones_go_quiet_then_forgotten() {
+    let c = SyncConfig {
+        max_peers: 2,
+        ..cfg(1)
+    };
+    let timeout = c.peer_timeout_ms;
+    let mut a = Node::new(c, 1, 0).unwrap();
+    a.on_datagram(&hello(2, 0), 0, 0);
+    a.on_datagram(&hello(3, 0), 0, 0);
+    a.on_datagram(&hello(4, 0), 0, 0);
+    assert_eq!(a.stats().malformed.get("too_many_peers"), Some(&1));
+    assert_eq!(a.peers().len(), 2);
+    assert!(!a.external().contains_key(&4));
+    // Node 2 leaves a flow behind.
+    let mut rng = Rng(3);
+    let mut n2 = Node::new(cfg(2), 2, 0).unwrap();
+    n2.local_upsert(flow_for(&mut rng, 0), 0, true);
+    for t in n2.poll_transmit(0) {
+        a.on_datagram(&t.bytes, 0, 0);
+    }
+    assert_eq!(a.external()[&2].len(), 1);
+
+    // Neither answers: retries while they are up, silence once they are down.
+    let mut t = 0;
+    let mut asked_late = Vec::new();
+    let mut asked_early = 0;
+    while t <= timeout * FORGET_AFTER_TIMEOUTS + 1000 {
+        let out = a.poll_transmit(t);
+        let asked = resync_requests_to(&out);
+        if t < timeout {
+            asked_early += asked.len();
+        } else {
+            asked_late.extend(asked);
+        }
+        let next = a.next_deadline().unwrap();
+        assert!(next > t, "no busy loop at {t}: {next}");
+        t = next;
+    }
+    assert!(asked_early >= 4, "{asked_early}");
+    assert_eq!(asked_late, Vec::<u32>::new());
+    // 3 had nothing cached: forgotten; 2's flow keeps it known.
+    assert_eq!(a.stats().peers_forgotten, 1);
+    let ids: Vec<u32> = a.peers().iter().map(|p| p.node_id).collect();
+    assert_eq!(ids, vec![2]);
+    assert!(!a.external().contains_key(&3));
+    // Room for 4 now.
+    a.on_datagram(&hello(4, 0), 0, t);
+    assert_eq!(a.peers().len(), 2);
+    assert_eq!(a.stats().malformed.get("too_many_peers"), Some(&1));
+    // 2 is heard again: the resync request it never answered resumes.
+    a.on_datagram(&hello(2, t), 0, t);
+    assert_eq!(resync_requests_to(&a.poll_transmit(t)), vec![2]);
+}
+
+#[test]
+fn the_epoch_before_a_rollover_is_stale_even_when_first_met_after_it() {
+    let mut a = Node::new(cfg(1), 7, 0).unwrap();
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let mut rng = Rng(12);
+    // B misses A's start-up datagram and its last datagram of epoch 7.
+    a.poll_transmit(0);
+    a.start_seq_at(a.seq_limit);
+    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    let old = a.poll_transmit(1);
+    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    for t in a.poll_transmit(2) {
+        b.on_datagram(&t.bytes, 0, 2);
+    }
+    assert_eq!(b.peers()[0].epoch, 8);
+    // Epoch 7 shows up late: stale, not a restart.
+    b.on_datagram(&old[0].bytes, 0, 3);
+    assert_eq!(b.stats().malformed.get("stale_epoch"), Some(&1));
+    assert_eq!(b.peers()[0].epoch, 8);
+    assert_eq!(b.stats().peer_restarts, 0);
+}
+
+#[test]
+fn a_switch_to_an_old_epoch_heals_once_it_falls_silent() {
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let mut a_old = Node::new(cfg(1), 900, 0).unwrap();
+    let old = a_old.poll_transmit(0);
+    // B meets A's new life first, then a late datagram of the old one:
+    // indistinguishable from a restart, so B switches to it.
+    let mut a_new = Node::new(cfg(1), 100, 10).unwrap();
+    for t in a_new.poll_transmit(10) {
+        b.on_datagram(&t.bytes, 0, 10);
+    }
+    b.on_datagram(&old[0].bytes, 0, 11);
+    assert_eq!(b.peers()[0].epoch, 900);
+    // The live epoch is stale while the old one counts as alive, then taken.
+    let timeout = b.config().peer_timeout_ms;
+    let mut t = 11;
+    while t < 11 + 2 * timeout {
+        t += 1000;
+        for d in a_new.poll_transmit(t) {
+            b.on_datagram(&d.bytes, 0, t);
+        }
+    }
+    assert_eq!(b.peers()[0].epoch, 100);
+    assert!(b.stats().malformed.contains_key("stale_epoch"));
+    assert_eq!(b.stats().peer_restarts, 2);
+}
+
+#[test]
+fn the_largest_valid_flow_fits_the_smallest_payload() {
+    // Receivers drop datagrams over max_payload, so no valid message may
+    // need more than MIN_PAYLOAD (the Packer would send it alone, larger).
+    let v6 = |x: u16| IpAddr::V6(Ipv6Addr::new(0xffff, 0xffff, 0, 0, 0, 0, 0xffff, x));
+    let mut f = Flow::new(Tuple {
+        src: v6(1),
+        dst: v6(2),
+        proto: proto::SCTP,
+        l4: L4::Ports {
+            src: u16::MAX,
+            dst: u16::MAX,
+        },
+    });
+    f.zone = u16::MAX;
+    f.status = u32::MAX;
+    f.timeout = u32::MAX;
+    f.mark = u32::MAX;
+    f.state = ProtoState::Sctp {
+        state: u8::MAX,
+        vtag_orig: u32::MAX,
+        vtag_reply: u32::MAX,
+    };
+    f.helper = Some("x".repeat(crate::wire::MAX_HELPER_LEN));
+    f.labels = Some(vec![0xff; crate::wire::MAX_LABELS_LEN]);
+    f.reply.src = v6(3);
+    let wf = WireFlow::from(&f);
+    assert!(wf.reply.is_some(), "NAT: the reply tuple travels too");
+    let msg = Message::Upsert(wf);
+    let one = crate::wire::encode_datagram(&Header::default(), &[msg]);
+    assert!(decode_datagram(&one).is_ok());
+    assert!(one.len() <= MIN_PAYLOAD, "{} > {MIN_PAYLOAD}", one.len());
+}
