@@ -558,3 +558,35 @@ fn systemd_hears_ready_only_once_the_cache_is_primed() {
     let n = notify.recv(&mut buf).expect("no STOPPING notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }
+
+#[test]
+fn resync_request_repairs_and_kernel_flush_stays_local() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(500, 10, false));
+    assert_converges(&lab, 500, "before the damage");
+
+    // Flows removed from B's external cache behind the protocol's back come
+    // back with `-n` (B asks A for its full table).
+    let out = lab.b.ctl_ok(&["debug-drop-external", "100"]);
+    assert!(out.contains("dropped 100"), "{out}");
+    assert_eq!(lab.b.cache_json("-e").len(), 400);
+    lab.b.ctl_ok(&["-n"]);
+    assert_converges(&lab, 500, "after -n");
+
+    // `-F` empties A's kernel table of every flow the filter accepts; the
+    // deletions are A's own and, as with conntrackd, are not replicated.
+    lab.a.ctl_ok(&["-F"]);
+    assert!(lab.a.kernel_table().is_empty(), "A's kernel table after -F");
+    let emptied = wait_until(Duration::from_secs(10), || {
+        lab.a.cache_json("-i").is_empty()
+    });
+    assert!(emptied, "A's internal cache still holds flows after -F");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lab.b.cache_json("-e").len(),
+        500,
+        "B must not see A's flush"
+    );
+}
