@@ -233,11 +233,16 @@ pub fn normalise_conntrack(text: &str) -> Vec<String> {
     lines
 }
 
-/// Two firewalls joined by one veth sync link.
+/// Firewalls joined by one or two sync links. Each link is a bridge in a
+/// "switch" namespace with one veth per firewall, so the same layout serves
+/// UDP unicast between two nodes and multicast among three.
 pub struct Lab {
     pub dir: PathBuf,
     pub a: Node,
     pub b: Node,
+    pub c: Option<Node>,
+    pub switch_ns: String,
+    pub spec: LabSpec,
 }
 
 /// The sync-link addressing of a lab.
@@ -247,24 +252,94 @@ pub enum SyncFamily {
     V6,
 }
 
+/// How a lab's daemons reach each other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LinkTransport {
+    Udp,
+    Multicast,
+}
+
+/// What a lab is made of.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub nodes: usize,
+    pub family: SyncFamily,
+    pub links: usize,
+    pub transport: LinkTransport,
+    pub mode: &'static str,
+    /// `[kernel] reconcile_interval_s`; 0 = changes travel as events only.
+    pub reconcile_interval_s: u32,
+    /// Extra TOML lines for `[sync]`.
+    pub sync_extra: String,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            nodes: 2,
+            family: SyncFamily::V4,
+            links: 1,
+            transport: LinkTransport::Udp,
+            mode: "ftfw",
+            reconcile_interval_s: 5,
+            sync_extra: String::new(),
+        }
+    }
+}
+
+impl LabSpec {
+    /// Node `n`'s (0-based) address on link `k`.
+    pub fn address(&self, k: usize, n: usize) -> String {
+        match self.family {
+            SyncFamily::V4 => format!("198.18.{k}.{}", n + 1),
+            SyncFamily::V6 => format!("2001:db8:5:{k}::{}", n + 1),
+        }
+    }
+
+    /// The multicast group of link `k` (administratively / link scoped: the
+    /// datagrams never leave the lab's switch).
+    pub fn group(&self, k: usize) -> String {
+        match self.family {
+            SyncFamily::V4 => format!("239.198.18.{}", k + 1),
+            SyncFamily::V6 => format!("ff12::db8:{}", k + 1),
+        }
+    }
+}
+
 impl Lab {
-    /// Make namespaces `cts-a-…` and `cts-b-…`, the link, and both configs.
+    /// Two firewalls, one UDP sync link.
     pub fn two_nodes(family: SyncFamily) -> Lab {
-        Lab::two_nodes_with(family, "")
+        Lab::new(LabSpec {
+            family,
+            ..LabSpec::default()
+        })
     }
 
     /// As `two_nodes`, with extra TOML appended to the `[sync]` table.
     pub fn two_nodes_with(family: SyncFamily, sync_extra: &str) -> Lab {
-        Lab::build(family, sync_extra, 5)
+        Lab::new(LabSpec {
+            family,
+            sync_extra: sync_extra.to_string(),
+            ..LabSpec::default()
+        })
     }
 
     /// Two nodes whose daemons never re-read their kernel table on their
     /// own: every change must travel as a kernel event.
     pub fn two_nodes_events_only(family: SyncFamily) -> Lab {
-        Lab::build(family, "", 0)
+        Lab::new(LabSpec {
+            family,
+            reconcile_interval_s: 0,
+            ..LabSpec::default()
+        })
     }
 
-    fn build(family: SyncFamily, sync_extra: &str, reconcile_interval_s: u32) -> Lab {
+    pub fn new(spec: LabSpec) -> Lab {
+        assert!((2..=3).contains(&spec.nodes) && (1..=4).contains(&spec.links));
+        assert!(
+            spec.nodes == 2 || spec.transport == LinkTransport::Multicast,
+            "three nodes need multicast"
+        );
         // ctnetlink creates of NAT flows need the NAT core; where the kernel
         // has them as modules, load them (built-in kernels need nothing).
         for module in ["nf_conntrack", "nf_nat"] {
@@ -288,52 +363,96 @@ impl Lab {
         let lab = Lab {
             a: node("a"),
             b: node("b"),
+            c: (spec.nodes == 3).then(|| node("c")),
+            switch_ns: format!("cts-sw-{id}"),
             dir,
+            spec,
         };
-        for n in [&lab.a, &lab.b] {
+        must("ip", &["netns", "add", &lab.switch_ns]);
+        for n in lab.nodes() {
             must("ip", &["netns", "add", &n.ns]);
             must("ip", &["-n", &n.ns, "link", "set", "lo", "up"]);
         }
-        must(
-            "ip",
-            &[
-                "link", "add", "sync0", "netns", &lab.a.ns, "type", "veth", "peer", "name",
-                "sync0", "netns", &lab.b.ns,
-            ],
-        );
-        let (addr_a, addr_b, plen) = match family {
-            SyncFamily::V4 => ("198.18.0.1", "198.18.0.2", "24"),
-            SyncFamily::V6 => ("2001:db8:5::1", "2001:db8:5::2", "64"),
-        };
-        for (n, addr) in [(&lab.a, addr_a), (&lab.b, addr_b)] {
-            let cidr = format!("{addr}/{plen}");
-            let mut args = vec![
-                "-n",
-                n.ns.as_str(),
-                "addr",
-                "add",
-                cidr.as_str(),
-                "dev",
-                "sync0",
-            ];
-            if family == SyncFamily::V6 {
-                args.push("nodad");
+        let spec = &lab.spec;
+        for k in 0..spec.links {
+            let bridge = format!("br{k}");
+            let sync = format!("sync{k}");
+            must("ip", &["-n", &lab.switch_ns, "link", "add", &bridge, "type", "bridge"]);
+            must("ip", &["-n", &lab.switch_ns, "link", "set", &bridge, "up"]);
+            for (i, n) in lab.nodes().into_iter().enumerate() {
+                let port = format!("p{k}n{i}");
+                must(
+                    "ip",
+                    &[
+                        "link", "add", &sync, "netns", &n.ns, "type", "veth", "peer", "name", &port,
+                        "netns", &lab.switch_ns,
+                    ],
+                );
+                must("ip", &["-n", &lab.switch_ns, "link", "set", &port, "master", &bridge]);
+                must("ip", &["-n", &lab.switch_ns, "link", "set", &port, "up"]);
+                let plen = if spec.family == SyncFamily::V4 { "24" } else { "64" };
+                let cidr = format!("{}/{plen}", spec.address(k, i));
+                let mut args = vec!["-n", n.ns.as_str(), "addr", "add", cidr.as_str(), "dev", sync.as_str()];
+                if spec.family == SyncFamily::V6 {
+                    args.push("nodad");
+                }
+                must("ip", &args);
+                must("ip", &["-n", &n.ns, "link", "set", &sync, "up"]);
             }
-            must("ip", &args);
-            must("ip", &["-n", &n.ns, "link", "set", "sync0", "up"]);
         }
-        for (n, id, local, peer) in [(&lab.a, 1, addr_a, addr_b), (&lab.b, 2, addr_b, addr_a)] {
-            let config = format!(
-                "node_id = {id}\nsocket = \"{}\"\n\n[sync]\nmode = \"ftfw\"\n{sync_extra}\n\n[kernel]\n# Flows made before a daemon starts never report events (the kernel's\n# nf_conntrack_events=2); the periodic re-read finds their changes.\nreconcile_interval_s = {reconcile_interval_s}\n\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{peer}\"\nport = 3780\n",
-                n.socket.display()
-            );
-            std::fs::write(&n.config, config).expect("write config");
+        for (i, n) in lab.nodes().into_iter().enumerate() {
+            std::fs::write(&n.config, lab.config_for(i, n)).expect("write config");
         }
         lab
     }
 
-    pub fn nodes_mut(&mut self) -> [&mut Node; 2] {
-        [&mut self.a, &mut self.b]
+    fn config_for(&self, i: usize, n: &Node) -> String {
+        let spec = &self.spec;
+        let mut text = format!(
+            "node_id = {}\nsocket = \"{}\"\n\n[sync]\nmode = \"{}\"\n{}\n\n[kernel]\n\
+             # Flows made before a daemon starts never report events (the kernel's\n\
+             # nf_conntrack_events=2); the periodic re-read finds their changes.\n\
+             reconcile_interval_s = {}\n",
+            i + 1,
+            n.socket.display(),
+            spec.mode,
+            spec.sync_extra,
+            spec.reconcile_interval_s
+        );
+        for k in 0..spec.links {
+            let remote = match spec.transport {
+                LinkTransport::Udp => format!("peer = \"{}\"", spec.address(k, 1 - i)),
+                LinkTransport::Multicast => format!("group = \"{}\"", spec.group(k)),
+            };
+            let transport = match spec.transport {
+                LinkTransport::Udp => "udp",
+                LinkTransport::Multicast => "multicast",
+            };
+            text.push_str(&format!(
+                "\n[[link]]\ntransport = \"{transport}\"\ninterface = \"sync{k}\"\nlocal = \"{}\"\n{remote}\nport = 3780\n",
+                spec.address(k, i)
+            ));
+        }
+        text
+    }
+
+    pub fn nodes(&self) -> Vec<&Node> {
+        let mut all = vec![&self.a, &self.b];
+        all.extend(self.c.as_ref());
+        all
+    }
+
+    pub fn nodes_mut(&mut self) -> Vec<&mut Node> {
+        let mut all = vec![&mut self.a, &mut self.b];
+        all.extend(self.c.as_mut());
+        all
+    }
+
+    /// Run a command in the switch namespace (to cut or degrade a link).
+    pub fn switch_exec(&self, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", self.switch_ns.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
     }
 }
 
@@ -342,8 +461,10 @@ impl Drop for Lab {
         for n in self.nodes_mut() {
             n.kill(libc::SIGTERM);
         }
-        for n in [&self.a, &self.b] {
-            let _ = run("ip", &["netns", "del", &n.ns]);
+        let mut spaces: Vec<String> = self.nodes().iter().map(|n| n.ns.clone()).collect();
+        spaces.push(self.switch_ns.clone());
+        for ns in spaces {
+            let _ = run("ip", &["netns", "del", &ns]);
         }
         if std::thread::panicking() {
             eprintln!("lab files kept in {}", self.dir.display());
