@@ -2,13 +2,15 @@
 //! per-cache counters that `-s` prints.
 //!
 //! Owns: the map, the time each entry was first seen and last changed, the
-//! resync generation an entry was last confirmed in, and the counters.
+//! resync generation an entry was last confirmed in, the counters, and the
+//! anti-entropy digest (kept up to date on every change, see `digest`).
 //! Must not: do I/O, read the clock (times are arguments, in milliseconds of
 //! the caller's clock), or decide what is replicated.
 
-use crate::flow::{Flow, FlowKey};
+use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// One cached flow and its bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct FlowCache {
     map: HashMap<FlowKey, CacheEntry>,
     generation: u32,
     stats: CacheStats,
+    /// XOR of `state_hash` over the entries.
+    digest: u64,
 }
 
 impl FlowCache {
@@ -65,6 +69,13 @@ impl FlowCache {
 
     pub fn stats(&self) -> &CacheStats {
         &self.stats
+    }
+
+    /// The XOR over every entry of `state_hash(flow)`: two caches holding
+    /// the same flows in the same state (timeouts aside) have the same
+    /// digest, on any host and build. Compare it together with `len()`.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&CacheEntry> {
@@ -97,12 +108,16 @@ impl FlowCache {
                 if entry.flow == flow {
                     return Upsert::Unchanged;
                 }
+                if !entry.flow.same_state(&flow) {
+                    self.digest ^= state_hash(&entry.flow) ^ state_hash(&flow);
+                }
                 entry.flow = flow;
                 entry.updated_ms = now_ms;
                 self.stats.updated += 1;
                 Upsert::Updated
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
+                self.digest ^= state_hash(&flow);
                 slot.insert(CacheEntry {
                     flow,
                     since_ms: now_ms,
@@ -118,8 +133,11 @@ impl FlowCache {
     /// Remove a flow; counts a failed destroy when it was not cached.
     pub fn remove(&mut self, key: &FlowKey) -> Option<CacheEntry> {
         let gone = self.map.remove(key);
-        match gone {
-            Some(_) => self.stats.destroyed += 1,
+        match &gone {
+            Some(e) => {
+                self.digest ^= state_hash(&e.flow);
+                self.stats.destroyed += 1;
+            }
             None => self.stats.destroy_failed += 1,
         }
         gone
@@ -128,6 +146,7 @@ impl FlowCache {
     /// Drop every entry (the counters stay).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.digest = 0;
     }
 
     /// Start a new resync generation: entries written from now on carry it.
@@ -146,7 +165,9 @@ impl FlowCache {
             .map(|(k, _)| *k)
             .collect();
         for key in &stale {
-            self.map.remove(key);
+            if let Some(e) = self.map.remove(key) {
+                self.digest ^= state_hash(&e.flow);
+            }
             self.stats.destroyed += 1;
         }
         stale
@@ -159,6 +180,132 @@ impl FlowCache {
             entry.generation = generation;
         }
     }
+}
+
+/// FNV-1a, 64 bits, over bytes fed in order.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+
+    fn addr(&mut self, a: &IpAddr) {
+        match a {
+            IpAddr::V4(v4) => {
+                self.u8(4);
+                self.bytes(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                self.u8(6);
+                self.bytes(&v6.octets());
+            }
+        }
+    }
+
+    fn tuple(&mut self, t: &Tuple) {
+        self.addr(&t.src);
+        self.addr(&t.dst);
+        self.u8(t.proto);
+        match t.l4 {
+            L4::Ports { src, dst } => {
+                self.u8(0);
+                self.bytes(&src.to_be_bytes());
+                self.bytes(&dst.to_be_bytes());
+            }
+            L4::Icmp { kind, code, id } => {
+                self.u8(1);
+                self.bytes(&[kind, code]);
+                self.bytes(&id.to_be_bytes());
+            }
+            L4::None => self.u8(2),
+        }
+    }
+
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            None => self.u8(0),
+            Some(b) => {
+                self.u8(1);
+                self.bytes(&(b.len() as u64).to_be_bytes());
+                self.bytes(b);
+            }
+        }
+    }
+
+    /// FNV's high bits mix poorly; spread them before XOR-aggregation
+    /// (the murmur3 64-bit finaliser).
+    fn finish(self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        z ^ (z >> 33)
+    }
+}
+
+/// A stable 64-bit hash of a flow's state, every field but the timeout (as
+/// `Flow::same_state` compares), over a fixed big-endian encoding: the same
+/// value in every process and build. The unit of `FlowCache::digest`.
+pub fn state_hash(flow: &Flow) -> u64 {
+    // Exhaustive, so a new field must be placed on one side or the other.
+    let Flow {
+        orig,
+        reply,
+        zone,
+        status,
+        timeout: _,
+        mark,
+        state,
+        labels,
+        helper,
+    } = flow;
+    let mut h = Fnv::new();
+    h.tuple(orig);
+    h.tuple(reply);
+    h.bytes(&zone.to_be_bytes());
+    h.bytes(&status.to_be_bytes());
+    h.bytes(&mark.to_be_bytes());
+    match *state {
+        ProtoState::None => h.u8(0),
+        ProtoState::Tcp {
+            state,
+            wscale_orig,
+            wscale_reply,
+            flags_orig,
+            flags_reply,
+        } => {
+            h.u8(1);
+            h.bytes(&[state, wscale_orig, wscale_reply, flags_orig, flags_reply]);
+        }
+        ProtoState::Sctp {
+            state,
+            vtag_orig,
+            vtag_reply,
+        } => {
+            h.u8(2);
+            h.u8(state);
+            h.bytes(&vtag_orig.to_be_bytes());
+            h.bytes(&vtag_reply.to_be_bytes());
+        }
+        ProtoState::Dccp { state, role } => {
+            h.u8(3);
+            h.bytes(&[state, role]);
+        }
+    }
+    h.opt_bytes(labels.as_deref());
+    h.opt_bytes(helper.as_deref().map(str::as_bytes));
+    h.finish()
 }
 
 #[cfg(test)]
@@ -213,4 +360,80 @@ mod tests {
         assert!(c.remove(&flow(1).key()).is_none());
         assert_eq!(c.stats().destroy_failed, 1);
     }
+
+    /// The digest recomputed from scratch.
+    fn full_digest(c: &FlowCache) -> u64 {
+        c.flows().fold(0, |d, f| d ^ state_hash(f))
+    }
+
+    #[test]
+    fn digest_follows_every_change_and_ignores_timeouts() {
+        let mut c = FlowCache::new();
+        assert_eq!(c.digest(), 0);
+        c.upsert(flow(1), 0);
+        c.upsert(flow(2), 0);
+        let two = c.digest();
+        assert_ne!(two, 0);
+        assert_eq!(two, full_digest(&c));
+        let mut later = flow(1);
+        later.timeout = 99;
+        c.upsert(later, 1);
+        assert_eq!(c.digest(), two, "a timeout is not state");
+        let mut marked = flow(1);
+        marked.mark = 3;
+        c.upsert(marked, 2);
+        assert_ne!(c.digest(), two);
+        assert_eq!(c.digest(), full_digest(&c));
+        c.upsert(flow(1), 3);
+        assert_eq!(c.digest(), two, "back to the same state");
+        c.remove(&flow(2).key());
+        assert_eq!(c.digest(), state_hash(&flow(1)));
+        c.remove(&flow(2).key());
+        assert_eq!(c.digest(), state_hash(&flow(1)));
+        let g = c.begin_generation();
+        c.upsert(flow(3), 4);
+        c.sweep_older_than(g);
+        assert_eq!(c.digest(), state_hash(&flow(3)));
+        c.clear();
+        assert_eq!(c.digest(), 0);
+        // Insertion order does not matter.
+        let mut d = FlowCache::new();
+        d.upsert(flow(5), 0);
+        d.upsert(flow(4), 0);
+        let mut e = FlowCache::new();
+        e.upsert(flow(4), 0);
+        e.upsert(flow(5), 0);
+        assert_eq!(d.digest(), e.digest());
+    }
+
+    #[test]
+    fn state_hash_is_pinned() {
+        // The value travels between hosts: it must never change by accident.
+        let mut f = flow(1000);
+        f.helper = Some("sip".into());
+        f.labels = Some(vec![1, 2]);
+        f.zone = 7;
+        assert_eq!(state_hash(&f), PINNED);
+        // Every field but the timeout counts.
+        let base = state_hash(&f);
+        let variants: [fn(&mut Flow); 7] = [
+            |f| f.zone = 8,
+            |f| f.status = 1,
+            |f| f.mark = 1,
+            |f| f.labels = None,
+            |f| f.helper = None,
+            |f| f.reply.dst = "198.19.0.1".parse().unwrap(),
+            |f| f.state = ProtoState::Dccp { state: 1, role: 0 },
+        ];
+        for change in variants {
+            let mut g = f.clone();
+            change(&mut g);
+            assert_ne!(state_hash(&g), base, "{g:?}");
+        }
+        f.timeout = 5;
+        assert_eq!(state_hash(&f), base);
+    }
+
+    // Computed independently (a Python FNV-1a over the documented encoding).
+    const PINNED: u64 = 0x1cd3_bab6_4fa7_28b2;
 }

@@ -7,6 +7,7 @@
 //! config: `Config::parse` either returns a config the daemon can run with or
 //! an error.
 
+use crate::filter::{protocol_by_name, tcp_state_by_name, Cidr, FilterConfig, Policy, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ pub struct Config {
     pub links: Vec<LinkConfig>,
     pub kernel: KernelConfig,
     pub daemon: DaemonConfig,
+    /// `[filter]`: which flows are replicated.
+    pub filter: FilterConfig,
 }
 
 /// `[sync]`: replication behaviour.
@@ -124,6 +127,8 @@ pub struct SyncConfig {
     pub mtu: u32,
     /// Delay before the kernel flush scheduled by `-t` (conntrackd's PurgeTimeout).
     pub purge_timeout_s: u32,
+    /// Anti-entropy: compare state digests with peers this often (ms; 0 = off).
+    pub digest_interval_ms: u64,
     /// ALARM: refresh every flow this often (conntrackd's RefreshTime).
     pub alarm_refresh_s: u32,
     /// ALARM: a peer flow not refreshed for this long expires (CacheTimeout).
@@ -194,6 +199,7 @@ impl Default for SyncConfig {
             peer_timeout_ms: 5000,
             mtu: 1500,
             purge_timeout_s: 60,
+            digest_interval_ms: 5000,
             alarm_refresh_s: 60,
             alarm_timeout_s: 180,
         }
@@ -237,6 +243,7 @@ struct RawConfig {
     link: Vec<S<RawLink>>,
     kernel: Option<RawKernel>,
     daemon: Option<RawDaemon>,
+    filter: Option<RawFilter>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +258,7 @@ struct RawSync {
     peer_timeout_ms: Option<S<i64>>,
     mtu: Option<S<i64>>,
     purge_timeout_s: Option<S<i64>>,
+    digest_interval_ms: Option<S<i64>>,
     alarm_refresh_s: Option<S<i64>>,
     alarm_timeout_s: Option<S<i64>>,
 }
@@ -283,6 +291,23 @@ struct RawDaemon {
     pid_file: Option<S<String>>,
     lock: Option<S<String>>,
     log_level: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    sync_addresses: Option<S<String>>,
+    protocol: Option<S<RawRuleSet>>,
+    address: Option<S<RawRuleSet>>,
+    tcp_state: Option<S<RawRuleSet>>,
+}
+
+/// `{ policy = "accept", list = [..] }`, inline or as a `[filter.x]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    policy: S<String>,
+    list: S<Vec<S<String>>>,
 }
 
 /// The text being validated, for turning byte offsets into lines.
@@ -403,19 +428,30 @@ fn key_at(text: &str, span: Option<usize>, message: &str) -> Option<String> {
             format!("{table}.{k}")
         }
     };
+    let line = text
+        .get(..offset.min(text.len()))
+        .map(|before| before.rfind('\n').map_or(0, |i| i + 1))
+        .and_then(|start| text.get(start..))
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
     // serde names the field in backticks for unknown and missing fields.
     for marker in ["unknown field `", "missing field `"] {
         if let Some(rest) = message.split(marker).nth(1) {
             if let Some(name) = rest.split('`').next() {
-                return Some(join(name));
+                // A field inside an inline table (`protocol = { .. }`)
+                // belongs to that table's key.
+                let inline = line
+                    .split_once('=')
+                    .filter(|(_, value)| span.is_some() && value.trim_start().starts_with('{'))
+                    .map(|(left, _)| left.trim().trim_matches('"'))
+                    .filter(|outer| *outer != name);
+                return Some(match inline {
+                    Some(outer) => join(&format!("{outer}.{name}")),
+                    None => join(name),
+                });
             }
         }
     }
-    let start = text
-        .get(..offset.min(text.len()))?
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let line = text.get(start..)?.lines().next()?;
     let (left, _) = line.split_once('=')?;
     let k = left.trim().trim_matches('"');
     (!k.is_empty() && !k.starts_with('[')).then(|| join(k))
@@ -477,6 +513,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let links = links_config(cx, &raw.link, sync.mtu)?;
     let kernel = kernel_config(cx, raw.kernel)?;
     let daemon = daemon_config(cx, raw.daemon)?;
+    let filter = filter_config(cx, raw.filter)?;
     Ok(Config {
         node_id: u32::try_from(node_id).unwrap_or(1),
         socket,
@@ -484,6 +521,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         links,
         kernel,
         daemon,
+        filter,
     })
 }
 
@@ -580,6 +618,13 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         86_400,
         i64::from(d.purge_timeout_s),
     )?;
+    let digest = cx.int(
+        &r.digest_interval_ms,
+        "sync.digest_interval_ms",
+        0,
+        86_400_000,
+        d.digest_interval_ms as i64,
+    )?;
     let refresh = cx.int(
         &r.alarm_refresh_s,
         "sync.alarm_refresh_s",
@@ -616,6 +661,7 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         peer_timeout_ms: to_u64(peer_timeout_ms),
         mtu: to_u32(mtu),
         purge_timeout_s: to_u32(purge),
+        digest_interval_ms: to_u64(digest),
         alarm_refresh_s: to_u32(refresh),
         alarm_timeout_s: to_u32(expire),
     })
@@ -854,6 +900,99 @@ fn daemon_config(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, C
         lock,
         log_level,
     })
+}
+
+fn filter_config(cx: &Ctx<'_>, raw: Option<RawFilter>) -> Result<FilterConfig, ConfigError> {
+    let d = FilterConfig::default();
+    let Some(r) = raw else { return Ok(d) };
+    let sync_addresses = match &r.sync_addresses {
+        None => d.sync_addresses,
+        Some(s) => policy(cx, s, "filter.sync_addresses")?,
+    };
+    let protocol = r
+        .protocol
+        .as_ref()
+        .map(|set| {
+            rule_set(cx, set, "filter.protocol", |name| {
+                protocol_by_name(name).ok_or_else(|| {
+                    format!(
+                        "unknown protocol \"{name}\": use tcp, udp, udplite, sctp, dccp, icmp, icmpv6, gre or a number 0..=255"
+                    )
+                })
+            })
+        })
+        .transpose()?;
+    let address = r
+        .address
+        .as_ref()
+        .map(|set| {
+            rule_set(cx, set, "filter.address", |text| {
+                text.parse::<Cidr>().map_err(|e| e.to_string())
+            })
+        })
+        .transpose()?;
+    let tcp_state = r
+        .tcp_state
+        .as_ref()
+        .map(|set| {
+            rule_set(cx, set, "filter.tcp_state", |name| {
+                tcp_state_by_name(name).ok_or_else(|| {
+                    format!(
+                        "unknown TCP state \"{name}\": use one of {}",
+                        crate::flow::TCP_STATES.join(", ")
+                    )
+                })
+            })
+        })
+        .transpose()?;
+    Ok(FilterConfig {
+        sync_addresses,
+        protocol,
+        address,
+        tcp_state,
+    })
+}
+
+fn policy(cx: &Ctx<'_>, s: &S<String>, key: &str) -> Result<Policy, ConfigError> {
+    match Policy::parse(s.get_ref()) {
+        Some(p) => Ok(p),
+        None => cx.invalid(
+            s.span().start,
+            key,
+            format!("\"{}\" is not one of \"accept\", \"ignore\"", s.get_ref()),
+        ),
+    }
+}
+
+/// One `{ policy, list }` set; `item` turns an entry into its value or a
+/// reason, reported at the entry's line as `key.list[i]`.
+fn rule_set<T>(
+    cx: &Ctx<'_>,
+    raw: &S<RawRuleSet>,
+    key: &str,
+    item: impl Fn(&str) -> Result<T, String>,
+) -> Result<RuleSet<T>, ConfigError> {
+    let r = raw.get_ref();
+    let policy = policy(cx, &r.policy, &format!("{key}.policy"))?;
+    if r.list.get_ref().is_empty() {
+        return cx.invalid(
+            r.list.span().start,
+            &format!("{key}.list"),
+            "empty list: remove the whole key to turn this rule set off",
+        );
+    }
+    let list = r
+        .list
+        .get_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            item(entry.get_ref().trim()).or_else(|message| {
+                cx.invalid(entry.span().start, &format!("{key}.list[{i}]"), message)
+            })
+        })
+        .collect::<Result<Vec<T>, ConfigError>>()?;
+    Ok(RuleSet { policy, list })
 }
 
 #[cfg(test)]

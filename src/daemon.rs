@@ -26,6 +26,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How often the links' interfaces are looked at.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the keys of a finished commit are remembered as our own writes.
 const OWN_WRITES_MEMORY: Duration = Duration::from_secs(10);
 /// Time the control server gets to deliver the reply to `-k`.
@@ -43,8 +45,6 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     #[error("sync: {0}")]
     Sync(String),
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 /// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
@@ -131,6 +131,9 @@ struct Daemon {
     replay: Option<Vec<KernelEvent>>,
     overrun_resync_at: Option<Instant>,
     reconcile_at: Option<Instant>,
+    /// When to look at the links' interfaces again, and what we saw last.
+    link_check_at: Instant,
+    link_carrier: Vec<bool>,
     scheduled_flush_at: Option<Instant>,
     /// Flows our own commit wrote: if an overrun hides their events, the
     /// re-read of the table must not mistake them for new local flows.
@@ -142,8 +145,7 @@ struct Daemon {
     stop: bool,
 }
 
-async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
-    refuse_unavailable(&config, &config_path)?;
+async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
     let _lock = match &config.daemon.lock {
         Some(path) => Some(process::LockFile::acquire(path)?),
@@ -158,7 +160,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     }
     let epoch = new_epoch();
     let specs = link_specs(&config);
-    let filter = Filter::ignoring(specs.iter().flat_map(|s| s.addresses()));
+    let filter = Filter::from_config(&config.filter, specs.iter().flat_map(|s| s.addresses()));
 
     // Writer first: its port id marks our own changes in the event stream.
     let writer = Writer::open()?;
@@ -209,6 +211,8 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         replay: None,
         overrun_resync_at: None,
         reconcile_at: None,
+        link_check_at: Instant::now(),
+        link_carrier: Vec::new(),
         scheduled_flush_at: None,
         own_writes: HashSet::new(),
         own_writes_expire_at: None,
@@ -272,28 +276,6 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Valid settings this build cannot serve yet are refused before anything
-/// starts, naming the file and the key.
-fn refuse_unavailable(config: &Config, path: &std::path::Path) -> Result<(), DaemonError> {
-    let file = path.display();
-    if config.sync.mode != SyncMode::Ftfw {
-        return Err(DaemonError::Unavailable(format!(
-            "{file}: key 'sync.mode': {:?} is not available yet; use \"ftfw\"",
-            config.sync.mode
-        )));
-    }
-    if let Some(i) = config
-        .links
-        .iter()
-        .position(|l| l.transport == Transport::Multicast)
-    {
-        return Err(DaemonError::Unavailable(format!(
-            "{file}: key 'link[{i}].transport': multicast links are not available yet; use \"udp\""
-        )));
-    }
-    Ok(())
-}
-
 /// The transport view of the configured links.
 fn link_specs(config: &Config) -> Vec<LinkSpec> {
     config
@@ -330,6 +312,9 @@ fn core_config(config: &Config) -> SyncConfig {
         keepalive_ms: s.keepalive_ms,
         rto_ms: s.rto_ms,
         peer_timeout_ms: s.peer_timeout_ms,
+        digest_interval_ms: s.digest_interval_ms,
+        alarm_refresh_ms: u64::from(s.alarm_refresh_s) * 1000,
+        alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
         ..SyncConfig::default()
     }
 }
@@ -432,6 +417,7 @@ impl Daemon {
             deadline = deadline.min(at.max(now));
         }
         let timers = [
+            Some(self.link_check_at),
             self.overrun_resync_at,
             self.reconcile_at,
             self.scheduled_flush_at,
@@ -486,22 +472,27 @@ impl Daemon {
         // Changes our own writer made are cached but never echoed to peers.
         let replicate = !self.own_portids.contains(&event.portid);
         let key = event.flow.key();
-        if !self.filter.accepts(&event.flow) {
-            if self.node.internal().contains(&key) {
-                self.node.local_delete(&key, now, replicate);
-            }
-            return;
-        }
+        let mut flow = event.flow;
         match event.kind {
-            EventKind::New => self.node.local_upsert(event.flow, now, replicate),
+            EventKind::Destroy => {
+                self.node.local_delete(&key, now, replicate);
+                return;
+            }
             EventKind::Update => {
-                let mut flow = event.flow;
+                // Complete the partial update first, so the filter judges
+                // the flow's real state.
                 if let Some(cached) = self.node.internal().get(&key) {
                     flow.fill_from_previous(&cached.flow);
                 }
-                self.node.local_upsert(flow, now, replicate);
             }
-            EventKind::Destroy => self.node.local_delete(&key, now, replicate),
+            EventKind::New => {}
+        }
+        if self.filter.accepts(&flow) {
+            self.node.local_upsert(flow, now, replicate);
+        } else if self.node.internal().contains(&key) {
+            // It left the filter (a TCP state no longer accepted, say): the
+            // peers drop it too.
+            self.node.local_delete(&key, now, replicate);
         }
     }
 
@@ -520,6 +511,10 @@ impl Daemon {
 
     fn on_timers(&mut self) {
         let now = Instant::now();
+        if self.link_check_at <= now {
+            self.link_check_at = now + LINK_CHECK_INTERVAL;
+            self.check_links();
+        }
         if self.own_writes_expire_at.is_some_and(|at| at <= now) {
             self.own_writes_expire_at = None;
             self.own_writes.clear();
@@ -540,6 +535,36 @@ impl Daemon {
             self.node.flush_internal();
             self.submit(Job::FlushKernel(self.filter.clone(), None));
         }
+    }
+
+    /// Tell the sync core which links' interfaces are up (operstate and
+    /// carrier), so data leaves a dead link at once rather than after the
+    /// peer timeout.
+    fn check_links(&mut self) {
+        let states: Vec<bool> = self
+            .links
+            .iter()
+            .map(|l| {
+                l.spec
+                    .interface
+                    .as_deref()
+                    .is_none_or(transport::interface_up)
+            })
+            .collect();
+        for (i, up) in states.iter().enumerate() {
+            if self.link_carrier.get(i) != Some(up) {
+                if !self.link_carrier.is_empty() {
+                    let device = self
+                        .links
+                        .get(i)
+                        .and_then(|l| l.spec.interface.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(link = i, %device, up, "sync link interface changed state");
+                }
+                self.node.set_link_carrier(i, *up);
+            }
+        }
+        self.link_carrier = states;
     }
 
     /// Schedule the next periodic re-read of the kernel table.
@@ -672,23 +697,12 @@ impl Daemon {
         let now = self.now_ms();
         let json = envelope.json;
         let answer = match envelope.request {
-            Request::Commit => {
-                if self.commit_running {
-                    failure("commit already in progress".into())
-                } else {
-                    self.commit_running = true;
-                    // As conntrackd: a commit cancels a pending `-t` flush.
-                    self.scheduled_flush_at = None;
-                    let flows = self.commit_set(now);
-                    self.own_writes.extend(flows.iter().map(Flow::key));
-                    self.own_writes_expire_at = None;
-                    tracing::info!(flows = flows.len(), "committing external cache");
-                    let options = CreateOptions {
-                        tcp_window_tracking: self.config.kernel.tcp_window_tracking,
-                    };
-                    self.submit(Job::Commit(flows, options, Some(reply)));
-                    return;
+            Request::Commit => return self.start_commit(None, now, reply),
+            Request::CommitPeer { node_id } => {
+                if self.node.external().contains_key(&node_id) {
+                    return self.start_commit(Some(node_id), now, reply);
                 }
+                failure(format!("no flows from a peer with node id {node_id}"))
             }
             Request::FlushCaches(which) => {
                 if self.commit_running && which != CacheSel::Internal {
@@ -764,14 +778,35 @@ impl Daemon {
         let _ = reply.send(answer);
     }
 
+    /// Write the external cache (every peer's, or one peer's) into the
+    /// kernel; the client hears back when it is done.
+    fn start_commit(&mut self, peer: Option<u32>, now: u64, reply: oneshot::Sender<Reply>) {
+        if self.commit_running {
+            let _ = reply.send(failure("commit already in progress".into()));
+            return;
+        }
+        self.commit_running = true;
+        // As conntrackd: a commit cancels a pending `-t` flush.
+        self.scheduled_flush_at = None;
+        let flows = self.commit_set(peer, now);
+        self.own_writes.extend(flows.iter().map(Flow::key));
+        self.own_writes_expire_at = None;
+        tracing::info!(flows = flows.len(), ?peer, "committing external cache");
+        let options = CreateOptions {
+            tcp_window_tracking: self.config.kernel.tcp_window_tracking,
+        };
+        self.submit(Job::Commit(flows, options, Some(reply)));
+    }
+
     /// Every peer's flows with conntrackd's commit timeout: the configured
     /// one, or what was left on the wire minus the time since, floored at 60 s.
-    fn commit_set(&self, now_ms: u64) -> Vec<Flow> {
+    fn commit_set(&self, peer: Option<u32>, now_ms: u64) -> Vec<Flow> {
         let fixed = self.config.kernel.commit_timeout;
         self.node
             .external()
-            .values()
-            .flat_map(|cache| cache.iter().map(|(_, e)| e))
+            .iter()
+            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .flat_map(|(_, cache)| cache.iter().map(|(_, e)| e))
             .map(|entry| {
                 let mut flow = entry.flow.clone();
                 flow.timeout = fixed.unwrap_or_else(|| {
@@ -838,7 +873,7 @@ impl Daemon {
         if self.counters.foreign_source > 0 {
             malformed_by_reason.insert("foreign_source".into(), self.counters.foreign_source);
         }
-        let active_link = stats.links.iter().position(|l| l.up).unwrap_or(0);
+        let active_link = self.node.active_link();
         let links = self
             .links
             .iter()
@@ -851,7 +886,7 @@ impl Daemon {
                         LinkKind::Multicast { .. } => "multicast".into(),
                     },
                     device: link.spec.interface.clone().unwrap_or_default(),
-                    active: i == active_link,
+                    active: active_link == Some(i),
                     up: counters.up,
                     bytes_sent: counters.sent_bytes,
                     bytes_recv: counters.recv_bytes,
@@ -881,6 +916,15 @@ impl Daemon {
             commit_ok: self.counters.commit_ok,
             commit_failed: self.counters.commit_failed,
             uptime_s: self.started.elapsed().as_secs(),
+            digest_mismatches: stats.digest_mismatches,
+            alarm_expired: stats.alarm_expired,
+            epoch_rollovers: stats.epoch_rollovers,
+            internal_digest: internal.digest(),
+            external_digest: self
+                .node
+                .external()
+                .values()
+                .fold(0, |acc, cache| acc ^ cache.digest()),
             peers: self
                 .node
                 .peers()

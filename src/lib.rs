@@ -14,6 +14,7 @@ pub mod filter;
 pub mod flow;
 pub mod kernel;
 pub mod process;
+pub mod sim;
 pub mod sync;
 pub mod transport;
 pub mod wire;

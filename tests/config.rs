@@ -358,3 +358,254 @@ proptest::proptest! {
         }
     }
 }
+
+// ---- [filter] -------------------------------------------------------------
+
+mod filter {
+    use super::{err, GOOD};
+    use ctsync::config::Config;
+    use ctsync::filter::{Cidr, Filter, FilterConfig, Policy};
+    use ctsync::flow::{proto, Flow, ProtoState, Tuple, L4};
+
+    fn with(filter: &str) -> String {
+        format!("{GOOD}[filter]\n{filter}")
+    }
+
+    fn parse(filter: &str) -> FilterConfig {
+        Config::parse(&with(filter), "ctsyncd.toml").unwrap().filter
+    }
+
+    fn tcp(src: &str, dst: &str, state: u8) -> Flow {
+        let mut f = Flow::new(Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: proto::TCP,
+            l4: L4::Ports {
+                src: 40000,
+                dst: 22,
+            },
+        });
+        f.state = ProtoState::Tcp {
+            state,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+        f
+    }
+
+    #[test]
+    fn absent_section_and_empty_section_are_the_default() {
+        let c = Config::parse(GOOD, "x").unwrap();
+        assert_eq!(c.filter, FilterConfig::default());
+        assert_eq!(c.filter.sync_addresses, Policy::Ignore);
+        assert_eq!(parse(""), FilterConfig::default());
+    }
+
+    #[test]
+    fn inline_rule_sets_parse() {
+        let f = parse(
+            "sync_addresses = \"accept\"\n\
+             protocol = { policy = \"accept\", list = [\"tcp\", \"UDP\", \"132\", \"ipv6-icmp\"] }\n\
+             address = { policy = \"ignore\", list = [\"198.18.0.0/24\", \"2001:db8:5::/64\", \"198.19.1.1\"] }\n\
+             tcp_state = { policy = \"accept\", list = [\"ESTABLISHED\", \"CLOSED\", \"time_wait\"] }\n",
+        );
+        assert_eq!(f.sync_addresses, Policy::Accept);
+        let p = f.protocol.unwrap();
+        assert_eq!(p.policy, Policy::Accept);
+        assert_eq!(p.list, vec![6, 17, 132, 58]);
+        let a = f.address.unwrap();
+        assert_eq!(a.policy, Policy::Ignore);
+        let want: Vec<Cidr> = ["198.18.0.0/24", "2001:db8:5::/64", "198.19.1.1/32"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(a.list, want);
+        let s = f.tcp_state.unwrap();
+        assert_eq!(s.policy, Policy::Accept);
+        assert_eq!(s.list, vec![3, 8, 7]);
+    }
+
+    #[test]
+    fn table_form_equals_inline_form() {
+        let inline = parse("protocol = { policy = \"ignore\", list = [\"icmp\"] }\n");
+        let text = format!("{GOOD}[filter.protocol]\npolicy = \"ignore\"\nlist = [\"icmp\"]\n");
+        let table = Config::parse(&text, "x").unwrap().filter;
+        assert_eq!(inline, table);
+        assert_eq!(table.protocol.unwrap().list, vec![1]);
+    }
+
+    #[test]
+    fn parsed_filter_drives_the_decision() {
+        let c = Config::parse(
+            &with(
+                "address = { policy = \"ignore\", list = [\"198.18.5.0/24\"] }\n\
+                 tcp_state = { policy = \"accept\", list = [\"ESTABLISHED\"] }\n",
+            ),
+            "x",
+        )
+        .unwrap();
+        let sync = c
+            .links
+            .iter()
+            .flat_map(|l| [Some(l.local), l.peer])
+            .flatten();
+        let f = Filter::from_config(&c.filter, sync);
+        assert!(f.accepts(&tcp("198.18.9.1", "198.18.9.2", 3)));
+        assert!(!f.accepts(&tcp("198.18.9.1", "198.18.9.2", 1)), "SYN_SENT");
+        assert!(
+            !f.accepts(&tcp("198.18.5.1", "198.18.9.2", 3)),
+            "ignored net"
+        );
+        assert!(!f.accepts(&tcp("198.18.0.1", "198.18.0.2", 3)), "sync link");
+    }
+
+    fn invalid(filter: &str) -> (usize, String, String) {
+        let e = err(&with(filter));
+        (e.line(), e.key().unwrap_or("").to_string(), e.to_string())
+    }
+
+    // GOOD has 10 lines, [filter] is line 11, the first filter line is 12.
+
+    #[test]
+    fn unknown_protocol_names_line_key_and_entry() {
+        let (line, key, msg) = invalid(
+            "sync_addresses = \"ignore\"\nprotocol = { policy = \"accept\", list = [\"tcp\", \"tpc\"] }\n",
+        );
+        assert_eq!(line, 13);
+        assert_eq!(key, "filter.protocol.list[1]");
+        assert!(
+            msg.starts_with(
+                "ctsyncd.toml:13: key 'filter.protocol.list[1]': unknown protocol \"tpc\""
+            ),
+            "{msg}"
+        );
+        let (_, key, _) = invalid("protocol = { policy = \"accept\", list = [\"256\"] }\n");
+        assert_eq!(key, "filter.protocol.list[0]");
+    }
+
+    #[test]
+    fn bad_addresses_are_errors() {
+        for (entry, needle) in [
+            ("198.18.0/24", "is not an IPv4 or IPv6 address"),
+            ("198.18.0.0/33", "is not a prefix length of IPv4 (0..=32)"),
+            ("2001:db8::/129", "is not a prefix length of IPv6 (0..=128)"),
+            ("198.18.0.0/x", "is not a prefix length"),
+            ("198.18.1.0/16", "write 198.18.0.0/16"),
+            ("2001:db8::1/64", "write 2001:db8::/64"),
+        ] {
+            let (line, key, msg) = invalid(&format!(
+                "\n\naddress = {{ policy = \"ignore\", list = [\"198.18.9.9\", \"{entry}\"] }}\n"
+            ));
+            assert_eq!(line, 14, "{msg}");
+            assert_eq!(key, "filter.address.list[1]", "{msg}");
+            assert!(msg.contains(needle), "{entry}: {msg}");
+        }
+    }
+
+    #[test]
+    fn entries_in_a_multi_line_list_name_their_own_line() {
+        let (line, key, _) = invalid(
+            "[filter.address]\npolicy = \"accept\"\nlist = [\n  \"198.18.0.1\",\n  \"198.18.0.0/99\",\n]\n",
+        );
+        assert_eq!((line, key.as_str()), (16, "filter.address.list[1]"));
+    }
+
+    #[test]
+    fn unknown_tcp_state_is_an_error() {
+        let (line, key, msg) = invalid(
+            "tcp_state = { policy = \"accept\", list = [\"ESTABLISHED\", \"ESTABLISH\"] }\n",
+        );
+        assert_eq!(line, 12);
+        assert_eq!(key, "filter.tcp_state.list[1]");
+        assert!(msg.contains("unknown TCP state \"ESTABLISH\""), "{msg}");
+        assert!(msg.contains("TIME_WAIT"), "{msg}");
+    }
+
+    #[test]
+    fn bad_policy_empty_list_and_unknown_keys() {
+        let (line, key, msg) = invalid("protocol = { policy = \"drop\", list = [\"tcp\"] }\n");
+        assert_eq!(
+            (line, key.as_str()),
+            (12, "filter.protocol.policy"),
+            "{msg}"
+        );
+        assert!(msg.contains("not one of \"accept\", \"ignore\""), "{msg}");
+
+        let (line, key, msg) = invalid("sync_addresses = \"yes\"\n");
+        assert_eq!((line, key.as_str()), (12, "filter.sync_addresses"), "{msg}");
+
+        let (line, key, msg) = invalid("address = { policy = \"accept\", list = [] }\n");
+        assert_eq!((line, key.as_str()), (12, "filter.address.list"), "{msg}");
+        assert!(msg.contains("empty list"), "{msg}");
+
+        let (line, key, msg) = invalid("state = { policy = \"accept\", list = [\"CLOSE\"] }\n");
+        assert_eq!((line, key.as_str()), (12, "filter.state"), "{msg}");
+
+        let (line, _, msg) = invalid("protocol = { policy = \"accept\" }\n");
+        assert_eq!(line, 12, "{msg}");
+        assert!(msg.contains("missing field `list`"), "{msg}");
+
+        let (line, _, msg) = invalid("protocol = { policy = \"accept\", list = [6] }\n");
+        assert_eq!(line, 12, "{msg}");
+    }
+
+    #[test]
+    fn shipped_example_filter_keys_parse() {
+        // The example's commented [filter] keys, uncommented, are valid and
+        // mean what its comments say.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ctsyncd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (_, section) = text.split_once("\n[filter]\n").unwrap();
+        let uncommented: String = section
+            .lines()
+            .filter(|l| l.starts_with('#') && !l.starts_with("# ") && l.contains(" = "))
+            .map(|l| format!("{}\n", &l[1..]))
+            .collect();
+        let f = parse(&uncommented);
+        assert_eq!(f.sync_addresses, Policy::Ignore);
+        assert_eq!(f.protocol.unwrap().list.len(), 7);
+        assert_eq!(f.address.unwrap().policy, Policy::Ignore);
+        assert_eq!(f.tcp_state.unwrap().list, vec![3, 8, 7, 5]);
+        // The migration example, with "#   " removed, parses too.
+        let migrated: String = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("#   "))
+            .filter(|l| {
+                ["protocol =", "address =", "tcp_state ="]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let m = parse(&migrated);
+        assert_eq!(m.protocol.unwrap().list, vec![6, 17]);
+        assert_eq!(m.address.unwrap().list.len(), 3);
+    }
+}
+
+#[test]
+fn unknown_or_missing_field_in_an_inline_table_names_the_table() {
+    let text = format!("{GOOD}[filter]\nprotocol = {{ polcy = \"accept\", list = [\"tcp\"] }}\n");
+    let e = err(&text);
+    assert_eq!(
+        (e.line(), e.key()),
+        (12, Some("filter.protocol.polcy")),
+        "{e}"
+    );
+    let text = format!("{GOOD}[filter]\naddress = {{ policy = \"accept\" }}\n");
+    let e = err(&text);
+    assert_eq!(
+        (e.line(), e.key()),
+        (12, Some("filter.address.list")),
+        "{e}"
+    );
+    let text = format!("{GOOD}[filter.tcp_state]\nlist = [\"CLOSE\"]\nplicy = \"accept\"\n");
+    let e = err(&text);
+    assert_eq!(
+        (e.line(), e.key()),
+        (13, Some("filter.tcp_state.plicy")),
+        "{e}"
+    );
+}

@@ -9,6 +9,9 @@
 #![allow(dead_code)]
 
 use ctsync::flow::{proto, status, Flow, ProtoState, Tuple, L4};
+use ctsync::kernel::write::{CreateOptions, WriteOp, Writer};
+use serde_json::Value;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -377,22 +380,66 @@ impl Lab {
         for k in 0..spec.links {
             let bridge = format!("br{k}");
             let sync = format!("sync{k}");
-            must("ip", &["-n", &lab.switch_ns, "link", "add", &bridge, "type", "bridge"]);
+            must(
+                "ip",
+                &[
+                    "-n",
+                    &lab.switch_ns,
+                    "link",
+                    "add",
+                    &bridge,
+                    "type",
+                    "bridge",
+                ],
+            );
             must("ip", &["-n", &lab.switch_ns, "link", "set", &bridge, "up"]);
             for (i, n) in lab.nodes().into_iter().enumerate() {
                 let port = format!("p{k}n{i}");
                 must(
                     "ip",
                     &[
-                        "link", "add", &sync, "netns", &n.ns, "type", "veth", "peer", "name", &port,
-                        "netns", &lab.switch_ns,
+                        "link",
+                        "add",
+                        &sync,
+                        "netns",
+                        &n.ns,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &port,
+                        "netns",
+                        &lab.switch_ns,
                     ],
                 );
-                must("ip", &["-n", &lab.switch_ns, "link", "set", &port, "master", &bridge]);
+                must(
+                    "ip",
+                    &[
+                        "-n",
+                        &lab.switch_ns,
+                        "link",
+                        "set",
+                        &port,
+                        "master",
+                        &bridge,
+                    ],
+                );
                 must("ip", &["-n", &lab.switch_ns, "link", "set", &port, "up"]);
-                let plen = if spec.family == SyncFamily::V4 { "24" } else { "64" };
+                let plen = if spec.family == SyncFamily::V4 {
+                    "24"
+                } else {
+                    "64"
+                };
                 let cidr = format!("{}/{plen}", spec.address(k, i));
-                let mut args = vec!["-n", n.ns.as_str(), "addr", "add", cidr.as_str(), "dev", sync.as_str()];
+                let mut args = vec![
+                    "-n",
+                    n.ns.as_str(),
+                    "addr",
+                    "add",
+                    cidr.as_str(),
+                    "dev",
+                    sync.as_str(),
+                ];
                 if spec.family == SyncFamily::V6 {
                     args.push("nodad");
                 }
@@ -492,8 +539,17 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::from([a, b, c, d])
 }
 
-fn v6(group3: u16, low: u16) -> IpAddr {
-    IpAddr::from([0x2001, 0x0db8, 0x0001, group3, 0, 0, 0, low])
+fn v6(group3: u16, low: u32) -> IpAddr {
+    IpAddr::from([
+        0x2001,
+        0x0db8,
+        0x0001,
+        group3,
+        0,
+        0,
+        (low >> 16) as u16,
+        low as u16,
+    ])
 }
 
 /// A deterministic mix of `n` flows covering every protocol ctsync models,
@@ -508,7 +564,7 @@ pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
             let idx = i as u16;
             let src4 = v4(198, 18, 16 + (hi & 0x3f), lo);
             let dst4 = v4(198, 19, salt, 1 + (hi >> 6));
-            let src6 = v6(u16::from(salt), idx);
+            let src6 = v6(u16::from(salt), i as u32);
             let dst6 = v6(0xffff, 1);
             let ports = |p: u16| L4::Ports {
                 src: 1024 + p % 60000,
@@ -633,7 +689,7 @@ pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
                     let orig = tuple(src4, dst4, proto::TCP, ports(idx));
                     let mut f = Flow::new(orig);
                     f.reply = tuple(
-                        v4(198, 18, 200, 9),
+                        v4(198, 18, 200, 1 + (hi >> 6)),
                         v4(198, 19, 254, salt),
                         proto::TCP,
                         L4::Ports {
@@ -677,4 +733,47 @@ fn tcp_state(state: u8) -> ProtoState {
 /// Read a file path as str for command arguments.
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+/// Write flows into a namespace's kernel with ctsync's own batched writer.
+pub fn create_in(ns: &str, flows: Vec<Flow>) {
+    let name = ns.to_string();
+    let report = in_netns(ns, move || {
+        let mut writer = Writer::open().expect("open writer");
+        writer.create_all(&flows, &CreateOptions::default())
+    });
+    assert_eq!(
+        report.failed, 0,
+        "creating flows in {name}: {:?}",
+        report.first_errors
+    );
+}
+
+pub fn apply_in(ns: &str, ops: Vec<WriteOp>) {
+    let name = ns.to_string();
+    let report = in_netns(ns, move || {
+        let mut writer = Writer::open().expect("open writer");
+        writer.apply(&ops)
+    });
+    assert_eq!(
+        report.failed, 0,
+        "applying ops in {name}: {:?}",
+        report.first_errors
+    );
+}
+
+/// A flow list as a comparable set: JSON objects without the fields that
+/// legitimately differ between two views of one flow (timeouts, ages).
+pub fn comparable(flows: Vec<Value>) -> BTreeSet<String> {
+    flows
+        .into_iter()
+        .map(|mut v| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("timeout");
+                obj.remove("active_since_s");
+                obj.remove("peer");
+            }
+            v.to_string()
+        })
+        .collect()
 }

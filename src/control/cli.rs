@@ -298,7 +298,11 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
     let req = |r: Request| Action::Request(r);
     let action = match name {
         "status" => none(&words).map(|_| Action::Status)?,
-        "commit" => none(&words).map(|_| req(Request::Commit))?,
+        "commit" => match one(&words)?.map(|w| w.parse::<u32>()) {
+            None => req(Request::Commit),
+            Some(Ok(node_id)) if node_id > 0 => req(Request::CommitPeer { node_id }),
+            _ => return err("commit: expected a peer's node id (1..=4294967295) or nothing"),
+        },
         "resync" => none(&words).map(|_| req(Request::RequestResync))?,
         "bulk" => none(&words).map(|_| req(Request::SendBulk))?,
         "flush-kernel" => none(&words).map(|_| req(Request::FlushKernel))?,
@@ -331,7 +335,7 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
                 None => return err(format!("stats: unknown section '{w}'")),
             },
         },
-        // Test hook: the daemon drops the next N flow messages it receives.
+        // Debug: remove N flows from the external caches behind the protocol's back.
         "debug-drop-external" => match one(&words)?.map(|w| w.parse::<usize>()) {
             Some(Ok(count)) => req(Request::DebugDropExternal { count }),
             _ => return err("debug-drop-external: expected a count"),
@@ -363,7 +367,7 @@ Client (conntrackd-compatible):
   -v                   version
   -h                   this help
 Commands:
-  status | commit | dump [internal|external] | stats [section] | resync | bulk
+  status | commit [NODE_ID] | dump [internal|external] | stats [section] | resync | bulk
   flush [internal|external] | flush-kernel | kill | reload-kernel
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.

@@ -76,6 +76,16 @@ pub struct StatsSnapshot {
     pub commit_failed: u64,
     pub uptime_s: u64,
     pub peers: Vec<PeerBlock>,
+    /// Anti-entropy: digests that disagreed with a peer's (each led to a resync).
+    pub digest_mismatches: u64,
+    /// ALARM: external flows expired for want of a refresh.
+    pub alarm_expired: u64,
+    /// Times our sequence space ran out and a new epoch began.
+    pub epoch_rollovers: u64,
+    /// Digest of the internal cache (XOR of per-flow state hashes).
+    pub internal_digest: u64,
+    /// Digest of every peer's flows together.
+    pub external_digest: u64,
 }
 
 /// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
@@ -484,7 +494,26 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "kernel buffer size", snap.kernel_buffer_size);
     row(s, "commits ok", snap.commit_ok);
     row(s, "commits failed", snap.commit_failed);
+    row(s, "digest mismatches", snap.digest_mismatches);
+    row(s, "alarm expired", snap.alarm_expired);
+    row(s, "epoch rollovers", snap.epoch_rollovers);
     row(s, "uptime (s)", snap.uptime_s);
+    for (i, l) in snap.links.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "\tlink {i} {} device={} {} {} sent={}/{}B recv={}/{}B errors={}/{}",
+            l.transport,
+            l.device,
+            if l.up { "up" } else { "down" },
+            if l.active { "active" } else { "backup" },
+            l.packets_sent,
+            l.bytes_sent,
+            l.packets_recv,
+            l.bytes_recv,
+            l.errors_send,
+            l.errors_recv
+        );
+    }
     for p in &snap.peers {
         let _ = writeln!(
             s,

@@ -30,6 +30,8 @@ pub enum StatsSection {
 /// One thing a client asks the daemon to do.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Request {
+    /// Commit one peer's flows only (`commit NODE_ID`).
+    CommitPeer { node_id: u32 },
     /// Write the external cache into the kernel (`-c`); replies when done.
     Commit,
     /// Empty one or both caches (`-f`).

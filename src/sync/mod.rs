@@ -2,16 +2,20 @@
 //!
 //! Owns: the internal cache (our flows), the external caches (peers' flows),
 //! the FTFW sender (coalescing send queue, sequence numbers, bounded resend
-//! queue, flow control) and receivers (one per sender node id), bulk resyncs,
-//! peer and link liveness, and the counters. Must not: import tokio, sockets
-//! or the clock (time is the `now_ms` argument), or talk to the kernel.
+//! queue, flow control) and receivers (one per sender node id), the NOTRACK
+//! and ALARM variants of both (no acks; ALARM refreshes and expires),
+//! anti-entropy digests, bulk resyncs, peer and link liveness, and the
+//! counters. Must not: import tokio, sockets or the clock (time is the
+//! `now_ms` argument), or talk to the kernel.
 //!
 //! The daemon feeds a Node local changes and datagrams, then calls
 //! `poll_transmit` after every input and at the latest at `next_deadline`.
 
+mod alarm;
 mod queue;
 mod resend;
 mod rx;
+mod seqstat;
 mod stats;
 
 pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
@@ -22,13 +26,23 @@ use crate::wire::{
     decode_datagram, flags, Header, Message, Packer, Push, WireFlow, WireKey, HEADER_LEN,
     MAX_DATAGRAM,
 };
+use alarm::{ExpiryClock, RefreshCursor};
 use queue::{Item, SendQueue};
 use resend::ResendQueue;
 use rx::{RxParams, RxStream};
+use seqstat::SeqCounter;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use thiserror::Error;
 
-/// Replication mode (conntrackd's names).
+/// Replication mode (conntrackd's names). Every node of a cluster must use
+/// the same one.
+///
+/// - `Ftfw`: reliable; acks, nacks, a bounded resend queue.
+/// - `Notrack`: best effort; data is sent once and applied as it arrives;
+///   `-n`, start-up and peer restarts still pull a bulk.
+/// - `Alarm`: every flow is re-sent at least once per `alarm_refresh_ms`;
+///   receivers expire what is not refreshed within `alarm_timeout_ms`; no
+///   acks, nacks, resync requests, bulks or digests (only keepalives).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     Ftfw,
@@ -38,7 +52,8 @@ pub enum Mode {
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum SyncError {
-    #[error("sync mode {0:?} is not implemented yet (only ftfw)")]
+    /// No longer returned: every mode is implemented.
+    #[error("sync mode {0:?} is not implemented")]
     UnsupportedMode(Mode),
     #[error("invalid sync configuration: {0}")]
     InvalidConfig(&'static str),
@@ -75,6 +90,13 @@ pub struct SyncConfig {
     /// dropped (counted as "too_many_peers").
     pub max_peers: usize,
     pub links: usize,
+    /// FTFW and NOTRACK: send a `Digest` of our table this often (when the
+    /// send queue is empty); a receiver that disagrees pulls a bulk. 0: off.
+    pub digest_interval_ms: u64,
+    /// ALARM: every flow is re-sent at least this often.
+    pub alarm_refresh_ms: u64,
+    /// ALARM: a peer's flow not refreshed for this long is dropped.
+    pub alarm_timeout_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -93,6 +115,9 @@ impl Default for SyncConfig {
             reorder_max_bytes: 64 << 20,
             max_peers: 16,
             links: 1,
+            digest_interval_ms: 5000,
+            alarm_refresh_ms: 60_000,
+            alarm_timeout_ms: 180_000,
         }
     }
 }
@@ -113,6 +138,9 @@ const MAX_WINDOW: usize = 1 << 24;
 /// A peer down for this many `peer_timeout_ms` with nothing in its external
 /// cache is forgotten.
 const FORGET_AFTER_TIMEOUTS: u64 = 60;
+/// ALARM walks the table in this share of `alarm_refresh_ms` (per mille),
+/// leaving slack for batching.
+const ALARM_LAP_PERMILLE: u64 = 900;
 
 #[derive(Clone, Debug)]
 struct Peer {
@@ -130,6 +158,8 @@ struct Peer {
     rx_bulk: Option<(u32, u32)>,
     /// How far this peer has acknowledged our stream.
     tx_acked: u32,
+    /// NOTRACK and ALARM: its sequence numbers, for the loss counter only.
+    seen: SeqCounter,
     /// When to ask again for its table (until its BulkBegin arrives).
     resync_retry: Option<u64>,
 }
@@ -137,6 +167,18 @@ struct Peer {
 #[derive(Clone, Copy, Debug, Default)]
 struct Link {
     last_recv_ms: Option<u64>,
+    /// False while the daemon reports the link's interface down.
+    carrier_lost: bool,
+}
+
+impl Link {
+    /// Usable for data: its interface is up and datagrams arrived lately.
+    fn usable(&self, now: u64, peer_timeout_ms: u64) -> bool {
+        !self.carrier_lost
+            && self
+                .last_recv_ms
+                .is_some_and(|t| now.saturating_sub(t) < peer_timeout_ms)
+    }
 }
 
 /// The replication state of one daemon.
@@ -165,13 +207,21 @@ pub struct Node {
     rto_armed_ms: u64,
     links: Vec<Link>,
     stats: SyncStats,
+    /// When the last Digest went out (or the node started).
+    last_digest_ms: u64,
+    /// ALARM: the sender's refresh walk over the internal keys.
+    refresh: Option<RefreshCursor>,
+    /// ALARM: the receiver's expiry of external flows.
+    expiry: Option<ExpiryClock>,
 }
 
 impl Node {
     /// A node that starts by asking its peers for their tables.
     pub fn new(cfg: SyncConfig, epoch: u64, now_ms: u64) -> Result<Node, SyncError> {
-        if cfg.mode != Mode::Ftfw {
-            return Err(SyncError::UnsupportedMode(cfg.mode));
+        if cfg.mode == Mode::Alarm && (cfg.alarm_refresh_ms == 0 || cfg.alarm_timeout_ms == 0) {
+            return Err(SyncError::InvalidConfig(
+                "alarm_refresh_ms and alarm_timeout_ms must be at least 1",
+            ));
         }
         if cfg.window == 0 {
             return Err(SyncError::InvalidConfig("window must be at least 1"));
@@ -189,6 +239,10 @@ impl Node {
             return Err(SyncError::InvalidConfig("max_payload out of range"));
         }
         let links = cfg.links;
+        let alarm = cfg.mode == Mode::Alarm;
+        let lap_ms = cfg.alarm_refresh_ms.saturating_mul(ALARM_LAP_PERMILLE) / 1000;
+        let refresh = alarm.then(|| RefreshCursor::new(lap_ms, now_ms));
+        let expiry = alarm.then(|| ExpiryClock::new(cfg.alarm_timeout_ms, now_ms));
         // Keep a window's worth (and one) of numbers unused, so no stream
         // position or resend arithmetic ever meets u32::MAX.
         let reserve = u32::try_from(cfg.window).unwrap_or(u32::MAX);
@@ -215,6 +269,9 @@ impl Node {
                 links: vec![LinkStats::default(); links],
                 ..SyncStats::default()
             },
+            last_digest_ms: now_ms,
+            refresh,
+            expiry,
         };
         node.request_resync(now_ms);
         Ok(node)
@@ -279,6 +336,11 @@ impl Node {
         self.tick(now_ms);
         let key = flow.key();
         let what = self.internal.upsert(flow, now_ms);
+        if what == Upsert::Created {
+            if let Some(r) = self.refresh.as_mut() {
+                r.insert(key);
+            }
+        }
         if replicate && what != Upsert::Unchanged {
             self.queue.push_key(key);
         }
@@ -287,7 +349,13 @@ impl Node {
     /// A kernel DESTROY.
     pub fn local_delete(&mut self, key: &FlowKey, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
-        if self.internal.remove(key).is_some() && replicate {
+        let gone = self.internal.remove(key).is_some();
+        if gone {
+            if let Some(r) = self.refresh.as_mut() {
+                r.remove(key);
+            }
+        }
+        if gone && replicate {
             self.queue.push_key(*key);
         }
     }
@@ -318,6 +386,9 @@ impl Node {
             }
             let changed = match self.internal.upsert(flow, now_ms) {
                 Upsert::Created => {
+                    if let Some(r) = self.refresh.as_mut() {
+                        r.insert(key);
+                    }
                     report.added += 1;
                     true
                 }
@@ -342,6 +413,9 @@ impl Node {
             .collect();
         for key in gone {
             self.internal.remove(&key);
+            if let Some(r) = self.refresh.as_mut() {
+                r.remove(&key);
+            }
             report.removed += 1;
             if replicate {
                 self.queue.push_key(key);
@@ -355,6 +429,9 @@ impl Node {
     pub fn flush_internal(&mut self) {
         self.internal.clear();
         self.queue.drop_keys();
+        if let Some(r) = self.refresh.as_mut() {
+            r.clear();
+        }
     }
 
     /// Forget the peers' flows (`-f external`).
@@ -374,9 +451,12 @@ impl Node {
             .is_some_and(|c| c.remove(key).is_some())
     }
 
-    /// `-n`: ask every peer for its full table.
+    /// `-n`: ask every peer for its full table (nothing in ALARM mode).
     pub fn request_resync(&mut self, now_ms: u64) {
         self.tick(now_ms);
+        if self.cfg.mode == Mode::Alarm {
+            return;
+        }
         self.control.push(Message::ResyncRequest { node: None });
         let retry = self.now + self.resync_retry_ms();
         for p in self.peers.values_mut() {
@@ -384,7 +464,7 @@ impl Node {
         }
     }
 
-    /// `-B`: send our full table.
+    /// `-B`: send our full table (nothing in ALARM mode: the refresh does).
     pub fn send_bulk(&mut self, now_ms: u64) {
         self.tick(now_ms);
         self.start_bulk();
@@ -395,7 +475,7 @@ impl Node {
     }
 
     fn start_bulk(&mut self) {
-        if self.bulk_pending {
+        if self.bulk_pending || self.cfg.mode == Mode::Alarm {
             return;
         }
         self.bulk_id = self.bulk_id.wrapping_add(1);
@@ -459,7 +539,8 @@ impl Node {
         let params = self.rx_params();
         let now = self.now;
         let reliable = header.is_reliable();
-        let retry = now + self.resync_retry_ms();
+        // ALARM never asks: the refresh brings a new peer's table.
+        let retry = (self.cfg.mode != Mode::Alarm).then(|| now + self.resync_retry_ms());
         let timeout = self.cfg.peer_timeout_ms;
         match self.peers.get_mut(&sender) {
             Some(p) if header.epoch == p.epoch => p.last_heard_ms = now,
@@ -491,13 +572,22 @@ impl Node {
                         rx: RxStream::new(header.seq, reliable, now, &params),
                         rx_bulk: None,
                         tx_acked,
-                        resync_retry: Some(retry),
+                        seen: SeqCounter::new(header.seq, reliable),
+                        resync_retry: retry,
                     },
                 );
                 self.external.entry(sender).or_default();
             }
         }
-        if reliable {
+        if reliable && self.cfg.mode != Mode::Ftfw {
+            // Best effort: applied as it arrives; the number is for stats.
+            if let Some(p) = self.peers.get_mut(&sender) {
+                self.stats.lost += p.seen.on_data(header.seq);
+            }
+            for m in messages {
+                self.apply(sender, m);
+            }
+        } else if reliable {
             let Some(p) = self.peers.get_mut(&sender) else {
                 return;
             };
@@ -512,8 +602,13 @@ impl Node {
                 }
             }
         } else {
+            let ftfw = self.cfg.mode == Mode::Ftfw;
             if let Some(p) = self.peers.get_mut(&sender) {
-                self.stats.lost += p.rx.on_control(header.seq);
+                self.stats.lost += if ftfw {
+                    p.rx.on_control(header.seq)
+                } else {
+                    p.seen.on_control(header.seq)
+                };
             }
             for m in messages {
                 if m.is_data() {
@@ -525,9 +620,30 @@ impl Node {
         }
     }
 
-    /// Apply one message from `sender` (data messages arrive in order).
+    /// Whether this node's mode uses a message at all; the others are
+    /// ignored (a misconfigured peer's acks cannot disturb a best-effort
+    /// sender, nor bulks and resyncs an ALARM one).
+    fn mode_uses(&self, msg: &Message) -> bool {
+        match self.cfg.mode {
+            Mode::Ftfw => true,
+            Mode::Notrack => !matches!(
+                msg,
+                Message::Ack { .. } | Message::Nack { .. } | Message::Resume { .. }
+            ),
+            Mode::Alarm => matches!(
+                msg,
+                Message::Upsert(_) | Message::Delete(_) | Message::Alive
+            ),
+        }
+    }
+
+    /// Apply one message from `sender` (in FTFW, data messages arrive in
+    /// order; in the best-effort modes as they came).
     fn apply(&mut self, sender: u32, msg: Message) {
         let now = self.now;
+        if !self.mode_uses(&msg) {
+            return;
+        }
         match msg {
             Message::Upsert(wf) => {
                 self.external
@@ -609,6 +725,22 @@ impl Node {
                 }
             }
             Message::Alive => {}
+            Message::Digest { count, hash } => {
+                self.stats.digests_received += 1;
+                let (len, digest) = self
+                    .external
+                    .get(&sender)
+                    .map_or((0, 0), |c| (c.len() as u64, c.digest()));
+                if (len, digest) != (count, hash) {
+                    // Our view of it diverged: pull its table; the bulk's
+                    // sweep repairs missing, extra and different flows.
+                    // (Unless we are asking already: its bulk is coming.)
+                    self.stats.digest_mismatches += 1;
+                    if let Some(p) = self.peers.get_mut(&sender) {
+                        p.resync_retry.get_or_insert(now);
+                    }
+                }
+            }
         }
     }
 
@@ -692,15 +824,44 @@ impl Node {
         }
     }
 
-    /// Links data goes out on: the lowest one that is up, or all of them.
+    /// Links data goes out on: the lowest one that is usable, or else every
+    /// link whose interface is up (or every link, if none is).
     fn data_links(&self) -> Vec<usize> {
-        let up = self.links.iter().position(|l| {
-            l.last_recv_ms
-                .is_some_and(|t| self.now.saturating_sub(t) < self.cfg.peer_timeout_ms)
-        });
-        match up {
-            Some(i) => vec![i],
-            None => (0..self.links.len()).collect(),
+        let timeout = self.cfg.peer_timeout_ms;
+        if let Some(i) = self.links.iter().position(|l| l.usable(self.now, timeout)) {
+            return vec![i];
+        }
+        let with_carrier: Vec<usize> = (0..self.links.len())
+            .filter(|&i| self.links.get(i).is_some_and(|l| !l.carrier_lost))
+            .collect();
+        if with_carrier.is_empty() {
+            (0..self.links.len()).collect()
+        } else {
+            with_carrier
+        }
+    }
+
+    /// The link data goes out on now, if one is usable.
+    pub fn active_link(&self) -> Option<usize> {
+        let timeout = self.cfg.peer_timeout_ms;
+        self.links.iter().position(|l| l.usable(self.now, timeout))
+    }
+
+    /// The daemon's view of a link's interface (operstate and carrier): a
+    /// link whose interface is down carries no data until it is up again and
+    /// datagrams arrive on it.
+    pub fn set_link_carrier(&mut self, link: usize, up: bool) {
+        if let Some(l) = self.links.get_mut(link) {
+            if !up {
+                l.last_recv_ms = None;
+            }
+            l.carrier_lost = !up;
+        }
+        if let Some(s) = self.stats.links.get_mut(link) {
+            s.up = self
+                .links
+                .get(link)
+                .is_some_and(|l| l.usable(self.now, self.cfg.peer_timeout_ms));
         }
     }
 
@@ -773,11 +934,14 @@ impl Node {
         let retry = self.resync_retry_ms();
         let timeout = self.cfg.peer_timeout_ms;
         let mut ctl = std::mem::take(&mut self.control);
+        let ftfw = self.cfg.mode == Mode::Ftfw;
         for (&id, p) in self.peers.iter_mut() {
             if now.saturating_sub(p.last_heard_ms) >= timeout {
                 continue;
             }
-            ctl.extend(p.rx.poll(id, p.epoch, now, &params));
+            if ftfw {
+                ctl.extend(p.rx.poll(id, p.epoch, now, &params));
+            }
             if p.resync_retry.is_some_and(|t| t <= now) {
                 p.resync_retry = Some(now + retry);
                 ctl.push(Message::ResyncRequest { node: Some(id) });
@@ -815,12 +979,21 @@ impl Node {
             }
         }
 
-        // New data, within the window.
+        // ALARM: the flows whose refresh is due join the queue.
+        if let Some(r) = self.refresh.as_mut() {
+            let due = r.take_due(now);
+            self.stats.alarm_refreshes += due.len() as u64;
+            for key in due {
+                self.queue.push_key(key);
+            }
+        }
+
+        // New data, within the window (FTFW); sent once otherwise.
         while !self.queue.is_empty() {
             if self.next_seq > self.seq_limit {
                 self.new_epoch();
             }
-            if self.resend.len() >= self.cfg.window {
+            if ftfw && self.resend.len() >= self.cfg.window {
                 self.stats.window_full += 1;
                 break;
             }
@@ -854,8 +1027,20 @@ impl Node {
                 ..self.control_header()
             };
             let bytes = body.seal(&header);
-            self.resend.push(seq, bytes.clone());
+            if ftfw {
+                self.resend.push(seq, bytes.clone());
+            }
             self.emit(&mut out, &links, bytes);
+        }
+
+        if self.digest_wanted() && now >= self.digest_due() {
+            self.send_digest(&mut out, &links);
+        }
+
+        // ALARM: peers' flows not refreshed in time expire.
+        if let Some(clock) = self.expiry.as_mut() {
+            let gone = clock.tick(now, self.external.iter_mut());
+            self.stats.alarm_expired += gone.len() as u64;
         }
 
         // Keepalive, on every link so each stays known to be up.
@@ -869,12 +1054,60 @@ impl Node {
         }
         for (i, l) in self.links.iter().enumerate() {
             if let Some(s) = self.stats.links.get_mut(i) {
-                s.up = l
-                    .last_recv_ms
-                    .is_some_and(|t| now.saturating_sub(t) < self.cfg.peer_timeout_ms);
+                s.up = l.usable(now, self.cfg.peer_timeout_ms);
             }
         }
         out
+    }
+
+    /// A Digest can go out now but for the time: the mode has them, the
+    /// queue is empty (so the stream before it describes exactly the table
+    /// it digests), the window has room, and someone is listening.
+    fn digest_wanted(&self) -> bool {
+        self.cfg.mode != Mode::Alarm
+            && self.cfg.digest_interval_ms > 0
+            && self.queue.is_empty()
+            && (self.cfg.mode != Mode::Ftfw || self.resend.len() < self.cfg.window)
+            && self.peers.values().any(|p| self.peer_alive(p))
+    }
+
+    fn digest_due(&self) -> u64 {
+        self.last_digest_ms
+            .saturating_add(self.cfg.digest_interval_ms)
+    }
+
+    /// Send a Digest of the internal cache as it is now, in sequence.
+    fn send_digest(&mut self, out: &mut Vec<Transmit>, links: &[usize]) {
+        if self.next_seq > self.seq_limit {
+            // Its bulk fills the queue: the digest waits for the next time.
+            self.new_epoch();
+            return;
+        }
+        let msg = Message::Digest {
+            count: self.internal.len() as u64,
+            hash: self.internal.digest(),
+        };
+        let Some(body) = Packer::pack_all(self.cfg.max_payload, &[msg]).pop() else {
+            return;
+        };
+        self.last_digest_ms = self.now;
+        self.stats.digests_sent += 1;
+        self.stats.messages_sent += 1;
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        let header = Header {
+            flags: flags::RELIABLE,
+            seq,
+            ..self.control_header()
+        };
+        let bytes = body.seal(&header);
+        if self.cfg.mode == Mode::Ftfw {
+            if self.resend.is_empty() {
+                self.rto_armed_ms = self.now;
+            }
+            self.resend.push(seq, bytes.clone());
+        }
+        self.emit(out, links, bytes);
     }
 
     /// The transport failed to send on `link`.
@@ -888,11 +1121,23 @@ impl Node {
     pub fn next_deadline(&self) -> Option<u64> {
         let mut t = self.last_send_ms + self.cfg.keepalive_ms;
         let mut at = |x: u64| t = t.min(x);
+        let ftfw = self.cfg.mode == Mode::Ftfw;
         if !self.control.is_empty()
             || !self.retransmit.is_empty()
-            || (!self.queue.is_empty() && self.resend.len() < self.cfg.window)
+            || (!self.queue.is_empty() && (!ftfw || self.resend.len() < self.cfg.window))
         {
             at(self.now);
+        }
+        if self.digest_wanted() {
+            at(self.digest_due());
+        }
+        if let Some(due) = self.refresh.as_ref().and_then(RefreshCursor::next_due) {
+            at(due);
+        }
+        if let Some(clock) = &self.expiry {
+            if self.external.values().any(|c| !c.is_empty()) {
+                at(clock.next_tick());
+            }
         }
         let last = self.next_seq.saturating_sub(1);
         for p in self.peers.values() {
@@ -900,7 +1145,7 @@ impl Node {
                 // Nothing is sent to it until it is heard again (an input).
                 continue;
             }
-            if let Some(d) = p.rx.deadline() {
+            if let Some(d) = p.rx.deadline().filter(|_| ftfw) {
                 at(d);
             }
             if let Some(r) = p.resync_retry {
@@ -924,7 +1169,10 @@ impl Node {
                 epoch: p.epoch,
                 alive: self.peer_alive(p),
                 last_heard_ms: p.last_heard_ms,
-                expected_seq: p.rx.expected,
+                expected_seq: match self.cfg.mode {
+                    Mode::Ftfw => p.rx.expected,
+                    Mode::Notrack | Mode::Alarm => p.seen.next(),
+                },
                 acked_seq: p.tx_acked,
                 flows: self.external.get(&id).map_or(0, FlowCache::len),
             })

@@ -8,6 +8,9 @@
 use crate::wire::Message;
 use std::collections::BTreeMap;
 
+/// Most missing ranges one NACK round reports.
+const MAX_NACK_RANGES: usize = 256;
+
 /// Timing and size knobs the stream needs (copied from `SyncConfig`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RxParams {
@@ -213,9 +216,12 @@ impl RxStream {
                 out.push(Message::Ack { node, epoch, upto });
             }
         }
-        if let Some((from, to)) = self.gap() {
-            if now >= self.nack_not_before {
-                self.nack_not_before = now + p.rto_ms.max(1);
+        if self.gap().is_some() && now >= self.nack_not_before {
+            self.nack_not_before = now + p.rto_ms.max(1);
+            // Every hole at once (up to a bound), not just the first: under
+            // heavy loss a window holds hundreds of them, and one round trip
+            // per hole would stall the stream.
+            for (from, to) in self.gaps(MAX_NACK_RANGES) {
                 out.push(Message::Nack {
                     node,
                     epoch,
@@ -223,6 +229,26 @@ impl RxStream {
                     to,
                 });
             }
+        }
+        out
+    }
+
+    /// The missing ranges between `expected` and the highest sequence seen,
+    /// at most `limit` of them, lowest first.
+    pub fn gaps(&self, limit: usize) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let mut next = self.expected;
+        for &seq in self.buffer.keys() {
+            if out.len() >= limit {
+                return out;
+            }
+            if seq > next {
+                out.push((next, seq - 1));
+            }
+            next = seq.saturating_add(1);
+        }
+        if out.len() < limit && self.highest >= next {
+            out.push((next, self.highest));
         }
         out
     }
@@ -251,6 +277,29 @@ mod tests {
 
     fn body(n: u32) -> Vec<Message> {
         vec![Message::BulkBegin { id: n }]
+    }
+
+    #[test]
+    fn every_hole_is_nacked_in_one_round() {
+        let wide = RxParams {
+            reorder_limit: 64,
+            ..P
+        };
+        let mut s = RxStream::new(1, true, 0, &wide);
+        for seq in [1, 3, 4, 7, 10] {
+            s.on_reliable(seq, body(seq), 0, &wide);
+        }
+        assert_eq!(s.gaps(10), vec![(2, 2), (5, 6), (8, 9)]);
+        assert_eq!(s.gaps(2), vec![(2, 2), (5, 6)]);
+        let nacks: Vec<(u32, u32)> = s
+            .poll(9, 5, 1, &wide)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Nack { from, to, .. } => Some((from, to)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(nacks, vec![(2, 2), (5, 6), (8, 9)]);
     }
 
     #[test]

@@ -61,6 +61,17 @@ pub struct SyncStats {
     pub peers_forgotten: u64,
     /// Times new data waited because the window was full.
     pub window_full: u64,
+    /// Digests of our table sent.
+    pub digests_sent: u64,
+    /// Peers' digests applied.
+    pub digests_received: u64,
+    /// Peers' digests that disagreed with our view of them (each pulls a
+    /// bulk from that peer).
+    pub digest_mismatches: u64,
+    /// ALARM: flows re-sent by the periodic refresh.
+    pub alarm_refreshes: u64,
+    /// ALARM: peers' flows dropped for not being refreshed in time.
+    pub alarm_expired: u64,
     pub links: Vec<LinkStats>,
 }
 

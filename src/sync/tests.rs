@@ -299,6 +299,10 @@ fn converges_without_faults() {
         assert_eq!(s.retransmits, 0, "seed {seed}");
         assert_eq!(s.lost, 0, "seed {seed}");
         assert!(!sim.nodes[1].as_ref().unwrap().external()[&1].is_empty());
+        for n in sim.nodes.iter().flatten() {
+            assert!(n.stats().digests_received > 0, "seed {seed}");
+            assert_eq!(n.stats().digest_mismatches, 0, "seed {seed}");
+        }
     }
 }
 
@@ -312,6 +316,10 @@ fn converges_with_20_percent_loss() {
         };
         let sim = scenario(seed, f, 300);
         nacks += sim.nodes[0].as_ref().unwrap().stats().nacks_received;
+        for n in sim.nodes.iter().flatten() {
+            // Reliable and in order: a digest never disagrees.
+            assert_eq!(n.stats().digest_mismatches, 0, "seed {seed}");
+        }
     }
     assert!(nacks > 0, "loss must have caused NACKs");
 }
@@ -561,22 +569,27 @@ fn late_datagrams_of_a_previous_epoch_are_stale() {
 }
 
 #[test]
-fn only_ftfw_is_accepted() {
-    for mode in [Mode::Notrack, Mode::Alarm] {
+fn every_mode_is_accepted_and_alarm_timers_are_validated() {
+    for mode in [Mode::Ftfw, Mode::Notrack, Mode::Alarm] {
         let c = SyncConfig {
             mode,
             ..SyncConfig::default()
         };
-        assert_eq!(
-            Node::new(c, 1, 0).err(),
-            Some(SyncError::UnsupportedMode(mode))
-        );
+        assert!(Node::new(c, 1, 0).is_ok(), "{mode:?}");
     }
     let c = SyncConfig {
         window: 0,
         ..SyncConfig::default()
     };
     assert!(Node::new(c, 1, 0).is_err());
+    let c = SyncConfig {
+        alarm_refresh_ms: 0,
+        ..alarm(1)
+    };
+    assert!(matches!(
+        Node::new(c, 1, 0),
+        Err(SyncError::InvalidConfig(_))
+    ));
 }
 
 #[test]
@@ -635,6 +648,38 @@ fn data_goes_on_the_lowest_link_that_is_up() {
     assert!(out.iter().all(|t| t.link == 1));
     assert!(a.stats().links[1].up && !a.stats().links[0].up);
     assert_eq!(a.stats().links[1].recv_packets, 1);
+}
+
+#[test]
+fn data_leaves_a_link_whose_interface_went_down_and_returns_later() {
+    let two = |id| SyncConfig {
+        links: 2,
+        ..cfg(id)
+    };
+    let mut a = Node::new(two(1), 1, 0).unwrap();
+    let mut b = Node::new(two(2), 1, 0).unwrap();
+    // B is heard on both links: link 0 is preferred.
+    for t in b.poll_transmit(0) {
+        a.on_datagram(&t.bytes, t.link, 1);
+    }
+    assert_eq!(a.active_link(), Some(0));
+    // Link 0's interface goes down: data moves to link 1 at once.
+    a.set_link_carrier(0, false);
+    assert_eq!(a.active_link(), Some(1));
+    let mut rng = Rng(3);
+    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    let out = a.poll_transmit(2);
+    assert!(!out.is_empty() && out.iter().all(|t| t.link == 1));
+    assert!(!a.stats().links[0].up && a.stats().links[1].up);
+    // Back up, and heard again on it: link 0 is preferred once more.
+    a.set_link_carrier(0, true);
+    assert_eq!(a.active_link(), Some(1), "not before it is heard again");
+    for t in b.poll_transmit(1_500) {
+        if t.link == 0 {
+            a.on_datagram(&t.bytes, 0, 1_500);
+        }
+    }
+    assert_eq!(a.active_link(), Some(0));
 }
 
 #[test]
@@ -928,4 +973,400 @@ fn the_largest_valid_flow_fits_the_smallest_payload() {
     let one = crate::wire::encode_datagram(&Header::default(), &[msg]);
     assert!(decode_datagram(&one).is_ok());
     assert!(one.len() <= MIN_PAYLOAD, "{} > {MIN_PAYLOAD}", one.len());
+}
+
+// ---- anti-entropy digests ---------------------------------------------------
+
+/// Flows of `from` that `to` lacks or holds in another state, and flows `to`
+/// holds that `from` has not.
+fn view_diff(sim: &Sim, from: usize, to: usize) -> (usize, usize, usize) {
+    let a = sim.nodes[from].as_ref().unwrap();
+    let b = sim.nodes[to].as_ref().unwrap();
+    let empty = FlowCache::new();
+    let got = b.external().get(&sim.ids[from]).unwrap_or(&empty);
+    let want = a.internal();
+    let missing = want.keys().filter(|k| !got.contains(k)).count();
+    let extra = got.keys().filter(|k| !want.contains(k)).count();
+    let differ = want
+        .iter()
+        .filter(|(k, e)| got.get(k).is_some_and(|g| g.flow != e.flow))
+        .count();
+    (missing, extra, differ)
+}
+
+#[test]
+fn digest_repairs_a_damaged_external_view_without_a_manual_resync() {
+    for mode in [Mode::Ftfw, Mode::Notrack] {
+        let c = |id| SyncConfig { mode, ..cfg(id) };
+        let mut sim = Sim::new(21, vec![c(1), c(2)]);
+        churn(&mut sim, &[0], 200, 10, 1000, 100);
+        sim.run_until(3000);
+        assert_all_converged(&sim, 21);
+        let interval = sim.nodes[0].as_ref().unwrap().config().digest_interval_ms;
+        let keys: Vec<FlowKey> = sim.nodes[0]
+            .as_ref()
+            .unwrap()
+            .internal()
+            .keys()
+            .copied()
+            .collect();
+        assert!(keys.len() > 10);
+        let requests = sim.nodes[1]
+            .as_ref()
+            .unwrap()
+            .stats()
+            .resyncs_requested_sent;
+
+        // 1. A flow removed behind the daemon's back.
+        assert!(sim.node(1).remove_external(1, &keys[0]));
+        assert_eq!(view_diff(&sim, 0, 1), (1, 0, 0));
+        let t = sim.now;
+        sim.run_until(t + interval + 1000);
+        assert_all_converged(&sim, 21);
+        let b = sim.nodes[1].as_ref().unwrap().stats();
+        assert_eq!(b.digest_mismatches, 1, "{mode:?}");
+        assert!(b.resyncs_requested_sent > requests, "{mode:?}");
+
+        // 2. A bogus flow, and 3. a flow in another state.
+        let now = sim.now;
+        let mut rng = Rng(5);
+        let bogus = flow_for(&mut rng, 100_000);
+        let mut changed = sim.nodes[0]
+            .as_ref()
+            .unwrap()
+            .internal()
+            .get(&keys[1])
+            .unwrap()
+            .flow
+            .clone();
+        changed.mark ^= 0x40;
+        let ext = sim.node(1).external.get_mut(&1).unwrap();
+        ext.upsert(bogus, now);
+        ext.upsert(changed, now);
+        assert_eq!(view_diff(&sim, 0, 1), (0, 1, 1));
+        sim.run_until(now + interval + 1000);
+        assert_all_converged(&sim, 21);
+        let b = sim.nodes[1].as_ref().unwrap().stats();
+        assert_eq!(b.digest_mismatches, 2, "{mode:?}");
+        assert!(b.bulk_swept > 0, "{mode:?}");
+    }
+}
+
+#[test]
+fn digests_go_out_at_the_interval_and_matching_ones_do_nothing() {
+    let mut sim = Sim::new(8, vec![cfg(1), cfg(2)]);
+    churn(&mut sim, &[0, 1], 200, 10, 1000, 100);
+    sim.run_until(3000);
+    assert_all_converged(&sim, 8);
+    let before: Vec<SyncStats> = (0..2)
+        .map(|i| sim.nodes[i].as_ref().unwrap().stats().clone())
+        .collect();
+    let interval = sim.nodes[0].as_ref().unwrap().config().digest_interval_ms;
+    let t = sim.now;
+    sim.run_until(t + 10 * interval);
+    for (i, was) in before.iter().enumerate() {
+        let now = sim.nodes[i].as_ref().unwrap().stats();
+        let sent = now.digests_sent - was.digests_sent;
+        assert!((9..=11).contains(&sent), "node {i}: {sent} digests");
+        let other = sim.nodes[1 - i].as_ref().unwrap().stats();
+        let received = other.digests_received - before[1 - i].digests_received;
+        assert_eq!(received, sent, "no loss: every digest is applied");
+        assert_eq!(now.digest_mismatches, 0);
+        assert_eq!(now.bulks_sent, was.bulks_sent);
+        assert_eq!(now.resyncs_requested_sent, was.resyncs_requested_sent);
+        assert_eq!(now.retransmits, 0);
+    }
+    assert_all_converged(&sim, 8);
+    // Off means off.
+    let mut quiet = Sim::new(
+        8,
+        vec![
+            SyncConfig {
+                digest_interval_ms: 0,
+                ..cfg(1)
+            },
+            cfg(2),
+        ],
+    );
+    quiet.run_until(30_000);
+    assert_eq!(quiet.nodes[0].as_ref().unwrap().stats().digests_sent, 0);
+    assert!(quiet.nodes[1].as_ref().unwrap().stats().digests_sent > 0);
+}
+
+fn digests_in(out: &[Transmit]) -> usize {
+    out.iter()
+        .flat_map(|t| decode_datagram(&t.bytes).map(|d| d.1).unwrap_or_default())
+        .filter(|m| matches!(m, Message::Digest { .. }))
+        .count()
+}
+
+#[test]
+fn a_digest_waits_for_an_empty_queue() {
+    let mut a = Node::new(
+        SyncConfig {
+            window: 1,
+            ..cfg(1)
+        },
+        1,
+        0,
+    )
+    .unwrap();
+    a.on_datagram(&hello(2, 0), 0, 0);
+    let interval = a.config().digest_interval_ms;
+    let mut rng = Rng(3);
+    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    assert_eq!(digests_in(&a.poll_transmit(1)), 0);
+    // The window (1) is full and never acked: the next change waits.
+    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    let mut t = 2;
+    let alive = crate::wire::encode_datagram(
+        &Header {
+            node_id: 2,
+            epoch: 2,
+            ..Header::default()
+        },
+        &[Message::Alive],
+    );
+    while t < 2 * interval {
+        // Keep the peer alive; it never acks.
+        a.on_datagram(&alive, 0, t);
+        assert_eq!(digests_in(&a.poll_transmit(t)), 0, "at {t}");
+        t += 500;
+    }
+    assert_eq!(a.stats().digests_sent, 0);
+    assert_eq!(a.backlog(), (1, 1));
+}
+
+// ---- NOTRACK ------------------------------------------------------------------
+
+fn notrack(id: u32) -> SyncConfig {
+    SyncConfig {
+        mode: Mode::Notrack,
+        ..cfg(id)
+    }
+}
+
+fn assert_no_ftfw_traffic(sim: &Sim, seed: u64) {
+    for n in sim.nodes.iter().flatten() {
+        let s = n.stats();
+        assert_eq!(
+            (s.acks_sent, s.nacks_sent, s.retransmits, s.resumes_sent),
+            (0, 0, 0, 0),
+            "seed {seed}"
+        );
+        assert_eq!(n.backlog().1, 0, "no resend queue");
+    }
+}
+
+#[test]
+fn notrack_converges_without_faults() {
+    for seed in 0..60 {
+        let mut sim = Sim::new(seed, vec![notrack(1), notrack(2)]);
+        churn(&mut sim, &[0, 1], 300, 10, 3000, 200);
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        assert_no_ftfw_traffic(&sim, seed);
+        for n in sim.nodes.iter().flatten() {
+            assert_eq!(n.stats().lost, 0, "seed {seed}");
+            assert_eq!(n.stats().digest_mismatches, 0, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn notrack_loses_under_loss_and_converges_after_request_resync() {
+    let mut diverged = 0;
+    let mut lost = 0;
+    for seed in 0..60 {
+        let c = |id| SyncConfig {
+            digest_interval_ms: 0,
+            ..notrack(id)
+        };
+        let mut sim = Sim::new(seed, vec![c(1), c(2)]);
+        sim.faults.loss = 20;
+        churn(&mut sim, &[0, 1], 300, 10, 3000, 200);
+        sim.faults = Faults::default();
+        sim.run_until(10_000);
+        let broken = (0..2).any(|i| sim.converged(i, 1 - i).is_err());
+        diverged += u64::from(broken);
+        lost += sim
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.stats().lost)
+            .sum::<u64>();
+        // Nothing repairs it but a resync.
+        sim.run_until(20_000);
+        assert_eq!(
+            broken,
+            (0..2).any(|i| sim.converged(i, 1 - i).is_err()),
+            "seed {seed}"
+        );
+        let now = sim.now;
+        sim.node(0).request_resync(now);
+        sim.node(1).request_resync(now);
+        sim.run_until(now + 3000);
+        assert_all_converged(&sim, seed);
+        assert_no_ftfw_traffic(&sim, seed);
+    }
+    assert!(diverged > 10, "20% loss must break many runs: {diverged}");
+    assert!(lost > 0);
+}
+
+#[test]
+fn notrack_digests_heal_loss_without_an_operator() {
+    let mut mismatches = 0;
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, vec![notrack(1), notrack(2)]);
+        sim.faults.loss = 20;
+        churn(&mut sim, &[0, 1], 300, 10, 3000, 200);
+        sim.faults = Faults::default();
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        assert_no_ftfw_traffic(&sim, seed);
+        mismatches += sim.nodes[1].as_ref().unwrap().stats().digest_mismatches;
+    }
+    assert!(mismatches > 0);
+}
+
+#[test]
+fn notrack_restarted_receiver_pulls_a_bulk() {
+    for seed in 0..30 {
+        let c = |id| SyncConfig {
+            digest_interval_ms: 0,
+            ..notrack(id)
+        };
+        let mut sim = Sim::new(seed, vec![c(1), c(2)]);
+        churn(&mut sim, &[0], 200, 10, 1500, 150);
+        sim.nodes[1] = Some(Node::new(c(2), 2000, sim.now).unwrap());
+        sim.run_until(5000);
+        assert_all_converged(&sim, seed);
+        assert!(sim.nodes[0].as_ref().unwrap().stats().bulks_sent >= 1);
+    }
+}
+
+// ---- ALARM ---------------------------------------------------------------------
+
+const REFRESH: u64 = 1000;
+const EXPIRE: u64 = 3200;
+
+fn alarm(id: u32) -> SyncConfig {
+    SyncConfig {
+        mode: Mode::Alarm,
+        alarm_refresh_ms: REFRESH,
+        alarm_timeout_ms: EXPIRE,
+        ..cfg(id)
+    }
+}
+
+/// Nothing but data and keepalives went out.
+fn assert_no_control_but_keepalives(sim: &Sim, seed: u64) {
+    for n in sim.nodes.iter().flatten() {
+        let s = n.stats();
+        assert_eq!(
+            (
+                s.acks_sent,
+                s.nacks_sent,
+                s.resyncs_requested_sent,
+                s.resumes_sent,
+                s.bulks_sent,
+                s.digests_sent,
+                s.retransmits
+            ),
+            (0, 0, 0, 0, 0, 0, 0),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn alarm_converges_through_20_percent_loss_by_refreshing() {
+    let slot = EXPIRE.div_ceil(u64::from(alarm::EXPIRY_SLOTS));
+    let (mut lost, mut expired) = (0, 0);
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, vec![alarm(1), alarm(2)]);
+        sim.faults.loss = 20;
+        churn(&mut sim, &[0, 1], 300, 10, 3000, 200);
+        // The loss goes on for two more refresh periods.
+        sim.run_until(3000 + 2 * REFRESH);
+        sim.faults = Faults::default();
+        let quiet = sim.now;
+        // One refresh period later every live flow is there, as it is.
+        sim.run_until(quiet + REFRESH + 100);
+        for (a, b) in [(0, 1), (1, 0)] {
+            let (missing, _, differ) = view_diff(&sim, a, b);
+            assert_eq!((missing, differ), (0, 0), "seed {seed}: {a} -> {b}");
+        }
+        // Deletes that were lost expire.
+        sim.run_until(quiet + EXPIRE + 2 * slot + 100);
+        assert_all_converged(&sim, seed);
+        assert_no_control_but_keepalives(&sim, seed);
+        for n in sim.nodes.iter().flatten() {
+            assert!(n.stats().alarm_refreshes > 0);
+            lost += n.stats().lost;
+            expired += n.stats().alarm_expired;
+        }
+    }
+    assert!(lost > 0 && expired > 0, "lost {lost}, expired {expired}");
+}
+
+#[test]
+fn alarm_refreshes_every_flow_within_the_period() {
+    let mut sim = Sim::new(2, vec![alarm(1), alarm(2)]);
+    churn(&mut sim, &[0], 200, 10, 500, 100);
+    sim.run_until(1000);
+    let flows = sim.nodes[0].as_ref().unwrap().internal().len() as u64;
+    let before = sim.nodes[0].as_ref().unwrap().stats().alarm_refreshes;
+    sim.run_until(1000 + 10 * REFRESH);
+    let refreshes = sim.nodes[0].as_ref().unwrap().stats().alarm_refreshes - before;
+    // A lap is 90% of the period: 10 periods make 11 laps or so.
+    assert!(refreshes >= 10 * flows, "{refreshes} < 10 x {flows}");
+    assert!(refreshes <= 12 * flows, "{refreshes} > 12 x {flows}");
+}
+
+#[test]
+fn alarm_expires_the_flows_of_a_sender_that_went_silent() {
+    let slot = EXPIRE.div_ceil(u64::from(alarm::EXPIRY_SLOTS));
+    let mut sim = Sim::new(3, vec![alarm(1), alarm(2)]);
+    churn(&mut sim, &[0], 100, 10, 1000, 100);
+    sim.run_until(3000);
+    assert_all_converged(&sim, 3);
+    let n = sim.nodes[1].as_ref().unwrap().external()[&1].len() as u64;
+    assert!(n > 10);
+    sim.cut.insert((0, 1));
+    sim.cut.insert((1, 0));
+    let cut = sim.now;
+    // The last refreshes before the cut are not a lap old: not expired yet.
+    sim.run_until(cut + EXPIRE - 300);
+    assert!(!sim.nodes[1].as_ref().unwrap().external()[&1].is_empty());
+    sim.run_until(cut + EXPIRE + 2 * slot + 50);
+    let b = sim.nodes[1].as_ref().unwrap();
+    assert!(b.external()[&1].is_empty());
+    assert_eq!(b.stats().alarm_expired, n);
+    // Back on the network: the refresh brings everything back.
+    sim.cut.clear();
+    let t = sim.now;
+    sim.run_until(t + REFRESH + 100);
+    assert_all_converged(&sim, 3);
+    assert_no_control_but_keepalives(&sim, 3);
+}
+
+#[test]
+fn alarm_ignores_resync_and_bulk_requests() {
+    let mut a = Node::new(alarm(1), 1, 0).unwrap();
+    assert!(a.poll_transmit(0).is_empty(), "no start-up resync request");
+    a.on_datagram(&hello(2, 0), 0, 1);
+    let mut rng = Rng(1);
+    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    a.request_resync(1);
+    a.send_bulk(1);
+    let msgs: Vec<Message> = a
+        .poll_transmit(1)
+        .iter()
+        .flat_map(|t| decode_datagram(&t.bytes).map(|d| d.1).unwrap_or_default())
+        .collect();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(matches!(msgs[0], Message::Upsert(_)));
+    assert_eq!(a.stats().bulks_sent, 0);
+    assert_eq!(a.stats().resyncs_requested_received, 0);
 }

@@ -20,8 +20,9 @@ pub const MAX_LABELS_LEN: usize = 16;
 
 /// One unit of the sync protocol.
 ///
-/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`) travel in
-/// reliable datagrams; the others in control datagrams. `node` fields name
+/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`, `Digest`)
+/// travel in sequenced (reliable) datagrams; the others in control
+/// datagrams. New variants go at the end: the variant index is on the wire. `node` fields name
 /// the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
 /// more than two nodes share a multicast link) and `epoch` that stream's
 /// epoch (so an ack for a sender's previous life cannot ack its new one).
@@ -59,6 +60,13 @@ pub enum Message {
         from: u32,
     },
     Alive,
+    /// Anti-entropy: the sender's whole table, as it stands after every
+    /// data message before this one, has `count` flows and this
+    /// `FlowCache::digest`.
+    Digest {
+        count: u64,
+        hash: u64,
+    },
 }
 
 impl Message {
@@ -70,6 +78,7 @@ impl Message {
                 | Message::Delete(_)
                 | Message::BulkBegin { .. }
                 | Message::BulkEnd { .. }
+                | Message::Digest { .. }
         )
     }
 }

@@ -426,3 +426,22 @@ proptest! {
         let _ = decode_datagram(&d);
     }
 }
+
+#[test]
+fn digest_golden_bytes_and_round_trip() {
+    let msg = Message::Digest {
+        count: 300,
+        hash: 0x0102_0304_0506_0708,
+    };
+    assert!(msg.is_data());
+    #[rustfmt::skip]
+    let expected = [
+        0x09,                                // Message::Digest, after Alive (8)
+        0xfb, 0x2c, 0x01,                    // count 300 (251 + LE u16)
+        0xfd, 8, 7, 6, 5, 4, 3, 2, 1,        // hash: 253 + LE u64
+    ];
+    assert_eq!(encode_message(&msg), expected);
+    let bytes = encode_datagram(&header(), std::slice::from_ref(&msg));
+    let (_, decoded) = decode_datagram(&bytes).unwrap();
+    assert_eq!(decoded, vec![msg]);
+}

@@ -1,0 +1,402 @@
+//! Replication under stress, on the real kernel: lossy sync links, a burst
+//! that overruns the event socket, a redundant link going down, three nodes
+//! in a multicast group with a restart, NOTRACK and ALARM, anti-entropy.
+//!
+//! Needs root (namespaces, ctnetlink). Addresses: 198.18.0.0/15,
+//! 2001:db8::/32; multicast groups 239.198.18.0/24 (never routed off the
+//! lab's bridges).
+
+mod lab;
+
+use ctsync::flow::Flow;
+use ctsync::kernel::write::{CreateOptions, WriteOp, Writer};
+use lab::{
+    apply_in, comparable, create_in, flow_mix, in_netns, wait_until, Lab, LabSpec, LinkTransport,
+    Node,
+};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn stats(node: &Node) -> Value {
+    serde_json::from_str(&node.ctl_ok(&["-s", "--json"])).expect("stats JSON")
+}
+
+/// The union of the given nodes' internal caches, comparable form.
+fn internal_union(nodes: &[&Node]) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .flat_map(|n| comparable(n.cache_json("-i")))
+        .collect()
+}
+
+/// Wait until `viewer`'s external cache equals the union of `owners'`
+/// internal caches, which must first hold `expected` flows together.
+fn assert_view(viewer: &Node, owners: &[&Node], expected: usize, what: &str) {
+    let owners_ready = wait_until(CONVERGE, || {
+        owners
+            .iter()
+            .map(|n| n.cache_json("-i").len())
+            .sum::<usize>()
+            == expected
+    });
+    assert!(
+        owners_ready,
+        "{what}: the owners never held {expected} flows"
+    );
+    let converged = wait_until(CONVERGE, || {
+        comparable(viewer.cache_json("-e")) == internal_union(owners)
+    });
+    if !converged {
+        let want = internal_union(owners);
+        let have = comparable(viewer.cache_json("-e"));
+        let missing: Vec<_> = want.difference(&have).take(3).collect();
+        let extra: Vec<_> = have.difference(&want).take(3).collect();
+        panic!(
+            "{what}: {}'s external cache ({}) never matched ({})\nmissing: {missing:#?}\nextra: {extra:#?}{}",
+            viewer.name,
+            have.len(),
+            want.len(),
+            viewer.log_tail()
+        );
+    }
+}
+
+/// Drop `percent`% of the sync datagrams a node sends, at random, with an
+/// nft `numgen random` rule on its sync interfaces.
+fn lossy(node: &Node, dir: &std::path::Path, percent: u32) {
+    let rules = format!(
+        "table inet cts_loss {{\n chain out {{\n  type filter hook output priority 0;\n  oifname \"sync*\" udp dport 3780 numgen random mod 100 < {percent} counter drop\n }}\n}}\n"
+    );
+    let file = dir.join(format!("loss-{}.nft", node.name));
+    std::fs::write(&file, rules).expect("write nft rules");
+    let out = node.exec("nft", &["-f", lab::path_str(&file)]);
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Packets the loss rule dropped on a node.
+fn dropped_by_loss_rule(node: &Node) -> u64 {
+    let out = node.exec("nft", &["list", "table", "inet", "cts_loss"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn twenty_percent_loss_both_ways_converges_without_manual_resync() {
+    let mut lab = Lab::new(LabSpec::default());
+    lossy(&lab.a, &lab.dir, 20);
+    lossy(&lab.b, &lab.dir, 20);
+    lab.a.start();
+    lab.b.start();
+    let flows = flow_mix(50_000, 20, false);
+    create_in(&lab.a.ns, flows.clone());
+    let updates: Vec<WriteOp> = flows
+        .iter()
+        .step_by(5)
+        .map(|f| {
+            let mut changed = f.clone();
+            changed.mark = 9_999;
+            WriteOp::Update(changed)
+        })
+        .collect();
+    let deletes: Vec<WriteOp> = flows
+        .iter()
+        .skip(2)
+        .step_by(5)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    assert_eq!((updates.len(), deletes.len()), (10_000, 10_000));
+    apply_in(&lab.a.ns, updates);
+    apply_in(&lab.a.ns, deletes);
+    assert_view(&lab.b, &[&lab.a], 40_000, "20% loss");
+    let marked = lab
+        .b
+        .cache_json("-e")
+        .iter()
+        .filter(|f| f["mark"] == 9_999)
+        .count();
+    assert_eq!(marked, 10_000);
+    let (lost_a, lost_b) = (dropped_by_loss_rule(&lab.a), dropped_by_loss_rule(&lab.b));
+    assert!(
+        lost_a > 100 && lost_b > 0,
+        "the loss rules dropped too little: {lost_a}/{lost_b}"
+    );
+    println!("datagrams dropped by the loss rules: A {lost_a}, B {lost_b}");
+}
+
+/// Raise the host's conntrack limit (a global setting) for the burst, and
+/// put it back afterwards.
+struct ConntrackLimit {
+    max: String,
+    buckets: String,
+}
+
+impl ConntrackLimit {
+    fn raise(max: u32, buckets: u32) -> ConntrackLimit {
+        let read = |k: &str| lab::must("sysctl", &["-n", k]).trim().to_string();
+        let old = ConntrackLimit {
+            max: read("net.netfilter.nf_conntrack_max"),
+            buckets: read("net.netfilter.nf_conntrack_buckets"),
+        };
+        let _ = lab::run(
+            "sysctl",
+            &[
+                "-w",
+                &format!("net.netfilter.nf_conntrack_buckets={buckets}"),
+            ],
+        );
+        lab::must(
+            "sysctl",
+            &["-w", &format!("net.netfilter.nf_conntrack_max={max}")],
+        );
+        old
+    }
+}
+
+impl Drop for ConntrackLimit {
+    fn drop(&mut self) {
+        let _ = lab::run(
+            "sysctl",
+            &[
+                "-w",
+                &format!("net.netfilter.nf_conntrack_max={}", self.max),
+            ],
+        );
+        let _ = lab::run(
+            "sysctl",
+            &[
+                "-w",
+                &format!("net.netfilter.nf_conntrack_buckets={}", self.buckets),
+            ],
+        );
+    }
+}
+
+/// N from the environment (`CTS_BURST`), 500,000 by default.
+fn burst_size() -> usize {
+    std::env::var("CTS_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000)
+}
+
+#[test]
+fn burst_of_creates_reaches_the_peer_complete_and_exact() {
+    let n = burst_size();
+    let _limit = ConntrackLimit::raise(1_200_000, 1_048_576);
+    let mut lab = Lab::new(LabSpec::default());
+    lab.a.start();
+    lab.b.start();
+    let flows: Vec<Flow> = flow_mix(n, 30, false);
+    // The burst: ctsync's batched writer, as fast as the kernel takes it.
+    let started = Instant::now();
+    let report = in_netns(&lab.a.ns, move || {
+        let mut writer = Writer::open().expect("writer");
+        writer.create_all(&flows, &CreateOptions::default())
+    });
+    let burst = started.elapsed();
+    assert_eq!(report.failed, 0, "{:?}", report.first_errors);
+    let burst_end = Instant::now();
+    let complete = wait_until(CONVERGE, || {
+        let (a, b) = (stats(&lab.a), stats(&lab.b));
+        a["internal"]["active"] == n
+            && b["external"]["active"] == n
+            && a["internal_digest"] == b["external_digest"]
+    });
+    let healed_after = burst_end.elapsed();
+    let a = stats(&lab.a);
+    let b = stats(&lab.b);
+    println!(
+        "burst of {n} creates took {:.2} s ({:.0}/s); peer complete {:.2} s after its end; A's event overruns: {}",
+        burst.as_secs_f64(),
+        n as f64 / burst.as_secs_f64(),
+        healed_after.as_secs_f64(),
+        a["kernel_overruns"]
+    );
+    assert!(
+        complete,
+        "B never held exactly A's {n} flows: A {} / B {}",
+        a["internal"], b["external"]
+    );
+    assert!(
+        healed_after <= Duration::from_secs(10),
+        "B completed {:.1} s after the burst (the bound is 10 s)",
+        healed_after.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_redundant_link_takes_over_when_the_active_one_goes_down() {
+    let mut lab = Lab::new(LabSpec {
+        links: 2,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(2_000, 40, false));
+    assert_view(&lab.b, &[&lab.a], 2_000, "before the link failure");
+    let before: Value = stats(&lab.a);
+    assert_eq!(
+        before["links"][0]["active"], true,
+        "link 0 starts active: {}",
+        before["links"]
+    );
+
+    // Mid-stream: flows keep coming while sync0 goes down on A.
+    let ns = lab.a.ns.clone();
+    let writer = std::thread::spawn(move || {
+        for batch in 0..10u8 {
+            create_in(&ns, flow_mix(1_000, 41 + batch, false));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.a.exec("ip", &["link", "set", "sync0", "down"]);
+    assert!(out.status.success());
+    writer.join().expect("writer thread");
+    assert_view(&lab.b, &[&lab.a], 12_000, "after link 0 went down");
+    let after = stats(&lab.a);
+    assert_eq!(after["links"][0]["up"], false, "{}", after["links"]);
+    assert_eq!(after["links"][1]["active"], true, "{}", after["links"]);
+    let text = lab.a.ctl_ok(&["-s"]);
+    assert!(
+        text.contains("link 0 UDP device=sync0 down backup"),
+        "{text}"
+    );
+    assert!(text.contains("link 1 UDP device=sync1 up active"), "{text}");
+
+    // And back: link 0 carries the data again once it is up and heard.
+    let out = lab.a.exec("ip", &["link", "set", "sync0", "up"]);
+    assert!(out.status.success());
+    let back = wait_until(Duration::from_secs(20), || {
+        stats(&lab.a)["links"][0]["active"] == true
+    });
+    assert!(
+        back,
+        "link 0 never became active again: {}",
+        stats(&lab.a)["links"]
+    );
+    create_in(&lab.a.ns, flow_mix(500, 60, false));
+    assert_view(&lab.b, &[&lab.a], 12_500, "after link 0 came back");
+}
+
+#[test]
+fn three_nodes_in_a_multicast_group_converge_across_a_restart() {
+    let mut lab = Lab::new(LabSpec {
+        nodes: 3,
+        transport: LinkTransport::Multicast,
+        ..LabSpec::default()
+    });
+    for n in lab.nodes_mut() {
+        n.start();
+    }
+    let c_ns = lab.c.as_ref().map(|c| c.ns.clone()).expect("node c");
+    create_in(&lab.a.ns, flow_mix(1_000, 70, false));
+    create_in(&lab.b.ns, flow_mix(1_000, 71, false));
+    create_in(&c_ns, flow_mix(1_000, 72, false));
+    {
+        let c = lab.c.as_ref().expect("node c");
+        assert_view(&lab.a, &[&lab.b, c], 2_000, "A sees B and C");
+        assert_view(&lab.b, &[&lab.a, c], 2_000, "B sees A and C");
+        assert_view(c, &[&lab.a, &lab.b], 2_000, "C sees A and B");
+    }
+    // B restarts mid-stream while A and C keep changing.
+    lab.b.kill(libc::SIGKILL);
+    create_in(&lab.a.ns, flow_mix(500, 73, false));
+    lab.b.start();
+    create_in(&c_ns, flow_mix(500, 74, false));
+    let c = lab.c.as_ref().expect("node c");
+    assert_view(&lab.a, &[&lab.b, c], 2_500, "A after B's restart");
+    assert_view(&lab.b, &[&lab.a, c], 3_000, "B after its restart");
+    assert_view(c, &[&lab.a, &lab.b], 2_500, "C after B's restart");
+    // Each peer's flows are kept apart: committing only A's on B writes
+    // exactly A's 1,500 flows into B's kernel.
+    lab.b.ctl_ok(&["commit", "1"]);
+    let b_kernel = lab.b.kernel_table().len();
+    assert_eq!(
+        b_kernel,
+        1_000 + 1_500,
+        "B's own 1,000 flows plus A's 1,500"
+    );
+}
+
+#[test]
+fn notrack_mode_replicates_best_effort() {
+    let mut lab = Lab::new(LabSpec {
+        mode: "notrack",
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(3_000, 80, false));
+    assert_view(&lab.b, &[&lab.a], 3_000, "NOTRACK");
+    // No acknowledgements travel in NOTRACK.
+    let s = stats(&lab.b);
+    assert_eq!(s["resent"], 0);
+}
+
+#[test]
+fn alarm_mode_refreshes_and_expires_what_is_no_longer_refreshed() {
+    let mut lab = Lab::new(LabSpec {
+        mode: "alarm",
+        sync_extra: "alarm_refresh_s = 1\nalarm_timeout_s = 3".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(1_000, 90, false));
+    assert_view(&lab.b, &[&lab.a], 1_000, "ALARM");
+    // A dies: nothing refreshes its flows on B any more; they expire.
+    lab.a.kill(libc::SIGKILL);
+    let killed = Instant::now();
+    let expired = wait_until(Duration::from_secs(15), || {
+        lab.b.cache_json("-e").is_empty()
+    });
+    let took = killed.elapsed();
+    assert!(
+        expired,
+        "B still holds A's flows {:.1} s after A died",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "expired too early: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(stats(&lab.b)["alarm_expired"].as_u64().unwrap_or(0) >= 1_000);
+}
+
+#[test]
+fn anti_entropy_restores_a_flow_removed_behind_the_daemons_back() {
+    let mut lab = Lab::new(LabSpec {
+        sync_extra: "digest_interval_ms = 2000".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(1_000, 95, false));
+    assert_view(&lab.b, &[&lab.a], 1_000, "before the damage");
+    let out = lab.b.ctl_ok(&["debug-drop-external", "5"]);
+    assert!(out.contains("dropped 5"), "{out}");
+    assert_eq!(lab.b.cache_json("-e").len(), 995);
+    // No -n: the next digest (every 2 s) shows the difference.
+    let restored = wait_until(Duration::from_secs(6), || {
+        lab.b.cache_json("-e").len() == 1_000
+    });
+    assert!(
+        restored,
+        "the dropped flows were not restored within the digest interval"
+    );
+    assert_view(&lab.b, &[&lab.a], 1_000, "after anti-entropy");
+    assert!(stats(&lab.b)["digest_mismatches"].as_u64().unwrap_or(0) >= 1);
+}

@@ -1,0 +1,257 @@
+//! The invariant of a converged cluster, and what a violation looks like.
+//!
+//! Owns: comparing every node's external view of a peer with that peer's
+//! internal cache (and each internal cache with its kernel), and describing
+//! the differences. Must not: change any state or decide when to check.
+
+use super::workload::Kernel;
+use crate::cache::FlowCache;
+use crate::flow::{proto_name, Flow};
+use crate::sync::Node;
+use std::fmt;
+
+/// One way the views disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Difference {
+    /// `owner` has the flow; `viewer`'s external view of it does not.
+    Missing { owner: u32, viewer: u32, flow: Flow },
+    /// `viewer` holds a flow for `owner` that `owner` does not have.
+    Extra { owner: u32, viewer: u32, flow: Flow },
+    /// Both have the flow, in different states.
+    Differs {
+        owner: u32,
+        viewer: u32,
+        want: Box<Flow>,
+        got: Box<Flow>,
+    },
+    /// A node's internal cache is not what its kernel holds.
+    Internal {
+        node: u32,
+        kernel: Option<Flow>,
+        internal: Option<Flow>,
+    },
+    /// A node is down when it should be up.
+    Down { node: u32 },
+}
+
+fn show(f: &Flow) -> String {
+    let mut s = format!(
+        "{} zone={} {} reply: {} status={:#x} mark={} {:?}",
+        proto_name(f.orig.proto),
+        f.zone,
+        f.orig,
+        f.reply,
+        f.status,
+        f.mark,
+        f.state
+    );
+    if let Some(l) = &f.labels {
+        s.push_str(&format!(" labels={l:02x?}"));
+    }
+    if let Some(h) = &f.helper {
+        s.push_str(&format!(" helper={h}"));
+    }
+    s
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Difference::Missing {
+                owner,
+                viewer,
+                flow,
+            } => write!(f, "node {viewer} lacks node {owner}'s flow {}", show(flow)),
+            Difference::Extra {
+                owner,
+                viewer,
+                flow,
+            } => write!(
+                f,
+                "node {viewer} holds for node {owner} a flow it does not have: {}",
+                show(flow)
+            ),
+            Difference::Differs {
+                owner,
+                viewer,
+                want,
+                got,
+            } => write!(
+                f,
+                "node {viewer}'s copy of node {owner}'s flow differs:\n      want {}\n      got  {}",
+                show(want),
+                show(got)
+            ),
+            Difference::Internal {
+                node,
+                kernel,
+                internal,
+            } => write!(
+                f,
+                "node {node}'s internal cache is not its kernel: kernel {} / internal {}",
+                kernel.as_ref().map_or("-".into(), show),
+                internal.as_ref().map_or("-".into(), show)
+            ),
+            Difference::Down { node } => write!(f, "node {node} is down"),
+        }
+    }
+}
+
+/// Differences between what `viewer` holds for `owner` and `owner`'s
+/// internal cache, in key order.
+pub fn compare_view(
+    owner: u32,
+    internal: &FlowCache,
+    viewer: u32,
+    view: Option<&FlowCache>,
+    out: &mut Vec<Difference>,
+) {
+    let empty = FlowCache::new();
+    let view = view.unwrap_or(&empty);
+    // Fast path: the common case at every periodic check.
+    if view.len() == internal.len()
+        && internal
+            .iter()
+            .all(|(k, e)| view.get(k).is_some_and(|v| v.flow.same_state(&e.flow)))
+    {
+        return;
+    }
+    let mut found = Vec::new();
+    for (k, e) in internal.iter() {
+        match view.get(k) {
+            None => found.push(Difference::Missing {
+                owner,
+                viewer,
+                flow: e.flow.clone(),
+            }),
+            Some(v) if !v.flow.same_state(&e.flow) => found.push(Difference::Differs {
+                owner,
+                viewer,
+                want: Box::new(e.flow.clone()),
+                got: Box::new(v.flow.clone()),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in view.iter() {
+        if !internal.contains(k) {
+            found.push(Difference::Extra {
+                owner,
+                viewer,
+                flow: v.flow.clone(),
+            });
+        }
+    }
+    found.sort_by_key(|d| match d {
+        Difference::Missing { flow, .. } | Difference::Extra { flow, .. } => Some(flow.key()),
+        Difference::Differs { want, .. } => Some(want.key()),
+        _ => None,
+    });
+    out.extend(found);
+}
+
+/// Differences between a kernel table and the internal cache fed from it.
+pub fn compare_internal(
+    node: u32,
+    kernel: &Kernel,
+    internal: &FlowCache,
+    out: &mut Vec<Difference>,
+) {
+    for (k, f) in kernel.iter() {
+        let cached = internal.get(k).map(|e| &e.flow);
+        if !cached.is_some_and(|c| c.same_state(f)) {
+            out.push(Difference::Internal {
+                node,
+                kernel: Some(f.clone()),
+                internal: cached.cloned(),
+            });
+        }
+    }
+    let mut extra: Vec<&Flow> = internal
+        .iter()
+        .filter(|(k, _)| kernel.get(k).is_none())
+        .map(|(_, e)| &e.flow)
+        .collect();
+    extra.sort_by_key(|f| f.key());
+    out.extend(extra.into_iter().map(|f| Difference::Internal {
+        node,
+        kernel: None,
+        internal: Some(f.clone()),
+    }));
+}
+
+/// The whole invariant over a cluster of (node id, node if up, kernel):
+/// every view of every peer matches, every internal cache matches its
+/// kernel. Returns the differences in a reproducible order.
+pub fn check_cluster(nodes: &[(u32, Option<&Node>, &Kernel)]) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for &(id, node, kernel) in nodes {
+        let Some(node) = node else {
+            out.push(Difference::Down { node: id });
+            continue;
+        };
+        compare_internal(id, kernel, node.internal(), &mut out);
+    }
+    for &(owner, owner_node, _) in nodes {
+        let Some(owner_node) = owner_node else {
+            continue;
+        };
+        for &(viewer, viewer_node, _) in nodes {
+            let Some(viewer_node) = viewer_node else {
+                continue;
+            };
+            if viewer == owner {
+                continue;
+            }
+            compare_view(
+                owner,
+                owner_node.internal(),
+                viewer,
+                viewer_node.external().get(&owner),
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::rng::Rng;
+    use crate::sim::workload::new_flow;
+
+    #[test]
+    fn view_comparison_finds_missing_extra_and_changed() {
+        let mut rng = Rng::new(1);
+        let a = new_flow(&mut rng, 0, 1);
+        let b = new_flow(&mut rng, 0, 2);
+        let c = new_flow(&mut rng, 0, 3);
+        let mut internal = FlowCache::new();
+        internal.upsert(a.clone(), 0);
+        internal.upsert(b.clone(), 0);
+        let mut view = FlowCache::new();
+        let mut a_later = a.clone();
+        a_later.timeout ^= 77;
+        view.upsert(a_later, 5);
+        let mut out = Vec::new();
+        compare_view(1, &internal, 2, Some(&view), &mut out);
+        assert_eq!(out.len(), 1, "timeout alone is no difference: {out:?}");
+        assert!(matches!(&out[0], Difference::Missing { flow, .. } if *flow == b));
+        let mut b2 = b.clone();
+        b2.mark ^= 1;
+        view.upsert(b2, 5);
+        view.upsert(c.clone(), 5);
+        out.clear();
+        compare_view(1, &internal, 2, Some(&view), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().any(|d| matches!(d, Difference::Differs { .. })));
+        assert!(out
+            .iter()
+            .any(|d| matches!(d, Difference::Extra { flow, .. } if *flow == c)));
+        out.clear();
+        compare_view(1, &internal, 2, None, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|d| d.to_string().contains("lacks")));
+    }
+}

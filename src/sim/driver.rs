@@ -1,0 +1,500 @@
+//! The simulation's event loop: nodes, their kernels, the network, the
+//! workload and the fault schedule on one virtual clock.
+//!
+//! Owns: `Sim`, which always advances to the earliest of (next delivery, any
+//! node's deadline, next workload change, next fault, next periodic check),
+//! restarts nodes as the daemon would (a new Node with a new epoch, primed
+//! from its kernel), heals the network and checks the invariant. Must not:
+//! read the clock, touch a socket, or let anything but the seed decide (no
+//! HashMap order: every collection it walks is ordered).
+
+use super::check::{check_cluster, Difference};
+use super::net::{Faults, Network};
+use super::params::SimParams;
+use super::report::{FailureKind, SimFailure, SimReport};
+use super::rng::Rng;
+use super::workload::{next_change, Kernel};
+use crate::flow::Flow;
+use crate::sync::{Node, SyncConfig, SyncStats};
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// How often the invariant is checked after the heal (the resolution of the
+/// reported convergence time).
+pub const CHECK_EVERY_MS: u64 = 100;
+/// Longest a crashed node stays down.
+const MAX_DOWN_MS: u64 = 3_000;
+/// Partition lengths: some shorter, some longer than the peer timeout.
+const MIN_CUT_MS: u64 = 200;
+const MAX_CUT_MS: u64 = 8_000;
+
+// Purpose tags of the Rng streams (see `Rng::stream`).
+const NET_STREAM: u64 = 2;
+const WORK_STREAM: u64 = 3;
+const FAULT_STREAM: u64 = 4;
+const EPOCH_STREAM: u64 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// The node's kernel changes (and, if it is up, its Node is told).
+    Change(usize),
+    CutOff(usize),
+    Rejoin(usize),
+    /// The daemon dies; `u64` names this crash for its restart.
+    Crash(usize, u64),
+    Restart(usize, u64),
+    Heal,
+}
+
+/// One simulated firewall: its daemon (if running) and its kernel table.
+#[derive(Debug)]
+struct Host {
+    id: u32,
+    node: Option<Node>,
+    kernel: Kernel,
+    /// Epochs this host has used: a restart never reuses one or a neighbour.
+    epochs: Vec<u64>,
+    /// The crash it is down for, if down.
+    down: Option<u64>,
+    /// Nested partitions in force.
+    cuts: u32,
+    /// Counters of the Nodes that crashed.
+    dead_stats: Vec<SyncStats>,
+}
+
+/// A whole simulated cluster. `run` drives one from seed to verdict; the
+/// pieces are public so tests can step, inspect and tamper.
+#[derive(Debug)]
+pub struct Sim {
+    seed: u64,
+    params: SimParams,
+    now: u64,
+    /// The last instant every node was polled at.
+    polled_at: Option<u64>,
+    hosts: Vec<Host>,
+    net: Network,
+    net_rng: Rng,
+    work_rng: Rng,
+    epoch_rng: Rng,
+    events: BTreeMap<(u64, u64), Event>,
+    event_order: u64,
+    heal_at: u64,
+    end_at: u64,
+    next_check: u64,
+    /// The last periodic check after the heal that found differences.
+    last_bad_check: Option<u64>,
+    changes: u64,
+    restarts: u64,
+    partitions: u64,
+}
+
+impl Sim {
+    /// Build the cluster and schedule its workload and faults.
+    pub fn new(seed: u64, params: &SimParams) -> Result<Sim, SimFailure> {
+        let n = params.nodes.max(1);
+        let heal_at = params.workload_ms;
+        let mut sim = Sim {
+            seed,
+            params: params.clone(),
+            now: 0,
+            polled_at: None,
+            hosts: Vec::with_capacity(n),
+            net: Network::new(
+                n,
+                Faults {
+                    loss: params.loss,
+                    dup: params.dup,
+                    reorder: params.reorder,
+                },
+            ),
+            net_rng: Rng::stream(seed, NET_STREAM),
+            work_rng: Rng::stream(seed, WORK_STREAM),
+            epoch_rng: Rng::stream(seed, EPOCH_STREAM),
+            events: BTreeMap::new(),
+            event_order: 0,
+            heal_at,
+            end_at: heal_at + params.quiet_ms,
+            next_check: heal_at,
+            last_bad_check: None,
+            changes: 0,
+            restarts: 0,
+            partitions: 0,
+        };
+        for i in 0..n {
+            let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            sim.hosts.push(Host {
+                id,
+                node: None,
+                kernel: Kernel::default(),
+                epochs: Vec::new(),
+                down: None,
+                cuts: 0,
+                dead_stats: Vec::new(),
+            });
+            sim.start_node(i)?;
+        }
+        sim.schedule(seed);
+        Ok(sim)
+    }
+
+    fn schedule(&mut self, seed: u64) {
+        let n = self.hosts.len() as u64;
+        let span = self.params.workload_ms.max(1);
+        let mut r = Rng::stream(seed, FAULT_STREAM);
+        for i in 0..self.hosts.len() {
+            for _ in 0..self.params.ops_per_node {
+                let at = r.below(span);
+                self.push_event(at, Event::Change(i));
+            }
+        }
+        if self.params.partitions {
+            for _ in 0..r.range(1, 3) {
+                let node = r.below(n) as usize;
+                let from = r.below(span);
+                let to = (from + r.range(MIN_CUT_MS, MAX_CUT_MS)).min(self.heal_at);
+                self.push_event(from, Event::CutOff(node));
+                self.push_event(to, Event::Rejoin(node));
+            }
+        }
+        if self.params.restarts {
+            for crash in 0..r.range(1, 2) {
+                let node = r.below(n) as usize;
+                let at = r.below(span);
+                let back = (at + r.range(0, MAX_DOWN_MS)).min(self.heal_at);
+                self.push_event(at, Event::Crash(node, crash));
+                self.push_event(back, Event::Restart(node, crash));
+            }
+        }
+        self.push_event(self.heal_at, Event::Heal);
+    }
+
+    fn push_event(&mut self, at: u64, e: Event) {
+        self.event_order += 1;
+        self.events.insert((at, self.event_order), e);
+    }
+
+    fn config(&self, id: u32) -> SyncConfig {
+        SyncConfig {
+            mode: self.params.mode,
+            node_id: id,
+            window: self.params.window.max(1),
+            ..SyncConfig::default()
+        }
+    }
+
+    /// An epoch far from every one this host used (a neighbour would read as
+    /// a stale datagram of the same run, which no real restart produces).
+    fn fresh_epoch(&mut self, i: usize) -> u64 {
+        loop {
+            let e = self.epoch_rng.next_u64();
+            let used = self.hosts.get(i).map_or(&[][..], |h| &h.epochs[..]);
+            if !used.iter().any(|&u| e.abs_diff(u) <= 1) {
+                return e;
+            }
+        }
+    }
+
+    /// Start host `i`'s daemon as `ctsyncd` does: a new Node with a new
+    /// epoch, its internal cache primed from the kernel without replicating.
+    fn start_node(&mut self, i: usize) -> Result<(), SimFailure> {
+        let epoch = self.fresh_epoch(i);
+        let now = self.now;
+        let Some(host) = self.hosts.get(i) else {
+            return Ok(());
+        };
+        let cfg = self.config(host.id);
+        let mut node = Node::new(cfg, epoch, now).map_err(|e| {
+            SimFailure::new(
+                self.seed,
+                &self.params,
+                FailureKind::Setup(e.to_string()),
+                Vec::new(),
+                now,
+            )
+        })?;
+        if let Some(host) = self.hosts.get_mut(i) {
+            node.reconcile_internal(host.kernel.dump(), now, false);
+            host.epochs.push(epoch);
+            host.node = Some(node);
+            host.down = None;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, e: Event) -> Result<(), SimFailure> {
+        let now = self.now;
+        match e {
+            Event::Change(i) => {
+                let slots = self.params.flows_per_node;
+                let Some(host) = self.hosts.get_mut(i) else {
+                    return Ok(());
+                };
+                let change = next_change(&mut self.work_rng, &host.kernel, i, slots);
+                host.kernel.apply(&change);
+                self.changes += 1;
+                if let Some(node) = host.node.as_mut() {
+                    match change {
+                        super::workload::Change::Upsert(f) => node.local_upsert(f, now, true),
+                        super::workload::Change::Delete(k) => node.local_delete(&k, now, true),
+                    }
+                }
+            }
+            Event::CutOff(i) => {
+                if let Some(h) = self.hosts.get_mut(i) {
+                    h.cuts += 1;
+                    self.partitions += 1;
+                    self.net.cut_off(i);
+                }
+            }
+            Event::Rejoin(i) => {
+                if let Some(h) = self.hosts.get_mut(i) {
+                    h.cuts = h.cuts.saturating_sub(1);
+                    if h.cuts == 0 {
+                        self.net.rejoin(i);
+                    }
+                }
+            }
+            Event::Crash(i, crash) => {
+                if let Some(h) = self.hosts.get_mut(i) {
+                    if let Some(node) = h.node.take() {
+                        h.dead_stats.push(node.stats().clone());
+                        h.down = Some(crash);
+                        self.net.drop_to(i);
+                    }
+                }
+            }
+            Event::Restart(i, crash) => {
+                if self.hosts.get(i).is_some_and(|h| h.down == Some(crash)) {
+                    self.restarts += 1;
+                    self.start_node(i)?;
+                }
+            }
+            Event::Heal => {
+                self.net.set_faults(Faults::default());
+                for i in 0..self.hosts.len() {
+                    if let Some(h) = self.hosts.get_mut(i) {
+                        h.cuts = 0;
+                    }
+                    self.net.rejoin(i);
+                    if self.hosts.get(i).is_some_and(|h| h.node.is_none()) {
+                        self.restarts += 1;
+                        self.start_node(i)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest thing that happens next, if before the end.
+    fn next_time(&self) -> u64 {
+        let mut t = self.end_at.saturating_add(1);
+        let mut at = |x: u64| t = t.min(x);
+        if let Some(x) = self.net.next_at() {
+            at(x);
+        }
+        if let Some(&(x, _)) = self.events.keys().next() {
+            at(x);
+        }
+        at(self.next_check);
+        for h in &self.hosts {
+            if let Some(d) = h.node.as_ref().and_then(Node::next_deadline) {
+                at(d);
+            }
+        }
+        // Everything due at the last instant was done then: move on.
+        match self.polled_at {
+            Some(p) if t <= p => p + 1,
+            _ => t,
+        }
+    }
+
+    /// Process one instant. False once past the end.
+    pub fn step(&mut self) -> Result<bool, SimFailure> {
+        let t = self.next_time();
+        if t > self.end_at {
+            self.now = self.now.max(self.end_at);
+            return Ok(false);
+        }
+        self.now = t;
+        while let Some(entry) = self.events.first_entry() {
+            if entry.key().0 > t {
+                break;
+            }
+            let e = entry.remove();
+            self.apply(e)?;
+        }
+        while let Some(d) = self.net.pop_due(t) {
+            if let Some(node) = self.hosts.get_mut(d.to).and_then(|h| h.node.as_mut()) {
+                node.on_datagram(&d.bytes, d.link, t);
+            }
+        }
+        for i in 0..self.hosts.len() {
+            let out = match self.hosts.get_mut(i).and_then(|h| h.node.as_mut()) {
+                Some(node) => node.poll_transmit(t),
+                None => continue,
+            };
+            for tx in out {
+                self.net.send(&mut self.net_rng, t, i, tx.link, &tx.bytes);
+            }
+        }
+        self.polled_at = Some(t);
+        if t >= self.next_check {
+            if !self.differences().is_empty() {
+                self.last_bad_check = Some(t);
+            }
+            self.next_check = t + CHECK_EVERY_MS;
+        }
+        Ok(true)
+    }
+
+    /// Run every instant up to and including `t` (at most the end).
+    pub fn run_until(&mut self, t: u64) -> Result<(), SimFailure> {
+        while self.next_time() <= t.min(self.end_at) {
+            self.step()?;
+        }
+        self.now = self.now.max(t.min(self.end_at));
+        Ok(())
+    }
+
+    /// Run the workload, the faults, the heal and the quiet phase.
+    pub fn run_to_end(&mut self) -> Result<(), SimFailure> {
+        while self.step()? {}
+        Ok(())
+    }
+
+    /// The invariant's differences right now.
+    pub fn differences(&self) -> Vec<Difference> {
+        let view: Vec<(u32, Option<&Node>, &Kernel)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.id, h.node.as_ref(), &h.kernel))
+            .collect();
+        check_cluster(&view)
+    }
+
+    /// The verdict: the report if every view holds now and held soon enough
+    /// after the heal.
+    pub fn finish(self) -> Result<SimReport, SimFailure> {
+        let diffs = self.differences();
+        if !diffs.is_empty() {
+            return Err(SimFailure::new(
+                self.seed,
+                &self.params,
+                FailureKind::Diverged,
+                diffs,
+                self.now,
+            ));
+        }
+        let converged_after_ms = self
+            .last_bad_check
+            .map_or(0, |t| (t + CHECK_EVERY_MS).saturating_sub(self.heal_at));
+        if converged_after_ms > self.params.converge_within_ms {
+            return Err(SimFailure::new(
+                self.seed,
+                &self.params,
+                FailureKind::Slow { converged_after_ms },
+                Vec::new(),
+                self.now,
+            ));
+        }
+        Ok(self.report(converged_after_ms))
+    }
+
+    fn report(&self, converged_after_ms: u64) -> SimReport {
+        let all_stats: Vec<&SyncStats> = self
+            .hosts
+            .iter()
+            .flat_map(|h| h.dead_stats.iter().chain(h.node.as_ref().map(Node::stats)))
+            .collect();
+        let sum = |f: fn(&SyncStats) -> u64| all_stats.iter().map(|s| f(s)).sum();
+        SimReport {
+            seed: self.seed,
+            params: self.params.clone(),
+            heal_ms: self.heal_at,
+            end_ms: self.now,
+            converged_after_ms,
+            changes: self.changes,
+            restarts: self.restarts,
+            partitions: self.partitions,
+            flows: self
+                .hosts
+                .iter()
+                .map(|h| h.node.as_ref().map_or(0, |n| n.internal().len()))
+                .collect(),
+            net: self.net.stats(),
+            retransmits: sum(|s| s.retransmits),
+            nacks_sent: sum(|s| s.nacks_sent),
+            bulks_sent: sum(|s| s.bulks_sent),
+            resumes_sent: sum(|s| s.resumes_sent),
+            digest: self.digest(&all_stats),
+        }
+    }
+
+    /// A fingerprint of every cache (in key order) and every counter.
+    fn digest(&self, stats: &[&SyncStats]) -> u64 {
+        let mut h = DefaultHasher::new();
+        let sorted = |c: &crate::cache::FlowCache| {
+            let mut v: Vec<&Flow> = c.flows().collect();
+            v.sort_by_key(|f| f.key());
+            v.into_iter().cloned().collect::<Vec<Flow>>()
+        };
+        for host in &self.hosts {
+            host.id.hash(&mut h);
+            host.epochs.hash(&mut h);
+            if let Some(node) = &host.node {
+                sorted(node.internal()).hash(&mut h);
+                for (peer, cache) in node.external() {
+                    peer.hash(&mut h);
+                    sorted(cache).hash(&mut h);
+                }
+            }
+        }
+        for s in stats {
+            format!("{s:?}").hash(&mut h);
+        }
+        format!("{:?}", self.net.stats()).hash(&mut h);
+        h.finish()
+    }
+
+    // ---- inspection, for tests and the CLI ---------------------------------
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn heal_at(&self) -> u64 {
+        self.heal_at
+    }
+
+    pub fn end_at(&self) -> u64 {
+        self.end_at
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Node id of host `i` (ids are `i + 1`).
+    pub fn node_id(&self, i: usize) -> Option<u32> {
+        self.hosts.get(i).map(|h| h.id)
+    }
+
+    /// Host `i`'s daemon, if it is up.
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.hosts.get(i).and_then(|h| h.node.as_ref())
+    }
+
+    /// Host `i`'s daemon, to tamper with (tests of the checker).
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut Node> {
+        self.hosts.get_mut(i).and_then(|h| h.node.as_mut())
+    }
+
+    pub fn kernel(&self, i: usize) -> Option<&Kernel> {
+        self.hosts.get(i).map(|h| &h.kernel)
+    }
+}

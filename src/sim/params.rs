@@ -1,0 +1,175 @@
+//! What one simulated run looks like: the cluster size, the mode, the
+//! network's faults and the workload, all drawn from a seed.
+//!
+//! Owns: `SimParams` and `params_for_seed`. Must not: run anything or keep
+//! state; the same seed always gives the same parameters.
+
+use super::rng::Rng;
+use crate::sync::Mode;
+use std::fmt;
+
+/// The knobs of one run. Every field is drawn by `params_for_seed`; callers
+/// may override some (the CLI's `--mode` and `--nodes`) before running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimParams {
+    /// Nodes in the group (every datagram goes to every other node).
+    pub nodes: usize,
+    pub mode: Mode,
+    /// Chance that one copy of a datagram is lost, in percent (0..=50).
+    pub loss: u32,
+    /// Chance that a datagram is delivered twice, in percent.
+    pub dup: u32,
+    /// Most extra delay of one datagram, in ms (random per copy, so
+    /// datagrams overtake each other); 0 keeps them in order.
+    pub reorder: u64,
+    /// Whether nodes are cut off (both directions) for random intervals.
+    pub partitions: bool,
+    /// Whether nodes crash and come back as a new Node with a new epoch.
+    pub restarts: bool,
+    /// The sync window (the resend queue's bound): small ones force the
+    /// resume-and-bulk path.
+    pub window: usize,
+    /// Distinct flows each node may own at once.
+    pub flows_per_node: u32,
+    /// Kernel changes (create, update, delete) per node.
+    pub ops_per_node: u32,
+    /// How long the workload and the faults last (virtual ms).
+    pub workload_ms: u64,
+    /// How long the healed, idle network runs before the final check.
+    pub quiet_ms: u64,
+    /// Every view must hold, continuously to the end, this soon after the
+    /// heal (a liveness bound; must be below `quiet_ms`).
+    pub converge_within_ms: u64,
+}
+
+impl fmt::Display for SimParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nodes={} mode={} loss={}% dup={}% reorder<={}ms partitions={} restarts={} \
+             window={} flows/node={} ops/node={} workload={}ms quiet={}ms converge<={}ms",
+            self.nodes,
+            mode_name(self.mode),
+            self.loss,
+            self.dup,
+            self.reorder,
+            self.partitions,
+            self.restarts,
+            self.window,
+            self.flows_per_node,
+            self.ops_per_node,
+            self.workload_ms,
+            self.quiet_ms,
+            self.converge_within_ms
+        )
+    }
+}
+
+/// The mode as the CLI and the config spell it.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Ftfw => "ftfw",
+        Mode::Notrack => "notrack",
+        Mode::Alarm => "alarm",
+    }
+}
+
+impl SimParams {
+    /// The same run in another mode, with the quiet phase and the
+    /// convergence bound that mode needs: ALARM repairs a lost update only
+    /// at the next refresh and a lost delete only when the peer's copy
+    /// expires (defaults: every 60 s, after 180 s), so its runs go quiet for
+    /// longer.
+    pub fn with_mode(mut self, mode: Mode) -> SimParams {
+        self.mode = mode;
+        let (quiet_ms, converge_within_ms) = match mode {
+            Mode::Ftfw | Mode::Notrack => (30_000, 20_000),
+            Mode::Alarm => (400_000, 300_000),
+        };
+        self.quiet_ms = quiet_ms;
+        self.converge_within_ms = converge_within_ms;
+        self
+    }
+}
+
+/// Parse `ftfw`, `notrack` or `alarm`.
+pub fn parse_mode(s: &str) -> Option<Mode> {
+    match s {
+        "ftfw" => Some(Mode::Ftfw),
+        "notrack" => Some(Mode::Notrack),
+        "alarm" => Some(Mode::Alarm),
+        _ => None,
+    }
+}
+
+/// Purpose tag of the parameter stream (see `Rng::stream`).
+const PARAMS_STREAM: u64 = 1;
+
+/// The parameters of `seed`: 2 or 3 nodes, FTFW, and faults of every kind
+/// in random strengths. Small on purpose: thousands of seeds run per minute.
+pub fn params_for_seed(seed: u64) -> SimParams {
+    let mut r = Rng::stream(seed, PARAMS_STREAM);
+    let nodes = if r.chance(50) { 2 } else { 3 };
+    // A quarter of the runs are clean in each respect, so the plain paths
+    // stay covered too.
+    let loss = if r.chance(75) {
+        r.range(1, 50) as u32
+    } else {
+        0
+    };
+    let dup = if r.chance(60) {
+        r.range(1, 25) as u32
+    } else {
+        0
+    };
+    let reorder = if r.chance(75) { r.range(1, 200) } else { 0 };
+    let partitions = r.chance(50);
+    let restarts = r.chance(50);
+    let window = match r.below(4) {
+        0 => r.range(2, 8) as usize,
+        1 => 64,
+        _ => 4096,
+    };
+    let p = SimParams {
+        nodes,
+        mode: Mode::Ftfw,
+        loss,
+        dup,
+        reorder,
+        partitions,
+        restarts,
+        window,
+        flows_per_node: r.range(8, 40) as u32,
+        ops_per_node: r.range(10, 80) as u32,
+        workload_ms: r.range(1_000, 6_000),
+        quiet_ms: 0,
+        converge_within_ms: 0,
+    };
+    p.with_mode(Mode::Ftfw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_a_function_of_the_seed_and_vary() {
+        assert_eq!(params_for_seed(42), params_for_seed(42));
+        let all: Vec<SimParams> = (0..200).map(params_for_seed).collect();
+        assert!(all.iter().any(|p| p.nodes == 2) && all.iter().any(|p| p.nodes == 3));
+        assert!(all.iter().any(|p| p.partitions) && all.iter().any(|p| p.restarts));
+        assert!(all.iter().all(|p| p.loss <= 50));
+        assert!(all.iter().any(|p| p.loss >= 40));
+        assert!(all
+            .iter()
+            .all(|p| p.converge_within_ms < p.quiet_ms && p.mode == Mode::Ftfw));
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in [Mode::Ftfw, Mode::Notrack, Mode::Alarm] {
+            assert_eq!(parse_mode(mode_name(m)), Some(m));
+        }
+        assert_eq!(parse_mode("FTFW"), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! The deterministic simulation of the sync cores, as a test: thousands of
+//! seeds of FTFW clusters (two and three nodes) through loss, duplication,
+//! reordering, partitions and restarts must all converge; a seed must
+//! replay exactly; the checker must catch a broken view.
+
+use ctsync::sim::{
+    params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim, SimReport,
+};
+use std::time::Instant;
+
+/// Seeds the suite runs (at least 2,000 by the issue).
+const SEEDS: u64 = 3_000;
+
+#[test]
+fn thousands_of_seeds_converge_through_every_fault() {
+    let started = Instant::now();
+    let results = run_seeds(0, SEEDS, 2, |_| {});
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "sim: {} seeds in {wall:.1} s ({:.0} seeds/s)",
+        results.len(),
+        results.len() as f64 / wall.max(1e-9)
+    );
+    assert_eq!(results.len() as u64, SEEDS);
+    let mut failures = Vec::new();
+    let mut ok: Vec<&SimReport> = Vec::new();
+    for (seed, r) in &results {
+        match r {
+            Ok(report) => ok.push(report),
+            Err(f) => failures.push(format!("{f}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {SEEDS} seeds failed; the first:\n{}",
+        failures.len(),
+        failures[..failures.len().min(3)].join("\n")
+    );
+    let worst = ok.iter().max_by_key(|r| r.converged_after_ms);
+    if let Some(w) = worst {
+        println!(
+            "sim: worst convergence {} ms after the heal (seed {})",
+            w.converged_after_ms, w.seed
+        );
+    }
+    // The runs really went through what they claim to.
+    let count = |f: &dyn Fn(&SimReport) -> bool| ok.iter().filter(|r| f(r)).count();
+    assert!(count(&|r| r.params.nodes == 2) > 100);
+    assert!(count(&|r| r.params.nodes == 3) > 100);
+    assert!(count(&|r| r.restarts > 0) > 100, "restarts");
+    assert!(count(&|r| r.partitions > 0) > 100, "partitions");
+    assert!(count(&|r| r.net.lost > 0) > 1000, "loss");
+    assert!(count(&|r| r.net.duplicated > 0) > 500, "duplication");
+    assert!(count(&|r| r.nacks_sent > 0) > 500, "NACKs");
+    assert!(count(&|r| r.resumes_sent > 0) > 10, "resume after overrun");
+    assert!(
+        count(&|r| r.flows.iter().sum::<usize>() > 10) > 1000,
+        "flows"
+    );
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in 0..200 {
+        let first = run_seed(seed);
+        let again = run_seed(seed);
+        assert_eq!(
+            first,
+            again,
+            "seed {seed} did not replay identically (digest {:?} vs {:?})",
+            first.as_ref().map(|r| r.digest),
+            again.as_ref().map(|r| r.digest)
+        );
+    }
+}
+
+/// A seed whose run ends with flows on both sides.
+fn busy_seed() -> (u64, ctsync::sim::SimParams) {
+    (0..)
+        .map(|s| (s, params_for_seed(s)))
+        .find(|(_, p)| p.nodes == 3 && p.restarts && p.loss > 10)
+        .unwrap()
+}
+
+#[test]
+fn the_checker_catches_a_flow_dropped_from_a_view() {
+    let (seed, params) = busy_seed();
+    let mut sim = Sim::new(seed, &params).unwrap();
+    sim.run_to_end().unwrap();
+    assert!(sim.differences().is_empty(), "{:?}", sim.differences());
+    let owner = sim.node_id(0).unwrap();
+    let key = *sim
+        .node(0)
+        .unwrap()
+        .internal()
+        .keys()
+        .min()
+        .expect("node 1 has flows at the end");
+    // Node 3 loses one of node 1's flows behind the protocol's back.
+    assert!(sim.node_mut(2).unwrap().remove_external(owner, &key));
+    let failure = sim.finish().unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Diverged);
+    assert_eq!(failure.total_differences, 1);
+    assert!(matches!(
+        &failure.differences[0],
+        Difference::Missing { owner: 1, viewer: 3, flow } if flow.key() == key
+    ));
+    let text = failure.to_string();
+    assert!(text.contains(&format!("seed {seed} FAILED")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cargo run --release --bin ctsync-sim -- --seed {seed}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("node 3 lacks node 1's flow"), "{text}");
+}
+
+#[test]
+fn the_checker_catches_a_changed_flow_and_a_stale_one() {
+    let (seed, params) = busy_seed();
+    let mut sim = Sim::new(seed, &params).unwrap();
+    sim.run_to_end().unwrap();
+    let now = sim.now();
+    let node = sim.node_mut(1).unwrap();
+    let mut flows: Vec<_> = node.internal().flows().cloned().collect();
+    flows.sort_by_key(|f| f.key());
+    let (first, last) = (flows[0].clone(), flows[flows.len() - 1].clone());
+    // Node 2 changes one flow and forgets another without telling anyone
+    // (and without its kernel knowing either).
+    let mut changed = first.clone();
+    changed.mark ^= 0x5a5a;
+    node.local_upsert(changed, now, false);
+    node.local_delete(&last.key(), now, false);
+    let failure = sim.finish().unwrap_err();
+    let d = &failure.differences;
+    assert!(d
+        .iter()
+        .any(|d| matches!(d, Difference::Differs { owner: 2, .. })));
+    assert!(d
+        .iter()
+        .any(|d| matches!(d, Difference::Extra { owner: 2, .. })));
+    // Its internal cache no longer matches its kernel, twice.
+    let internal = d
+        .iter()
+        .filter(|d| matches!(d, Difference::Internal { node: 2, .. }))
+        .count();
+    assert_eq!(internal, 2, "{failure}");
+}
+
+#[test]
+fn an_unknown_mode_or_cluster_size_still_runs_or_fails_cleanly() {
+    // A single node has no peers: trivially converged, nothing panics.
+    let mut p = params_for_seed(1);
+    p.nodes = 1;
+    let r = run(1, &p).unwrap();
+    assert_eq!(r.flows.len(), 1);
+    // Larger clusters run too.
+    let mut p = params_for_seed(2);
+    p.nodes = 5;
+    let r = run(2, &p);
+    assert!(r.is_ok(), "{}", r.unwrap_err());
+}
