@@ -9,7 +9,7 @@ use ctsync::sim::{
 use std::time::Instant;
 
 /// Seeds the suite runs (at least 2,000 by the issue).
-const SEEDS: u64 = 3_000;
+const SEEDS: u64 = 5_000;
 
 #[test]
 fn thousands_of_seeds_converge_through_every_fault() {
@@ -24,7 +24,7 @@ fn thousands_of_seeds_converge_through_every_fault() {
     assert_eq!(results.len() as u64, SEEDS);
     let mut failures = Vec::new();
     let mut ok: Vec<&SimReport> = Vec::new();
-    for (seed, r) in &results {
+    for (_, r) in &results {
         match r {
             Ok(report) => ok.push(report),
             Err(f) => failures.push(format!("{f}")),

@@ -559,11 +559,13 @@ pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
     let kinds = if with_dccp { 11 } else { 10 };
     (0..n)
         .map(|i| {
-            let hi = (i >> 8) as u8;
+            // Blocks of 16,384 flows share a destination; up to 4 million stay unique.
+            let hi = (i >> 8) as u32;
+            let block = (hi >> 6) as u8;
             let lo = (i & 0xff) as u8;
             let idx = i as u16;
-            let src4 = v4(198, 18, 16 + (hi & 0x3f), lo);
-            let dst4 = v4(198, 19, salt, 1 + (hi >> 6));
+            let src4 = v4(198, 18, 16 + (hi & 0x3f) as u8, lo);
+            let dst4 = v4(198, 19, salt, 1 + block);
             let src6 = v6(u16::from(salt), i as u32);
             let dst6 = v6(0xffff, 1);
             let ports = |p: u16| L4::Ports {
@@ -689,7 +691,7 @@ pub fn flow_mix(n: usize, salt: u8, with_dccp: bool) -> Vec<Flow> {
                     let orig = tuple(src4, dst4, proto::TCP, ports(idx));
                     let mut f = Flow::new(orig);
                     f.reply = tuple(
-                        v4(198, 18, 200, 1 + (hi >> 6)),
+                        v4(198, 18, 200, 1 + block),
                         v4(198, 19, 254, salt),
                         proto::TCP,
                         L4::Ports {

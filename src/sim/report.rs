@@ -81,7 +81,8 @@ pub enum FailureKind {
 #[error("{}", self.render())]
 pub struct SimFailure {
     pub seed: u64,
-    pub params: SimParams,
+    /// Boxed: keeps the `Result`s that carry a failure small.
+    pub params: Box<SimParams>,
     pub kind: FailureKind,
     /// The first differences found (at most `MAX_SHOWN`).
     pub differences: Vec<Difference>,
@@ -106,7 +107,7 @@ impl SimFailure {
         differences.truncate(MAX_SHOWN);
         SimFailure {
             seed,
-            params: params.clone(),
+            params: Box::new(params.clone()),
             kind,
             differences,
             total_differences,
