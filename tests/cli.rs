@@ -111,7 +111,8 @@ fn errors() {
     }
     assert!(fails(&["frobnicate"]).contains("unknown command"));
     assert!(fails(&["dump", "sideways"]).contains("dump:"));
-    assert!(fails(&["commit", "now"]).contains("takes no arguments"));
+    assert!(fails(&["commit", "now"]).contains("expected a peer's node id"));
+    assert!(fails(&["commit", "0"]).contains("expected a peer's node id"));
     assert!(fails(&["debug-drop-external", "x"]).contains("expected a count"));
 }
 
@@ -121,6 +122,7 @@ fn subcommands() {
     let cases: Vec<(&[&str], Action)> = vec![
         (&["status"], Action::Status),
         (&["commit"], req(Commit)),
+        (&["commit", "3"], req(CommitPeer { node_id: 3 })),
         (&["dump"], req(DumpInternal)),
         (&["dump", "internal"], req(DumpInternal)),
         (&["dump", "external"], req(DumpExternal)),
