@@ -405,12 +405,15 @@ impl Node {
                 self.queue.push_key(key);
             }
         }
-        let gone: Vec<FlowKey> = self
+        let mut gone: Vec<FlowKey> = self
             .internal
             .keys()
             .filter(|k| !seen.contains(*k))
             .copied()
             .collect();
+        // The cache's iteration order is random per process; sending in key
+        // order keeps a seeded simulation replayable.
+        gone.sort_unstable();
         for key in gone {
             self.internal.remove(&key);
             if let Some(r) = self.refresh.as_mut() {
@@ -481,8 +484,12 @@ impl Node {
         self.bulk_id = self.bulk_id.wrapping_add(1);
         let id = self.bulk_id;
         self.queue.push_front(Item::BulkBegin(id));
-        for key in self.internal.keys() {
-            self.queue.push_key(*key);
+        // In key order, not the cache's (random) order: the same table then
+        // always packs into the same datagrams.
+        let mut keys: Vec<FlowKey> = self.internal.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.queue.push_key(key);
         }
         self.queue.push_back(Item::BulkEnd {
             id,
