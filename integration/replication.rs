@@ -400,3 +400,36 @@ fn anti_entropy_restores_a_flow_removed_behind_the_daemons_back() {
     assert_view(&lab.b, &[&lab.a], 1_000, "after anti-entropy");
     assert!(stats(&lab.b)["digest_mismatches"].as_u64().unwrap_or(0) >= 1);
 }
+
+#[test]
+fn filters_keep_ignored_flows_off_the_sync_link() {
+    let mut lab = Lab::new(LabSpec {
+        tables: "\n[filter]\nprotocol = { policy = \"ignore\", list = [\"udp\", \"udplite\"] }\n\
+                 address = { policy = \"ignore\", list = [\"198.18.16.0/24\"] }\n"
+            .into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let flows = flow_mix(2_000, 96, false);
+    let accepted = flows
+        .iter()
+        .filter(|f| {
+            let udp = f.orig.proto == ctsync::flow::proto::UDP
+                || f.orig.proto == ctsync::flow::proto::UDPLITE;
+            let ignored_src =
+                matches!(f.orig.src, std::net::IpAddr::V4(a) if a.octets()[..3] == [198, 18, 16]);
+            !udp && !ignored_src
+        })
+        .count();
+    assert!(
+        accepted > 500 && accepted < 2_000,
+        "the mix must have both kinds: {accepted}"
+    );
+    create_in(&lab.a.ns, flows);
+    assert_view(&lab.b, &[&lab.a], accepted, "filtered replication");
+    let external = lab.b.cache_json("-e");
+    assert!(external
+        .iter()
+        .all(|f| f["orig"]["proto"] != "udp" && f["orig"]["proto"] != "udplite"));
+}

@@ -274,6 +274,8 @@ pub struct LabSpec {
     pub reconcile_interval_s: u32,
     /// Extra TOML lines for `[sync]`.
     pub sync_extra: String,
+    /// Extra TOML tables (e.g. `[filter]`) put before the links.
+    pub tables: String,
 }
 
 impl Default for LabSpec {
@@ -286,6 +288,7 @@ impl Default for LabSpec {
             mode: "ftfw",
             reconcile_interval_s: 5,
             sync_extra: String::new(),
+            tables: String::new(),
         }
     }
 }
@@ -466,6 +469,7 @@ impl Lab {
             spec.sync_extra,
             spec.reconcile_interval_s
         );
+        text.push_str(&spec.tables);
         for k in 0..spec.links {
             let remote = match spec.transport {
                 LinkTransport::Udp => format!("peer = \"{}\"", spec.address(k, 1 - i)),
