@@ -23,7 +23,7 @@ pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
 use crate::cache::{FlowCache, Upsert};
 use crate::flow::{Flow, FlowKey};
 use crate::wire::{
-    decode_datagram, flags, Header, Message, Packer, Push, WireFlow, WireKey, HEADER_LEN,
+    decode_datagram, flags, Body, Header, Message, Packer, Push, WireFlow, WireKey, HEADER_LEN,
     MAX_DATAGRAM,
 };
 use alarm::{ExpiryClock, RefreshCursor};
@@ -1004,9 +1004,6 @@ impl Node {
                 self.stats.window_full += 1;
                 break;
             }
-            if self.resend.is_empty() {
-                self.rto_armed_ms = now;
-            }
             let mut packer = Packer::new(self.cfg.max_payload);
             let mut msgs = 0u64;
             while let Some(item) = self.queue.front().copied() {
@@ -1025,19 +1022,7 @@ impl Node {
                 continue;
             };
             self.stats.messages_sent += msgs;
-            let seq = self.next_seq;
-            // Cannot saturate: `new_epoch` restarts the numbers first.
-            self.next_seq = self.next_seq.saturating_add(1);
-            let header = Header {
-                flags: flags::RELIABLE,
-                seq,
-                ..self.control_header()
-            };
-            let bytes = body.seal(&header);
-            if ftfw {
-                self.resend.push(seq, bytes.clone());
-            }
-            self.emit(&mut out, &links, bytes);
+            self.send_in_sequence(&mut out, &links, body);
         }
 
         if self.digest_wanted() && now >= self.digest_due() {
@@ -1100,7 +1085,14 @@ impl Node {
         self.last_digest_ms = self.now;
         self.stats.digests_sent += 1;
         self.stats.messages_sent += 1;
+        self.send_in_sequence(out, links, body);
+    }
+
+    /// Seal `body` as the next reliable datagram of our stream, keep it for
+    /// resending (FTFW) and send it.
+    fn send_in_sequence(&mut self, out: &mut Vec<Transmit>, links: &[usize], body: Body) {
         let seq = self.next_seq;
+        // Cannot saturate: `new_epoch` restarts the numbers first.
         self.next_seq = self.next_seq.saturating_add(1);
         let header = Header {
             flags: flags::RELIABLE,
