@@ -433,3 +433,79 @@ fn filters_keep_ignored_flows_off_the_sync_link() {
         .iter()
         .all(|f| f["orig"]["proto"] != "udp" && f["orig"]["proto"] != "udplite"));
 }
+
+#[test]
+fn warm_standby_mirrors_the_peer_into_the_kernel_so_commit_has_nothing_to_do() {
+    let mut lab = Lab::new(LabSpec {
+        sync_extra: "warm_standby = true".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let flows = flow_mix(20_000, 97, false);
+    let started = Instant::now();
+    create_in(&lab.a.ns, flows.clone());
+    let burst = started.elapsed();
+    // B's kernel follows A's without any commit.
+    let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    let took = started.elapsed();
+    assert!(
+        mirrored,
+        "B's kernel never matched A's: {} vs {}",
+        lab.b.kernel_table().len(),
+        lab.a.kernel_table().len()
+    );
+    println!(
+        "warm standby: burst {:.2} s, B's kernel complete {:.2} s after the burst began",
+        burst.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    // B's own caches stay B's: the mirrored flows are not B's to send back.
+    assert!(lab.b.cache_json("-i").is_empty());
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        lab.a.cache_json("-e").is_empty(),
+        "B sent A's flows back to A"
+    );
+
+    // Updates and deletes are mirrored too.
+    let updates: Vec<WriteOp> = flows
+        .iter()
+        .step_by(7)
+        .map(|f| {
+            let mut changed = f.clone();
+            changed.mark = 4_343;
+            WriteOp::Update(changed)
+        })
+        .collect();
+    let deletes: Vec<WriteOp> = flows
+        .iter()
+        .skip(3)
+        .step_by(7)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    apply_in(&lab.a.ns, updates);
+    apply_in(&lab.a.ns, deletes);
+    let followed = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    assert!(
+        followed,
+        "B's kernel did not follow A's updates and deletes"
+    );
+
+    // Failover: -c has nothing left to write and returns at once.
+    let started = Instant::now();
+    lab.b.ctl_ok(&["-c"]);
+    let commit = started.elapsed();
+    println!(
+        "warm standby: -c took {:.1} ms",
+        commit.as_secs_f64() * 1000.0
+    );
+    assert_eq!(lab.b.kernel_table(), lab.a.kernel_table());
+    let s = stats(&lab.b);
+    assert_eq!(s["warm_pending"], 0);
+    assert_eq!(
+        s["commit_ok"], 0,
+        "the commit had to write flows: {}",
+        s["commit_ok"]
+    );
+}

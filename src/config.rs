@@ -129,6 +129,10 @@ pub struct SyncConfig {
     pub purge_timeout_s: u32,
     /// Anti-entropy: compare state digests with peers this often (ms; 0 = off).
     pub digest_interval_ms: u64,
+    /// Warm standby: write peers' flows into our kernel as they arrive.
+    pub warm_standby: bool,
+    /// Warm standby: the least timeout (s) a flow written that way gets.
+    pub warm_timeout_s: u32,
     /// ALARM: refresh every flow this often (conntrackd's RefreshTime).
     pub alarm_refresh_s: u32,
     /// ALARM: a peer flow not refreshed for this long expires (CacheTimeout).
@@ -200,6 +204,8 @@ impl Default for SyncConfig {
             mtu: 1500,
             purge_timeout_s: 60,
             digest_interval_ms: 5000,
+            warm_standby: false,
+            warm_timeout_s: 1800,
             alarm_refresh_s: 60,
             alarm_timeout_s: 180,
         }
@@ -259,6 +265,8 @@ struct RawSync {
     mtu: Option<S<i64>>,
     purge_timeout_s: Option<S<i64>>,
     digest_interval_ms: Option<S<i64>>,
+    warm_standby: Option<bool>,
+    warm_timeout_s: Option<S<i64>>,
     alarm_refresh_s: Option<S<i64>>,
     alarm_timeout_s: Option<S<i64>>,
 }
@@ -625,6 +633,13 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         86_400_000,
         d.digest_interval_ms as i64,
     )?;
+    let warm_timeout = cx.int(
+        &r.warm_timeout_s,
+        "sync.warm_timeout_s",
+        1,
+        i64::from(u32::MAX),
+        i64::from(d.warm_timeout_s),
+    )?;
     let refresh = cx.int(
         &r.alarm_refresh_s,
         "sync.alarm_refresh_s",
@@ -662,6 +677,8 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         mtu: to_u32(mtu),
         purge_timeout_s: to_u32(purge),
         digest_interval_ms: to_u64(digest),
+        warm_standby: r.warm_standby.unwrap_or(d.warm_standby),
+        warm_timeout_s: to_u32(warm_timeout),
         alarm_refresh_s: to_u32(refresh),
         alarm_timeout_s: to_u32(expire),
     })

@@ -16,10 +16,10 @@ use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
 use crate::kernel::dump::dump_table;
 use crate::kernel::events::EventSocket;
-use crate::kernel::write::{CreateOptions, WriteReport, Writer};
+use crate::kernel::write::{CreateOptions, WriteOp, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
-use crate::sync::{Mode, Node, SyncConfig};
+use crate::sync::{Applied, Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -83,6 +83,8 @@ enum Job {
     Commit(Vec<Flow>, CreateOptions, Option<oneshot::Sender<Reply>>),
     FlushKernel(Filter, Option<oneshot::Sender<Reply>>),
     Dump(DumpPurpose),
+    /// Warm standby: mirror peers' changes into our kernel.
+    Inject(Vec<WriteOp>),
 }
 
 /// Why the table is being dumped, and who waits for it.
@@ -103,6 +105,20 @@ enum Done {
     ),
     FlushKernel(Result<WriteReport, String>, Option<oneshot::Sender<Reply>>),
     Dump(Result<Vec<Flow>, String>, DumpPurpose),
+    /// The report, and the keys of every op in the batch.
+    Inject(WriteReport, Vec<FlowKey>),
+}
+
+/// Warm standby's bookkeeping: peers' changes waiting to be written into
+/// the kernel, the batch being written, and what could not be written.
+#[derive(Default)]
+struct WarmStandby {
+    queue: Vec<WriteOp>,
+    in_flight: bool,
+    in_flight_keys: HashSet<FlowKey>,
+    failed: HashSet<FlowKey>,
+    written: u64,
+    write_failures: u64,
 }
 
 /// Counters kept by the daemon itself (the core keeps the rest).
@@ -123,6 +139,9 @@ struct Daemon {
     filter: Filter,
     links: Vec<Link>,
     own_portids: HashSet<u32>,
+    /// Netlink port ids whose events are not ours at all (warm standby).
+    ignored_portids: HashSet<u32>,
+    warm: WarmStandby,
     jobs: std::sync::mpsc::Sender<(Job, mpsc::Sender<Done>)>,
     done_tx: mpsc::Sender<Done>,
     started: Instant,
@@ -165,6 +184,15 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     // Writer first: its port id marks our own changes in the event stream.
     let writer = Writer::open()?;
     let own_portids: HashSet<u32> = [writer.portid()].into_iter().collect();
+    // Warm standby writes through its own socket, whose events are ignored
+    // entirely (as conntrackd's INJECT origin): peers' flows in our kernel
+    // are not ours to cache or send.
+    let injector = if config.sync.warm_standby {
+        Some(Writer::open()?)
+    } else {
+        None
+    };
+    let ignored_portids: HashSet<u32> = injector.iter().map(Writer::portid).collect();
 
     // Subscribe before dumping so no change between the two is missed; the
     // events queued meanwhile are applied after the dump, in order.
@@ -177,7 +205,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     spawn_event_thread(events, kernel_tx)?;
 
     let (job_tx, job_rx) = std::sync::mpsc::channel();
-    spawn_kernel_worker(writer, job_rx)?;
+    spawn_kernel_worker(writer, injector, job_rx)?;
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
 
     let mut links = Vec::new();
@@ -204,6 +232,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         filter,
         links,
         own_portids,
+        ignored_portids,
+        warm: WarmStandby::default(),
         jobs: job_tx,
         done_tx,
         started,
@@ -267,6 +297,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             _ = sigint.recv() => daemon.stop = true,
         }
         daemon.transmit().await;
+        daemon.mirror_into_kernel();
     }
     tracing::info!("ctsyncd stopping");
     // Let the control server deliver the last replies (the answer to -k).
@@ -315,6 +346,7 @@ fn core_config(config: &Config) -> SyncConfig {
         digest_interval_ms: s.digest_interval_ms,
         alarm_refresh_ms: u64::from(s.alarm_refresh_s) * 1000,
         alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
+        record_applied: s.warm_standby,
         ..SyncConfig::default()
     }
 }
@@ -367,6 +399,7 @@ fn spawn_event_thread(
 
 fn spawn_kernel_worker(
     mut writer: Writer,
+    mut injector: Option<Writer>,
     jobs: std::sync::mpsc::Receiver<(Job, mpsc::Sender<Done>)>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -388,6 +421,18 @@ fn spawn_kernel_worker(
                     Job::Dump(purpose) => {
                         Done::Dump(dump_table().map_err(|e| e.to_string()), purpose)
                     }
+                    Job::Inject(ops) => {
+                        let keys: Vec<FlowKey> = ops.iter().map(WriteOp::key).collect();
+                        let report = match injector.as_mut() {
+                            Some(injector) => injector.apply(&ops),
+                            None => WriteReport {
+                                failed: ops.len() as u64,
+                                failed_keys: keys.clone(),
+                                ..WriteReport::default()
+                            },
+                        };
+                        Done::Inject(report, keys)
+                    }
                 };
                 if done.blocking_send(result).is_err() {
                     return;
@@ -402,11 +447,20 @@ impl Daemon {
         elapsed_ms(self.started)
     }
 
+    /// The flows of a kernel dump that are ours to cache and send: those
+    /// the filter accepts and, under warm standby, not a peer's mirrored one.
     fn accepted(&self, flows: Vec<Flow>) -> Vec<Flow> {
         flows
             .into_iter()
-            .filter(|f| self.filter.accepts(f))
+            .filter(|f| self.filter.accepts(f) && !self.is_mirrored(&f.key()))
             .collect()
+    }
+
+    /// Warm standby: a flow a peer owns, written into our kernel for it.
+    /// (After `-f` the peers' caches are empty, and `-R` then takes every
+    /// flow in the kernel as ours, as a promotion wants.)
+    fn is_mirrored(&self, key: &FlowKey) -> bool {
+        self.config.sync.warm_standby && self.node.external().values().any(|c| c.contains(key))
     }
 
     fn next_deadline(&self) -> Instant {
@@ -468,6 +522,9 @@ impl Daemon {
     }
 
     fn apply_event(&mut self, event: KernelEvent) {
+        if self.ignored_portids.contains(&event.portid) || self.is_mirrored(&event.flow.key()) {
+            return;
+        }
         let now = self.now_ms();
         // Changes our own writer made are cached but never echoed to peers.
         let replicate = !self.own_portids.contains(&event.portid);
@@ -567,6 +624,46 @@ impl Daemon {
         self.link_carrier = states;
     }
 
+    /// Warm standby: queue the peers' latest changes for the kernel and
+    /// hand a batch to the kernel worker when it is free. Batches grow
+    /// while the worker is busy, so a burst is written in few large sends.
+    fn mirror_into_kernel(&mut self) {
+        if !self.config.sync.warm_standby {
+            return;
+        }
+        let floor = self.config.sync.warm_timeout_s;
+        for change in self.node.take_applied() {
+            let op = match change {
+                Applied::Created(mut flow) => {
+                    flow.timeout = flow.timeout.max(floor);
+                    WriteOp::Create(flow)
+                }
+                Applied::Updated(mut flow) => {
+                    flow.timeout = flow.timeout.max(floor);
+                    WriteOp::Update(flow)
+                }
+                Applied::Delete(key) => WriteOp::Delete(key),
+            };
+            self.warm.queue.push(op);
+        }
+        if self.warm.in_flight || self.warm.queue.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.warm.queue);
+        self.warm.in_flight_keys = batch.iter().map(WriteOp::key).collect();
+        self.warm.in_flight = true;
+        self.submit(Job::Inject(batch));
+    }
+
+    /// Warm standby: the peers' flows not (yet) in our kernel.
+    fn warm_missing(&self) -> HashSet<FlowKey> {
+        let warm = &self.warm;
+        let mut missing: HashSet<FlowKey> = warm.failed.clone();
+        missing.extend(warm.in_flight_keys.iter().copied());
+        missing.extend(warm.queue.iter().map(WriteOp::key));
+        missing
+    }
+
     /// Schedule the next periodic re-read of the kernel table.
     fn arm_reconcile(&mut self) {
         let every = self.config.kernel.reconcile_interval_s;
@@ -633,6 +730,24 @@ impl Daemon {
                 if let Some(client) = client {
                     let _ = client.send(reply);
                 }
+            }
+            Done::Inject(report, keys) => {
+                let warm = &mut self.warm;
+                warm.in_flight = false;
+                warm.in_flight_keys.clear();
+                for key in &keys {
+                    warm.failed.remove(key);
+                }
+                warm.written += report.ok;
+                warm.write_failures += report.failed;
+                if report.failed > 0 {
+                    tracing::warn!(
+                        failed = report.failed,
+                        first_errors = ?report.first_errors,
+                        "warm standby could not write some flows; -c will"
+                    );
+                }
+                warm.failed.extend(report.failed_keys);
             }
             Done::FlushKernel(result, client) => {
                 let reply = match result {
@@ -788,7 +903,13 @@ impl Daemon {
         self.commit_running = true;
         // As conntrackd: a commit cancels a pending `-t` flush.
         self.scheduled_flush_at = None;
-        let flows = self.commit_set(peer, now);
+        let mut flows = self.commit_set(peer, now);
+        if self.config.sync.warm_standby {
+            // The peers' flows are in the kernel already: fill in only what
+            // warm standby has not written (yet).
+            let missing = self.warm_missing();
+            flows.retain(|f| missing.contains(&f.key()));
+        }
         self.own_writes.extend(flows.iter().map(Flow::key));
         self.own_writes_expire_at = None;
         tracing::info!(flows = flows.len(), ?peer, "committing external cache");
@@ -920,6 +1041,9 @@ impl Daemon {
             alarm_expired: stats.alarm_expired,
             epoch_rollovers: stats.epoch_rollovers,
             internal_digest: internal.digest(),
+            warm_written: self.warm.written,
+            warm_failed: self.warm.write_failures,
+            warm_pending: self.warm_missing().len() as u64,
             external_digest: self
                 .node
                 .external()

@@ -86,6 +86,11 @@ pub struct StatsSnapshot {
     pub internal_digest: u64,
     /// Digest of every peer's flows together.
     pub external_digest: u64,
+    /// Warm standby: peers' flows written into our kernel, writes that
+    /// failed (left for `-c`), and changes waiting to be written.
+    pub warm_written: u64,
+    pub warm_failed: u64,
+    pub warm_pending: u64,
 }
 
 /// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
@@ -497,6 +502,9 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "digest mismatches", snap.digest_mismatches);
     row(s, "alarm expired", snap.alarm_expired);
     row(s, "epoch rollovers", snap.epoch_rollovers);
+    row(s, "warm standby written", snap.warm_written);
+    row(s, "warm standby failed", snap.warm_failed);
+    row(s, "warm standby pending", snap.warm_pending);
     row(s, "uptime (s)", snap.uptime_s);
     for (i, l) in snap.links.iter().enumerate() {
         let _ = writeln!(

@@ -42,6 +42,16 @@ pub enum WriteOp {
     Delete(FlowKey),
 }
 
+impl WriteOp {
+    /// The flow this operation is about.
+    pub fn key(&self) -> FlowKey {
+        match self {
+            WriteOp::Create(flow) | WriteOp::Update(flow) => flow.key(),
+            WriteOp::Delete(key) => *key,
+        }
+    }
+}
+
 /// What a batch of writes did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteReport {
@@ -49,11 +59,14 @@ pub struct WriteReport {
     pub failed: u64,
     /// The first few failures, each naming the flow and the errno.
     pub first_errors: Vec<String>,
+    /// Every flow whose write failed, so a caller can try it again later.
+    pub failed_keys: Vec<FlowKey>,
 }
 
 impl WriteReport {
     fn fail(&mut self, what: &str, key: &FlowKey, errno: i32) {
         self.failed += 1;
+        self.failed_keys.push(*key);
         if self.first_errors.len() < MAX_ERRORS {
             self.first_errors.push(format!(
                 "{what} {} {} zone {}: {}",

@@ -59,6 +59,16 @@ pub enum SyncError {
     InvalidConfig(&'static str),
 }
 
+/// One change to a peer's flows, as warm standby mirrors it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A flow the peer's view did not hold before.
+    Created(Flow),
+    /// A new state of a flow already held.
+    Updated(Flow),
+    Delete(FlowKey),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncConfig {
     pub mode: Mode,
@@ -97,6 +107,10 @@ pub struct SyncConfig {
     pub alarm_refresh_ms: u64,
     /// ALARM: a peer's flow not refreshed for this long is dropped.
     pub alarm_timeout_ms: u64,
+    /// Keep a list of every change to the external caches for the daemon
+    /// to collect with `take_applied` (warm standby writes them into the
+    /// kernel as they arrive).
+    pub record_applied: bool,
 }
 
 impl Default for SyncConfig {
@@ -118,6 +132,7 @@ impl Default for SyncConfig {
             digest_interval_ms: 5000,
             alarm_refresh_ms: 60_000,
             alarm_timeout_ms: 180_000,
+            record_applied: false,
         }
     }
 }
@@ -207,6 +222,8 @@ pub struct Node {
     rto_armed_ms: u64,
     links: Vec<Link>,
     stats: SyncStats,
+    /// Changes to the external caches not yet taken (`record_applied`).
+    applied: Vec<Applied>,
     /// When the last Digest went out (or the node started).
     last_digest_ms: u64,
     /// ALARM: the sender's refresh walk over the internal keys.
@@ -265,6 +282,7 @@ impl Node {
             last_send_ms: now_ms,
             rto_armed_ms: now_ms,
             links: vec![Link::default(); links],
+            applied: Vec::new(),
             stats: SyncStats {
                 links: vec![LinkStats::default(); links],
                 ..SyncStats::default()
@@ -653,16 +671,23 @@ impl Node {
         }
         match msg {
             Message::Upsert(wf) => {
-                self.external
-                    .entry(sender)
-                    .or_default()
-                    .upsert(wf.into_flow(), now);
+                let flow = wf.into_flow();
+                let copy = self.cfg.record_applied.then(|| flow.clone());
+                let change = self.external.entry(sender).or_default().upsert(flow, now);
+                if let Some(flow) = copy {
+                    match change {
+                        Upsert::Created => self.applied.push(Applied::Created(flow)),
+                        Upsert::Updated => self.applied.push(Applied::Updated(flow)),
+                        Upsert::Unchanged => {}
+                    }
+                }
             }
             Message::Delete(wk) => {
-                self.external
-                    .entry(sender)
-                    .or_default()
-                    .remove(&wk.to_key());
+                let key = wk.to_key();
+                let removed = self.external.entry(sender).or_default().remove(&key);
+                if self.cfg.record_applied && removed.is_some() {
+                    self.applied.push(Applied::Delete(key));
+                }
             }
             Message::BulkBegin { id } => {
                 self.stats.bulks_received += 1;
@@ -683,6 +708,9 @@ impl Node {
                         let swept = cache.sweep_older_than(generation);
                         if !swept.is_empty() {
                             self.stats.bulk_swept += 1;
+                        }
+                        if self.cfg.record_applied {
+                            self.applied.extend(swept.into_iter().map(Applied::Delete));
                         }
                     }
                 }
@@ -1033,6 +1061,10 @@ impl Node {
         if let Some(clock) = self.expiry.as_mut() {
             let gone = clock.tick(now, self.external.iter_mut());
             self.stats.alarm_expired += gone.len() as u64;
+            if self.cfg.record_applied {
+                self.applied
+                    .extend(gone.into_iter().map(|(_, key)| Applied::Delete(key)));
+            }
         }
 
         // Keepalive, on every link so each stays known to be up.
@@ -1107,6 +1139,12 @@ impl Node {
             self.resend.push(seq, bytes.clone());
         }
         self.emit(out, links, bytes);
+    }
+
+    /// The changes made to the external caches since the last call (empty
+    /// unless `record_applied`): what warm standby mirrors into the kernel.
+    pub fn take_applied(&mut self) -> Vec<Applied> {
+        std::mem::take(&mut self.applied)
     }
 
     /// The transport failed to send on `link`.

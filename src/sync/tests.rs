@@ -1370,3 +1370,41 @@ fn alarm_ignores_resync_and_bulk_requests() {
     assert_eq!(a.stats().bulks_sent, 0);
     assert_eq!(a.stats().resyncs_requested_received, 0);
 }
+
+#[test]
+fn recorded_changes_mirror_the_external_cache() {
+    let mut a = Node::new(cfg(1), 1, 0).unwrap();
+    let mut b = Node::new(
+        SyncConfig {
+            record_applied: true,
+            ..cfg(2)
+        },
+        2,
+        0,
+    )
+    .unwrap();
+    let pump = |a: &mut Node, b: &mut Node, t: u64| {
+        for d in a.poll_transmit(t) {
+            b.on_datagram(&d.bytes, d.link, t);
+        }
+        for d in b.poll_transmit(t) {
+            a.on_datagram(&d.bytes, d.link, t);
+        }
+    };
+    pump(&mut a, &mut b, 0);
+    let mut rng = Rng(7);
+    let f = flow_for(&mut rng, 1);
+    a.local_upsert(f.clone(), 10, true);
+    pump(&mut a, &mut b, 10);
+    let applied = b.take_applied();
+    assert!(
+        applied.contains(&Applied::Created(f.clone())),
+        "{applied:?}"
+    );
+    assert!(b.take_applied().is_empty(), "taken once");
+    a.local_delete(&f.key(), 20, true);
+    pump(&mut a, &mut b, 20);
+    assert_eq!(b.take_applied(), vec![Applied::Delete(f.key())]);
+    // Without the switch nothing is kept.
+    assert!(a.take_applied().is_empty());
+}
