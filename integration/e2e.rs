@@ -536,3 +536,37 @@ fn resync_request_repairs_and_anti_entropy_follows_a_kernel_flush() {
     });
     assert!(aligned, "B's view of A never followed A's flush");
 }
+
+#[test]
+fn commit_shows_progress_on_a_terminal_and_nothing_otherwise() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(150_000, 11, false));
+    let complete = wait_until(Duration::from_secs(60), || {
+        let s: Value = serde_json::from_str(&lab.b.ctl_ok(&["-s", "--json"])).expect("stats");
+        s["external"]["active"] == 150_000
+    });
+    assert!(complete, "B's external cache never held the 150,000 flows");
+
+    // Not a terminal: exactly what conntrackd prints for -c, nothing.
+    let out = lab.b.ctl(&["-c"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+
+    // On a terminal (script(1) gives the client a pty): a progress line.
+    lab.b.exec("conntrack", &["-F"]);
+    let command = format!(
+        "{} -C {} -c",
+        lab::ctsyncd_bin().display(),
+        lab.b.config.display()
+    );
+    let out = lab::run("script", &["-qec", &command, "/dev/null"]);
+    assert!(out.status.success(), "{out:?}");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("committing: "),
+        "no progress on the terminal: {seen:?}"
+    );
+    assert!(seen.contains("/ 150000 flows"), "{seen:?}");
+}

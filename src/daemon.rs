@@ -23,9 +23,13 @@ use crate::sync::{Applied, Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Flows per commit step (the progress a terminal sees moves by this much).
+const COMMIT_CHUNK: usize = 50_000;
 /// How often the links' interfaces are looked at.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the keys of a finished commit are remembered as our own writes.
@@ -141,6 +145,10 @@ struct Daemon {
     own_portids: HashSet<u32>,
     /// Netlink port ids whose events are not ours at all (warm standby).
     ignored_portids: HashSet<u32>,
+    /// Flows the running commit has written so far (the kernel worker
+    /// counts), and how many it will write.
+    commit_progress: Arc<AtomicU64>,
+    commit_total: u64,
     warm: WarmStandby,
     jobs: std::sync::mpsc::Sender<(Job, mpsc::Sender<Done>)>,
     done_tx: mpsc::Sender<Done>,
@@ -205,7 +213,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     spawn_event_thread(events, kernel_tx)?;
 
     let (job_tx, job_rx) = std::sync::mpsc::channel();
-    spawn_kernel_worker(writer, injector, job_rx)?;
+    let commit_progress = Arc::new(AtomicU64::new(0));
+    spawn_kernel_worker(writer, injector, commit_progress.clone(), job_rx)?;
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
 
     let mut links = Vec::new();
@@ -234,6 +243,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         own_portids,
         ignored_portids,
         warm: WarmStandby::default(),
+        commit_progress,
+        commit_total: 0,
         jobs: job_tx,
         done_tx,
         started,
@@ -400,6 +411,7 @@ fn spawn_event_thread(
 fn spawn_kernel_worker(
     mut writer: Writer,
     mut injector: Option<Writer>,
+    progress: Arc<AtomicU64>,
     jobs: std::sync::mpsc::Receiver<(Job, mpsc::Sender<Done>)>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -409,7 +421,19 @@ fn spawn_kernel_worker(
                 let result = match job {
                     Job::Commit(flows, options, client) => {
                         let started = Instant::now();
-                        let report = writer.create_all(&flows, &options);
+                        let mut report = WriteReport::default();
+                        // In chunks, so `-c` on a terminal can show progress.
+                        for chunk in flows.chunks(COMMIT_CHUNK) {
+                            let part = writer.create_all(chunk, &options);
+                            report.ok += part.ok;
+                            report.failed += part.failed;
+                            let room = 10usize.saturating_sub(report.first_errors.len());
+                            report
+                                .first_errors
+                                .extend(part.first_errors.into_iter().take(room));
+                            report.failed_keys.extend(part.failed_keys);
+                            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
                         Done::Commit(Ok(report), started, client)
                     }
                     Job::FlushKernel(filter, client) => {
@@ -912,6 +936,8 @@ impl Daemon {
         }
         self.own_writes.extend(flows.iter().map(Flow::key));
         self.own_writes_expire_at = None;
+        self.commit_progress.store(0, Ordering::Relaxed);
+        self.commit_total = flows.len() as u64;
         tracing::info!(flows = flows.len(), ?peer, "committing external cache");
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
@@ -1041,6 +1067,9 @@ impl Daemon {
             alarm_expired: stats.alarm_expired,
             epoch_rollovers: stats.epoch_rollovers,
             internal_digest: internal.digest(),
+            commit_running: self.commit_running,
+            commit_done: self.commit_progress.load(Ordering::Relaxed),
+            commit_total: self.commit_total,
             warm_written: self.warm.written,
             warm_failed: self.warm.write_failures,
             warm_pending: self.warm_missing().len() as u64,

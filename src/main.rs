@@ -9,9 +9,12 @@
 use ctsync::config::Config;
 use ctsync::control::cli::{self, Action, Invocation};
 use ctsync::control::{self, Envelope, Request, StatsSection};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod progress;
 
 /// How long `-d` waits for the background daemon's control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +58,14 @@ fn run(args: &[String]) -> Result<(), String> {
 
 fn request(config: &Config, request: Request, json: bool) -> Result<(), String> {
     let kill = request == Request::Kill;
+    let long = matches!(
+        request,
+        Request::Commit | Request::CommitPeer { .. } | Request::ResyncFromKernel
+    );
+    // Progress only for a person watching: never when stderr is a pipe or
+    // a file, so scripts see exactly what conntrackd would print.
+    let _progress = (long && std::io::stderr().is_terminal())
+        .then(|| progress::Progress::start(config.socket.clone(), request.clone()));
     let reply = match control::send(&config.socket, &Envelope { request, json }) {
         Ok(reply) => reply,
         // A daemon told to die may go before it answers: that is success.

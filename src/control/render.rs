@@ -86,6 +86,10 @@ pub struct StatsSnapshot {
     pub internal_digest: u64,
     /// Digest of every peer's flows together.
     pub external_digest: u64,
+    /// A commit is running: flows written so far, of how many.
+    pub commit_running: bool,
+    pub commit_done: u64,
+    pub commit_total: u64,
     /// Warm standby: peers' flows written into our kernel, writes that
     /// failed (left for `-c`), and changes waiting to be written.
     pub warm_written: u64,
