@@ -155,6 +155,56 @@ impl Node {
         }
     }
 
+    /// `start` that reports a daemon which exits or never answers instead
+    /// of panicking (e.g. a configuration key the build rejects).
+    pub fn try_start(&mut self, within: Duration) -> Result<(), String> {
+        if self.daemon.is_some() {
+            return Err(format!("{} already running", self.name));
+        }
+        let log = File::create(&self.log).map_err(|e| format!("create daemon log: {e}"))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("clone log handle: {e}"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(ctsyncd_bin())
+            .args(["-C", self.config.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("spawn ctsyncd: {e}"))?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + within;
+        loop {
+            if self.ctl(&["-s"]).status.success() {
+                return Ok(());
+            }
+            if let Some(child) = self.daemon.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.daemon = None;
+                    return Err(format!(
+                        "{} daemon exited early ({status}){}",
+                        self.name,
+                        self.log_tail()
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill(libc::SIGKILL);
+                return Err(format!("{} daemon did not come up", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is
+    /// the daemon's), if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
     /// Send a signal to the daemon and reap it.
     pub fn kill(&mut self, signal: i32) {
         if let Some(mut child) = self.daemon.take() {

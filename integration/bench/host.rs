@@ -1,0 +1,146 @@
+//! The host's side of a benchmark run: the machine's description, the
+//! global conntrack sysctls (raised for the run, put back on drop), and
+//! reading a daemon's memory and CPU from /proc.
+//!
+//! Must not: create namespaces or start daemons (the systems do).
+
+use super::BenchError;
+use serde::Serialize;
+use std::process::Command;
+
+const BUCKETS: &str = "net.netfilter.nf_conntrack_buckets";
+const MAX: &str = "net.netfilter.nf_conntrack_max";
+
+/// What the figures were measured on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub nf_conntrack_buckets: u64,
+    pub nf_conntrack_max: u64,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            nf_conntrack_buckets: read_sysctl(BUCKETS).unwrap_or(0),
+            nf_conntrack_max: read_sysctl(MAX).unwrap_or(0),
+        }
+    }
+}
+
+fn read_sysctl(key: &str) -> Result<u64, BenchError> {
+    let out = Command::new("sysctl")
+        .args(["-n", key])
+        .output()
+        .map_err(|e| BenchError::Command(format!("sysctl -n {key}: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .map_err(|_| BenchError::Parse(format!("sysctl {key}: {text:?}")))
+}
+
+fn write_sysctl(key: &str, value: u64) -> Result<(), BenchError> {
+    let out = Command::new("sysctl")
+        .args(["-w", &format!("{key}={value}")])
+        .output()
+        .map_err(|e| BenchError::Command(format!("sysctl -w {key}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Command(format!(
+            "sysctl -w {key}={value}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The global conntrack sysctls as the run needs them; what was changed is
+/// put back when this is dropped.
+pub struct ConntrackSysctls {
+    restore: Vec<(&'static str, u64)>,
+}
+
+impl ConntrackSysctls {
+    /// Set the bucket count (if given and different) and raise
+    /// `nf_conntrack_max` to at least `min_max`.
+    pub fn apply(buckets: Option<u64>, min_max: u64) -> Result<ConntrackSysctls, BenchError> {
+        let mut guard = ConntrackSysctls {
+            restore: Vec::new(),
+        };
+        if let Some(want) = buckets {
+            let old = read_sysctl(BUCKETS)?;
+            if old != want {
+                write_sysctl(BUCKETS, want)?;
+                guard.restore.push((BUCKETS, old));
+            }
+        }
+        let old = read_sysctl(MAX)?;
+        if old < min_max {
+            write_sysctl(MAX, min_max)?;
+            guard.restore.push((MAX, old));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for ConntrackSysctls {
+    fn drop(&mut self) {
+        for (key, value) in self.restore.iter().rev() {
+            if let Err(e) = write_sysctl(key, *value) {
+                eprintln!("[bench] could not restore {key}: {e}");
+            }
+        }
+    }
+}
+
+/// Resident memory of a process, bytes (`VmRSS` in /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::Command(format!("read {path}: {e}")))?;
+    text.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| BenchError::Parse(format!("no VmRSS in {path}")))
+}
+
+/// User plus system CPU time of a process, seconds (/proc/PID/stat).
+pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BenchError::Command(format!("read {path}: {e}")))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| BenchError::Parse(format!("{path}: no ')'")))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64, BenchError> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| BenchError::Parse(format!("{path}: field {}", i + 3)))
+    };
+    let ticks = field(11)? + field(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Ok(ticks as f64 / hz)
+}

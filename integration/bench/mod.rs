@@ -1,0 +1,823 @@
+//! The ctsyncd-versus-conntrackd benchmark (issue 4): the same workloads on
+//! both daemons in one run, each in a two-firewall namespace lab, giving
+//! one table and one JSON file. `integration/bench_compare.rs` (the
+//! `cargo bench --bench compare` entry) runs it at full size and
+//! `integration/bench_smoke.rs` at a small N in the test suite.
+//!
+//! Owns: the command line, the order of the phases, what each phase times
+//! and counts, and turning the figures into rows. Must not: assert speed
+//! (targets are reported, never enforced), or leave daemons, namespaces or
+//! changed sysctls behind (each has a guard that undoes it on drop).
+
+// Shared by two targets that each use a different part.
+#![allow(dead_code)]
+
+pub mod conntrackd;
+pub mod host;
+pub mod kernel;
+pub mod link_bytes;
+pub mod report;
+pub mod system;
+
+use conntrackd::Conntrackd;
+use ctsync::kernel::write::WriteOp;
+use host::{cpu_seconds, rss_bytes, ConntrackSysctls, Machine};
+use kernel::{
+    apply, check_report, kernel_count, kernel_flush, raw_writer_rate, tcp_flows, timed_create,
+};
+use link_bytes::LinkCounter;
+use report::{Report, Row, Target};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use system::{Ctsyncd, Side, System};
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Command(String),
+    #[error("cannot parse {0}")]
+    Parse(String),
+    #[error("kernel: {0}")]
+    Kernel(String),
+    #[error("daemon: {0}")]
+    Daemon(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("usage: {0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The workloads, as `--only` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workload {
+    Raw,
+    Commit,
+    Burst,
+    Resync,
+    Bytes,
+    Memory,
+    Cpu,
+    Warm,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 8] = [
+        Workload::Raw,
+        Workload::Commit,
+        Workload::Burst,
+        Workload::Resync,
+        Workload::Bytes,
+        Workload::Memory,
+        Workload::Cpu,
+        Workload::Warm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Raw => "raw",
+            Workload::Commit => "commit",
+            Workload::Burst => "burst",
+            Workload::Resync => "resync",
+            Workload::Bytes => "bytes",
+            Workload::Memory => "memory",
+            Workload::Cpu => "cpu",
+            Workload::Warm => "warm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// N: flows per burst, commit and resync.
+    pub flows: usize,
+    pub only: BTreeSet<Workload>,
+    /// Set nf_conntrack_buckets to 1,048,576 for the run (global; put back
+    /// afterwards). nf_conntrack_max is raised to 2.2 × N when lower either way.
+    pub tune_kernel: bool,
+    /// How long the idle traffic of the sync link is measured.
+    pub idle: Duration,
+    /// K: creates, updates and deletes per bytes-on-the-link phase (at most N).
+    pub bytes_k: usize,
+}
+
+impl BenchConfig {
+    /// The full benchmark.
+    pub fn full(flows: usize) -> BenchConfig {
+        BenchConfig {
+            flows,
+            only: Workload::ALL.into_iter().collect(),
+            tune_kernel: true,
+            idle: Duration::from_secs(6),
+            bytes_k: 50_000,
+        }
+    }
+
+    /// A quick run that proves every phase works; leaves the bucket count alone.
+    pub fn smoke(flows: usize) -> BenchConfig {
+        BenchConfig {
+            tune_kernel: false,
+            idle: Duration::from_secs(3),
+            ..BenchConfig::full(flows)
+        }
+    }
+
+    fn wants(&self, w: Workload) -> bool {
+        self.only.contains(&w)
+    }
+
+    /// Whether A must be filled and B's external cache completed.
+    fn wants_fill(&self) -> bool {
+        [
+            Workload::Burst,
+            Workload::Cpu,
+            Workload::Memory,
+            Workload::Commit,
+            Workload::Resync,
+        ]
+        .iter()
+        .any(|w| self.wants(*w))
+    }
+}
+
+/// The command line: `[--flows N] [--json PATH] [--only LIST]`.
+#[derive(Clone, Debug)]
+pub struct Cli {
+    pub config: BenchConfig,
+    pub json: PathBuf,
+}
+
+pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST]\n\
+    \x20 --flows N    flows per burst, commit and resync (default 1,000,000)\n\
+    \x20 --json PATH  where to write the JSON (default target/bench/compare.json)\n\
+    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm";
+
+impl Cli {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, BenchError> {
+        let mut flows = 1_000_000usize;
+        let mut json = PathBuf::from("target/bench/compare.json");
+        let mut only: Option<BTreeSet<Workload>> = None;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .ok_or_else(|| BenchError::Usage(format!("{name} needs a value")))
+            };
+            match arg.as_str() {
+                // cargo bench appends --bench to a harness-less target's arguments.
+                "--bench" => {}
+                "--flows" => {
+                    let v = value("--flows")?.replace(['_', ','], "");
+                    flows = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        BenchError::Usage(format!("--flows {v}: not a positive number"))
+                    })?;
+                }
+                "--json" => json = PathBuf::from(value("--json")?),
+                "--only" => {
+                    let list = value("--only")?;
+                    let mut set = BTreeSet::new();
+                    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        set.insert(Workload::parse(name).ok_or_else(|| {
+                            BenchError::Usage(format!("--only: unknown workload {name:?}"))
+                        })?);
+                    }
+                    if set.is_empty() {
+                        return Err(BenchError::Usage("--only: empty list".into()));
+                    }
+                    only = Some(set);
+                }
+                other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
+            }
+        }
+        let mut config = BenchConfig::full(flows);
+        if let Some(set) = only {
+            config.only = set;
+        }
+        Ok(Cli { config, json })
+    }
+}
+
+fn progress(msg: &str) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    eprintln!("[bench {:7.1}s] {msg}", start.elapsed().as_secs_f64());
+}
+
+/// Poll `check` every 100 ms until it says yes or `bound` passes; a failing
+/// check (a busy daemon's client timing out) counts as "not yet".
+fn poll_until(bound: Duration, mut check: impl FnMut() -> Result<bool, BenchError>) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if matches!(check(), Ok(true)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How long a peer may take to complete N flows: 30 s plus 90 µs a flow,
+/// at most 120 s.
+fn completion_bound(n: usize) -> Duration {
+    Duration::from_secs(30)
+        .saturating_add(Duration::from_micros(90 * n as u64))
+        .min(Duration::from_secs(120))
+}
+
+/// What one system produced.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub commit_s: Option<f64>,
+    pub commit_rate: Option<f64>,
+    pub commit_cpu_s: Option<f64>,
+    pub burst_s: Option<f64>,
+    pub burst_complete_s: Option<f64>,
+    pub burst_lost: Option<f64>,
+    pub cpu_per_100k: Option<f64>,
+    pub rss_a: Option<f64>,
+    pub rss_b: Option<f64>,
+    pub resync_s: Option<f64>,
+    pub bytes_new: Option<f64>,
+    pub bytes_update: Option<f64>,
+    pub bytes_delete: Option<f64>,
+}
+
+/// ctsyncd's warm standby figures.
+#[derive(Clone, Debug, Default)]
+pub struct Warm {
+    pub kernel_complete_s: Option<f64>,
+    pub vs_burst: Option<f64>,
+    pub commit_ms: Option<f64>,
+}
+
+fn keep<T>(notes: &mut Vec<String>, what: &str, r: Result<T, BenchError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let msg = format!("{what}: {e}");
+            progress(&msg);
+            notes.push(msg);
+            None
+        }
+    }
+}
+
+fn pid(sys: &dyn System, side: Side) -> Result<u32, BenchError> {
+    sys.pid(side)
+        .ok_or_else(|| BenchError::Daemon(format!("{} on {side:?} is not running", sys.name())))
+}
+
+/// Bytes on the sync link per create, update and delete of K IPv4 TCP flows.
+fn bytes_phase(sys: &dyn System, cfg: &BenchConfig) -> Result<[f64; 3], BenchError> {
+    let name = sys.name();
+    let k = cfg.bytes_k.min(cfg.flows).max(1);
+    let counter = LinkCounter::install(sys.ns(Side::A))?;
+    let idle = counter.idle_rate(cfg.idle)?;
+    progress(&format!("{name}: sync link idle traffic {idle:.0} B/s"));
+    let flows = tcp_flows(k, 2);
+    let settle = Duration::from_secs(60);
+    let mut out = [0.0; 3];
+    for (i, what) in ["creates", "updates", "deletes"].into_iter().enumerate() {
+        let before = counter.read()?;
+        let started = Instant::now();
+        let ops: Vec<WriteOp> = match i {
+            0 => flows.iter().cloned().map(WriteOp::Create).collect(),
+            1 => flows
+                .iter()
+                .map(|f| {
+                    let mut g = f.clone();
+                    g.mark = 7;
+                    WriteOp::Update(g)
+                })
+                .collect(),
+            _ => flows.iter().map(|f| WriteOp::Delete(f.key())).collect(),
+        };
+        check_report(what, &apply(sys.ns(Side::A), ops)?)?;
+        let want = if i == 2 { 0 } else { k as u64 };
+        if !poll_until(settle, || Ok(sys.external_active(Side::B)? == want)) {
+            return Err(BenchError::Timeout(format!(
+                "{what}: B's external cache never held {want} flows"
+            )));
+        }
+        counter.quiesce(idle, Duration::from_secs(1), settle)?;
+        let c = counter.read()?.since(&before);
+        let bytes = (c.tx_bytes + c.rx_bytes) as f64;
+        let net = bytes - idle * started.elapsed().as_secs_f64();
+        out[i] = net / k as f64;
+        progress(&format!(
+            "{name}: {k} {what}: sent {} B in {} datagrams, received {} B in {}; \
+             {:.1} B per flow after idle",
+            c.tx_bytes, c.tx_packets, c.rx_bytes, c.rx_packets, out[i]
+        ));
+    }
+    Ok(out)
+}
+
+/// The burst's outcome.
+struct Burst {
+    took: Duration,
+    complete_after: Option<Duration>,
+    lost: u64,
+    cpu_s: f64,
+}
+
+/// N creates at full speed in A; B's external cache polled until complete.
+fn burst_phase(sys: &dyn System, n: usize) -> Result<Burst, BenchError> {
+    let name = sys.name();
+    let pid_a = pid(sys, Side::A)?;
+    let cpu_before = cpu_seconds(pid_a)?;
+    let (report, took) = timed_create(sys.ns(Side::A), tcp_flows(n, 1))?;
+    let end = Instant::now();
+    check_report("burst", &report)?;
+    progress(&format!(
+        "{name}: burst of {n} creates took {:.2} s ({:.0}/s); waiting for B",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    ));
+    let complete = poll_until(completion_bound(n), || {
+        Ok(sys.external_active(Side::B)? >= n as u64)
+    });
+    let complete_after = complete.then(|| end.elapsed());
+    let cpu_s = cpu_seconds(pid_a)? - cpu_before;
+    std::thread::sleep(Duration::from_secs(2));
+    let last = sys.external_active(Side::B)?;
+    progress(&format!(
+        "{name}: B's external cache {} ({last} of {n}); A's daemon used {cpu_s:.2} s CPU",
+        complete_after.map_or_else(
+            || "incomplete".to_string(),
+            |d| format!("complete {:.2} s after the burst", d.as_secs_f64())
+        )
+    ));
+    Ok(Burst {
+        took,
+        complete_after,
+        lost: (n as u64).saturating_sub(last),
+        cpu_s,
+    })
+}
+
+/// Resident memory per cached flow on A (internal) and B (external).
+fn memory_phase(sys: &dyn System, rss0: (u64, u64)) -> Result<(f64, f64), BenchError> {
+    let a = rss_bytes(pid(sys, Side::A)?)?;
+    let b = rss_bytes(pid(sys, Side::B)?)?;
+    let na = sys.internal_active(Side::A)?.max(1);
+    let nb = sys.external_active(Side::B)?.max(1);
+    let per_a = (a as f64 - rss0.0 as f64) / na as f64;
+    let per_b = (b as f64 - rss0.1 as f64) / nb as f64;
+    progress(&format!(
+        "{}: RSS A {} MiB ({na} internal), B {} MiB ({nb} external)",
+        sys.name(),
+        a >> 20,
+        b >> 20
+    ));
+    Ok((per_a, per_b))
+}
+
+/// B's external cache into B's emptied kernel table: seconds, flows/s and
+/// the CPU seconds B's daemon used meanwhile.
+fn commit_phase(sys: &dyn System) -> Result<(f64, f64, f64), BenchError> {
+    let ns = sys.ns(Side::B).to_string();
+    kernel_flush(&ns)?;
+    let expected = sys.external_active(Side::B)?;
+    let pid_b = pid(sys, Side::B)?;
+    let cpu_before = cpu_seconds(pid_b)?;
+    let started = Instant::now();
+    sys.commit(Side::B)?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid_b)? - cpu_before;
+    let count = kernel_count(&ns)?;
+    progress(&format!(
+        "{}: commit of {expected} flows took {secs:.2} s (B's daemon used {cpu:.2} s CPU); \
+         B's kernel holds {count}",
+        sys.name()
+    ));
+    if count != expected {
+        return Err(BenchError::Kernel(format!(
+            "after the commit B's kernel holds {count} flows, its external cache {expected}"
+        )));
+    }
+    Ok((secs, count as f64 / secs, cpu))
+}
+
+/// B stopped, its kernel emptied, started again: seconds until its external
+/// cache holds A's table again.
+fn resync_phase(sys: &mut dyn System, n: usize) -> Result<f64, BenchError> {
+    let expected = sys.internal_active(Side::A)?;
+    sys.stop(Side::B);
+    kernel_flush(sys.ns(Side::B))?;
+    let started = Instant::now();
+    sys.start(Side::B)?;
+    sys.after_restart(Side::B)?;
+    let complete = poll_until(completion_bound(n), || {
+        Ok(sys.external_active(Side::B)? >= expected)
+    });
+    let secs = started.elapsed().as_secs_f64();
+    if !complete {
+        let have = sys.external_active(Side::B).unwrap_or(0);
+        return Err(BenchError::Timeout(format!(
+            "cold resync: B holds {have} of {expected} flows after {secs:.0} s"
+        )));
+    }
+    progress(&format!(
+        "{}: cold resync of {expected} flows took {secs:.2} s",
+        sys.name()
+    ));
+    Ok(secs)
+}
+
+/// Every phase on one system, in order: bytes, burst (with CPU), memory,
+/// commit, cold resync.
+fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> Figures {
+    let name = sys.name();
+    let mut f = Figures::default();
+    progress(&format!("{name}: starting A and B"));
+    let started = sys.start(Side::A).and_then(|_| sys.start(Side::B));
+    if keep(notes, &format!("{name}: start"), started).is_none() {
+        return f;
+    }
+    // Let the peers find each other before anything is measured.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss0 = match (sys.pid(Side::A), sys.pid(Side::B)) {
+        (Some(a), Some(b)) => (rss_bytes(a).unwrap_or(0), rss_bytes(b).unwrap_or(0)),
+        _ => (0, 0),
+    };
+    if cfg.wants(Workload::Bytes) {
+        progress(&format!("{name}: bytes on the sync link"));
+        if let Some([new, update, delete]) =
+            keep(notes, &format!("{name}: bytes"), bytes_phase(sys, cfg))
+        {
+            f.bytes_new = Some(new);
+            f.bytes_update = Some(update);
+            f.bytes_delete = Some(delete);
+        }
+    }
+    if !cfg.wants_fill() {
+        return f;
+    }
+    progress(&format!("{name}: burst of {} creates", cfg.flows));
+    let Some(burst) = keep(
+        notes,
+        &format!("{name}: burst"),
+        burst_phase(sys, cfg.flows),
+    ) else {
+        return f;
+    };
+    f.burst_s = Some(burst.took.as_secs_f64());
+    f.burst_complete_s = burst.complete_after.map(|d| d.as_secs_f64());
+    if burst.complete_after.is_none() {
+        notes.push(format!(
+            "{name}: B's external cache was still incomplete {} s after the burst ({} flows missing)",
+            completion_bound(cfg.flows).as_secs(),
+            burst.lost
+        ));
+    }
+    f.burst_lost = Some(burst.lost as f64);
+    f.cpu_per_100k = Some(burst.cpu_s / cfg.flows as f64 * 100_000.0);
+    if cfg.wants(Workload::Memory) {
+        if let Some((a, b)) = keep(notes, &format!("{name}: memory"), memory_phase(sys, rss0)) {
+            f.rss_a = Some(a);
+            f.rss_b = Some(b);
+        }
+    }
+    if cfg.wants(Workload::Commit) {
+        progress(&format!("{name}: commit on B"));
+        if let Some((secs, rate, cpu)) = keep(notes, &format!("{name}: commit"), commit_phase(sys))
+        {
+            f.commit_s = Some(secs);
+            f.commit_rate = Some(rate);
+            f.commit_cpu_s = Some(cpu);
+        }
+    }
+    if cfg.wants(Workload::Resync) {
+        progress(&format!("{name}: cold resync of B"));
+        f.resync_s = keep(
+            notes,
+            &format!("{name}: cold resync"),
+            resync_phase(sys, cfg.flows),
+        );
+    }
+    f
+}
+
+/// Stop both daemons and empty both tables, so tearing the lab down does
+/// not overlap the next system's measurements.
+fn wind_down(sys: &mut dyn System) {
+    sys.stop(Side::A);
+    sys.stop(Side::B);
+    for side in [Side::A, Side::B] {
+        let _ = kernel_flush(sys.ns(side));
+    }
+}
+
+/// ctsyncd with `[sync] warm_standby = true`: B's kernel complete after A's
+/// burst, and `-c` afterwards. "n/a" when the build rejects the key.
+fn warm_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> Warm {
+    let n = cfg.flows;
+    let mut w = Warm::default();
+    let mut sys = Ctsyncd::new("warm_standby = true");
+    if let Err(e) = sys.start(Side::A) {
+        let text = e.to_string();
+        let msg = if text.contains("warm_standby") {
+            "warm standby: n/a, this build rejects `[sync] warm_standby = true`".to_string()
+        } else {
+            format!("warm standby: {text}")
+        };
+        progress(&msg);
+        notes.push(msg);
+        return w;
+    }
+    if keep(notes, "warm standby: start B", sys.start(Side::B)).is_none() {
+        return w;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let burst = timed_create(sys.ns(Side::A), tcp_flows(n, 3))
+        .and_then(|(report, took)| check_report("warm burst", &report).map(|_| took));
+    let Some(took) = keep(notes, "warm standby: burst", burst) else {
+        return w;
+    };
+    let end = Instant::now();
+    let ns_b = sys.ns(Side::B).to_string();
+    let complete = poll_until(completion_bound(n), || Ok(kernel_count(&ns_b)? >= n as u64));
+    if complete {
+        let lag = end.elapsed().as_secs_f64();
+        w.kernel_complete_s = Some(lag);
+        w.vs_burst = Some(lag / took.as_secs_f64());
+        progress(&format!(
+            "warm standby: B's kernel complete {lag:.2} s after a {:.2} s burst",
+            took.as_secs_f64()
+        ));
+    } else {
+        let have = kernel_count(&ns_b).unwrap_or(0);
+        notes.push(format!(
+            "warm standby: B's kernel held {have} of {n} flows {} s after the burst",
+            completion_bound(n).as_secs()
+        ));
+    }
+    let started = Instant::now();
+    if keep(notes, "warm standby: commit", sys.commit(Side::B)).is_some() {
+        w.commit_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    wind_down(&mut sys);
+    w
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn rows(cfg: &BenchConfig, raw: Option<f64>, c: &Figures, d: &Figures, w: &Warm) -> Vec<Row> {
+    let n = report::fmt_num(cfg.flows as f64);
+    let mut rows = Vec::new();
+    if cfg.wants(Workload::Raw) || cfg.wants(Workload::Commit) {
+        rows.push(Row::new(
+            "raw_writer_rate",
+            "raw batched writer, empty table, no listener (flows/s)",
+            raw,
+            None,
+            false,
+            Target::None,
+        ));
+    }
+    if cfg.wants(Workload::Commit) {
+        rows.push(Row::new(
+            "commit_s",
+            format!("commit of {n} flows (s)"),
+            c.commit_s,
+            d.commit_s,
+            true,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_rate",
+            "commit rate (flows/s)",
+            c.commit_rate,
+            d.commit_rate,
+            true,
+            Target::RatioAtLeast(2.5),
+        ));
+        rows.push(Row::new(
+            "commit_vs_raw",
+            "commit rate ÷ raw writer",
+            ratio(c.commit_rate, raw),
+            ratio(d.commit_rate, raw),
+            false,
+            Target::CtsyncdAtLeast(0.85),
+        ));
+        rows.push(Row::new(
+            "commit_cpu_s",
+            "B's daemon CPU during the commit (s)",
+            c.commit_cpu_s,
+            d.commit_cpu_s,
+            true,
+            Target::None,
+        ));
+    }
+    if cfg.wants(Workload::Burst) {
+        rows.push(Row::new(
+            "burst_s",
+            format!("burst: {n} creates in A (s)"),
+            c.burst_s,
+            d.burst_s,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "burst_complete_s",
+            "burst: B's external cache complete after the burst (s)",
+            c.burst_complete_s,
+            d.burst_complete_s,
+            true,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "burst_lost",
+            "burst: flows lost",
+            c.burst_lost,
+            d.burst_lost,
+            false,
+            Target::CtsyncdAtMost(0.0),
+        ));
+    }
+    if cfg.wants(Workload::Resync) {
+        rows.push(Row::new(
+            "cold_resync_s",
+            format!("cold resync of {n} flows, B restarted empty (s)"),
+            c.resync_s,
+            d.resync_s,
+            true,
+            Target::RatioAtMost(1.0),
+        ));
+    }
+    if cfg.wants(Workload::Bytes) {
+        rows.push(Row::new(
+            "bytes_per_new",
+            "sync link bytes per new IPv4 TCP flow",
+            c.bytes_new,
+            d.bytes_new,
+            true,
+            Target::RatioAtMost(0.45),
+        ));
+        rows.push(Row::new(
+            "bytes_per_update",
+            "sync link bytes per update",
+            c.bytes_update,
+            d.bytes_update,
+            true,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "bytes_per_delete",
+            "sync link bytes per delete",
+            c.bytes_delete,
+            d.bytes_delete,
+            true,
+            Target::None,
+        ));
+    }
+    if cfg.wants(Workload::Memory) {
+        rows.push(Row::new(
+            "rss_per_flow_a",
+            "RSS per cached flow, A internal (bytes)",
+            c.rss_a,
+            d.rss_a,
+            true,
+            Target::RatioAtMost(0.35),
+        ));
+        rows.push(Row::new(
+            "rss_per_flow_b",
+            "RSS per cached flow, B external (bytes)",
+            c.rss_b,
+            d.rss_b,
+            true,
+            Target::RatioAtMost(0.35),
+        ));
+    }
+    if cfg.wants(Workload::Cpu) {
+        rows.push(Row::new(
+            "cpu_per_100k",
+            "A's daemon CPU per 100,000 replicated events (s)",
+            c.cpu_per_100k,
+            d.cpu_per_100k,
+            true,
+            Target::RatioAtMost(0.5),
+        ));
+    }
+    if cfg.wants(Workload::Warm) {
+        rows.push(Row::new(
+            "warm_kernel_complete_s",
+            "warm standby: B's kernel complete after the burst (s)",
+            w.kernel_complete_s,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "warm_vs_burst",
+            "warm standby: that ÷ the burst's duration",
+            w.vs_burst,
+            None,
+            false,
+            Target::CtsyncdAtMost(1.5),
+        ));
+        rows.push(Row::new(
+            "warm_commit_ms",
+            "warm standby: -c afterwards (ms)",
+            w.commit_ms,
+            None,
+            false,
+            Target::CtsyncdBelow(100.0),
+        ));
+    }
+    rows
+}
+
+/// Run the benchmark.
+pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    let n = cfg.flows;
+    progress(&format!("N = {n}; workloads {:?}", cfg.only));
+    let min_max = (n as f64 * 2.2).ceil() as u64;
+    let _sysctls = ConntrackSysctls::apply(cfg.tune_kernel.then_some(1_048_576), min_max)?;
+    let machine = Machine::probe();
+    progress(&format!(
+        "{} cores ({}), kernel {}, nf_conntrack_buckets {}, nf_conntrack_max {}",
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.nf_conntrack_buckets,
+        machine.nf_conntrack_max
+    ));
+    let mut notes = Vec::new();
+    let raw = if cfg.wants(Workload::Raw) || cfg.wants(Workload::Commit) {
+        progress(&format!("raw writer: {n} creates into an empty namespace"));
+        let r = keep(&mut notes, "raw writer", raw_writer_rate(n));
+        if let Some(rate) = r {
+            progress(&format!("raw writer: {rate:.0} flows/s"));
+        }
+        r
+    } else {
+        None
+    };
+    let mut all = cfg.only.clone();
+    all.remove(&Workload::Raw);
+    all.remove(&Workload::Warm);
+    let (cts, ctd) = if all.is_empty() {
+        (Figures::default(), Figures::default())
+    } else {
+        let cts = {
+            let mut sys = Ctsyncd::new("");
+            let f = measure(&mut sys, cfg, &mut notes);
+            wind_down(&mut sys);
+            f
+        };
+        let ctd = match Conntrackd::new(n) {
+            Ok(mut sys) => {
+                let f = measure(&mut sys, cfg, &mut notes);
+                wind_down(&mut sys);
+                f
+            }
+            Err(e) => {
+                notes.push(format!("conntrackd: {e}"));
+                Figures::default()
+            }
+        };
+        (cts, ctd)
+    };
+    let warm = if cfg.wants(Workload::Warm) {
+        progress("warm standby (ctsyncd)");
+        warm_phase(cfg, &mut notes)
+    } else {
+        Warm::default()
+    };
+    Ok(Report {
+        flows: n,
+        machine,
+        rows: rows(cfg, raw, &cts, &ctd, &warm),
+        notes,
+    })
+}
+
+/// Write the report's JSON, creating the directory.
+pub fn write_json(report: &Report, path: &Path) -> Result<(), BenchError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::Io(format!("create {}: {e}", dir.display())))?;
+    }
+    let text = serde_json::to_string_pretty(&report.to_json())
+        .map_err(|e| BenchError::Io(format!("JSON: {e}")))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| BenchError::Io(format!("write {}: {e}", path.display())))
+}

@@ -1,0 +1,141 @@
+//! A system under test: two firewalls (primary A, backup B) in the lab's
+//! namespaces running one sync daemon, driven through the same few verbs
+//! for ctsyncd and conntrackd; and the ctsyncd implementation of them.
+//!
+//! Must not: time or measure anything (the phases in `mod.rs` do).
+
+use super::BenchError;
+use crate::lab::{Lab, LabSpec, Node};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Which firewall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// How long a daemon may take to answer after it was started.
+pub const START_WITHIN: Duration = Duration::from_secs(30);
+
+/// The verbs every phase uses.
+pub trait System {
+    fn name(&self) -> &'static str;
+    /// The namespace of a firewall.
+    fn ns(&self, side: Side) -> &str;
+    /// Start the daemon; returns once its control socket answers.
+    fn start(&mut self, side: Side) -> Result<(), BenchError>;
+    /// Stop the daemon (SIGTERM, reaped).
+    fn stop(&mut self, side: Side);
+    fn pid(&self, side: Side) -> Option<u32>;
+    /// Flows in the internal cache (our kernel's flows).
+    fn internal_active(&self, side: Side) -> Result<u64, BenchError>;
+    /// Flows in the external cache (the peer's flows).
+    fn external_active(&self, side: Side) -> Result<u64, BenchError>;
+    /// Commit the external cache to the kernel; returns when done.
+    fn commit(&self, side: Side) -> Result<(), BenchError>;
+    /// What an HA agent runs after starting a backup daemon empty.
+    fn after_restart(&self, side: Side) -> Result<(), BenchError>;
+}
+
+/// ctsyncd in the lab, with the lab's TOML.
+pub struct Ctsyncd {
+    pub lab: Lab,
+}
+
+impl Ctsyncd {
+    /// Two firewalls with the daemon's own defaults, plus `sync_extra`
+    /// lines for `[sync]`.
+    pub fn new(sync_extra: &str) -> Ctsyncd {
+        Ctsyncd {
+            lab: Lab::new(LabSpec {
+                // The daemon's default; the lab's 5 s suits tests only.
+                reconcile_interval_s: 60,
+                sync_extra: sync_extra.to_string(),
+                ..LabSpec::default()
+            }),
+        }
+    }
+
+    fn node(&self, side: Side) -> &Node {
+        match side {
+            Side::A => &self.lab.a,
+            Side::B => &self.lab.b,
+        }
+    }
+
+    fn node_mut(&mut self, side: Side) -> &mut Node {
+        match side {
+            Side::A => &mut self.lab.a,
+            Side::B => &mut self.lab.b,
+        }
+    }
+
+    fn client(&self, side: Side, args: &[&str]) -> Result<String, BenchError> {
+        let node = self.node(side);
+        let out = node.ctl(args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(BenchError::Command(format!(
+                "ctsyncd {args:?} on {}: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    fn stats(&self, side: Side) -> Result<Value, BenchError> {
+        let text = self.client(side, &["-s", "--json"])?;
+        serde_json::from_str(&text)
+            .map_err(|e| BenchError::Parse(format!("ctsyncd -s --json: {e}")))
+    }
+
+    fn active(&self, side: Side, cache: &str) -> Result<u64, BenchError> {
+        self.stats(side)?[cache]["active"]
+            .as_u64()
+            .ok_or_else(|| BenchError::Parse(format!("ctsyncd -s --json: no {cache}.active")))
+    }
+}
+
+impl System for Ctsyncd {
+    fn name(&self) -> &'static str {
+        "ctsyncd"
+    }
+
+    fn ns(&self, side: Side) -> &str {
+        &self.node(side).ns
+    }
+
+    fn start(&mut self, side: Side) -> Result<(), BenchError> {
+        self.node_mut(side)
+            .try_start(START_WITHIN)
+            .map_err(BenchError::Daemon)
+    }
+
+    fn stop(&mut self, side: Side) {
+        self.node_mut(side).kill(libc::SIGTERM);
+    }
+
+    fn pid(&self, side: Side) -> Option<u32> {
+        self.node(side).pid()
+    }
+
+    fn internal_active(&self, side: Side) -> Result<u64, BenchError> {
+        self.active(side, "internal")
+    }
+
+    fn external_active(&self, side: Side) -> Result<u64, BenchError> {
+        self.active(side, "external")
+    }
+
+    fn commit(&self, side: Side) -> Result<(), BenchError> {
+        self.client(side, &["-c"]).map(|_| ())
+    }
+
+    fn after_restart(&self, _side: Side) -> Result<(), BenchError> {
+        // A restarted ctsyncd resyncs with its peers by itself.
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The ctsyncd-vs-conntrackd benchmark at a small N, in the test suite: it
+//! proves every workload runs and yields a figure, and that the JSON holds
+//! the same metrics as the table. It asserts no speed: the figures of a
+//! small N say little, and targets belong to the full benchmark.
+//!
+//! Needs root (namespaces, ctnetlink) and conntrackd 1.4.7.
+
+mod bench;
+mod lab;
+
+use bench::{BenchConfig, Workload};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Rows measured on one system only.
+const CTSYNCD_ONLY: &[&str] = &[
+    "raw_writer_rate",
+    "warm_kernel_complete_s",
+    "warm_vs_burst",
+    "warm_commit_ms",
+];
+/// Rows that are "n/a" while the build rejects `[sync] warm_standby`.
+const WARM: &[&str] = &["warm_kernel_complete_s", "warm_vs_burst", "warm_commit_ms"];
+/// Rows whose figure may be zero.
+/// (CPU time is counted in clock ticks: a small N may use none.)
+const MAY_BE_ZERO: &[&str] = &["burst_lost", "commit_cpu_s"];
+
+#[test]
+fn the_benchmark_runs_every_workload_and_reports_every_figure() {
+    let cfg = BenchConfig::smoke(5_000);
+    assert_eq!(cfg.only.len(), Workload::ALL.len());
+    let report = bench::run(&cfg).expect("benchmark run");
+    let table = report.table();
+    println!("{table}");
+    let warm_rejected = report
+        .notes
+        .iter()
+        .any(|n| n.contains("rejects `[sync] warm_standby"));
+    assert!(report.rows.len() >= 18, "{table}");
+    for row in &report.rows {
+        let mut columns = vec![("ctsyncd", row.ctsyncd)];
+        if !CTSYNCD_ONLY.contains(&row.key) {
+            columns.push(("conntrackd", row.conntrackd));
+        }
+        for (system, value) in columns {
+            if warm_rejected && WARM.contains(&row.key) {
+                assert!(value.is_none(), "{}: {value:?}", row.key);
+                continue;
+            }
+            let v = value.unwrap_or_else(|| panic!("{} has no {system} figure\n{table}", row.key));
+            assert!(v.is_finite(), "{} {system}: {v}", row.key);
+            if MAY_BE_ZERO.contains(&row.key) {
+                assert!(v >= 0.0, "{} {system}: {v}", row.key);
+            } else {
+                assert!(v > 0.0, "{} {system}: {v}\n{table}", row.key);
+            }
+        }
+        assert!(
+            table.contains(&format!("| {} |", row.metric)),
+            "{} missing from the table",
+            row.key
+        );
+    }
+    // Both systems ended with B holding every flow of the 5,000 burst.
+    let burst_lost = report.rows.iter().find(|r| r.key == "burst_lost");
+    assert_eq!(burst_lost.and_then(|r| r.ctsyncd), Some(0.0), "{table}");
+
+    let path = std::env::temp_dir().join(format!("cts-bench-{}.json", std::process::id()));
+    bench::write_json(&report, &path).expect("write JSON");
+    let text = std::fs::read_to_string(&path).expect("read JSON back");
+    let _ = std::fs::remove_file(&path);
+    let json: Value = serde_json::from_str(&text).expect("the JSON parses");
+    let keys: BTreeSet<&str> = json["metrics"]
+        .as_object()
+        .expect("metrics object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let rows: BTreeSet<&str> = report.rows.iter().map(|r| r.key).collect();
+    assert_eq!(keys, rows);
+    for row in &report.rows {
+        let m = &json["metrics"][row.key];
+        for (system, value) in [("ctsyncd", row.ctsyncd), ("conntrackd", row.conntrackd)] {
+            let same = match (m[system].as_f64(), value) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            assert!(
+                same,
+                "{} {system}: JSON {} vs {value:?}",
+                row.key, m[system]
+            );
+        }
+        assert_eq!(m["metric"], row.metric.as_str());
+    }
+    assert_eq!(json["flows"], 5_000);
+    assert!(json["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+    assert!(json["machine"]["nf_conntrack_max"].as_u64().unwrap_or(0) >= 11_000);
+}
+
+#[test]
+fn the_command_line_is_parsed_and_checked() {
+    let args = |s: &str| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+    let cli = bench::Cli::parse(args(
+        "--flows 1_000 --only raw,commit --json x.json --bench",
+    ))
+    .expect("valid arguments");
+    assert_eq!(cli.config.flows, 1_000);
+    assert_eq!(
+        cli.config.only,
+        [Workload::Raw, Workload::Commit].into_iter().collect()
+    );
+    assert_eq!(cli.json, std::path::PathBuf::from("x.json"));
+    let default = bench::Cli::parse(Vec::new()).expect("no arguments");
+    assert_eq!(default.config.flows, 1_000_000);
+    assert_eq!(default.config.only.len(), Workload::ALL.len());
+    for bad in ["--flows 0", "--only nope", "--flows", "--fast", "--only ,"] {
+        assert!(bench::Cli::parse(args(bad)).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn conntrackd_stats_give_both_caches_active_counts() {
+    let text = "cache internal:\ncurrent active connections:\t          12\n\
+                connections created:\t\t 1\tfailed:\t 0\n\n\
+                cache external:\ncurrent active connections:\t      100012\n";
+    assert_eq!(
+        bench::conntrackd::parse_active(text, "internal").ok(),
+        Some(12)
+    );
+    assert_eq!(
+        bench::conntrackd::parse_active(text, "external").ok(),
+        Some(100_012)
+    );
+    assert!(bench::conntrackd::parse_active("nothing", "external").is_err());
+}
+
+#[test]
+fn numbers_ratios_and_targets_read_right() {
+    use bench::report::{fmt_num, Row, Target};
+    assert_eq!(fmt_num(1_234_567.4), "1,234,567");
+    assert_eq!(fmt_num(999.6), "1,000");
+    assert_eq!(fmt_num(123.4), "123");
+    assert_eq!(fmt_num(12.34), "12.3");
+    assert_eq!(fmt_num(1.2345), "1.234");
+    let r = Row::new(
+        "k",
+        "m",
+        Some(5.0),
+        Some(2.0),
+        true,
+        Target::RatioAtLeast(2.5),
+    );
+    assert_eq!((r.ratio, r.met), (Some(2.5), Some(true)));
+    let r = Row::new(
+        "k",
+        "m",
+        Some(1.0),
+        Some(2.0),
+        true,
+        Target::RatioAtMost(0.45),
+    );
+    assert_eq!(r.met, Some(false));
+    let r = Row::new("k", "m", None, Some(2.0), true, Target::RatioAtMost(0.45));
+    assert_eq!((r.ratio, r.met), (None, None));
+    let r = Row::new("k", "m", Some(0.0), None, false, Target::CtsyncdAtMost(0.0));
+    assert_eq!(r.met, Some(true));
+    let r = Row::new(
+        "k",
+        "m",
+        Some(120.0),
+        None,
+        false,
+        Target::CtsyncdBelow(100.0),
+    );
+    assert_eq!(r.met, Some(false));
+}
