@@ -129,6 +129,8 @@ pub struct SyncConfig {
     pub purge_timeout_s: u32,
     /// Anti-entropy: compare state digests with peers this often (ms; 0 = off).
     pub digest_interval_ms: u64,
+    /// Let a few changes wait this long (ms) to fill a datagram; 0 = never.
+    pub batch_delay_ms: u64,
     /// Warm standby: write peers' flows into our kernel as they arrive.
     pub warm_standby: bool,
     /// Warm standby: the least timeout (s) a flow written that way gets.
@@ -204,6 +206,7 @@ impl Default for SyncConfig {
             mtu: 1500,
             purge_timeout_s: 60,
             digest_interval_ms: 5000,
+            batch_delay_ms: 2,
             warm_standby: false,
             warm_timeout_s: 1800,
             alarm_refresh_s: 60,
@@ -265,6 +268,7 @@ struct RawSync {
     mtu: Option<S<i64>>,
     purge_timeout_s: Option<S<i64>>,
     digest_interval_ms: Option<S<i64>>,
+    batch_delay_ms: Option<S<i64>>,
     warm_standby: Option<bool>,
     warm_timeout_s: Option<S<i64>>,
     alarm_refresh_s: Option<S<i64>>,
@@ -633,6 +637,13 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         86_400_000,
         d.digest_interval_ms as i64,
     )?;
+    let batch_delay = cx.int(
+        &r.batch_delay_ms,
+        "sync.batch_delay_ms",
+        0,
+        1000,
+        d.batch_delay_ms as i64,
+    )?;
     let warm_timeout = cx.int(
         &r.warm_timeout_s,
         "sync.warm_timeout_s",
@@ -677,6 +688,7 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         mtu: to_u32(mtu),
         purge_timeout_s: to_u32(purge),
         digest_interval_ms: to_u64(digest),
+        batch_delay_ms: to_u64(batch_delay),
         warm_standby: r.warm_standby.unwrap_or(d.warm_standby),
         warm_timeout_s: to_u32(warm_timeout),
         alarm_refresh_s: to_u32(refresh),

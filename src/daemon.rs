@@ -15,7 +15,7 @@ use crate::control::{self, CacheSel, Envelope, Reply, Request, StatsSection};
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
 use crate::kernel::dump::dump_table;
-use crate::kernel::events::EventSocket;
+use crate::kernel::events::{EventSocket, EventSwitch};
 use crate::kernel::write::{CreateOptions, WriteOp, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Most queued kernel-event batches handled before the next transmit.
+const KERNEL_DRAIN: usize = 4096;
+/// Commits this large run with kernel events paused.
+const QUIET_COMMIT_MIN: usize = 10_000;
 /// Flows per commit step (the progress a terminal sees moves by this much).
 const COMMIT_CHUNK: usize = 50_000;
 /// How often the links' interfaces are looked at.
@@ -149,6 +153,9 @@ struct Daemon {
     /// counts), and how many it will write.
     commit_progress: Arc<AtomicU64>,
     commit_total: u64,
+    /// Turns the kernel event subscription off for a commit and on after.
+    events_switch: EventSwitch,
+    events_paused: bool,
     warm: WarmStandby,
     jobs: std::sync::mpsc::Sender<(Job, mpsc::Sender<Done>)>,
     done_tx: mpsc::Sender<Done>,
@@ -209,6 +216,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         usize::try_from(config.kernel.netlink_buffer_max).unwrap_or(usize::MAX),
     )?;
     let kernel_buffer_size = events.buffer_size() as u64;
+    // Valid while the event thread holds the socket, i.e. while we run.
+    let events_switch = events.switch();
     let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
     spawn_event_thread(events, kernel_tx)?;
 
@@ -245,6 +254,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         warm: WarmStandby::default(),
         commit_progress,
         commit_total: 0,
+        events_switch,
+        events_paused: false,
         jobs: job_tx,
         done_tx,
         started,
@@ -293,7 +304,17 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     while !daemon.stop {
         let deadline = daemon.next_deadline();
         tokio::select! {
-            Some(feed) = kernel_rx.recv() => daemon.on_kernel(feed),
+            Some(feed) = kernel_rx.recv() => {
+                daemon.on_kernel(feed);
+                // Take every batch already queued before transmitting once,
+                // so a burst leaves in full datagrams.
+                for _ in 0..KERNEL_DRAIN {
+                    match kernel_rx.try_recv() {
+                        Ok(more) => daemon.on_kernel(more),
+                        Err(_) => break,
+                    }
+                }
+            }
             Some(received) = net_rx.recv() => {
                 daemon.on_datagram(received);
                 // Drain what else is queued before transmitting once.
@@ -358,6 +379,7 @@ fn core_config(config: &Config) -> SyncConfig {
         alarm_refresh_ms: u64::from(s.alarm_refresh_s) * 1000,
         alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
         record_applied: s.warm_standby,
+        batch_delay_ms: s.batch_delay_ms,
         ..SyncConfig::default()
     }
 }
@@ -718,6 +740,14 @@ impl Daemon {
         match done {
             Done::Commit(result, started, client) => {
                 self.commit_running = false;
+                if self.events_paused {
+                    self.events_paused = false;
+                    if let Err(e) = self.events_switch.set(true) {
+                        tracing::error!(error = %e, "cannot resume kernel events after the commit");
+                    }
+                    // Heal what was not heard while deaf.
+                    self.overrun_resync_at = Some(Instant::now());
+                }
                 self.own_writes_expire_at = Some(Instant::now() + OWN_WRITES_MEMORY);
                 let reply = match result {
                     Ok(report) => {
@@ -927,17 +957,28 @@ impl Daemon {
         self.commit_running = true;
         // As conntrackd: a commit cancels a pending `-t` flush.
         self.scheduled_flush_at = None;
-        let mut flows = self.commit_set(peer, now);
-        if self.config.sync.warm_standby {
+        let flows = if self.config.sync.warm_standby {
             // The peers' flows are in the kernel already: fill in only what
-            // warm standby has not written (yet).
+            // warm standby has not written (yet), without walking the rest.
             let missing = self.warm_missing();
-            flows.retain(|f| missing.contains(&f.key()));
-        }
+            self.commit_set(peer, now, Some(&missing))
+        } else {
+            self.commit_set(peer, now, None)
+        };
         self.own_writes.extend(flows.iter().map(Flow::key));
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_total = flows.len() as u64;
+        // A large commit would make the kernel report every flow back to
+        // us, only for us to ignore it: listen to nothing while it runs and
+        // re-read the table afterwards (what else changed meanwhile is then
+        // found and sent, the committed flows cached as our own writes).
+        if flows.len() >= QUIET_COMMIT_MIN {
+            match self.events_switch.set(false) {
+                Ok(()) => self.events_paused = true,
+                Err(e) => tracing::warn!(error = %e, "cannot pause kernel events for the commit"),
+            }
+        }
         tracing::info!(flows = flows.len(), ?peer, "committing external cache");
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
@@ -947,13 +988,30 @@ impl Daemon {
 
     /// Every peer's flows with conntrackd's commit timeout: the configured
     /// one, or what was left on the wire minus the time since, floored at 60 s.
-    fn commit_set(&self, peer: Option<u32>, now_ms: u64) -> Vec<Flow> {
+    /// With `only`, just those keys (looked up, not searched for).
+    fn commit_set(
+        &self,
+        peer: Option<u32>,
+        now_ms: u64,
+        only: Option<&HashSet<FlowKey>>,
+    ) -> Vec<Flow> {
         let fixed = self.config.kernel.commit_timeout;
-        self.node
-            .external()
-            .iter()
-            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
-            .flat_map(|(_, cache)| cache.iter().map(|(_, e)| e))
+        let caches = || {
+            self.node
+                .external()
+                .iter()
+                .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
+                .map(|(_, cache)| cache)
+        };
+        let entries: Vec<&CacheEntry> = match only {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| caches().find_map(|c| c.get(k)))
+                .collect(),
+            None => caches().flat_map(|c| c.iter().map(|(_, e)| e)).collect(),
+        };
+        entries
+            .into_iter()
             .map(|entry| {
                 let mut flow = entry.flow.clone();
                 flow.timeout = fixed.unwrap_or_else(|| {

@@ -11,6 +11,9 @@ use super::{EventKind, KernelError, KernelEvent};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+/// Most events one `recv` call hands back.
+const RECV_BATCH: usize = 512;
+
 /// Multicast groups NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY.
 const GROUPS: [u32; 3] = [1, 2, 3];
 /// Largest datagram read at once (events are one per datagram, but be
@@ -54,7 +57,36 @@ impl EventSocket {
     /// ENOBUFS grows the buffer (up to the maximum) and returns
     /// [`KernelError::Overrun`]: events were lost, the caller should resync.
     pub fn recv(&mut self, out: &mut Vec<KernelEvent>) -> Result<(), KernelError> {
-        if let Err(e) = self.sock.recv(&mut self.buf) {
+        self.recv_one(out, false)?;
+        // Whatever else is already queued comes along, so a burst reaches
+        // the daemon in batches rather than one event at a time.
+        while out.len() < RECV_BATCH {
+            match self.recv_one(out, true) {
+                Ok(true) => {}
+                Ok(false) => break,
+                // Report the overrun with what was read before it.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one netlink datagram; with `nonblocking`, `Ok(false)` when none
+    /// was queued.
+    fn recv_one(
+        &mut self,
+        out: &mut Vec<KernelEvent>,
+        nonblocking: bool,
+    ) -> Result<bool, KernelError> {
+        let received = if nonblocking {
+            self.sock.try_recv(&mut self.buf)
+        } else {
+            self.sock.recv(&mut self.buf)
+        };
+        if let Err(e) = received {
+            if nonblocking && e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(false);
+            }
             if e.raw_os_error() == Some(libc::ENOBUFS) {
                 self.overruns += 1;
                 let doubled = self.rcvbuf.saturating_mul(2);
@@ -94,7 +126,15 @@ impl EventSocket {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// A handle that turns the subscription off and on from another thread
+    /// while this socket is being read. It must not outlive the socket.
+    pub fn switch(&self) -> EventSwitch {
+        EventSwitch {
+            fd: self.sock.as_raw_fd(),
+        }
     }
 
     /// The receive buffer size the kernel reports.
@@ -132,5 +172,50 @@ impl EventSocket {
 impl AsRawFd for EventSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
+    }
+}
+
+/// Turns an event socket's subscription off and on. While it is off the
+/// kernel generates no events for us at all (cheaper for its own writes,
+/// such as a large commit); whatever changed meanwhile must be re-read.
+#[derive(Clone, Copy, Debug)]
+pub struct EventSwitch {
+    fd: std::os::fd::RawFd,
+}
+
+/// SOL_NETLINK and its membership options (linux/netlink.h).
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
+
+impl EventSwitch {
+    /// Subscribe (`true`) or unsubscribe (`false`) every conntrack group.
+    pub fn set(&self, on: bool) -> Result<(), KernelError> {
+        let option = if on {
+            NETLINK_ADD_MEMBERSHIP
+        } else {
+            NETLINK_DROP_MEMBERSHIP
+        };
+        for group in GROUPS {
+            let value: u32 = group;
+            // SAFETY: setsockopt reads a u32 from a pointer to a live local;
+            // the fd belongs to the event socket, which outlives the switch.
+            let rc = unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    SOL_NETLINK,
+                    option,
+                    (&value as *const u32).cast(),
+                    std::mem::size_of::<u32>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(KernelError::io(
+                    "setsockopt NETLINK_(ADD|DROP)_MEMBERSHIP",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -146,10 +146,19 @@ impl NlSocket {
     /// limit). A datagram larger than the capacity is an error, not a silent
     /// truncation. Retries on EINTR.
     pub fn recv(&self, buf: &mut Vec<u8>) -> Result<(), std::io::Error> {
+        self.recv_with(buf, 0)
+    }
+
+    /// `recv` that returns `WouldBlock` at once when nothing is queued.
+    pub fn try_recv(&self, buf: &mut Vec<u8>) -> Result<(), std::io::Error> {
+        self.recv_with(buf, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&self, buf: &mut Vec<u8>, flags: libc::c_int) -> Result<(), std::io::Error> {
         buf.clear();
         loop {
             let cap = buf.capacity();
-            match self.sock.recv(buf, libc::MSG_TRUNC) {
+            match self.sock.recv(buf, libc::MSG_TRUNC | flags) {
                 Ok(n) if n > cap => {
                     buf.clear();
                     return Err(std::io::Error::new(

@@ -34,6 +34,10 @@ use seqstat::SeqCounter;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use thiserror::Error;
 
+/// A rough size of one queued flow message on the wire, to tell whether
+/// the queue would fill a datagram.
+const BATCH_KEY_BYTES: usize = 32;
+
 /// Replication mode (conntrackd's names). Every node of a cluster must use
 /// the same one.
 ///
@@ -107,6 +111,9 @@ pub struct SyncConfig {
     pub alarm_refresh_ms: u64,
     /// ALARM: a peer's flow not refreshed for this long is dropped.
     pub alarm_timeout_ms: u64,
+    /// Let a few queued keys wait this long (ms) for more to fill a
+    /// datagram; 0 sends at once.
+    pub batch_delay_ms: u64,
     /// Keep a list of every change to the external caches for the daemon
     /// to collect with `take_applied` (warm standby writes them into the
     /// kernel as they arrive).
@@ -133,6 +140,7 @@ impl Default for SyncConfig {
             alarm_refresh_ms: 60_000,
             alarm_timeout_ms: 180_000,
             record_applied: false,
+            batch_delay_ms: 2,
         }
     }
 }
@@ -224,6 +232,8 @@ pub struct Node {
     stats: SyncStats,
     /// Changes to the external caches not yet taken (`record_applied`).
     applied: Vec<Applied>,
+    /// When the send queue last became non-empty.
+    queue_since_ms: Option<u64>,
     /// When the last Digest went out (or the node started).
     last_digest_ms: u64,
     /// ALARM: the sender's refresh walk over the internal keys.
@@ -283,6 +293,7 @@ impl Node {
             rto_armed_ms: now_ms,
             links: vec![Link::default(); links],
             applied: Vec::new(),
+            queue_since_ms: None,
             stats: SyncStats {
                 links: vec![LinkStats::default(); links],
                 ..SyncStats::default()
@@ -1023,8 +1034,16 @@ impl Node {
             }
         }
 
-        // New data, within the window (FTFW); sent once otherwise.
-        while !self.queue.is_empty() {
+        // New data, within the window (FTFW); sent once otherwise. A few
+        // keys wait up to batch_delay_ms for company, so that a stream of
+        // single events still leaves in full datagrams.
+        if self.queue.is_empty() {
+            self.queue_since_ms = None;
+        } else if self.queue_since_ms.is_none() {
+            self.queue_since_ms = Some(now);
+        }
+        let hold = self.holding_for_batch(now);
+        while !hold && !self.queue.is_empty() {
             if self.next_seq > self.seq_limit {
                 self.new_epoch();
             }
@@ -1141,6 +1160,15 @@ impl Node {
         self.emit(out, links, bytes);
     }
 
+    /// True while too few keys are queued to fill a datagram and the oldest
+    /// has waited less than batch_delay_ms.
+    fn holding_for_batch(&self, now: u64) -> bool {
+        let few = self.queue.len().saturating_mul(BATCH_KEY_BYTES) < self.cfg.max_payload;
+        few && self
+            .queue_since_ms
+            .is_some_and(|since| now < since.saturating_add(self.cfg.batch_delay_ms))
+    }
+
     /// The changes made to the external caches since the last call (empty
     /// unless `record_applied`): what warm standby mirrors into the kernel.
     pub fn take_applied(&mut self) -> Vec<Applied> {
@@ -1159,11 +1187,14 @@ impl Node {
         let mut t = self.last_send_ms + self.cfg.keepalive_ms;
         let mut at = |x: u64| t = t.min(x);
         let ftfw = self.cfg.mode == Mode::Ftfw;
-        if !self.control.is_empty()
-            || !self.retransmit.is_empty()
-            || (!self.queue.is_empty() && (!ftfw || self.resend.len() < self.cfg.window))
-        {
+        let data_ready = !self.queue.is_empty() && (!ftfw || self.resend.len() < self.cfg.window);
+        if !self.control.is_empty() || !self.retransmit.is_empty() {
             at(self.now);
+        } else if data_ready {
+            match (self.holding_for_batch(self.now), self.queue_since_ms) {
+                (true, Some(since)) => at(since + self.cfg.batch_delay_ms),
+                _ => at(self.now),
+            }
         }
         if self.digest_wanted() {
             at(self.digest_due());

@@ -46,9 +46,12 @@ struct Sim {
     cut: HashSet<(usize, usize)>,
 }
 
+/// Unit tests step time by hand: data leaves at once (no batching delay;
+/// `batching_fills_datagrams_and_waits_no_longer_than_the_delay` covers it).
 fn cfg(id: u32) -> SyncConfig {
     SyncConfig {
         node_id: id,
+        batch_delay_ms: 0,
         ..SyncConfig::default()
     }
 }
@@ -1407,4 +1410,37 @@ fn recorded_changes_mirror_the_external_cache() {
     assert_eq!(b.take_applied(), vec![Applied::Delete(f.key())]);
     // Without the switch nothing is kept.
     assert!(a.take_applied().is_empty());
+}
+
+#[test]
+fn batching_fills_datagrams_and_waits_no_longer_than_the_delay() {
+    let batching = |id| SyncConfig {
+        batch_delay_ms: 5,
+        ..cfg(id)
+    };
+    let mut a = Node::new(batching(1), 1, 0).unwrap();
+    let _ = a.poll_transmit(0);
+    let mut rng = Rng(11);
+    // One flow: it waits for company, but no longer than the delay.
+    a.local_upsert(flow_for(&mut rng, 1), 100, true);
+    let sent = |out: &[Transmit]| out.len();
+    assert_eq!(sent(&a.poll_transmit(100)), 0, "held for batching");
+    assert_eq!(a.next_deadline(), Some(105));
+    assert_eq!(sent(&a.poll_transmit(104)), 0);
+    assert_eq!(
+        sent(&a.poll_transmit(105)),
+        1,
+        "sent once the delay is over"
+    );
+    // A datagram's worth arrives: it leaves at once, full.
+    for i in 0..200 {
+        a.local_upsert(flow_for(&mut rng, i), 200, true);
+    }
+    let out = a.poll_transmit(200);
+    assert!(!out.is_empty(), "a full queue is not held");
+    assert!(
+        out.iter()
+            .all(|t| t.bytes.len() > 1000 || t.bytes.len() < 100),
+        "data datagrams are full"
+    );
 }
