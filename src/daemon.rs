@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most queued kernel-event batches handled before the next transmit.
 const KERNEL_DRAIN: usize = 4096;
+/// Most writer sockets (and threads) one commit uses.
+const MAX_COMMIT_WRITERS: usize = 4;
+/// Errors a merged write report keeps.
+const MAX_REPORTED_ERRORS: usize = 10;
 /// Commits this large run with kernel events paused.
 const QUIET_COMMIT_MIN: usize = 10_000;
 /// Flows per commit step (the progress a terminal sees moves by this much).
@@ -443,19 +447,7 @@ fn spawn_kernel_worker(
                 let result = match job {
                     Job::Commit(flows, options, client) => {
                         let started = Instant::now();
-                        let mut report = WriteReport::default();
-                        // In chunks, so `-c` on a terminal can show progress.
-                        for chunk in flows.chunks(COMMIT_CHUNK) {
-                            let part = writer.create_all(chunk, &options);
-                            report.ok += part.ok;
-                            report.failed += part.failed;
-                            let room = 10usize.saturating_sub(report.first_errors.len());
-                            report
-                                .first_errors
-                                .extend(part.first_errors.into_iter().take(room));
-                            report.failed_keys.extend(part.failed_keys);
-                            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        }
+                        let report = commit_in_parallel(&mut writer, &flows, &options, &progress);
                         Done::Commit(Ok(report), started, client)
                     }
                     Job::FlushKernel(filter, client) => {
@@ -486,6 +478,66 @@ fn spawn_kernel_worker(
             }
         })
         .map(|_| ())
+}
+
+/// Write `flows` with one writer per core for a large commit (the kernel
+/// inserts on several CPUs at once; our events are paused meanwhile, so
+/// the extra sockets' port ids need not be known), in steps that advance
+/// `progress`.
+fn commit_in_parallel(
+    writer: &mut Writer,
+    flows: &[Flow],
+    options: &CreateOptions,
+    progress: &AtomicU64,
+) -> WriteReport {
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_COMMIT_WRITERS);
+    let mut extra: Vec<Writer> = if flows.len() >= QUIET_COMMIT_MIN {
+        (1..cores).filter_map(|_| Writer::open().ok()).collect()
+    } else {
+        Vec::new()
+    };
+    let share = flows.len().div_ceil(extra.len() + 1).max(1);
+    let mut parts = flows.chunks(share);
+    let mine = parts.next().unwrap_or_default();
+    let write = |writer: &mut Writer, part: &[Flow]| {
+        let mut report = WriteReport::default();
+        for step in part.chunks(COMMIT_CHUNK) {
+            merge_report(&mut report, writer.create_all(step, options));
+            progress.fetch_add(step.len() as u64, Ordering::Relaxed);
+        }
+        report
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = extra
+            .iter_mut()
+            .zip(parts)
+            .map(|(w, part)| scope.spawn(move || write(w, part)))
+            .collect();
+        let mut report = write(writer, mine);
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => merge_report(&mut report, part),
+                Err(_) => {
+                    report.failed += 1;
+                    report
+                        .first_errors
+                        .push("a commit writer thread panicked".into());
+                }
+            }
+        }
+        report
+    })
+}
+
+fn merge_report(into: &mut WriteReport, part: WriteReport) {
+    into.ok += part.ok;
+    into.failed += part.failed;
+    let room = MAX_REPORTED_ERRORS.saturating_sub(into.first_errors.len());
+    into.first_errors
+        .extend(part.first_errors.into_iter().take(room));
+    into.failed_keys.extend(part.failed_keys);
 }
 
 impl Daemon {
