@@ -7,7 +7,7 @@
 
 use ctsync::control::{self, Envelope, Request, StatsSection};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ impl Drop for Progress {
     }
 }
 
-fn draw(socket: &PathBuf, request: &Request, stop: &AtomicBool) {
+fn draw(socket: &Path, request: &Request, stop: &AtomicBool) {
     let started = Instant::now();
     let mut drawn = false;
     let stats = Envelope {
