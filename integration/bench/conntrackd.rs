@@ -126,19 +126,8 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // `ip netns exec` execs conntrackd: the child's pid is the daemon's.
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::lab::signal_and_reap(child, libc::SIGTERM, Duration::from_secs(20));
         }
     }
 }

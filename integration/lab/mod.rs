@@ -207,19 +207,8 @@ impl Node {
 
     /// Send a signal to the daemon and reap it.
     pub fn kill(&mut self, signal: i32) {
-        if let Some(mut child) = self.daemon.take() {
-            // `ip netns exec` execs the daemon, so the child pid is the daemon's.
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.daemon.take() {
+            signal_and_reap(child, signal, Duration::from_secs(10));
         }
     }
 
@@ -573,6 +562,23 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Send `signal` to a daemon we started under `ip netns exec` (which execs
+/// it, so the child's pid is the daemon's) and reap it; SIGKILL if it is
+/// still there after `within`.
+pub fn signal_and_reap(mut child: Child, signal: i32, within: Duration) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Poll `check` every 100 ms until it returns true or `within` passes.
