@@ -87,7 +87,38 @@ pub struct Received {
 }
 
 /// Receive and send buffer size asked of the kernel for sync sockets.
-const SOCKET_BUFFER: usize = 4 << 20;
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// Ask for SOCKET_BUFFER both ways. Plain SO_RCVBUF/SO_SNDBUF are capped by
+/// net.core.rmem_max/wmem_max (about 200 KiB by default), far too little for
+/// a window of datagrams in flight, so the FORCE variants come first (as
+/// conntrackd's Snd/RcvSocketBuffer do; they need CAP_NET_ADMIN). Failure is
+/// not fatal: the window and retransmissions cope, only more slowly.
+fn grow_buffers(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let size = libc::c_int::try_from(SOCKET_BUFFER / 2).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for option in [force, plain] {
+            // SAFETY: setsockopt reads a c_int from a pointer to a live local.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+    }
+}
 
 /// Open and bind one link's sockets. Must run inside a tokio runtime.
 ///
@@ -214,8 +245,7 @@ fn new_socket(local: IpAddr, dev: Option<&str>) -> io::Result<Socket> {
             .map_err(|e| context(e, format!("cannot bind to interface {dev}")))?;
     }
     // Larger buffers absorb bursts; failure to grow them is not fatal.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    grow_buffers(&socket);
     Ok(socket)
 }
 
