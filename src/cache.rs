@@ -54,6 +54,18 @@ pub struct FlowCache {
     digest: u64,
 }
 
+impl CacheStats {
+    /// Add another cache's counters (several peers shown as one block).
+    pub fn add(&mut self, other: &CacheStats) {
+        self.created += other.created;
+        self.create_failed += other.create_failed;
+        self.updated += other.updated;
+        self.update_failed += other.update_failed;
+        self.destroyed += other.destroyed;
+        self.destroy_failed += other.destroy_failed;
+    }
+}
+
 impl FlowCache {
     pub fn new() -> FlowCache {
         FlowCache::default()

@@ -194,23 +194,26 @@ pub struct DaemonConfig {
 }
 
 impl Default for SyncConfig {
+    /// The sync core's own defaults, where it has them, so the two never
+    /// drift apart.
     fn default() -> Self {
+        let core = crate::sync::SyncConfig::default();
         SyncConfig {
             mode: SyncMode::Ftfw,
-            window: 4096,
-            ack_every: 64,
-            ack_delay_ms: 20,
-            keepalive_ms: 1000,
-            rto_ms: 200,
-            peer_timeout_ms: 5000,
+            window: u32::try_from(core.window).unwrap_or(u32::MAX),
+            ack_every: core.ack_every,
+            ack_delay_ms: core.ack_delay_ms,
+            keepalive_ms: core.keepalive_ms,
+            rto_ms: core.rto_ms,
+            peer_timeout_ms: core.peer_timeout_ms,
             mtu: 1500,
             purge_timeout_s: 60,
-            digest_interval_ms: 5000,
-            batch_delay_ms: 2,
+            digest_interval_ms: core.digest_interval_ms,
+            batch_delay_ms: core.batch_delay_ms,
             warm_standby: false,
             warm_timeout_s: 1800,
-            alarm_refresh_s: 60,
-            alarm_timeout_s: 180,
+            alarm_refresh_s: u32::try_from(core.alarm_refresh_ms / 1000).unwrap_or(u32::MAX),
+            alarm_timeout_s: u32::try_from(core.alarm_timeout_ms / 1000).unwrap_or(u32::MAX),
         }
     }
 }

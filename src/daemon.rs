@@ -956,7 +956,7 @@ impl Daemon {
                 }
                 return;
             }
-            Request::DumpInternal => success(self.render_cache(None, json)),
+            Request::DumpInternal => success(self.render_internal(json)),
             Request::DumpExternal => success(self.render_external(json)),
             Request::Stats(section) => success(self.render_stats(section, json)),
             Request::RequestResync => {
@@ -1080,18 +1080,9 @@ impl Daemon {
             .collect()
     }
 
-    fn render_cache(&self, peer: Option<u32>, json: bool) -> String {
-        let now = self.now_ms();
-        let entries: Vec<&CacheEntry> = match peer {
-            None => self.node.internal().iter().map(|(_, e)| e).collect(),
-            Some(p) => self
-                .node
-                .external()
-                .get(&p)
-                .map(|c| c.iter().map(|(_, e)| e).collect())
-                .unwrap_or_default(),
-        };
-        render_entries(&entries, now, peer.is_none(), json)
+    fn render_internal(&self, json: bool) -> String {
+        let entries: Vec<&CacheEntry> = self.node.internal().iter().map(|(_, e)| e).collect();
+        render_entries(&entries, self.now_ms(), true, json)
     }
 
     fn render_external(&self, json: bool) -> String {
@@ -1205,14 +1196,8 @@ impl Daemon {
 }
 
 fn add_cache(block: &mut CacheBlock, cache: &FlowCache) {
-    let s = cache.stats();
     block.active += cache.len() as u64;
-    block.created += s.created;
-    block.create_failed += s.create_failed;
-    block.updated += s.updated;
-    block.update_failed += s.update_failed;
-    block.destroyed += s.destroyed;
-    block.destroy_failed += s.destroy_failed;
+    block.counts.add(cache.stats());
 }
 
 fn render_entries(entries: &[&CacheEntry], now_ms: u64, with_reply: bool, json: bool) -> String {

@@ -7,7 +7,7 @@
 //! gather the counters (the daemon fills a [`StatsSnapshot`]).
 
 use super::request::StatsSection;
-use crate::cache::CacheEntry;
+use crate::cache::{CacheEntry, CacheStats};
 use crate::flow::{proto_name, status, Flow, Tuple, L4};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -17,12 +17,9 @@ use std::fmt::Write as _;
 #[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheBlock {
     pub active: u64,
-    pub created: u64,
-    pub create_failed: u64,
-    pub updated: u64,
-    pub update_failed: u64,
-    pub destroyed: u64,
-    pub destroy_failed: u64,
+    /// The cache's own counters (flattened: the JSON keeps its shape).
+    #[serde(flatten)]
+    pub counts: CacheStats,
 }
 
 /// Counters of one sync link.
@@ -412,12 +409,12 @@ fn cache_block(s: &mut String, name: &str, c: &CacheBlock) {
          connections updated:\t\t{:>12}\tfailed:\t{:>12}\n\
          connections destroyed:\t\t{:>12}\tfailed:\t{:>12}\n\n",
         c.active,
-        c.created,
-        c.create_failed,
-        c.updated,
-        c.update_failed,
-        c.destroyed,
-        c.destroy_failed
+        c.counts.created,
+        c.counts.create_failed,
+        c.counts.updated,
+        c.counts.update_failed,
+        c.counts.destroyed,
+        c.counts.destroy_failed
     );
 }
 
@@ -436,16 +433,16 @@ fn cache_detail(s: &mut String, name: &str, c: &CacheBlock) {
         c.active,
         c.active,
         c.active,
-        c.created,
-        c.create_failed,
+        c.counts.created,
+        c.counts.create_failed,
         0,
         0,
-        c.updated,
-        c.update_failed,
-        c.update_failed,
-        c.destroyed,
-        c.destroy_failed,
-        c.destroy_failed
+        c.counts.updated,
+        c.counts.update_failed,
+        c.counts.update_failed,
+        c.counts.destroyed,
+        c.counts.destroy_failed,
+        c.counts.destroy_failed
     );
 }
 
@@ -682,8 +679,10 @@ mod tests {
         StatsSnapshot {
             internal: CacheBlock {
                 active: 6,
-                created: 6,
-                ..Default::default()
+                counts: CacheStats {
+                    created: 6,
+                    ..Default::default()
+                },
             },
             links: vec![LinkBlock {
                 transport: "UDP".into(),
