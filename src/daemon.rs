@@ -636,8 +636,8 @@ impl Daemon {
             EventKind::Update => {
                 // Complete the partial update first, so the filter judges
                 // the flow's real state.
-                if let Some(cached) = self.node.internal().get(&key) {
-                    flow.fill_from_previous(&cached.flow);
+                if let Some(cached) = self.node.internal().flow(&key) {
+                    flow.fill_from_previous(&cached);
                 }
             }
             EventKind::New => {}
@@ -986,7 +986,7 @@ impl Daemon {
                     .node
                     .external()
                     .iter()
-                    .flat_map(|(peer, cache)| cache.keys().map(|k| (*peer, *k)))
+                    .flat_map(|(peer, cache)| cache.keys().map(|k| (*peer, k)))
                     .take(count)
                     .collect();
                 let dropped = victims
@@ -1055,17 +1055,17 @@ impl Daemon {
                 .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
                 .map(|(_, cache)| cache)
         };
-        let entries: Vec<&CacheEntry> = match only {
+        let entries: Vec<CacheEntry> = match only {
             Some(keys) => keys
                 .iter()
                 .filter_map(|k| caches().find_map(|c| c.get(k)))
                 .collect(),
-            None => caches().flat_map(|c| c.iter().map(|(_, e)| e)).collect(),
+            None => caches().flat_map(FlowCache::iter).collect(),
         };
         entries
             .into_iter()
             .map(|entry| {
-                let mut flow = entry.flow.clone();
+                let mut flow = entry.flow;
                 flow.timeout = fixed.unwrap_or_else(|| {
                     let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
                     let left = u64::from(flow.timeout).saturating_sub(elapsed);
@@ -1081,17 +1081,17 @@ impl Daemon {
     }
 
     fn render_internal(&self, json: bool) -> String {
-        let entries: Vec<&CacheEntry> = self.node.internal().iter().map(|(_, e)| e).collect();
+        let entries: Vec<CacheEntry> = self.node.internal().iter().collect();
         render_entries(&entries, self.now_ms(), true, json)
     }
 
     fn render_external(&self, json: bool) -> String {
         let now = self.now_ms();
-        let entries: Vec<&CacheEntry> = self
+        let entries: Vec<CacheEntry> = self
             .node
             .external()
             .values()
-            .flat_map(|c| c.iter().map(|(_, e)| e))
+            .flat_map(FlowCache::iter)
             .collect();
         render_entries(&entries, now, false, json)
     }
@@ -1200,7 +1200,7 @@ fn add_cache(block: &mut CacheBlock, cache: &FlowCache) {
     block.counts.add(cache.stats());
 }
 
-fn render_entries(entries: &[&CacheEntry], now_ms: u64, with_reply: bool, json: bool) -> String {
+fn render_entries(entries: &[CacheEntry], now_ms: u64, with_reply: bool, json: bool) -> String {
     if json {
         control::render::flows_json(entries, now_ms)
     } else {

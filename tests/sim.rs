@@ -90,7 +90,7 @@ fn the_checker_catches_a_flow_dropped_from_a_view() {
     sim.run_to_end().unwrap();
     assert!(sim.differences().is_empty(), "{:?}", sim.differences());
     let owner = sim.node_id(0).unwrap();
-    let key = *sim
+    let key = sim
         .node(0)
         .unwrap()
         .internal()
@@ -124,7 +124,7 @@ fn the_checker_catches_a_changed_flow_and_a_stale_one() {
     sim.run_to_end().unwrap();
     let now = sim.now();
     let node = sim.node_mut(1).unwrap();
-    let mut flows: Vec<_> = node.internal().flows().cloned().collect();
+    let mut flows: Vec<_> = node.internal().flows().collect();
     flows.sort_by_key(|f| f.key());
     let (first, last) = (flows[0].clone(), flows[flows.len() - 1].clone());
     // Node 2 changes one flow and forgets another without telling anyone

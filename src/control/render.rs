@@ -255,7 +255,7 @@ pub fn flow_json(entry: &CacheEntry, now_ms: u64) -> FlowJson {
 }
 
 /// `--json` for `-i`/`-e`: an array of flow objects, then a newline.
-pub fn flows_json(entries: &[&CacheEntry], now_ms: u64) -> String {
+pub fn flows_json(entries: &[CacheEntry], now_ms: u64) -> String {
     let all: Vec<FlowJson> = entries.iter().map(|e| flow_json(e, now_ms)).collect();
     let mut s = serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".to_string());
     s.push('\n');
@@ -663,7 +663,7 @@ mod tests {
     #[test]
     fn flows_json_is_an_array_of_objects() {
         let a = entry(tcp_flow(), 0);
-        let out = flows_json(&[&a, &a], 5_000);
+        let out = flows_json(&[a.clone(), a], 5_000);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let arr = v.as_array().unwrap();
         assert_eq!(arr.len(), 2);

@@ -111,34 +111,34 @@ pub fn compare_view(
     // Fast path: the common case at every periodic check.
     if view.len() == internal.len()
         && internal
-            .iter()
-            .all(|(k, e)| view.get(k).is_some_and(|v| v.flow.same_state(&e.flow)))
+            .flows()
+            .all(|e| view.flow(&e.key()).is_some_and(|v| v.same_state(&e)))
     {
         return;
     }
     let mut found = Vec::new();
-    for (k, e) in internal.iter() {
-        match view.get(k) {
+    for e in internal.flows() {
+        match view.flow(&e.key()) {
             None => found.push(Difference::Missing {
                 owner,
                 viewer,
-                flow: e.flow.clone(),
+                flow: e,
             }),
-            Some(v) if !v.flow.same_state(&e.flow) => found.push(Difference::Differs {
+            Some(v) if !v.same_state(&e) => found.push(Difference::Differs {
                 owner,
                 viewer,
-                want: Box::new(e.flow.clone()),
-                got: Box::new(v.flow.clone()),
+                want: Box::new(e),
+                got: Box::new(v),
             }),
             Some(_) => {}
         }
     }
-    for (k, v) in view.iter() {
-        if !internal.contains(k) {
+    for v in view.flows() {
+        if !internal.contains(&v.key()) {
             found.push(Difference::Extra {
                 owner,
                 viewer,
-                flow: v.flow.clone(),
+                flow: v,
             });
         }
     }
@@ -158,25 +158,24 @@ pub fn compare_internal(
     out: &mut Vec<Difference>,
 ) {
     for (k, f) in kernel.iter() {
-        let cached = internal.get(k).map(|e| &e.flow);
-        if !cached.is_some_and(|c| c.same_state(f)) {
+        let cached = internal.flow(k);
+        if !cached.as_ref().is_some_and(|c| c.same_state(f)) {
             out.push(Difference::Internal {
                 node,
                 kernel: Some(f.clone()),
-                internal: cached.cloned(),
+                internal: cached,
             });
         }
     }
-    let mut extra: Vec<&Flow> = internal
-        .iter()
-        .filter(|(k, _)| kernel.get(k).is_none())
-        .map(|(_, e)| &e.flow)
+    let mut extra: Vec<Flow> = internal
+        .flows()
+        .filter(|f| kernel.get(&f.key()).is_none())
         .collect();
     extra.sort_by_key(|f| f.key());
     out.extend(extra.into_iter().map(|f| Difference::Internal {
         node,
         kernel: None,
-        internal: Some(f.clone()),
+        internal: Some(f),
     }));
 }
 

@@ -435,9 +435,9 @@ impl Sim {
     fn digest(&self, stats: &[&SyncStats]) -> u64 {
         let mut h = DefaultHasher::new();
         let sorted = |c: &crate::cache::FlowCache| {
-            let mut v: Vec<&Flow> = c.flows().collect();
+            let mut v: Vec<Flow> = c.flows().collect();
             v.sort_by_key(|f| f.key());
-            v.into_iter().cloned().collect::<Vec<Flow>>()
+            v
         };
         for host in &self.hosts {
             host.id.hash(&mut h);

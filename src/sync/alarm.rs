@@ -168,15 +168,8 @@ impl ExpiryClock {
                 continue;
             }
             let current = cache.begin_generation();
-            let old: Vec<FlowKey> = cache
-                .iter()
-                .filter(|(_, e)| current.wrapping_sub(e.generation) > EXPIRY_SLOTS)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in old {
-                cache.remove(&key);
-                gone.push((sender, key));
-            }
+            let old = cache.sweep_where(|g| current.wrapping_sub(g) > EXPIRY_SLOTS);
+            gone.extend(old.into_iter().map(|key| (sender, key)));
         }
         gone
     }

@@ -407,8 +407,8 @@ impl Node {
             // difference is its timeout has not changed.
             if self
                 .internal
-                .get(&key)
-                .is_some_and(|cached| cached.flow.same_state(&flow))
+                .flow(&key)
+                .is_some_and(|cached| cached.same_state(&flow))
             {
                 report.unchanged += 1;
                 continue;
@@ -434,12 +434,7 @@ impl Node {
                 self.queue.push_key(key);
             }
         }
-        let mut gone: Vec<FlowKey> = self
-            .internal
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .copied()
-            .collect();
+        let mut gone: Vec<FlowKey> = self.internal.keys().filter(|k| !seen.contains(k)).collect();
         // The cache's iteration order is random per process; sending in key
         // order keeps a seeded simulation replayable.
         gone.sort_unstable();
@@ -515,7 +510,7 @@ impl Node {
         self.queue.push_front(Item::BulkBegin(id));
         // In key order, not the cache's (random) order: the same table then
         // always packs into the same datagrams.
-        let mut keys: Vec<FlowKey> = self.internal.keys().copied().collect();
+        let mut keys: Vec<FlowKey> = self.internal.keys().collect();
         keys.sort_unstable();
         for key in keys {
             self.queue.push_key(key);
@@ -952,8 +947,8 @@ impl Node {
 
     fn build(&self, item: &Item) -> Message {
         match item {
-            Item::Key(k) => match self.internal.get(k) {
-                Some(e) => Message::Upsert(WireFlow::from(&e.flow)),
+            Item::Key(k) => match self.internal.flow(k) {
+                Some(flow) => Message::Upsert(WireFlow::from(&flow)),
                 None => Message::Delete(WireKey::from(k)),
             },
             Item::BulkBegin(id) => Message::BulkBegin { id: *id },

@@ -149,12 +149,11 @@ impl Sim {
     fn converged(&self, from: usize, to: usize) -> Result<(), String> {
         let a = self.nodes[from].as_ref().unwrap();
         let b = self.nodes[to].as_ref().unwrap();
-        let want: HashMap<FlowKey, &Flow> =
-            a.internal().iter().map(|(k, e)| (*k, &e.flow)).collect();
-        let got: HashMap<FlowKey, &Flow> = b
+        let want: HashMap<FlowKey, Flow> = a.internal().flows().map(|f| (f.key(), f)).collect();
+        let got: HashMap<FlowKey, Flow> = b
             .external()
             .get(&self.ids[from])
-            .map(|c| c.iter().map(|(k, e)| (*k, &e.flow)).collect())
+            .map(|c| c.flows().map(|f| (f.key(), f)).collect())
             .unwrap_or_default();
         if want == got {
             return Ok(());
@@ -441,13 +440,7 @@ fn bulk_and_resync_request_repair_the_external_view() {
     churn(&mut sim, &[0], 200, 10, 1000, 100);
     sim.run_until(3000);
     assert_all_converged(&sim, 7);
-    let keys: Vec<FlowKey> = sim.nodes[0]
-        .as_ref()
-        .unwrap()
-        .internal()
-        .keys()
-        .copied()
-        .collect();
+    let keys: Vec<FlowKey> = sim.nodes[0].as_ref().unwrap().internal().keys().collect();
     assert!(keys.len() > 10);
     // B loses some flows; A forgets one silently (B keeps a stale copy).
     for k in &keys[..5] {
@@ -483,13 +476,7 @@ fn reconcile_sends_only_differences() {
     let mut sim = Sim::new(3, vec![cfg(1), cfg(2)]);
     churn(&mut sim, &[0], 100, 10, 500, 60);
     sim.run_until(2000);
-    let mut kernel: Vec<Flow> = sim.nodes[0]
-        .as_ref()
-        .unwrap()
-        .internal()
-        .flows()
-        .cloned()
-        .collect();
+    let mut kernel: Vec<Flow> = sim.nodes[0].as_ref().unwrap().internal().flows().collect();
     kernel.sort_by_key(|f| f.key());
     let removed = kernel.pop().unwrap();
     kernel[0].mark ^= 0x55;
@@ -991,8 +978,8 @@ fn view_diff(sim: &Sim, from: usize, to: usize) -> (usize, usize, usize) {
     let missing = want.keys().filter(|k| !got.contains(k)).count();
     let extra = got.keys().filter(|k| !want.contains(k)).count();
     let differ = want
-        .iter()
-        .filter(|(k, e)| got.get(k).is_some_and(|g| g.flow != e.flow))
+        .flows()
+        .filter(|f| got.flow(&f.key()).is_some_and(|g| g != *f))
         .count();
     (missing, extra, differ)
 }
@@ -1006,13 +993,7 @@ fn digest_repairs_a_damaged_external_view_without_a_manual_resync() {
         sim.run_until(3000);
         assert_all_converged(&sim, 21);
         let interval = sim.nodes[0].as_ref().unwrap().config().digest_interval_ms;
-        let keys: Vec<FlowKey> = sim.nodes[0]
-            .as_ref()
-            .unwrap()
-            .internal()
-            .keys()
-            .copied()
-            .collect();
+        let keys: Vec<FlowKey> = sim.nodes[0].as_ref().unwrap().internal().keys().collect();
         assert!(keys.len() > 10);
         let requests = sim.nodes[1]
             .as_ref()

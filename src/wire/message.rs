@@ -408,6 +408,63 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_BODY + 1 }>()
 }
 
+/// Longest encoding of a key (`encode_key`): an IPv6 ICMP tuple and a
+/// three-byte zone take 42.
+pub const MAX_KEY_LEN: usize = 48;
+
+/// Append `flow`'s bincode bytes, exactly as inside `Message::Upsert`, to
+/// `out`; returns how many of them encode its key: proto, orig and zone
+/// lead the struct, so they are `encode_key`'s bytes for the same key.
+pub fn encode_flow(flow: &WireFlow, out: &mut Vec<u8>) -> u8 {
+    let start = out.len();
+    let key = (flow.proto, &flow.orig, flow.zone);
+    let rest = (
+        flow.status,
+        flow.timeout,
+        flow.mark,
+        &flow.state,
+        &flow.labels,
+        &flow.helper,
+        &flow.reply,
+    );
+    let config = bincode::config::standard();
+    let key_len = bincode::serde::encode_into_std_write(key, out, config);
+    let rest_len = bincode::serde::encode_into_std_write(rest, out, config);
+    match (key_len, rest_len) {
+        (Ok(key_len), Ok(_)) => key_len as u8,
+        (Err(err), _) | (_, Err(err)) => {
+            // Writing into a Vec cannot fail and our types always serialise.
+            unreachable!("cannot encode a flow at {start}: {err}")
+        }
+    }
+}
+
+/// Write the encoding of `key` (the prefix of its flow's encoding) into
+/// `out`; returns its length.
+pub fn encode_key(key: &FlowKey, out: &mut [u8; MAX_KEY_LEN]) -> usize {
+    let wire = WireKey::from(key);
+    let key = (wire.proto, &wire.orig, wire.zone);
+    match bincode::serde::encode_into_slice(key, out, bincode::config::standard()) {
+        Ok(len) => len,
+        Err(err) => unreachable!("a key is at most {MAX_KEY_LEN} bytes: {err}"),
+    }
+}
+
+/// Decode what `encode_flow` wrote.
+pub fn decode_flow(bytes: &[u8]) -> Result<WireFlow, WireError> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(flow, _)| flow)
+        .map_err(|e| WireError::BadBody(e.to_string()))
+}
+
+/// Decode what `encode_key` wrote.
+pub fn decode_key(bytes: &[u8]) -> Result<FlowKey, WireError> {
+    let ((proto, orig, zone), _): ((u8, WireTuple, u16), usize) =
+        bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| WireError::BadBody(e.to_string()))?;
+    Ok(WireKey { proto, zone, orig }.to_key())
+}
+
 /// bincode's varint encoding of a length (standard config, little endian).
 pub(crate) fn encode_len(n: usize, out: &mut Vec<u8>) {
     let n = n as u64;

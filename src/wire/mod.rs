@@ -9,8 +9,9 @@ pub mod message;
 
 pub use header::{flags, Header, WireError, HEADER_LEN, MAGIC, MAX_BODY, MAX_DATAGRAM, VERSION};
 pub use message::{
-    decode_body, encode_message, Message, WireAddrs, WireFlow, WireKey, WireL4, WireState,
-    WireTuple, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES,
+    decode_body, decode_flow, decode_key, encode_flow, encode_key, encode_message, Message,
+    WireAddrs, WireFlow, WireKey, WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_KEY_LEN,
+    MAX_LABELS_LEN, MAX_MESSAGES,
 };
 
 /// The largest UDP payload for a 1500-byte MTU over IPv4 (1500 - 20 - 8).
@@ -174,4 +175,4 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<(Header, Vec<Message>), WireError
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
