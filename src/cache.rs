@@ -9,7 +9,8 @@
 //! the caller's clock), or decide what is replicated.
 
 use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
-use crate::wire::{self, WireFlow};
+use crate::wire::compact::{self, KeyBuf, Reader};
+use crate::wire::{WireFlow, WireKey};
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
 use hashbrown::HashTable;
@@ -55,7 +56,7 @@ pub struct CacheStats {
 /// struct alone takes 160.
 #[derive(Clone, Debug)]
 struct Slot {
-    /// `[key length]`, the flow's wire encoding (`wire::encode_flow`),
+    /// `[key length]`, the flow's wire encoding (`compact::put_flow`),
     /// whose first `key length` bytes encode its key, then the second it
     /// was created (`SINCE_LEN` bytes, little endian).
     bytes: Box<[u8]>,
@@ -84,7 +85,7 @@ impl Slot {
     }
 
     fn flow(&self) -> Flow {
-        match wire::decode_flow(&self.flow_bytes()[1..]) {
+        match Reader::new(&self.flow_bytes()[1..]).flow() {
             Ok(flow) => flow.into_flow(),
             // Only this module writes the bytes, from a flow it encoded.
             Err(err) => unreachable!("cache slot does not decode: {err}"),
@@ -129,24 +130,6 @@ impl CacheStats {
         self.update_failed += other.update_failed;
         self.destroyed += other.destroyed;
         self.destroy_failed += other.destroy_failed;
-    }
-}
-
-/// The encoding of a key: the prefix of its flow's encoding.
-struct KeyBytes {
-    buf: [u8; wire::MAX_KEY_LEN],
-    len: usize,
-}
-
-impl KeyBytes {
-    fn of(key: &FlowKey) -> KeyBytes {
-        let mut buf = [0; wire::MAX_KEY_LEN];
-        let len = wire::encode_key(key, &mut buf);
-        KeyBytes { buf, len }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len]
     }
 }
 
@@ -201,7 +184,7 @@ impl FlowCache {
     }
 
     fn find(&self, key: &FlowKey) -> Option<&Slot> {
-        let key = KeyBytes::of(key);
+        let key = KeyBuf::of(&WireKey::from(key));
         let key = key.as_slice();
         self.table
             .find(self.hasher.hash_one(key), |s| s.key_bytes() == key)
@@ -210,6 +193,11 @@ impl FlowCache {
     /// A decoded copy of the entry.
     pub fn get(&self, key: &FlowKey) -> Option<CacheEntry> {
         self.find(key).map(Slot::entry)
+    }
+
+    /// The flow's wire encoding, as `Message::Upsert` carries it.
+    pub fn wire_bytes(&self, key: &FlowKey) -> Option<&[u8]> {
+        self.find(key).map(|s| &s.flow_bytes()[1..])
     }
 
     /// A decoded copy of the flow.
@@ -229,8 +217,8 @@ impl FlowCache {
     pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
         self.table
             .iter()
-            .map(|s| match wire::decode_key(s.key_bytes()) {
-                Ok(key) => key,
+            .map(|s| match Reader::new(s.key_bytes()).key_prefix() {
+                Ok(key) => key.to_key(),
                 Err(err) => unreachable!("cache key does not decode: {err}"),
             })
     }
@@ -245,9 +233,10 @@ impl FlowCache {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.push(0);
-        let key_len = wire::encode_flow(&WireFlow::from(&flow), &mut scratch);
-        scratch[0] = key_len;
-        let key = &scratch[1..1 + usize::from(key_len)];
+        let key_len = compact::put_flow(&mut scratch, &WireFlow::from(&flow));
+        // A key is at most compact::MAX_KEY_LEN bytes.
+        scratch[0] = key_len as u8;
+        let key = &scratch[1..1 + key_len];
         let hash = self.hasher.hash_one(key);
         let hasher = &self.hasher;
         let outcome = match self.table.entry(
@@ -295,7 +284,7 @@ impl FlowCache {
 
     /// Remove a flow; counts a failed destroy when it was not cached.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        let key = KeyBytes::of(key);
+        let key = KeyBuf::of(&WireKey::from(key));
         let key = key.as_slice();
         let found = self
             .table

@@ -21,7 +21,7 @@ use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
 use crate::sync::{Applied, Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -402,36 +402,60 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn spawn_event_thread(
-    mut events: EventSocket,
-    tx: mpsc::Sender<KernelFeed>,
-) -> std::io::Result<()> {
+fn spawn_event_thread(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ct-events".into())
-        .spawn(move || loop {
-            let mut batch = Vec::new();
-            let feed = match events.recv(&mut batch) {
-                Ok(()) if batch.is_empty() => continue,
-                Ok(()) => KernelFeed::Events(batch),
-                Err(KernelError::Overrun) => {
-                    // Whatever decoded before the overrun still counts.
-                    if !batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err() {
-                        return;
-                    }
-                    KernelFeed::Overrun {
-                        buffer_size: events.buffer_size(),
-                    }
-                }
-                Err(e) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    KernelFeed::Failed(e.to_string())
-                }
-            };
-            if tx.blocking_send(feed).is_err() {
-                return;
-            }
+        .spawn(move || {
+            raise_priority();
+            event_loop(events, tx);
         })
         .map(|_| ())
+}
+
+/// Nice value of the event reader: above the daemon's other threads, so
+/// that a busy machine still drains the event socket before it overruns
+/// (the events then wait in memory, and an overrun costs a table re-read).
+const EVENT_THREAD_NICE: libc::c_int = -10;
+
+/// Give the calling thread `EVENT_THREAD_NICE` (needs CAP_SYS_NICE;
+/// without it the thread keeps the daemon's priority).
+fn raise_priority() {
+    // SAFETY: gettid and setpriority take no pointers.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).unwrap_or(0);
+    // SAFETY: as above; `who` is this thread's id.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, EVENT_THREAD_NICE) } != 0 {
+        tracing::debug!(
+            err = %std::io::Error::last_os_error(),
+            "event thread keeps the default priority"
+        );
+    }
+}
+
+fn event_loop(mut events: EventSocket, tx: mpsc::Sender<KernelFeed>) {
+    loop {
+        let mut batch = Vec::new();
+        let feed = match events.recv(&mut batch) {
+            Ok(()) if batch.is_empty() => continue,
+            Ok(()) => KernelFeed::Events(batch),
+            Err(KernelError::Overrun) => {
+                // Whatever decoded before the overrun still counts.
+                if !batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err() {
+                    return;
+                }
+                KernelFeed::Overrun {
+                    buffer_size: events.buffer_size(),
+                }
+            }
+            Err(e) => {
+                std::thread::sleep(Duration::from_millis(100));
+                KernelFeed::Failed(e.to_string())
+            }
+        };
+        if tx.blocking_send(feed).is_err() {
+            return;
+        }
+    }
 }
 
 fn spawn_kernel_worker(

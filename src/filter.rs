@@ -13,8 +13,8 @@
 //! function of the flow, so a cached flow that stops passing can be deleted.
 
 use crate::flow::{proto, Flow, ProtoState, TCP_STATES};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::{Serialize, Serializer};
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;

@@ -23,15 +23,16 @@ pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
 use crate::cache::{FlowCache, Upsert};
 use crate::flow::{Flow, FlowKey};
 use crate::wire::{
-    decode_datagram, flags, Body, Header, Message, Packer, Push, WireFlow, WireKey, HEADER_LEN,
+    self, decode_datagram, flags, Body, Header, Message, Packer, Push, WireKey, HEADER_LEN,
     MAX_DATAGRAM,
 };
 use alarm::{ExpiryClock, RefreshCursor};
+use foldhash::{HashSet, HashSetExt};
 use queue::{Item, SendQueue};
 use resend::ResendQueue;
 use rx::{RxParams, RxStream};
 use seqstat::SeqCounter;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// A rough size of one queued flow message on the wire, to tell whether
@@ -945,10 +946,18 @@ impl Node {
         }
     }
 
-    fn build(&self, item: &Item) -> Message {
-        match item {
-            Item::Key(k) => match self.internal.flow(k) {
-                Some(flow) => Message::Upsert(WireFlow::from(&flow)),
+    /// The item's message, encoded into `out` (cleared first). A cached
+    /// flow is already stored in its wire encoding: it is copied, not
+    /// re-encoded.
+    fn build_into(&self, item: &Item, out: &mut Vec<u8>) {
+        out.clear();
+        let message = match item {
+            Item::Key(k) => match self.internal.wire_bytes(k) {
+                Some(bytes) => {
+                    out.push(wire::UPSERT_VARIANT);
+                    out.extend_from_slice(bytes);
+                    return;
+                }
                 None => Message::Delete(WireKey::from(k)),
             },
             Item::BulkBegin(id) => Message::BulkBegin { id: *id },
@@ -956,7 +965,8 @@ impl Node {
                 id: *id,
                 count: *count,
             },
-        }
+        };
+        wire::encode_message_into(&message, out);
     }
 
     /// Everything due now: control (acks, nacks, resync requests, resumes),
@@ -1038,6 +1048,7 @@ impl Node {
             self.queue_since_ms = Some(now);
         }
         let hold = self.holding_for_batch(now);
+        let mut encoded = Vec::with_capacity(128);
         while !hold && !self.queue.is_empty() {
             if self.next_seq > self.seq_limit {
                 self.new_epoch();
@@ -1049,7 +1060,8 @@ impl Node {
             let mut packer = Packer::new(self.cfg.max_payload);
             let mut msgs = 0u64;
             while let Some(item) = self.queue.front().copied() {
-                match packer.try_push(&self.build(&item)) {
+                self.build_into(&item, &mut encoded);
+                match packer.try_push_encoded(&encoded) {
                     Push::Full => break,
                     Push::Added | Push::TooLarge => {
                         msgs += 1;

@@ -6,7 +6,8 @@
 //! sequence numbers, or bytes.
 
 use crate::flow::FlowKey;
-use std::collections::{HashSet, VecDeque};
+use foldhash::HashSet;
+use std::collections::VecDeque;
 
 /// One thing waiting to be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

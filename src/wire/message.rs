@@ -6,6 +6,7 @@
 //! limits and semantic checks. Must not: touch the header, sequence numbers or
 //! any replication state.
 
+use super::compact;
 use super::header::{WireError, MAX_BODY};
 use crate::flow::{proto, Flow, FlowKey, ProtoState, Tuple, L4};
 use serde::{Deserialize, Serialize};
@@ -408,119 +409,83 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_BODY + 1 }>()
 }
 
-/// Longest encoding of a key (`encode_key`): an IPv6 ICMP tuple and a
-/// three-byte zone take 42.
-pub const MAX_KEY_LEN: usize = 48;
-
-/// Append `flow`'s bincode bytes, exactly as inside `Message::Upsert`, to
-/// `out`; returns how many of them encode its key: proto, orig and zone
-/// lead the struct, so they are `encode_key`'s bytes for the same key.
-pub fn encode_flow(flow: &WireFlow, out: &mut Vec<u8>) -> u8 {
-    let start = out.len();
-    let key = (flow.proto, &flow.orig, flow.zone);
-    let rest = (
-        flow.status,
-        flow.timeout,
-        flow.mark,
-        &flow.state,
-        &flow.labels,
-        &flow.helper,
-        &flow.reply,
-    );
-    let config = bincode::config::standard();
-    let key_len = bincode::serde::encode_into_std_write(key, out, config);
-    let rest_len = bincode::serde::encode_into_std_write(rest, out, config);
-    match (key_len, rest_len) {
-        (Ok(key_len), Ok(_)) => key_len as u8,
-        (Err(err), _) | (_, Err(err)) => {
-            // Writing into a Vec cannot fail and our types always serialise.
-            unreachable!("cannot encode a flow at {start}: {err}")
-        }
-    }
-}
-
-/// Write the encoding of `key` (the prefix of its flow's encoding) into
-/// `out`; returns its length.
-pub fn encode_key(key: &FlowKey, out: &mut [u8; MAX_KEY_LEN]) -> usize {
-    let wire = WireKey::from(key);
-    let key = (wire.proto, &wire.orig, wire.zone);
-    match bincode::serde::encode_into_slice(key, out, bincode::config::standard()) {
-        Ok(len) => len,
-        Err(err) => unreachable!("a key is at most {MAX_KEY_LEN} bytes: {err}"),
-    }
-}
-
-/// Decode what `encode_flow` wrote.
-pub fn decode_flow(bytes: &[u8]) -> Result<WireFlow, WireError> {
-    bincode::serde::decode_from_slice(bytes, config())
-        .map(|(flow, _)| flow)
-        .map_err(|e| WireError::BadBody(e.to_string()))
-}
-
-/// Decode what `encode_key` wrote.
-pub fn decode_key(bytes: &[u8]) -> Result<FlowKey, WireError> {
-    let ((proto, orig, zone), _): ((u8, WireTuple, u16), usize) =
-        bincode::serde::decode_from_slice(bytes, config())
-            .map_err(|e| WireError::BadBody(e.to_string()))?;
-    Ok(WireKey { proto, zone, orig }.to_key())
-}
-
-/// bincode's varint encoding of a length (standard config, little endian).
-pub(crate) fn encode_len(n: usize, out: &mut Vec<u8>) {
-    let n = n as u64;
-    if n < 251 {
-        out.push(n as u8);
-    } else if n <= u64::from(u16::MAX) {
-        out.push(251);
-        out.extend_from_slice(&(n as u16).to_le_bytes());
-    } else if n <= u64::from(u32::MAX) {
-        out.push(252);
-        out.extend_from_slice(&(n as u32).to_le_bytes());
-    } else {
-        out.push(253);
-        out.extend_from_slice(&n.to_le_bytes());
-    }
-}
-
-/// The bincode bytes of one message; a body is `encode_len(count)` followed
+/// The bincode bytes of one message; a body is a varint count followed
 /// by the messages' bytes, exactly as bincode encodes a `Vec<Message>`.
+/// The flow-carrying messages take the hand-written path (`compact`).
 pub fn encode_message(msg: &Message) -> Vec<u8> {
-    match bincode::serde::encode_to_vec(msg, config()) {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            // Our own types always serialise; log rather than panic.
-            tracing::error!(%err, "cannot encode a sync message");
-            Vec::new()
+    let mut out = Vec::new();
+    encode_message_into(msg, &mut out);
+    out
+}
+
+/// `encode_message`, appended to `out`.
+pub fn encode_message_into(msg: &Message, out: &mut Vec<u8>) {
+    match msg {
+        Message::Upsert(flow) => {
+            out.push(UPSERT_VARIANT);
+            compact::put_flow(out, flow);
+        }
+        Message::Delete(key) => {
+            out.push(DELETE_VARIANT);
+            compact::put_key(out, key);
+        }
+        other => {
+            if let Err(err) = bincode::serde::encode_into_std_write(other, out, config()) {
+                // Our own types always serialise; log rather than panic.
+                tracing::error!(%err, "cannot encode a sync message");
+            }
         }
     }
 }
+
+/// `Message::Upsert`'s variant index, its first byte on the wire.
+pub const UPSERT_VARIANT: u8 = 0;
+/// `Message::Delete`'s.
+pub const DELETE_VARIANT: u8 = 1;
 
 /// Decode and validate a body.
 pub fn decode_body(body: &[u8]) -> Result<Vec<Message>, WireError> {
     if body.len() > MAX_BODY {
         return Err(WireError::Oversized(body.len()));
     }
+    let mut r = compact::Reader::new(body);
     // Check the count before decoding anything behind it.
-    let (count, _): (u64, usize) =
-        bincode::decode_from_slice(body, bincode::config::standard().with_limit::<16>())
-            .map_err(|e| WireError::BadBody(e.to_string()))?;
+    let count = r.varint(u64::MAX)?;
     if count > MAX_MESSAGES as u64 {
         return Err(WireError::TooManyMessages(count));
     }
-    let (messages, used): (Vec<Message>, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| WireError::BadBody(e.to_string()))?;
-    if used != body.len() {
-        return Err(WireError::BadBody(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
-    }
-    for m in &messages {
-        match m {
+    let mut messages = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let message = match body.get(r.position()) {
+            Some(&UPSERT_VARIANT) => {
+                r.u8()?;
+                Message::Upsert(r.flow()?)
+            }
+            Some(&DELETE_VARIANT) => {
+                r.u8()?;
+                Message::Delete(r.key()?)
+            }
+            _ => {
+                let rest = &body[r.position()..];
+                let (message, used): (Message, usize) =
+                    bincode::serde::decode_from_slice(rest, config())
+                        .map_err(|e| WireError::BadBody(e.to_string()))?;
+                r.skip(used)?;
+                message
+            }
+        };
+        match &message {
             Message::Upsert(f) => f.validate()?,
             Message::Delete(k) => k.validate()?,
             _ => {}
         }
+        messages.push(message);
+    }
+    if !r.is_empty() {
+        return Err(WireError::BadBody(format!(
+            "{} trailing bytes",
+            body.len() - r.position()
+        )));
     }
     Ok(messages)
 }

@@ -4,14 +4,14 @@
 //! datagrams, and the `Packer` that fills datagrams up to the path MTU.
 //! Must not: keep replication state, do I/O, or read the clock.
 
+pub mod compact;
 pub mod header;
 pub mod message;
 
 pub use header::{flags, Header, WireError, HEADER_LEN, MAGIC, MAX_BODY, MAX_DATAGRAM, VERSION};
 pub use message::{
-    decode_body, decode_flow, decode_key, encode_flow, encode_key, encode_message, Message,
-    WireAddrs, WireFlow, WireKey, WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_KEY_LEN,
-    MAX_LABELS_LEN, MAX_MESSAGES,
+    decode_body, encode_message, encode_message_into, Message, WireAddrs, WireFlow, WireKey,
+    WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, UPSERT_VARIANT,
 };
 
 /// The largest UDP payload for a 1500-byte MTU over IPv4 (1500 - 20 - 8).
@@ -50,7 +50,7 @@ impl Body {
             ..*header
         };
         header.encode_into(&mut out);
-        message::encode_len(self.count, &mut out);
+        compact::put_varint(&mut out, self.count as u64);
         out.extend_from_slice(&self.bytes);
         out
     }
@@ -58,7 +58,7 @@ impl Body {
 
 fn count_len(n: usize) -> usize {
     let mut v = Vec::with_capacity(9);
-    message::encode_len(n, &mut v);
+    compact::put_varint(&mut v, n as u64);
     v.len()
 }
 
@@ -103,7 +103,11 @@ impl Packer {
     /// `max_payload` is still accepted alone into an empty body if it fits a
     /// UDP datagram at all.
     pub fn try_push(&mut self, msg: &Message) -> Push {
-        let bytes = encode_message(msg);
+        self.try_push_encoded(&encode_message(msg))
+    }
+
+    /// `try_push` for a message already encoded (`encode_message`'s bytes).
+    pub fn try_push_encoded(&mut self, bytes: &[u8]) -> Push {
         let count = self.body.count + 1;
         let total = HEADER_LEN + count_len(count) + self.body.bytes.len() + bytes.len();
         if bytes.is_empty() {
@@ -112,7 +116,7 @@ impl Packer {
         let fits = total <= self.max_payload && count <= MAX_MESSAGES;
         if fits || (self.body.is_empty() && total <= MAX_DATAGRAM) {
             self.body.count = count;
-            self.body.bytes.extend_from_slice(&bytes);
+            self.body.bytes.extend_from_slice(bytes);
             Push::Added
         } else if self.body.is_empty() {
             Push::TooLarge
