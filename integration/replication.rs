@@ -235,6 +235,42 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
     );
 }
 
+/// An overrun forced: A is stopped (SIGSTOP) through a burst with the
+/// smallest event buffer, so the kernel must drop events; A must notice,
+/// re-read its table and bring B to exactly its flows.
+#[test]
+fn an_overrun_event_socket_heals_by_re_reading_the_table() {
+    let n = 50_000;
+    let mut lab = Lab::new(LabSpec {
+        kernel_extra: "netlink_buffer = 65536\nnetlink_buffer_max = 65536".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let pid = lab.a.pid().expect("A runs").to_string();
+    lab::run("kill", &["-STOP", &pid]);
+    create_in(&lab.a.ns, flow_mix(n, 31, false));
+    lab::run("kill", &["-CONT", &pid]);
+    let complete = wait_until(CONVERGE, || {
+        let (a, b) = (stats(&lab.a), stats(&lab.b));
+        a["internal"]["active"] == n
+            && b["external"]["active"] == n
+            && a["internal_digest"] == b["external_digest"]
+    });
+    let a = stats(&lab.a);
+    assert!(
+        a["kernel_overruns"].as_u64().unwrap_or(0) >= 1,
+        "no overrun was seen: {}",
+        a["kernel_overruns"]
+    );
+    assert!(
+        complete,
+        "B never held exactly A's {n} flows: A {} / B {}",
+        a["internal"],
+        stats(&lab.b)["external"]
+    );
+}
+
 #[test]
 fn a_redundant_link_takes_over_when_the_active_one_goes_down() {
     let mut lab = Lab::new(LabSpec {

@@ -343,11 +343,21 @@ impl FlowCache {
         stale
     }
 
-    /// Mark every entry as confirmed in the current generation.
-    pub fn touch_all(&mut self) {
+    /// If `flow` is cached in the same state (timeouts aside), mark it as
+    /// confirmed in the current generation and return true.
+    pub fn confirm_same_state(&mut self, flow: &Flow) -> bool {
+        let key = KeyBuf::of(&WireKey::from(&flow.key()));
+        let key = key.as_slice();
         let generation = self.generation;
-        for slot in self.table.iter_mut() {
-            slot.generation = generation;
+        match self
+            .table
+            .find_mut(self.hasher.hash_one(key), |s| s.key_bytes() == key)
+        {
+            Some(slot) if slot.flow().same_state(flow) => {
+                slot.generation = generation;
+                true
+            }
+            _ => false,
         }
     }
 }

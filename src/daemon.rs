@@ -432,28 +432,63 @@ fn raise_priority() {
     }
 }
 
+/// Most events the reader holds while the daemon's loop is busy (about
+/// 50 MB) before it waits, and the socket buffer takes over.
+const MAX_HELD_EVENTS: usize = 1 << 18;
+
+/// Read events and hand them to the daemon's loop. When the loop's channel
+/// is full (a long pass over the cache, say), keep reading into memory
+/// rather than let the socket overrun: an overrun costs a table re-read.
 fn event_loop(mut events: EventSocket, tx: mpsc::Sender<KernelFeed>) {
+    let mut held: Vec<KernelEvent> = Vec::new();
     loop {
-        let mut batch = Vec::new();
-        let feed = match events.recv(&mut batch) {
-            Ok(()) if batch.is_empty() => continue,
-            Ok(()) => KernelFeed::Events(batch),
+        let before = held.len();
+        let read = if held.is_empty() {
+            events.recv(&mut held)
+        } else {
+            events.recv_queued(&mut held)
+        };
+        match read {
+            Ok(()) => {}
             Err(KernelError::Overrun) => {
                 // Whatever decoded before the overrun still counts.
-                if !batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err() {
+                let batch = std::mem::take(&mut held);
+                let overrun = KernelFeed::Overrun {
+                    buffer_size: events.buffer_size(),
+                };
+                if (!batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err())
+                    || tx.blocking_send(overrun).is_err()
+                {
                     return;
                 }
-                KernelFeed::Overrun {
-                    buffer_size: events.buffer_size(),
-                }
+                continue;
             }
             Err(e) => {
                 std::thread::sleep(Duration::from_millis(100));
-                KernelFeed::Failed(e.to_string())
+                if tx.blocking_send(KernelFeed::Failed(e.to_string())).is_err() {
+                    return;
+                }
+                continue;
             }
-        };
-        if tx.blocking_send(feed).is_err() {
-            return;
+        }
+        if held.is_empty() {
+            continue;
+        }
+        match tx.try_send(KernelFeed::Events(std::mem::take(&mut held))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(KernelFeed::Events(batch))) => {
+                held = batch;
+                if held.len() >= MAX_HELD_EVENTS {
+                    let batch = std::mem::take(&mut held);
+                    if tx.blocking_send(KernelFeed::Events(batch)).is_err() {
+                        return;
+                    }
+                } else if held.len() == before {
+                    // Nothing new and nowhere to put it: wait a little.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            Err(_) => return,
         }
     }
 }

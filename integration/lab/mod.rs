@@ -313,6 +313,8 @@ pub struct LabSpec {
     pub reconcile_interval_s: u32,
     /// Extra TOML lines for `[sync]`.
     pub sync_extra: String,
+    /// Extra TOML lines for `[kernel]`.
+    pub kernel_extra: String,
     /// Extra TOML tables (e.g. `[filter]`) put before the links.
     pub tables: String,
 }
@@ -327,6 +329,7 @@ impl Default for LabSpec {
             mode: "ftfw",
             reconcile_interval_s: 5,
             sync_extra: String::new(),
+            kernel_extra: String::new(),
             tables: String::new(),
         }
     }
@@ -501,12 +504,13 @@ impl Lab {
             "node_id = {}\nsocket = \"{}\"\n\n[sync]\nmode = \"{}\"\n{}\n\n[kernel]\n\
              # Flows made before a daemon starts never report events (the kernel's\n\
              # nf_conntrack_events=2); the periodic re-read finds their changes.\n\
-             reconcile_interval_s = {}\n",
+             reconcile_interval_s = {}\n{}\n",
             i + 1,
             n.socket.display(),
             spec.mode,
             spec.sync_extra,
-            spec.reconcile_interval_s
+            spec.reconcile_interval_s,
+            spec.kernel_extra
         );
         text.push_str(&spec.tables);
         for k in 0..spec.links {

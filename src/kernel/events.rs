@@ -71,6 +71,18 @@ impl EventSocket {
         Ok(())
     }
 
+    /// `recv` without blocking: append what is already queued (up to a
+    /// batch), possibly nothing.
+    pub fn recv_queued(&mut self, out: &mut Vec<KernelEvent>) -> Result<(), KernelError> {
+        let limit = out.len() + RECV_BATCH;
+        while out.len() < limit {
+            if !self.recv_one(out, true)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Read one netlink datagram; with `nonblocking`, `Ok(false)` when none
     /// was queued.
     fn recv_one(

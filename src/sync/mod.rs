@@ -27,7 +27,6 @@ use crate::wire::{
     MAX_DATAGRAM,
 };
 use alarm::{ExpiryClock, RefreshCursor};
-use foldhash::{HashSet, HashSetExt};
 use queue::{Item, SendQueue};
 use resend::ResendQueue;
 use rx::{RxParams, RxStream};
@@ -400,20 +399,17 @@ impl Node {
     ) -> ReconcileReport {
         self.tick(now_ms);
         let mut report = ReconcileReport::default();
-        let mut seen = HashSet::with_capacity(kernel.len());
+        // Every flow the kernel still has is stamped with this generation;
+        // the rest are gone.
+        let generation = self.internal.begin_generation();
         for flow in kernel {
-            let key = flow.key();
-            seen.insert(key);
             // The kernel counts timeouts down by itself: a flow whose only
             // difference is its timeout has not changed.
-            if self
-                .internal
-                .flow(&key)
-                .is_some_and(|cached| cached.same_state(&flow))
-            {
+            if self.internal.confirm_same_state(&flow) {
                 report.unchanged += 1;
                 continue;
             }
+            let key = flow.key();
             let changed = match self.internal.upsert(flow, now_ms) {
                 Upsert::Created => {
                     if let Some(r) = self.refresh.as_mut() {
@@ -435,12 +431,11 @@ impl Node {
                 self.queue.push_key(key);
             }
         }
-        let mut gone: Vec<FlowKey> = self.internal.keys().filter(|k| !seen.contains(k)).collect();
+        let mut gone = self.internal.sweep_older_than(generation);
         // The cache's iteration order is random per process; sending in key
         // order keeps a seeded simulation replayable.
         gone.sort_unstable();
         for key in gone {
-            self.internal.remove(&key);
             if let Some(r) = self.refresh.as_mut() {
                 r.remove(&key);
             }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::flow::{proto, status, ProtoState, Tuple, L4};
 use crate::wire::WireFlow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// splitmix64: tiny, deterministic.
