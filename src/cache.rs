@@ -51,11 +51,14 @@ pub struct CacheStats {
     pub destroy_failed: u64,
 }
 
-/// One stored flow: 24 bytes in the table plus its encoding on the heap
+/// One stored flow: 32 bytes in the table plus its encoding on the heap
 /// (about 40 bytes for an IPv4 TCP flow without NAT), where a `Flow`
 /// struct alone takes 160.
 #[derive(Clone, Debug)]
 struct Slot {
+    /// The hash of the key bytes: the table grows and probes without
+    /// touching the heap.
+    hash: u64,
     /// `[key length]`, the flow's wire encoding (`compact::put_flow`),
     /// whose first `key length` bytes encode its key, then the second it
     /// was created (`SINCE_LEN` bytes, little endian).
@@ -133,6 +136,11 @@ impl CacheStats {
     }
 }
 
+/// The slot holding the key whose bytes hash to `hash`.
+fn matches(hash: u64, key: &[u8]) -> impl Fn(&Slot) -> bool + '_ {
+    move |s| s.hash == hash && s.key_bytes() == key
+}
+
 fn seconds(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
@@ -186,8 +194,8 @@ impl FlowCache {
     fn find(&self, key: &FlowKey) -> Option<&Slot> {
         let key = KeyBuf::of(&WireKey::from(key));
         let key = key.as_slice();
-        self.table
-            .find(self.hasher.hash_one(key), |s| s.key_bytes() == key)
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, matches(hash, key))
     }
 
     /// A decoded copy of the entry.
@@ -238,12 +246,7 @@ impl FlowCache {
         scratch[0] = key_len as u8;
         let key = &scratch[1..1 + key_len];
         let hash = self.hasher.hash_one(key);
-        let hasher = &self.hasher;
-        let outcome = match self.table.entry(
-            hash,
-            |s| s.key_bytes() == key,
-            |s| hasher.hash_one(s.key_bytes()),
-        ) {
+        let outcome = match self.table.entry(hash, matches(hash, key), |s| s.hash) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 let slot = slot.get_mut();
                 slot.generation = generation;
@@ -270,6 +273,7 @@ impl FlowCache {
                 self.digest ^= state_hash(&flow);
                 scratch.extend_from_slice(&seconds(now_ms).to_le_bytes());
                 slot.insert(Slot {
+                    hash,
                     bytes: scratch.as_slice().into(),
                     generation,
                     updated_s: seconds(now_ms),
@@ -286,9 +290,8 @@ impl FlowCache {
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let key = KeyBuf::of(&WireKey::from(key));
         let key = key.as_slice();
-        let found = self
-            .table
-            .find_entry(self.hasher.hash_one(key), |s| s.key_bytes() == key);
+        let hash = self.hasher.hash_one(key);
+        let found = self.table.find_entry(hash, matches(hash, key));
         match found {
             Ok(slot) => {
                 let (slot, _) = slot.remove();
@@ -307,8 +310,7 @@ impl FlowCache {
     /// Drop every entry (the counters stay).
     pub fn clear(&mut self) {
         self.table.clear();
-        self.table
-            .shrink_to_fit(|s| self.hasher.hash_one(s.key_bytes()));
+        self.table.shrink_to_fit(|s| s.hash);
         self.digest = 0;
     }
 
@@ -349,10 +351,8 @@ impl FlowCache {
         let key = KeyBuf::of(&WireKey::from(&flow.key()));
         let key = key.as_slice();
         let generation = self.generation;
-        match self
-            .table
-            .find_mut(self.hasher.hash_one(key), |s| s.key_bytes() == key)
-        {
+        let hash = self.hasher.hash_one(key);
+        match self.table.find_mut(hash, matches(hash, key)) {
             Some(slot) if slot.flow().same_state(flow) => {
                 slot.generation = generation;
                 true
