@@ -178,6 +178,7 @@ impl Sim {
             mode: self.params.mode,
             node_id: id,
             window: self.params.window.max(1),
+            cache_seed: Some(u64::from(id)),
             ..SyncConfig::default()
         }
     }

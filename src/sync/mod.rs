@@ -118,6 +118,16 @@ pub struct SyncConfig {
     /// to collect with `take_applied` (warm standby writes them into the
     /// kernel as they arrive).
     pub record_applied: bool,
+    /// Key the caches' hash with this seed instead of at random, so that
+    /// their order, and with it the order a bulk is sent in, depends only
+    /// on what happened to them: for replayable simulations. (A daemon
+    /// keeps the random key: its flows come from the network.)
+    pub cache_seed: Option<u64>,
+}
+
+/// An empty cache as `seed` says (see `SyncConfig::cache_seed`).
+fn new_cache(seed: Option<u64>) -> FlowCache {
+    seed.map_or_else(FlowCache::new, FlowCache::with_seed)
 }
 
 impl Default for SyncConfig {
@@ -141,6 +151,7 @@ impl Default for SyncConfig {
             alarm_timeout_ms: 180_000,
             record_applied: false,
             batch_delay_ms: 2,
+            cache_seed: None,
         }
     }
 }
@@ -245,6 +256,7 @@ pub struct Node {
 impl Node {
     /// A node that starts by asking its peers for their tables.
     pub fn new(cfg: SyncConfig, epoch: u64, now_ms: u64) -> Result<Node, SyncError> {
+        let internal = new_cache(cfg.cache_seed);
         if cfg.mode == Mode::Alarm && (cfg.alarm_refresh_ms == 0 || cfg.alarm_timeout_ms == 0) {
             return Err(SyncError::InvalidConfig(
                 "alarm_refresh_ms and alarm_timeout_ms must be at least 1",
@@ -278,7 +290,7 @@ impl Node {
             cfg,
             epoch,
             now: now_ms,
-            internal: FlowCache::new(),
+            internal,
             external: BTreeMap::new(),
             peers: BTreeMap::new(),
             queue: SendQueue::default(),
@@ -312,6 +324,14 @@ impl Node {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// `sender`'s external cache, created empty if new.
+    fn external_cache(&mut self, sender: u32) -> &mut FlowCache {
+        let seed = self.cfg.cache_seed;
+        self.external
+            .entry(sender)
+            .or_insert_with(|| new_cache(seed.map(|s| s ^ u64::from(sender))))
     }
 
     pub fn internal(&self) -> &FlowCache {
@@ -504,12 +524,11 @@ impl Node {
         self.bulk_id = self.bulk_id.wrapping_add(1);
         let id = self.bulk_id;
         self.queue.push_front(Item::BulkBegin(id));
-        // In key order, not the cache's (random) order: the same table then
-        // always packs into the same datagrams.
-        let mut keys: Vec<FlowKey> = self.internal.keys().collect();
-        keys.sort_unstable();
+        // In the cache's order: random in a daemon, replayable under a
+        // `cache_seed`.
+        let keys: Vec<FlowKey> = self.internal.keys().collect();
         for key in keys {
-            self.queue.push_key(key);
+            self.queue.push_bulk_key(key);
         }
         self.queue.push_back(Item::BulkEnd {
             id,
@@ -603,7 +622,7 @@ impl Node {
                         resync_retry: retry,
                     },
                 );
-                self.external.entry(sender).or_default();
+                self.external_cache(sender);
             }
         }
         if reliable && self.cfg.mode != Mode::Ftfw {
@@ -675,7 +694,7 @@ impl Node {
             Message::Upsert(wf) => {
                 let flow = wf.into_flow();
                 let copy = self.cfg.record_applied.then(|| flow.clone());
-                let change = self.external.entry(sender).or_default().upsert(flow, now);
+                let change = self.external_cache(sender).upsert(flow, now);
                 if let Some(flow) = copy {
                     match change {
                         Upsert::Created => self.applied.push(Applied::Created(flow)),
@@ -686,14 +705,14 @@ impl Node {
             }
             Message::Delete(wk) => {
                 let key = wk.to_key();
-                let removed = self.external.entry(sender).or_default().remove(&key);
+                let removed = self.external_cache(sender).remove(&key);
                 if self.cfg.record_applied && removed.is_some() {
                     self.applied.push(Applied::Delete(key));
                 }
             }
             Message::BulkBegin { id } => {
                 self.stats.bulks_received += 1;
-                let generation = self.external.entry(sender).or_default().begin_generation();
+                let generation = self.external_cache(sender).begin_generation();
                 if let Some(p) = self.peers.get_mut(&sender) {
                     p.rx_bulk = Some((id, generation));
                     p.resync_retry = None;
@@ -706,7 +725,7 @@ impl Node {
                 if let Some((bulk, generation)) = p.rx_bulk {
                     if bulk == id {
                         p.rx_bulk = None;
-                        let cache = self.external.entry(sender).or_default();
+                        let cache = self.external_cache(sender);
                         let swept = cache.sweep_older_than(generation);
                         if !swept.is_empty() {
                             self.stats.bulk_swept += 1;
@@ -947,7 +966,7 @@ impl Node {
     fn build_into(&self, item: &Item, out: &mut Vec<u8>) {
         out.clear();
         let message = match item {
-            Item::Key(k) => match self.internal.wire_bytes(k) {
+            Item::Key(k) | Item::BulkKey(k) => match self.internal.wire_bytes(k) {
                 Some(bytes) => {
                     out.push(wire::UPSERT_VARIANT);
                     out.extend_from_slice(bytes);

@@ -14,6 +14,10 @@ use std::collections::VecDeque;
 pub(crate) enum Item {
     /// Send the flow's current state: Upsert if cached, Delete if not.
     Key(FlowKey),
+    /// The same, for a flow of a bulk: not coalesced with other keys (a
+    /// bulk's keys are distinct already, and a million set insertions
+    /// cost more than the rare duplicate send).
+    BulkKey(FlowKey),
     BulkBegin(u32),
     BulkEnd {
         id: u32,
@@ -41,6 +45,11 @@ impl SendQueue {
         if self.keys.insert(key) {
             self.items.push_back(Item::Key(key));
         }
+    }
+
+    /// Queue one of a bulk's keys (see `Item::BulkKey`).
+    pub fn push_bulk_key(&mut self, key: FlowKey) {
+        self.items.push_back(Item::BulkKey(key));
     }
 
     pub fn push_front(&mut self, item: Item) {
@@ -73,7 +82,8 @@ impl SendQueue {
 
     /// Forget every waiting key; bulk markers stay.
     pub fn drop_keys(&mut self) {
-        self.items.retain(|i| !matches!(i, Item::Key(_)));
+        self.items
+            .retain(|i| !matches!(i, Item::Key(_) | Item::BulkKey(_)));
         self.keys.clear();
     }
 }
@@ -116,5 +126,24 @@ mod tests {
         assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 1, count: 0 }));
         q.push_key(key(3));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn bulk_keys_are_not_coalesced_and_are_dropped_with_keys() {
+        let mut q = SendQueue::default();
+        q.push_key(key(1));
+        q.push_bulk_key(key(1));
+        q.push_bulk_key(key(2));
+        q.push_key(key(2));
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
+        assert_eq!(q.pop_front(), Some(Item::BulkKey(key(1))));
+        // A bulk key does not hold a later key back or swallow it.
+        q.push_key(key(1));
+        assert_eq!(q.len(), 3);
+        q.push_back(Item::BulkEnd { id: 2, count: 2 });
+        q.drop_keys();
+        assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 2, count: 2 }));
+        assert!(q.is_empty());
     }
 }
