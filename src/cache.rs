@@ -136,6 +136,14 @@ impl CacheStats {
     }
 }
 
+fn slot_key(s: &Slot) -> FlowKey {
+    match Reader::new(s.key_bytes()).key_prefix() {
+        Ok(key) => key.to_key(),
+        // Only this module writes the bytes, from a key it encoded.
+        Err(err) => unreachable!("cache key does not decode: {err}"),
+    }
+}
+
 /// The slot holding the key whose bytes hash to `hash`.
 fn matches(hash: u64, key: &[u8]) -> impl Fn(&Slot) -> bool + '_ {
     move |s| s.hash == hash && s.key_bytes() == key
@@ -223,12 +231,15 @@ impl FlowCache {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
+        self.table.iter().map(slot_key)
+    }
+
+    /// Every entry's wire encoding (as `wire_bytes`) with a way to decode
+    /// its key, in the table's order.
+    pub fn wire_entries(&self) -> impl Iterator<Item = (impl Fn() -> FlowKey + '_, &[u8])> + '_ {
         self.table
             .iter()
-            .map(|s| match Reader::new(s.key_bytes()).key_prefix() {
-                Ok(key) => key.to_key(),
-                Err(err) => unreachable!("cache key does not decode: {err}"),
-            })
+            .map(|s| (move || slot_key(s), &s.flow_bytes()[1..]))
     }
 
     pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {

@@ -524,11 +524,19 @@ impl Node {
         self.bulk_id = self.bulk_id.wrapping_add(1);
         let id = self.bulk_id;
         self.queue.push_front(Item::BulkBegin(id));
-        // In the cache's order: random in a daemon, replayable under a
-        // `cache_seed`.
-        let keys: Vec<FlowKey> = self.internal.keys().collect();
-        for key in keys {
-            self.queue.push_bulk_key(key);
+        // A snapshot of every flow's Upsert, in the cache's order (random in
+        // a daemon, replayable under a `cache_seed`). A flow already queued
+        // is left out: its key is sent with the state it has then, and a
+        // change to it after this point queues it behind the bulk.
+        let mut message = Vec::with_capacity(128);
+        for (key, bytes) in self.internal.wire_entries() {
+            if self.queue.has_any_key() && self.queue.has_key(&key()) {
+                continue;
+            }
+            message.clear();
+            message.push(wire::UPSERT_VARIANT);
+            message.extend_from_slice(bytes);
+            self.queue.push_bulk_flow(&message);
         }
         self.queue.push_back(Item::BulkEnd {
             id,
@@ -966,7 +974,11 @@ impl Node {
     fn build_into(&self, item: &Item, out: &mut Vec<u8>) {
         out.clear();
         let message = match item {
-            Item::Key(k) | Item::BulkKey(k) => match self.internal.wire_bytes(k) {
+            Item::BulkFlow { .. } => {
+                out.extend_from_slice(self.queue.bulk_message(item));
+                return;
+            }
+            Item::Key(k) => match self.internal.wire_bytes(k) {
                 Some(bytes) => {
                     out.push(wire::UPSERT_VARIANT);
                     out.extend_from_slice(bytes);

@@ -1,9 +1,10 @@
 //! The coalescing send queue: which flows (by key) and bulk markers still
-//! have to be sent, in order.
+//! have to be sent, in order, and the snapshot a bulk sends.
 //!
-//! Owns: a FIFO of keys without duplicates plus bulk markers. Must not: hold
-//! flow contents (the message is built from the internal cache at send time),
-//! sequence numbers, or bytes.
+//! Owns: a FIFO of keys without duplicates plus bulk markers, and the
+//! encoded messages of the bulks still queued. Must not: hold the contents
+//! of a changed flow (its message is built from the internal cache at send
+//! time), sequence numbers, or datagrams.
 
 use crate::flow::FlowKey;
 use foldhash::HashSet;
@@ -14,10 +15,13 @@ use std::collections::VecDeque;
 pub(crate) enum Item {
     /// Send the flow's current state: Upsert if cached, Delete if not.
     Key(FlowKey),
-    /// The same, for a flow of a bulk: not coalesced with other keys (a
-    /// bulk's keys are distinct already, and a million set insertions
-    /// cost more than the rare duplicate send).
-    BulkKey(FlowKey),
+    /// One flow of a bulk: its Upsert as it stood when the bulk began,
+    /// `len` bytes at `at` in the queue's bulk snapshot. Copying a million
+    /// encodings in the cache's order beats a million lookups by key.
+    BulkFlow {
+        at: usize,
+        len: usize,
+    },
     BulkBegin(u32),
     BulkEnd {
         id: u32,
@@ -29,6 +33,10 @@ pub(crate) enum Item {
 pub(crate) struct SendQueue {
     items: VecDeque<Item>,
     keys: HashSet<FlowKey>,
+    /// The encoded messages of the `BulkFlow` items.
+    bulk: Vec<u8>,
+    /// `BulkFlow` items still queued; the snapshot is freed at zero.
+    bulk_flows: usize,
 }
 
 impl SendQueue {
@@ -47,9 +55,33 @@ impl SendQueue {
         }
     }
 
-    /// Queue one of a bulk's keys (see `Item::BulkKey`).
-    pub fn push_bulk_key(&mut self, key: FlowKey) {
-        self.items.push_back(Item::BulkKey(key));
+    /// Is any key waiting?
+    pub fn has_any_key(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Is the key waiting (its current state will be sent)?
+    pub fn has_key(&self, key: &FlowKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Queue one flow of a bulk, its message already encoded.
+    pub fn push_bulk_flow(&mut self, message: &[u8]) {
+        let at = self.bulk.len();
+        self.bulk.extend_from_slice(message);
+        self.items.push_back(Item::BulkFlow {
+            at,
+            len: message.len(),
+        });
+        self.bulk_flows += 1;
+    }
+
+    /// The encoded message of a `BulkFlow` item (empty for other items).
+    pub fn bulk_message(&self, item: &Item) -> &[u8] {
+        match *item {
+            Item::BulkFlow { at, len } => self.bulk.get(at..at + len).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     pub fn push_front(&mut self, item: Item) {
@@ -74,17 +106,29 @@ impl SendQueue {
 
     pub fn pop_front(&mut self) -> Option<Item> {
         let item = self.items.pop_front()?;
-        if let Item::Key(k) = &item {
-            self.keys.remove(k);
+        match &item {
+            Item::Key(k) => {
+                self.keys.remove(k);
+            }
+            Item::BulkFlow { .. } => {
+                self.bulk_flows -= 1;
+                if self.bulk_flows == 0 {
+                    self.bulk = Vec::new();
+                }
+            }
+            _ => {}
         }
         Some(item)
     }
 
-    /// Forget every waiting key; bulk markers stay.
+    /// Forget every waiting flow, bulk snapshots included; bulk markers
+    /// stay.
     pub fn drop_keys(&mut self) {
         self.items
-            .retain(|i| !matches!(i, Item::Key(_) | Item::BulkKey(_)));
+            .retain(|i| !matches!(i, Item::Key(_) | Item::BulkFlow { .. }));
         self.keys.clear();
+        self.bulk = Vec::new();
+        self.bulk_flows = 0;
     }
 }
 
@@ -129,21 +173,32 @@ mod tests {
     }
 
     #[test]
-    fn bulk_keys_are_not_coalesced_and_are_dropped_with_keys() {
+    fn bulk_flows_keep_their_bytes_until_sent_and_do_not_coalesce() {
         let mut q = SendQueue::default();
         q.push_key(key(1));
-        q.push_bulk_key(key(1));
-        q.push_bulk_key(key(2));
+        q.push_bulk_flow(b"one");
+        q.push_bulk_flow(b"three");
         q.push_key(key(2));
+        assert!(q.has_key(&key(1)) && q.has_key(&key(2)) && !q.has_key(&key(3)));
         assert_eq!(q.len(), 4);
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
-        assert_eq!(q.pop_front(), Some(Item::BulkKey(key(1))));
-        // A bulk key does not hold a later key back or swallow it.
+        let first = *q.front().unwrap();
+        assert_eq!(q.bulk_message(&first), b"one");
+        q.pop_front();
+        let second = *q.front().unwrap();
+        assert_eq!(q.bulk_message(&second), b"three");
+        // A bulk flow neither holds a later key back nor swallows it.
         q.push_key(key(1));
         assert_eq!(q.len(), 3);
+        q.pop_front();
+        assert!(
+            q.bulk.is_empty(),
+            "the snapshot is freed with its last flow"
+        );
+        q.push_bulk_flow(b"x");
         q.push_back(Item::BulkEnd { id: 2, count: 2 });
         q.drop_keys();
         assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 2, count: 2 }));
-        assert!(q.is_empty());
+        assert!(q.is_empty() && q.bulk.is_empty());
     }
 }
