@@ -21,7 +21,7 @@ use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
 use crate::sync::{Applied, Mode, Node, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
-use foldhash::{HashSet, HashSetExt};
+use foldhash::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -173,9 +173,12 @@ struct Daemon {
     link_check_at: Instant,
     link_carrier: Vec<bool>,
     scheduled_flush_at: Option<Instant>,
-    /// Flows our own commit wrote: if an overrun hides their events, the
-    /// re-read of the table must not mistake them for new local flows.
-    own_writes: HashSet<FlowKey>,
+    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a flow in the
+    /// kernel that a peer's cache holds is then taken for one it wrote, so
+    /// that a re-read of the table (events are paused during a large
+    /// commit) does not mistake the committed flows for new local ones.
+    /// (The peers' caches answer that without a set of a million keys.)
+    own_writes: bool,
     own_writes_expire_at: Option<Instant>,
     /// `-R` requests that arrived while another dump was running.
     pending_resyncs: Vec<oneshot::Sender<Reply>>,
@@ -270,7 +273,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         link_check_at: Instant::now(),
         link_carrier: Vec::new(),
         scheduled_flush_at: None,
-        own_writes: HashSet::new(),
+        own_writes: false,
         own_writes_expire_at: None,
         pending_resyncs: Vec::new(),
         counters: DaemonCounters {
@@ -631,7 +634,12 @@ impl Daemon {
     /// (After `-f` the peers' caches are empty, and `-R` then takes every
     /// flow in the kernel as ours, as a promotion wants.)
     fn is_mirrored(&self, key: &FlowKey) -> bool {
-        self.config.sync.warm_standby && self.node.external().values().any(|c| c.contains(key))
+        self.config.sync.warm_standby && self.is_peer_flow(key)
+    }
+
+    /// Does a peer's cache hold this flow?
+    fn is_peer_flow(&self, key: &FlowKey) -> bool {
+        self.node.external().values().any(|c| c.contains(key))
     }
 
     fn next_deadline(&self) -> Instant {
@@ -745,7 +753,7 @@ impl Daemon {
         }
         if self.own_writes_expire_at.is_some_and(|at| at <= now) {
             self.own_writes_expire_at = None;
-            self.own_writes.clear();
+            self.own_writes = false;
         }
         if self.overrun_resync_at.is_some_and(|at| at <= now) && self.replay.is_none() {
             self.overrun_resync_at = None;
@@ -957,8 +965,17 @@ impl Daemon {
                         let now = self.now_ms();
                         // Our own commit's flows are cached, never echoed,
                         // even when the overrun swallowed their events.
-                        for flow in flows.iter().filter(|f| self.own_writes.contains(&f.key())) {
-                            self.node.local_upsert(flow.clone(), now, false);
+                        let committed: Vec<Flow> = if self.own_writes {
+                            flows
+                                .iter()
+                                .filter(|f| self.is_peer_flow(&f.key()))
+                                .cloned()
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        for flow in committed {
+                            self.node.local_upsert(flow, now, false);
                         }
                         let report = self.node.reconcile_internal(flows, now, replicate);
                         tracing::info!(?report, "internal cache reconciled with the kernel table");
@@ -1090,7 +1107,7 @@ impl Daemon {
         } else {
             self.commit_set(peer, now, None)
         };
-        self.own_writes.extend(flows.iter().map(Flow::key));
+        self.own_writes = true;
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_total = flows.len() as u64;
@@ -1128,29 +1145,33 @@ impl Daemon {
                 .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
                 .map(|(_, cache)| cache)
         };
-        let entries: Vec<CacheEntry> = match only {
+        let with_timeout = |entry: CacheEntry| {
+            let mut flow = entry.flow;
+            flow.timeout = fixed.unwrap_or_else(|| {
+                let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
+                let left = u64::from(flow.timeout).saturating_sub(elapsed);
+                if left == 0 {
+                    COMMIT_TIMEOUT_FLOOR
+                } else {
+                    u32::try_from(left).unwrap_or(u32::MAX)
+                }
+            });
+            flow
+        };
+        // One pass, straight into the commit's vector (a million flows).
+        match only {
             Some(keys) => keys
                 .iter()
                 .filter_map(|k| caches().find_map(|c| c.get(k)))
+                .map(with_timeout)
                 .collect(),
-            None => caches().flat_map(FlowCache::iter).collect(),
-        };
-        entries
-            .into_iter()
-            .map(|entry| {
-                let mut flow = entry.flow;
-                flow.timeout = fixed.unwrap_or_else(|| {
-                    let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
-                    let left = u64::from(flow.timeout).saturating_sub(elapsed);
-                    if left == 0 {
-                        COMMIT_TIMEOUT_FLOOR
-                    } else {
-                        u32::try_from(left).unwrap_or(u32::MAX)
-                    }
-                });
-                flow
-            })
-            .collect()
+            None => {
+                let total = caches().map(FlowCache::len).sum();
+                let mut flows = Vec::with_capacity(total);
+                flows.extend(caches().flat_map(FlowCache::iter).map(with_timeout));
+                flows
+            }
+        }
     }
 
     fn render_internal(&self, json: bool) -> String {

@@ -144,3 +144,41 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     Ok(ticks as f64 / hz)
 }
+
+/// Busy and total jiffies of all CPUs (first line of /proc/stat).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    Some((total - idle, total))
+}
+
+/// Wait until the machine is idle again (below 10% busy over half a
+/// second), at most `within`: the kernel frees a torn-down namespace's or a
+/// flushed table's flows in the background, and an insert measured
+/// meanwhile measures that too. Returns how long it waited.
+pub fn settle(within: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        let Some((busy0, total0)) = cpu_jiffies() else {
+            break;
+        };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let Some((busy1, total1)) = cpu_jiffies() else {
+            break;
+        };
+        let total = total1.saturating_sub(total0).max(1);
+        if (busy1.saturating_sub(busy0) as f64) / (total as f64) < 0.10 {
+            break;
+        }
+    }
+    started.elapsed()
+}
