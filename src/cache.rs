@@ -64,11 +64,15 @@ struct Slot {
     /// was created (`SINCE_LEN` bytes, little endian).
     bytes: Box<[u8]>,
     generation: u32,
-    /// Seconds of the caller's clock.
+    /// Seconds of the caller's clock when last changed, and in the top
+    /// bit (`QUEUED`) whether the flow waits in the sender's queue.
     updated_s: u32,
 }
 
 const SINCE_LEN: usize = 4;
+
+/// The bit of `Slot::updated_s` that marks a flow as queued for sending.
+const QUEUED: u32 = 1 << 31;
 
 impl Slot {
     fn key_bytes(&self) -> &[u8] {
@@ -99,7 +103,7 @@ impl Slot {
         CacheEntry {
             flow: self.flow(),
             since_ms: u64::from(self.since_s()) * 1000,
-            updated_ms: u64::from(self.updated_s) * 1000,
+            updated_ms: u64::from(self.updated_s & !QUEUED) * 1000,
             generation: self.generation,
         }
     }
@@ -149,8 +153,9 @@ fn matches(hash: u64, key: &[u8]) -> impl Fn(&Slot) -> bool + '_ {
     move |s| s.hash == hash && s.key_bytes() == key
 }
 
+/// Seconds below the `QUEUED` bit (68 years of uptime).
 fn seconds(ms: u64) -> u32 {
-    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX).min(QUEUED - 1)
 }
 
 impl FlowCache {
@@ -216,6 +221,35 @@ impl FlowCache {
         self.find(key).map(|s| &s.flow_bytes()[1..])
     }
 
+    fn find_mut(&mut self, key: &FlowKey) -> Option<&mut Slot> {
+        let key = KeyBuf::of(&WireKey::from(key));
+        let key = key.as_slice();
+        let hash = self.hasher.hash_one(key);
+        self.table.find_mut(hash, matches(hash, key))
+    }
+
+    /// The sender's coalescing: mark a cached flow as queued. True when
+    /// the caller should queue its key: the flow was not marked yet, or is
+    /// not cached (a delete; those are not coalesced).
+    pub fn mark_queued(&mut self, key: &FlowKey) -> bool {
+        match self.find_mut(key) {
+            Some(slot) if slot.updated_s & QUEUED != 0 => false,
+            Some(slot) => {
+                slot.updated_s |= QUEUED;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The flow's wire encoding as it goes out now, its queued mark
+    /// cleared (a change from here on queues it again).
+    pub fn take_for_send(&mut self, key: &FlowKey) -> Option<&[u8]> {
+        let slot = self.find_mut(key)?;
+        slot.updated_s &= !QUEUED;
+        Some(&slot.flow_bytes()[1..])
+    }
+
     /// A decoded copy of the flow.
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
         self.find(key).map(Slot::flow)
@@ -234,12 +268,12 @@ impl FlowCache {
         self.table.iter().map(slot_key)
     }
 
-    /// Every entry's wire encoding (as `wire_bytes`) with a way to decode
-    /// its key, in the table's order.
-    pub fn wire_entries(&self) -> impl Iterator<Item = (impl Fn() -> FlowKey + '_, &[u8])> + '_ {
+    /// Every entry's wire encoding (as `wire_bytes`) and whether it is
+    /// marked queued, in the table's order.
+    pub fn wire_entries(&self) -> impl Iterator<Item = (bool, &[u8])> + '_ {
         self.table
             .iter()
-            .map(|s| (move || slot_key(s), &s.flow_bytes()[1..]))
+            .map(|s| (s.updated_s & QUEUED != 0, &s.flow_bytes()[1..]))
     }
 
     pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
@@ -275,7 +309,7 @@ impl FlowCache {
                         scratch.extend_from_slice(&since);
                         slot.bytes = scratch.as_slice().into();
                     }
-                    slot.updated_s = seconds(now_ms);
+                    slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
                     self.stats.updated += 1;
                     Upsert::Updated
                 }
@@ -359,11 +393,8 @@ impl FlowCache {
     /// If `flow` is cached in the same state (timeouts aside), mark it as
     /// confirmed in the current generation and return true.
     pub fn confirm_same_state(&mut self, flow: &Flow) -> bool {
-        let key = KeyBuf::of(&WireKey::from(&flow.key()));
-        let key = key.as_slice();
         let generation = self.generation;
-        let hash = self.hasher.hash_one(key);
-        match self.table.find_mut(hash, matches(hash, key)) {
+        match self.find_mut(&flow.key()) {
             Some(slot) if slot.flow().same_state(flow) => {
                 slot.generation = generation;
                 true
@@ -531,6 +562,27 @@ mod tests {
         assert_eq!((e.since_ms, e.updated_ms, e.flow), (1_000, 9_000, longer));
         assert_eq!(c.stats().created, 1);
         assert_eq!(c.stats().updated, 2);
+    }
+
+    #[test]
+    fn queued_mark_coalesces_until_the_flow_is_taken_for_sending() {
+        let mut c = FlowCache::new();
+        c.upsert(flow(1), 3_000);
+        assert!(c.mark_queued(&flow(1).key()), "first change queues");
+        assert!(!c.mark_queued(&flow(1).key()), "later ones coalesce");
+        let mut changed = flow(1);
+        changed.mark = 5;
+        c.upsert(changed, 4_000);
+        assert!(!c.mark_queued(&flow(1).key()), "an update keeps the mark");
+        assert_eq!(c.get(&flow(1).key()).unwrap().updated_ms, 4_000);
+        assert!(c.wire_entries().all(|(queued, _)| queued));
+        let sent = c.take_for_send(&flow(1).key()).unwrap().to_vec();
+        assert_eq!(Some(&sent[..]), c.wire_bytes(&flow(1).key()));
+        assert!(c.mark_queued(&flow(1).key()), "queued again after sending");
+        // A key not cached (a delete) is always queued.
+        assert!(c.mark_queued(&flow(2).key()));
+        assert!(c.mark_queued(&flow(2).key()));
+        assert!(c.take_for_send(&flow(2).key()).is_none());
     }
 
     #[test]

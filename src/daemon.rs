@@ -440,7 +440,7 @@ fn raise_priority() {
 const MAX_HELD_EVENTS: usize = 1 << 18;
 
 /// Fewer events than this in a batch: the reader pauses `COALESCE`.
-const THIN_BATCH: usize = 256;
+const THIN_BATCH: usize = 512;
 /// At 150k events/s, 2 ms is 300 events (well under 1 MB of socket
 /// buffer); the sync core holds datagrams for `batch_delay_ms` anyway.
 const COALESCE: Duration = Duration::from_millis(2);

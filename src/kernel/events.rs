@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 /// Most events one `recv` call hands back.
-const RECV_BATCH: usize = 512;
+const RECV_BATCH: usize = 1024;
 
 /// Multicast groups NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY.
 const GROUPS: [u32; 3] = [1, 2, 3];

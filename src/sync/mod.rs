@@ -326,6 +326,14 @@ impl Node {
         self.epoch
     }
 
+    /// Queue a key for sending, once: a flow already queued goes out with
+    /// its latest state anyway (the mark lives in its cache slot).
+    fn enqueue(&mut self, key: FlowKey) {
+        if self.internal.mark_queued(&key) {
+            self.queue.push_key(key);
+        }
+    }
+
     /// `sender`'s external cache, created empty if new.
     fn external_cache(&mut self, sender: u32) -> &mut FlowCache {
         let seed = self.cfg.cache_seed;
@@ -391,7 +399,7 @@ impl Node {
             }
         }
         if replicate && what != Upsert::Unchanged {
-            self.queue.push_key(key);
+            self.enqueue(key);
         }
     }
 
@@ -405,7 +413,7 @@ impl Node {
             }
         }
         if gone && replicate {
-            self.queue.push_key(*key);
+            self.enqueue(*key);
         }
     }
 
@@ -448,7 +456,7 @@ impl Node {
                 }
             };
             if changed && replicate {
-                self.queue.push_key(key);
+                self.enqueue(key);
             }
         }
         let mut gone = self.internal.sweep_older_than(generation);
@@ -461,7 +469,7 @@ impl Node {
             }
             report.removed += 1;
             if replicate {
-                self.queue.push_key(key);
+                self.enqueue(key);
             }
         }
         report
@@ -529,8 +537,8 @@ impl Node {
         // is left out: its key is sent with the state it has then, and a
         // change to it after this point queues it behind the bulk.
         let mut message = Vec::with_capacity(128);
-        for (key, bytes) in self.internal.wire_entries() {
-            if self.queue.has_any_key() && self.queue.has_key(&key()) {
+        for (queued, bytes) in self.internal.wire_entries() {
+            if queued {
                 continue;
             }
             message.clear();
@@ -971,14 +979,14 @@ impl Node {
     /// The item's message, encoded into `out` (cleared first). A cached
     /// flow is already stored in its wire encoding: it is copied, not
     /// re-encoded.
-    fn build_into(&self, item: &Item, out: &mut Vec<u8>) {
+    fn build_into(&mut self, item: &Item, out: &mut Vec<u8>) {
         out.clear();
         let message = match item {
             Item::BulkFlow { .. } => {
                 out.extend_from_slice(self.queue.bulk_message(item));
                 return;
             }
-            Item::Key(k) => match self.internal.wire_bytes(k) {
+            Item::Key(k) => match self.internal.take_for_send(k) {
                 Some(bytes) => {
                     out.push(wire::UPSERT_VARIANT);
                     out.extend_from_slice(bytes);
@@ -1061,7 +1069,7 @@ impl Node {
             let due = r.take_due(now);
             self.stats.alarm_refreshes += due.len() as u64;
             for key in due {
-                self.queue.push_key(key);
+                self.enqueue(key);
             }
         }
 

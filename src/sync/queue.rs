@@ -1,13 +1,13 @@
-//! The coalescing send queue: which flows (by key) and bulk markers still
-//! have to be sent, in order, and the snapshot a bulk sends.
+//! The send queue: which flows (by key) and bulk markers still have to be
+//! sent, in order, and the snapshot a bulk sends.
 //!
-//! Owns: a FIFO of keys without duplicates plus bulk markers, and the
-//! encoded messages of the bulks still queued. Must not: hold the contents
-//! of a changed flow (its message is built from the internal cache at send
-//! time), sequence numbers, or datagrams.
+//! Owns: a FIFO of keys and bulk markers, and the encoded messages of the
+//! bulks still queued. Must not: hold the contents of a changed flow (its
+//! message is built from the internal cache at send time), decide whether
+//! a key is queued already (the caller coalesces, with a mark in the
+//! flow's cache slot), sequence numbers, or datagrams.
 
 use crate::flow::FlowKey;
-use foldhash::HashSet;
 use std::collections::VecDeque;
 
 /// One thing waiting to be sent.
@@ -32,7 +32,6 @@ pub(crate) enum Item {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SendQueue {
     items: VecDeque<Item>,
-    keys: HashSet<FlowKey>,
     /// The encoded messages of the `BulkFlow` items.
     bulk: Vec<u8>,
     /// `BulkFlow` items still queued; the snapshot is freed at zero.
@@ -48,21 +47,8 @@ impl SendQueue {
         self.items.is_empty()
     }
 
-    /// Queue a key unless it is already waiting (its latest state is sent).
     pub fn push_key(&mut self, key: FlowKey) {
-        if self.keys.insert(key) {
-            self.items.push_back(Item::Key(key));
-        }
-    }
-
-    /// Is any key waiting?
-    pub fn has_any_key(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
-    /// Is the key waiting (its current state will be sent)?
-    pub fn has_key(&self, key: &FlowKey) -> bool {
-        self.keys.contains(key)
+        self.items.push_back(Item::Key(key));
     }
 
     /// Queue one flow of a bulk, its message already encoded.
@@ -85,19 +71,11 @@ impl SendQueue {
     }
 
     pub fn push_front(&mut self, item: Item) {
-        if let Item::Key(k) = item {
-            if !self.keys.insert(k) {
-                return;
-            }
-        }
         self.items.push_front(item);
     }
 
     pub fn push_back(&mut self, item: Item) {
-        match item {
-            Item::Key(k) => self.push_key(k),
-            other => self.items.push_back(other),
-        }
+        self.items.push_back(item);
     }
 
     pub fn front(&self) -> Option<&Item> {
@@ -106,17 +84,11 @@ impl SendQueue {
 
     pub fn pop_front(&mut self) -> Option<Item> {
         let item = self.items.pop_front()?;
-        match &item {
-            Item::Key(k) => {
-                self.keys.remove(k);
+        if let Item::BulkFlow { .. } = item {
+            self.bulk_flows -= 1;
+            if self.bulk_flows == 0 {
+                self.bulk = Vec::new();
             }
-            Item::BulkFlow { .. } => {
-                self.bulk_flows -= 1;
-                if self.bulk_flows == 0 {
-                    self.bulk = Vec::new();
-                }
-            }
-            _ => {}
         }
         Some(item)
     }
@@ -126,7 +98,6 @@ impl SendQueue {
     pub fn drop_keys(&mut self) {
         self.items
             .retain(|i| !matches!(i, Item::Key(_) | Item::BulkFlow { .. }));
-        self.keys.clear();
         self.bulk = Vec::new();
         self.bulk_flows = 0;
     }
@@ -150,36 +121,28 @@ mod tests {
     }
 
     #[test]
-    fn keys_coalesce_and_keep_first_position() {
+    fn items_leave_in_order_and_drop_keys_keeps_markers() {
         let mut q = SendQueue::default();
         q.push_key(key(1));
         q.push_key(key(2));
-        q.push_key(key(1));
         q.push_front(Item::BulkBegin(7));
-        q.push_back(Item::Key(key(2)));
-        assert_eq!(q.len(), 3);
+        q.push_back(Item::BulkEnd { id: 7, count: 2 });
+        q.push_key(key(3));
+        assert_eq!(q.len(), 5);
         assert_eq!(q.pop_front(), Some(Item::BulkBegin(7)));
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
-        q.push_key(key(1));
-        assert_eq!(q.pop_front(), Some(Item::Key(key(2))));
-        assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
-        assert!(q.is_empty());
-        q.push_key(key(3));
-        q.push_back(Item::BulkEnd { id: 1, count: 0 });
         q.drop_keys();
-        assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 1, count: 0 }));
-        q.push_key(key(3));
-        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 7, count: 2 }));
+        assert!(q.is_empty());
     }
 
     #[test]
-    fn bulk_flows_keep_their_bytes_until_sent_and_do_not_coalesce() {
+    fn bulk_flows_keep_their_bytes_until_sent() {
         let mut q = SendQueue::default();
         q.push_key(key(1));
         q.push_bulk_flow(b"one");
         q.push_bulk_flow(b"three");
         q.push_key(key(2));
-        assert!(q.has_key(&key(1)) && q.has_key(&key(2)) && !q.has_key(&key(3)));
         assert_eq!(q.len(), 4);
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
         let first = *q.front().unwrap();
@@ -187,7 +150,6 @@ mod tests {
         q.pop_front();
         let second = *q.front().unwrap();
         assert_eq!(q.bulk_message(&second), b"three");
-        // A bulk flow neither holds a later key back nor swallows it.
         q.push_key(key(1));
         assert_eq!(q.len(), 3);
         q.pop_front();

@@ -472,6 +472,27 @@ fn bulk_and_resync_request_repair_the_external_view() {
     );
 }
 
+/// Many changes to one flow before it is sent leave as one message with
+/// the last state.
+#[test]
+fn changes_to_a_queued_flow_coalesce_into_one_message() {
+    let mut sim = Sim::new(4, vec![cfg(1), cfg(2)]);
+    sim.run_until(1000);
+    let before = sim.nodes[0].as_ref().unwrap().stats().messages_sent;
+    let mut rng = Rng(9);
+    let mut f = flow_for(&mut rng, 1);
+    let now = sim.now;
+    for mark in 0..100 {
+        f.mark = mark;
+        sim.node(0).local_upsert(f.clone(), now, true);
+    }
+    sim.run_until(now + 500);
+    let a = sim.nodes[0].as_ref().unwrap().stats();
+    assert_eq!(a.messages_sent - before, 1, "{a:?}");
+    let b = sim.nodes[1].as_ref().unwrap();
+    assert_eq!(b.external().get(&1).and_then(|c| c.flow(&f.key())), Some(f));
+}
+
 /// A bulk sends a snapshot of the table; a flow that was already queued
 /// is left out of it, so a change made to that flow after the snapshot
 /// (coalesced into its queued key) is what the peer ends with, without
