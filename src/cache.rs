@@ -282,6 +282,16 @@ impl FlowCache {
 
     /// Insert or replace a flow; `now_ms` stamps the change.
     pub fn upsert(&mut self, flow: Flow, now_ms: u64) -> Upsert {
+        self.upsert_marking(flow, now_ms, false).0
+    }
+
+    /// `upsert`, and when the flow changed, `mark_queued` in the same
+    /// lookup: true in the second place when the caller should queue it.
+    pub fn upsert_and_mark_queued(&mut self, flow: Flow, now_ms: u64) -> (Upsert, bool) {
+        self.upsert_marking(flow, now_ms, true)
+    }
+
+    fn upsert_marking(&mut self, flow: Flow, now_ms: u64, mark: bool) -> (Upsert, bool) {
         let generation = self.generation;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -296,7 +306,7 @@ impl FlowCache {
                 let slot = slot.get_mut();
                 slot.generation = generation;
                 if slot.flow_bytes() == scratch.as_slice() {
-                    Upsert::Unchanged
+                    (Upsert::Unchanged, false)
                 } else {
                     let old = slot.flow();
                     if !old.same_state(&flow) {
@@ -309,9 +319,11 @@ impl FlowCache {
                         scratch.extend_from_slice(&since);
                         slot.bytes = scratch.as_slice().into();
                     }
-                    slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
+                    let was_queued = slot.updated_s & QUEUED != 0;
+                    let queued = was_queued || mark;
+                    slot.updated_s = seconds(now_ms) | if queued { QUEUED } else { 0 };
                     self.stats.updated += 1;
-                    Upsert::Updated
+                    (Upsert::Updated, mark && !was_queued)
                 }
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
@@ -321,10 +333,10 @@ impl FlowCache {
                     hash,
                     bytes: scratch.as_slice().into(),
                     generation,
-                    updated_s: seconds(now_ms),
+                    updated_s: seconds(now_ms) | if mark { QUEUED } else { 0 },
                 });
                 self.stats.created += 1;
-                Upsert::Created
+                (Upsert::Created, mark)
             }
         };
         self.scratch = scratch;
@@ -579,6 +591,28 @@ mod tests {
         let sent = c.take_for_send(&flow(1).key()).unwrap().to_vec();
         assert_eq!(Some(&sent[..]), c.wire_bytes(&flow(1).key()));
         assert!(c.mark_queued(&flow(1).key()), "queued again after sending");
+        // Upsert and mark in one: queue only on a change not yet queued.
+        let mut other = flow(3);
+        assert_eq!(
+            c.upsert_and_mark_queued(other.clone(), 0),
+            (Upsert::Created, true)
+        );
+        assert_eq!(
+            c.upsert_and_mark_queued(other.clone(), 0),
+            (Upsert::Unchanged, false)
+        );
+        other.mark = 1;
+        assert_eq!(
+            c.upsert_and_mark_queued(other.clone(), 0),
+            (Upsert::Updated, false)
+        );
+        c.take_for_send(&other.key());
+        other.mark = 2;
+        assert_eq!(
+            c.upsert_and_mark_queued(other.clone(), 0),
+            (Upsert::Updated, true)
+        );
+        assert!(!c.mark_queued(&other.key()));
         // A key not cached (a delete) is always queued.
         assert!(c.mark_queued(&flow(2).key()));
         assert!(c.mark_queued(&flow(2).key()));

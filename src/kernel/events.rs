@@ -6,7 +6,7 @@
 //! Must not: resync after an overrun (the caller dumps), filter or cache.
 
 use super::codec::{ct_msg_type, decode_flow, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW};
-use super::socket::{messages, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
+use super::socket::{messages, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL};
 use super::{EventKind, KernelError, KernelEvent};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -19,11 +19,14 @@ const GROUPS: [u32; 3] = [1, 2, 3];
 /// Largest datagram read at once (events are one per datagram, but be
 /// generous).
 const RECV_BUF: usize = 64 * 1024;
+/// Datagrams per recvmmsg call.
+const RECV_SLOTS: usize = 64;
 
 /// A socket subscribed to conntrack events.
 pub struct EventSocket {
     sock: NlSocket,
     buf: Vec<u8>,
+    batch: RecvBatch,
     rcvbuf: usize,
     rcvbuf_max: usize,
     overruns: u64,
@@ -46,6 +49,7 @@ impl EventSocket {
         Ok(EventSocket {
             sock,
             buf: Vec::with_capacity(RECV_BUF),
+            batch: RecvBatch::new(RECV_SLOTS),
             rcvbuf: size,
             rcvbuf_max,
             overruns: 0,
@@ -53,92 +57,58 @@ impl EventSocket {
         })
     }
 
-    /// Block until a datagram arrives and append its events to `out`.
+    /// Block until a datagram arrives and append its events to `out`, with
+    /// whatever else is queued already (up to a batch), so a burst reaches
+    /// the daemon in batches rather than one event at a time.
     /// ENOBUFS grows the buffer (up to the maximum) and returns
     /// [`KernelError::Overrun`]: events were lost, the caller should resync.
     pub fn recv(&mut self, out: &mut Vec<KernelEvent>) -> Result<(), KernelError> {
-        self.recv_one(out, false)?;
-        // Whatever else is already queued comes along, so a burst reaches
-        // the daemon in batches rather than one event at a time.
-        while out.len() < RECV_BATCH {
-            match self.recv_one(out, true) {
-                Ok(true) => {}
-                Ok(false) => break,
-                // Report the overrun with what was read before it.
-                Err(e) => return Err(e),
-            }
+        if let Err(e) = self.sock.recv(&mut self.buf) {
+            return Err(self.failed(e));
         }
-        Ok(())
+        decode_datagram(&self.buf, out, &mut self.decode_errors);
+        self.recv_queued(out)
     }
 
     /// `recv` without blocking: append what is already queued (up to a
-    /// batch), possibly nothing.
+    /// batch), possibly nothing. Many datagrams per system call.
     pub fn recv_queued(&mut self, out: &mut Vec<KernelEvent>) -> Result<(), KernelError> {
         let limit = out.len() + RECV_BATCH;
         while out.len() < limit {
-            if !self.recv_one(out, true)? {
-                break;
+            match self.sock.try_recv_batch(&mut self.batch) {
+                Ok(n) => {
+                    for datagram in self.batch.datagrams() {
+                        decode_datagram(datagram, out, &mut self.decode_errors);
+                    }
+                    if n < RECV_SLOTS {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // Report the overrun with what was read before it.
+                Err(e) => return Err(self.failed(e)),
             }
         }
         Ok(())
     }
 
-    /// Read one netlink datagram; with `nonblocking`, `Ok(false)` when none
-    /// was queued.
-    fn recv_one(
-        &mut self,
-        out: &mut Vec<KernelEvent>,
-        nonblocking: bool,
-    ) -> Result<bool, KernelError> {
-        let received = if nonblocking {
-            self.sock.try_recv(&mut self.buf)
-        } else {
-            self.sock.recv(&mut self.buf)
-        };
-        if let Err(e) = received {
-            if nonblocking && e.kind() == std::io::ErrorKind::WouldBlock {
-                return Ok(false);
-            }
-            if e.raw_os_error() == Some(libc::ENOBUFS) {
-                self.overruns += 1;
-                let doubled = self.rcvbuf.saturating_mul(2);
-                if doubled <= self.rcvbuf_max {
-                    self.rcvbuf = self.sock.set_rcvbuf(doubled)?;
-                    tracing::warn!(bytes = self.rcvbuf, "event socket buffer doubled");
+    /// A receive error: on ENOBUFS count the overrun and grow the buffer.
+    fn failed(&mut self, e: std::io::Error) -> KernelError {
+        if e.raw_os_error() == Some(libc::ENOBUFS) {
+            self.overruns += 1;
+            let doubled = self.rcvbuf.saturating_mul(2);
+            if doubled <= self.rcvbuf_max {
+                match self.sock.set_rcvbuf(doubled) {
+                    Ok(size) => {
+                        self.rcvbuf = size;
+                        tracing::warn!(bytes = self.rcvbuf, "event socket buffer doubled");
+                    }
+                    Err(err) => return err,
                 }
-                return Err(KernelError::Overrun);
             }
-            return Err(KernelError::io("recv event", e));
+            return KernelError::Overrun;
         }
-        for m in messages(&self.buf) {
-            let Ok(m) = m else {
-                self.decode_errors += 1;
-                break;
-            };
-            let kind = if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
-                if m.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
-                    EventKind::New
-                } else {
-                    EventKind::Update
-                }
-            } else if m.kind == ct_msg_type(IPCTNL_MSG_CT_DELETE) {
-                EventKind::Destroy
-            } else {
-                continue;
-            };
-            match decode_flow(m.payload) {
-                Ok(flow) => out.push(KernelEvent {
-                    kind,
-                    flow,
-                    portid: m.pid,
-                }),
-                Err(e) => {
-                    self.decode_errors += 1;
-                    tracing::debug!(error = %e, "undecodable conntrack event");
-                }
-            }
-        }
-        Ok(true)
+        KernelError::io("recv event", e)
     }
 
     /// A handle that turns the subscription off and on from another thread
@@ -229,5 +199,38 @@ impl EventSwitch {
             }
         }
         Ok(())
+    }
+}
+
+/// Append the events in one netlink datagram to `out`; count what does not
+/// decode.
+fn decode_datagram(datagram: &[u8], out: &mut Vec<KernelEvent>, decode_errors: &mut u64) {
+    for m in messages(datagram) {
+        let Ok(m) = m else {
+            *decode_errors += 1;
+            break;
+        };
+        let kind = if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
+            if m.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
+                EventKind::New
+            } else {
+                EventKind::Update
+            }
+        } else if m.kind == ct_msg_type(IPCTNL_MSG_CT_DELETE) {
+            EventKind::Destroy
+        } else {
+            continue;
+        };
+        match decode_flow(m.payload) {
+            Ok(flow) => out.push(KernelEvent {
+                kind,
+                flow,
+                portid: m.pid,
+            }),
+            Err(e) => {
+                *decode_errors += 1;
+                tracing::debug!(error = %e, "undecodable conntrack event");
+            }
+        }
     }
 }

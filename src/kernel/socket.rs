@@ -27,6 +27,63 @@ pub const NLM_F_CREATE: u16 = 0x400;
 /// Size of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
 
+/// Room for one datagram in a `RecvBatch` (a conntrack event takes a few
+/// hundred bytes).
+pub const RECV_SLOT_LEN: usize = 8192;
+
+/// Buffers for `NlSocket::try_recv_batch`: many datagrams per system call.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    received: usize,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point into `bufs` and
+// `iovecs` of the same value; they are rewritten by `prepare` before every
+// use, so moving the value to another thread is sound.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    pub fn new(slots: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        RecvBatch {
+            bufs: vec![0; slots * RECV_SLOT_LEN],
+            // SAFETY: iovec and mmsghdr are plain C structs for which all
+            // zero bytes is a valid (empty) value.
+            iovecs: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            headers: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            received: 0,
+        }
+    }
+
+    fn prepare(&mut self) {
+        self.received = 0;
+        let base = self.bufs.as_mut_ptr();
+        for (i, (iov, h)) in self.iovecs.iter_mut().zip(&mut self.headers).enumerate() {
+            // SAFETY: slot i lies within `bufs` (slots * RECV_SLOT_LEN bytes).
+            iov.iov_base = unsafe { base.add(i * RECV_SLOT_LEN) }.cast();
+            iov.iov_len = RECV_SLOT_LEN;
+            // SAFETY: as in `new`, all zero bytes is a valid msghdr.
+            h.msg_hdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_len = 0;
+        }
+    }
+
+    /// The datagrams the last `try_recv_batch` received.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.headers[..self.received]
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let len = (h.msg_len as usize).min(RECV_SLOT_LEN);
+                &self.bufs[i * RECV_SLOT_LEN..i * RECV_SLOT_LEN + len]
+            })
+    }
+}
+
 /// A bound NETLINK_NETFILTER socket.
 pub struct NlSocket {
     sock: Socket,
@@ -152,6 +209,45 @@ impl NlSocket {
     /// `recv` that returns `WouldBlock` at once when nothing is queued.
     pub fn try_recv(&self, buf: &mut Vec<u8>) -> Result<(), std::io::Error> {
         self.recv_with(buf, libc::MSG_DONTWAIT)
+    }
+
+    /// Receive up to `batch.capacity()` queued datagrams in one system call
+    /// without waiting (recvmmsg); returns how many arrived (`WouldBlock`
+    /// when none was queued). A datagram longer than a slot is an error.
+    pub fn try_recv_batch(&self, batch: &mut RecvBatch) -> Result<usize, std::io::Error> {
+        batch.prepare();
+        let n = loop {
+            // SAFETY: `prepare` pointed every header at its own iovec and
+            // every iovec at its own SLOT_LEN bytes of `batch.bufs`, all of
+            // which live (unmoved) in `batch` for the whole call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.as_raw_fd(),
+                    batch.headers.as_mut_ptr(),
+                    batch.headers.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        batch.received = n;
+        if batch.headers[..n]
+            .iter()
+            .any(|h| h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("netlink datagram longer than {RECV_SLOT_LEN} bytes truncated"),
+            ));
+        }
+        Ok(n)
     }
 
     fn recv_with(&self, buf: &mut Vec<u8>, flags: libc::c_int) -> Result<(), std::io::Error> {

@@ -392,14 +392,18 @@ impl Node {
     pub fn local_upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
         let key = flow.key();
-        let what = self.internal.upsert(flow, now_ms);
+        let (what, queue) = if replicate {
+            self.internal.upsert_and_mark_queued(flow, now_ms)
+        } else {
+            (self.internal.upsert(flow, now_ms), false)
+        };
         if what == Upsert::Created {
             if let Some(r) = self.refresh.as_mut() {
                 r.insert(key);
             }
         }
-        if replicate && what != Upsert::Unchanged {
-            self.enqueue(key);
+        if queue {
+            self.queue.push_key(key);
         }
     }
 
