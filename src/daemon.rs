@@ -3,7 +3,8 @@
 //! threads (the event reader and the kernel worker) that talk to it by
 //! message; socket readers and the control server are tasks.
 //!
-//! Owns: start-up order (event socket, table dump, READY), routing of events,
+//! Owns: start-up order (event socket, table dump, READY), the event
+//! reader's pacing (batches, holding events while the loop is busy), routing of events,
 //! datagrams, control requests and timers to the sync core, and the
 //! translation of control requests into kernel jobs. Must not: encode
 //! netlink or sync-protocol bytes, or hold flows anywhere but in the core.

@@ -2,8 +2,9 @@
 //! over the netlink messages in a received buffer.
 //!
 //! Owns: opening, binding, socket options (receive buffer, NETLINK_CAP_ACK,
-//! multicast groups, timeouts), send and blocking receive, and netlink header
-//! parsing. Must not: know about conntrack attributes (that is `codec`).
+//! multicast groups, timeouts), send, blocking receive and batched
+//! non-blocking receive (recvmmsg, `RecvBatch`), and netlink header parsing.
+//! Must not: know about conntrack attributes (that is `codec`).
 
 use super::KernelError;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
