@@ -20,7 +20,7 @@ use crate::kernel::events::{EventSocket, EventSwitch};
 use crate::kernel::write::{CreateOptions, WriteOp, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
-use crate::sync::{Applied, Mode, Node, SyncConfig};
+use crate::sync::{Applied, Mode, Node, Replicate, SyncConfig};
 use crate::transport::{self, Link, LinkKind, LinkSpec, Received};
 use foldhash::HashSet;
 use std::path::PathBuf;
@@ -174,10 +174,10 @@ struct Daemon {
     link_check_at: Instant,
     link_carrier: Vec<bool>,
     scheduled_flush_at: Option<Instant>,
-    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a flow in the
-    /// kernel that a peer's cache holds is then taken for one it wrote, so
-    /// that a re-read of the table (events are paused during a large
-    /// commit) does not mistake the committed flows for new local ones.
+    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
+    /// table then takes a flow a peer's cache holds for one the commit
+    /// wrote (`Replicate::DifferencesButPeerFlows`), so that the committed
+    /// flows (events are paused during a large commit) are not sent back.
     /// (The peers' caches answer that without a set of a million keys.)
     own_writes: bool,
     own_writes_expire_at: Option<Instant>,
@@ -292,7 +292,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let count = primed.len();
     daemon
         .node
-        .reconcile_internal(primed, daemon.now_ms(), false);
+        .reconcile_internal(primed, daemon.now_ms(), Replicate::Nothing);
     tracing::info!(
         flows = count,
         epoch,
@@ -635,12 +635,7 @@ impl Daemon {
     /// (After `-f` the peers' caches are empty, and `-R` then takes every
     /// flow in the kernel as ours, as a promotion wants.)
     fn is_mirrored(&self, key: &FlowKey) -> bool {
-        self.config.sync.warm_standby && self.is_peer_flow(key)
-    }
-
-    /// Does a peer's cache hold this flow?
-    fn is_peer_flow(&self, key: &FlowKey) -> bool {
-        self.node.external().values().any(|c| c.contains(key))
+        self.config.sync.warm_standby && self.node.holds_peer_flow(key)
     }
 
     fn next_deadline(&self) -> Instant {
@@ -956,28 +951,21 @@ impl Daemon {
             Done::Dump(result, purpose) => {
                 let replay = self.replay.take().unwrap_or_default();
                 self.arm_reconcile();
-                let (replicate, clients) = match purpose {
+                let (heal, clients) = match purpose {
                     DumpPurpose::Resync(clients) => (false, clients),
                     DumpPurpose::Heal => (true, Vec::new()),
+                };
+                // Our own commit's flows are cached, never echoed, even when
+                // their events were paused or the overrun swallowed them.
+                let replicate = match (heal, self.own_writes) {
+                    (false, _) => Replicate::Nothing,
+                    (true, false) => Replicate::Differences,
+                    (true, true) => Replicate::DifferencesButPeerFlows,
                 };
                 let reply = match result {
                     Ok(flows) => {
                         let flows = self.accepted(flows);
                         let now = self.now_ms();
-                        // Our own commit's flows are cached, never echoed,
-                        // even when the overrun swallowed their events.
-                        let committed: Vec<Flow> = if self.own_writes {
-                            flows
-                                .iter()
-                                .filter(|f| self.is_peer_flow(&f.key()))
-                                .cloned()
-                                .collect()
-                        } else {
-                            Vec::new()
-                        };
-                        for flow in committed {
-                            self.node.local_upsert(flow, now, false);
-                        }
                         let report = self.node.reconcile_internal(flows, now, replicate);
                         tracing::info!(?report, "internal cache reconciled with the kernel table");
                         for event in replay {
@@ -987,7 +975,7 @@ impl Daemon {
                     }
                     Err(reason) => {
                         self.counters.kernel_failures += 1;
-                        if replicate {
+                        if heal {
                             // Try again: an overrun must always heal.
                             self.overrun_resync_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
                         }

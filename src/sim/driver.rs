@@ -15,7 +15,7 @@ use super::report::{FailureKind, SimFailure, SimReport};
 use super::rng::Rng;
 use super::workload::{next_change, Kernel};
 use crate::flow::Flow;
-use crate::sync::{Node, SyncConfig, SyncStats};
+use crate::sync::{Node, Replicate, SyncConfig, SyncStats};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -214,7 +214,7 @@ impl Sim {
             )
         })?;
         if let Some(host) = self.hosts.get_mut(i) {
-            node.reconcile_internal(host.kernel.dump(), now, false);
+            node.reconcile_internal(host.kernel.dump(), now, Replicate::Nothing);
             host.epochs.push(epoch);
             host.node = Some(node);
             host.down = None;

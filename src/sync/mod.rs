@@ -125,6 +125,19 @@ pub struct SyncConfig {
     pub cache_seed: Option<u64>,
 }
 
+/// What a reconcile with the kernel table sends to peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicate {
+    /// Nothing: the cache is primed or refreshed (start-up, `-R`).
+    Nothing,
+    /// Every difference: added, changed and vanished flows.
+    Differences,
+    /// Every difference except flows a peer's cache holds: shortly after a
+    /// commit those are the commit's own writes, cached as ours but never
+    /// sent back (their events may have been paused or lost).
+    DifferencesButPeerFlows,
+}
+
 /// An empty cache as `seed` says (see `SyncConfig::cache_seed`).
 fn new_cache(seed: Option<u64>) -> FlowCache {
     seed.map_or_else(FlowCache::new, FlowCache::with_seed)
@@ -391,6 +404,12 @@ impl Node {
     /// it without sending.
     pub fn local_upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
+        self.upsert_internal(flow, now_ms, replicate);
+    }
+
+    /// Cache one of our flows; with `replicate`, queue it if it changed
+    /// (one table probe for both).
+    fn upsert_internal(&mut self, flow: Flow, now_ms: u64, replicate: bool) -> Upsert {
         let key = flow.key();
         let (what, queue) = if replicate {
             self.internal.upsert_and_mark_queued(flow, now_ms)
@@ -405,6 +424,12 @@ impl Node {
         if queue {
             self.queue.push_key(key);
         }
+        what
+    }
+
+    /// Does a peer's cache hold this flow?
+    pub fn holds_peer_flow(&self, key: &FlowKey) -> bool {
+        self.external.values().any(|c| c.contains(key))
     }
 
     /// A kernel DESTROY.
@@ -421,13 +446,13 @@ impl Node {
         }
     }
 
-    /// Make the internal cache equal to a kernel dump; with `replicate`,
-    /// queue the differences (added, changed, vanished) for sending.
+    /// Make the internal cache equal to a kernel dump, and queue for
+    /// sending what `replicate` says.
     pub fn reconcile_internal(
         &mut self,
         kernel: Vec<Flow>,
         now_ms: u64,
-        replicate: bool,
+        replicate: Replicate,
     ) -> ReconcileReport {
         self.tick(now_ms);
         let mut report = ReconcileReport::default();
@@ -441,26 +466,15 @@ impl Node {
                 report.unchanged += 1;
                 continue;
             }
-            let key = flow.key();
-            let changed = match self.internal.upsert(flow, now_ms) {
-                Upsert::Created => {
-                    if let Some(r) = self.refresh.as_mut() {
-                        r.insert(key);
-                    }
-                    report.added += 1;
-                    true
-                }
-                Upsert::Updated => {
-                    report.changed += 1;
-                    true
-                }
-                Upsert::Unchanged => {
-                    report.unchanged += 1;
-                    false
-                }
+            let send = match replicate {
+                Replicate::Nothing => false,
+                Replicate::Differences => true,
+                Replicate::DifferencesButPeerFlows => !self.holds_peer_flow(&flow.key()),
             };
-            if changed && replicate {
-                self.enqueue(key);
+            match self.upsert_internal(flow, now_ms, send) {
+                Upsert::Created => report.added += 1,
+                Upsert::Updated => report.changed += 1,
+                Upsert::Unchanged => report.unchanged += 1,
             }
         }
         let mut gone = self.internal.sweep_older_than(generation);
@@ -472,7 +486,7 @@ impl Node {
                 r.remove(&key);
             }
             report.removed += 1;
-            if replicate {
+            if replicate != Replicate::Nothing {
                 self.enqueue(key);
             }
         }

@@ -530,7 +530,9 @@ fn reconcile_sends_only_differences() {
     kernel.push(flow_for(&mut rng, 1000));
     let before = sim.nodes[0].as_ref().unwrap().stats().messages_sent;
     let now = sim.now;
-    let r = sim.node(0).reconcile_internal(kernel.clone(), now, true);
+    let r = sim
+        .node(0)
+        .reconcile_internal(kernel.clone(), now, Replicate::Differences);
     assert_eq!((r.added, r.changed, r.removed), (1, 1, 1));
     assert_eq!(r.unchanged, kernel.len() - 2);
     assert!(!sim.nodes[0]
@@ -543,6 +545,40 @@ fn reconcile_sends_only_differences() {
     let sent = sim.nodes[0].as_ref().unwrap().stats().messages_sent - before;
     // Three data messages plus a few keepalives, not the whole table.
     assert!(sent < 3 + 5, "{sent}");
+}
+
+/// After a commit, B's kernel holds A's flows: a re-read that takes peer
+/// flows for the commit's own writes caches them as B's without sending
+/// them back to A, while B's genuinely new flow goes out. (Anti-entropy
+/// would later bring A's view of B to B's table: digests are kept out of
+/// the way here.)
+#[test]
+fn a_reread_after_a_commit_does_not_send_the_peers_flows_back() {
+    let quiet = |id| SyncConfig {
+        digest_interval_ms: 600_000,
+        ..cfg(id)
+    };
+    let mut sim = Sim::new(5, vec![quiet(1), quiet(2)]);
+    churn(&mut sim, &[0], 50, 10, 500, 40);
+    sim.run_until(3000);
+    assert_all_converged(&sim, 5);
+    let mut kernel: Vec<Flow> = sim.nodes[0].as_ref().unwrap().internal().flows().collect();
+    assert!(!kernel.is_empty());
+    let mut rng = Rng(77);
+    let own = flow_for(&mut rng, 5000);
+    kernel.push(own.clone());
+    let now = sim.now;
+    let r = sim
+        .node(1)
+        .reconcile_internal(kernel.clone(), now, Replicate::DifferencesButPeerFlows);
+    assert_eq!(r.added, kernel.len());
+    sim.run_until(now + 2000);
+    let a = sim.nodes[0].as_ref().unwrap();
+    let view: Vec<FlowKey> = a
+        .external()
+        .get(&2)
+        .map_or(Vec::new(), |c| c.keys().collect());
+    assert_eq!(view, vec![own.key()], "only B's own flow reaches A");
 }
 
 #[test]
