@@ -204,28 +204,26 @@ impl FlowCache {
         self.digest
     }
 
+    /// A key's bytes and their hash: what the table is probed with.
+    fn probe(&self, key: &FlowKey) -> (KeyBuf, u64) {
+        let bytes = KeyBuf::of(&WireKey::from(key));
+        let hash = self.hasher.hash_one(bytes.as_slice());
+        (bytes, hash)
+    }
+
     fn find(&self, key: &FlowKey) -> Option<&Slot> {
-        let key = KeyBuf::of(&WireKey::from(key));
-        let key = key.as_slice();
-        let hash = self.hasher.hash_one(key);
-        self.table.find(hash, matches(hash, key))
+        let (bytes, hash) = self.probe(key);
+        self.table.find(hash, matches(hash, bytes.as_slice()))
+    }
+
+    fn find_mut(&mut self, key: &FlowKey) -> Option<&mut Slot> {
+        let (bytes, hash) = self.probe(key);
+        self.table.find_mut(hash, matches(hash, bytes.as_slice()))
     }
 
     /// A decoded copy of the entry.
     pub fn get(&self, key: &FlowKey) -> Option<CacheEntry> {
         self.find(key).map(Slot::entry)
-    }
-
-    /// The flow's wire encoding, as `Message::Upsert` carries it.
-    pub fn wire_bytes(&self, key: &FlowKey) -> Option<&[u8]> {
-        self.find(key).map(|s| &s.flow_bytes()[1..])
-    }
-
-    fn find_mut(&mut self, key: &FlowKey) -> Option<&mut Slot> {
-        let key = KeyBuf::of(&WireKey::from(key));
-        let key = key.as_slice();
-        let hash = self.hasher.hash_one(key);
-        self.table.find_mut(hash, matches(hash, key))
     }
 
     /// The sender's coalescing: mark a cached flow as queued. True when
@@ -242,8 +240,9 @@ impl FlowCache {
         }
     }
 
-    /// The flow's wire encoding as it goes out now, its queued mark
-    /// cleared (a change from here on queues it again).
+    /// The flow's wire encoding as it goes out now (as `Message::Upsert`
+    /// carries it), its queued mark cleared (a change from here on queues
+    /// it again).
     pub fn take_for_send(&mut self, key: &FlowKey) -> Option<&[u8]> {
         let slot = self.find_mut(key)?;
         slot.updated_s &= !QUEUED;
@@ -268,8 +267,8 @@ impl FlowCache {
         self.table.iter().map(slot_key)
     }
 
-    /// Every entry's wire encoding (as `wire_bytes`) and whether it is
-    /// marked queued, in the table's order.
+    /// Every entry's wire encoding (as `take_for_send` gives it) and
+    /// whether it is marked queued, in the table's order.
     pub fn wire_entries(&self) -> impl Iterator<Item = (bool, &[u8])> + '_ {
         self.table
             .iter()
@@ -345,11 +344,8 @@ impl FlowCache {
 
     /// Remove a flow; counts a failed destroy when it was not cached.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        let key = KeyBuf::of(&WireKey::from(key));
-        let key = key.as_slice();
-        let hash = self.hasher.hash_one(key);
-        let found = self.table.find_entry(hash, matches(hash, key));
-        match found {
+        let (bytes, hash) = self.probe(key);
+        match self.table.find_entry(hash, matches(hash, bytes.as_slice())) {
             Ok(slot) => {
                 let (slot, _) = slot.remove();
                 let flow = slot.flow();
@@ -589,7 +585,8 @@ mod tests {
         assert_eq!(c.get(&flow(1).key()).unwrap().updated_ms, 4_000);
         assert!(c.wire_entries().all(|(queued, _)| queued));
         let sent = c.take_for_send(&flow(1).key()).unwrap().to_vec();
-        assert_eq!(Some(&sent[..]), c.wire_bytes(&flow(1).key()));
+        let stored: Vec<Vec<u8>> = c.wire_entries().map(|(_, b)| b.to_vec()).collect();
+        assert_eq!(stored, vec![sent]);
         assert!(c.mark_queued(&flow(1).key()), "queued again after sending");
         // Upsert and mark in one: queue only on a change not yet queued.
         let mut other = flow(3);
