@@ -204,22 +204,32 @@ impl NlSocket {
     /// limit). A datagram larger than the capacity is an error, not a silent
     /// truncation. Retries on EINTR.
     pub fn recv(&self, buf: &mut Vec<u8>) -> Result<(), std::io::Error> {
-        self.recv_with(buf, 0)
+        buf.clear();
+        loop {
+            let cap = buf.capacity();
+            match self.sock.recv(buf, libc::MSG_TRUNC) {
+                Ok(n) if n > cap => {
+                    buf.clear();
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("netlink datagram of {n} bytes truncated to {cap}"),
+                    ));
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
-    /// `recv` that returns `WouldBlock` at once when nothing is queued.
-    pub fn try_recv(&self, buf: &mut Vec<u8>) -> Result<(), std::io::Error> {
-        self.recv_with(buf, libc::MSG_DONTWAIT)
-    }
-
-    /// Receive up to `batch.capacity()` queued datagrams in one system call
+    /// Receive up to one queued datagram per slot of `batch` in one system call
     /// without waiting (recvmmsg); returns how many arrived (`WouldBlock`
     /// when none was queued). A datagram longer than a slot is an error.
     pub fn try_recv_batch(&self, batch: &mut RecvBatch) -> Result<usize, std::io::Error> {
         batch.prepare();
         let n = loop {
             // SAFETY: `prepare` pointed every header at its own iovec and
-            // every iovec at its own SLOT_LEN bytes of `batch.bufs`, all of
+            // every iovec at its own RECV_SLOT_LEN bytes of `batch.bufs`, all of
             // which live (unmoved) in `batch` for the whole call.
             let n = unsafe {
                 libc::recvmmsg(
@@ -249,25 +259,6 @@ impl NlSocket {
             ));
         }
         Ok(n)
-    }
-
-    fn recv_with(&self, buf: &mut Vec<u8>, flags: libc::c_int) -> Result<(), std::io::Error> {
-        buf.clear();
-        loop {
-            let cap = buf.capacity();
-            match self.sock.recv(buf, libc::MSG_TRUNC | flags) {
-                Ok(n) if n > cap => {
-                    buf.clear();
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("netlink datagram of {n} bytes truncated to {cap}"),
-                    ));
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 
