@@ -541,16 +541,9 @@ pub fn state_hash(flow: &Flow) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{proto, Tuple, L4};
+    use crate::flow::ProtoState;
 
-    fn flow(port: u16) -> Flow {
-        Flow::new(Tuple {
-            src: "198.18.0.1".parse().unwrap(),
-            dst: "198.18.0.2".parse().unwrap(),
-            proto: proto::UDP,
-            l4: L4::Ports { src: port, dst: 53 },
-        })
-    }
+    use crate::flow::test_flows::udp as flow;
 
     #[test]
     fn upsert_reports_created_updated_unchanged() {

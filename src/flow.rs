@@ -385,6 +385,22 @@ impl fmt::Display for Tuple {
     }
 }
 
+/// Flows for the unit tests of the modules that store or queue them.
+#[cfg(test)]
+pub(crate) mod test_flows {
+    use super::{proto, Flow, Tuple, L4};
+
+    /// A UDP flow 198.18.0.1:`port` -> 198.18.0.2:53, without NAT.
+    pub fn udp(port: u16) -> Flow {
+        Flow::new(Tuple {
+            src: "198.18.0.1".parse().unwrap(),
+            dst: "198.18.0.2".parse().unwrap(),
+            proto: proto::UDP,
+            l4: L4::Ports { src: port, dst: 53 },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

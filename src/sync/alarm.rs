@@ -178,19 +178,11 @@ impl ExpiryClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{proto, Flow, Tuple, L4};
+    use crate::flow::test_flows::udp;
     use std::collections::{BTreeMap, HashMap};
 
     fn key(n: u16) -> FlowKey {
-        FlowKey {
-            zone: 0,
-            orig: Tuple {
-                src: "198.18.0.1".parse().unwrap(),
-                dst: "198.18.0.2".parse().unwrap(),
-                proto: proto::UDP,
-                l4: L4::Ports { src: n, dst: 53 },
-            },
-        }
+        udp(n).key()
     }
 
     #[test]
@@ -255,7 +247,6 @@ mod tests {
         let timeout = 3200;
         let mut clock = ExpiryClock::new(timeout, 0);
         let mut caches: BTreeMap<u32, FlowCache> = BTreeMap::new();
-        let flow = |n: u16| Flow::new(key(n).orig);
         let mut t = 0;
         let mut expired_at: HashMap<FlowKey, u64> = HashMap::new();
         let refreshed_at = [(0u16, 50u64), (1, 1234), (2, 2000)];
@@ -263,7 +254,7 @@ mod tests {
             for (n, at) in refreshed_at {
                 // Flow n is refreshed every 500 ms until `at`.
                 if t <= at && t % 500 == 0 {
-                    caches.entry(9).or_default().upsert(flow(n), t);
+                    caches.entry(9).or_default().upsert(udp(n), t);
                 }
             }
             for (_, k) in clock.tick(t, caches.iter_mut()) {

@@ -106,18 +106,10 @@ impl SendQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{proto, Tuple, L4};
+    use crate::flow::test_flows::udp;
 
     fn key(port: u16) -> FlowKey {
-        FlowKey {
-            zone: 0,
-            orig: Tuple {
-                src: "198.18.0.1".parse().unwrap(),
-                dst: "198.18.0.2".parse().unwrap(),
-                proto: proto::UDP,
-                l4: L4::Ports { src: port, dst: 53 },
-            },
-        }
+        udp(port).key()
     }
 
     #[test]
