@@ -27,8 +27,6 @@ pub struct CacheEntry {
     pub since_ms: u64,
     /// When the entry was last created or changed, likewise.
     pub updated_ms: u64,
-    /// The resync generation in which this entry was last written.
-    pub generation: u32,
 }
 
 /// What an upsert did.
@@ -104,7 +102,6 @@ impl Slot {
             flow: self.flow(),
             since_ms: u64::from(self.since_s()) * 1000,
             updated_ms: u64::from(self.updated_s & !QUEUED) * 1000,
-            generation: self.generation,
         }
     }
 }

@@ -547,7 +547,6 @@ mod tests {
             flow,
             since_ms,
             updated_ms: since_ms,
-            generation: 0,
         }
     }
 
