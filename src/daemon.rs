@@ -174,12 +174,8 @@ struct Daemon {
     link_check_at: Instant,
     link_carrier: Vec<bool>,
     scheduled_flush_at: Option<Instant>,
-    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
-    /// table then takes a flow a peer's cache holds for one the commit
-    /// wrote (`Replicate::DifferencesButPeerFlows`), so that the committed
-    /// flows (events are paused during a large commit) are not sent back.
-    /// (The peers' caches answer that without a set of a million keys.)
-    own_writes: bool,
+    /// When the last commit's writes stop being taken for our own (see
+    /// `remembers_own_writes`).
     own_writes_expire_at: Option<Instant>,
     /// `-R` requests that arrived while another dump was running.
     pending_resyncs: Vec<oneshot::Sender<Reply>>,
@@ -274,7 +270,6 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         link_check_at: Instant::now(),
         link_carrier: Vec::new(),
         scheduled_flush_at: None,
-        own_writes: false,
         own_writes_expire_at: None,
         pending_resyncs: Vec::new(),
         counters: DaemonCounters {
@@ -638,6 +633,15 @@ impl Daemon {
         self.config.sync.warm_standby && self.node.holds_peer_flow(key)
     }
 
+    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
+    /// table then takes a flow a peer's cache holds for one the commit
+    /// wrote (`Replicate::DifferencesButPeerFlows`), so that the committed
+    /// flows (events are paused during a large commit) are not sent back.
+    /// (The peers' caches answer that without a set of a million keys.)
+    fn remembers_own_writes(&self) -> bool {
+        self.commit_running || self.own_writes_expire_at.is_some()
+    }
+
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
         let mut deadline = now + Duration::from_secs(1);
@@ -749,7 +753,6 @@ impl Daemon {
         }
         if self.own_writes_expire_at.is_some_and(|at| at <= now) {
             self.own_writes_expire_at = None;
-            self.own_writes = false;
         }
         if self.overrun_resync_at.is_some_and(|at| at <= now) && self.replay.is_none() {
             self.overrun_resync_at = None;
@@ -957,7 +960,7 @@ impl Daemon {
                 };
                 // Our own commit's flows are cached, never echoed, even when
                 // their events were paused or the overrun swallowed them.
-                let replicate = match (heal, self.own_writes) {
+                let replicate = match (heal, self.remembers_own_writes()) {
                     (false, _) => Replicate::Nothing,
                     (true, false) => Replicate::Differences,
                     (true, true) => Replicate::DifferencesButPeerFlows,
@@ -1096,7 +1099,6 @@ impl Daemon {
         } else {
             self.commit_set(peer, now, None)
         };
-        self.own_writes = true;
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_total = flows.len() as u64;
