@@ -545,3 +545,140 @@ fn warm_standby_mirrors_the_peer_into_the_kernel_so_commit_has_nothing_to_do() {
         s["commit_ok"]
     );
 }
+
+/// What the backup of `primary-backup.sh` runs (`-t`, `-n`) must not cost
+/// warm standby its mirror; flows the kernel loses are written again, and
+/// whatever emptied the kernel unseen, `-c` leaves every flow of the
+/// external cache in it.
+#[test]
+fn warm_standby_survives_t_and_lost_entries_and_commit_restores_every_flow() {
+    let mut lab = Lab::new(LabSpec {
+        sync_extra: "warm_standby = true\npurge_timeout_s = 2".into(),
+        // Room for a few hundred events (the kernel counts about 1 KiB
+        // per event), so that 2,500 deletes made while B is stopped
+        // overrun it.
+        kernel_extra: "netlink_buffer = 524288\nnetlink_buffer_max = 524288".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let flows = flow_mix(5_000, 61, false);
+    create_in(&lab.a.ns, flows.clone());
+    let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    assert!(mirrored, "B's kernel never matched A's");
+    let a_table = lab.a.kernel_table();
+    assert!(a_table.len() >= 5_000);
+
+    // The backup transition: -t schedules a kernel flush, -n a resync.
+    lab.b.ctl_ok(&["-t"]);
+    lab.b.ctl_ok(&["-n"]);
+    let flushed = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&lab.b.log)
+            .unwrap_or_default()
+            .contains("kernel table flushed")
+    });
+    assert!(flushed, "the -t flush never ran{}", lab.b.log_tail());
+    assert_eq!(
+        lab.b.kernel_table(),
+        a_table,
+        "the -t flush removed mirrored flows"
+    );
+
+    // Another program deletes mirrored flows (as expiry would): they are
+    // written again.
+    let lost: Vec<WriteOp> = flows
+        .iter()
+        .step_by(50)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    apply_in(&lab.b.ns, lost.clone());
+    let restored = wait_until(CONVERGE, || lab.b.kernel_table() == a_table);
+    assert!(restored, "deleted mirror entries were not written again");
+    assert!(stats(&lab.b)["warm_restored"].as_u64().unwrap_or(0) >= lost.len() as u64);
+
+    // The kernel loses flows while B cannot hear it (stopped, its event
+    // socket overruns): holes that only the commit's check can find.
+    let pid = lab.b.pid().expect("B runs");
+    let signal = |sig| {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let unseen: Vec<WriteOp> = flows
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|f| WriteOp::Delete(f.key()))
+        .collect();
+    apply_in(&lab.b.ns, unseen);
+    signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lab.b.kernel_table().len();
+    assert!(
+        before < a_table.len(),
+        "the negative control failed: B's kernel has no holes to repair"
+    );
+    assert!(stats(&lab.b)["kernel_overruns"].as_u64().unwrap_or(0) > 0);
+
+    // Failover: A dies, B commits. Every flow is back, A's as they were.
+    lab.a.kill(libc::SIGKILL);
+    lab.b.ctl_ok(&["-c"]);
+    assert_eq!(lab.b.kernel_table(), a_table, "-c left holes");
+    let written = stats(&lab.b)["commit_ok"].as_u64().unwrap_or(0);
+    println!(
+        "warm standby: {} of {} flows missing before -c, -c wrote {written}",
+        a_table.len() - before,
+        a_table.len()
+    );
+    assert!(written >= (a_table.len() - before) as u64);
+    assert!(written < a_table.len() as u64, "-c rewrote every flow");
+}
+
+/// The daemon's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// A primary whose peer never comes keeps a bounded backlog: rounds of
+/// 100,000 creates and a flush cost no more memory after the second.
+#[test]
+fn a_primary_without_a_peer_keeps_its_memory_bounded() {
+    let mut lab = Lab::new(LabSpec::default());
+    lab.a.start();
+    let pid = lab.a.pid().expect("A runs");
+    let mut rss = Vec::new();
+    for round in 0..8u8 {
+        create_in(&lab.a.ns, flow_mix(100_000, 40 + round, false));
+        let report = in_netns(&lab.a.ns, || {
+            Writer::open()
+                .expect("open writer")
+                .flush(&|_: &Flow| false)
+                .expect("flush")
+        });
+        assert_eq!(report.failed, 0);
+        let emptied = wait_until(Duration::from_secs(60), || {
+            stats(&lab.a)["internal"]["active"] == 0
+        });
+        assert!(emptied, "A's internal cache never emptied");
+        rss.push(rss_kib(pid));
+    }
+    let s = stats(&lab.a);
+    println!(
+        "no peer: RSS per round {rss:?} KiB; send queue {}, resend window {}, backlog drops {}",
+        s["queue_len"], s["resend_len"], s["backlog_drops"]
+    );
+    assert!(s["backlog_drops"].as_u64().unwrap_or(0) > 0);
+    assert!(s["queue_len"].as_u64().unwrap_or(u64::MAX) <= 65_536);
+    assert!(
+        rss[7] <= rss[1] + 6 * 1024,
+        "RSS grew from {} KiB (round 2) to {} KiB (round 8)",
+        rss[1],
+        rss[7]
+    );
+}

@@ -29,6 +29,17 @@ pub struct CacheEntry {
     pub updated_ms: u64,
 }
 
+/// How a flow compares with the cached one (see `FlowCache::confirm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The same state, timeouts aside: confirmed in the current generation.
+    Same,
+    /// The same state, but its timeout was refreshed by traffic.
+    Refreshed,
+    /// Another state, or not cached.
+    Differs,
+}
+
 /// What an upsert did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Upsert {
@@ -302,6 +313,8 @@ impl FlowCache {
                 let slot = slot.get_mut();
                 slot.generation = generation;
                 if slot.flow_bytes() == scratch.as_slice() {
+                    // Reported again as it was: it is that fresh.
+                    slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
                     (Upsert::Unchanged, false)
                 } else {
                     let old = slot.flow();
@@ -398,13 +411,53 @@ impl FlowCache {
     /// If `flow` is cached in the same state (timeouts aside), mark it as
     /// confirmed in the current generation and return true.
     pub fn confirm_same_state(&mut self, flow: &Flow) -> bool {
+        self.confirm(flow, 0, None) == Confirm::Same
+    }
+
+    /// Compare `flow` with the cached one, timeouts aside, and confirm it
+    /// in the current generation if it is the same. With
+    /// `refresh_slack_s`, a flow whose timeout now runs out more than that
+    /// many seconds later than the cached one did (traffic refreshed it in
+    /// the kernel, which sends no event for that) is `Refreshed` instead:
+    /// the caller stores it with `refresh`, and may send it, so that peers
+    /// know which flows are live.
+    pub fn confirm(&mut self, flow: &Flow, now_ms: u64, refresh_slack_s: Option<u32>) -> Confirm {
         let generation = self.generation;
-        match self.find_mut(&flow.key()) {
-            Some(slot) if slot.flow().same_state(flow) => {
-                slot.generation = generation;
-                true
+        let Some(slot) = self.find_mut(&flow.key()) else {
+            return Confirm::Differs;
+        };
+        let cached = slot.flow();
+        if !cached.same_state(flow) {
+            return Confirm::Differs;
+        }
+        if let Some(slack) = refresh_slack_s {
+            let cached_end = u64::from(slot.updated_s & !QUEUED) + u64::from(cached.timeout);
+            let kernel_end = u64::from(seconds(now_ms)) + u64::from(flow.timeout);
+            if kernel_end > cached_end + u64::from(slack) {
+                return Confirm::Refreshed;
             }
-            _ => false,
+        }
+        slot.generation = generation;
+        Confirm::Same
+    }
+
+    /// Store a flow whose state is unchanged but whose timeout was
+    /// refreshed, stamped `now_ms`, in the current generation; with
+    /// `mark`, also `mark_queued` it (true: the caller should queue it).
+    pub fn refresh(&mut self, flow: Flow, now_ms: u64, mark: bool) -> bool {
+        let key = flow.key();
+        let (what, queue) = self.upsert_marking(flow, now_ms, mark);
+        if what != Upsert::Unchanged || !mark {
+            return queue;
+        }
+        // The same bytes (the timeout too; the stamp moved): queue it.
+        self.mark_queued(&key)
+    }
+
+    /// Clear every flow's queued mark (the sender dropped its queue).
+    pub fn clear_queued_marks(&mut self) {
+        for slot in self.table.iter_mut() {
+            slot.updated_s &= !QUEUED;
         }
     }
 }

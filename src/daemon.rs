@@ -91,10 +91,22 @@ enum KernelFeed {
     Failed(String),
 }
 
+/// A commit for the kernel worker: the flows, most recently active first.
+struct CommitJob {
+    flows: Vec<Flow>,
+    options: CreateOptions,
+    /// Warm standby: most flows should be in the kernel already. Write the
+    /// flows with these keys (known not to be) first, then read the table
+    /// and write every other flow that is missing or differs from it.
+    verify: Option<HashSet<FlowKey>>,
+}
+
 /// Work for the kernel worker thread, which owns the writer socket.
 enum Job {
-    Commit(Vec<Flow>, CreateOptions, Option<oneshot::Sender<Reply>>),
-    FlushKernel(Filter, Option<oneshot::Sender<Reply>>),
+    Commit(CommitJob, Option<oneshot::Sender<Reply>>),
+    /// Delete every flow the filter accepts, except those with these keys
+    /// (warm standby: the peers' flows mirrored here).
+    FlushKernel(Filter, HashSet<FlowKey>, Option<oneshot::Sender<Reply>>),
     Dump(DumpPurpose),
     /// Warm standby: mirror peers' changes into our kernel.
     Inject(Vec<WriteOp>),
@@ -132,6 +144,9 @@ struct WarmStandby {
     failed: HashSet<FlowKey>,
     written: u64,
     write_failures: u64,
+    /// Mirrored flows the kernel lost (expired, deleted by someone else)
+    /// and that were written again.
+    restored: u64,
 }
 
 /// Counters kept by the daemon itself (the core keeps the rest).
@@ -185,6 +200,7 @@ struct Daemon {
 
 async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
+    process::return_large_buffers();
     let _lock = match &config.daemon.lock {
         Some(path) => Some(process::LockFile::acquire(path)?),
         None => None,
@@ -517,14 +533,30 @@ fn spawn_kernel_worker(
         .spawn(move || {
             while let Ok((job, done)) = jobs.recv() {
                 let result = match job {
-                    Job::Commit(flows, options, client) => {
+                    Job::Commit(job, client) => {
                         let started = Instant::now();
-                        let report = commit_in_parallel(&mut writer, &flows, &options, &progress);
-                        Done::Commit(Ok(report), started, client)
+                        let report = match job.verify {
+                            None => Ok(commit_in_parallel(
+                                &mut writer,
+                                &job.flows,
+                                &job.options,
+                                &progress,
+                            )),
+                            Some(missing) => commit_verified(
+                                &mut writer,
+                                job.flows,
+                                &missing,
+                                &job.options,
+                                &progress,
+                            ),
+                        };
+                        Done::Commit(report, started, client)
                     }
-                    Job::FlushKernel(filter, client) => {
+                    Job::FlushKernel(filter, keep, client) => {
                         let report = writer
-                            .flush(&|flow: &Flow| !filter.accepts(flow))
+                            .flush(&|flow: &Flow| {
+                                !filter.accepts(flow) || keep.contains(&flow.key())
+                            })
                             .map_err(|e| e.to_string());
                         Done::FlushKernel(report, client)
                     }
@@ -552,10 +584,65 @@ fn spawn_kernel_worker(
         .map(|_| ())
 }
 
+/// Warm standby's commit: write the flows known to be missing first, then
+/// read the kernel table and write every flow that is absent from it or
+/// differs in its NAT binding or mark, whatever emptied it (`-t`, `-F`,
+/// expiry, a failed batch, another program). Flows found in place count
+/// as done.
+fn commit_verified(
+    writer: &mut Writer,
+    flows: Vec<Flow>,
+    missing: &HashSet<FlowKey>,
+    options: &CreateOptions,
+    progress: &AtomicU64,
+) -> Result<WriteReport, String> {
+    let (first, rest): (Vec<Flow>, Vec<Flow>) =
+        flows.into_iter().partition(|f| missing.contains(&f.key()));
+    let mut report = commit_in_parallel(writer, &first, options, progress);
+    let table = dump_table().map_err(|e| format!("cannot read the kernel table: {e}"))?;
+    let present: foldhash::HashMap<FlowKey, (crate::flow::Tuple, u32)> = table
+        .into_iter()
+        .map(|f| (f.key(), (f.reply, f.mark)))
+        .collect();
+    let checked = rest.len();
+    let todo: Vec<Flow> = rest
+        .into_iter()
+        .filter(|f| present.get(&f.key()) != Some(&(f.reply, f.mark)))
+        .collect();
+    drop(present);
+    progress.fetch_add((checked - todo.len()) as u64, Ordering::Relaxed);
+    merge_report(
+        &mut report,
+        commit_in_parallel(writer, &todo, options, progress),
+    );
+    Ok(report)
+}
+
+/// Flows written by the first step of a commit: small, so that the most
+/// recently active flows (the commit set is sorted that way) are in the
+/// kernel within milliseconds.
+const FIRST_COMMIT_STEP: usize = 2048;
+
+/// The steps of a commit, in order: a small first one, then
+/// `COMMIT_CHUNK`-sized ones.
+fn commit_steps(len: usize) -> Vec<std::ops::Range<usize>> {
+    let mut steps = Vec::new();
+    let mut at = 0;
+    let mut size = FIRST_COMMIT_STEP;
+    while at < len {
+        let end = (at + size).min(len);
+        steps.push(at..end);
+        at = end;
+        size = COMMIT_CHUNK;
+    }
+    steps
+}
+
 /// Write `flows` with one writer per core for a large commit (the kernel
 /// inserts on several CPUs at once; our events are paused meanwhile, so
-/// the extra sockets' port ids need not be known), in steps that advance
-/// `progress`.
+/// the extra sockets' port ids need not be known). The writers take the
+/// steps in order, so the flows at the front (the most recently active)
+/// go in first; each step advances `progress`.
 fn commit_in_parallel(
     writer: &mut Writer,
     flows: &[Flow],
@@ -570,24 +657,23 @@ fn commit_in_parallel(
     } else {
         Vec::new()
     };
-    let share = flows.len().div_ceil(extra.len() + 1).max(1);
-    let mut parts = flows.chunks(share);
-    let mine = parts.next().unwrap_or_default();
-    let write = |writer: &mut Writer, part: &[Flow]| {
+    let steps = commit_steps(flows.len());
+    let next_step = AtomicU64::new(0);
+    let write = |writer: &mut Writer| {
         let mut report = WriteReport::default();
-        for step in part.chunks(COMMIT_CHUNK) {
+        loop {
+            let i = next_step.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some(step) = steps.get(i).and_then(|r| flows.get(r.clone())) else {
+                break;
+            };
             merge_report(&mut report, writer.create_all(step, options));
             progress.fetch_add(step.len() as u64, Ordering::Relaxed);
         }
         report
     };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = extra
-            .iter_mut()
-            .zip(parts)
-            .map(|(w, part)| scope.spawn(move || write(w, part)))
-            .collect();
-        let mut report = write(writer, mine);
+        let handles: Vec<_> = extra.iter_mut().map(|w| scope.spawn(|| write(w))).collect();
+        let mut report = write(writer);
         for handle in handles {
             match handle.join() {
                 Ok(part) => merge_report(&mut report, part),
@@ -701,7 +787,13 @@ impl Daemon {
     }
 
     fn apply_event(&mut self, event: KernelEvent) {
-        if self.ignored_portids.contains(&event.portid) || self.is_mirrored(&event.flow.key()) {
+        if self.ignored_portids.contains(&event.portid) {
+            return;
+        }
+        if self.is_mirrored(&event.flow.key()) {
+            if event.kind == EventKind::Destroy && !self.own_portids.contains(&event.portid) {
+                self.restore_mirrored(&event.flow.key());
+            }
             return;
         }
         let now = self.now_ms();
@@ -768,7 +860,8 @@ impl Daemon {
             self.scheduled_flush_at = None;
             tracing::info!("flushing kernel conntrack table (scheduled)");
             self.node.flush_internal();
-            self.submit(Job::FlushKernel(self.filter.clone(), None));
+            let keep = self.mirrored_keys();
+            self.submit(Job::FlushKernel(self.filter.clone(), keep, None));
         }
     }
 
@@ -831,6 +924,17 @@ impl Daemon {
         self.warm.in_flight_keys = batch.iter().map(WriteOp::key).collect();
         self.warm.in_flight = true;
         self.submit(Job::Inject(batch));
+    }
+
+    /// Warm standby: the kernel lost a flow a peer still has (it expired,
+    /// or another program deleted it): write it again.
+    fn restore_mirrored(&mut self, key: &FlowKey) {
+        let Some(mut flow) = self.node.external().values().find_map(|c| c.flow(key)) else {
+            return;
+        };
+        flow.timeout = flow.timeout.max(self.config.sync.warm_timeout_s);
+        self.warm.restored += 1;
+        self.warm.queue.push(WriteOp::Create(flow));
     }
 
     /// Warm standby: the peers' flows not (yet) in our kernel.
@@ -916,6 +1020,7 @@ impl Daemon {
                 if let Some(client) = client {
                     let _ = client.send(reply);
                 }
+                process::trim_heap();
             }
             Done::Inject(report, keys) => {
                 let warm = &mut self.warm;
@@ -988,6 +1093,7 @@ impl Daemon {
                 for client in clients {
                     let _ = client.send(reply.clone());
                 }
+                process::trim_heap();
                 if !self.pending_resyncs.is_empty() {
                     let waiting = std::mem::take(&mut self.pending_resyncs);
                     self.start_dump(DumpPurpose::Resync(waiting));
@@ -1024,7 +1130,8 @@ impl Daemon {
             }
             Request::FlushKernel => {
                 tracing::info!("flushing kernel conntrack table");
-                self.submit(Job::FlushKernel(self.filter.clone(), Some(reply)));
+                let keep = self.mirrored_keys();
+                self.submit(Job::FlushKernel(self.filter.clone(), keep, Some(reply)));
                 return;
             }
             Request::ResyncFromKernel => {
@@ -1091,14 +1198,11 @@ impl Daemon {
         self.commit_running = true;
         // As conntrackd: a commit cancels a pending `-t` flush.
         self.scheduled_flush_at = None;
-        let flows = if self.config.sync.warm_standby {
-            // The peers' flows are in the kernel already: fill in only what
-            // warm standby has not written (yet), without walking the rest.
-            let missing = self.warm_missing();
-            self.commit_set(peer, now, Some(&missing))
-        } else {
-            self.commit_set(peer, now, None)
-        };
+        let flows = self.commit_set(peer, now);
+        // Warm standby: the peers' flows should be in the kernel already.
+        // Write what is known to be missing, then check the rest against
+        // the table: a commit that returns 0 leaves every flow in place.
+        let verify = self.config.sync.warm_standby.then(|| self.warm_missing());
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_total = flows.len() as u64;
@@ -1116,18 +1220,23 @@ impl Daemon {
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
         };
-        self.submit(Job::Commit(flows, options, Some(reply)));
+        self.submit(Job::Commit(
+            CommitJob {
+                flows,
+                options,
+                verify,
+            },
+            Some(reply),
+        ));
     }
 
-    /// Every peer's flows with conntrackd's commit timeout: the configured
-    /// one, or what was left on the wire minus the time since, floored at 60 s.
-    /// With `only`, just those keys (looked up, not searched for).
-    fn commit_set(
-        &self,
-        peer: Option<u32>,
-        now_ms: u64,
-        only: Option<&HashSet<FlowKey>>,
-    ) -> Vec<Flow> {
+    /// Every peer's flows with conntrackd's commit timeout (the configured
+    /// one, or what was left on the wire minus the time since, floored at
+    /// 60 s), the most recently active first: sorted by when the timeout
+    /// the peer last reported runs out, latest first (traffic keeps moving
+    /// it, and the peer's table re-reads send it again when it moved), so
+    /// that live connections do not wait behind idle ones.
+    fn commit_set(&self, peer: Option<u32>, now_ms: u64) -> Vec<Flow> {
         let fixed = self.config.kernel.commit_timeout;
         let caches = || {
             self.node
@@ -1136,8 +1245,10 @@ impl Daemon {
                 .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
                 .map(|(_, cache)| cache)
         };
+        // (when the reported timeout ends, in seconds; the flow)
         let with_timeout = |entry: CacheEntry| {
             let mut flow = entry.flow;
+            let ends_s = entry.updated_ms / 1000 + u64::from(flow.timeout);
             flow.timeout = fixed.unwrap_or_else(|| {
                 let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
                 let left = u64::from(flow.timeout).saturating_sub(elapsed);
@@ -1147,22 +1258,27 @@ impl Daemon {
                     u32::try_from(left).unwrap_or(u32::MAX)
                 }
             });
-            flow
+            (ends_s, flow)
         };
         // One pass, straight into the commit's vector (a million flows).
-        match only {
-            Some(keys) => keys
-                .iter()
-                .filter_map(|k| caches().find_map(|c| c.get(k)))
-                .map(with_timeout)
-                .collect(),
-            None => {
-                let total = caches().map(FlowCache::len).sum();
-                let mut flows = Vec::with_capacity(total);
-                flows.extend(caches().flat_map(FlowCache::iter).map(with_timeout));
-                flows
-            }
+        let total = caches().map(FlowCache::len).sum();
+        let mut flows = Vec::with_capacity(total);
+        flows.extend(caches().flat_map(FlowCache::iter).map(with_timeout));
+        flows.sort_unstable_by_key(|(ends_s, _)| std::cmp::Reverse(*ends_s));
+        flows.into_iter().map(|(_, flow)| flow).collect()
+    }
+
+    /// Warm standby: the keys of every peer's flow (mirrored in our
+    /// kernel, so a kernel flush keeps them). Empty otherwise.
+    fn mirrored_keys(&self) -> HashSet<FlowKey> {
+        if !self.config.sync.warm_standby {
+            return HashSet::default();
         }
+        self.node
+            .external()
+            .values()
+            .flat_map(FlowCache::keys)
+            .collect()
     }
 
     fn render_internal(&self, json: bool) -> String {
@@ -1259,6 +1375,12 @@ impl Daemon {
             warm_written: self.warm.written,
             warm_failed: self.warm.write_failures,
             warm_pending: self.warm_missing().len() as u64,
+            warm_restored: self.warm.restored,
+            queue_len: self.node.backlog().0 as u64,
+            resend_len: self.node.backlog().1 as u64,
+            window: self.node.config().window as u64,
+            backlog_drops: stats.backlog_drops,
+            backlog_dropped_items: stats.backlog_dropped_items,
             external_digest: self
                 .node
                 .external()

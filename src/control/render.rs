@@ -92,6 +92,19 @@ pub struct StatsSnapshot {
     pub warm_written: u64,
     pub warm_failed: u64,
     pub warm_pending: u64,
+    /// Warm standby: mirrored flows the kernel lost and that were written
+    /// again.
+    pub warm_restored: u64,
+    /// Items (coalesced flow keys, bulk flows and markers) waiting in the
+    /// send queue.
+    pub queue_len: u64,
+    /// FTFW: datagrams sent and not yet acknowledged, and the most allowed.
+    pub resend_len: u64,
+    pub window: u64,
+    /// FTFW: times the backlog was dropped while no peer was alive (the
+    /// next peer heard got a bulk), and the items dropped.
+    pub backlog_drops: u64,
+    pub backlog_dropped_items: u64,
 }
 
 /// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
@@ -376,20 +389,28 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
             }
         }
         StatsSection::Rsqueue => {
-            // ctsync keeps no conntrackd-style resend queue to list.
-            s.push_str("resent queue (len=0)\n");
+            // The resend window holds whole datagrams, not conntrackd's
+            // per-message items: its length is all there is to list.
+            let _ = writeln!(s, "resent queue (len={})", snap.resend_len);
         }
         StatsSection::Queue => {
-            s.push_str("allocated queue nodes:\t\t           0\n\n");
-            for (name, max) in [
-                ("txqueue", 2147483647u64),
-                ("errorq", 128),
-                ("rsqueue", 131072),
+            let _ = write!(
+                s,
+                "allocated queue nodes:\t\t{:>12}\n\n",
+                snap.queue_len + snap.resend_len
+            );
+            for (name, current, max, errors) in [
+                (
+                    "txqueue",
+                    snap.queue_len,
+                    2147483647u64,
+                    snap.backlog_dropped_items,
+                ),
+                ("rsqueue", snap.resend_len, snap.window, 0),
             ] {
                 let _ = write!(
                     s,
-                    "queue {name}:\ncurrent elements:\t\t{:>12}\nmaximum elements:\t\t{:>12}\nnot enough space errors:\t{:>12}\n\n",
-                    0, max, 0
+                    "queue {name}:\ncurrent elements:\t\t{current:>12}\nmaximum elements:\t\t{max:>12}\nnot enough space errors:\t{errors:>12}\n\n",
                 );
             }
         }
@@ -506,6 +527,11 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "warm standby written", snap.warm_written);
     row(s, "warm standby failed", snap.warm_failed);
     row(s, "warm standby pending", snap.warm_pending);
+    row(s, "warm standby restored", snap.warm_restored);
+    row(s, "send queue", snap.queue_len);
+    row(s, "resend window", snap.resend_len);
+    row(s, "resend window max", snap.window);
+    row(s, "backlog drops", snap.backlog_drops);
     row(s, "uptime (s)", snap.uptime_s);
     for (i, l) in snap.links.iter().enumerate() {
         let _ = writeln!(

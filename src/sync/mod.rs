@@ -20,7 +20,7 @@ mod stats;
 
 pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
 
-use crate::cache::{FlowCache, Upsert};
+use crate::cache::{Confirm, FlowCache, Upsert};
 use crate::flow::{Flow, FlowKey};
 use crate::wire::{
     self, decode_datagram, flags, Body, Header, Message, Packer, Push, WireKey, HEADER_LEN,
@@ -123,6 +123,11 @@ pub struct SyncConfig {
     /// on what happened to them: for replayable simulations. (A daemon
     /// keeps the random key: its flows come from the network.)
     pub cache_seed: Option<u64>,
+    /// FTFW: while no peer is alive, at most this many items wait in the
+    /// send queue; past it the queue and the resend window are dropped and
+    /// the next peer heard gets a bulk instead (a backup down for a day
+    /// must not cost the primary its memory).
+    pub alone_queue_max: usize,
 }
 
 /// What a reconcile with the kernel table sends to peers.
@@ -165,6 +170,7 @@ impl Default for SyncConfig {
             record_applied: false,
             batch_delay_ms: 2,
             cache_seed: None,
+            alone_queue_max: 65_536,
         }
     }
 }
@@ -188,6 +194,10 @@ const FORGET_AFTER_TIMEOUTS: u64 = 60;
 /// ALARM walks the table in this share of `alarm_refresh_ms` (per mille),
 /// leaving slack for batching.
 const ALARM_LAP_PERMILLE: u64 = 900;
+/// A re-read of the kernel table sends a flow whose timeout now ends this
+/// many seconds later than the one last sent (traffic refreshed it): peers
+/// then know which flows are live, and commit those first.
+const REFRESH_SLACK_S: u32 = 10;
 
 #[derive(Clone, Debug)]
 struct Peer {
@@ -264,6 +274,9 @@ pub struct Node {
     refresh: Option<RefreshCursor>,
     /// ALARM: the receiver's expiry of external flows.
     expiry: Option<ExpiryClock>,
+    /// The backlog was dropped while no peer was alive: the next peer
+    /// heard gets a bulk.
+    owe_bulk: bool,
 }
 
 impl Node {
@@ -326,6 +339,7 @@ impl Node {
             last_digest_ms: now_ms,
             refresh,
             expiry,
+            owe_bulk: false,
         };
         node.request_resync(now_ms);
         Ok(node)
@@ -370,6 +384,34 @@ impl Node {
     /// Keys waiting to be sent (coalesced) and datagrams awaiting an ack.
     pub fn backlog(&self) -> (usize, usize) {
         (self.queue.len(), self.resend.len())
+    }
+
+    /// Some peer was heard within `peer_timeout_ms`.
+    fn any_peer_alive(&self) -> bool {
+        self.peers.values().any(|p| self.peer_alive(p))
+    }
+
+    /// FTFW with nobody listening and more queued than `alone_queue_max`:
+    /// forget the queue and the resend window; whoever is heard next gets
+    /// a bulk (see `owe_bulk`), which carries the same flows in their
+    /// latest state. A peer that kept its epoch also finds the gap in our
+    /// numbers and is told where to resume.
+    fn bound_backlog_while_alone(&mut self) {
+        if self.cfg.mode != Mode::Ftfw
+            || self.queue.len() <= self.cfg.alone_queue_max
+            || self.any_peer_alive()
+        {
+            return;
+        }
+        self.stats.backlog_drops += 1;
+        self.stats.backlog_dropped_items += self.queue.len() as u64;
+        self.queue.clear();
+        self.bulk_pending = false;
+        self.internal.clear_queued_marks();
+        self.resend = ResendQueue::default();
+        self.retransmit.clear();
+        self.queue_since_ms = None;
+        self.owe_bulk = true;
     }
 
     fn rx_params(&self) -> RxParams {
@@ -462,7 +504,8 @@ impl Node {
         for flow in kernel {
             // The kernel counts timeouts down by itself: a flow whose only
             // difference is its timeout has not changed.
-            if self.internal.confirm_same_state(&flow) {
+            let confirm = self.internal.confirm(&flow, now_ms, Some(REFRESH_SLACK_S));
+            if confirm == Confirm::Same {
                 report.unchanged += 1;
                 continue;
             }
@@ -471,6 +514,14 @@ impl Node {
                 Replicate::Differences => true,
                 Replicate::DifferencesButPeerFlows => !self.holds_peer_flow(&flow.key()),
             };
+            if confirm == Confirm::Refreshed {
+                let key = flow.key();
+                if self.internal.refresh(flow, now_ms, send) {
+                    self.queue.push_key(key);
+                }
+                report.refreshed += 1;
+                continue;
+            }
             match self.upsert_internal(flow, now_ms, send) {
                 Upsert::Created => report.added += 1,
                 Upsert::Updated => report.changed += 1,
@@ -658,6 +709,11 @@ impl Node {
                 );
                 self.external_cache(sender);
             }
+        }
+        if self.owe_bulk {
+            // We dropped what waited for a peer while nobody listened.
+            self.owe_bulk = false;
+            self.start_bulk();
         }
         if reliable && self.cfg.mode != Mode::Ftfw {
             // Best effort: applied as it arrives; the number is for stats.
@@ -1029,6 +1085,7 @@ impl Node {
         let mut out = Vec::new();
         self.forget_dead_peers();
         self.prune();
+        self.bound_backlog_while_alone();
         let links = self.data_links();
 
         // Control messages; none for peers that are down (they resume when

@@ -93,6 +93,13 @@ impl SendQueue {
         Some(item)
     }
 
+    /// Forget everything, bulk markers included.
+    pub fn clear(&mut self) {
+        self.items = VecDeque::new();
+        self.bulk = Vec::new();
+        self.bulk_flows = 0;
+    }
+
     /// Forget every waiting flow, bulk snapshots included; bulk markers
     /// stay.
     pub fn drop_keys(&mut self) {

@@ -72,6 +72,11 @@ pub struct SyncStats {
     pub alarm_refreshes: u64,
     /// ALARM: peers' flows dropped for not being refreshed in time.
     pub alarm_expired: u64,
+    /// FTFW: times the send queue and resend window were dropped because
+    /// no peer was alive and the queue outgrew `alone_queue_max` (the next
+    /// peer heard gets a bulk), and the items dropped.
+    pub backlog_drops: u64,
+    pub backlog_dropped_items: u64,
     pub links: Vec<LinkStats>,
 }
 
@@ -103,4 +108,6 @@ pub struct ReconcileReport {
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// The same state, with a timeout that traffic moved on.
+    pub refreshed: usize,
 }

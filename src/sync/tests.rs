@@ -1507,3 +1507,97 @@ fn batching_fills_datagrams_and_waits_no_longer_than_the_delay() {
         "data datagrams are full"
     );
 }
+
+/// Rounds of creates and deletes on node 0 while node 1 is cut off; the
+/// queue's length after each round.
+fn churn_alone(alone_queue_max: usize) -> (Sim, Vec<usize>) {
+    let a = SyncConfig {
+        alone_queue_max,
+        window: 64,
+        ..cfg(1)
+    };
+    let mut sim = Sim::new(21, vec![a, cfg(2)]);
+    sim.run_until(2_000);
+    sim.cut.extend([(0, 1), (1, 0)]);
+    // Past peer_timeout_ms: node 1 is down for node 0.
+    sim.run_until(8_000);
+    let mut lengths = Vec::new();
+    for round in 0..6u64 {
+        let flows: Vec<Flow> = (0..2_000)
+            .map(|i| flow_for(&mut sim.rng, round * 2_000 + i))
+            .collect();
+        let now = sim.now;
+        for f in &flows {
+            sim.node(0).local_upsert(f.clone(), now, true);
+        }
+        sim.run_until(now + 500);
+        let now = sim.now;
+        // Every round but the last ends with its flows deleted.
+        if round < 5 {
+            for f in &flows {
+                sim.node(0).local_delete(&f.key(), now, true);
+            }
+        }
+        sim.run_until(now + 500);
+        lengths.push(sim.nodes[0].as_ref().unwrap().backlog().0);
+    }
+    (sim, lengths)
+}
+
+#[test]
+fn a_node_alone_keeps_a_bounded_backlog_and_bulks_when_a_peer_returns() {
+    let (mut sim, lengths) = churn_alone(1_000);
+    let a = sim.nodes[0].as_ref().unwrap();
+    assert!(lengths.iter().all(|&l| l <= 1_000), "{lengths:?}");
+    assert!(a.backlog().1 <= a.config().window);
+    assert!(a.stats().backlog_drops > 0);
+    // The partition heals: node 1 gets node 0's table by a bulk.
+    let bulks = a.stats().bulks_sent;
+    sim.cut.clear();
+    let now = sim.now;
+    sim.run_until(now + 20_000);
+    assert!(sim.nodes[0].as_ref().unwrap().stats().bulks_sent > bulks);
+    assert_eq!(sim.nodes[0].as_ref().unwrap().internal().len(), 2_000);
+    assert_all_converged(&sim, 21);
+}
+
+/// Negative control for the test above: without the bound, the deletes
+/// for a peer nobody hears pile up round after round.
+#[test]
+fn without_the_bound_the_backlog_of_a_node_alone_grows() {
+    let (_, lengths) = churn_alone(usize::MAX);
+    assert!(
+        lengths.windows(2).all(|w| w[1] > w[0]) && lengths[5] > 10_000,
+        "{lengths:?}"
+    );
+}
+
+#[test]
+fn a_reread_sends_flows_whose_timeout_traffic_refreshed() {
+    let mut sim = Sim::new(4, vec![cfg(1), cfg(2)]);
+    let mut idle = flow_for(&mut sim.rng, 0);
+    idle.timeout = 100;
+    let mut live = flow_for(&mut sim.rng, 5);
+    live.timeout = 100;
+    sim.node(0).local_upsert(idle.clone(), 0, true);
+    sim.node(0).local_upsert(live.clone(), 0, true);
+    sim.run_until(2_000);
+    assert_all_converged(&sim, 4);
+    // 30 s later the idle flow's timeout has counted down; traffic put the
+    // live one's back to 100 s.
+    sim.run_until(30_000);
+    idle.timeout = 70;
+    let now = sim.now;
+    let r = sim.node(0).reconcile_internal(
+        vec![idle.clone(), live.clone()],
+        now,
+        Replicate::Differences,
+    );
+    assert_eq!((r.unchanged, r.refreshed, r.changed), (1, 1, 0), "{r:?}");
+    assert_eq!(sim.nodes[0].as_ref().unwrap().backlog().0, 1);
+    sim.run_until(now + 2_000);
+    let b = sim.nodes[1].as_ref().unwrap();
+    let seen = b.external()[&1].get(&live.key()).unwrap();
+    assert_eq!(seen.flow.timeout, 100);
+    assert!(seen.updated_ms >= 30_000, "{seen:?}");
+}
