@@ -105,6 +105,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[filter]`: which flows are replicated.
     pub filter: FilterConfig,
+    /// `[compat]`: hints for tools written for conntrackd.
+    pub compat: CompatConfig,
 }
 
 /// `[sync]`: replication behaviour.
@@ -193,6 +195,18 @@ pub struct DaemonConfig {
     pub log_level: String,
 }
 
+/// `[compat]`: text that tools written for conntrackd read from the config
+/// file. The daemon itself never uses it; the config check makes sure it
+/// agrees with the keys the daemon does use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompatConfig {
+    /// `conntrackd_ra_hint`: conntrackd-syntax lines (`UNIX {`, `Path
+    /// SOCKET`, `}`, optionally `LockFile LOCK`) for Pacemaker's
+    /// `ocf:heartbeat:conntrackd` agent, which awk-parses them out of the
+    /// file. Checked: the `Path` is `socket`, a `LockFile` is `[daemon] lock`.
+    pub conntrackd_ra_hint: Option<String>,
+}
+
 impl Default for SyncConfig {
     /// The sync core's own defaults, where it has them, so the two never
     /// drift apart.
@@ -256,6 +270,7 @@ struct RawConfig {
     kernel: Option<RawKernel>,
     daemon: Option<RawDaemon>,
     filter: Option<RawFilter>,
+    compat: Option<RawCompat>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +321,12 @@ struct RawDaemon {
     pid_file: Option<S<String>>,
     lock: Option<S<String>>,
     log_level: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompat {
+    conntrackd_ra_hint: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -529,6 +550,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let kernel = kernel_config(cx, raw.kernel)?;
     let daemon = daemon_config(cx, raw.daemon)?;
     let filter = filter_config(cx, raw.filter)?;
+    let compat = compat_config(cx, raw.compat, &socket, daemon.lock.as_deref())?;
     Ok(Config {
         node_id: u32::try_from(node_id).unwrap_or(1),
         socket,
@@ -537,6 +559,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         kernel,
         daemon,
         filter,
+        compat,
     })
 }
 
@@ -931,6 +954,159 @@ fn daemon_config(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, C
         pid_file,
         lock,
         log_level,
+    })
+}
+
+/// One directive the conntrackd agent would take from the hint: the byte
+/// offset of its line in the file and its whitespace-separated fields.
+struct HintLine<'a> {
+    offset: usize,
+    fields: Vec<&'a str>,
+}
+
+/// `[compat] conntrackd_ra_hint`. What Pacemaker's conntrackd agent sees is
+/// the file's raw lines, not the TOML value, so the check reads the lines
+/// the value spans exactly as the agent's awk does:
+/// `/^[ \t]*UNIX[ \t]*{/,/^[ \t]*}/ { if ($1 == "Path") print $2 }` for
+/// the socket, and lines whose first field is `LockFile` for the lock.
+/// Exactly one `Path` must be there and name `socket`; a `LockFile`, if
+/// any, must name `[daemon] lock`.
+fn compat_config(
+    cx: &Ctx<'_>,
+    raw: Option<RawCompat>,
+    socket: &Path,
+    lock: Option<&Path>,
+) -> Result<CompatConfig, ConfigError> {
+    const KEY: &str = "compat.conntrackd_ra_hint";
+    let Some(hint) = raw.and_then(|r| r.conntrackd_ra_hint) else {
+        return Ok(CompatConfig::default());
+    };
+    let span = hint.span();
+    let text = cx.text;
+    // Whole lines: from the start of the line the value opens on to the end
+    // of the line it closes on (awk splits on '\n' only; a '\r' stays).
+    let first = text
+        .get(..span.start)
+        .and_then(|t| t.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let last = text
+        .get(span.end..)
+        .and_then(|t| t.find('\n'))
+        .map_or(text.len(), |i| span.end + i);
+    let blank = |c: char| c == ' ' || c == '\t';
+    let mut offset = first;
+    let mut in_unix = false;
+    let mut unix_open: Option<usize> = None;
+    let mut paths: Vec<HintLine<'_>> = Vec::new();
+    let mut locks: Vec<HintLine<'_>> = Vec::new();
+    for line in text.get(first..last).unwrap_or("").split('\n') {
+        let fields: Vec<&str> = line.split(blank).filter(|f| !f.is_empty()).collect();
+        let lead = line.trim_start_matches(blank);
+        if !in_unix
+            && lead
+                .strip_prefix("UNIX")
+                .is_some_and(|rest| rest.trim_start_matches(blank).starts_with('{'))
+        {
+            in_unix = true;
+            unix_open = Some(offset);
+        }
+        if in_unix {
+            if fields.first() == Some(&"Path") {
+                paths.push(HintLine {
+                    offset,
+                    fields: fields.clone(),
+                });
+            }
+            if lead.starts_with('}') {
+                in_unix = false;
+            }
+        }
+        if fields.first() == Some(&"LockFile") {
+            locks.push(HintLine { offset, fields });
+        }
+        offset += line.len() + 1;
+    }
+    if in_unix {
+        return cx.invalid(
+            unix_open.unwrap_or(span.start),
+            KEY,
+            "the UNIX { block is not closed by a line starting with '}'",
+        );
+    }
+    let want = socket.display().to_string();
+    match paths.as_slice() {
+        [] => {
+            return cx.invalid(
+                span.start,
+                KEY,
+                format!(
+                    "no 'Path' line inside a 'UNIX {{' block: Pacemaker's conntrackd agent \
+                     would find no socket (write one directive per line: 'UNIX {{', \
+                     'Path {want}', '}}')"
+                ),
+            )
+        }
+        [p] => {
+            let got = p.fields.get(1).copied().unwrap_or("");
+            if p.fields.len() != 2 {
+                return cx.invalid(
+                    p.offset,
+                    KEY,
+                    "'Path' must be followed by exactly one path (no spaces)",
+                );
+            }
+            if got != want {
+                return cx.invalid(
+                    p.offset,
+                    KEY,
+                    format!("Path {got} is not the configured socket ({want})"),
+                );
+            }
+        }
+        [_, second, ..] => {
+            return cx.invalid(
+                second.offset,
+                KEY,
+                "more than one 'Path' inside 'UNIX {' blocks: the agent would see a list",
+            )
+        }
+    }
+    match locks.as_slice() {
+        [] => {}
+        [l] => {
+            let got = l.fields.get(1).copied().unwrap_or("");
+            if l.fields.len() != 2 {
+                return cx.invalid(
+                    l.offset,
+                    KEY,
+                    "'LockFile' must be followed by exactly one path (no spaces)",
+                );
+            }
+            match lock {
+                None => {
+                    return cx.invalid(
+                        l.offset,
+                        KEY,
+                        format!("LockFile {got} is given but daemon.lock is not set"),
+                    )
+                }
+                Some(lock) if lock != Path::new(got) => {
+                    return cx.invalid(
+                        l.offset,
+                        KEY,
+                        format!(
+                            "LockFile {got} is not the configured daemon.lock ({})",
+                            lock.display()
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        [_, second, ..] => return cx.invalid(second.offset, KEY, "more than one 'LockFile' line"),
+    }
+    Ok(CompatConfig {
+        conntrackd_ra_hint: Some(hint.into_inner()),
     })
 }
 

@@ -87,6 +87,34 @@ pub fn enable_conntrack_events() {
     }
 }
 
+/// Allocations at least this large get pages of their own, returned to
+/// the kernel when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
+/// Make the allocator give large transient buffers (table dumps, event
+/// batches held while the loop is busy, commit sets) back to the kernel
+/// when they are freed. glibc otherwise raises its mmap threshold after
+/// the first such free, serves the next ones from the heap, and keeps the
+/// high-water mark resident for good.
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and changes allocator settings only.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Give memory freed after a large piece of work (a table re-read, a
+/// commit) back to the kernel.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes an integer and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,30 +148,3 @@ mod tests {
     }
 }
 
-/// Allocations at least this large get pages of their own, returned to
-/// the kernel when freed.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 1 << 20;
-
-/// Make the allocator give large transient buffers (table dumps, event
-/// batches held while the loop is busy, commit sets) back to the kernel
-/// when they are freed. glibc otherwise raises its mmap threshold after
-/// the first such free, serves the next ones from the heap, and keeps the
-/// high-water mark resident for good.
-pub fn return_large_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes two integers and changes allocator settings only.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    }
-}
-
-/// Give memory freed after a large piece of work (a table re-read, a
-/// commit) back to the kernel.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes an integer and only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

@@ -609,3 +609,169 @@ fn unknown_or_missing_field_in_an_inline_table_names_the_table() {
         "{e}"
     );
 }
+
+// ---- [compat] conntrackd_ra_hint ---------------------------------------------
+
+mod compat {
+    use super::{err, GOOD};
+    use ctsync::config::Config;
+    use std::path::Path;
+
+    const AWK_PATH: &str = r#"/^[ \t]*UNIX[ \t]*{/,/^[ \t]*}/ { if ($1 == "Path") { print $2 } }"#;
+
+    /// GOOD (lines 1-10) with a lock (lines 11-12) and a [compat] table
+    /// (line 13) whose hint value opens on line 14.
+    fn with_hint(hint_lines: &str) -> String {
+        format!(
+            "{GOOD}[daemon]\nlock = \"/run/ctsyncd/ctsyncd.lock\"\n[compat]\nconntrackd_ra_hint = \"\"\"\n{hint_lines}\"\"\"\n"
+        )
+    }
+
+    const HINT: &str =
+        "UNIX {\n\tPath /run/ctsyncd/ctsyncd.sock\n}\nLockFile /run/ctsyncd/ctsyncd.lock\n";
+
+    #[test]
+    fn a_matching_hint_is_accepted_and_kept() {
+        let c = Config::parse(&with_hint(HINT), "ctsyncd.toml").unwrap();
+        assert_eq!(c.compat.conntrackd_ra_hint.as_deref(), Some(HINT));
+        // Without a LockFile line, and with spaces instead of a tab.
+        let c = Config::parse(
+            &with_hint("  UNIX  {\n    Path /run/ctsyncd/ctsyncd.sock\n  }\n"),
+            "x",
+        )
+        .unwrap();
+        assert!(c.compat.conntrackd_ra_hint.is_some());
+        // No [compat] at all: no hint.
+        let c = Config::parse(GOOD, "x").unwrap();
+        assert_eq!(c.compat.conntrackd_ra_hint, None);
+    }
+
+    #[test]
+    fn the_hint_matches_the_default_socket_when_socket_is_unset() {
+        let text = with_hint(HINT).replace("socket  = \"/run/ctsyncd/ctsyncd.sock\"\n", "");
+        let c = Config::parse(&text, "x").unwrap();
+        assert_eq!(c.socket, Path::new(ctsync::config::DEFAULT_SOCKET));
+        let other = with_hint(HINT)
+            .replace("socket  = \"/run/ctsyncd/ctsyncd.sock\"\n", "")
+            .replace("Path /run/ctsyncd/ctsyncd.sock", "Path /run/other.sock");
+        assert!(err(&other)
+            .to_string()
+            .contains("is not the configured socket"));
+    }
+
+    #[test]
+    fn a_path_other_than_the_socket_names_file_line_and_key() {
+        let text = with_hint(&HINT.replace("ctsyncd.sock", "other.sock"));
+        let e = err(&text);
+        assert_eq!(e.line(), 16, "{e}");
+        assert_eq!(e.key(), Some("compat.conntrackd_ra_hint"));
+        assert_eq!(
+            e.to_string(),
+            "ctsyncd.toml:16: key 'compat.conntrackd_ra_hint': Path /run/ctsyncd/other.sock is not the configured socket (/run/ctsyncd/ctsyncd.sock)"
+        );
+    }
+
+    #[test]
+    fn a_lock_file_other_than_daemon_lock_is_refused() {
+        let e = err(&with_hint(&HINT.replace("ctsyncd.lock", "conntrack.lock")));
+        assert_eq!(e.line(), 18, "{e}");
+        assert_eq!(e.key(), Some("compat.conntrackd_ra_hint"));
+        let msg = e.to_string();
+        assert!(
+            msg.ends_with(
+                "LockFile /run/ctsyncd/conntrack.lock is not the configured daemon.lock (/run/ctsyncd/ctsyncd.lock)"
+            ),
+            "{msg}"
+        );
+        // A LockFile while [daemon] lock is unset.
+        let text = with_hint(HINT).replace("lock = \"/run/ctsyncd/ctsyncd.lock\"\n", "");
+        let e = err(&text);
+        assert_eq!(e.line(), 17, "{e}");
+        assert!(e.to_string().contains("daemon.lock is not set"), "{e}");
+    }
+
+    #[test]
+    fn what_the_agent_would_not_find_is_refused() {
+        // Escapes in a one-line string: the value holds the lines, the file
+        // does not, and the agent's awk reads the file.
+        let one_line = format!(
+            "{GOOD}[compat]\nconntrackd_ra_hint = \"UNIX {{\\n\\tPath /run/ctsyncd/ctsyncd.sock\\n}}\\n\"\n"
+        );
+        let e = err(&one_line);
+        assert_eq!(e.line(), 12, "{e}");
+        assert!(e.to_string().contains("no 'Path' line"), "{e}");
+        // Path outside a UNIX block.
+        let e = err(&with_hint("Path /run/ctsyncd/ctsyncd.sock\n"));
+        assert!(e.to_string().contains("no 'Path' line"), "{e}");
+        // Two Paths (awk would print both).
+        let e = err(&with_hint(
+            "UNIX {\nPath /run/ctsyncd/ctsyncd.sock\nPath /run/ctsyncd/ctsyncd.sock\n}\n",
+        ));
+        assert_eq!(e.line(), 17, "{e}");
+        assert!(e.to_string().contains("more than one 'Path'"), "{e}");
+        // A block never closed.
+        let e = err(&with_hint("UNIX {\nPath /run/ctsyncd/ctsyncd.sock\n"));
+        assert_eq!(e.line(), 15, "{e}");
+        assert!(e.to_string().contains("not closed"), "{e}");
+        // A path with a space in it.
+        let e = err(&with_hint("UNIX {\nPath /run/ctsyncd/ctsyncd.sock x\n}\n"));
+        assert!(e.to_string().contains("exactly one path"), "{e}");
+        // Unknown keys in [compat] are errors like anywhere else.
+        let e = err(&format!("{GOOD}[compat]\nconntrackd_hint = \"\"\n"));
+        assert_eq!(e.key(), Some("compat.conntrackd_hint"), "{e}");
+    }
+
+    #[test]
+    fn what_the_check_accepts_is_what_the_agents_awk_prints() {
+        let dir = std::env::temp_dir().join(format!("cts-compat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctsyncd.toml");
+        let text = with_hint("UNIX {\n\tPath /run/ctsyncd/ctsyncd.sock\n}\r\n");
+        std::fs::write(&path, &text).unwrap();
+        let accepted = Config::load(&path).unwrap();
+        let out = std::process::Command::new("awk")
+            .arg(AWK_PATH)
+            .arg(&path)
+            .output()
+            .expect("run awk");
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n", accepted.socket.display())
+        );
+        // A trailing '\r' on the Path line reaches awk's $2: refused.
+        std::fs::write(
+            &path,
+            with_hint("UNIX {\n\tPath /run/ctsyncd/ctsyncd.sock\r\n}\n"),
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_shipped_example_block_parses_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ctsyncd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut out = String::new();
+        let mut in_compat = false;
+        for line in text.lines() {
+            if line == "# [compat]" {
+                in_compat = true;
+            }
+            let line = if in_compat {
+                line.strip_prefix("# ").unwrap_or(line)
+            } else if line.starts_with("#lock = ") {
+                &line[1..]
+            } else {
+                line
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+        assert!(in_compat, "conf/ctsyncd.toml has no '# [compat]' block");
+        let c = Config::parse(&out, "example").unwrap();
+        let hint = c.compat.conntrackd_ra_hint.expect("the example's hint");
+        assert!(hint.contains("Path /run/ctsyncd/ctsyncd.sock"), "{hint}");
+    }
+}
