@@ -313,8 +313,8 @@ impl FlowCache {
                 let slot = slot.get_mut();
                 slot.generation = generation;
                 if slot.flow_bytes() == scratch.as_slice() {
-                    // Reported again as it was: it is that fresh.
-                    slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
+                    // The stamp stays: it says when this state (and this
+                    // timeout) was reported, which a bulk repeats.
                     (Upsert::Unchanged, false)
                 } else {
                     let old = slot.flow();
@@ -447,11 +447,18 @@ impl FlowCache {
     pub fn refresh(&mut self, flow: Flow, now_ms: u64, mark: bool) -> bool {
         let key = flow.key();
         let (what, queue) = self.upsert_marking(flow, now_ms, mark);
-        if what != Upsert::Unchanged || !mark {
+        if what != Upsert::Unchanged {
             return queue;
         }
-        // The same bytes (the timeout too; the stamp moved): queue it.
-        self.mark_queued(&key)
+        // The same bytes, the timeout too (it was reported at its full
+        // value both times): only the stamp moves.
+        let Some(slot) = self.find_mut(&key) else {
+            return false;
+        };
+        let was_queued = slot.updated_s & QUEUED != 0;
+        let queued = was_queued || mark;
+        slot.updated_s = seconds(now_ms) | if queued { QUEUED } else { 0 };
+        mark && !was_queued
     }
 
     /// Clear every flow's queued mark (the sender dropped its queue).

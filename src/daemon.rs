@@ -351,10 +351,11 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         daemon.mirror_into_kernel();
     }
     tracing::info!("ctsyncd stopping");
-    // Let the control server deliver the last replies (the answer to -k).
+    // No new client from here on (agents poll `-s` right after `-k`), but
+    // let the control server deliver the last replies (the answer to -k).
+    let _ = std::fs::remove_file(&daemon.config.socket);
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
 }
 
@@ -1232,10 +1233,10 @@ impl Daemon {
 
     /// Every peer's flows with conntrackd's commit timeout (the configured
     /// one, or what was left on the wire minus the time since, floored at
-    /// 60 s), the most recently active first: sorted by when the timeout
-    /// the peer last reported runs out, latest first (traffic keeps moving
-    /// it, and the peer's table re-reads send it again when it moved), so
-    /// that live connections do not wait behind idle ones.
+    /// 60 s), the most recently active first, so that live connections do
+    /// not wait behind idle ones: sorted by when the peer last reported a
+    /// change (its table re-reads also report flows whose timeout traffic
+    /// refreshed), then by when that timeout runs out, latest first.
     fn commit_set(&self, peer: Option<u32>, now_ms: u64) -> Vec<Flow> {
         let fixed = self.config.kernel.commit_timeout;
         let caches = || {
@@ -1245,10 +1246,13 @@ impl Daemon {
                 .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
                 .map(|(_, cache)| cache)
         };
-        // (when the reported timeout ends, in seconds; the flow)
+        // ((when last reported, when its timeout ends); the flow)
         let with_timeout = |entry: CacheEntry| {
             let mut flow = entry.flow;
-            let ends_s = entry.updated_ms / 1000 + u64::from(flow.timeout);
+            let recency = (
+                entry.updated_ms,
+                entry.updated_ms / 1000 + u64::from(flow.timeout),
+            );
             flow.timeout = fixed.unwrap_or_else(|| {
                 let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
                 let left = u64::from(flow.timeout).saturating_sub(elapsed);
@@ -1258,13 +1262,13 @@ impl Daemon {
                     u32::try_from(left).unwrap_or(u32::MAX)
                 }
             });
-            (ends_s, flow)
+            (recency, flow)
         };
         // One pass, straight into the commit's vector (a million flows).
         let total = caches().map(FlowCache::len).sum();
         let mut flows = Vec::with_capacity(total);
         flows.extend(caches().flat_map(FlowCache::iter).map(with_timeout));
-        flows.sort_unstable_by_key(|(ends_s, _)| std::cmp::Reverse(*ends_s));
+        flows.sort_unstable_by_key(|(recency, _)| std::cmp::Reverse(*recency));
         flows.into_iter().map(|(_, flow)| flow).collect()
     }
 

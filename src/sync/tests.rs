@@ -1584,9 +1584,10 @@ fn a_reread_sends_flows_whose_timeout_traffic_refreshed() {
     sim.run_until(2_000);
     assert_all_converged(&sim, 4);
     // 30 s later the idle flow's timeout has counted down; traffic put the
-    // live one's back to 100 s.
+    // live one's back to (nearly) 100 s.
     sim.run_until(30_000);
     idle.timeout = 70;
+    live.timeout = 99;
     let now = sim.now;
     let r = sim.node(0).reconcile_internal(
         vec![idle.clone(), live.clone()],
@@ -1598,6 +1599,6 @@ fn a_reread_sends_flows_whose_timeout_traffic_refreshed() {
     sim.run_until(now + 2_000);
     let b = sim.nodes[1].as_ref().unwrap();
     let seen = b.external()[&1].get(&live.key()).unwrap();
-    assert_eq!(seen.flow.timeout, 100);
+    assert_eq!(seen.flow.timeout, 99);
     assert!(seen.updated_ms >= 30_000, "{seen:?}");
 }
