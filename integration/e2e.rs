@@ -523,18 +523,29 @@ fn resync_request_repairs_and_anti_entropy_follows_a_kernel_flush() {
     assert_converges(&lab, 500, "after -n");
 
     // `-F` empties A's kernel table of every flow the filter accepts. The
-    // deletions are A's own and are not sent as they happen (as with
-    // conntrackd); anti-entropy then brings B's view of A in line.
+    // deletions are A's own and are not replicated (as with conntrackd),
+    // not even by anti-entropy: a standby keeps what a demoted node purges.
     lab.a.ctl_ok(&["-F"]);
     assert!(lab.a.kernel_table().is_empty(), "A's kernel table after -F");
     let emptied = wait_until(Duration::from_secs(10), || {
         lab.a.cache_json("-i").is_empty()
     });
     assert!(emptied, "A's internal cache still holds flows after -F");
+    let a_stats: Value = serde_json::from_str(&lab.a.ctl_ok(&["-s", "--json"])).expect("JSON");
+    assert_eq!(a_stats["digests_paused"], true);
+    // Two digest intervals (5 s): B's view of A stays.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        lab.b.cache_json("-e").len(),
+        500,
+        "B swept A's flushed flows"
+    );
+    // `-R` makes A's (empty) table the reference again: B follows it.
+    lab.a.ctl_ok(&["-R"]);
     let aligned = wait_until(Duration::from_secs(30), || {
         lab.b.cache_json("-e").is_empty()
     });
-    assert!(aligned, "B's view of A never followed A's flush");
+    assert!(aligned, "B's view of A never followed A after -R");
 }
 
 #[test]

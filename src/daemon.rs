@@ -861,6 +861,7 @@ impl Daemon {
             self.scheduled_flush_at = None;
             tracing::info!("flushing kernel conntrack table (scheduled)");
             self.node.flush_internal();
+            self.node.pause_digests();
             let keep = self.mirrored_keys();
             self.submit(Job::FlushKernel(self.filter.clone(), keep, None));
         }
@@ -1131,6 +1132,7 @@ impl Daemon {
             }
             Request::FlushKernel => {
                 tracing::info!("flushing kernel conntrack table");
+                self.node.pause_digests();
                 let keep = self.mirrored_keys();
                 self.submit(Job::FlushKernel(self.filter.clone(), keep, Some(reply)));
                 return;
@@ -1385,6 +1387,7 @@ impl Daemon {
             window: self.node.config().window as u64,
             backlog_drops: stats.backlog_drops,
             backlog_dropped_items: stats.backlog_dropped_items,
+            digests_paused: self.node.digests_paused(),
             external_digest: self
                 .node
                 .external()

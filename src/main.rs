@@ -132,6 +132,9 @@ fn answers(socket: &Path) -> bool {
     matches!(control::send(socket, &env), Ok(r) if r.ok)
 }
 
+/// close_range(2)'s flag: mark the range close-on-exec instead of closing it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
 /// `-d`: re-run this binary without `-d` in its own process group, stdio on
 /// /dev/null, and succeed only once its control socket answers.
 fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
@@ -145,13 +148,25 @@ fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("can't find my own binary: {e}"))?;
     let config_path =
         std::path::absolute(&inv.config).map_err(|e| format!("{}: {e}", inv.config.display()))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("-C")
         .arg(&config_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    // The daemon outlives its caller: it must not keep the caller's open
+    // files (a notify script's lock, say) beyond stdio.
+    // SAFETY: close_range only marks descriptors close-on-exec; nothing
+    // here allocates or takes locks between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let _ = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("can't start the daemon: {e}"))?;
     let deadline = Instant::now() + START_TIMEOUT;

@@ -147,4 +147,3 @@ mod tests {
         assert!(!path.exists());
     }
 }
-

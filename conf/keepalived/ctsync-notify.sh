@@ -76,7 +76,9 @@ case "$state" in
                 log "WARNING: ctsyncd was not stopped cleanly; removing $CTSYNCD_LOCK"
                 rm -f "$CTSYNCD_LOCK"
             fi
-            if ! ctl -d; then
+            # The daemon must not inherit the transition lock (fd 9), or
+            # every later transition would wait for it forever.
+            if ! ctl -d 9>&-; then
                 log "ERROR: cannot start ctsyncd"
                 exit 1
             fi

@@ -105,6 +105,9 @@ pub struct StatsSnapshot {
     /// next peer heard got a bulk), and the items dropped.
     pub backlog_drops: u64,
     pub backlog_dropped_items: u64,
+    /// Digests wait for `-R` or `-B` after a local flush (`-F`, `-t`,
+    /// `-f internal`), so peers keep their view of the flushed flows.
+    pub digests_paused: bool,
 }
 
 /// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
@@ -532,6 +535,7 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "resend window", snap.resend_len);
     row(s, "resend window max", snap.window);
     row(s, "backlog drops", snap.backlog_drops);
+    row(s, "digests paused", u64::from(snap.digests_paused));
     row(s, "uptime (s)", snap.uptime_s);
     for (i, l) in snap.links.iter().enumerate() {
         let _ = writeln!(

@@ -277,6 +277,12 @@ pub struct Node {
     /// The backlog was dropped while no peer was alive: the next peer
     /// heard gets a bulk.
     owe_bulk: bool,
+    /// We removed flows on our own (a local kernel flush, `-f internal`).
+    /// Those removals are not replicated, as in conntrackd: a standby
+    /// about to take over needs exactly the flows a demoted node purges.
+    /// So no digest goes out (it would make peers sweep them) until `-R`
+    /// or `-B` make our table the reference again.
+    digests_paused: bool,
 }
 
 impl Node {
@@ -340,6 +346,7 @@ impl Node {
             refresh,
             expiry,
             owe_bulk: false,
+            digests_paused: false,
         };
         node.request_resync(now_ms);
         Ok(node)
@@ -497,6 +504,10 @@ impl Node {
         replicate: Replicate,
     ) -> ReconcileReport {
         self.tick(now_ms);
+        if replicate == Replicate::Nothing {
+            // `-R` (or start-up): our table is the reference again.
+            self.digests_paused = false;
+        }
         let mut report = ReconcileReport::default();
         // Every flow the kernel still has is stamped with this generation;
         // the rest are gone.
@@ -547,6 +558,7 @@ impl Node {
     /// Forget our flows (`-f internal`); nothing is sent, pending keys are
     /// dropped (they would otherwise go out as deletes).
     pub fn flush_internal(&mut self) {
+        self.digests_paused = true;
         self.internal.clear();
         self.queue.drop_keys();
         if let Some(r) = self.refresh.as_mut() {
@@ -587,7 +599,20 @@ impl Node {
     /// `-B`: send our full table (nothing in ALARM mode: the refresh does).
     pub fn send_bulk(&mut self, now_ms: u64) {
         self.tick(now_ms);
+        self.digests_paused = false;
         self.start_bulk();
+    }
+
+    /// Our kernel table is being flushed on our own (`-F`, the flush `-t`
+    /// schedules): peers keep their view of our flows (see
+    /// `digests_paused`).
+    pub fn pause_digests(&mut self) {
+        self.digests_paused = true;
+    }
+
+    /// Digests wait for `-R` or `-B` after a local flush.
+    pub fn digests_paused(&self) -> bool {
+        self.digests_paused
     }
 
     fn resync_retry_ms(&self) -> u64 {
@@ -1224,6 +1249,7 @@ impl Node {
     /// it digests), the window has room, and someone is listening.
     fn digest_wanted(&self) -> bool {
         self.cfg.mode != Mode::Alarm
+            && !self.digests_paused
             && self.cfg.digest_interval_ms > 0
             && self.queue.is_empty()
             && (self.cfg.mode != Mode::Ftfw || self.resend.len() < self.cfg.window)

@@ -1602,3 +1602,30 @@ fn a_reread_sends_flows_whose_timeout_traffic_refreshed() {
     assert_eq!(seen.flow.timeout, 99);
     assert!(seen.updated_ms >= 30_000, "{seen:?}");
 }
+
+/// A local flush (the one `-t` schedules on a demoted node) is not
+/// replicated, not even by anti-entropy: the standby keeps the flows it
+/// may have to take over until `-R` makes the node's table the reference.
+#[test]
+fn a_local_flush_pauses_digests_until_the_table_is_the_reference_again() {
+    let mut sim = Sim::new(8, vec![cfg(1), cfg(2)]);
+    churn(&mut sim, &[0], 200, 10, 1_000, 100);
+    sim.run_until(3_000);
+    assert_all_converged(&sim, 8);
+    let held = sim.nodes[1].as_ref().unwrap().external()[&1].len();
+    assert!(held > 0);
+    sim.node(0).flush_internal();
+    let sent = sim.nodes[0].as_ref().unwrap().stats().digests_sent;
+    sim.run_until(30_000);
+    let a = sim.nodes[0].as_ref().unwrap();
+    assert!(a.digests_paused());
+    assert_eq!(a.stats().digests_sent, sent, "a digest went out");
+    assert_eq!(sim.nodes[1].as_ref().unwrap().external()[&1].len(), held);
+    // -R: the (empty) kernel table is ours again; peers follow it.
+    let now = sim.now;
+    sim.node(0)
+        .reconcile_internal(Vec::new(), now, Replicate::Nothing);
+    sim.run_until(now + 20_000);
+    assert!(!sim.nodes[0].as_ref().unwrap().digests_paused());
+    assert!(sim.nodes[1].as_ref().unwrap().external()[&1].is_empty());
+}

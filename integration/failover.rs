@@ -1,0 +1,813 @@
+//! Failover tests: keepalived moves the virtual addresses of a stateful NAT
+//! firewall pair while live TCP and UDP connections (IPv4 and IPv6) cross
+//! it, and the connections must survive: no reset, the same SNAT address
+//! and port at the server, data flowing through the new primary, which
+//! holds every flow with the reply tuple the old one had. Both ways of
+//! failing over are run (conntrackd's primary-backup.sh committing, and
+//! warm standby driven by our ctsync-notify.sh), against three failures, a
+//! failback, and a negative control that must break connections.
+//!
+//! Owns: the journey (ha-failover.md §4.8) and its verdicts.
+//! Must not: build namespaces or start processes itself (the lab does),
+//! or weaken a check to make a run pass. Needs root, keepalived, conntrackd's
+//! example scripts, conntrack and nft; panics with a message if one is missing.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+#[path = "failover/mod.rs"]
+mod failover;
+
+use failover::traffic::{FlowInfo, Kind, Report, Spec, Traffic};
+use failover::{CtEntry, FailoverLab, Failure, Mode, Options};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Traffic keeps running this long after the new primary says MASTER.
+const AFTER_MASTER: Duration = Duration::from_secs(10);
+/// The idle connections ping this long after MASTER.
+const PING_AFTER: Duration = Duration::from_secs(2);
+/// TCP flows must carry at least this many records after the failover.
+const MIN_RECORDS_AFTER: usize = 20;
+
+/// What to do to the standby right before the failure (warm standby variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prelude {
+    None,
+    /// `ctsyncd -F` on the standby.
+    FlushKernel,
+    /// `conntrack -D` of the test flows in the standby's kernel (stands in
+    /// for mirrored flows that expired).
+    DeleteMirror,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Journey {
+    mode: Mode,
+    failure: Failure,
+    prelude: Prelude,
+    /// fwb's CONNTRACKD_BIN is /bin/true: no state ever reaches fwb.
+    negative: bool,
+    /// After the failover, rebuild fwa and fail back to it.
+    failback: bool,
+    /// keepalived's advert_int (1 unless a test needs conntrackd's example value, 3).
+    advert_int: u32,
+}
+
+impl Journey {
+    fn new(mode: Mode, failure: Failure) -> Journey {
+        Journey {
+            mode,
+            failure,
+            prelude: Prelude::None,
+            negative: false,
+            failback: false,
+            advert_int: 1,
+        }
+    }
+}
+
+/// The verdict on one handover.
+struct Phase {
+    name: String,
+    violations: Vec<String>,
+    /// Per-kind counts of flows that did not survive (for the negative control).
+    dead_tcp: usize,
+    tcp_total: usize,
+    udp_push_stopped: usize,
+    udp_push_total: usize,
+    udp_echo_moved: usize,
+    udp_echo_total: usize,
+}
+
+/// What the new primary looked like after a handover (taken while traffic
+/// still runs, so closing sockets at the end cannot disturb it).
+struct After {
+    master_idx: usize,
+    t0: SystemTime,
+    master_at: SystemTime,
+    table: Vec<CtEntry>,
+    counters_before: BTreeMap<String, u64>,
+    /// Taken as soon as the new primary's `-c` has returned (or 2 s after
+    /// MASTER if it never runs one).
+    counters_commit: BTreeMap<String, u64>,
+    counters_after: BTreeMap<String, u64>,
+    stats_before: serde_json::Value,
+    stats: serde_json::Value,
+    neigh4: Option<String>,
+    neigh6: Option<String>,
+    lan_mac: Option<String>,
+    ping_round: u32,
+    end: SystemTime,
+    timing: Vec<failover::Timing>,
+}
+
+fn spec(lab: &FailoverLab) -> Spec {
+    let servers: Vec<IpAddr> = vec![
+        failover::SERVER4.parse().expect("server v4"),
+        failover::SERVER6.parse().expect("server v6"),
+    ];
+    Spec::new(&lab.cl, &lab.sv, servers)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn wall_diff(a: SystemTime, b: SystemTime) -> f64 {
+    match a.duration_since(b) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// The kernel entry of a test flow (by its original tuple).
+fn find<'a>(table: &'a [CtEntry], f: &FlowInfo) -> Option<&'a CtEntry> {
+    table.iter().find(|e| {
+        e.proto == f.kind.proto()
+            && e.orig
+                == (
+                    f.client.ip(),
+                    f.client.port(),
+                    f.server.ip(),
+                    f.server.port(),
+                )
+    })
+}
+
+/// Does a `-e --json` flow describe test flow `f`?
+fn json_is(v: &serde_json::Value, f: &FlowInfo) -> bool {
+    let o = &v["orig"];
+    let ip = |k: &str| o[k].as_str().and_then(|s| s.parse::<IpAddr>().ok());
+    o["proto"].as_str() == Some(f.kind.proto())
+        && ip("src") == Some(f.client.ip())
+        && ip("dst") == Some(f.server.ip())
+        && o["sport"].as_u64() == Some(u64::from(f.client.port()))
+        && o["dport"].as_u64() == Some(u64::from(f.server.port()))
+}
+
+/// Test flows missing from `idx`'s external cache.
+fn missing_from_external(lab: &FailoverLab, idx: usize, flows: &[FlowInfo]) -> Vec<u32> {
+    let cache = lab.fw(idx).cache("-e");
+    flows
+        .iter()
+        .filter(|f| !cache.iter().any(|v| json_is(v, f)))
+        .map(|f| f.id)
+        .collect()
+}
+
+fn wait_external_complete(lab: &FailoverLab, idx: usize, flows: &[FlowInfo]) {
+    let start = Instant::now();
+    let complete = lab::wait_until(Duration::from_secs(20), || {
+        missing_from_external(lab, idx, flows).is_empty()
+    });
+    let fw = lab.fw(idx);
+    assert!(
+        complete,
+        "{}'s external cache never held every test flow: {} of {} missing (ids {:?}...){}",
+        fw.name,
+        missing_from_external(lab, idx, flows).len(),
+        flows.len(),
+        missing_from_external(lab, idx, flows)
+            .into_iter()
+            .take(10)
+            .collect::<Vec<_>>(),
+        fw.diagnostics()
+    );
+    eprintln!(
+        "{}: external cache holds all {} test flows ({:.2}s)",
+        fw.name,
+        flows.len(),
+        secs(start.elapsed())
+    );
+}
+
+/// How many test flows `idx`'s kernel holds with the given reply tuples.
+fn kernel_holds(lab: &FailoverLab, idx: usize, flows: &[FlowInfo]) -> usize {
+    let table = lab.conntrack(idx);
+    flows.iter().filter(|f| find(&table, f).is_some()).count()
+}
+
+fn sleep_until(t: SystemTime) {
+    if let Ok(d) = t.duration_since(SystemTime::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+/// Fail `from` over to `to` (the failure is injected into `from`) and look
+/// at `to` while traffic still runs.
+fn hand_over(
+    lab: &mut FailoverLab,
+    traffic: &Traffic,
+    from: usize,
+    to: usize,
+    failure: Failure,
+) -> After {
+    let skip = lab.fw(to).events().len();
+    let counters_before = lab.counters(to);
+    let stats_before = lab.fw(to).stats();
+    let t0 = lab.inject(from, failure);
+    let within = Duration::from_secs(10 + 4 * u64::from(lab.opts.advert_int));
+    let (_, master) = lab.wait_event(to, skip, "GROUP G1 MASTER", within);
+    eprintln!(
+        "{} ({}): {} MASTER {:.3}s after the failure",
+        failure.name(),
+        lab.fw(from).name,
+        lab.fw(to).name,
+        wall_diff(master.wall, t0)
+    );
+    // The commit's end: from here on, no packet may be invalid.
+    let fw = lab.fw(to);
+    lab::wait_until(Duration::from_secs(2), || {
+        fw.timing()
+            .iter()
+            .any(|t| t.wall >= t0 && t.what == "end" && t.flag() == Some("-c"))
+    });
+    let counters_commit = lab.counters(to);
+    sleep_until(master.wall + PING_AFTER);
+    let ping_round = traffic.ping_idle();
+    sleep_until(master.wall + AFTER_MASTER);
+    let end = SystemTime::now();
+    let fw = lab.fw(to);
+    After {
+        master_idx: to,
+        t0,
+        master_at: master.wall,
+        table: lab.conntrack(to),
+        counters_before,
+        counters_commit,
+        counters_after: lab.counters(to),
+        stats_before,
+        stats: fw.stats(),
+        neigh4: lab.client_neigh(failover::VIP4_LAN),
+        neigh6: lab.client_neigh(failover::VIP6_LAN),
+        lan_mac: lab.link_mac(&fw.ns, "lan0"),
+        ping_round,
+        end,
+        timing: fw.timing(),
+    }
+}
+
+/// Print what a handover measured: detection, the commit's timing, the
+/// exposed window, counters, and the per-flow table.
+fn print_metrics(lab: &FailoverLab, report: &Report, after: &After, name: &str) {
+    let fw = lab.fw(after.master_idx);
+    let mut s = format!(
+        "=== {name}: {} on {} ===\ndetection (MASTER - failure): {:.3}s\n",
+        lab.id,
+        fw.name,
+        wall_diff(after.master_at, after.t0)
+    );
+    let from_t0 = |w: SystemTime| wall_diff(w, after.t0);
+    for t in after.timing.iter().filter(|t| t.wall >= after.t0) {
+        s.push_str(&format!(
+            "  ctl {:+.3}s {} {}\n",
+            from_t0(t.wall),
+            t.what,
+            t.rest
+        ));
+    }
+    let commit_start = after
+        .timing
+        .iter()
+        .find(|t| t.wall >= after.t0 && t.what == "start" && t.flag() == Some("-c"));
+    let commit_end = after
+        .timing
+        .iter()
+        .find(|t| t.wall >= after.t0 && t.what == "end" && t.flag() == Some("-c"));
+    if let (Some(a), Some(b)) = (commit_start, commit_end) {
+        s.push_str(&format!(
+            "commit (-c) took {:.3}s; exposed window (commit end - MASTER) {:.3}s\n",
+            wall_diff(b.wall, a.wall),
+            wall_diff(b.wall, after.master_at)
+        ));
+    }
+    let delta: BTreeMap<&String, i64> = after
+        .counters_after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k,
+                *v as i64 - after.counters_before.get(k).copied().unwrap_or(0) as i64,
+            )
+        })
+        .collect();
+    s.push_str(&format!("nft counter deltas on {}: {delta:?}\n", fw.name));
+    let stat = |v: &serde_json::Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(|x| x.as_u64())
+            .map_or("-".to_string(), |x| x.to_string())
+    };
+    s.push_str(&format!("{} ctsyncd before -> after:", fw.name));
+    for path in [
+        &["internal", "active"][..],
+        &["external", "active"],
+        &["digest_mismatches"],
+        &["resyncs_requested"],
+        &["bulks_received"],
+        &["commit_ok"],
+        &["commit_failed"],
+        &["warm_written"],
+        &["warm_failed"],
+        &["warm_pending"],
+    ] {
+        s.push_str(&format!(
+            " {}={}->{}",
+            path.join("."),
+            stat(&after.stats_before, path),
+            stat(&after.stats, path)
+        ));
+    }
+    s.push('\n');
+    let t = report.wall_to_us(after.master_at);
+    let from = report.wall_to_us(after.t0).saturating_sub(1_000_000);
+    s.push_str(&report.table(t, from, report.wall_to_us(after.end)));
+    eprintln!("{s}");
+}
+
+/// Every survival check of §4.8 for one handover.
+fn judge(
+    lab: &FailoverLab,
+    report: &Report,
+    after: &After,
+    snapshot: &[CtEntry],
+    failure: Failure,
+    name: &str,
+) -> Phase {
+    let mut v: Vec<String> = Vec::new();
+    let fw = lab.fw(after.master_idx);
+    let t = report.wall_to_us(after.master_at);
+    let from = report.wall_to_us(after.t0);
+    let end = report.wall_to_us(after.end);
+    let mut phase = Phase {
+        name: name.to_string(),
+        violations: Vec::new(),
+        dead_tcp: 0,
+        tcp_total: 0,
+        udp_push_stopped: 0,
+        udp_push_total: 0,
+        udp_echo_moved: 0,
+        udp_echo_total: 0,
+    };
+    // Blackout bound (§4.8 step 9): UDP max gap < 2 s for a graceful stop,
+    // < 3 x advert_int + 2 s when the master has to be declared dead.
+    let bound_us = match failure {
+        Failure::Graceful => 2_000_000,
+        _ => (3 * u64::from(lab.opts.advert_int) + 2) * 1_000_000,
+    };
+    for f in &report.flows {
+        let id = format!(
+            "flow {} {} {}",
+            f.info.id,
+            f.info.kind.name(),
+            f.info.client
+        );
+        // The server's peer at setup is the SNAT binding fwa made.
+        match find(snapshot, &f.info) {
+            Some(e) if (e.reply.2, e.reply.3) != (f.info.peer.ip(), f.info.peer.port()) => {
+                v.push(format!(
+                    "{id}: server saw {} but fwa's reply tuple says {}:{}",
+                    f.info.peer, e.reply.2, e.reply.3
+                ))
+            }
+            Some(_) => {}
+            None => v.push(format!("{id}: not in fwa's snapshot")),
+        }
+        // The new primary's kernel holds it with the same reply tuple.
+        match (find(&after.table, &f.info), find(snapshot, &f.info)) {
+            (Some(now), Some(before)) => {
+                if now.reply != before.reply {
+                    v.push(format!(
+                        "{id}: {}'s reply tuple {:?} differs from fwa's {:?}",
+                        fw.name, now.reply, before.reply
+                    ));
+                }
+                if f.info.kind.is_tcp() && now.state.as_deref() != Some("ESTABLISHED") {
+                    v.push(format!("{id}: {} has it in state {:?}", fw.name, now.state));
+                }
+            }
+            (None, _) => v.push(format!("{id}: missing from {}'s kernel", fw.name)),
+            _ => {}
+        }
+        let errors = f.errors();
+        match f.info.kind {
+            Kind::TcpEcho | Kind::TcpPush => {
+                phase.tcp_total += 1;
+                let after_n = f.client.after(t);
+                let dead = !errors.is_empty() || after_n < MIN_RECORDS_AFTER;
+                if dead {
+                    phase.dead_tcp += 1;
+                }
+                if !errors.is_empty() {
+                    v.push(format!("{id}: errors {errors:?}"));
+                }
+                if after_n < MIN_RECORDS_AFTER {
+                    v.push(format!(
+                        "{id}: only {after_n} records after the failover (client side)"
+                    ));
+                }
+                if f.info.kind == Kind::TcpEcho && f.server.after(t) < MIN_RECORDS_AFTER {
+                    v.push(format!(
+                        "{id}: server got only {} records after the failover",
+                        f.server.after(t)
+                    ));
+                }
+                if f.client.bad + f.server.bad > 0 {
+                    v.push(format!(
+                        "{id}: {} records out of sequence",
+                        f.client.bad + f.server.bad
+                    ));
+                }
+            }
+            Kind::TcpIdle => {
+                phase.tcp_total += 1;
+                let ping = f.pings.iter().find(|p| p.round == after.ping_round);
+                let ok = errors.is_empty() && ping.is_some_and(|p| p.echo_us.is_some());
+                if !ok {
+                    phase.dead_tcp += 1;
+                    v.push(format!(
+                        "{id}: ping after the failover failed ({:?}; errors {errors:?})",
+                        ping.and_then(|p| p.error.clone())
+                    ));
+                }
+            }
+            Kind::UdpPush => {
+                phase.udp_push_total += 1;
+                let after_n = f.client.after(t);
+                if after_n < MIN_RECORDS_AFTER {
+                    phase.udp_push_stopped += 1;
+                    v.push(format!(
+                        "{id}: UDP push stopped ({after_n} datagrams after the failover)"
+                    ));
+                }
+                let (gap, at) = f.client.max_gap(from, end);
+                if gap > bound_us {
+                    v.push(format!(
+                        "{id}: blackout {:.3}s at {:.2}s exceeds {:.1}s",
+                        gap as f64 / 1e6,
+                        at as f64 / 1e6,
+                        bound_us as f64 / 1e6
+                    ));
+                }
+            }
+            Kind::UdpEcho => {
+                phase.udp_echo_total += 1;
+                let same_after = f.server.after(t);
+                let foreign_after: Vec<&(u64, SocketAddr)> = f
+                    .server
+                    .foreign
+                    .iter()
+                    .filter(|(ft, _)| *ft >= from)
+                    .collect();
+                let last_same = f.server.received.last().copied().unwrap_or(0);
+                let last_foreign = foreign_after.last().map(|(ft, _)| *ft).unwrap_or(0);
+                let moved = same_after < MIN_RECORDS_AFTER || last_foreign > last_same;
+                if moved {
+                    phase.udp_echo_moved += 1;
+                    v.push(format!(
+                        "{id}: UDP echo did not resume with the same peer {} ({same_after} from it after the failover, {} from {:?})",
+                        f.info.peer,
+                        foreign_after.len(),
+                        foreign_after.first().map(|(_, a)| *a)
+                    ));
+                } else if !foreign_after.is_empty() {
+                    eprintln!(
+                        "note: {id}: {} datagrams reached the server from {} (a new NAT binding) before the flow returned to {}",
+                        foreign_after.len(),
+                        foreign_after[0].1,
+                        f.info.peer
+                    );
+                }
+                let (gap, at) = f.client.max_gap(from, end);
+                if gap > bound_us {
+                    v.push(format!(
+                        "{id}: blackout {:.3}s at {:.2}s exceeds {:.1}s",
+                        gap as f64 / 1e6,
+                        at as f64 / 1e6,
+                        bound_us as f64 / 1e6
+                    ));
+                }
+            }
+        }
+    }
+    // RSTs: none at all, from the failure on. Invalid forwarded packets:
+    // none once the commit has returned (a committed flow without
+    // BE_LIBERAL shows up here); those in the window between keepalived
+    // adding the VIPs and the commit's end are keepalived's order
+    // (VIPs first, notify after; keepalived #2254) and are only reported.
+    let count = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let window = count(&after.counters_commit, "fwd_invalid")
+        .saturating_sub(count(&after.counters_before, "fwd_invalid"));
+    if window > 0 {
+        eprintln!(
+            "note: {name}: {window} forwarded packets were invalid on {} before its commit returned (VIPs up, state not yet written)",
+            fw.name
+        );
+    }
+    for (counter, since, when) in [
+        ("fwd_rst", &after.counters_before, "from the failure on"),
+        ("out_rst", &after.counters_before, "from the failure on"),
+        (
+            "fwd_invalid",
+            &after.counters_commit,
+            "after the commit returned",
+        ),
+    ] {
+        let grew = count(&after.counters_after, counter).saturating_sub(count(since, counter));
+        if grew != 0 {
+            v.push(format!(
+                "{}: nft counter {counter} grew by {grew} {when}",
+                fw.name
+            ));
+        }
+    }
+    if after.lan_mac.is_none() || after.neigh4 != after.lan_mac || after.neigh6 != after.lan_mac {
+        v.push(format!(
+            "client's neighbour entries for the LAN VIPs ({:?}, {:?}) are not {}'s lan0 MAC {:?}",
+            after.neigh4, after.neigh6, fw.name, after.lan_mac
+        ));
+    }
+    let commit_failed = after.stats["commit_failed"].as_u64().unwrap_or(0);
+    if commit_failed != 0 {
+        v.push(format!(
+            "{}: -s reports {commit_failed} failed commits",
+            fw.name
+        ));
+    }
+    phase.violations = v;
+    phase
+}
+
+/// Run one journey (§4.8) and return its verdicts, one per handover.
+fn journey(j: Journey) -> Vec<Phase> {
+    let started = Instant::now();
+    let mut lab = FailoverLab::new(
+        j.mode,
+        Options {
+            fwb_bin: j.negative.then(|| "/bin/true".to_string()),
+            advert_int: j.advert_int,
+        },
+    );
+    eprintln!("lab {} in {}: {j:?}", lab.id, lab.dir.display());
+
+    // fwa: daemon, then keepalived; it becomes MASTER on its own.
+    lab.start_daemon(0);
+    lab.start_keepalived(0);
+    let vrrp_start = Duration::from_secs(10 + 4 * u64::from(j.advert_int));
+    lab.wait_event(0, 0, "GROUP G1 MASTER", vrrp_start);
+    assert!(
+        lab::wait_until(Duration::from_secs(5), || lab.holds_vips(0)),
+        "fwa says MASTER but does not hold the VIPs{}",
+        lab.a.diagnostics()
+    );
+    // fwa's own start-up `-t` (from notify_backup) must not flush live flows.
+    lab.wait_backup_done(0, 0, Duration::from_secs(10));
+
+    // Live traffic through fwa.
+    let traffic = Traffic::start(&spec(&lab))
+        .unwrap_or_else(|e| panic!("traffic did not start: {e}{}", lab.a.diagnostics()));
+    let flows: Vec<FlowInfo> = traffic.flows().to_vec();
+    eprintln!("{} test flows up through fwa", flows.len());
+
+    // fwb: keepalived only; its notify_backup starts ctsyncd (-s fails, -d),
+    // then -t and -n.
+    lab.start_keepalived(1);
+    lab.wait_event(1, 0, "GROUP G1 BACKUP", vrrp_start);
+    if !j.negative {
+        assert!(
+            lab::wait_until(Duration::from_secs(15), || lab.b.daemon_answers()),
+            "fwb's notify_backup did not start ctsyncd{}",
+            lab.b.diagnostics()
+        );
+        wait_external_complete(&lab, 1, &flows);
+    }
+    if j.negative {
+        // fwb's script runs /bin/true: nothing to wait for but the clock.
+        std::thread::sleep(
+            Duration::from_secs(failover::PURGE_TIMEOUT_S) + Duration::from_millis(1500),
+        );
+    } else {
+        lab.wait_backup_done(1, 0, Duration::from_secs(15));
+    }
+    if !j.negative {
+        // The flush must not have cost B its view of A.
+        wait_external_complete(&lab, 1, &flows);
+    }
+    if j.mode == Mode::WarmStandby {
+        eprintln!(
+            "warm standby: fwb's kernel holds {} of {} test flows after its -t flush",
+            kernel_holds(&lab, 1, &flows),
+            flows.len()
+        );
+    }
+    match j.prelude {
+        Prelude::None => {}
+        Prelude::FlushKernel => {
+            lab.b.ctl_ok(&["-F"]);
+            std::thread::sleep(Duration::from_millis(500));
+            eprintln!(
+                "after -F: fwb's kernel holds {} of {} test flows",
+                kernel_holds(&lab, 1, &flows),
+                flows.len()
+            );
+        }
+        Prelude::DeleteMirror => {
+            lab.conntrack_delete_client_flows(1);
+            eprintln!(
+                "right after conntrack -D: fwb's kernel holds {} of {} test flows",
+                kernel_holds(&lab, 1, &flows),
+                flows.len()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            eprintln!(
+                "after conntrack -D: fwb's kernel holds {} of {} test flows",
+                kernel_holds(&lab, 1, &flows),
+                flows.len()
+            );
+        }
+    }
+
+    // fwa's view before the failure: every test flow, with its NAT binding.
+    let snapshot = lab.conntrack(0);
+    let absent: Vec<u32> = flows
+        .iter()
+        .filter(|f| find(&snapshot, f).is_none())
+        .map(|f| f.id)
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "fwa's kernel lacks test flows {absent:?} before the failure"
+    );
+
+    let after = hand_over(&mut lab, &traffic, 0, 1, j.failure);
+    let mut afters = vec![(after, j.failure, "failover to fwb".to_string())];
+
+    if j.failback {
+        assert_eq!(j.failure, Failure::Crash, "failback follows a crash");
+        // Reboot fwa; its keepalived comes up BACKUP (nopreempt) and its
+        // notify_backup starts ctsyncd with -t and -n.
+        lab.rebuild(0);
+        let skip = lab.a.events().len();
+        let since = lab.a.timing().len();
+        lab.start_keepalived(0);
+        lab.wait_event(0, skip, "GROUP G1 BACKUP", vrrp_start);
+        assert!(
+            lab::wait_until(Duration::from_secs(15), || lab.a.daemon_answers()),
+            "fwa's notify_backup did not start ctsyncd after the rebuild{}",
+            lab.a.diagnostics()
+        );
+        wait_external_complete(&lab, 0, &flows);
+        lab.wait_backup_done(0, since, Duration::from_secs(15));
+        wait_external_complete(&lab, 0, &flows);
+        let back = hand_over(&mut lab, &traffic, 1, 0, Failure::Graceful);
+        afters.push((back, Failure::Graceful, "failback to fwa".to_string()));
+    }
+
+    let report = traffic.stop();
+    let mut phases = Vec::new();
+    for (after, failure, name) in &afters {
+        print_metrics(&lab, &report, after, name);
+        phases.push(judge(&lab, &report, after, &snapshot, *failure, name));
+    }
+    if phases.iter().any(|p| !p.violations.is_empty()) && !j.negative {
+        lab.keep = true;
+        eprintln!("{}{}", lab.a.diagnostics(), lab.b.diagnostics());
+    }
+    eprintln!("journey took {:.1}s", secs(started.elapsed()));
+    phases
+}
+
+/// Panic with every violation of every handover.
+fn assert_survived(phases: &[Phase]) {
+    let failed: Vec<String> = phases
+        .iter()
+        .filter(|p| !p.violations.is_empty())
+        .map(|p| {
+            format!(
+                "{}: {} violations:\n  {}",
+                p.name,
+                p.violations.len(),
+                p.violations
+                    .iter()
+                    .take(40)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "connections did not survive:\n{}",
+        failed.join("\n")
+    );
+}
+
+// ---- commit mode: conntrackd's primary-backup.sh ---------------------------
+
+#[test]
+fn commit_graceful_stop_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::Commit, Failure::Graceful)));
+}
+
+#[test]
+fn commit_link_loss_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::Commit, Failure::LinkLoss)));
+}
+
+#[test]
+fn commit_crash_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::Commit, Failure::Crash)));
+}
+
+/// conntrackd's example keepalived.conf uses advert_int 3: a dead master
+/// is noticed after ~9.6 s. fwa, cut off from LAN and WAN but not from the
+/// sync link, runs `-t` (notify_fault) and purges its own table 3 s later,
+/// long before fwb takes over. That purge is local, as in conntrackd: fwb
+/// must still hold fwa's flows when it becomes MASTER.
+#[test]
+fn commit_link_loss_with_slow_detection_keeps_connections() {
+    assert_survived(&journey(Journey {
+        advert_int: 3,
+        ..Journey::new(Mode::Commit, Failure::LinkLoss)
+    }));
+}
+
+#[test]
+fn commit_crash_then_failback_keeps_connections() {
+    assert_survived(&journey(Journey {
+        failback: true,
+        ..Journey::new(Mode::Commit, Failure::Crash)
+    }));
+}
+
+/// The harness must be able to fail: with no state on fwb, connections die.
+#[test]
+fn negative_control_without_state_sync_breaks_connections() {
+    let phases = journey(Journey {
+        negative: true,
+        ..Journey::new(Mode::Commit, Failure::LinkLoss)
+    });
+    let p = &phases[0];
+    eprintln!(
+        "negative control: {} of {} TCP flows dead, {} of {} UDP push flows stopped, {} of {} UDP echo flows moved to another peer",
+        p.dead_tcp, p.tcp_total, p.udp_push_stopped, p.udp_push_total, p.udp_echo_moved, p.udp_echo_total
+    );
+    assert!(
+        p.dead_tcp * 10 >= p.tcp_total * 9,
+        "negative control: only {} of {} TCP flows died without state sync: the harness cannot see a lost connection",
+        p.dead_tcp,
+        p.tcp_total
+    );
+    assert_eq!(
+        p.udp_push_stopped, p.udp_push_total,
+        "negative control: UDP push survived without state sync"
+    );
+    assert_eq!(
+        p.udp_echo_moved, p.udp_echo_total,
+        "negative control: UDP echo kept its peer without state sync"
+    );
+}
+
+// ---- warm standby: ctsync-notify.sh ----------------------------------------
+
+#[test]
+fn warm_graceful_stop_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::WarmStandby, Failure::Graceful)));
+}
+
+#[test]
+fn warm_link_loss_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::WarmStandby, Failure::LinkLoss)));
+}
+
+#[test]
+fn warm_crash_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::WarmStandby, Failure::Crash)));
+}
+
+#[test]
+fn warm_kernel_flush_on_standby_then_graceful_stop_keeps_connections() {
+    assert_survived(&journey(Journey {
+        prelude: Prelude::FlushKernel,
+        ..Journey::new(Mode::WarmStandby, Failure::Graceful)
+    }));
+}
+
+#[test]
+fn warm_mirror_deleted_on_standby_then_graceful_stop_keeps_connections() {
+    assert_survived(&journey(Journey {
+        prelude: Prelude::DeleteMirror,
+        ..Journey::new(Mode::WarmStandby, Failure::Graceful)
+    }));
+}
+
+#[test]
+fn warm_crash_then_failback_keeps_connections() {
+    assert_survived(&journey(Journey {
+        failback: true,
+        ..Journey::new(Mode::WarmStandby, Failure::Crash)
+    }));
+}
