@@ -351,11 +351,12 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         daemon.mirror_into_kernel();
     }
     tracing::info!("ctsyncd stopping");
-    // No new client from here on (agents poll `-s` right after `-k`), but
-    // let the control server deliver the last replies (the answer to -k).
-    let _ = std::fs::remove_file(&daemon.config.socket);
+    // Let the control server deliver the last replies (the answer to -k).
+    // The socket goes last: agents take its absence for "stopped", and a
+    // start right after must not find the lock still held.
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
 }
 
