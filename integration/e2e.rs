@@ -441,12 +441,30 @@ fn primary_backup_script_fails_over_with_ctsyncd() {
         .expect("read copy")
         .replace(lab::path_str(&lab.b.config), lab::path_str(&lab.a.config));
     std::fs::write(&script_a, text_a).expect("write script");
+    let b_stats = |lab: &Lab| -> Value {
+        serde_json::from_str(&lab.b.ctl_ok(&["-s", "--json"])).expect("stats JSON")
+    };
+    let requests_before = b_stats(&lab)["resyncs_received"].as_u64().unwrap_or(0);
     let out = lab.a.exec("sh", &[lab::path_str(&script_a), "backup"]);
     assert!(
         out.status.success(),
         "backup transition failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // -t scheduled A's kernel flush, -n reached B.
+    let log = std::fs::read_to_string(&lab.a.log).unwrap_or_default();
+    assert!(
+        log.contains("flushing conntrack table in"),
+        "-t did not schedule a flush{}",
+        lab.a.log_tail()
+    );
+    let asked = wait_until(CONVERGE, || {
+        b_stats(&lab)["resyncs_received"].as_u64().unwrap_or(0) > requests_before
+    });
+    assert!(asked, "A's -n never reached B");
+    // After the flush (purge_timeout_s, 60 s by default: not waited for
+    // here) A still holds B's table as its external view.
+    assert_eq!(lab.a.cache_json("-e").len(), 1_000);
 }
 
 #[test]
