@@ -534,6 +534,7 @@ fn resync_request_repairs_and_anti_entropy_follows_a_kernel_flush() {
 
     // Flows removed from B's external cache behind the protocol's back come
     // back with `-n` (B asks A for its full table).
+    lab::require_test_seams();
     let out = lab.b.ctl_ok(&["debug-drop-external", "100"]);
     assert!(out.contains("dropped 100"), "{out}");
     assert_eq!(lab.b.cache_json("-e").len(), 400);

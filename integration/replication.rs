@@ -432,6 +432,7 @@ fn anti_entropy_restores_a_flow_removed_behind_the_daemons_back() {
     lab.b.start();
     create_in(&lab.a.ns, flow_mix(1_000, 95, false));
     assert_view(&lab.b, &[&lab.a], 1_000, "before the damage");
+    lab::require_test_seams();
     let out = lab.b.ctl_ok(&["debug-drop-external", "5"]);
     assert!(out.contains("dropped 5"), "{out}");
     assert_eq!(lab.b.cache_json("-e").len(), 995);

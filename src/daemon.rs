@@ -1174,6 +1174,7 @@ impl Daemon {
                 self.stop = true;
                 success(String::new())
             }
+            #[cfg(feature = "test-seams")]
             Request::DebugDropExternal { count } => {
                 let victims: Vec<(u32, FlowKey)> = self
                     .node

@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Fail (not skip) a test that needs the daemon's test-only control
+/// requests when the build lacks them.
+pub fn require_test_seams() {
+    if !cfg!(feature = "test-seams") {
+        panic!(
+            "this test needs the test-seams feature: cargo test --features test-seams (integration/test-all sets it)"
+        );
+    }
+}
+
 /// Path of the daemon binary under test.
 pub fn ctsyncd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ctsyncd"))

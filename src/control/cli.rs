@@ -335,7 +335,9 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
                 None => return err(format!("stats: unknown section '{w}'")),
             },
         },
-        // Debug: remove N flows from the external caches behind the protocol's back.
+        // Test seam: remove N flows from the external caches behind the
+        // protocol's back (only in builds with the `test-seams` feature).
+        #[cfg(feature = "test-seams")]
         "debug-drop-external" => match one(&words)?.map(|w| w.parse::<usize>()) {
             Some(Ok(count)) => req(Request::DebugDropExternal { count }),
             _ => return err("debug-drop-external: expected a count"),

@@ -54,8 +54,10 @@ pub enum Request {
     SendBulk,
     /// Schedule a kernel and internal-cache flush (`-t`).
     ResetTimers,
-    /// Debug: remove up to `count` flows from the external caches behind the
-    /// sync protocol's back (to show that a resync repairs them).
+    /// Test seam (built only with the `test-seams` feature): remove up to
+    /// `count` flows from the external caches behind the sync protocol's
+    /// back, to show that a resync repairs them.
+    #[cfg(feature = "test-seams")]
     DebugDropExternal { count: usize },
 }
 
@@ -179,7 +181,7 @@ mod tests {
     #[test]
     fn envelope_json_round_trips() {
         let e = Envelope {
-            request: Request::DebugDropExternal { count: 3 },
+            request: Request::CommitPeer { node_id: 3 },
             json: true,
         };
         let s = serde_json::to_string(&e).unwrap();

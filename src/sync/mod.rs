@@ -576,7 +576,8 @@ impl Node {
         }
     }
 
-    /// Remove one flow from a peer's external cache (debug/test seam).
+    /// Remove one flow from a peer's external cache (a test seam: the
+    /// daemon reaches it only in builds with the `test-seams` feature).
     pub fn remove_external(&mut self, peer: u32, key: &FlowKey) -> bool {
         self.external
             .get_mut(&peer)
