@@ -1,11 +1,13 @@
 //! The deterministic simulation of the sync cores, as a test: thousands of
-//! seeds of FTFW clusters (two and three nodes) through loss, duplication,
-//! reordering, partitions and restarts must all converge; a seed must
-//! replay exactly; the checker must catch a broken view.
+//! seeds of FTFW, NOTRACK and ALARM clusters (two and three nodes) through
+//! loss, duplication, reordering, partitions and restarts must all
+//! converge, a few of them with 100,000-flow tables; a seed must replay
+//! exactly; the checker must catch a broken view.
 
 use ctsync::sim::{
-    params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim, SimReport,
+    params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim, SimParams, SimReport,
 };
+use ctsync::sync::Mode;
 use std::time::Instant;
 
 /// Seeds the suite runs (at least 2,000 by the issue); a debug build is
@@ -161,4 +163,68 @@ fn an_unknown_mode_or_cluster_size_still_runs_or_fails_cleanly() {
     p.nodes = 5;
     let r = run(2, &p);
     assert!(r.is_ok(), "{}", r.unwrap_err());
+}
+
+/// Every seed of a batch must converge; returns the reports.
+fn all_converge(
+    from: u64,
+    count: u64,
+    adjust: impl Fn(&mut SimParams) + Sync,
+    what: &str,
+) -> Vec<SimReport> {
+    let started = Instant::now();
+    let results = run_seeds(from, count, 2, adjust);
+    println!(
+        "sim {what}: {} seeds in {:.1} s",
+        results.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().map(|f| format!("{f}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {count} seeds failed; the first:\n{}",
+        failures.len(),
+        failures[..failures.len().min(3)].join("\n")
+    );
+    results.into_iter().filter_map(|(_, r)| r.ok()).collect()
+}
+
+#[test]
+fn notrack_and_alarm_seeds_converge_once_the_network_heals() {
+    let notrack = all_converge(
+        0,
+        5_000,
+        |p| *p = p.clone().with_mode(Mode::Notrack),
+        "NOTRACK",
+    );
+    assert!(notrack.iter().filter(|r| r.net.lost > 0).count() > 1_500);
+    assert!(notrack.iter().filter(|r| r.restarts > 0).count() > 250);
+    let alarm = all_converge(0, 1_000, |p| *p = p.clone().with_mode(Mode::Alarm), "ALARM");
+    assert!(alarm.iter().filter(|r| r.net.lost > 0).count() > 300);
+}
+
+/// A few seeds with 100,000-flow tables per node: bulks of thousands of
+/// datagrams through each seed's loss, duplication, reordering,
+/// partitions and restarts, with the daemon's default window (a tiny one
+/// is covered above with small tables).
+#[test]
+fn seeds_with_large_tables_converge() {
+    let reports = all_converge(
+        7_000,
+        5,
+        |p| {
+            p.flows_per_node = 100_000;
+            p.ops_per_node = 120_000;
+            p.window = 4_096;
+            p.quiet_ms = 60_000;
+            p.converge_within_ms = 45_000;
+        },
+        "100,000-flow tables",
+    );
+    assert!(reports
+        .iter()
+        .all(|r| r.flows.iter().sum::<usize>() > 100_000));
 }

@@ -214,6 +214,35 @@ pub fn check_cluster(nodes: &[(u32, Option<&Node>, &Kernel)]) -> Vec<Difference>
     out
 }
 
+/// What the periodic checks after the heal look at between the full
+/// comparisons of `check_cluster` (which the final verdict runs): every
+/// node is up, each internal cache has its kernel's size, and each view of
+/// a peer has the peer's size and digest (the XOR of per-flow state
+/// hashes). False means a difference for certain; true, almost certainly
+/// none, at a fraction of the cost with 100,000-flow tables.
+pub fn views_agree_quickly(nodes: &[(u32, Option<&Node>, &Kernel)]) -> bool {
+    let up: Option<Vec<(u32, &Node, &Kernel)>> = nodes
+        .iter()
+        .map(|&(id, node, kernel)| node.map(|n| (id, n, kernel)))
+        .collect();
+    let Some(up) = up else {
+        return false;
+    };
+    up.iter().all(|&(owner, owner_node, kernel)| {
+        let internal = owner_node.internal();
+        internal.len() == kernel.len()
+            && up
+                .iter()
+                .filter(|(v, ..)| *v != owner)
+                .all(|(_, viewer, _)| match viewer.external().get(&owner) {
+                    Some(view) => {
+                        view.len() == internal.len() && view.digest() == internal.digest()
+                    }
+                    None => internal.is_empty(),
+                })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
