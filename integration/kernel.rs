@@ -6,6 +6,7 @@
 
 use ctsync::flow::{proto, status, Flow, FlowKey, ProtoState, Tuple, L4};
 use ctsync::kernel::codec::encode_create;
+use ctsync::kernel::write::missing_from_table;
 use ctsync::kernel::{
     dump_table, CreateOptions, EventKind, EventSocket, KernelError, KernelEvent, WriteOp, Writer,
 };
@@ -782,4 +783,37 @@ fn event_overrun_is_reported_and_buffer_grows() {
         "{size_before} -> {size_after}"
     );
     assert!(!then.is_empty());
+}
+
+/// What warm standby's verifying commit writes: of a flow set, exactly
+/// those the table lacks or holds with another NAT binding or mark.
+#[test]
+fn missing_from_table_finds_absent_and_rebound_flows_only() {
+    let ns = Netns::new("missing");
+    let (missing, in_place, complete) = ns.run(move || {
+        let mut w = Writer::open().unwrap();
+        let flows = many_flows(3_000);
+        let r = w.create_all(&flows, &CreateOptions::default());
+        assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+        // 100 deleted behind everyone's back, 10 with another mark.
+        let gone: Vec<WriteOp> = flows
+            .iter()
+            .step_by(30)
+            .map(|f| WriteOp::Delete(f.key()))
+            .collect();
+        assert_eq!(w.apply(&gone).failed, 0);
+        let mut want = flows.clone();
+        for f in want.iter_mut().skip(1).step_by(300) {
+            f.mark += 7;
+        }
+        let (missing, in_place) = missing_from_table(want.clone()).unwrap();
+        // Writing them completes the table.
+        let r = w.create_all(&missing, &CreateOptions::default());
+        assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+        let (again, _) = missing_from_table(want).unwrap();
+        (missing, in_place, again.is_empty())
+    });
+    assert_eq!(missing.len(), 110, "100 absent and 10 rebound");
+    assert_eq!(in_place, 3_000 - 110);
+    assert!(complete, "the table still differs after writing them");
 }

@@ -17,7 +17,7 @@ use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
 use crate::kernel::dump::dump_table;
 use crate::kernel::events::{EventSocket, EventSwitch};
-use crate::kernel::write::{CreateOptions, WriteOp, WriteReport, Writer};
+use crate::kernel::write::{missing_from_table, CreateOptions, WriteOp, WriteReport, Writer};
 use crate::kernel::{EventKind, KernelError, KernelEvent};
 use crate::process;
 use crate::sync::{Applied, Mode, Node, Replicate, SyncConfig};
@@ -99,6 +99,10 @@ struct CommitJob {
     /// flows with these keys (known not to be) first, then read the table
     /// and write every other flow that is missing or differs from it.
     verify: Option<HashSet<FlowKey>>,
+    /// The rest of the commit, still being gathered when the job was
+    /// handed over: `flows` are the most recently active, written while
+    /// the owner collects the others.
+    rest: Option<std::sync::mpsc::Receiver<Vec<Flow>>>,
 }
 
 /// Work for the kernel worker thread, which owns the writer socket.
@@ -147,6 +151,23 @@ struct WarmStandby {
     /// Mirrored flows the kernel lost (expired, deleted by someone else)
     /// and that were written again.
     restored: u64,
+    /// Times the mirror could have lost flows unseen: an event socket
+    /// overrun, a failed read, events paused for a commit. The mirror is
+    /// known intact while this equals `checked_at_break`, the value when
+    /// the table was last compared with the peers' caches (or at start).
+    breaks: u64,
+    checked_at_break: u64,
+    /// `breaks` when the running table re-read began.
+    dump_started_at_break: u64,
+}
+
+impl WarmStandby {
+    /// Every flow the peers hold is in the kernel but those in
+    /// `queue`, `in_flight_keys` and `failed`: nothing was lost unseen
+    /// since the table was last checked.
+    fn intact(&self) -> bool {
+        self.breaks == self.checked_at_break
+    }
 }
 
 /// Counters kept by the daemon itself (the core keeps the rest).
@@ -537,7 +558,7 @@ fn spawn_kernel_worker(
                 let result = match job {
                     Job::Commit(job, client) => {
                         let started = Instant::now();
-                        let report = match job.verify {
+                        let mut report = match job.verify {
                             None => Ok(commit_in_parallel(
                                 &mut writer,
                                 &job.flows,
@@ -552,6 +573,25 @@ fn spawn_kernel_worker(
                                 &progress,
                             ),
                         };
+                        if let (Ok(report), Some(rest)) = (report.as_mut(), job.rest) {
+                            match rest.recv() {
+                                Ok(flows) => merge_report(
+                                    report,
+                                    commit_in_parallel(
+                                        &mut writer,
+                                        &flows,
+                                        &job.options,
+                                        &progress,
+                                    ),
+                                ),
+                                Err(_) => {
+                                    report.failed += 1;
+                                    report
+                                        .first_errors
+                                        .push("the rest of the commit never came".into());
+                                }
+                            }
+                        }
                         Done::Commit(report, started, client)
                     }
                     Job::FlushKernel(filter, keep, client) => {
@@ -586,6 +626,19 @@ fn spawn_kernel_worker(
         .map(|_| ())
 }
 
+/// Flows the first step of a commit without warm standby hands to the
+/// writer before the rest is gathered: the most recently active ones.
+const URGENT_COMMIT: usize = 16_384;
+
+/// How recently a peer reported a flow: when it last reported a change (or
+/// a timeout traffic refreshed), then when that timeout runs out.
+fn recency(entry: &CacheEntry) -> (u64, u64) {
+    (
+        entry.updated_ms,
+        entry.updated_ms / 1000 + u64::from(entry.flow.timeout),
+    )
+}
+
 /// Warm standby's commit: write the flows known to be missing first, then
 /// read the kernel table and write every flow that is absent from it or
 /// differs in its NAT binding or mark, whatever emptied it (`-t`, `-F`,
@@ -601,18 +654,9 @@ fn commit_verified(
     let (first, rest): (Vec<Flow>, Vec<Flow>) =
         flows.into_iter().partition(|f| missing.contains(&f.key()));
     let mut report = commit_in_parallel(writer, &first, options, progress);
-    let table = dump_table().map_err(|e| format!("cannot read the kernel table: {e}"))?;
-    let present: foldhash::HashMap<FlowKey, (crate::flow::Tuple, u32)> = table
-        .into_iter()
-        .map(|f| (f.key(), (f.reply, f.mark)))
-        .collect();
-    let checked = rest.len();
-    let todo: Vec<Flow> = rest
-        .into_iter()
-        .filter(|f| present.get(&f.key()) != Some(&(f.reply, f.mark)))
-        .collect();
-    drop(present);
-    progress.fetch_add((checked - todo.len()) as u64, Ordering::Relaxed);
+    let (todo, in_place) =
+        missing_from_table(rest).map_err(|e| format!("cannot read the kernel table: {e}"))?;
+    progress.fetch_add(in_place as u64, Ordering::Relaxed);
     merge_report(
         &mut report,
         commit_in_parallel(writer, &todo, options, progress),
@@ -768,6 +812,7 @@ impl Daemon {
             }
             KernelFeed::Overrun { buffer_size } => {
                 self.counters.kernel_overruns += 1;
+                self.warm.breaks += 1;
                 self.counters.kernel_buffer_size = buffer_size as u64;
                 tracing::warn!(
                     buffer_size,
@@ -780,6 +825,7 @@ impl Daemon {
             KernelFeed::Failed(reason) => {
                 // Whatever the reason, events may be lost: re-read the table.
                 self.counters.kernel_failures += 1;
+                self.warm.breaks += 1;
                 tracing::warn!(%reason, "reading kernel events failed; the table will be re-read");
                 if self.overrun_resync_at.is_none() {
                     self.overrun_resync_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
@@ -793,7 +839,10 @@ impl Daemon {
             return;
         }
         if self.is_mirrored(&event.flow.key()) {
-            if event.kind == EventKind::Destroy && !self.own_portids.contains(&event.portid) {
+            // Whoever removed it (expiry, another program, a flush racing
+            // with a new mirror write, a commit's delete-and-create), the
+            // kernel must hold it while a peer does.
+            if event.kind == EventKind::Destroy {
                 self.restore_mirrored(&event.flow.key());
             }
             return;
@@ -940,6 +989,40 @@ impl Daemon {
         self.warm.queue.push(WriteOp::Create(flow));
     }
 
+    /// Warm standby, after a table re-read, if the mirror may have lost
+    /// flows unseen (see `WarmStandby::intact`): write every flow a peer
+    /// holds that the table lacks. The mirror is then known intact again,
+    /// unless it broke once more while the table was read.
+    fn repair_mirror(&mut self, table: &[Flow]) {
+        if !self.config.sync.warm_standby || self.warm.intact() {
+            return;
+        }
+        let present: HashSet<FlowKey> = table
+            .iter()
+            .map(Flow::key)
+            .filter(|k| self.node.holds_peer_flow(k))
+            .collect();
+        let floor = self.config.sync.warm_timeout_s;
+        let mut restored = 0u64;
+        for cache in self.node.external().values() {
+            for mut flow in cache.flows() {
+                if !present.contains(&flow.key()) {
+                    flow.timeout = flow.timeout.max(floor);
+                    self.warm.queue.push(WriteOp::Create(flow));
+                    restored += 1;
+                }
+            }
+        }
+        self.warm.restored += restored;
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "warm standby: flows missing from the kernel written again"
+            );
+        }
+        self.warm.checked_at_break = self.warm.dump_started_at_break;
+    }
+
     /// Warm standby: the peers' flows not (yet) in our kernel.
     fn warm_missing(&self) -> HashSet<FlowKey> {
         let warm = &self.warm;
@@ -957,6 +1040,7 @@ impl Daemon {
     }
 
     fn start_dump(&mut self, purpose: DumpPurpose) {
+        self.warm.dump_started_at_break = self.warm.breaks;
         self.replay = Some(Vec::new());
         self.submit(Job::Dump(purpose));
     }
@@ -1075,6 +1159,7 @@ impl Daemon {
                 };
                 let reply = match result {
                     Ok(flows) => {
+                        self.repair_mirror(&flows);
                         let flows = self.accepted(flows);
                         let now = self.now_ms();
                         let report = self.node.reconcile_internal(flows, now, replicate);
@@ -1203,36 +1288,138 @@ impl Daemon {
         self.commit_running = true;
         // As conntrackd: a commit cancels a pending `-t` flush.
         self.scheduled_flush_at = None;
-        let flows = self.commit_set(peer, now);
-        // Warm standby: the peers' flows should be in the kernel already.
-        // Write what is known to be missing, then check the rest against
-        // the table: a commit that returns 0 leaves every flow in place.
-        let verify = self.config.sync.warm_standby.then(|| self.warm_missing());
+        let warm = self.config.sync.warm_standby;
+        let intact = warm && self.warm.intact() && process::conntrack_events_on();
+        let (flows, verify, rest) = if intact {
+            // Warm standby and nothing lost unseen: the kernel holds every
+            // peer flow but those known missing. Write those.
+            let missing = self.warm_missing();
+            (self.commit_set_of(peer, now, &missing), None, None)
+        } else if warm {
+            // The mirror may have holes nobody reported: write what is
+            // known missing, then check the rest against the table. A
+            // commit that returns 0 leaves every flow in place.
+            let missing = self.warm_missing();
+            (self.commit_set(peer, now, None), Some(missing), None)
+        } else {
+            // The most recently active flows go to the writer at once; the
+            // rest follow as soon as they are gathered.
+            let urgent = self.recent_commit_set(peer, now, URGENT_COMMIT);
+            (urgent, None, Some(()))
+        };
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
-        self.commit_total = flows.len() as u64;
+        let total: usize = self
+            .node
+            .external()
+            .iter()
+            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .map(|(_, c)| c.len())
+            .sum();
+        self.commit_total = if rest.is_some() || verify.is_some() {
+            total as u64
+        } else {
+            flows.len() as u64
+        };
         // A large commit would make the kernel report every flow back to
         // us, only for us to ignore it: listen to nothing while it runs and
         // re-read the table afterwards (what else changed meanwhile is then
         // found and sent, the committed flows cached as our own writes).
-        if flows.len() >= QUIET_COMMIT_MIN {
+        if self.commit_total >= QUIET_COMMIT_MIN as u64 {
+            self.warm.breaks += 1;
             match self.events_switch.set(false) {
                 Ok(()) => self.events_paused = true,
                 Err(e) => tracing::warn!(error = %e, "cannot pause kernel events for the commit"),
             }
         }
-        tracing::info!(flows = flows.len(), ?peer, "committing external cache");
+        tracing::info!(
+            flows = self.commit_total,
+            ?peer,
+            mirror_intact = intact,
+            "committing external cache"
+        );
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
+        };
+        let (rest_tx, rest_rx) = match rest {
+            Some(()) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let urgent: HashSet<FlowKey> = if rest_tx.is_some() {
+            flows.iter().map(Flow::key).collect()
+        } else {
+            HashSet::default()
         };
         self.submit(Job::Commit(
             CommitJob {
                 flows,
                 options,
                 verify,
+                rest: rest_rx,
             },
             Some(reply),
         ));
+        if let Some(tx) = rest_tx {
+            let others = self.commit_set(peer, now, Some(&urgent));
+            let _ = tx.send(others);
+        }
+    }
+
+    /// The `limit` most recently active flows of the commit set (see
+    /// `commit_set`), found by their stamps before any is decoded.
+    fn recent_commit_set(&self, peer: Option<u32>, now_ms: u64, limit: usize) -> Vec<Flow> {
+        let mut recent: Vec<CacheEntry> = self
+            .node
+            .external()
+            .iter()
+            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .flat_map(|(_, c)| c.most_recent(limit))
+            .collect();
+        recent.sort_unstable_by_key(|e| std::cmp::Reverse(recency(e)));
+        recent.truncate(limit);
+        recent
+            .into_iter()
+            .map(|e| self.commit_flow(e, now_ms))
+            .collect()
+    }
+
+    /// The commit set restricted to `keys`, most recently active first.
+    fn commit_set_of(&self, peer: Option<u32>, now_ms: u64, keys: &HashSet<FlowKey>) -> Vec<Flow> {
+        let mut entries: Vec<CacheEntry> = keys
+            .iter()
+            .filter_map(|k| {
+                self.node
+                    .external()
+                    .iter()
+                    .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+                    .find_map(|(_, c)| c.get(k))
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(recency(e)));
+        entries
+            .into_iter()
+            .map(|e| self.commit_flow(e, now_ms))
+            .collect()
+    }
+
+    /// A peer's flow as a commit writes it: conntrackd's commit timeout,
+    /// the configured one, or what was left on the wire minus the time
+    /// since, floored at 60 s.
+    fn commit_flow(&self, entry: CacheEntry, now_ms: u64) -> Flow {
+        let mut flow = entry.flow;
+        flow.timeout = self.config.kernel.commit_timeout.unwrap_or_else(|| {
+            let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
+            let left = u64::from(flow.timeout).saturating_sub(elapsed);
+            if left == 0 {
+                COMMIT_TIMEOUT_FLOOR
+            } else {
+                u32::try_from(left).unwrap_or(u32::MAX)
+            }
+        });
+        flow
     }
 
     /// Every peer's flows with conntrackd's commit timeout (the configured
@@ -1241,8 +1428,13 @@ impl Daemon {
     /// not wait behind idle ones: sorted by when the peer last reported a
     /// change (its table re-reads also report flows whose timeout traffic
     /// refreshed), then by when that timeout runs out, latest first.
-    fn commit_set(&self, peer: Option<u32>, now_ms: u64) -> Vec<Flow> {
-        let fixed = self.config.kernel.commit_timeout;
+    /// With `except`, those keys are left out (already handed over).
+    fn commit_set(
+        &self,
+        peer: Option<u32>,
+        now_ms: u64,
+        except: Option<&HashSet<FlowKey>>,
+    ) -> Vec<Flow> {
         let caches = || {
             self.node
                 .external()
@@ -1250,28 +1442,15 @@ impl Daemon {
                 .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
                 .map(|(_, cache)| cache)
         };
-        // ((when last reported, when its timeout ends); the flow)
-        let with_timeout = |entry: CacheEntry| {
-            let mut flow = entry.flow;
-            let recency = (
-                entry.updated_ms,
-                entry.updated_ms / 1000 + u64::from(flow.timeout),
-            );
-            flow.timeout = fixed.unwrap_or_else(|| {
-                let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
-                let left = u64::from(flow.timeout).saturating_sub(elapsed);
-                if left == 0 {
-                    COMMIT_TIMEOUT_FLOOR
-                } else {
-                    u32::try_from(left).unwrap_or(u32::MAX)
-                }
-            });
-            (recency, flow)
-        };
         // One pass, straight into the commit's vector (a million flows).
         let total = caches().map(FlowCache::len).sum();
         let mut flows = Vec::with_capacity(total);
-        flows.extend(caches().flat_map(FlowCache::iter).map(with_timeout));
+        flows.extend(
+            caches()
+                .flat_map(FlowCache::iter)
+                .filter(|e| except.is_none_or(|x| !x.contains(&e.flow.key())))
+                .map(|e| (recency(&e), self.commit_flow(e, now_ms))),
+        );
         flows.sort_unstable_by_key(|(recency, _)| std::cmp::Reverse(*recency));
         flows.into_iter().map(|(_, flow)| flow).collect()
     }

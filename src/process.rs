@@ -87,6 +87,14 @@ pub fn enable_conntrack_events() {
     }
 }
 
+/// True unless the kernel was told not to report conntrack events
+/// (`nf_conntrack_events` = 0): warm standby relies on them to know its
+/// mirror intact. An unreadable setting counts as on (the kernel default
+/// reports events to listeners).
+pub fn conntrack_events_on() -> bool {
+    std::fs::read_to_string(EVENTS_SYSCTL).map_or(true, |v| v.trim() != "0")
+}
+
 /// Allocations at least this large get pages of their own, returned to
 /// the kernel when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

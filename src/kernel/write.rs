@@ -287,6 +287,23 @@ impl Writer {
     }
 }
 
+/// Of `flows`, those the kernel table lacks or holds with another reply
+/// tuple (NAT binding) or mark, and how many were found in place. One
+/// table dump, compared by key.
+pub fn missing_from_table(flows: Vec<Flow>) -> Result<(Vec<Flow>, usize), KernelError> {
+    let present: foldhash::HashMap<FlowKey, (crate::flow::Tuple, u32)> = dump_table()?
+        .into_iter()
+        .map(|f| (f.key(), (f.reply, f.mark)))
+        .collect();
+    let checked = flows.len();
+    let missing: Vec<Flow> = flows
+        .into_iter()
+        .filter(|f| present.get(&f.key()) != Some(&(f.reply, f.mark)))
+        .collect();
+    let in_place = checked - missing.len();
+    Ok((missing, in_place))
+}
+
 fn verb(r: &Req) -> &'static str {
     match r {
         Req::Create(_) => "create",
