@@ -300,7 +300,11 @@ fn print_metrics(lab: &FailoverLab, report: &Report, after: &After, name: &str) 
             .and_then(|x| x.as_u64())
             .map_or("-".to_string(), |x| x.to_string())
     };
-    s.push_str(&format!("{} ctsyncd before -> after:", fw.name));
+    s.push_str(&format!(
+        "{} {} before -> after:",
+        fw.name,
+        fw.mode.daemon()
+    ));
     for path in [
         &["internal", "active"][..],
         &["external", "active"],
@@ -548,6 +552,7 @@ fn journey(j: Journey) -> Vec<Phase> {
         Options {
             fwb_bin: j.negative.then(|| "/bin/true".to_string()),
             advert_int: j.advert_int,
+            ..Options::default()
         },
     );
     eprintln!("lab {} in {}: {j:?}", lab.id, lab.dir.display());
@@ -810,4 +815,14 @@ fn warm_crash_then_failback_keeps_connections() {
         failback: true,
         ..Journey::new(Mode::WarmStandby, Failure::Crash)
     }));
+}
+
+// ---- the baseline: conntrackd 1.4.7 itself ---------------------------------
+
+/// The lab's conntrackd mode (the failover benchmark's baseline) carries
+/// connections over a crash as the ctsyncd modes do, so the benchmark
+/// compares three working setups.
+#[test]
+fn conntrackd_crash_keeps_connections() {
+    assert_survived(&journey(Journey::new(Mode::Conntrackd, Failure::Crash)));
 }

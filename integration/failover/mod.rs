@@ -1,10 +1,13 @@
 //! The failover lab: a client, a server, two stateful NAT firewalls (`fwa`,
 //! `fwb`) and a switch, each a network namespace, wired and addressed as in
-//! shared/reference/ha-failover.md §4.1–4.4 and §4.7; keepalived and
-//! ctsyncd on the firewalls with the glue that joins them (conntrackd's own
+//! shared/reference/ha-failover.md §4.1–4.4 and §4.7; keepalived and a sync
+//! daemon on the firewalls with the glue that joins them (conntrackd's own
 //! primary-backup.sh, edited at run time, or our ctsync-notify.sh); failure
-//! injection; and the snapshots the tests compare (conntrack tables, nft
-//! counters, caches, VRRP events, timing of the control commands).
+//! injection; and the snapshots the tests and the failover benchmark
+//! compare (conntrack tables, nft counters, caches, VRRP events, timing of
+//! the control commands). The daemon is ctsyncd (commit mode or warm
+//! standby) or, as the benchmark's baseline, conntrackd 1.4.7 itself with a
+//! conntrackd.conf equivalent to the ctsyncd one (`Mode::Conntrackd`).
 //!
 //! Owns: its namespaces (`ctf{pid}-{n}-*`, unique per lab), the processes
 //! in them, and its temp directory; Drop kills those processes by pid and
@@ -45,6 +48,9 @@ pub const SERVER6: &str = "2001:db8:2::100";
 /// `[sync] purge_timeout_s`: the kernel flush that `-t` schedules.
 pub const PURGE_TIMEOUT_S: u64 = 3;
 
+/// Debian's conntrackd, the baseline of `Mode::Conntrackd`.
+pub const CONNTRACKD_BIN: &str = "/usr/sbin/conntrackd";
+
 /// How the firewalls hand over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -52,6 +58,28 @@ pub enum Mode {
     Commit,
     /// `[sync] warm_standby = true`, driven by conf/keepalived/ctsync-notify.sh.
     WarmStandby,
+    /// conntrackd 1.4.7 on both firewalls (FTFW over UDP on sync0), driven
+    /// by the same primary-backup.sh with CONNTRACKD_BIN pointed at the real
+    /// conntrackd: the baseline ctsyncd is measured against.
+    Conntrackd,
+}
+
+impl Mode {
+    /// The daemon's name, and the stem of its files in a firewall's directory.
+    pub fn daemon(self) -> &'static str {
+        match self {
+            Mode::Commit | Mode::WarmStandby => "ctsyncd",
+            Mode::Conntrackd => "conntrackd",
+        }
+    }
+
+    /// The daemon's binary.
+    pub fn bin(self) -> PathBuf {
+        match self {
+            Mode::Commit | Mode::WarmStandby => ctsyncd_bin(),
+            Mode::Conntrackd => PathBuf::from(CONNTRACKD_BIN),
+        }
+    }
 }
 
 /// What kills the primary.
@@ -80,6 +108,8 @@ pub struct Fw {
     /// "fwa" or "fwb".
     pub name: &'static str,
     pub idx: usize,
+    /// Which daemon runs here (and so which client, config and files).
+    pub mode: Mode,
     pub ns: String,
     pub dir: PathBuf,
     pub keepalived: Option<Child>,
@@ -95,8 +125,22 @@ impl Fw {
         self.dir.join(file)
     }
 
+    /// The daemon's configuration file.
     pub fn config(&self) -> PathBuf {
-        self.path("ctsyncd.toml")
+        match self.mode {
+            Mode::Commit | Mode::WarmStandby => self.path("ctsyncd.toml"),
+            Mode::Conntrackd => self.path("conntrackd.conf"),
+        }
+    }
+
+    /// The daemon's lock file (the scripts' CONNTRACKD_LOCK / CTSYNCD_LOCK).
+    pub fn lock(&self) -> PathBuf {
+        self.path(&format!("{}.lock", self.mode.daemon()))
+    }
+
+    /// The timing wrapper around the daemon's binary (what the scripts run).
+    pub fn timed_bin(&self) -> PathBuf {
+        self.path(&format!("{}-ts", self.mode.daemon()))
     }
 
     pub fn lan4(&self) -> String {
@@ -120,15 +164,25 @@ impl Fw {
         format!("02:00:5e:fa:{:02x}:{n:02x}", self.idx + 1)
     }
 
-    /// `ctsyncd -C <config> args...` (a client: it only talks to the socket).
+    /// `ctsyncd -C <config> args...` (a client: it only talks to the
+    /// socket); in conntrackd mode `conntrackd -C <config> args...`, run in
+    /// the firewall's namespace as the scripts run it (its client parses
+    /// the whole file, interface names included).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(ctsyncd_bin())
-            .arg("-C")
+        let mut cmd = match self.mode {
+            Mode::Commit | Mode::WarmStandby => Command::new(ctsyncd_bin()),
+            Mode::Conntrackd => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.ns, CONNTRACKD_BIN]);
+                c
+            }
+        };
+        cmd.arg("-C")
             .arg(self.config())
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("run the ctsyncd client")
+            .unwrap_or_else(|e| panic!("run the {} client: {e}", self.mode.daemon()))
     }
 
     /// A client command that must succeed; stdout.
@@ -136,20 +190,35 @@ impl Fw {
         let out = self.ctl(args);
         assert!(
             out.status.success(),
-            "{}: ctsyncd {args:?} failed: {}",
+            "{}: {} {args:?} failed: {}",
             self.name,
+            self.mode.daemon(),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// True when a ctsyncd answers on this firewall's socket.
+    /// True when the daemon answers on this firewall's socket.
     pub fn daemon_answers(&self) -> bool {
-        self.ctl(&["-s"]).status.success()
+        let out = self.ctl(&["-s"]);
+        // conntrackd's client exits 0 on some failures: it must also have
+        // printed its statistics.
+        out.status.success()
+            && (self.mode != Mode::Conntrackd
+                || String::from_utf8_lossy(&out.stdout).contains("cache external:"))
     }
 
     /// `-e --json` (or `-i`): the cache as JSON flows; empty if it fails.
+    /// conntrackd has no JSON: its `-e`/`-i` lines are read into the same
+    /// shape (`orig` with `proto`, `src`, `dst`, `sport`, `dport`).
     pub fn cache(&self, flag: &str) -> Vec<Value> {
+        if self.mode == Mode::Conntrackd {
+            let out = self.ctl(&[flag]);
+            if !out.status.success() {
+                return Vec::new();
+            }
+            return parse_conntrackd_dump(&String::from_utf8_lossy(&out.stdout));
+        }
         let out = self.ctl(&[flag, "--json"]);
         if !out.status.success() {
             return Vec::new();
@@ -160,10 +229,20 @@ impl Fw {
             .unwrap_or_default()
     }
 
-    /// `-s --json`, or Null.
+    /// `-s --json`, or Null. conntrackd's `-s` text gives only
+    /// `internal.active` and `external.active`.
     pub fn stats(&self) -> Value {
+        if self.mode == Mode::Conntrackd {
+            let out = self.ctl(&["-s"]);
+            return parse_conntrackd_stats(&String::from_utf8_lossy(&out.stdout));
+        }
         let out = self.ctl(&["-s", "--json"]);
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Flows in the `internal` or `external` cache, if the daemon answers.
+    pub fn cache_active(&self, which: &str) -> Option<u64> {
+        self.stats()[which]["active"].as_u64()
     }
 
     /// VRRP events (the `notify` script's log), oldest first.
@@ -210,6 +289,9 @@ impl Fw {
         s.push_str(&self.log_tail("vrrp-events.log", 20));
         s.push_str(&self.log_tail("ctl-timing.log", 40));
         s.push_str(&self.log_tail("daemon.log", 30));
+        if self.mode == Mode::Conntrackd {
+            s.push_str(&self.log_tail("conntrackd.log", 30));
+        }
         s
     }
 }
@@ -245,6 +327,59 @@ impl Timing {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("rc="))
             .and_then(|r| r.parse().ok())
+    }
+}
+
+/// conntrackd's `-e`/`-i` dump (one flow per line, conntrack's plain
+/// layout) as JSON flows of ctsyncd's shape, original tuple only; lines
+/// without ports are skipped.
+pub fn parse_conntrackd_dump(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| {
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            let proto = *tokens.first()?;
+            let first = |key: &str| tokens.iter().find_map(|t| t.strip_prefix(key));
+            let port = |key: &str| first(key).and_then(|p| p.parse::<u16>().ok());
+            Some(serde_json::json!({
+                "orig": {
+                    "proto": proto,
+                    "src": first("src=")?,
+                    "dst": first("dst=")?,
+                    "sport": port("sport=")?,
+                    "dport": port("dport=")?,
+                }
+            }))
+        })
+        .collect()
+}
+
+/// conntrackd's `-s` text as `{"internal": {"active": N}, "external":
+/// {"active": N}}` (a cache missing from the text is left out); Null when
+/// neither is there.
+pub fn parse_conntrackd_stats(text: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(cache) = line
+            .trim()
+            .strip_prefix("cache ")
+            .and_then(|c| c.strip_suffix(':'))
+        else {
+            continue;
+        };
+        let active = lines
+            .next()
+            .filter(|l| l.starts_with("current active connections:"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if let Some(n) = active {
+            out.insert(cache.to_string(), serde_json::json!({ "active": n }));
+        }
+    }
+    if out.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(out)
     }
 }
 
@@ -319,6 +454,13 @@ pub struct Options {
     pub fwb_bin: Option<String>,
     /// keepalived's advert_int, seconds (1 here; 3 in conntrackd's example).
     pub advert_int: u32,
+    /// ctsyncd's `[kernel] reconcile_interval_s`: how often a primary
+    /// re-reads its table and sends the flows whose timeouts traffic
+    /// refreshed (which the commit order uses).
+    pub reconcile_interval_s: u32,
+    /// Flows each daemon must be able to hold (conntrackd's HashSize and
+    /// HashLimit are sized for it; ctsyncd's caches need no size).
+    pub capacity: usize,
 }
 
 impl Default for Options {
@@ -326,6 +468,8 @@ impl Default for Options {
         Options {
             fwb_bin: None,
             advert_int: 1,
+            reconcile_interval_s: 5,
+            capacity: 0,
         }
     }
 }
@@ -358,10 +502,16 @@ fn require_tools(mode: Mode) {
             "the failover lab needs `{tool}`; install it with: apt-get install -y --no-install-recommends keepalived conntrackd conntrack nftables iproute2 procps util-linux"
         );
     }
-    if mode == Mode::Commit {
+    if matches!(mode, Mode::Commit | Mode::Conntrackd) {
         assert!(
             Path::new(PRIMARY_BACKUP_EXAMPLE).is_file(),
-            "commit mode needs conntrackd's {PRIMARY_BACKUP_EXAMPLE} (apt-get install conntrackd; images that drop /usr/share/doc lack it)"
+            "{mode:?} mode needs conntrackd's {PRIMARY_BACKUP_EXAMPLE} (apt-get install conntrackd; images that drop /usr/share/doc lack it)"
+        );
+    }
+    if mode == Mode::Conntrackd {
+        assert!(
+            Path::new(CONNTRACKD_BIN).is_file(),
+            "conntrackd mode needs {CONNTRACKD_BIN} (apt-get install conntrackd)"
         );
     }
 }
@@ -496,6 +646,7 @@ impl FailoverLab {
         let fw = |name: &'static str, idx: usize| Fw {
             name,
             idx,
+            mode,
             ns: format!("{id}-{name}"),
             dir: dir.join(name),
             keepalived: None,
@@ -666,10 +817,9 @@ impl FailoverLab {
         }
     }
 
-    /// ctsyncd's config, keepalived's config and the scripts of one firewall.
-    fn write_glue(&self, fw: &Fw) {
-        let peer = self.fw(1 - fw.idx);
-        let config = format!(
+    /// ctsyncd's configuration for `fw` (ha-failover.md §4.5).
+    fn ctsyncd_config(&self, fw: &Fw, peer: &Fw) -> String {
+        format!(
             r#"# failover lab, {name}
 node_id = {node}
 socket = "{socket}"
@@ -680,7 +830,7 @@ purge_timeout_s = {purge}
 warm_standby = {warm}
 
 [kernel]
-reconcile_interval_s = 5
+reconcile_interval_s = {reconcile}
 
 [daemon]
 lock = "{lock}"
@@ -703,7 +853,8 @@ port = 3780
             socket = fw.path("ctsyncd.sock").display(),
             purge = PURGE_TIMEOUT_S,
             warm = self.mode == Mode::WarmStandby,
-            lock = fw.path("ctsyncd.lock").display(),
+            reconcile = self.opts.reconcile_interval_s,
+            lock = fw.lock().display(),
             pid = fw.path("ctsyncd.pid").display(),
             v4l = VIP4_LAN,
             v4w = VIP4_WAN,
@@ -711,13 +862,107 @@ port = 3780
             v6w = VIP6_WAN,
             local = fw.sync4(),
             remote = peer.sync4(),
-        );
-        std::fs::write(fw.config(), config).expect("write the ctsyncd config");
+        )
+    }
+
+    /// conntrackd.conf for `fw`, equivalent to the ctsyncd configuration:
+    /// FTFW over UDP on sync0 between the sync addresses, the same filter
+    /// (TCP, UDP, ICMP and IPv6-ICMP; loopback, the virtual addresses and
+    /// the sync addresses ignored, tested on the original and reply
+    /// sources as ctsyncd does), the same PurgeTimeout, no CommitTimeout,
+    /// socket, lock and log in the firewall's directory, netlink buffers as
+    /// the benchmark gives ctsyncd (8 MiB, growing to 64 MiB), and caches
+    /// sized for `Options::capacity` (HashLimit twice that, as conntrackd's
+    /// manual asks, since dead entries awaiting acknowledgement count), and
+    /// a resend queue that holds a whole bulk of that many flows.
+    fn conntrackd_config(&self, fw: &Fw, peer: &Fw) -> String {
+        let capacity = self.opts.capacity as u64;
+        let hash_size = capacity.next_power_of_two().clamp(65_536, 4_194_304);
+        let hash_limit = (2 * capacity + 65_536).max(262_144);
+        // FTFW can repair a loss only from what its resend queue still
+        // holds: a bulk of N flows must fit in it, or a resync that loses
+        // datagrams on the way loses flows for good (measured: with the
+        // default 131,072, fwb got 58% of a 1,000,000-flow table).
+        let resend_queue = (capacity + capacity / 4).max(131_072);
+        // The sync socket buffers: Debian's example value, raised for a
+        // large table so that a bulk of N flows (~100 bytes each on the
+        // wire) mostly fits while the receiver catches up.
+        let sock_buf = (capacity * 100).clamp(1_249_280, 67_108_864);
+        format!(
+            "# failover lab, {name}: conntrackd 1.4.7\n\
+             General {{\n\
+             \tHashSize {hash_size}\n\
+             \tHashLimit {hash_limit}\n\
+             \tLockFile {lock}\n\
+             \tUNIX {{\n\
+             \t\tPath {socket}\n\
+             \t}}\n\
+             \tSyslog off\n\
+             \tLogFile {log}\n\
+             \tNetlinkBufferSize 8388608\n\
+             \tNetlinkBufferSizeMaxGrowth 67108864\n\
+             \tFilter From Userspace {{\n\
+             \t\tProtocol Accept {{\n\
+             \t\t\tTCP\n\
+             \t\t\tUDP\n\
+             \t\t\tICMP\n\
+             \t\t\tIPv6-ICMP\n\
+             \t\t}}\n\
+             \t\tAddress Ignore {{\n\
+             \t\t\tIPv4_address 127.0.0.1\n\
+             \t\t\tIPv6_address ::1\n\
+             \t\t\tIPv4_address {v4l}\n\
+             \t\t\tIPv4_address {v4w}\n\
+             \t\t\tIPv6_address {v6l}\n\
+             \t\t\tIPv6_address {v6w}\n\
+             \t\t\tIPv4_address {local}\n\
+             \t\t\tIPv4_address {remote}\n\
+             \t\t}}\n\
+             \t}}\n\
+             }}\n\
+             Sync {{\n\
+             \tMode FTFW {{\n\
+             \t\tPurgeTimeout {purge}\n\
+             \t\tResendQueueSize {resend_queue}\n\
+             \t}}\n\
+             \tUDP {{\n\
+             \t\tIPv4_address {local}\n\
+             \t\tIPv4_Destination_Address {remote}\n\
+             \t\tPort 3780\n\
+             \t\tInterface sync0\n\
+             \t\tSndSocketBuffer {sock_buf}\n\
+             \t\tRcvSocketBuffer {sock_buf}\n\
+             \t\tChecksum on\n\
+             \t}}\n\
+             }}\n",
+            name = fw.name,
+            lock = fw.lock().display(),
+            socket = fw.path("conntrackd.sock").display(),
+            log = fw.path("conntrackd.log").display(),
+            v4l = VIP4_LAN,
+            v4w = VIP4_WAN,
+            v6l = VIP6_LAN,
+            v6w = VIP6_WAN,
+            local = fw.sync4(),
+            remote = peer.sync4(),
+            purge = PURGE_TIMEOUT_S,
+        )
+    }
+
+    /// The daemon's config, keepalived's config and the scripts of one firewall.
+    fn write_glue(&self, fw: &Fw) {
+        let peer = self.fw(1 - fw.idx);
+        let config = match self.mode {
+            Mode::Commit | Mode::WarmStandby => self.ctsyncd_config(fw, peer),
+            Mode::Conntrackd => self.conntrackd_config(fw, peer),
+        };
+        std::fs::write(fw.config(), config)
+            .unwrap_or_else(|e| panic!("write {}: {e}", fw.config().display()));
 
         // The timing wrapper around the real binary.
         let timing = fw.path("ctl-timing.log");
         write_script(
-            &fw.path("ctsyncd-ts"),
+            &fw.timed_bin(),
             &format!(
                 "#!/bin/sh\n\
                  echo \"$(date +%s.%N) start $*\" >> {log}\n\
@@ -726,7 +971,7 @@ port = 3780
                  echo \"$(date +%s.%N) end rc=$rc $*\" >> {log}\n\
                  exit $rc\n",
                 log = timing.display(),
-                bin = ctsyncd_bin().display()
+                bin = self.mode.bin().display()
             ),
         );
         // The generic notify: a timestamped line per VRRP event.
@@ -738,14 +983,14 @@ port = 3780
             ),
         );
         let script = match self.mode {
-            Mode::Commit => {
+            Mode::Commit | Mode::Conntrackd => {
                 let copy = fw.path("primary-backup.sh");
                 std::fs::copy(PRIMARY_BACKUP_EXAMPLE, &copy)
                     .unwrap_or_else(|e| panic!("copy {PRIMARY_BACKUP_EXAMPLE}: {e}"));
                 let bin = fw
                     .bin_override
                     .clone()
-                    .unwrap_or_else(|| path_str(&fw.path("ctsyncd-ts")).to_string());
+                    .unwrap_or_else(|| path_str(&fw.timed_bin()).to_string());
                 must(
                     "sed",
                     &[
@@ -755,7 +1000,7 @@ port = 3780
                         "-e",
                         &format!(
                             "s|^CONNTRACKD_LOCK=.*|CONNTRACKD_LOCK={}|",
-                            fw.path("ctsyncd.lock").display()
+                            fw.lock().display()
                         ),
                         "-e",
                         &format!(
@@ -768,7 +1013,7 @@ port = 3780
                 let text = std::fs::read_to_string(&copy).expect("read the edited script");
                 for want in [
                     format!("CONNTRACKD_BIN={bin}\n"),
-                    format!("CONNTRACKD_LOCK={}\n", fw.path("ctsyncd.lock").display()),
+                    format!("CONNTRACKD_LOCK={}\n", fw.lock().display()),
                     format!("CONNTRACKD_CONFIG={}\n", fw.config().display()),
                 ] {
                     assert!(
@@ -797,9 +1042,9 @@ port = 3780
                         bin = fw
                             .bin_override
                             .clone()
-                            .unwrap_or_else(|| path_str(&fw.path("ctsyncd-ts")).to_string()),
+                            .unwrap_or_else(|| path_str(&fw.timed_bin()).to_string()),
                         config = fw.config().display(),
-                        lock = fw.path("ctsyncd.lock").display(),
+                        lock = fw.lock().display(),
                         nlock = fw.path("notify.lock").display(),
                         notify = notify.display()
                     ),
@@ -884,8 +1129,8 @@ vrrp_sync_group G1 {{
         std::fs::write(fw.path("keepalived.conf"), conf).expect("write keepalived.conf");
     }
 
-    /// Start ctsyncd in the foreground in `idx`'s namespace and wait until
-    /// it answers.
+    /// Start the daemon (ctsyncd, or conntrackd in conntrackd mode) in the
+    /// foreground in `idx`'s namespace and wait until it answers.
     pub fn start_daemon(&mut self, idx: usize) {
         let fw = self.fw_mut(idx);
         assert!(fw.daemon.is_none(), "{}: daemon already started", fw.name);
@@ -893,21 +1138,22 @@ vrrp_sync_group G1 {{
         let err = log.try_clone().expect("clone the log handle");
         let child = Command::new("ip")
             .args(["netns", "exec", &fw.ns])
-            .arg(ctsyncd_bin())
+            .arg(fw.mode.bin())
             .arg("-C")
             .arg(fw.config())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .expect("spawn ctsyncd");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", fw.mode.daemon()));
         fw.daemon = Some(child);
         let fw = self.fw(idx);
         assert!(
             wait_until(Duration::from_secs(15), || fw.daemon_answers()),
-            "{}: ctsyncd did not answer{}",
+            "{}: {} did not answer{}",
             fw.name,
-            fw.log_tail("daemon.log", 30)
+            fw.mode.daemon(),
+            fw.diagnostics()
         );
     }
 

@@ -4,7 +4,9 @@
 //!
 //! Owns: its threads (each enters its namespace with setns(2) before it
 //! makes a socket; sockets keep their namespace), its sockets, the per-flow
-//! logs it hands back, and the arithmetic on them (gaps, counts).
+//! logs it hands back, the arithmetic on them (gaps, counts), and a live
+//! view of when each flow's client last heard from its server (for callers
+//! that wait, while traffic runs, until every flow has resumed).
 //! Must not: touch the lab (namespaces, firewalls, daemons, files), run
 //! external commands, block without a timeout, or run past
 //! `Spec::max_duration`. std and libc only.
@@ -16,7 +18,7 @@ use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -303,6 +305,10 @@ struct Shared {
     ping_timeout: Duration,
     /// Client side of each flow, once set up.
     clients: Mutex<HashMap<u32, (Kind, SocketAddr, SocketAddr)>>,
+    /// When each flow's client last received a valid record (µs since the
+    /// epoch, 0 = never), indexed by flow id: the live view a caller polls
+    /// while traffic runs.
+    client_rx: Vec<AtomicU64>,
     /// Peer of each flow as the server saw it at setup.
     peers: Mutex<HashMap<u32, SocketAddr>>,
     setup_errors: Mutex<Vec<String>>,
@@ -323,6 +329,15 @@ impl Shared {
 
     fn setup_error(&self, what: String) {
         lock(&self.setup_errors).push(what);
+    }
+
+    /// Flow `id`'s client received a valid record now; returns the time.
+    fn client_got(&self, id: u32) -> u64 {
+        let now = self.now_us();
+        if let Some(slot) = self.client_rx.get(id as usize) {
+            slot.store(now, Ordering::Relaxed);
+        }
+        now
     }
 }
 
@@ -368,6 +383,9 @@ impl Traffic {
     /// naming what failed (everything started is stopped again).
     pub fn start(spec: &Spec) -> Result<Traffic, String> {
         let now = Instant::now();
+        let per_server = spec.tcp_echo + spec.tcp_push + spec.idle + spec.udp_echo + spec.udp_push;
+        // Flow ids run from 1 to the number of flows.
+        let ids = 1 + per_server * spec.servers.len();
         let shared = Arc::new(Shared {
             epoch: now,
             epoch_wall: SystemTime::now(),
@@ -377,6 +395,7 @@ impl Traffic {
             interval: spec.interval,
             ping_timeout: spec.ping_timeout,
             clients: Mutex::new(HashMap::new()),
+            client_rx: (0..ids).map(|_| AtomicU64::new(0)).collect(),
             peers: Mutex::new(HashMap::new()),
             setup_errors: Mutex::new(Vec::new()),
         });
@@ -537,6 +556,16 @@ impl Traffic {
         wall.duration_since(self.shared.epoch_wall)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0)
+    }
+
+    /// When flow `id`'s client last received a valid record (µs since the
+    /// epoch), if it ever did: the live view while traffic runs.
+    pub fn client_last_rx_us(&self, id: u32) -> Option<u64> {
+        self.shared
+            .client_rx
+            .get(id as usize)
+            .map(|t| t.load(Ordering::Relaxed))
+            .filter(|&t| t > 0)
     }
 
     /// Start a ping round: every idle connection sends one record and waits
@@ -1124,7 +1153,7 @@ fn tcp_client(sh: &Shared, kind: Kind, id: u32, server: SocketAddr) -> SideLog {
     };
     log.sent += 1;
     for _ in 0..got {
-        log.received.push(sh.now_us());
+        log.received.push(sh.client_got(id));
     }
     let mut out = Vec::new();
     let mut seq = 1u32;
@@ -1153,7 +1182,7 @@ fn tcp_client(sh: &Shared, kind: Kind, id: u32, server: SocketAddr) -> SideLog {
                         log.bad += 1;
                     }
                     expect = rseq.wrapping_add(1);
-                    log.received.push(sh.now_us());
+                    log.received.push(sh.client_got(id));
                 }
             }
             Err(e) => {
@@ -1203,7 +1232,7 @@ fn udp_client(sh: &Shared, kind: Kind, id: u32, server: SocketAddr) -> SideLog {
         if let Ok(n) = sock.recv(&mut buf) {
             if let Some((rid, seq)) = decode(&buf[..n]) {
                 if rid == id {
-                    log.received.push(sh.now_us());
+                    log.received.push(sh.client_got(id));
                     expect = seq.wrapping_add(1);
                     break;
                 }
@@ -1254,7 +1283,7 @@ fn udp_client(sh: &Shared, kind: Kind, id: u32, server: SocketAddr) -> SideLog {
                         log.bad += 1;
                     }
                     expect = rseq.wrapping_add(1);
-                    log.received.push(sh.now_us());
+                    log.received.push(sh.client_got(id));
                 }
             }
             Err(e) if would_block(&e) => {}
@@ -1285,7 +1314,7 @@ fn idle_client(sh: Arc<Shared>, ns: String, server: SocketAddr, ids: Vec<u32>) -
             Ok((s, _, _, _)) => {
                 let mut log = SideLog::default();
                 log.sent += 1;
-                log.received.push(sh.now_us());
+                log.received.push(sh.client_got(id));
                 conns.push((id, s, log, Vec::new()));
             }
             Err(e) => {
@@ -1358,7 +1387,7 @@ fn ping_all(sh: &Shared, round: u32, conns: &mut [(u32, TcpStream, SideLog, Vec<
                         if rid != *id || seq != round {
                             log.bad += 1;
                         }
-                        let now = sh.now_us();
+                        let now = sh.client_got(*id);
                         log.received.push(now);
                         ping.echo_us = Some(now);
                         break;
