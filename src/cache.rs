@@ -308,6 +308,21 @@ impl FlowCache {
         self.upsert_marking(flow, now_ms, false).0
     }
 
+    /// `upsert` of a flow a peer sent again: even unchanged, it is stamped
+    /// `now_ms` (the peer re-sends a flow whose timeout traffic refreshed;
+    /// a busy flow reads the same timeout each time). Not for bulks, which
+    /// repeat every flow as it was.
+    pub fn upsert_reported(&mut self, flow: Flow, now_ms: u64) -> Upsert {
+        let key = flow.key();
+        let what = self.upsert_marking(flow, now_ms, false).0;
+        if what == Upsert::Unchanged {
+            if let Some(slot) = self.find_mut(&key) {
+                slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
+            }
+        }
+        what
+    }
+
     /// `upsert`, and when the flow changed, `mark_queued` in the same
     /// lookup: true in the second place when the caller should queue it.
     pub fn upsert_and_mark_queued(&mut self, flow: Flow, now_ms: u64) -> (Upsert, bool) {

@@ -810,7 +810,16 @@ impl Node {
             Message::Upsert(wf) => {
                 let flow = wf.into_flow();
                 let copy = self.cfg.record_applied.then(|| flow.clone());
-                let change = self.external_cache(sender).upsert(flow, now);
+                // Outside a bulk, a flow sent again was reported again
+                // (a change or a timeout traffic refreshed): its stamp,
+                // which orders commits, moves even if its bytes did not.
+                let in_bulk = self.peers.get(&sender).is_some_and(|p| p.rx_bulk.is_some());
+                let cache = self.external_cache(sender);
+                let change = if in_bulk {
+                    cache.upsert(flow, now)
+                } else {
+                    cache.upsert_reported(flow, now)
+                };
                 if let Some(flow) = copy {
                     match change {
                         Upsert::Created => self.applied.push(Applied::Created(flow)),

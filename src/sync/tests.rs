@@ -1629,3 +1629,46 @@ fn a_local_flush_pauses_digests_until_the_table_is_the_reference_again() {
     assert!(!sim.nodes[0].as_ref().unwrap().digests_paused());
     assert!(sim.nodes[1].as_ref().unwrap().external()[&1].is_empty());
 }
+
+/// A busy flow reads the same timeout at every table re-read: the peer's
+/// refresh then carries the same bytes, and must still move the stamp
+/// the commit order uses (a bulk, which repeats every flow, must not).
+#[test]
+fn a_refresh_with_the_same_bytes_moves_the_stamp_but_a_bulk_does_not() {
+    let mut sim = Sim::new(6, vec![cfg(1), cfg(2)]);
+    let mut live = flow_for(&mut sim.rng, 0);
+    live.timeout = 431_999;
+    let mut idle = flow_for(&mut sim.rng, 5);
+    idle.timeout = 3_600;
+    sim.node(0).local_upsert(live.clone(), 0, true);
+    sim.node(0).local_upsert(idle.clone(), 0, true);
+    sim.run_until(2_000);
+    assert_all_converged(&sim, 6);
+    // 60 s on, the re-read finds the busy flow at 431,999 s again.
+    sim.run_until(60_000);
+    let now = sim.now;
+    idle.timeout = 3_540;
+    let r = sim.node(0).reconcile_internal(
+        vec![live.clone(), idle.clone()],
+        now,
+        Replicate::Differences,
+    );
+    assert_eq!(r.refreshed, 1, "{r:?}");
+    sim.run_until(now + 2_000);
+    let stamp = |sim: &Sim, f: &Flow| {
+        sim.nodes[1].as_ref().unwrap().external()[&1]
+            .get(&f.key())
+            .unwrap()
+            .updated_ms
+    };
+    assert!(stamp(&sim, &live) >= 60_000, "{}", stamp(&sim, &live));
+    assert!(stamp(&sim, &idle) < 2_000);
+    // A bulk repeats both as they are: neither stamp moves.
+    let (live_at, idle_at) = (stamp(&sim, &live), stamp(&sim, &idle));
+    sim.run_until(90_000);
+    let now = sim.now;
+    sim.node(0).send_bulk(now);
+    sim.run_until(now + 2_000);
+    assert_eq!(stamp(&sim, &live), live_at);
+    assert_eq!(stamp(&sim, &idle), idle_at);
+}
