@@ -305,7 +305,7 @@ impl FlowCache {
 
     /// Insert or replace a flow; `now_ms` stamps the change.
     pub fn upsert(&mut self, flow: Flow, now_ms: u64) -> Upsert {
-        self.upsert_marking(flow, now_ms, false).0
+        self.upsert_marking(flow, now_ms, false, false).0
     }
 
     /// `upsert` of a flow a peer sent again: even unchanged, it is stamped
@@ -313,23 +313,26 @@ impl FlowCache {
     /// a busy flow reads the same timeout each time). Not for bulks, which
     /// repeat every flow as it was.
     pub fn upsert_reported(&mut self, flow: Flow, now_ms: u64) -> Upsert {
-        let key = flow.key();
-        let what = self.upsert_marking(flow, now_ms, false).0;
-        if what == Upsert::Unchanged {
-            if let Some(slot) = self.find_mut(&key) {
-                slot.updated_s = seconds(now_ms) | (slot.updated_s & QUEUED);
-            }
-        }
-        what
+        self.upsert_marking(flow, now_ms, false, true).0
     }
 
     /// `upsert`, and when the flow changed, `mark_queued` in the same
     /// lookup: true in the second place when the caller should queue it.
     pub fn upsert_and_mark_queued(&mut self, flow: Flow, now_ms: u64) -> (Upsert, bool) {
-        self.upsert_marking(flow, now_ms, true)
+        self.upsert_marking(flow, now_ms, true, false)
     }
 
-    fn upsert_marking(&mut self, flow: Flow, now_ms: u64, mark: bool) -> (Upsert, bool) {
+    /// Insert or replace; with `mark`, mark a changed flow queued (true in
+    /// the second place: the caller should queue it). With
+    /// `stamp_unchanged`, an unchanged flow is stamped `now_ms` (and
+    /// marked too): it was reported again.
+    fn upsert_marking(
+        &mut self,
+        flow: Flow,
+        now_ms: u64,
+        mark: bool,
+        stamp_unchanged: bool,
+    ) -> (Upsert, bool) {
         let generation = self.generation;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -343,10 +346,15 @@ impl FlowCache {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 let slot = slot.get_mut();
                 slot.generation = generation;
-                if slot.flow_bytes() == scratch.as_slice() {
+                if slot.flow_bytes() == scratch.as_slice() && !stamp_unchanged {
                     // The stamp stays: it says when this state (and this
                     // timeout) was reported, which a bulk repeats.
                     (Upsert::Unchanged, false)
+                } else if slot.flow_bytes() == scratch.as_slice() {
+                    let was_queued = slot.updated_s & QUEUED != 0;
+                    let queued = was_queued || mark;
+                    slot.updated_s = seconds(now_ms) | if queued { QUEUED } else { 0 };
+                    (Upsert::Unchanged, mark && !was_queued)
                 } else {
                     let old = slot.flow();
                     if !old.same_state(&flow) {
@@ -439,12 +447,6 @@ impl FlowCache {
         stale
     }
 
-    /// If `flow` is cached in the same state (timeouts aside), mark it as
-    /// confirmed in the current generation and return true.
-    pub fn confirm_same_state(&mut self, flow: &Flow) -> bool {
-        self.confirm(flow, 0, None) == Confirm::Same
-    }
-
     /// Compare `flow` with the cached one, timeouts aside, and confirm it
     /// in the current generation if it is the same. With
     /// `refresh_slack_s`, a flow whose timeout now runs out more than that
@@ -476,20 +478,7 @@ impl FlowCache {
     /// refreshed, stamped `now_ms`, in the current generation; with
     /// `mark`, also `mark_queued` it (true: the caller should queue it).
     pub fn refresh(&mut self, flow: Flow, now_ms: u64, mark: bool) -> bool {
-        let key = flow.key();
-        let (what, queue) = self.upsert_marking(flow, now_ms, mark);
-        if what != Upsert::Unchanged {
-            return queue;
-        }
-        // The same bytes, the timeout too (it was reported at its full
-        // value both times): only the stamp moves.
-        let Some(slot) = self.find_mut(&key) else {
-            return false;
-        };
-        let was_queued = slot.updated_s & QUEUED != 0;
-        let queued = was_queued || mark;
-        slot.updated_s = seconds(now_ms) | if queued { QUEUED } else { 0 };
-        mark && !was_queued
+        self.upsert_marking(flow, now_ms, mark, true).1
     }
 
     /// Clear every flow's queued mark (the sender dropped its queue).

@@ -911,7 +911,6 @@ impl Daemon {
             self.scheduled_flush_at = None;
             tracing::info!("flushing kernel conntrack table (scheduled)");
             self.node.flush_internal();
-            self.node.pause_digests();
             let keep = self.mirrored_keys();
             self.submit(Job::FlushKernel(self.filter.clone(), keep, None));
         }
@@ -954,17 +953,10 @@ impl Daemon {
         if !self.config.sync.warm_standby {
             return;
         }
-        let floor = self.config.sync.warm_timeout_s;
         for change in self.node.take_applied() {
             let op = match change {
-                Applied::Created(mut flow) => {
-                    flow.timeout = flow.timeout.max(floor);
-                    WriteOp::Create(flow)
-                }
-                Applied::Updated(mut flow) => {
-                    flow.timeout = flow.timeout.max(floor);
-                    WriteOp::Update(flow)
-                }
+                Applied::Created(flow) => WriteOp::Create(self.as_mirrored(flow)),
+                Applied::Updated(flow) => WriteOp::Update(self.as_mirrored(flow)),
                 Applied::Delete(key) => WriteOp::Delete(key),
             };
             self.warm.queue.push(op);
@@ -981,12 +973,20 @@ impl Daemon {
     /// Warm standby: the kernel lost a flow a peer still has (it expired,
     /// or another program deleted it): write it again.
     fn restore_mirrored(&mut self, key: &FlowKey) {
-        let Some(mut flow) = self.node.external().values().find_map(|c| c.flow(key)) else {
+        let Some(flow) = self.node.external().values().find_map(|c| c.flow(key)) else {
             return;
         };
-        flow.timeout = flow.timeout.max(self.config.sync.warm_timeout_s);
         self.warm.restored += 1;
-        self.warm.queue.push(WriteOp::Create(flow));
+        let op = WriteOp::Create(self.as_mirrored(flow));
+        self.warm.queue.push(op);
+    }
+
+    /// A peer's flow as warm standby writes it: with at least
+    /// `warm_timeout_s` of timeout (the primary's packets refresh its copy
+    /// without telling anyone).
+    fn as_mirrored(&self, mut flow: Flow) -> Flow {
+        flow.timeout = flow.timeout.max(self.config.sync.warm_timeout_s);
+        flow
     }
 
     /// Warm standby, after a table re-read, if the mirror may have lost
@@ -1002,17 +1002,16 @@ impl Daemon {
             .map(Flow::key)
             .filter(|k| self.node.holds_peer_flow(k))
             .collect();
-        let floor = self.config.sync.warm_timeout_s;
-        let mut restored = 0u64;
-        for cache in self.node.external().values() {
-            for mut flow in cache.flows() {
-                if !present.contains(&flow.key()) {
-                    flow.timeout = flow.timeout.max(floor);
-                    self.warm.queue.push(WriteOp::Create(flow));
-                    restored += 1;
-                }
-            }
-        }
+        let lost: Vec<WriteOp> = self
+            .node
+            .external()
+            .values()
+            .flat_map(FlowCache::flows)
+            .filter(|f| !present.contains(&f.key()))
+            .map(|f| WriteOp::Create(self.as_mirrored(f)))
+            .collect();
+        let restored = lost.len() as u64;
+        self.warm.queue.extend(lost);
         self.warm.restored += restored;
         if restored > 0 {
             tracing::info!(
@@ -1290,33 +1289,27 @@ impl Daemon {
         self.scheduled_flush_at = None;
         let warm = self.config.sync.warm_standby;
         let intact = warm && self.warm.intact() && process::conntrack_events_on();
-        let (flows, verify, rest) = if intact {
+        let (flows, verify, urgent_first) = if intact {
             // Warm standby and nothing lost unseen: the kernel holds every
             // peer flow but those known missing. Write those.
             let missing = self.warm_missing();
-            (self.commit_set_of(peer, now, &missing), None, None)
+            (self.commit_set_of(peer, now, &missing), None, false)
         } else if warm {
             // The mirror may have holes nobody reported: write what is
             // known missing, then check the rest against the table. A
             // commit that returns 0 leaves every flow in place.
             let missing = self.warm_missing();
-            (self.commit_set(peer, now, None), Some(missing), None)
+            (self.commit_set(peer, now, None), Some(missing), false)
         } else {
             // The most recently active flows go to the writer at once; the
             // rest follow as soon as they are gathered.
             let urgent = self.recent_commit_set(peer, now, URGENT_COMMIT);
-            (urgent, None, Some(()))
+            (urgent, None, true)
         };
         self.own_writes_expire_at = None;
         self.commit_progress.store(0, Ordering::Relaxed);
-        let total: usize = self
-            .node
-            .external()
-            .iter()
-            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
-            .map(|(_, c)| c.len())
-            .sum();
-        self.commit_total = if rest.is_some() || verify.is_some() {
+        let total: usize = self.peer_caches(peer).map(FlowCache::len).sum();
+        self.commit_total = if urgent_first || verify.is_some() {
             total as u64
         } else {
             flows.len() as u64
@@ -1341,42 +1334,44 @@ impl Daemon {
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
         };
-        let (rest_tx, rest_rx) = match rest {
-            Some(()) => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let urgent: HashSet<FlowKey> = if rest_tx.is_some() {
-            flows.iter().map(Flow::key).collect()
-        } else {
-            HashSet::default()
-        };
-        self.submit(Job::Commit(
-            CommitJob {
+        if !urgent_first {
+            let job = CommitJob {
                 flows,
                 options,
                 verify,
-                rest: rest_rx,
-            },
-            Some(reply),
-        ));
-        if let Some(tx) = rest_tx {
-            let others = self.commit_set(peer, now, Some(&urgent));
-            let _ = tx.send(others);
+                rest: None,
+            };
+            self.submit(Job::Commit(job, Some(reply)));
+            return;
         }
+        // The writer starts on the urgent flows while the rest is gathered.
+        let urgent: HashSet<FlowKey> = flows.iter().map(Flow::key).collect();
+        let (rest_tx, rest_rx) = std::sync::mpsc::channel();
+        let job = CommitJob {
+            flows,
+            options,
+            verify,
+            rest: Some(rest_rx),
+        };
+        self.submit(Job::Commit(job, Some(reply)));
+        let _ = rest_tx.send(self.commit_set(peer, now, Some(&urgent)));
+    }
+
+    /// The external caches a commit writes: every peer's, or `peer`'s.
+    fn peer_caches(&self, peer: Option<u32>) -> impl Iterator<Item = &FlowCache> + '_ {
+        self.node
+            .external()
+            .iter()
+            .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
+            .map(|(_, cache)| cache)
     }
 
     /// The `limit` most recently active flows of the commit set (see
     /// `commit_set`), found by their stamps before any is decoded.
     fn recent_commit_set(&self, peer: Option<u32>, now_ms: u64, limit: usize) -> Vec<Flow> {
         let mut recent: Vec<CacheEntry> = self
-            .node
-            .external()
-            .iter()
-            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
-            .flat_map(|(_, c)| c.most_recent(limit))
+            .peer_caches(peer)
+            .flat_map(|c| c.most_recent(limit))
             .collect();
         recent.sort_unstable_by_key(|e| std::cmp::Reverse(recency(e)));
         recent.truncate(limit);
@@ -1390,13 +1385,7 @@ impl Daemon {
     fn commit_set_of(&self, peer: Option<u32>, now_ms: u64, keys: &HashSet<FlowKey>) -> Vec<Flow> {
         let mut entries: Vec<CacheEntry> = keys
             .iter()
-            .filter_map(|k| {
-                self.node
-                    .external()
-                    .iter()
-                    .filter(|(id, _)| peer.is_none_or(|p| p == **id))
-                    .find_map(|(_, c)| c.get(k))
-            })
+            .filter_map(|k| self.peer_caches(peer).find_map(|c| c.get(k)))
             .collect();
         entries.sort_unstable_by_key(|e| std::cmp::Reverse(recency(e)));
         entries
@@ -1435,18 +1424,11 @@ impl Daemon {
         now_ms: u64,
         except: Option<&HashSet<FlowKey>>,
     ) -> Vec<Flow> {
-        let caches = || {
-            self.node
-                .external()
-                .iter()
-                .filter(move |(id, _)| peer.is_none_or(|p| p == **id))
-                .map(|(_, cache)| cache)
-        };
         // One pass, straight into the commit's vector (a million flows).
-        let total = caches().map(FlowCache::len).sum();
+        let total = self.peer_caches(peer).map(FlowCache::len).sum();
         let mut flows = Vec::with_capacity(total);
         flows.extend(
-            caches()
+            self.peer_caches(peer)
                 .flat_map(FlowCache::iter)
                 .filter(|e| except.is_none_or(|x| !x.contains(&e.flow.key())))
                 .map(|e| (recency(&e), self.commit_flow(e, now_ms))),

@@ -365,23 +365,21 @@ impl Sim {
     }
 
     /// The invariant's differences right now.
-    /// The periodic check (see `check::views_agree_quickly`).
-    fn views_agree_quickly(&self) -> bool {
-        let view: Vec<(u32, Option<&Node>, &Kernel)> = self
-            .hosts
+    /// Every host as the checks see it: id, daemon (if up), kernel table.
+    fn cluster_view(&self) -> Vec<(u32, Option<&Node>, &Kernel)> {
+        self.hosts
             .iter()
             .map(|h| (h.id, h.node.as_ref(), &h.kernel))
-            .collect();
-        views_agree_quickly(&view)
+            .collect()
+    }
+
+    /// The periodic check (see `check::views_agree_quickly`).
+    fn views_agree_quickly(&self) -> bool {
+        views_agree_quickly(&self.cluster_view())
     }
 
     pub fn differences(&self) -> Vec<Difference> {
-        let view: Vec<(u32, Option<&Node>, &Kernel)> = self
-            .hosts
-            .iter()
-            .map(|h| (h.id, h.node.as_ref(), &h.kernel))
-            .collect();
-        check_cluster(&view)
+        check_cluster(&self.cluster_view())
     }
 
     /// The verdict: the report if every view holds now and held soon enough
