@@ -65,13 +65,8 @@ fn text(out: &Output) -> String {
 
 /// A tool the tests cannot do without: fail (not skip) with what to install.
 fn require_tool(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
     assert!(
-        found,
+        lab::has_tool(tool),
         "{tool} is missing: apt-get install --no-install-recommends {package}"
     );
 }

@@ -146,7 +146,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
 }
 
 /// Busy and total jiffies of all CPUs (first line of /proc/stat).
-fn cpu_jiffies() -> Option<(u64, u64)> {
+pub fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat
         .lines()
@@ -158,7 +158,7 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
     // user nice system idle iowait irq softirq steal ...
     let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
     let total: u64 = fields.iter().take(8).sum();
-    Some((total - idle, total))
+    Some((total.saturating_sub(idle), total))
 }
 
 /// Wait until the machine is idle again (below 10% busy over half a

@@ -20,7 +20,7 @@
 
 pub mod traffic;
 
-use crate::lab::{ctsyncd_bin, must, run, wait_until};
+use crate::lab::{ctsyncd_bin, has_tool, must, reap, run, wait_until};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -492,13 +492,8 @@ pub struct FailoverLab {
 /// Panic unless the tools the lab drives are installed.
 fn require_tools(mode: Mode) {
     for tool in ["keepalived", "conntrack", "nft", "ip", "sysctl", "flock"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
         assert!(
-            found,
+            has_tool(tool),
             "the failover lab needs `{tool}`; install it with: apt-get install -y --no-install-recommends keepalived conntrackd conntrack nftables iproute2 procps util-linux"
         );
     }
@@ -614,19 +609,6 @@ pub fn netns_pids(ns: &str) -> Vec<i32> {
 fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a pid taken from our own namespace's process list.
     unsafe { libc::kill(pid, sig) };
-}
-
-/// Wait for a child to exit (reap it); SIGKILL it after `within`.
-fn reap(child: &mut Child, within: Duration) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl FailoverLab {

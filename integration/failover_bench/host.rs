@@ -8,6 +8,7 @@
 //! directories named `ctf{pid}-*`) and the two conntrack sysctls it saved.
 
 use super::progress;
+use crate::bench::host::cpu_jiffies;
 use crate::failover::FailoverLab;
 use crate::lab::run as run_cmd;
 use std::time::{Duration, Instant};
@@ -80,24 +81,11 @@ impl CpuSnapshot {
 
 /// The share of all CPUs busy over half a second (/proc/stat).
 pub fn busy_now() -> f64 {
-    let sample = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
-        let total: u64 = fields.iter().take(8).sum();
-        Some((total.saturating_sub(idle), total))
-    };
-    let Some((b0, t0)) = sample() else {
+    let Some((b0, t0)) = cpu_jiffies() else {
         return 0.0;
     };
     std::thread::sleep(Duration::from_millis(500));
-    let Some((b1, t1)) = sample() else {
+    let Some((b1, t1)) = cpu_jiffies() else {
         return 0.0;
     };
     b1.saturating_sub(b0) as f64 / t1.saturating_sub(t0).max(1) as f64

@@ -584,6 +584,11 @@ impl Drop for Lab {
 pub fn signal_and_reap(mut child: Child, signal: i32, within: Duration) {
     // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
     unsafe { libc::kill(child.id() as i32, signal) };
+    reap(&mut child, within);
+}
+
+/// Wait for a child to exit (reap it); SIGKILL it after `within`.
+pub fn reap(child: &mut Child, within: Duration) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -593,6 +598,15 @@ pub fn signal_and_reap(mut child: Child, signal: i32, within: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Whether `tool` is on the PATH.
+pub fn has_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Poll `check` every 100 ms until it returns true or `within` passes.
