@@ -357,13 +357,16 @@ fn malformed_datagrams_are_counted_dropped_and_survived() {
     let counted = wait_until(Duration::from_secs(10), || {
         let stats: Value =
             serde_json::from_str(&lab.b.ctl_ok(&["-s", "--json"])).expect("stats json");
-        let by_reason = &stats["malformed_by_reason"];
+        let by_reason = &stats["sync"]["malformed"];
         stat_value(by_reason, &["truncated"]) >= 1
             && stat_value(by_reason, &["bad_magic"]) >= 1
             && stat_value(by_reason, &["bad_version"]) >= 1
             && stat_value(by_reason, &["bad_length"]) >= 1
             && stat_value(by_reason, &["oversized"]) >= 1
-            && stat_value(&stats, &["malformed"]) >= 54
+            && by_reason
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())
+                >= 54
     });
     assert!(
         counted,
@@ -444,7 +447,9 @@ fn primary_backup_script_fails_over_with_ctsyncd() {
     let b_stats = |lab: &Lab| -> Value {
         serde_json::from_str(&lab.b.ctl_ok(&["-s", "--json"])).expect("stats JSON")
     };
-    let requests_before = b_stats(&lab)["resyncs_received"].as_u64().unwrap_or(0);
+    let requests_before = b_stats(&lab)["sync"]["resyncs_requested_received"]
+        .as_u64()
+        .unwrap_or(0);
     let out = lab.a.exec("sh", &[lab::path_str(&script_a), "backup"]);
     assert!(
         out.status.success(),
@@ -459,7 +464,10 @@ fn primary_backup_script_fails_over_with_ctsyncd() {
         lab.a.log_tail()
     );
     let asked = wait_until(CONVERGE, || {
-        b_stats(&lab)["resyncs_received"].as_u64().unwrap_or(0) > requests_before
+        b_stats(&lab)["sync"]["resyncs_requested_received"]
+            .as_u64()
+            .unwrap_or(0)
+            > requests_before
     });
     assert!(asked, "A's -n never reached B");
     // After the flush (purge_timeout_s, 60 s by default: not waited for
@@ -551,7 +559,7 @@ fn resync_request_repairs_and_anti_entropy_follows_a_kernel_flush() {
     });
     assert!(emptied, "A's internal cache still holds flows after -F");
     let a_stats: Value = serde_json::from_str(&lab.a.ctl_ok(&["-s", "--json"])).expect("JSON");
-    assert_eq!(a_stats["digests_paused"], true);
+    assert_eq!(a_stats["digests"]["paused"], true);
     // Two digest intervals (5 s): B's view of A stays.
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(

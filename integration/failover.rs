@@ -308,14 +308,14 @@ fn print_metrics(lab: &FailoverLab, report: &Report, after: &After, name: &str) 
     for path in [
         &["internal", "active"][..],
         &["external", "active"],
-        &["digest_mismatches"],
-        &["resyncs_requested"],
-        &["bulks_received"],
-        &["commit_ok"],
-        &["commit_failed"],
-        &["warm_written"],
-        &["warm_failed"],
-        &["warm_pending"],
+        &["sync", "digest_mismatches"],
+        &["sync", "resyncs_requested_sent"],
+        &["sync", "bulks_received"],
+        &["commit", "ok"],
+        &["commit", "failed"],
+        &["warm", "written"],
+        &["warm", "failed"],
+        &["warm", "pending"],
     ] {
         s.push_str(&format!(
             " {}={}->{}",
@@ -536,7 +536,7 @@ fn judge(
             after.neigh4, after.neigh6, fw.name, after.lan_mac
         ));
     }
-    let commit_failed = after.stats["commit_failed"].as_u64().unwrap_or(0);
+    let commit_failed = after.stats["commit"]["failed"].as_u64().unwrap_or(0);
     if commit_failed != 0 {
         v.push(format!(
             "{}: -s reports {commit_failed} failed commits",

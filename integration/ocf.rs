@@ -495,7 +495,7 @@ fn ocf_tester_passes_ctsyncd_agent_and_a_wedged_daemon_is_killed() {
 fn bulks_sent(node: &lab::Node) -> u64 {
     let stats: serde_json::Value =
         serde_json::from_str(&node.ctl_ok(&["-s", "--json"])).expect("stats JSON");
-    stats["bulks_sent"].as_u64().expect("bulks_sent")
+    stats["sync"]["bulks_sent"].as_u64().expect("bulks_sent")
 }
 
 /// Wait until `to`'s external cache holds exactly `from`'s internal cache,

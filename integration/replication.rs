@@ -216,7 +216,7 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
         let (a, b) = (stats(&lab.a), stats(&lab.b));
         a["internal"]["active"] == n
             && b["external"]["active"] == n
-            && a["internal_digest"] == b["external_digest"]
+            && a["digests"]["internal"] == b["digests"]["external"]
     });
     let healed_after = burst_end.elapsed();
     let a = stats(&lab.a);
@@ -226,7 +226,7 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
         burst.as_secs_f64(),
         n as f64 / burst.as_secs_f64(),
         healed_after.as_secs_f64(),
-        a["kernel_overruns"]
+        a["kernel"]["overruns"]
     );
     assert!(
         complete,
@@ -240,7 +240,7 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
     );
     // The event reader kept up: no overrun, so no re-read healed anything.
     assert_eq!(
-        a["kernel_overruns"], 0,
+        a["kernel"]["overruns"], 0,
         "A's event socket overran during the burst"
     );
 }
@@ -265,13 +265,13 @@ fn an_overrun_event_socket_heals_by_re_reading_the_table() {
         let (a, b) = (stats(&lab.a), stats(&lab.b));
         a["internal"]["active"] == n
             && b["external"]["active"] == n
-            && a["internal_digest"] == b["external_digest"]
+            && a["digests"]["internal"] == b["digests"]["external"]
     });
     let a = stats(&lab.a);
     assert!(
-        a["kernel_overruns"].as_u64().unwrap_or(0) >= 1,
+        a["kernel"]["overruns"].as_u64().unwrap_or(0) >= 1,
         "no overrun was seen: {}",
-        a["kernel_overruns"]
+        a["kernel"]["overruns"]
     );
     assert!(
         complete,
@@ -388,7 +388,7 @@ fn notrack_mode_replicates_best_effort() {
     assert_view(&lab.b, &[&lab.a], 3_000, "NOTRACK");
     // No acknowledgements travel in NOTRACK.
     let s = stats(&lab.b);
-    assert_eq!(s["resent"], 0);
+    assert_eq!(s["sync"]["retransmits"], 0);
 }
 
 #[test]
@@ -419,7 +419,7 @@ fn alarm_mode_refreshes_and_expires_what_is_no_longer_refreshed() {
         "expired too early: {:.1} s",
         took.as_secs_f64()
     );
-    assert!(stats(&lab.b)["alarm_expired"].as_u64().unwrap_or(0) >= 1_000);
+    assert!(stats(&lab.b)["sync"]["alarm_expired"].as_u64().unwrap_or(0) >= 1_000);
 }
 
 #[test]
@@ -445,7 +445,12 @@ fn anti_entropy_restores_a_flow_removed_behind_the_daemons_back() {
         "the dropped flows were not restored within the digest interval"
     );
     assert_view(&lab.b, &[&lab.a], 1_000, "after anti-entropy");
-    assert!(stats(&lab.b)["digest_mismatches"].as_u64().unwrap_or(0) >= 1);
+    assert!(
+        stats(&lab.b)["sync"]["digest_mismatches"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
 }
 
 #[test]
@@ -549,11 +554,11 @@ fn warm_standby_mirrors_the_peer_into_the_kernel_so_commit_has_nothing_to_do() {
     );
     assert_eq!(lab.b.kernel_table(), lab.a.kernel_table());
     let s = stats(&lab.b);
-    assert_eq!(s["warm_pending"], 0);
+    assert_eq!(s["warm"]["pending"], 0);
     assert_eq!(
-        s["commit_ok"], 0,
+        s["commit"]["ok"], 0,
         "the commit had to write flows: {}",
-        s["commit_ok"]
+        s["commit"]["ok"]
     );
 }
 
@@ -605,13 +610,13 @@ fn warm_standby_survives_t_and_lost_entries_and_commit_restores_every_flow() {
     apply_in(&lab.b.ns, lost.clone());
     let restored = wait_until(CONVERGE, || lab.b.kernel_table() == a_table);
     assert!(restored, "deleted mirror entries were not written again");
-    assert!(stats(&lab.b)["warm_restored"].as_u64().unwrap_or(0) >= lost.len() as u64);
+    assert!(stats(&lab.b)["warm"]["restored"].as_u64().unwrap_or(0) >= lost.len() as u64);
 
     // The kernel loses flows while B cannot hear it (stopped, its event
     // socket overruns): holes no event reports. B must notice the overrun
     // and write them back (the table re-read after an overrun compares
     // the kernel with the peers' caches), or -c must find them.
-    let restored_before = stats(&lab.b)["warm_restored"].as_u64().unwrap_or(0);
+    let restored_before = stats(&lab.b)["warm"]["restored"].as_u64().unwrap_or(0);
     let pid = lab.b.pid().expect("B runs");
     let signal = |sig| {
         // SAFETY: kill(2) on our own child's pid.
@@ -631,14 +636,14 @@ fn warm_standby_survives_t_and_lost_entries_and_commit_restores_every_flow() {
     let repaired = wait_until(CONVERGE, || lab.b.kernel_table() == a_table);
     let s = stats(&lab.b);
     assert!(
-        s["kernel_overruns"].as_u64().unwrap_or(0) > 0,
+        s["kernel"]["overruns"].as_u64().unwrap_or(0) > 0,
         "no overrun: the test proves nothing"
     );
     assert!(
         repaired,
         "holes made while B could not hear were never written back"
     );
-    let restored = s["warm_restored"].as_u64().unwrap_or(0) - restored_before;
+    let restored = s["warm"]["restored"].as_u64().unwrap_or(0) - restored_before;
     println!("warm standby: {holes} holes made unseen, {restored} flows written back");
     assert!(restored >= holes as u64);
 
@@ -652,7 +657,7 @@ fn warm_standby_survives_t_and_lost_entries_and_commit_restores_every_flow() {
         started.elapsed().as_secs_f64() * 1000.0
     );
     assert_eq!(lab.b.kernel_table(), a_table, "-c left holes");
-    assert_eq!(stats(&lab.b)["commit_ok"], 0, "-c rewrote flows");
+    assert_eq!(stats(&lab.b)["commit"]["ok"], 0, "-c rewrote flows");
 }
 
 /// The daemon's resident memory in KiB.
@@ -692,10 +697,10 @@ fn a_primary_without_a_peer_keeps_its_memory_bounded() {
     let s = stats(&lab.a);
     println!(
         "no peer: RSS per round {rss:?} KiB; send queue {}, resend window {}, backlog drops {}",
-        s["queue_len"], s["resend_len"], s["backlog_drops"]
+        s["queues"]["send_queue"], s["queues"]["resend_window"], s["sync"]["backlog_drops"]
     );
-    assert!(s["backlog_drops"].as_u64().unwrap_or(0) > 0);
-    assert!(s["queue_len"].as_u64().unwrap_or(u64::MAX) <= 65_536);
+    assert!(s["sync"]["backlog_drops"].as_u64().unwrap_or(0) > 0);
+    assert!(s["queues"]["send_queue"].as_u64().unwrap_or(u64::MAX) <= 65_536);
     assert!(
         rss[7] <= rss[1] + 6 * 1024,
         "RSS grew from {} KiB (round 2) to {} KiB (round 8)",

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod filter;
 pub mod flow;

@@ -61,8 +61,8 @@ fn draw(socket: &Path, request: &Request, stop: &AtomicBool) {
                     continue;
                 };
                 let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
-                let done = v["commit_done"].as_u64().unwrap_or(0);
-                let total = v["commit_total"].as_u64().unwrap_or(0).max(1);
+                let done = v["commit"]["done"].as_u64().unwrap_or(0);
+                let total = v["commit"]["total"].as_u64().unwrap_or(0).max(1);
                 format!(
                     "committing: {done} / {total} flows ({:.0}%), {secs:.1} s",
                     done as f64 * 100.0 / total as f64

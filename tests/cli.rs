@@ -264,7 +264,7 @@ fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<Envelope> {
         rt.block_on(async move {
             let listener = ctsync::control::server::bind(&socket).unwrap();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(Envelope, tokio::sync::oneshot::Sender<Reply>)>(4);
-            tokio::spawn(ctsync::control::server::serve(listener, tx));
+            tokio::spawn(ctsync::control::server::serve(listener, tx, Default::default()));
             ready_tx.send(()).unwrap();
             while let Some((env, reply)) = rx.recv().await {
                 let r = match &env.request {

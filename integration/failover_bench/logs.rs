@@ -56,7 +56,7 @@ pub fn committed_flows(fw: &Fw) -> Option<u64> {
                 .sum(),
         )
     } else {
-        fw.stats()["commit_ok"].as_u64()
+        fw.stats()["commit"]["ok"].as_u64()
     }
 }
 

@@ -7,108 +7,12 @@
 //! gather the counters (the daemon fills a [`StatsSnapshot`]).
 
 use super::request::StatsSection;
-use crate::cache::{CacheEntry, CacheStats};
+use crate::cache::CacheEntry;
 use crate::flow::{proto_name, status, Flow, Tuple, L4};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// Counters of one cache, as `cache internal:` prints them.
-#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheBlock {
-    pub active: u64,
-    /// The cache's own counters (flattened: the JSON keeps its shape).
-    #[serde(flatten)]
-    pub counts: CacheStats,
-}
-
-/// Counters of one sync link.
-#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct LinkBlock {
-    /// "UDP" or "multicast", as conntrackd names them.
-    pub transport: String,
-    pub device: String,
-    /// The link currently used for sending.
-    pub active: bool,
-    pub up: bool,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
-    pub packets_sent: u64,
-    pub packets_recv: u64,
-    pub errors_send: u64,
-    pub errors_recv: u64,
-}
-
-/// What this node knows of one peer.
-#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerBlock {
-    pub node_id: u32,
-    pub epoch: u64,
-    pub alive: bool,
-    pub flows: u64,
-    pub expected_seq: u32,
-}
-
-/// Everything `-s` can print, gathered by the daemon at one instant.
-#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub internal: CacheBlock,
-    pub external: CacheBlock,
-    pub traffic_bytes: u64,
-    pub traffic_packets: u64,
-    pub links: Vec<LinkBlock>,
-    pub malformed: u64,
-    pub lost: u64,
-    /// Malformed datagrams by reason. The keys in [`reason`] also fill the
-    /// matching rows of `-s network`; any key is listed in the `ctsync:` block.
-    pub malformed_by_reason: BTreeMap<String, u64>,
-    pub resent: u64,
-    pub resyncs_requested: u64,
-    pub resyncs_received: u64,
-    pub bulks_sent: u64,
-    pub bulks_received: u64,
-    pub kernel_overruns: u64,
-    pub kernel_buffer_size: u64,
-    pub commit_ok: u64,
-    pub commit_failed: u64,
-    pub uptime_s: u64,
-    pub peers: Vec<PeerBlock>,
-    /// Anti-entropy: digests that disagreed with a peer's (each led to a resync).
-    pub digest_mismatches: u64,
-    /// ALARM: external flows expired for want of a refresh.
-    pub alarm_expired: u64,
-    /// Times our sequence space ran out and a new epoch began.
-    pub epoch_rollovers: u64,
-    /// Digest of the internal cache (XOR of per-flow state hashes).
-    pub internal_digest: u64,
-    /// Digest of every peer's flows together.
-    pub external_digest: u64,
-    /// A commit is running: flows written so far, of how many.
-    pub commit_running: bool,
-    pub commit_done: u64,
-    pub commit_total: u64,
-    /// Warm standby: peers' flows written into our kernel, writes that
-    /// failed (left for `-c`), and changes waiting to be written.
-    pub warm_written: u64,
-    pub warm_failed: u64,
-    pub warm_pending: u64,
-    /// Warm standby: mirrored flows the kernel lost and that were written
-    /// again.
-    pub warm_restored: u64,
-    /// Items (coalesced flow keys, bulk flows and markers) waiting in the
-    /// send queue.
-    pub queue_len: u64,
-    /// FTFW: datagrams sent and not yet acknowledged, and the most allowed.
-    pub resend_len: u64,
-    pub window: u64,
-    /// FTFW: times the backlog was dropped while no peer was alive (the
-    /// next peer heard got a bulk), and the items dropped.
-    pub backlog_drops: u64,
-    pub backlog_dropped_items: u64,
-    /// Digests wait for `-R` or `-B` after a local flush (`-F`, `-t`,
-    /// `-f internal`), so peers keep their view of the flushed flows.
-    pub digests_paused: bool,
-}
+pub use crate::counters::{CacheBlock, LinkBlock, PeerBlock, StatsSnapshot};
 
 /// Which `malformed_by_reason` keys (the wire layer's `WireError::reason()`
 /// names) fill each row of `-s network`.
@@ -294,23 +198,22 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
         StatsSection::General => {
             cache_block(&mut s, "internal", &snap.internal);
             cache_block(&mut s, "external", &snap.external);
-            let _ = write!(
-                s,
-                "traffic processed:\n{:>20} Bytes      {:>20} Pckts\n\n",
-                snap.traffic_bytes, snap.traffic_packets
-            );
             active_link_block(&mut s, snap);
             let _ = write!(
                 s,
                 "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
-                snap.malformed, snap.lost
+                snap.malformed(),
+                snap.sync.lost
             );
             ctsync_block(&mut s, snap);
         }
         StatsSection::Network => {
+            let by_reason = snap.malformed_by_reason();
             let r = |keys: &[&str]| -> u64 {
-                keys.iter()
-                    .map(|k| snap.malformed_by_reason.get(*k).copied().unwrap_or(0))
+                by_reason
+                    .iter()
+                    .filter(|(k, _)| keys.contains(&k.as_str()))
+                    .map(|(_, n)| n)
                     .sum()
             };
             let _ = write!(
@@ -323,17 +226,14 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
                  \t\tMalformed payload:\t{:>20}\n\
                  \t\tBad message type:\t{:>20}\n\
                  \t\tTruncated message:\t{:>20}\n\
-                 \t\tBad message size:\t{:>20}\n\
-                 \tsend:\n\
-                 \t\tMalformed messages:\t{:>20}\n\n",
-                snap.malformed,
+                 \t\tBad message size:\t{:>20}\n\n",
+                snap.malformed(),
                 r(reason::VERSION),
                 r(reason::HEADER),
                 r(reason::PAYLOAD),
                 r(reason::TYPE),
                 r(reason::TRUNCATED),
                 r(reason::SIZE),
-                0
             );
             let _ = write!(
                 s,
@@ -341,7 +241,7 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
                  \trecv:\n\
                  \t\tPackets lost:\t\t{:>20}\n\
                  \t\tPackets before:\t\t{:>20}\n\n",
-                snap.lost, 0
+                snap.sync.lost, snap.sync.duplicates
             );
             active_link_block(&mut s, snap);
         }
@@ -351,31 +251,32 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
         }
         StatsSection::Runtime => {
             let _ = writeln!(s, "{}\n", uptime_line(snap.uptime_s));
+            let k = &snap.kernel;
             let _ = write!(
                 s,
                 "netlink stats:\n\
                  \tevents received:\t{:>20}\n\
                  \tevents filtered:\t{:>20}\n\
-                 \tevents unknown type:\t\t{:>12}\n\
                  \tcatch event failed:\t\t{:>12}\n\
-                 \tdump unknown type:\t\t{:>12}\n\
                  \tnetlink overrun:\t\t{:>12}\n\
                  \tflush kernel table:\t\t{:>12}\n\
                  \tresync with kernel table:\t{:>12}\n\
                  \tcurrent buffer size (in bytes):\t{:>12}\n\n",
-                0, 0, 0, 0, 0, snap.kernel_overruns, 0, 0, snap.kernel_buffer_size
+                k.events_received,
+                k.events_filtered,
+                k.read_failures,
+                k.overruns,
+                k.flushes,
+                k.table_reads,
+                k.buffer_size
             );
             let _ = write!(
                 s,
                 "runtime stats:\n\
-                 \tchild process failed:\t\t{:>12}\n\
-                 \t\tchild process segfault:\t{:>12}\n\
-                 \t\tchild process termsig:\t{:>12}\n\
-                 \tselect failed:\t\t\t{:>12}\n\
-                 \twait failed:\t\t\t{:>12}\n\
+                 \tlocal requests:\t\t\t{:>12}\n\
                  \tlocal read failed:\t\t{:>12}\n\
                  \tlocal unknown request:\t\t{:>12}\n\n",
-                0, 0, 0, 0, 0, 0, 0
+                snap.control.requests, snap.control.read_failed, snap.control.unknown
             );
         }
         StatsSection::Link => {
@@ -394,22 +295,27 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
         StatsSection::Rsqueue => {
             // The resend window holds whole datagrams, not conntrackd's
             // per-message items: its length is all there is to list.
-            let _ = writeln!(s, "resent queue (len={})", snap.resend_len);
+            let _ = writeln!(s, "resent queue (len={})", snap.queues.resend_window);
         }
         StatsSection::Queue => {
             let _ = write!(
                 s,
                 "allocated queue nodes:\t\t{:>12}\n\n",
-                snap.queue_len + snap.resend_len
+                snap.queues.send_queue + snap.queues.resend_window
             );
             for (name, current, max, errors) in [
                 (
                     "txqueue",
-                    snap.queue_len,
+                    snap.queues.send_queue,
                     2147483647u64,
-                    snap.backlog_dropped_items,
+                    snap.sync.backlog_dropped_items,
                 ),
-                ("rsqueue", snap.resend_len, snap.window, 0),
+                (
+                    "rsqueue",
+                    snap.queues.resend_window,
+                    snap.queues.window,
+                    snap.sync.window_full,
+                ),
             ] {
                 let _ = write!(
                     s,
@@ -446,26 +352,15 @@ fn cache_detail(s: &mut String, name: &str, c: &CacheBlock) {
     let _ = write!(
         s,
         "cache:{name}\tactive objects:\t\t{:>12}\n\
-         \tactive/total entries:\t\t{:>12}/{:>12}\n\
          \tcreation OK/failed:\t\t{:>12}/{:>12}\n\
-         \t\tno memory available:\t{:>12}\n\
-         \t\tno space left in cache:\t{:>12}\n\
          \tupdate OK/failed:\t\t{:>12}/{:>12}\n\
-         \t\tentry not found:\t{:>12}\n\
-         \tdeletion created/failed:\t{:>12}/{:>12}\n\
-         \t\tentry not found:\t{:>12}\n\n",
-        c.active,
-        c.active,
+         \tdeletion created/failed:\t{:>12}/{:>12}\n\n",
         c.active,
         c.counts.created,
         c.counts.create_failed,
-        0,
-        0,
         c.counts.updated,
         c.counts.update_failed,
-        c.counts.update_failed,
         c.counts.destroyed,
-        c.counts.destroy_failed,
         c.counts.destroy_failed
     );
 }
@@ -510,32 +405,36 @@ fn row(s: &mut String, label: &str, v: u64) {
 
 /// ctsync's own counters, printed after conntrackd's blocks by `-s`.
 fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
+    let sync = &snap.sync;
     s.push_str("ctsync:\n");
-    row(s, "malformed datagrams", snap.malformed);
-    for (why, n) in &snap.malformed_by_reason {
+    row(s, "malformed datagrams", snap.malformed());
+    for (why, n) in snap.malformed_by_reason() {
         let _ = writeln!(s, "\t\t{:<26}{:>20}", format!("{why}:"), n);
     }
-    row(s, "messages resent", snap.resent);
-    row(s, "resyncs requested", snap.resyncs_requested);
-    row(s, "resyncs received", snap.resyncs_received);
-    row(s, "bulks sent", snap.bulks_sent);
-    row(s, "bulks received", snap.bulks_received);
-    row(s, "kernel overruns", snap.kernel_overruns);
-    row(s, "kernel buffer size", snap.kernel_buffer_size);
-    row(s, "commits ok", snap.commit_ok);
-    row(s, "commits failed", snap.commit_failed);
-    row(s, "digest mismatches", snap.digest_mismatches);
-    row(s, "alarm expired", snap.alarm_expired);
-    row(s, "epoch rollovers", snap.epoch_rollovers);
-    row(s, "warm standby written", snap.warm_written);
-    row(s, "warm standby failed", snap.warm_failed);
-    row(s, "warm standby pending", snap.warm_pending);
-    row(s, "warm standby restored", snap.warm_restored);
-    row(s, "send queue", snap.queue_len);
-    row(s, "resend window", snap.resend_len);
-    row(s, "resend window max", snap.window);
-    row(s, "backlog drops", snap.backlog_drops);
-    row(s, "digests paused", u64::from(snap.digests_paused));
+    row(s, "messages resent", sync.retransmits);
+    row(s, "resyncs requested", sync.resyncs_requested_sent);
+    row(s, "resyncs received", sync.resyncs_requested_received);
+    row(s, "bulks sent", sync.bulks_sent);
+    row(s, "bulks received", sync.bulks_received);
+    row(s, "kernel overruns", snap.kernel.overruns);
+    row(s, "kernel buffer size", snap.kernel.buffer_size);
+    row(s, "commits ok", snap.commit.ok);
+    row(s, "commits failed", snap.commit.failed);
+    row(s, "digest mismatches", sync.digest_mismatches);
+    row(s, "alarm expired", sync.alarm_expired);
+    row(s, "epoch rollovers", sync.epoch_rollovers);
+    if let Some(warm) = &snap.warm {
+        row(s, "warm standby written", warm.written);
+        row(s, "warm standby failed", warm.failed);
+        row(s, "warm standby pending", warm.pending);
+        row(s, "warm standby restored", warm.restored);
+    }
+    row(s, "send queue", snap.queues.send_queue);
+    row(s, "resend window", snap.queues.resend_window);
+    row(s, "resend window max", snap.queues.window);
+    row(s, "reorder buffer", snap.queues.reorder);
+    row(s, "backlog drops", sync.backlog_drops);
+    row(s, "digests paused", u64::from(snap.digests.paused));
     row(s, "uptime (s)", snap.uptime_s);
     for (i, l) in snap.links.iter().enumerate() {
         let _ = writeln!(
@@ -556,12 +455,13 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     for p in &snap.peers {
         let _ = writeln!(
             s,
-            "\tpeer node={} epoch={} {} flows={} expected_seq={}",
+            "\tpeer node={} epoch={} {} flows={} expected_seq={} heard={}ms ago",
             p.node_id,
             p.epoch,
             if p.alive { "alive" } else { "dead" },
             p.flows,
-            p.expected_seq
+            p.expected_seq,
+            p.last_heard_ms_ago
         );
     }
     s.push('\n');
@@ -570,6 +470,7 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CacheStats;
     use crate::flow::{proto, ProtoState};
 
     fn entry(flow: Flow, since_ms: u64) -> CacheEntry {
@@ -724,8 +625,16 @@ mod tests {
                 packets_recv: 10,
                 ..Default::default()
             }],
-            malformed_by_reason: [("bad_magic".to_string(), 2u64)].into_iter().collect(),
-            malformed: 2,
+            sync: crate::sync::SyncStats {
+                malformed: [("bad_magic".to_string(), 2u64)].into_iter().collect(),
+                lost: 3,
+                ..Default::default()
+            },
+            kernel: crate::counters::KernelCounters {
+                events_received: 41,
+                overruns: 1,
+                ..Default::default()
+            },
             uptime_s: 90_061,
             ..Default::default()
         }
@@ -747,16 +656,13 @@ mod tests {
             "connections updated:\t\t           0\tfailed:\t           0\n",
             "connections destroyed:\t\t           0\tfailed:\t           0\n",
             "\n",
-            "traffic processed:\n",
-            "                   0 Bytes                         0 Pckts\n",
-            "\n",
             "UDP traffic (active device=sync0):\n",
             "                 680 Bytes sent                  160 Bytes recv\n",
             "                  15 Pckts sent                   10 Pckts recv\n",
             "                   0 Error send                    0 Error recv\n",
             "\n",
             "message tracking:\n",
-            "                   2 Malformed msgs                    0 Lost msgs\n",
+            "                   2 Malformed msgs                    3 Lost msgs\n",
             "\n",
             "ctsync:\n",
         ]
@@ -771,17 +677,22 @@ mod tests {
         let net = render_stats(&snap, StatsSection::Network);
         assert!(net.contains("\t\tMalformed header:\t                   2\n"));
         let cache = render_stats(&snap, StatsSection::Cache);
-        assert!(cache.starts_with("cache:internal\tactive objects:\t\t           6\n\tactive/total entries:\t\t           6/           6\n"));
+        assert!(cache.starts_with("cache:internal\tactive objects:\t\t           6\n\tcreation OK/failed:\t\t           6/           0\n"));
         let link = render_stats(&snap, StatsSection::Link);
         assert!(link.starts_with(
             "UDP traffic device=sync0 status=RUNNING role=ACTIVE:\n                 680 Bytes sent"
         ));
         let rt = render_stats(&snap, StatsSection::Runtime);
         assert!(rt.starts_with("daemon uptime: 1 day 1 h 1 min\n\nnetlink stats:\n"));
+        assert!(rt.contains("\tevents received:\t                  41\n"));
+        assert!(rt.contains("\tnetlink overrun:\t\t           1\n"));
         assert_eq!(uptime_line(59), "daemon uptime: 0 min");
         assert_eq!(uptime_line(2 * 86_400 + 120), "daemon uptime: 2 days 2 min");
         let v: serde_json::Value = serde_json::from_str(&render_stats_json(&snap)).unwrap();
         assert_eq!(v["internal"]["active"], 6);
         assert_eq!(v["links"][0]["bytes_sent"], 680);
+        assert_eq!(v["sync"]["lost"], 3);
+        assert_eq!(v["kernel"]["events_received"], 41);
+        assert!(v["warm"].is_null());
     }
 }

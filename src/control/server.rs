@@ -12,6 +12,7 @@ use super::request::{from_native_code, Envelope, NativeRequest, Reply};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,9 +65,40 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket saw, counted where it happens (`-s runtime`
+/// prints it as conntrackd's `local read failed` and `local unknown
+/// request`).
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    /// Requests read and handed to the daemon.
+    pub requests: AtomicU64,
+    /// Connections whose request could not be read (I/O error, timeout).
+    pub read_failed: AtomicU64,
+    /// Requests read but refused: unknown, malformed, unsupported.
+    pub unknown: AtomicU64,
+}
+
+/// A plain copy of `ControlCounters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ControlStats {
+    pub requests: u64,
+    pub read_failed: u64,
+    pub unknown: u64,
+}
+
+impl ControlCounters {
+    pub fn read(&self) -> ControlStats {
+        ControlStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            read_failed: self.read_failed.load(Ordering::Relaxed),
+            unknown: self.unknown.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Accept connections until the receiving end of `tx` is gone; each one is
 /// served on its own task.
-pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>, counters: Arc<ControlCounters>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -84,8 +116,10 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
             return;
         }
         let tx = tx.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx).await {
+            if let Err(e) = handle(stream, tx, &counters).await {
+                counters.read_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
             drop(permit);
@@ -103,16 +137,32 @@ enum Dialect {
 enum Incoming {
     Request(Envelope, Dialect),
     Bad(String, Dialect),
+    /// Nothing complete arrived in time.
+    Unread(String),
 }
 
-async fn handle(mut stream: UnixStream, tx: mpsc::Sender<Job>) -> io::Result<()> {
+async fn handle(
+    mut stream: UnixStream,
+    tx: mpsc::Sender<Job>,
+    counters: &ControlCounters,
+) -> io::Result<()> {
     let incoming = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Ok(r) => r?,
-        Err(_) => Incoming::Bad("timed out reading the request".to_string(), Dialect::Json),
+        Err(_) => Incoming::Unread("timed out reading the request".to_string()),
     };
     let (reply, dialect) = match incoming {
-        Incoming::Bad(reason, d) => (Reply::err(reason), d),
-        Incoming::Request(env, d) => (dispatch(env, &tx).await, d),
+        Incoming::Unread(reason) => {
+            counters.read_failed.fetch_add(1, Ordering::Relaxed);
+            (Reply::err(reason), Dialect::Json)
+        }
+        Incoming::Bad(reason, d) => {
+            counters.unknown.fetch_add(1, Ordering::Relaxed);
+            (Reply::err(reason), d)
+        }
+        Incoming::Request(env, d) => {
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+            (dispatch(env, &tx).await, d)
+        }
     };
     write_reply(&mut stream, &reply, dialect).await?;
     stream.shutdown().await
@@ -276,7 +326,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (tx, rx) = mpsc::channel(8);
         fake_daemon(rx);
-        tokio::spawn(serve(listener, tx));
+        tokio::spawn(serve(listener, tx, Arc::default()));
 
         let p = path.clone();
         let (reply, native, garbage, bad_code, kill, after) =
@@ -343,7 +393,7 @@ mod tests {
         let listener = bind(&path).unwrap();
         let (tx, rx) = mpsc::channel(8);
         fake_daemon(rx);
-        tokio::spawn(serve(listener, tx));
+        tokio::spawn(serve(listener, tx, Arc::default()));
         let p = path.clone();
         let (big, short, ok) = tokio::task::spawn_blocking(move || {
             let mut req = vec![b'{'];

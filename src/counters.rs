@@ -1,0 +1,174 @@
+//! The daemon's counters, one plain struct per area, and the snapshot that
+//! `-s` and `-s --json` render from the same value.
+//!
+//! Owns: the shapes of the kernel, network, commit, warm standby, queue
+//! and digest counters and of `StatsSnapshot`. Must not: count anything
+//! itself (each struct is written where its events happen: the sync core,
+//! the daemon's kernel path, the control server) or render (see
+//! `control::render`).
+
+use crate::cache::CacheStats;
+use crate::control::server::ControlStats;
+use crate::sync::SyncStats;
+use serde::Serialize;
+
+/// Counters of one cache, as `cache internal:` prints them.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheBlock {
+    pub active: u64,
+    /// The cache's own counters (flattened: the JSON keeps its shape).
+    #[serde(flatten)]
+    pub counts: CacheStats,
+}
+
+/// Counters of one sync link.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkBlock {
+    /// "UDP" or "multicast", as conntrackd names them.
+    pub transport: String,
+    pub device: String,
+    /// The link currently used for sending.
+    pub active: bool,
+    pub up: bool,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    pub errors_send: u64,
+    pub errors_recv: u64,
+}
+
+/// What this node knows of one peer.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerBlock {
+    pub node_id: u32,
+    pub epoch: u64,
+    pub alive: bool,
+    pub flows: u64,
+    pub expected_seq: u32,
+    /// Milliseconds since a datagram last came from it.
+    pub last_heard_ms_ago: u64,
+}
+
+/// The kernel side, counted by the daemon as events and reads arrive.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Events the reader delivered.
+    pub events_received: u64,
+    /// Events that changed nothing of ours: refused by the filter, caused
+    /// by warm standby's writes, or about a mirrored peer flow.
+    pub events_filtered: u64,
+    /// Event socket overruns (each costs a table re-read).
+    pub overruns: u64,
+    /// Failed event reads and table reads.
+    pub read_failures: u64,
+    /// The event socket's receive buffer now.
+    pub buffer_size: u64,
+    /// Table reads (start-up, `-R`, overruns, the periodic re-read).
+    pub table_reads: u64,
+    /// Kernel table flushes (`-F`, `-t` when it fires).
+    pub flushes: u64,
+}
+
+/// Sync datagrams the daemon refused or failed before the core saw them.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkCounters {
+    /// Datagrams from an address that is not the link's peer.
+    pub foreign_source: u64,
+    /// Datagrams the socket would not send.
+    pub send_errors: u64,
+}
+
+/// Commits (`-c`) since start, and the one running.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounters {
+    /// Commits finished.
+    pub commits: u64,
+    /// Flows written, and flows the kernel refused, over every commit.
+    pub ok: u64,
+    pub failed: u64,
+    pub running: bool,
+    /// The running (or last) commit's progress.
+    pub done: u64,
+    pub total: u64,
+    /// How long the last commit took.
+    pub last_ms: u64,
+}
+
+/// Warm standby: peers' changes written into our kernel.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmCounters {
+    /// Peer changes written into the kernel.
+    pub written: u64,
+    /// Writes the kernel refused (`-c` writes them).
+    pub failed: u64,
+    /// Mirrored flows the kernel lost (expired, deleted by someone else)
+    /// and that were written again.
+    pub restored: u64,
+    /// Peer flows not (yet) in our kernel.
+    pub pending: u64,
+}
+
+/// How much is waiting where.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLengths {
+    /// Flows waiting to be sent.
+    pub send_queue: u64,
+    /// Datagrams sent and not yet acknowledged, and the most there may be.
+    pub resend_window: u64,
+    pub window: u64,
+    /// Datagrams received ahead of a gap, over every peer.
+    pub reorder: u64,
+}
+
+/// The anti-entropy digests of the caches.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digests {
+    pub internal: u64,
+    /// XOR over the peers' caches.
+    pub external: u64,
+    /// After a local flush: no digest goes out until `-R` or `-B`.
+    pub paused: bool,
+}
+
+/// Everything `-s` can print, gathered by the daemon at one instant.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub uptime_s: u64,
+    pub internal: CacheBlock,
+    pub external: CacheBlock,
+    pub links: Vec<LinkBlock>,
+    pub peers: Vec<PeerBlock>,
+    /// The replication core's counters.
+    pub sync: SyncStats,
+    pub network: NetworkCounters,
+    pub kernel: KernelCounters,
+    pub commit: CommitCounters,
+    /// `None` without warm standby.
+    pub warm: Option<WarmCounters>,
+    pub queues: QueueLengths,
+    pub digests: Digests,
+    pub control: ControlStats,
+}
+
+impl StatsSnapshot {
+    /// Datagrams dropped unread, every reason.
+    pub fn malformed(&self) -> u64 {
+        self.sync.malformed.values().sum::<u64>() + self.network.foreign_source
+    }
+
+    /// Dropped datagrams by reason: the core's and the daemon's.
+    pub fn malformed_by_reason(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .sync
+            .malformed
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if self.network.foreign_source > 0 {
+            all.push(("foreign_source".into(), self.network.foreign_source));
+        }
+        all.sort();
+        all
+    }
+}

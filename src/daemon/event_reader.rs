@@ -1,0 +1,124 @@
+//! The kernel event reader: a plain thread that drains the ctnetlink event
+//! socket into the owner's channel, pacing batches and holding events in
+//! memory while the owner is busy.
+//!
+//! Owns: the event socket's reads, the thread's priority, batching and
+//! coalescing. Must not: look into events (routing is `routing`'s job) or
+//! touch the caches.
+
+use crate::kernel::events::EventSocket;
+use crate::kernel::{KernelError, KernelEvent};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the kernel event thread reports.
+pub(super) enum KernelFeed {
+    Events(Vec<KernelEvent>),
+    Overrun { buffer_size: usize },
+    Failed(String),
+}
+
+pub(super) fn spawn(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ct-events".into())
+        .spawn(move || {
+            raise_priority();
+            event_loop(events, tx);
+        })
+        .map(|_| ())
+}
+
+/// Nice value of the event reader: above the daemon's other threads, so
+/// that a busy machine still drains the event socket before it overruns
+/// (the events then wait in memory, and an overrun costs a table re-read).
+const EVENT_THREAD_NICE: libc::c_int = -10;
+
+/// Give the calling thread `EVENT_THREAD_NICE` (needs CAP_SYS_NICE;
+/// without it the thread keeps the daemon's priority).
+fn raise_priority() {
+    // SAFETY: gettid and setpriority take no pointers.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).unwrap_or(0);
+    // SAFETY: as above; `who` is this thread's id.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, EVENT_THREAD_NICE) } != 0 {
+        tracing::debug!(
+            err = %std::io::Error::last_os_error(),
+            "event thread keeps the default priority"
+        );
+    }
+}
+
+/// Most events the reader holds while the daemon's loop is busy (about
+/// 50 MB) before it waits, and the socket buffer takes over.
+const MAX_HELD_EVENTS: usize = 1 << 18;
+
+/// Fewer events than this in a batch: the reader pauses `COALESCE`.
+const THIN_BATCH: usize = 512;
+/// At 150k events/s, 2 ms is 300 events (well under 1 MB of socket
+/// buffer); the sync core holds datagrams for `batch_delay_ms` anyway.
+const COALESCE: Duration = Duration::from_millis(2);
+
+/// Read events and hand them to the daemon's loop. When the loop's channel
+/// is full (a long pass over the cache, say), keep reading into memory
+/// rather than let the socket overrun: an overrun costs a table re-read.
+fn event_loop(mut events: EventSocket, tx: mpsc::Sender<KernelFeed>) {
+    let mut held: Vec<KernelEvent> = Vec::new();
+    loop {
+        let before = held.len();
+        let read = if held.is_empty() {
+            events.recv(&mut held)
+        } else {
+            events.recv_queued(&mut held)
+        };
+        match read {
+            Ok(()) => {}
+            Err(KernelError::Overrun) => {
+                // Whatever decoded before the overrun still counts.
+                let batch = std::mem::take(&mut held);
+                let overrun = KernelFeed::Overrun {
+                    buffer_size: events.buffer_size(),
+                };
+                if (!batch.is_empty() && tx.blocking_send(KernelFeed::Events(batch)).is_err())
+                    || tx.blocking_send(overrun).is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                std::thread::sleep(Duration::from_millis(100));
+                if tx.blocking_send(KernelFeed::Failed(e.to_string())).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if held.is_empty() {
+            continue;
+        }
+        let delivered = held.len();
+        match tx.try_send(KernelFeed::Events(std::mem::take(&mut held))) {
+            Ok(()) => {
+                // A thin batch: let the next events gather in the socket
+                // for a moment rather than wake both threads per event (a
+                // burst otherwise costs two context switches an event).
+                if delivered < THIN_BATCH {
+                    std::thread::sleep(COALESCE);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(KernelFeed::Events(batch))) => {
+                held = batch;
+                if held.len() >= MAX_HELD_EVENTS {
+                    let batch = std::mem::take(&mut held);
+                    if tx.blocking_send(KernelFeed::Events(batch)).is_err() {
+                        return;
+                    }
+                } else if held.len() == before {
+                    // Nothing new and nowhere to put it: wait a little.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! The tokio wiring of `ctsyncd`: one task (the owner) holds the sync core,
+//! and through it the caches, and selects over its inputs; kernel I/O runs
+//! on two plain threads (`event_reader`, `kernel_worker`) that talk to it
+//! by message; socket readers and the control server are tasks.
+//!
+//! Owns: start-up order (event socket, table read, READY), the run loop,
+//! the timers, and handing the routed events, datagrams and finished jobs
+//! to the parts. Must not: encode netlink or sync-protocol bytes, hold
+//! flows anywhere but in the core, or walk a whole cache on the owner's
+//! thread (freeze it and hand the copy to a worker).
+//!
+//! The parts: `event_reader` (the event thread), `routing` (which event
+//! is ours), `kernel_worker` (commits, flushes, reads, warm standby's
+//! writes), `commit_plan` (what a commit writes, in which order),
+//! `warm_standby` (the mirror's bookkeeping), `requests` (control
+//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`.
+
+mod commit_plan;
+mod event_reader;
+mod kernel_worker;
+mod requests;
+mod routing;
+mod setup;
+mod stats;
+mod views;
+mod warm_standby;
+
+use crate::config::Config;
+use crate::control::server::ControlCounters;
+use crate::control::{self, Envelope, Reply};
+use crate::counters::{CommitCounters, KernelCounters, NetworkCounters};
+use crate::filter::Filter;
+use crate::flow::{Flow, FlowKey};
+use crate::kernel::dump::dump_table;
+use crate::kernel::events::{EventSocket, EventSwitch};
+use crate::kernel::write::Writer;
+use crate::kernel::{KernelError, KernelEvent};
+use crate::process;
+use crate::sync::{Node, Replicate};
+use crate::transport::{self, Link, Received};
+use event_reader::KernelFeed;
+use kernel_worker::{Done, DumpPurpose, Job, JobSender, TableRead};
+use routing::{EventOrigins, KeyFacts, Route};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use warm_standby::WarmStandby;
+
+/// Most queued kernel-event batches handled before the next transmit.
+const KERNEL_DRAIN: usize = 4096;
+/// How often the links' interfaces are looked at.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the keys of a finished commit are remembered as our own writes.
+const OWN_WRITES_MEMORY: Duration = Duration::from_secs(10);
+/// Time the control server gets to deliver the reply to `-k`.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+/// How long after a netlink overrun the kernel table is re-read.
+const OVERRUN_RESYNC_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("sync: {0}")]
+    Sync(String),
+}
+
+/// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
+pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> {
+    setup::init_logging(&config.daemon.log_level);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime
+        .block_on(run(config, config_path))
+        .map_err(|e| e.to_string())
+}
+
+/// Where the commit stands: its writes are taken for our own while it
+/// runs and for `OWN_WRITES_MEMORY` after (see `remembers_own_writes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitPhase {
+    Idle,
+    Running,
+    Finished { own_writes_until: Instant },
+}
+
+/// Whether the kernel table is being read; the events seen meanwhile are
+/// replayed on the result, in order.
+enum TableReadState {
+    Idle,
+    Running { replay: Vec<KernelEvent> },
+}
+
+/// The owner's timers (the sync core keeps its own).
+struct Timers {
+    link_check_at: Instant,
+    /// Re-read the table after an overrun or a failed read.
+    heal_at: Option<Instant>,
+    /// The periodic re-read.
+    reconcile_at: Option<Instant>,
+    /// `-t`: flush the kernel table then.
+    scheduled_flush_at: Option<Instant>,
+}
+
+struct Daemon {
+    config: Config,
+    node: Node,
+    filter: Filter,
+    links: Vec<Link>,
+    origins: EventOrigins,
+    /// `None` without warm standby.
+    warm: Option<WarmStandby>,
+    commit: CommitPhase,
+    /// Flows the running commit has written so far (the kernel worker
+    /// counts).
+    commit_progress: Arc<AtomicU64>,
+    /// Turns the kernel event subscription off for a commit and on after.
+    events_switch: EventSwitch,
+    events_paused: bool,
+    jobs: JobSender,
+    done_tx: mpsc::Sender<Done>,
+    started: Instant,
+    table_read: TableReadState,
+    timers: Timers,
+    link_carrier: Vec<bool>,
+    /// Datagrams each link's socket would not send.
+    link_send_errors: Vec<u64>,
+    /// `-R` requests that arrived while another table read was running.
+    pending_resyncs: Vec<oneshot::Sender<Reply>>,
+    kernel_counters: KernelCounters,
+    network_counters: NetworkCounters,
+    commit_counters: CommitCounters,
+    control_counters: Arc<ControlCounters>,
+    stop: bool,
+}
+
+async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    process::return_large_buffers();
+    let _lock = match &config.daemon.lock {
+        Some(path) => Some(process::LockFile::acquire(path)?),
+        None => None,
+    };
+    let _pid_file = match &config.daemon.pid_file {
+        Some(path) => Some(process::PidFile::write(path)?),
+        None => None,
+    };
+    if config.kernel.enable_events {
+        process::enable_conntrack_events();
+    }
+    let epoch = setup::new_epoch();
+    let specs = setup::link_specs(&config);
+    let filter = Filter::from_config(&config.filter, specs.iter().flat_map(|s| s.addresses()));
+
+    // Writer first: its port id marks our own changes in the event stream.
+    let writer = Writer::open()?;
+    // Warm standby writes through its own socket, whose events are ignored
+    // entirely (as conntrackd's INJECT origin): peers' flows in our kernel
+    // are not ours to cache or send.
+    let injector = if config.sync.warm_standby {
+        Some(Writer::open()?)
+    } else {
+        None
+    };
+    let origins = EventOrigins {
+        own: [writer.portid()].into_iter().collect(),
+        ignored: injector.iter().map(Writer::portid).collect(),
+    };
+
+    // Subscribe before reading the table so no change between the two is
+    // missed; the events queued meanwhile are applied after it, in order.
+    let events = EventSocket::open(
+        usize::try_from(config.kernel.netlink_buffer).unwrap_or(usize::MAX),
+        usize::try_from(config.kernel.netlink_buffer_max).unwrap_or(usize::MAX),
+    )?;
+    let kernel_counters = KernelCounters {
+        buffer_size: events.buffer_size() as u64,
+        ..KernelCounters::default()
+    };
+    // Valid while the event thread holds the socket, i.e. while we run.
+    let events_switch = events.switch();
+    let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
+    event_reader::spawn(events, kernel_tx)?;
+
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let commit_progress = Arc::new(AtomicU64::new(0));
+    kernel_worker::spawn(writer, injector, commit_progress.clone(), job_rx)?;
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
+
+    let mut links = Vec::new();
+    for spec in &specs {
+        links.push(transport::open(spec)?);
+    }
+    let (net_tx, mut net_rx) = mpsc::channel::<Received>(4096);
+    for (i, link) in links.iter().enumerate() {
+        tokio::spawn(link.clone().read_into(i, net_tx.clone()));
+    }
+
+    let mut sync_config = setup::core_config(&config);
+    sync_config.links = links.len();
+    if let Some(first) = specs.first() {
+        sync_config.max_payload = first.max_payload(config.sync.mtu as usize);
+    }
+    let now_ms = setup::elapsed_ms(started);
+    let node =
+        Node::new(sync_config, epoch, now_ms).map_err(|e| DaemonError::Sync(e.to_string()))?;
+
+    let warm = config
+        .sync
+        .warm_standby
+        .then(|| WarmStandby::new(config.sync.warm_timeout_s));
+    let mut daemon = Daemon {
+        config,
+        node,
+        filter,
+        links,
+        origins,
+        warm,
+        commit: CommitPhase::Idle,
+        commit_progress,
+        events_switch,
+        events_paused: false,
+        jobs: job_tx,
+        done_tx,
+        started,
+        table_read: TableReadState::Idle,
+        timers: Timers {
+            link_check_at: Instant::now(),
+            heal_at: None,
+            reconcile_at: None,
+            scheduled_flush_at: None,
+        },
+        link_carrier: Vec::new(),
+        link_send_errors: Vec::new(),
+        pending_resyncs: Vec::new(),
+        kernel_counters,
+        network_counters: NetworkCounters::default(),
+        commit_counters: CommitCounters::default(),
+        control_counters: Arc::default(),
+        stop: false,
+    };
+
+    // Prime the internal cache from the kernel before declaring readiness.
+    let table = tokio::task::spawn_blocking(dump_table)
+        .await
+        .map_err(|e| DaemonError::Sync(format!("table read task failed: {e}")))??;
+    daemon.kernel_counters.table_reads += 1;
+    let primed = daemon.ours(table);
+    let count = primed.len();
+    daemon
+        .node
+        .reconcile_internal(primed, daemon.now_ms(), Replicate::Nothing);
+    tracing::info!(
+        flows = count,
+        epoch,
+        "internal cache primed from the kernel table"
+    );
+
+    daemon.arm_reconcile();
+    let listener = control::server::bind(&daemon.config.socket)?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
+    tokio::spawn(control::server::serve(
+        listener,
+        ctl_tx,
+        daemon.control_counters.clone(),
+    ));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    daemon.transmit().await;
+    while !daemon.stop {
+        let deadline = daemon.next_deadline();
+        tokio::select! {
+            Some(feed) = kernel_rx.recv() => {
+                daemon.on_kernel(feed);
+                // Take every batch already queued before transmitting once,
+                // so a burst leaves in full datagrams.
+                for _ in 0..KERNEL_DRAIN {
+                    match kernel_rx.try_recv() {
+                        Ok(more) => daemon.on_kernel(more),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(received) = net_rx.recv() => {
+                daemon.on_datagram(received);
+                // Drain what else is queued before transmitting once.
+                while let Ok(more) = net_rx.try_recv() {
+                    daemon.on_datagram(more);
+                }
+            }
+            Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
+            Some(done) = done_rx.recv() => daemon.on_done(done),
+            _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
+            _ = sigterm.recv() => daemon.stop = true,
+            _ = sigint.recv() => daemon.stop = true,
+        }
+        daemon.transmit().await;
+        daemon.mirror_into_kernel();
+    }
+    tracing::info!("ctsyncd stopping");
+    // Let the control server deliver the last replies (the answer to -k).
+    // The socket goes last: agents take its absence for "stopped", and a
+    // start right after must not find the lock still held.
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&daemon.config.socket);
+    Ok(())
+}
+
+impl Daemon {
+    fn now_ms(&self) -> u64 {
+        setup::elapsed_ms(self.started)
+    }
+
+    /// The flows of a table read that are ours to cache and send: not a
+    /// peer's mirrored one (the filter ran on the worker, or runs here).
+    fn ours(&self, flows: Vec<Flow>) -> Vec<Flow> {
+        flows
+            .into_iter()
+            .filter(|f| self.filter.accepts(f) && !self.is_mirrored(&f.key()))
+            .collect()
+    }
+
+    /// Warm standby: a flow a peer owns, written into our kernel for it.
+    /// (After `-f` the peers' caches are empty, and `-R` then takes every
+    /// flow in the kernel as ours, as a promotion wants.)
+    fn is_mirrored(&self, key: &FlowKey) -> bool {
+        self.warm.is_some() && self.node.holds_peer_flow(key)
+    }
+
+    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
+    /// table then takes a flow a peer's cache holds for one the commit
+    /// wrote (`Replicate::DifferencesButPeerFlows`), so that the committed
+    /// flows (events are paused during a large commit) are not sent back.
+    /// (The peers' caches answer that without a set of a million keys.)
+    fn remembers_own_writes(&self) -> bool {
+        self.commit != CommitPhase::Idle
+    }
+
+    fn table_read_running(&self) -> bool {
+        matches!(self.table_read, TableReadState::Running { .. })
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut deadline = now + Duration::from_secs(1);
+        if let Some(ms) = self.node.next_deadline() {
+            let at = self.started + Duration::from_millis(ms);
+            deadline = deadline.min(at.max(now));
+        }
+        let own_writes = match self.commit {
+            CommitPhase::Finished { own_writes_until } => Some(own_writes_until),
+            CommitPhase::Idle | CommitPhase::Running => None,
+        };
+        // A heal or re-read that falls due while the table is being read
+        // waits for that read to land (which looks again): no wake-ups
+        // meanwhile.
+        let reading = self.table_read_running();
+        let table_timers = [self.timers.heal_at, self.timers.reconcile_at]
+            .into_iter()
+            .filter(|_| !reading);
+        let timers = [
+            Some(self.timers.link_check_at),
+            self.timers.scheduled_flush_at,
+            own_writes,
+        ];
+        for at in timers.into_iter().chain(table_timers).flatten() {
+            deadline = deadline.min(at);
+        }
+        deadline
+    }
+
+    fn submit(&self, job: Job) {
+        if self.jobs.send((job, self.done_tx.clone())).is_err() {
+            tracing::error!("kernel worker is gone");
+        }
+    }
+
+    /// Events may have been lost: re-read the table soon.
+    fn schedule_heal(&mut self, after: Duration) {
+        if let Some(warm) = &mut self.warm {
+            warm.note_break();
+        }
+        if self.timers.heal_at.is_none() {
+            self.timers.heal_at = Some(Instant::now() + after);
+        }
+    }
+
+    fn on_kernel(&mut self, feed: KernelFeed) {
+        match feed {
+            KernelFeed::Events(events) => {
+                self.kernel_counters.events_received += events.len() as u64;
+                if let TableReadState::Running { replay } = &mut self.table_read {
+                    replay.extend(events.iter().cloned());
+                }
+                for event in events {
+                    self.apply_event(event);
+                }
+            }
+            KernelFeed::Overrun { buffer_size } => {
+                self.kernel_counters.overruns += 1;
+                self.kernel_counters.buffer_size = buffer_size as u64;
+                tracing::warn!(
+                    buffer_size,
+                    "netlink event socket overrun; the table will be re-read"
+                );
+                self.schedule_heal(OVERRUN_RESYNC_DELAY);
+            }
+            KernelFeed::Failed(reason) => {
+                // Whatever the reason, events may be lost: re-read the table.
+                self.kernel_counters.read_failures += 1;
+                tracing::warn!(%reason, "reading kernel events failed; the table will be re-read");
+                self.schedule_heal(OVERRUN_RESYNC_DELAY);
+            }
+        }
+    }
+
+    fn apply_event(&mut self, event: KernelEvent) {
+        let now = self.now_ms();
+        match routing::route(event, &self.origins, &*self, |f| self.filter.accepts(f)) {
+            Route::Ignore | Route::Nothing => self.kernel_counters.events_filtered += 1,
+            Route::RestoreMirrored(key) => {
+                self.kernel_counters.events_filtered += 1;
+                self.restore_mirrored(&key);
+            }
+            Route::Upsert { flow, replicate } => self.node.local_upsert(flow, now, replicate),
+            Route::Delete { key, replicate } => self.node.local_delete(&key, now, replicate),
+        }
+    }
+
+    fn on_datagram(&mut self, received: Received) {
+        let from_peer = self
+            .links
+            .get(received.link)
+            .is_some_and(|link| link.is_from_peer(&received.from));
+        if !from_peer {
+            self.network_counters.foreign_source += 1;
+            return;
+        }
+        let now = self.now_ms();
+        self.node.on_datagram(&received.bytes, received.link, now);
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self.timers.link_check_at <= now {
+            self.timers.link_check_at = now + LINK_CHECK_INTERVAL;
+            self.check_links();
+        }
+        if matches!(self.commit, CommitPhase::Finished { own_writes_until } if own_writes_until <= now)
+        {
+            self.commit = CommitPhase::Idle;
+        }
+        if !self.table_read_running() {
+            let heal_due = self.timers.heal_at.is_some_and(|at| at <= now);
+            let reread_due = self.timers.reconcile_at.is_some_and(|at| at <= now);
+            if heal_due || reread_due {
+                self.timers.heal_at = None;
+                self.timers.reconcile_at = None;
+                self.start_table_read(DumpPurpose::Heal);
+            }
+        }
+        if self.timers.scheduled_flush_at.is_some_and(|at| at <= now) {
+            self.timers.scheduled_flush_at = None;
+            tracing::info!("flushing kernel conntrack table (scheduled)");
+            self.node.flush_internal();
+            self.flush_kernel(None);
+        }
+    }
+
+    /// Tell the sync core which links' interfaces are up (operstate and
+    /// carrier), so data leaves a dead link at once rather than after the
+    /// peer timeout.
+    fn check_links(&mut self) {
+        let states: Vec<bool> = self
+            .links
+            .iter()
+            .map(|l| {
+                l.spec
+                    .interface
+                    .as_deref()
+                    .is_none_or(transport::interface_up)
+            })
+            .collect();
+        for (i, up) in states.iter().enumerate() {
+            if self.link_carrier.get(i) != Some(up) {
+                if !self.link_carrier.is_empty() {
+                    let device = self
+                        .links
+                        .get(i)
+                        .and_then(|l| l.spec.interface.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(link = i, %device, up, "sync link interface changed state");
+                }
+                self.node.set_link_carrier(i, *up);
+            }
+        }
+        self.link_carrier = states;
+    }
+
+    /// Warm standby: queue the peers' latest changes for the kernel and
+    /// hand a batch to the kernel worker when it is free.
+    fn mirror_into_kernel(&mut self) {
+        let Some(warm) = &mut self.warm else {
+            return;
+        };
+        warm.queue_applied(self.node.take_applied());
+        if let Some(batch) = warm.take_batch() {
+            self.submit(Job::Inject(batch));
+        }
+    }
+
+    /// Warm standby: the kernel lost a flow a peer still has (it expired,
+    /// or another program deleted it): write it again.
+    fn restore_mirrored(&mut self, key: &FlowKey) {
+        let Some(flow) = self.node.external().values().find_map(|c| c.flow(key)) else {
+            return;
+        };
+        if let Some(warm) = &mut self.warm {
+            warm.restore(flow);
+        }
+    }
+
+    /// Delete every flow of ours from the kernel; warm standby keeps the
+    /// peers' (frozen now, compared on the worker).
+    fn flush_kernel(&mut self, client: Option<oneshot::Sender<Reply>>) {
+        self.kernel_counters.flushes += 1;
+        let keep = if self.warm.is_some() {
+            self.node.external().values().map(|c| c.freeze()).collect()
+        } else {
+            Vec::new()
+        };
+        self.submit(Job::FlushKernel {
+            filter: self.filter.clone(),
+            keep,
+            client,
+        });
+    }
+
+    /// Schedule the next periodic re-read of the kernel table.
+    fn arm_reconcile(&mut self) {
+        let every = self.config.kernel.reconcile_interval_s;
+        self.timers.reconcile_at =
+            (every > 0).then(|| Instant::now() + Duration::from_secs(u64::from(every)));
+    }
+
+    /// Read the kernel table on the worker. Under warm standby whose
+    /// mirror may have holes, the peers' caches go along (frozen) so the
+    /// worker finds what the table lacks.
+    fn start_table_read(&mut self, purpose: DumpPurpose) {
+        let mirror = match &mut self.warm {
+            Some(warm) => {
+                warm.table_read_started();
+                (!warm.intact())
+                    .then(|| self.node.external().values().map(|c| c.freeze()).collect())
+            }
+            None => None,
+        };
+        self.table_read = TableReadState::Running { replay: Vec::new() };
+        self.kernel_counters.table_reads += 1;
+        self.submit(Job::Dump {
+            purpose,
+            filter: self.filter.clone(),
+            mirror,
+        });
+    }
+
+    async fn transmit(&mut self) {
+        let now = self.now_ms();
+        for out in self.node.poll_transmit(now) {
+            let Some(link) = self.links.get(out.link) else {
+                continue;
+            };
+            let dest = link.spec.destination();
+            if let Err(e) = link.socket.send_to(&out.bytes, dest).await {
+                self.network_counters.send_errors += 1;
+                if self.link_send_errors.len() <= out.link {
+                    self.link_send_errors.resize(out.link + 1, 0);
+                }
+                self.link_send_errors[out.link] += 1;
+                tracing::debug!(error = %e, %dest, "sync send failed");
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Commit(result, started, client) => self.commit_done(result, started, client),
+            Done::Inject(report, keys) => {
+                if let Some(warm) = &mut self.warm {
+                    warm.batch_done(report, &keys);
+                }
+            }
+            Done::FlushKernel(result, client) => {
+                let reply = match result {
+                    Ok(report) => {
+                        tracing::info!(
+                            deleted = report.ok,
+                            failed = report.failed,
+                            "kernel table flushed"
+                        );
+                        success(String::new())
+                    }
+                    Err(reason) => failure(format!("kernel flush failed: {reason}")),
+                };
+                if let Some(client) = client {
+                    let _ = client.send(reply);
+                }
+            }
+            Done::Dump(result, purpose) => self.table_read_done(result, purpose),
+        }
+    }
+
+    fn table_read_done(&mut self, result: Result<TableRead, String>, purpose: DumpPurpose) {
+        let replay = match std::mem::replace(&mut self.table_read, TableReadState::Idle) {
+            TableReadState::Running { replay } => replay,
+            TableReadState::Idle => Vec::new(),
+        };
+        self.arm_reconcile();
+        let (heal, clients) = match purpose {
+            DumpPurpose::Resync(clients) => (false, clients),
+            DumpPurpose::Heal => (true, Vec::new()),
+        };
+        // Our own commit's flows are cached, never echoed, even when their
+        // events were paused or the overrun swallowed them.
+        let replicate = match (heal, self.remembers_own_writes()) {
+            (false, _) => Replicate::Nothing,
+            (true, false) => Replicate::Differences,
+            (true, true) => Replicate::DifferencesButPeerFlows,
+        };
+        let reply = match result {
+            Ok(read) => {
+                if let Some(lost) = read.lost {
+                    // Peers' flows the table lacked, as the peers hold them
+                    // now (one may have deleted it since it was frozen).
+                    let lost: Vec<Flow> = lost
+                        .iter()
+                        .filter_map(|k| self.node.external().values().find_map(|c| c.flow(k)))
+                        .collect();
+                    if let Some(warm) = &mut self.warm {
+                        warm.repaired(lost);
+                    }
+                }
+                let flows = self.ours(read.accepted);
+                let now = self.now_ms();
+                let report = self.node.reconcile_internal(flows, now, replicate);
+                tracing::info!(?report, "internal cache reconciled with the kernel table");
+                for event in replay {
+                    self.apply_event(event);
+                }
+                success(String::new())
+            }
+            Err(reason) => {
+                self.kernel_counters.read_failures += 1;
+                if heal {
+                    // Try again: an overrun must always heal.
+                    self.timers.heal_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
+                }
+                failure(format!("kernel dump failed: {reason}"))
+            }
+        };
+        for client in clients {
+            let _ = client.send(reply.clone());
+        }
+        process::trim_heap();
+        if !self.pending_resyncs.is_empty() {
+            let waiting = std::mem::take(&mut self.pending_resyncs);
+            self.start_table_read(DumpPurpose::Resync(waiting));
+        }
+    }
+}
+
+impl KeyFacts for Daemon {
+    fn mirrored(&self, key: &FlowKey) -> bool {
+        self.is_mirrored(key)
+    }
+
+    fn cached(&self, key: &FlowKey) -> Option<Flow> {
+        self.node.internal().flow(key)
+    }
+}
+
+fn success(body: String) -> Reply {
+    Reply {
+        ok: true,
+        error: None,
+        body,
+    }
+}
+
+fn failure(reason: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(reason),
+        body: String::new(),
+    }
+}

@@ -1,0 +1,266 @@
+//! Control requests: what each `ctsyncd` client command does to the
+//! daemon, and the commit's start and end.
+//!
+//! Owns: translating a request into core calls, kernel jobs or an
+//! off-thread rendering, and answering the client. Must not: walk a cache
+//! here (freeze it and hand the copy over) or write to the kernel.
+
+use super::commit_plan::{CommitPlan, CommitSource};
+use super::kernel_worker::{CommitJob, DumpPurpose, Job, QUIET_COMMIT_MIN};
+use super::views::{self, View};
+use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
+use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
+use crate::kernel::write::{CreateOptions, WriteReport};
+use crate::process;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+impl Daemon {
+    pub(super) fn on_request(&mut self, envelope: Envelope, reply: oneshot::Sender<Reply>) {
+        let now = self.now_ms();
+        let json = envelope.json;
+        let answer = match envelope.request {
+            Request::Commit => return self.start_commit(None, now, reply),
+            Request::CommitPeer { node_id } => {
+                if self.node.external().contains_key(&node_id) {
+                    return self.start_commit(Some(node_id), now, reply);
+                }
+                failure(format!("no flows from a peer with node id {node_id}"))
+            }
+            Request::FlushCaches(which) => {
+                if self.commit == CommitPhase::Running && which != CacheSel::Internal {
+                    failure("ignoring flush command, commit still in progress".into())
+                } else {
+                    tracing::info!(?which, "flushing caches");
+                    if which != CacheSel::External {
+                        self.node.flush_internal();
+                        self.timers.scheduled_flush_at = None;
+                    }
+                    if which != CacheSel::Internal {
+                        self.node.flush_external();
+                    }
+                    success(String::new())
+                }
+            }
+            Request::FlushKernel => {
+                tracing::info!("flushing kernel conntrack table");
+                self.node.pause_digests();
+                return self.flush_kernel(Some(reply));
+            }
+            Request::ResyncFromKernel => {
+                tracing::info!("resync with master conntrack table");
+                if matches!(self.table_read, TableReadState::Running { .. }) {
+                    // A read is running (an overrun heal, say): read the
+                    // table again right after it, for this request.
+                    self.pending_resyncs.push(reply);
+                } else {
+                    self.start_table_read(DumpPurpose::Resync(vec![reply]));
+                }
+                return;
+            }
+            Request::DumpInternal => {
+                let frozen = vec![self.node.internal().freeze()];
+                let view = View {
+                    with_reply: true,
+                    json,
+                };
+                return views::render_off_thread(frozen, now, view, reply);
+            }
+            Request::DumpExternal => {
+                let frozen = self.node.external().values().map(|c| c.freeze()).collect();
+                let view = View {
+                    with_reply: false,
+                    json,
+                };
+                return views::render_off_thread(frozen, now, view, reply);
+            }
+            Request::Stats(section) => success(self.render_stats(section, json)),
+            Request::RequestResync => {
+                tracing::info!("resync requested");
+                self.node.request_resync(now);
+                success(String::new())
+            }
+            Request::SendBulk => {
+                tracing::info!("sending bulk update");
+                self.node.send_bulk(now);
+                success(String::new())
+            }
+            Request::ResetTimers => {
+                if self.timers.scheduled_flush_at.is_none() {
+                    let delay = u64::from(self.config.sync.purge_timeout_s);
+                    tracing::info!("flushing conntrack table in {delay} secs");
+                    self.timers.scheduled_flush_at =
+                        Some(Instant::now() + Duration::from_secs(delay));
+                }
+                success(String::new())
+            }
+            Request::Kill => {
+                self.stop = true;
+                success(String::new())
+            }
+            #[cfg(feature = "test-seams")]
+            Request::DebugDropExternal { count } => {
+                let victims: Vec<(u32, crate::flow::FlowKey)> = self
+                    .node
+                    .external()
+                    .iter()
+                    .flat_map(|(peer, cache)| cache.keys().map(|k| (*peer, k)))
+                    .take(count)
+                    .collect();
+                let dropped = victims
+                    .iter()
+                    .filter(|(peer, key)| self.node.remove_external(*peer, key))
+                    .count();
+                success(format!("dropped {dropped} external flows\n"))
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Write the external cache (every peer's, or one peer's) into the
+    /// kernel; the client hears back when it is done. The caches are
+    /// frozen here; the worker decodes, orders and writes them.
+    fn start_commit(&mut self, peer: Option<u32>, now_ms: u64, reply: oneshot::Sender<Reply>) {
+        if self.commit == CommitPhase::Running {
+            let _ = reply.send(failure("commit already in progress".into()));
+            return;
+        }
+        self.commit = CommitPhase::Running;
+        // As conntrackd: a commit cancels a pending `-t` flush.
+        self.timers.scheduled_flush_at = None;
+        let caches = self
+            .node
+            .external()
+            .iter()
+            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .map(|(_, cache)| cache.freeze())
+            .collect();
+        let source = CommitSource {
+            caches,
+            now_ms,
+            configured_timeout: self.config.kernel.commit_timeout,
+        };
+        let events_on = process::conntrack_events_on();
+        let plan = match &self.warm {
+            Some(warm) => CommitPlan::choose(true, warm.intact(), events_on, || warm.missing()),
+            None => CommitPlan::choose(false, false, events_on, Default::default),
+        };
+        let total = match &plan {
+            CommitPlan::OnlyMissing(missing) => missing
+                .iter()
+                .filter(|k| self.node.holds_peer_flow(k))
+                .count(),
+            CommitPlan::Verify(_) | CommitPlan::RecentFirst => source.len(),
+        } as u64;
+        self.commit_progress.store(0, Ordering::Relaxed);
+        self.commit_counters.running = true;
+        self.commit_counters.done = 0;
+        self.commit_counters.total = total;
+        // A large commit would make the kernel report every flow back to
+        // us, only for us to ignore it: listen to nothing while it runs and
+        // re-read the table afterwards (what else changed meanwhile is then
+        // found and sent, the committed flows cached as our own writes).
+        if total >= QUIET_COMMIT_MIN as u64 {
+            if let Some(warm) = &mut self.warm {
+                warm.note_break();
+            }
+            match self.events_switch.set(false) {
+                Ok(()) => self.events_paused = true,
+                Err(e) => tracing::warn!(error = %e, "cannot pause kernel events for the commit"),
+            }
+        }
+        tracing::info!(
+            flows = total,
+            ?peer,
+            plan = plan_name(&plan),
+            "committing external cache"
+        );
+        let options = CreateOptions {
+            tcp_window_tracking: self.config.kernel.tcp_window_tracking,
+        };
+        let job = CommitJob {
+            source,
+            plan,
+            options,
+        };
+        self.submit(Job::Commit(job, Some(reply)));
+    }
+
+    pub(super) fn commit_done(
+        &mut self,
+        result: Result<WriteReport, String>,
+        started: Instant,
+        client: Option<oneshot::Sender<Reply>>,
+    ) {
+        self.commit = CommitPhase::Finished {
+            own_writes_until: Instant::now() + OWN_WRITES_MEMORY,
+        };
+        if self.events_paused {
+            self.events_paused = false;
+            if let Err(e) = self.events_switch.set(true) {
+                tracing::error!(error = %e, "cannot resume kernel events after the commit");
+            }
+            // Heal what was not heard while deaf.
+            self.timers.heal_at = Some(Instant::now());
+        }
+        let counters = &mut self.commit_counters;
+        counters.running = false;
+        counters.commits += 1;
+        counters.done = self.commit_progress.load(Ordering::Relaxed);
+        counters.last_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let reply = match result {
+            Ok(report) => {
+                counters.ok += report.ok;
+                counters.failed += report.failed;
+                tracing::info!("Committed {} new entries", report.ok);
+                if report.failed > 0 {
+                    tracing::warn!(
+                        first_errors = ?report.first_errors,
+                        "{} entries can't be committed",
+                        report.failed
+                    );
+                }
+                tracing::info!(
+                    "commit has taken {:.6} seconds",
+                    started.elapsed().as_secs_f64()
+                );
+                if report.failed > 0 && report.ok == 0 {
+                    failure(format!(
+                        "none of {} entries could be committed: {}",
+                        report.failed,
+                        report
+                            .first_errors
+                            .first()
+                            .map(String::as_str)
+                            .unwrap_or("unknown error")
+                    ))
+                } else {
+                    success(String::new())
+                }
+            }
+            Err(reason) => failure(format!("commit failed: {reason}")),
+        };
+        if let Some(client) = client {
+            let _ = client.send(reply);
+        }
+        process::trim_heap();
+    }
+
+    fn render_stats(&self, section: StatsSection, json: bool) -> String {
+        let snapshot = self.snapshot();
+        if json {
+            crate::control::render::render_stats_json(&snapshot)
+        } else {
+            crate::control::render::render_stats(&snapshot, section)
+        }
+    }
+}
+
+fn plan_name(plan: &CommitPlan) -> &'static str {
+    match plan {
+        CommitPlan::OnlyMissing(_) => "warm standby: only what is missing",
+        CommitPlan::Verify(_) => "warm standby: verify against the table",
+        CommitPlan::RecentFirst => "most recently active first",
+    }
+}

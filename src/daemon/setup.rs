@@ -1,0 +1,104 @@
+//! Start-up helpers: logging, the transport view of the configured links,
+//! the sync core's settings, the epoch.
+//!
+//! Owns: translating `Config` into what the transport and the core take.
+//! Must not: open sockets or start threads (the run loop does, in order).
+
+use crate::config::{Config, SyncMode, Transport};
+use crate::sync::{Mode, SyncConfig};
+use crate::transport::{LinkKind, LinkSpec};
+use std::time::Instant;
+
+/// Log to stderr (journald picks it up under systemd); `RUST_LOG` overrides
+/// the configured level.
+pub(super) fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The transport view of the configured links.
+pub(super) fn link_specs(config: &Config) -> Vec<LinkSpec> {
+    config
+        .links
+        .iter()
+        .filter_map(|link| {
+            let kind = match link.transport {
+                Transport::Udp => LinkKind::Udp { peer: link.peer? },
+                Transport::Multicast => LinkKind::Multicast { group: link.group? },
+            };
+            Some(LinkSpec {
+                kind,
+                interface: (!link.interface.is_empty()).then(|| link.interface.clone()),
+                local: link.local,
+                port: link.port,
+            })
+        })
+        .collect()
+}
+
+/// The sync core's settings from `[sync]`.
+pub(super) fn core_config(config: &Config) -> SyncConfig {
+    let s = &config.sync;
+    SyncConfig {
+        mode: match s.mode {
+            SyncMode::Ftfw => Mode::Ftfw,
+            SyncMode::Notrack => Mode::Notrack,
+            SyncMode::Alarm => Mode::Alarm,
+        },
+        node_id: config.node_id,
+        window: s.window as usize,
+        ack_every: s.ack_every,
+        ack_delay_ms: s.ack_delay_ms,
+        keepalive_ms: s.keepalive_ms,
+        rto_ms: s.rto_ms,
+        peer_timeout_ms: s.peer_timeout_ms,
+        digest_interval_ms: s.digest_interval_ms,
+        alarm_refresh_ms: u64::from(s.alarm_refresh_s) * 1000,
+        alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
+        record_applied: s.warm_standby,
+        batch_delay_ms: s.batch_delay_ms,
+        ..SyncConfig::default()
+    }
+}
+
+/// A value that differs at every start: the time in nanoseconds mixed with
+/// the process id.
+pub(super) fn new_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
+pub(super) fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_gets_the_configured_mode_and_timers() {
+        let text = "node_id = 1\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"198.18.0.1\"\nport = 3780\npeer = \"198.18.0.2\"\n\
+                    [sync]\nmode = \"notrack\"\nalarm_refresh_s = 3\nwarm_standby = true\n";
+        let config = Config::parse(text, "test").expect("valid config");
+        let core = core_config(&config);
+        assert_eq!(core.mode, Mode::Notrack);
+        assert_eq!(core.alarm_refresh_ms, 3_000);
+        assert!(core.record_applied, "warm standby records applied changes");
+    }
+
+    #[test]
+    fn epochs_differ_between_starts() {
+        let a = new_epoch();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_ne!(a, new_epoch());
+    }
+}

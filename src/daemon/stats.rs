@@ -1,0 +1,101 @@
+//! The `-s` snapshot: every area's counters, gathered from where they are
+//! kept at one instant.
+//!
+//! Owns: assembling `counters::StatsSnapshot` from the core's, the
+//! daemon's, warm standby's and the control server's structs. Must not:
+//! count (each area counts where its events happen) or render.
+
+use super::Daemon;
+use crate::cache::FlowCache;
+use crate::counters::{CacheBlock, Digests, LinkBlock, PeerBlock, QueueLengths, StatsSnapshot};
+use crate::transport::LinkKind;
+use std::sync::atomic::Ordering;
+
+impl Daemon {
+    /// Everything `-s` prints, gathered now.
+    pub(super) fn snapshot(&self) -> StatsSnapshot {
+        let sync = self.node.stats().clone();
+        let mut external = CacheBlock::default();
+        for cache in self.node.external().values() {
+            add_cache(&mut external, cache);
+        }
+        let mut internal = CacheBlock::default();
+        add_cache(&mut internal, self.node.internal());
+        let active_link = self.node.active_link();
+        let links = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, link)| {
+                let counters = sync.links.get(i).cloned().unwrap_or_default();
+                LinkBlock {
+                    transport: match link.spec.kind {
+                        LinkKind::Udp { .. } => "UDP".into(),
+                        LinkKind::Multicast { .. } => "multicast".into(),
+                    },
+                    device: link.spec.interface.clone().unwrap_or_default(),
+                    active: active_link == Some(i),
+                    up: counters.up,
+                    bytes_sent: counters.sent_bytes,
+                    bytes_recv: counters.recv_bytes,
+                    packets_sent: counters.sent_packets,
+                    packets_recv: counters.recv_packets,
+                    errors_send: self.link_send_errors.get(i).copied().unwrap_or(0),
+                    errors_recv: counters.errors,
+                }
+            })
+            .collect();
+        let now_ms = self.now_ms();
+        let peers = self
+            .node
+            .peers()
+            .into_iter()
+            .map(|p| PeerBlock {
+                node_id: p.node_id,
+                epoch: p.epoch,
+                alive: p.alive,
+                flows: p.flows as u64,
+                expected_seq: p.expected_seq,
+                last_heard_ms_ago: now_ms.saturating_sub(p.last_heard_ms),
+            })
+            .collect();
+        let (send_queue, resend_window) = self.node.backlog();
+        let mut commit = self.commit_counters;
+        if commit.running {
+            commit.done = self.commit_progress.load(Ordering::Relaxed);
+        }
+        StatsSnapshot {
+            uptime_s: self.started.elapsed().as_secs(),
+            internal,
+            external,
+            links,
+            peers,
+            network: self.network_counters,
+            kernel: self.kernel_counters,
+            commit,
+            warm: self.warm.as_ref().map(|w| w.counters()),
+            queues: QueueLengths {
+                send_queue: send_queue as u64,
+                resend_window: resend_window as u64,
+                window: self.node.config().window as u64,
+                reorder: 0, // MERGE: Node::reorder_len
+            },
+            digests: Digests {
+                internal: self.node.internal().digest(),
+                external: self
+                    .node
+                    .external()
+                    .values()
+                    .fold(0, |acc, cache| acc ^ cache.digest()),
+                paused: self.node.digests_paused(),
+            },
+            control: self.control_counters.read(),
+            sync,
+        }
+    }
+}
+
+fn add_cache(block: &mut CacheBlock, cache: &FlowCache) {
+    block.active += cache.len() as u64;
+    block.counts.add(cache.stats());
+}

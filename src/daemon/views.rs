@@ -1,0 +1,79 @@
+//! `-i` and `-e`: the caches' contents rendered for a client, off the
+//! owner's thread.
+//!
+//! Owns: decoding and rendering frozen caches into conntrackd's line
+//! layout or JSON, on a blocking thread, and handing the reply over. Must
+//! not: read the live caches (the owner freezes them, which costs one
+//! copy and no decoding).
+
+use crate::cache::{CacheEntry, FrozenCache};
+use crate::control::{self, Reply};
+use tokio::sync::oneshot;
+
+/// Which view, and how it is printed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct View {
+    /// Show the reply tuple (conntrackd's `-i` does, `-e` does not).
+    pub with_reply: bool,
+    pub json: bool,
+}
+
+/// Render `caches` on a blocking thread and answer `reply` from there.
+pub(super) fn render_off_thread(
+    caches: Vec<FrozenCache>,
+    now_ms: u64,
+    view: View,
+    reply: oneshot::Sender<Reply>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let body = render(&caches, now_ms, view);
+        let _ = reply.send(super::success(body));
+    });
+}
+
+pub(super) fn render(caches: &[FrozenCache], now_ms: u64, view: View) -> String {
+    let entries: Vec<CacheEntry> = caches
+        .iter()
+        .flat_map(FrozenCache::entries)
+        .filter_map(|e| e.entry())
+        .collect();
+    if view.json {
+        control::render::flows_json(&entries, now_ms)
+    } else {
+        let mut out = String::with_capacity(entries.len() * 160);
+        for entry in &entries {
+            out.push_str(&control::render::flow_line(entry, now_ms, view.with_reply));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::FlowCache;
+    use crate::flow::test_flows::udp;
+
+    #[test]
+    fn a_frozen_cache_renders_as_the_live_one_does() {
+        let mut cache = FlowCache::with_seed(5);
+        for port in 1..=3 {
+            cache.upsert(udp(port), 2_000);
+        }
+        let live: Vec<CacheEntry> = cache.iter().collect();
+        let mut want = String::new();
+        for entry in &live {
+            want.push_str(&control::render::flow_line(entry, 9_000, true));
+            want.push('\n');
+        }
+        let view = View {
+            with_reply: true,
+            json: false,
+        };
+        assert_eq!(render(&[cache.freeze()], 9_000, view), want);
+        assert_eq!(want.lines().count(), 3);
+        let json = render(&[cache.freeze()], 9_000, View { json: true, ..view });
+        assert_eq!(json, control::render::flows_json(&live, 9_000));
+    }
+}
