@@ -18,6 +18,10 @@ const CTSYNCD_ONLY: &[&str] = &[
     "warm_kernel_complete_s",
     "warm_vs_burst",
     "warm_commit_ms",
+    "dump_burst_base_s",
+    "dump_burst_with_i_s",
+    "dump_burst_ratio",
+    "dump_i_s",
 ];
 /// Rows that are "n/a" while the build rejects `[sync] warm_standby`.
 const WARM: &[&str] = &["warm_kernel_complete_s", "warm_vs_burst", "warm_commit_ms"];

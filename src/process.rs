@@ -123,6 +123,22 @@ pub fn trim_heap() {
     }
 }
 
+/// Give the calling thread the nice value `nice` (raising a thread's
+/// priority needs CAP_SYS_NICE; without it the thread keeps its own).
+pub fn set_thread_nice(nice: libc::c_int) {
+    // SAFETY: gettid and setpriority take no pointers.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).unwrap_or(0);
+    // SAFETY: as above; `who` is this thread's id.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) } != 0 {
+        tracing::debug!(
+            nice,
+            err = %std::io::Error::last_os_error(),
+            "thread keeps its priority"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

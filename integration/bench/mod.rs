@@ -63,10 +63,11 @@ pub enum Workload {
     Memory,
     Cpu,
     Warm,
+    Dump,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Raw,
         Workload::Commit,
         Workload::Burst,
@@ -75,6 +76,7 @@ impl Workload {
         Workload::Memory,
         Workload::Cpu,
         Workload::Warm,
+        Workload::Dump,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Workload {
             Workload::Memory => "memory",
             Workload::Cpu => "cpu",
             Workload::Warm => "warm",
+            Workload::Dump => "dump",
         }
     }
 
@@ -160,7 +163,7 @@ pub struct Cli {
 pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST]\n\
     \x20 --flows N    flows per burst, commit and resync (default 1,000,000)\n\
     \x20 --json PATH  where to write the JSON (default target/bench/compare.json)\n\
-    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm";
+    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump";
 
 impl Cli {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, BenchError> {
@@ -262,6 +265,19 @@ pub struct Warm {
     pub kernel_complete_s: Option<f64>,
     pub vs_burst: Option<f64>,
     pub commit_ms: Option<f64>,
+}
+
+/// `-i` of A's whole table while A takes a burst, against the same burst
+/// without it (ctsyncd only).
+#[derive(Clone, Debug, Default)]
+pub struct DumpUnderLoad {
+    /// Mean completion (burst start to B's external cache complete) of
+    /// the bursts without and with `-i` running on A.
+    pub base_s: Option<f64>,
+    pub with_dump_s: Option<f64>,
+    pub ratio: Option<f64>,
+    /// Mean duration of one `-i` of the whole table.
+    pub dump_s: Option<f64>,
 }
 
 fn keep<T>(notes: &mut Vec<String>, what: &str, r: Result<T, BenchError>) -> Option<T> {
@@ -604,6 +620,126 @@ fn warm_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> Warm {
     w
 }
 
+/// B's external cache complete: polled every 10 ms (a burst of N/4
+/// completes in about a second; the 100 ms of `poll_until` is too coarse).
+fn completion_after(
+    sys: &dyn System,
+    started: Instant,
+    want: u64,
+    bound: Duration,
+) -> Result<Duration, BenchError> {
+    let deadline = started + bound;
+    loop {
+        if sys.external_active(Side::B)? >= want {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Daemon(format!(
+                "B's external cache held fewer than {want} flows {} s after the burst began",
+                bound.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Most `-i` runs during one burst (each is a whole-table dump).
+const MAX_DUMPS_PER_BURST: usize = 50;
+
+/// Run `ctsyncd -i` on `side` again and again (output discarded) until
+/// `stop`; returns the duration of each completed run.
+fn dump_loop(
+    config: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let mut took = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && took.len() < MAX_DUMPS_PER_BURST {
+            let started = Instant::now();
+            let ok = std::process::Command::new(crate::lab::ctsyncd_bin())
+                .arg("-C")
+                .arg(&config)
+                .arg("-i")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                took.push(started.elapsed());
+            }
+        }
+        took
+    })
+}
+
+/// A holds N flows; four bursts of N/4 creates each (without, with, with,
+/// without `-i` looping on A: the order cancels the table's growth), each
+/// timed from its start to B's external cache complete.
+fn dump_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> DumpUnderLoad {
+    let n = cfg.flows;
+    let burst = (n / 4).max(1);
+    let mut d = DumpUnderLoad::default();
+    let mut sys = Ctsyncd::new("");
+    let started = sys.start(Side::A).and_then(|_| sys.start(Side::B));
+    if keep(notes, "dump under load: start", started).is_none() {
+        return d;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let fill = timed_create(sys.ns(Side::A), tcp_flows(n, 5))
+        .and_then(|(report, _)| check_report("dump under load: fill", &report))
+        .and_then(|_| completion_after(&sys, Instant::now(), n as u64, completion_bound(n)));
+    if keep(notes, "dump under load: fill", fill).is_none() {
+        wind_down(&mut sys);
+        return d;
+    }
+    let mut want = n as u64;
+    let (mut base, mut with_dump, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, dumping) in [false, true, true, false].into_iter().enumerate() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let looping = dumping.then(|| dump_loop(sys.lab.a.config.clone(), stop.clone()));
+        if dumping {
+            // Let the first -i be under way when the burst begins.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let began = Instant::now();
+        want += burst as u64;
+        let run = timed_create(sys.ns(Side::A), tcp_flows(burst, 10 + i as u8))
+            .and_then(|(report, _)| check_report("dump under load: burst", &report))
+            .and_then(|_| completion_after(&sys, began, want, completion_bound(burst)));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = looping {
+            dumps.extend(handle.join().unwrap_or_default());
+        }
+        let Some(took) = keep(notes, "dump under load: burst", run) else {
+            wind_down(&mut sys);
+            return d;
+        };
+        progress(&format!(
+            "dump under load: burst {} of {burst} complete on B after {:.3} s{}",
+            i + 1,
+            took.as_secs_f64(),
+            if dumping { " (-i looping on A)" } else { "" }
+        ));
+        if dumping {
+            with_dump.push(took.as_secs_f64());
+        } else {
+            base.push(took.as_secs_f64());
+        }
+        settle(Duration::from_secs(10));
+    }
+    wind_down(&mut sys);
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    d.base_s = mean(&base);
+    d.with_dump_s = mean(&with_dump);
+    d.ratio = ratio(d.with_dump_s, d.base_s);
+    let dump_secs: Vec<f64> = dumps.iter().map(Duration::as_secs_f64).collect();
+    d.dump_s = mean(&dump_secs);
+    if dumps.is_empty() {
+        notes.push("dump under load: no -i finished during the bursts".into());
+    }
+    d
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -611,7 +747,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn rows(cfg: &BenchConfig, raw: Option<f64>, c: &Figures, d: &Figures, w: &Warm) -> Vec<Row> {
+fn rows(
+    cfg: &BenchConfig,
+    raw: Option<f64>,
+    c: &Figures,
+    d: &Figures,
+    w: &Warm,
+    dump: &DumpUnderLoad,
+) -> Vec<Row> {
     let n = report::fmt_num(cfg.flows as f64);
     let mut rows = Vec::new();
     if cfg.wants(Workload::Raw) || cfg.wants(Workload::Commit) {
@@ -774,6 +917,40 @@ fn rows(cfg: &BenchConfig, raw: Option<f64>, c: &Figures, d: &Figures, w: &Warm)
             Target::CtsyncdBelow(100.0),
         ));
     }
+    if cfg.wants(Workload::Dump) {
+        rows.push(Row::new(
+            "dump_burst_base_s",
+            "burst of N/4 with N in the table: B complete after (s)",
+            dump.base_s,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "dump_burst_with_i_s",
+            "the same while -i dumps A's table in a loop (s)",
+            dump.with_dump_s,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "dump_burst_ratio",
+            "that ÷ without -i",
+            dump.ratio,
+            None,
+            false,
+            Target::CtsyncdAtMost(1.1),
+        ));
+        rows.push(Row::new(
+            "dump_i_s",
+            "one -i of the whole table, during the burst (s)",
+            dump.dump_s,
+            None,
+            false,
+            Target::None,
+        ));
+    }
     rows
 }
 
@@ -806,6 +983,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let mut all = cfg.only.clone();
     all.remove(&Workload::Raw);
     all.remove(&Workload::Warm);
+    all.remove(&Workload::Dump);
     let (cts, ctd) = if all.is_empty() {
         (Figures::default(), Figures::default())
     } else {
@@ -834,10 +1012,16 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     } else {
         Warm::default()
     };
+    let dump = if cfg.wants(Workload::Dump) {
+        progress("-i during a burst (ctsyncd)");
+        dump_phase(cfg, &mut notes)
+    } else {
+        DumpUnderLoad::default()
+    };
     Ok(Report {
         flows: n,
         machine,
-        rows: rows(cfg, raw, &cts, &ctd, &warm),
+        rows: rows(cfg, raw, &cts, &ctd, &warm, &dump),
         notes,
     })
 }

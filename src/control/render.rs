@@ -36,8 +36,14 @@ fn active_since_s(entry: &CacheEntry, now_ms: u64) -> u64 {
 /// followed by ` [active since Ns]`. `with_reply` prints the reply tuple
 /// (`-i`); without it only the original tuple is shown (`-e`).
 pub fn flow_line(entry: &CacheEntry, now_ms: u64, with_reply: bool) -> String {
-    let f = &entry.flow;
     let mut s = String::with_capacity(200);
+    write_flow_line(&mut s, entry, now_ms, with_reply);
+    s
+}
+
+/// `flow_line`, appended to `s` (a whole table renders into one buffer).
+pub fn write_flow_line(s: &mut String, entry: &CacheEntry, now_ms: u64, with_reply: bool) {
+    let f = &entry.flow;
     let _ = write!(s, "{:<8} {} ", proto_name(f.orig.proto), f.orig.proto);
     if let Some(name) = f.state.name() {
         // libnetfilter_conntrack prints an out-of-range state as NONE.
@@ -68,7 +74,6 @@ pub fn flow_line(entry: &CacheEntry, now_ms: u64, with_reply: bool) -> String {
     // Labels are not printed: conntrackd formats without a label map, so
     // libnetfilter_conntrack omits them. `--json` carries them.
     let _ = write!(s, "[active since {}s]", active_since_s(entry, now_ms));
-    s
 }
 
 /// A tuple as `--json` shows it.

@@ -33,6 +33,12 @@ pub type Job = (Envelope, oneshot::Sender<Reply>);
 /// needed, replace a stale socket nobody answers on, refuse if a daemon
 /// answers, and make the socket 0600. Must run inside a tokio runtime.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    UnixListener::from_std(bind_std(path)?)
+}
+
+/// `bind`, as a non-blocking standard listener that any runtime (the
+/// control thread's own) can take over with `UnixListener::from_std`.
+pub fn bind_std(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::DirBuilder::new()
@@ -60,7 +66,8 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -22,7 +22,9 @@ pub(super) fn spawn(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::i
     std::thread::Builder::new()
         .name("ct-events".into())
         .spawn(move || {
-            raise_priority();
+            // Needs CAP_SYS_NICE; without it the thread keeps the
+            // daemon's priority.
+            crate::process::set_thread_nice(EVENT_THREAD_NICE);
             event_loop(events, tx);
         })
         .map(|_| ())
@@ -32,21 +34,6 @@ pub(super) fn spawn(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::i
 /// that a busy machine still drains the event socket before it overruns
 /// (the events then wait in memory, and an overrun costs a table re-read).
 const EVENT_THREAD_NICE: libc::c_int = -10;
-
-/// Give the calling thread `EVENT_THREAD_NICE` (needs CAP_SYS_NICE;
-/// without it the thread keeps the daemon's priority).
-fn raise_priority() {
-    // SAFETY: gettid and setpriority take no pointers.
-    let tid = unsafe { libc::gettid() };
-    let who = libc::id_t::try_from(tid).unwrap_or(0);
-    // SAFETY: as above; `who` is this thread's id.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, EVENT_THREAD_NICE) } != 0 {
-        tracing::debug!(
-            err = %std::io::Error::last_os_error(),
-            "event thread keeps the default priority"
-        );
-    }
-}
 
 /// Most events the reader holds while the daemon's loop is busy (about
 /// 50 MB) before it waits, and the socket buffer takes over.

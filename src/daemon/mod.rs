@@ -263,13 +263,9 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     );
 
     daemon.arm_reconcile();
-    let listener = control::server::bind(&daemon.config.socket)?;
+    let listener = control::server::bind_std(&daemon.config.socket)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
-    tokio::spawn(control::server::serve(
-        listener,
-        ctl_tx,
-        daemon.control_counters.clone(),
-    ));
+    spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone())?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
@@ -314,6 +310,31 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
+}
+
+/// The control server runs on a thread (and runtime) of its own at a lower
+/// priority: writing a dump of a million flows to a client is its work,
+/// not the owner's.
+fn spawn_control_thread(
+    listener: std::os::unix::net::UnixListener,
+    requests: mpsc::Sender<(Envelope, oneshot::Sender<Reply>)>,
+    counters: Arc<ControlCounters>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ct-control".into())
+        .spawn(move || {
+            process::set_thread_nice(views::RENDER_NICE);
+            runtime.block_on(async move {
+                match tokio::net::UnixListener::from_std(listener) {
+                    Ok(listener) => control::server::serve(listener, requests, counters).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve the control socket"),
+                }
+            });
+        })
+        .map(|_| ())
 }
 
 impl Daemon {

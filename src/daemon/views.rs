@@ -18,31 +18,43 @@ pub(super) struct View {
     pub json: bool,
 }
 
-/// Render `caches` on a blocking thread and answer `reply` from there.
+/// Nice value of a rendering thread: below replication's threads, so a
+/// dump of a million flows on a busy machine takes the CPU that is left.
+pub(super) const RENDER_NICE: libc::c_int = 10;
+
+/// Render `caches` on a thread of its own, at a lower priority, and answer
+/// `reply` from there.
 pub(super) fn render_off_thread(
     caches: Vec<FrozenCache>,
     now_ms: u64,
     view: View,
     reply: oneshot::Sender<Reply>,
 ) {
-    tokio::task::spawn_blocking(move || {
-        let body = render(&caches, now_ms, view);
-        let _ = reply.send(super::success(body));
-    });
+    let spawned = std::thread::Builder::new()
+        .name("ct-render".into())
+        .spawn(move || {
+            crate::process::set_thread_nice(RENDER_NICE);
+            let body = render(&caches, now_ms, view);
+            let _ = reply.send(super::success(body));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to render a cache");
+    }
 }
 
 pub(super) fn render(caches: &[FrozenCache], now_ms: u64, view: View) -> String {
-    let entries: Vec<CacheEntry> = caches
+    let entries = caches
         .iter()
         .flat_map(FrozenCache::entries)
-        .filter_map(|e| e.entry())
-        .collect();
+        .filter_map(|e| e.entry());
     if view.json {
-        control::render::flows_json(&entries, now_ms)
+        let all: Vec<CacheEntry> = entries.collect();
+        control::render::flows_json(&all, now_ms)
     } else {
-        let mut out = String::with_capacity(entries.len() * 160);
-        for entry in &entries {
-            out.push_str(&control::render::flow_line(entry, now_ms, view.with_reply));
+        let len: usize = caches.iter().map(FrozenCache::len).sum();
+        let mut out = String::with_capacity(len * 160);
+        for entry in entries {
+            control::render::write_flow_line(&mut out, &entry, now_ms, view.with_reply);
             out.push('\n');
         }
         out
