@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+mod notes;
+#[allow(unused_imports)]
+pub use notes::note_for_summary;
+
 use ctsync::flow::{proto, status, Flow, ProtoState, Tuple, L4};
 use ctsync::kernel::write::{CreateOptions, WriteOp, Writer};
 use serde_json::Value;
