@@ -98,6 +98,7 @@ enum TableReadState {
 }
 
 /// The owner's timers (the sync core keeps its own).
+#[derive(Debug)]
 struct Timers {
     link_check_at: Instant,
     /// Re-read the table after an overrun or a failed read.
@@ -106,6 +107,26 @@ struct Timers {
     reconcile_at: Option<Instant>,
     /// `-t`: flush the kernel table then.
     scheduled_flush_at: Option<Instant>,
+}
+
+impl Timers {
+    /// When the owner must wake next for its own timers. A heal or re-read
+    /// that falls due while the table is being read waits for that read to
+    /// land (which looks again): no wake-ups meanwhile.
+    fn earliest(&self, reading_table: bool, own_writes_until: Option<Instant>) -> Option<Instant> {
+        let table_timers = [self.heal_at, self.reconcile_at]
+            .into_iter()
+            .filter(|_| !reading_table);
+        [
+            Some(self.link_check_at),
+            self.scheduled_flush_at,
+            own_writes_until,
+        ]
+        .into_iter()
+        .chain(table_timers)
+        .flatten()
+        .min()
+    }
 }
 
 struct Daemon {
@@ -382,19 +403,7 @@ impl Daemon {
             CommitPhase::Finished { own_writes_until } => Some(own_writes_until),
             CommitPhase::Idle | CommitPhase::Running => None,
         };
-        // A heal or re-read that falls due while the table is being read
-        // waits for that read to land (which looks again): no wake-ups
-        // meanwhile.
-        let reading = self.table_read_running();
-        let table_timers = [self.timers.heal_at, self.timers.reconcile_at]
-            .into_iter()
-            .filter(|_| !reading);
-        let timers = [
-            Some(self.timers.link_check_at),
-            self.timers.scheduled_flush_at,
-            own_writes,
-        ];
-        for at in timers.into_iter().chain(table_timers).flatten() {
+        if let Some(at) = self.timers.earliest(self.table_read_running(), own_writes) {
             deadline = deadline.min(at);
         }
         deadline
@@ -723,5 +732,27 @@ fn failure(reason: String) -> Reply {
         ok: false,
         error: Some(reason),
         body: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_heal_does_not_wake_the_owner_while_the_table_is_read() {
+        let now = Instant::now();
+        let timers = Timers {
+            link_check_at: now + Duration::from_millis(250),
+            heal_at: Some(now - Duration::from_millis(5)),
+            reconcile_at: Some(now + Duration::from_secs(60)),
+            scheduled_flush_at: None,
+        };
+        // Idle: the overdue heal is the next wake-up.
+        assert_eq!(timers.earliest(false, None), timers.heal_at);
+        // Reading: the heal waits for the read; the link check is next.
+        assert_eq!(timers.earliest(true, None), Some(timers.link_check_at));
+        let soon = now + Duration::from_millis(10);
+        assert_eq!(timers.earliest(true, Some(soon)), Some(soon));
     }
 }
