@@ -149,7 +149,12 @@ impl Daemon {
         let total = match &plan {
             CommitPlan::OnlyMissing(missing) => missing
                 .iter()
-                .filter(|k| self.node.holds_peer_flow(k))
+                .filter(|k| {
+                    self.node
+                        .external()
+                        .iter()
+                        .any(|(id, c)| peer.is_none_or(|p| p == *id) && c.contains(k))
+                })
                 .count(),
             CommitPlan::Verify(_) | CommitPlan::RecentFirst => source.len(),
         } as u64;
