@@ -173,6 +173,17 @@ pub fn range_of(key: &FlowKey) -> u16 {
     range_of_bytes(KeyBuf::of(&WireKey::from(key)).as_slice()) as u16
 }
 
+/// Whether an entry stamped `entry` was written before the generation
+/// `since` began (generations count up, wrapping).
+fn older(entry: u32, since: u32) -> bool {
+    (since.wrapping_sub(entry) as i32) > 0
+}
+
+/// The `since` generation of `range`, if it has one.
+fn since_of(since: &[Option<u32>], range: usize) -> Option<u32> {
+    since.get(range).copied().flatten()
+}
+
 /// Whether `want` (indexed by range) holds `range`.
 fn wanted(want: &[bool], range: usize) -> bool {
     want.get(range).copied().unwrap_or(false)
@@ -251,16 +262,14 @@ impl FlowCache {
         (0..RANGES).map(|r| self.range_sum(r))
     }
 
-    /// Per range wanted (`want`, indexed by range): the count and hash of
-    /// its entries not stamped `generation`. Only those are decoded.
-    fn stale_sums(&self, generation: u32, want: &[bool]) -> Vec<(u32, u64)> {
+    /// Per range: the count and hash of its entries written before
+    /// `since[range]` (ranges with `None` are skipped). Only those entries
+    /// are decoded.
+    fn stale_sums(&self, since: &[Option<u32>]) -> Vec<(u32, u64)> {
         let mut stale = vec![(0u32, 0u64); usize::from(RANGES)];
         for slot in self.table.iter() {
-            if slot.generation == generation {
-                continue;
-            }
             let r = range_of_bytes(slot.key_bytes());
-            if !wanted(want, r) {
+            if !since_of(since, r).is_some_and(|g| older(slot.generation, g)) {
                 continue;
             }
             if let Some(s) = stale.get_mut(r) {
@@ -271,12 +280,13 @@ impl FlowCache {
         stale
     }
 
-    /// What each wanted range would hold after `sweep_ranges_older_than`:
-    /// only the entries written since `begin_generation` gave `generation`.
-    pub fn range_sums_if_swept(&self, generation: u32, want: &[bool]) -> Vec<RangeSum> {
-        let stale = self.stale_sums(generation, want);
+    /// What each range with a `since` generation would hold after
+    /// `sweep_ranges_older_than(since)`: only the entries written since
+    /// `begin_generation` returned it.
+    pub fn range_sums_if_swept(&self, since: &[Option<u32>]) -> Vec<RangeSum> {
+        let stale = self.stale_sums(since);
         (0..RANGES)
-            .filter(|&r| wanted(want, usize::from(r)))
+            .filter(|&r| since_of(since, usize::from(r)).is_some())
             .map(|r| {
                 let now = self.range_sum(r);
                 let (count, hash) = stale.get(usize::from(r)).copied().unwrap_or_default();
@@ -291,8 +301,8 @@ impl FlowCache {
 
     /// The whole table's (`len`, `digest`) after `sweep_older_than`.
     pub fn digest_if_swept(&self, generation: u32) -> (u64, u64) {
-        let all = vec![true; usize::from(RANGES)];
-        let stale = self.stale_sums(generation, &all);
+        let all = vec![Some(generation); usize::from(RANGES)];
+        let stale = self.stale_sums(&all);
         let (count, hash) = stale.iter().fold((0u64, 0u64), |(c, h), &(sc, sh)| {
             (c + u64::from(sc), h ^ sh)
         });
@@ -302,18 +312,15 @@ impl FlowCache {
         )
     }
 
-    /// Remove every entry of the wanted ranges not written since
-    /// `begin_generation` gave `generation`; returns the keys removed.
-    pub fn sweep_ranges_older_than(&mut self, generation: u32, want: &[bool]) -> Vec<FlowKey> {
+    /// Remove every entry of a range with a `since` generation that was
+    /// written before it; returns the keys removed.
+    pub fn sweep_ranges_older_than(&mut self, since: &[Option<u32>]) -> Vec<FlowKey> {
         let mut stale = Vec::new();
         let mut digest = self.digest;
         let mut ranges = std::mem::take(&mut self.ranges);
         self.table.retain(|slot| {
-            if slot.generation == generation {
-                return true;
-            }
             let r = range_of_bytes(slot.key_bytes());
-            if !wanted(want, r) {
+            if !since_of(since, r).is_some_and(|g| older(slot.generation, g)) {
                 return true;
             }
             let flow = slot.flow();
@@ -333,19 +340,19 @@ impl FlowCache {
     }
 
     /// The entries of the wanted ranges, in the table's order: each one's
-    /// wire encoding (as `take_for_send` gives it), and its key if it is
-    /// marked queued.
+    /// range, wire encoding (as `take_for_send` gives it), and its key if
+    /// it is marked queued.
     pub fn range_entries<'a>(
         &'a self,
         want: &'a [bool],
-    ) -> impl Iterator<Item = (Option<FlowKey>, &'a [u8])> + 'a {
-        self.table
-            .iter()
-            .filter(move |s| wanted(want, range_of_bytes(s.key_bytes())))
-            .map(|s| {
+    ) -> impl Iterator<Item = (u16, Option<FlowKey>, &'a [u8])> + 'a {
+        self.table.iter().filter_map(move |s| {
+            let r = range_of_bytes(s.key_bytes());
+            wanted(want, r).then(|| {
                 let queued = (s.updated_s & QUEUED != 0).then(|| slot_key(s));
-                (queued, &s.flow_bytes()[1..])
+                (r as u16, queued, &s.flow_bytes()[1..])
             })
+        })
     }
 
     /// A key's bytes and their hash: what the table is probed with.
@@ -575,9 +582,10 @@ impl FlowCache {
     }
 
     /// Remove every entry not written since `begin_generation` returned
-    /// `generation`; returns the keys removed.
+    /// `generation` (entries of later generations stay); returns the keys
+    /// removed.
     pub fn sweep_older_than(&mut self, generation: u32) -> Vec<FlowKey> {
-        self.sweep_where(|g| g != generation)
+        self.sweep_where(|g| older(g, generation))
     }
 
     /// Remove every entry whose generation `is_stale`; returns the keys
@@ -1033,6 +1041,7 @@ mod tests {
         let target = range_of(&flow(0).key());
         let mut want = vec![false; usize::from(RANGES)];
         want[usize::from(target)] = true;
+        let mut since = vec![None; usize::from(RANGES)];
         let in_range: Vec<u16> = (0..600)
             .filter(|&p| range_of(&flow(p).key()) == target)
             .collect();
@@ -1040,20 +1049,26 @@ mod tests {
         let before = c.range_sum(target);
         // A range bulk rewrites all but the first flow of the range.
         let g = c.begin_generation();
+        since[usize::from(target)] = Some(g);
         for &p in &in_range[1..] {
             c.upsert(flow(p), 1);
         }
+        // A later generation (another range asked) does not make these
+        // stale.
+        let later = c.begin_generation();
+        c.upsert(flow(in_range[1]), 2);
+        assert!(later != g);
         let expect = {
             let mut s = before;
             s.count -= 1;
             s.hash ^= state_hash(&flow(in_range[0]));
             s
         };
-        assert_eq!(c.range_sums_if_swept(g, &want), vec![expect]);
+        assert_eq!(c.range_sums_if_swept(&since), vec![expect]);
         // Unwritten flows elsewhere count as stale for a full check only.
         let (count, _) = c.digest_if_swept(g);
         assert_eq!(count as usize, in_range.len() - 1);
-        let gone = c.sweep_ranges_older_than(g, &want);
+        let gone = c.sweep_ranges_older_than(&since);
         assert_eq!(gone, vec![flow(in_range[0]).key()]);
         assert_eq!(c.len(), 599);
         assert_eq!(c.range_sum(target), expect);
@@ -1062,7 +1077,10 @@ mod tests {
         c.mark_queued(&flow(in_range[1]).key());
         let entries: Vec<(Option<FlowKey>, Vec<u8>)> = c
             .range_entries(&want)
-            .map(|(k, b)| (k, b.to_vec()))
+            .map(|(r, k, b)| {
+                assert_eq!(r, target);
+                (k, b.to_vec())
+            })
             .collect();
         assert_eq!(entries.len(), in_range.len() - 1);
         assert_eq!(

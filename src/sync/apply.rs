@@ -7,7 +7,7 @@
 //! queue (it returns effects), decide who a datagram is from (the peer
 //! table does), or read the clock.
 
-use super::bulk::FullEnd;
+use super::bulk::{prove_ranges, FullEnd};
 use super::digest::differing;
 use super::peers::{Peer, Resync};
 use super::rx::RxParams;
@@ -41,6 +41,9 @@ pub(crate) struct Ctx {
     pub now: u64,
     /// How long to wait before asking a peer again.
     pub retry_ms: u64,
+    /// How long one repair of a range may gather flows before it starts
+    /// afresh (`digest::RangeWants::want`).
+    pub restart_ms: u64,
     pub rx: RxParams,
 }
 
@@ -71,6 +74,14 @@ pub(crate) fn mode_uses(mode: Mode, msg: &Message) -> bool {
     }
 }
 
+/// An empty view of `sender`'s table (see `SyncConfig::cache_seed`).
+fn new_view(seed: Option<u64>, sender: u32) -> FlowCache {
+    match seed {
+        Some(s) => FlowCache::with_seed(s ^ u64::from(sender)),
+        None => FlowCache::new(),
+    }
+}
+
 impl Views {
     pub fn new(record: bool, seed: Option<u64>) -> Views {
         Views {
@@ -84,10 +95,9 @@ impl Views {
     /// `sender`'s external cache, created empty if new.
     pub fn cache(&mut self, sender: u32) -> &mut FlowCache {
         let seed = self.seed;
-        self.caches.entry(sender).or_insert_with(|| match seed {
-            Some(s) => FlowCache::with_seed(s ^ u64::from(sender)),
-            None => FlowCache::new(),
-        })
+        self.caches
+            .entry(sender)
+            .or_insert_with(|| new_view(seed, sender))
     }
 
     pub fn record_deletes(&mut self, keys: Vec<crate::flow::FlowKey>) {
@@ -167,13 +177,19 @@ impl Views {
             Message::BulkEndSum { id, count, hash } => {
                 self.end_full(sender, peer, id, count, Some(hash), stats);
             }
-            Message::RangeBegin { id, ranges } => {
-                if peer.bulk.begin_ranges(id, &ranges, self.cache(sender)) {
+            Message::RangeBegin { id, .. } => {
+                if peer.bulk.begin_ranges(id) {
                     stats.range_bulks_received += 1;
                 }
             }
             Message::RangeEnd { id, sums } => {
-                let end = peer.bulk.end_ranges(id, &sums, self.cache(sender));
+                peer.bulk.end_ranges(id);
+                if matches!(peer.bulk, super::bulk::BulkRx::Full { .. }) {
+                    // Its whole table is coming: the full bulk decides.
+                    return;
+                }
+                let wants = &peer.wants;
+                let end = prove_ranges(self.cache(sender), &sums, |r| wants.since(r));
                 if !end.swept.is_empty() {
                     stats.range_swept += end.swept.len() as u64;
                 }
@@ -265,7 +281,16 @@ impl Views {
                     stats.digest_mismatches += 1;
                     // Unless its whole table is coming anyway.
                     if peer.resync == Resync::Settled {
-                        let ask = peer.wants.want(&differ, now, ctx.retry_ms);
+                        let caches = &mut self.caches;
+                        let seed = self.seed;
+                        let ask =
+                            peer.wants
+                                .want(&differ, now, ctx.retry_ms, ctx.restart_ms, || {
+                                    caches
+                                        .entry(sender)
+                                        .or_insert_with(|| new_view(seed, sender))
+                                        .begin_generation()
+                                });
                         if !ask.is_empty() {
                             effects.push(Effect::AskRanges(ask));
                         }
@@ -311,6 +336,7 @@ mod tests {
             last_seq: 10,
             now: 1_000,
             retry_ms: 1_000,
+            restart_ms: 5_000,
             rx: RxParams {
                 ack_every: 8,
                 ack_delay_ms: 20,
@@ -439,9 +465,18 @@ mod tests {
         let flows = msgs.len() - 2;
         assert!(run(&mut v, &mut p, Mode::Notrack, msgs.clone()).is_empty());
         assert_eq!(v.caches[&2].range_sum(r), sender.range_sum(r));
-        // One that lost a flow asks again at once.
+        // A range not being repaired is left alone by a range bulk.
+        v.caches.get_mut(&2).unwrap().clear();
+        assert!(run(&mut v, &mut p, Mode::Notrack, msgs.clone()).is_empty());
+        // One being repaired that lost a flow asks again at once.
+        v.caches.get_mut(&2).unwrap().clear();
+        let digest = Message::RangeDigest { sums };
+        assert_eq!(
+            run(&mut v, &mut p, Mode::Notrack, vec![digest]),
+            vec![Effect::AskRanges(vec![r])],
+            "the others were asked for just now"
+        );
         if flows > 0 {
-            v.caches.get_mut(&2).unwrap().clear();
             msgs.remove(1);
             let e = run(&mut v, &mut p, Mode::Notrack, msgs);
             assert_eq!(e, vec![Effect::AskRanges(vec![r])]);

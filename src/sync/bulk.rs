@@ -94,41 +94,45 @@ impl BulkSender {
         true
     }
 
-    /// Queue range bulks for `ranges` (those not queued already), at most
-    /// `per_bulk` ranges each, behind everything queued; returns how many.
-    /// Each carries every flow of its ranges: a queued one as its key (it
-    /// leaves with its latest state), the others as a snapshot.
+    /// Queue a range bulk for each of `ranges` not queued already, behind
+    /// everything queued; returns how many. One range per bulk, its flows
+    /// together: a range is proven by its own few datagrams, so under
+    /// steady loss each round proves most ranges rather than none. A
+    /// queued flow goes as its key (it leaves with its latest state), the
+    /// others as a snapshot.
     pub fn start_ranges(
         &mut self,
         cache: &FlowCache,
         queue: &mut SendQueue,
         ranges: &[u16],
-        per_bulk: usize,
     ) -> usize {
-        let mut fresh: Vec<u16> = ranges
-            .iter()
-            .copied()
-            .filter(|&r| r < RANGES && !self.queued.get(usize::from(r)).copied().unwrap_or(true))
-            .collect();
+        let mut want = vec![false; usize::from(RANGES)];
+        let mut fresh = Vec::new();
+        for &r in ranges {
+            let i = usize::from(r);
+            if r < RANGES && !self.queued.get(i).copied().unwrap_or(true) && !want[i] {
+                want[i] = true;
+                fresh.push(r);
+            }
+        }
         fresh.sort_unstable();
-        fresh.dedup();
-        let mut started = 0;
+        // One pass over the table, grouped by range.
+        let mut groups: Vec<Vec<(Option<FlowKey>, &[u8])>> = vec![Vec::new(); usize::from(RANGES)];
+        for (r, key, bytes) in cache.range_entries(&want) {
+            if let Some(g) = groups.get_mut(usize::from(r)) {
+                g.push((key, bytes));
+            }
+        }
         let mut message = Vec::with_capacity(128);
-        for chunk in fresh.chunks(per_bulk.max(1)) {
+        for &r in &fresh {
             let id = self.next_id();
-            let mut want = vec![false; usize::from(RANGES)];
-            for &r in chunk {
-                if let Some(w) = want.get_mut(usize::from(r)) {
-                    *w = true;
-                }
-                if let Some(q) = self.queued.get_mut(usize::from(r)) {
-                    *q = true;
-                }
+            if let Some(q) = self.queued.get_mut(usize::from(r)) {
+                *q = true;
             }
             queue.push_back(Item::RangeBegin(id));
-            for (key, bytes) in cache.range_entries(&want) {
+            for (key, bytes) in groups.get(usize::from(r)).map_or(&[][..], Vec::as_slice) {
                 match key {
-                    Some(key) => queue.push_key(key),
+                    Some(key) => queue.push_key(*key),
                     None => {
                         message.clear();
                         message.push(wire::UPSERT_VARIANT);
@@ -140,12 +144,11 @@ impl BulkSender {
             queue.push_back(Item::RangeEnd(id));
             self.ranges.push_back(RangeBulk {
                 id,
-                ranges: chunk.to_vec(),
-                sums: chunk.iter().map(|&r| cache.range_sum(r)).collect(),
+                ranges: vec![r],
+                sums: vec![cache.range_sum(r)],
             });
-            started += 1;
         }
-        started
+        fresh.len()
     }
 
     /// The message of a range bulk's marker (`None` for other items, or a
@@ -203,11 +206,10 @@ pub(crate) enum BulkRx {
         id: u32,
         generation: u32,
     },
-    /// A range bulk over the ranges `want` marks.
+    /// A range bulk (its proof does not depend on its begin: see
+    /// `prove_ranges`); its flows repeat the sender's table.
     Ranges {
         id: u32,
-        generation: u32,
-        want: Vec<bool>,
     },
 }
 
@@ -227,7 +229,7 @@ pub(crate) enum FullEnd {
 pub(crate) struct RangesEnd {
     /// Ranges proven complete (and swept).
     pub proven: Vec<u16>,
-    /// Ranges where something was lost: nothing swept; ask again.
+    /// Ranges where something is still missing: nothing swept; ask again.
     pub unproven: Vec<u16>,
     pub swept: Vec<FlowKey>,
 }
@@ -248,22 +250,19 @@ impl BulkRx {
 
     /// A range bulk begins; false (ignored) while a full bulk is in
     /// progress, which covers it.
-    pub fn begin_ranges(&mut self, id: u32, ranges: &[u16], cache: &mut FlowCache) -> bool {
+    pub fn begin_ranges(&mut self, id: u32) -> bool {
         if matches!(self, BulkRx::Full { .. }) {
             return false;
         }
-        let mut want = vec![false; usize::from(RANGES)];
-        for &r in ranges {
-            if let Some(w) = want.get_mut(usize::from(r)) {
-                *w = true;
-            }
-        }
-        *self = BulkRx::Ranges {
-            id,
-            generation: cache.begin_generation(),
-            want,
-        };
+        *self = BulkRx::Ranges { id };
         true
+    }
+
+    /// The range bulk `id` ended (whatever its proof).
+    pub fn end_ranges(&mut self, id: u32) {
+        if *self == (BulkRx::Ranges { id }) {
+            *self = BulkRx::Idle;
+        }
     }
 
     /// The full bulk `id` ended; the sender held `count` flows (and, when
@@ -288,40 +287,42 @@ impl BulkRx {
         }
         FullEnd::Swept(cache.sweep_older_than(generation))
     }
+}
 
-    /// The range bulk `id` ended with the sender's `sums`. Each range whose
-    /// fresh entries match its sum is swept; the others are reported.
-    pub fn end_ranges(&mut self, id: u32, sums: &[RangeSum], cache: &mut FlowCache) -> RangesEnd {
-        // Not the range bulk in progress (a full bulk covers it, or its
-        // begin was lost): keep what is in progress.
-        if !matches!(self, BulkRx::Ranges { id: at, .. } if *at == id) {
-            return RangesEnd::default();
+/// A range bulk ended with the sender's `sums`. Each range we are
+/// repairing (`since` gives the generation its repair began at) whose
+/// entries written since then equal its sum is complete: the older ones
+/// are flows the sender no longer has, and are swept. Ranges we are not
+/// repairing are left alone (a digest brings them up if they differ).
+pub(crate) fn prove_ranges(
+    cache: &mut FlowCache,
+    sums: &[RangeSum],
+    since: impl Fn(u16) -> Option<u32>,
+) -> RangesEnd {
+    let mut at = vec![None; usize::from(RANGES)];
+    for s in sums {
+        if let Some(slot) = at.get_mut(usize::from(s.range)) {
+            *slot = since(s.range);
         }
-        let BulkRx::Ranges {
-            generation, want, ..
-        } = std::mem::replace(self, BulkRx::Idle)
-        else {
-            return RangesEnd::default();
-        };
-        let fresh = cache.range_sums_if_swept(generation, &want);
-        let mut out = RangesEnd::default();
-        let mut sweep = vec![false; usize::from(RANGES)];
-        for sum in sums {
-            if !want.get(usize::from(sum.range)).copied().unwrap_or(false) {
-                continue;
-            }
-            if fresh.iter().any(|f| f == sum) {
-                out.proven.push(sum.range);
-                if let Some(s) = sweep.get_mut(usize::from(sum.range)) {
-                    *s = true;
-                }
-            } else {
-                out.unproven.push(sum.range);
-            }
-        }
-        out.swept = cache.sweep_ranges_older_than(generation, &sweep);
-        out
     }
+    let fresh = cache.range_sums_if_swept(&at);
+    let mut out = RangesEnd::default();
+    let mut sweep = vec![None; usize::from(RANGES)];
+    for sum in sums {
+        let Some(g) = at.get(usize::from(sum.range)).copied().flatten() else {
+            continue;
+        };
+        if fresh.iter().any(|f| f == sum) {
+            out.proven.push(sum.range);
+            if let Some(s) = sweep.get_mut(usize::from(sum.range)) {
+                *s = Some(g);
+            }
+        } else {
+            out.unproven.push(sum.range);
+        }
+    }
+    out.swept = cache.sweep_ranges_older_than(&sweep);
+    out
 }
 
 /// Ranges per message so that a range message (`RangeSum`s or range
@@ -356,6 +357,8 @@ mod tests {
         lose: impl Fn(usize) -> bool,
     ) -> Vec<String> {
         let mut seen = Vec::new();
+        // Every range is being repaired from here on.
+        let since = Some(into.begin_generation());
         let mut i = 0;
         while let Some(item) = q.front().copied() {
             i += 1;
@@ -391,11 +394,12 @@ mod tests {
                 Message::BulkEndSum { id, count, hash } => {
                     seen.push(format!("{:?}", rx.end_full(id, count, Some(hash), into)))
                 }
-                Message::RangeBegin { id, ranges } => {
-                    assert!(rx.begin_ranges(id, &ranges, into));
+                Message::RangeBegin { id, .. } => {
+                    assert!(rx.begin_ranges(id));
                 }
                 Message::RangeEnd { id, sums } => {
-                    let e = rx.end_ranges(id, &sums, into);
+                    rx.end_ranges(id);
+                    let e = prove_ranges(into, &sums, |_| since);
                     seen.push(format!(
                         "proven {} unproven {} swept {}",
                         e.proven.len(),
@@ -450,9 +454,9 @@ mod tests {
         into.upsert(udp(5001), 0);
         let mut q = SendQueue::default();
         let mut s = BulkSender::default();
-        assert_eq!(s.start_ranges(&from, &mut q, &[r1, r2, r1], 1), 2);
+        assert_eq!(s.start_ranges(&from, &mut q, &[r1, r2, r1]), 2);
         assert_eq!(
-            s.start_ranges(&from, &mut q, &[r1], 1),
+            s.start_ranges(&from, &mut q, &[r1]),
             0,
             "queued ranges coalesce"
         );
@@ -464,7 +468,7 @@ mod tests {
         // Losing flows leaves a range unproven: nothing swept there.
         into.upsert(udp(5001), 0);
         let lost_range = r2;
-        assert_eq!(s.start_ranges(&from, &mut q, &[lost_range], 4), 1);
+        assert_eq!(s.start_ranges(&from, &mut q, &[lost_range]), 1);
         let seen = deliver(&mut q, &mut s, &mut from, &mut into, &mut rx, |i| i == 2);
         assert_eq!(seen, vec!["proven 0 unproven 1 swept 0".to_string()]);
         assert!(into.contains(&udp(5001).key()));
@@ -475,13 +479,51 @@ mod tests {
         let mut c = table(10);
         let mut rx = BulkRx::Idle;
         rx.begin_full(1, &mut c);
-        assert!(!rx.begin_ranges(2, &[0], &mut c));
-        assert_eq!(rx.end_ranges(2, &[], &mut c), RangesEnd::default());
+        assert!(!rx.begin_ranges(2));
+        rx.end_ranges(2);
         assert!(matches!(rx, BulkRx::Full { id: 1, .. }));
         assert_eq!(rx.end_full(7, 0, None, &mut c), FullEnd::Ignored);
         // Legacy end (no hash): the count alone must match.
         assert_eq!(rx.end_full(1, 3, None, &mut c), FullEnd::Unproven);
         assert_eq!(rx, BulkRx::Idle);
+    }
+
+    #[test]
+    fn rounds_of_a_range_repair_add_up_in_any_order() {
+        let from = table(3000);
+        let r = range_of(&udp(1).key());
+        let in_r: Vec<u16> = (0..3000)
+            .filter(|&p| range_of(&udp(p).key()) == r)
+            .collect();
+        assert!(in_r.len() > 4);
+        let mut into = FlowCache::with_seed(2);
+        into.upsert(udp(9999), 0); // an extra, in some range
+        let extra_r = range_of(&udp(9999).key());
+        let g = into.begin_generation();
+        let since = |range: u16| (range == r || range == extra_r).then_some(g);
+        let sums = vec![from.range_sum(r), from.range_sum(extra_r)];
+        // Round one brings half of r (and its end arrives early).
+        for &p in &in_r[..in_r.len() / 2] {
+            into.upsert(udp(p), 1);
+        }
+        let e = prove_ranges(&mut into, &sums, since);
+        assert!(e.unproven.contains(&r) && e.swept.is_empty(), "{e:?}");
+        // Round two the rest, in reverse: now it is complete.
+        for &p in in_r[in_r.len() / 2..].iter().rev() {
+            into.upsert(udp(p), 2);
+        }
+        for p in 0..3000u16 {
+            if range_of(&udp(p).key()) == extra_r {
+                into.upsert(udp(p), 2);
+            }
+        }
+        let e = prove_ranges(&mut into, &sums, since);
+        assert!(e.unproven.is_empty(), "{e:?}");
+        assert_eq!(e.swept, vec![udp(9999).key()]);
+        assert_eq!(into.range_sum(r), from.range_sum(r));
+        // A range not being repaired is left alone.
+        let e = prove_ranges(&mut into, &sums, |_| None);
+        assert_eq!(e, RangesEnd::default());
     }
 
     #[test]

@@ -86,38 +86,87 @@ pub(crate) fn differing(view: Option<&FlowCache>, sums: &[RangeSum]) -> Vec<u16>
         .collect()
 }
 
-/// The ranges of one peer's table we asked it to re-send, each with when
-/// we last asked, until a range bulk proves it or a digest shows it equal.
+/// One range of a peer's table we asked it to re-send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ask {
+    /// When we last asked.
+    asked_ms: u64,
+    /// The external cache's generation when this repair began, and when:
+    /// every flow of the range written since counts as re-sent. Rounds of
+    /// a repair add up, so under steady loss a range is proven once each
+    /// of its flows arrived in one round or another, and in any order.
+    since: u32,
+    since_ms: u64,
+}
+
+/// The ranges of one peer's table we asked it to re-send, until a range
+/// bulk's end proves one or a digest shows it equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RangeWants {
-    asked: BTreeMap<u16, u64>,
+    asked: BTreeMap<u16, Ask>,
 }
 
 impl RangeWants {
-    /// `ranges` differ: those not asked for within `retry_ms` are to be
-    /// asked for now (returned).
-    pub fn want(&mut self, ranges: &[u16], now: u64, retry_ms: u64) -> Vec<u16> {
+    /// A digest says `ranges` differ: those not asked for within
+    /// `retry_ms` are to be asked for now (returned). A repair older than
+    /// `restart_ms` starts afresh at a new generation (`generation` gives
+    /// one), so a flow written during it that the peer deleted since (and
+    /// whose delete was lost) cannot block the proof forever.
+    pub fn want(
+        &mut self,
+        ranges: &[u16],
+        now: u64,
+        retry_ms: u64,
+        restart_ms: u64,
+        mut generation: impl FnMut() -> u32,
+    ) -> Vec<u16> {
+        let mut fresh: Option<u32> = None;
         let mut ask = Vec::new();
         for &r in ranges {
-            let due = self
-                .asked
-                .get(&r)
-                .is_none_or(|&at| now >= at.saturating_add(retry_ms));
-            if due {
-                self.asked.insert(r, now);
+            let mut new_since = || *fresh.get_or_insert_with(&mut generation);
+            match self.asked.get_mut(&r) {
+                None => {
+                    self.asked.insert(
+                        r,
+                        Ask {
+                            asked_ms: now,
+                            since: new_since(),
+                            since_ms: now,
+                        },
+                    );
+                    ask.push(r);
+                }
+                Some(a) => {
+                    if now >= a.since_ms.saturating_add(restart_ms) {
+                        a.since = new_since();
+                        a.since_ms = now;
+                    }
+                    if now >= a.asked_ms.saturating_add(retry_ms) {
+                        a.asked_ms = now;
+                        ask.push(r);
+                    }
+                }
+            }
+        }
+        ask
+    }
+
+    /// `ranges` are known to be incomplete right now (a bulk of them did
+    /// not prove them): ask again at once, keeping what arrived so far.
+    pub fn want_now(&mut self, ranges: &[u16], now: u64) -> Vec<u16> {
+        let mut ask = Vec::new();
+        for &r in ranges {
+            if let Some(a) = self.asked.get_mut(&r) {
+                a.asked_ms = now;
                 ask.push(r);
             }
         }
         ask
     }
 
-    /// `ranges` are known to be wrong right now (a bulk of them lost
-    /// something): ask again at once.
-    pub fn want_now(&mut self, ranges: &[u16], now: u64) -> Vec<u16> {
-        for &r in ranges {
-            self.asked.insert(r, now);
-        }
-        ranges.to_vec()
+    /// The generation since which `range` is being repaired, if it is.
+    pub fn since(&self, range: u16) -> Option<u32> {
+        self.asked.get(&range).map(|a| a.since)
     }
 
     /// The range is right: stop asking.
@@ -128,14 +177,12 @@ impl RangeWants {
     /// Ranges asked for `retry_ms` ago and still not proven: asked again
     /// now (returned).
     pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<u16> {
-        let due: Vec<u16> = self
-            .asked
-            .iter()
-            .filter(|(_, &at)| now >= at.saturating_add(retry_ms))
-            .map(|(&r, _)| r)
-            .collect();
-        for r in &due {
-            self.asked.insert(*r, now);
+        let mut due = Vec::new();
+        for (&r, a) in self.asked.iter_mut() {
+            if now >= a.asked_ms.saturating_add(retry_ms) {
+                a.asked_ms = now;
+                due.push(r);
+            }
         }
         due
     }
@@ -143,8 +190,8 @@ impl RangeWants {
     pub fn next_due(&self, retry_ms: u64) -> Option<u64> {
         self.asked
             .values()
+            .map(|a| a.asked_ms.saturating_add(retry_ms))
             .min()
-            .map(|&at| at.saturating_add(retry_ms))
     }
 
     #[cfg(test)]
@@ -226,17 +273,37 @@ mod tests {
     #[test]
     fn wants_are_asked_once_per_retry_until_settled() {
         let mut w = RangeWants::default();
-        assert_eq!(w.want(&[3, 4], 0, 1_000), vec![3, 4]);
-        assert_eq!(w.want(&[3, 5], 500, 1_000), vec![5], "3 was just asked");
+        let mut g = 10;
+        let mut next = || {
+            g += 1;
+            g
+        };
+        assert_eq!(w.want(&[3, 4], 0, 1_000, 5_000, &mut next), vec![3, 4]);
+        assert_eq!(
+            (w.since(3), w.since(4)),
+            (Some(11), Some(11)),
+            "one generation per digest"
+        );
+        assert_eq!(
+            w.want(&[3, 5], 500, 1_000, 5_000, &mut next),
+            vec![5],
+            "3 was just asked"
+        );
+        assert_eq!(w.since(5), Some(12));
         assert_eq!(w.next_due(1_000), Some(1_000));
         assert!(w.due(999, 1_000).is_empty());
         assert_eq!(w.due(1_000, 1_000), vec![3, 4]);
+        // An unproven bulk asks again at once and keeps the generation.
+        assert_eq!(w.want_now(&[3, 9], 1_100), vec![3], "9 was never asked");
+        assert_eq!(w.since(3), Some(11));
+        // A repair older than the restart period starts afresh.
+        assert_eq!(w.want(&[3], 6_000, 1_000, 5_000, &mut next), vec![3]);
+        assert_eq!(w.since(3), Some(13));
         w.settled(3);
         w.settled(4);
-        assert_eq!(w.want_now(&[5], 1_200), vec![5]);
-        assert_eq!(w.due(2_199, 1_000), Vec::<u16>::new());
         w.settled(5);
         assert!(w.is_empty());
         assert_eq!(w.next_due(1_000), None);
+        assert_eq!(w.since(3), None);
     }
 }

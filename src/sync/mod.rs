@@ -395,6 +395,7 @@ impl Node {
             last_seq: self.tx.last_seq(),
             now: self.now,
             retry_ms: self.resync_retry_ms(),
+            restart_ms: self.cfg.digest_interval_ms.max(self.resync_retry_ms() * 4),
             rx: self.rx_params(),
         }
     }
@@ -606,11 +607,10 @@ impl Node {
         {
             return;
         }
-        let per = ranges_per_message(self.cfg.max_payload);
         let n = self
             .tx
             .bulks
-            .start_ranges(&self.internal, &mut self.tx.queue, ranges, per);
+            .start_ranges(&self.internal, &mut self.tx.queue, ranges);
         self.stats.range_bulks_sent += n as u64;
     }
 
