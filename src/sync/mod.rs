@@ -712,7 +712,9 @@ impl Node {
                     p.last_heard_ms = now;
                 }
             }
-            Verdict::New | Verdict::Restart | Verdict::OwnNodeId | Verdict::TableFull => {
+            // Refused above.
+            Verdict::OwnNodeId | Verdict::TableFull => return,
+            Verdict::New | Verdict::Restart => {
                 // First contact or a restart: start its stream where it is
                 // and ask for its table, after a pause: our start-up request
                 // may already have reached it, and its bulk cancels this.

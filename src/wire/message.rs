@@ -21,10 +21,11 @@ pub const MAX_LABELS_LEN: usize = 16;
 
 /// One unit of the sync protocol.
 ///
-/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`, `Digest`)
-/// travel in sequenced (reliable) datagrams; the others in control
-/// datagrams. New variants go at the end: the variant index is on the wire. `node` fields name
-/// the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
+/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`, `Digest`,
+/// `RangeDigest`, `RangeBegin`, `RangeEnd`, `BulkEndSum`) travel in
+/// sequenced (reliable) datagrams; the others in control datagrams. New
+/// variants go at the end: the variant index is on the wire. `node` fields
+/// name the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
 /// more than two nodes share a multicast link) and `epoch` that stream's
 /// epoch (so an ack for a sender's previous life cannot ack its new one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
