@@ -239,7 +239,10 @@ mod tests {
                     panic!("{m:?}")
                 };
                 all.extend(sums.iter().copied());
-                assert_eq!(wire::Packer::pack_all(payload, &[m.clone()]).len(), 1);
+                assert_eq!(
+                    wire::Packer::pack_all(payload, std::slice::from_ref(m)).len(),
+                    1
+                );
             }
             assert_eq!(all, c.range_sums().collect::<Vec<_>>());
             assert_eq!(all.len(), usize::from(RANGES));

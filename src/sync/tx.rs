@@ -314,7 +314,7 @@ mod tests {
         }
         assert_eq!(msgs, 200);
         assert!(bodies < 10, "{bodies}");
-        assert_eq!(s.last_seq(), bodies as u32);
+        assert_eq!(s.last_seq(), bodies);
         assert_eq!(s.resend.len(), bodies as usize);
     }
 
