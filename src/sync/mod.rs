@@ -337,19 +337,7 @@ impl Node {
     /// Test seam: the last sequence number of an epoch.
     #[cfg(test)]
     pub(crate) fn seq_limit(&self) -> u32 {
-        let mut probe = self.tx.clone();
-        let mut lo = 1u32;
-        let mut hi = u32::MAX;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            probe.start_seq_at(mid.saturating_add(1));
-            if probe.seq_exhausted() {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        lo
+        self.tx.seq_limit()
     }
 
     /// Test seam: the next sequence number.

@@ -70,6 +70,12 @@ impl Sender {
         self.next_seq = seq.max(1);
     }
 
+    /// Test seam: the last sequence number of an epoch.
+    #[cfg(test)]
+    pub fn seq_limit(&self) -> u32 {
+        self.seq_limit
+    }
+
     /// The last sequence number we sent (0: none yet).
     pub fn last_seq(&self) -> u32 {
         self.next_seq.saturating_sub(1)
