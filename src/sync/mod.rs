@@ -17,7 +17,10 @@
 mod alarm;
 mod apply;
 mod bulk;
+mod config;
 mod digest;
+mod links;
+mod local;
 mod peers;
 mod queue;
 mod resend;
@@ -26,204 +29,29 @@ mod seqstat;
 mod stats;
 mod tx;
 
+pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
 pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
 
-use crate::cache::{Confirm, FlowCache, Upsert};
+use crate::cache::FlowCache;
 use crate::flow::{Flow, FlowKey};
-use crate::wire::{decode_datagram, Header, Message, Packer, HEADER_LEN, MAX_DATAGRAM};
+use crate::wire::{decode_datagram, Header, Message, Packer};
 use alarm::{ExpiryClock, RefreshCursor};
 use apply::{Ctx, Effect, Views};
 use bulk::ranges_per_message;
+use config::new_cache;
 use digest::{digest_messages, DigestTx};
+use links::Links;
+use local::Local;
 use peers::{Peer, PeerTable, Resync, Verdict};
 use rx::RxParams;
 use std::collections::BTreeMap;
-use thiserror::Error;
 
-/// Replication mode (conntrackd's names). Every node of a cluster must use
-/// the same one.
-///
-/// - `Ftfw`: reliable; acks, nacks, a bounded resend queue.
-/// - `Notrack`: best effort; data is sent once and applied as it arrives;
-///   `-n`, start-up and peer restarts still pull a bulk.
-/// - `Alarm`: every flow is re-sent at least once per `alarm_refresh_ms`;
-///   receivers expire what is not refreshed within `alarm_timeout_ms`; no
-///   acks, nacks, resync requests, bulks or digests (only keepalives).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Mode {
-    Ftfw,
-    Notrack,
-    Alarm,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum SyncError {
-    /// No longer returned: every mode is implemented.
-    #[error("sync mode {0:?} is not implemented")]
-    UnsupportedMode(Mode),
-    #[error("invalid sync configuration: {0}")]
-    InvalidConfig(&'static str),
-}
-
-/// One change to a peer's flows, as warm standby mirrors it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// A flow the peer's view did not hold before.
-    Created(Flow),
-    /// A new state of a flow already held.
-    Updated(Flow),
-    Delete(FlowKey),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncConfig {
-    pub mode: Mode,
-    pub node_id: u32,
-    /// UDP payload budget per datagram (path MTU minus IP/UDP headers). It
-    /// bounds what we send and what we accept: a datagram longer than this is
-    /// dropped unread (counted as "oversized"), so every node of a cluster
-    /// must be configured with the same MTU (and link address family).
-    pub max_payload: usize,
-    /// Most unacknowledged reliable datagrams (the resend queue's bound).
-    pub window: usize,
-    /// Acknowledge after this many in-order datagrams...
-    pub ack_every: u32,
-    /// ...or this long after the first unacknowledged one.
-    pub ack_delay_ms: u64,
-    pub keepalive_ms: u64,
-    pub rto_ms: u64,
-    /// Silence after which a peer is down: its acks no longer hold the
-    /// window, and we stop asking it for resyncs and resends.
-    pub peer_timeout_ms: u64,
-    /// How far ahead of the next expected sequence number a reliable
-    /// datagram may be buffered; further ones are dropped unbuffered. Should
-    /// be at least the senders' `window` (a live sender is never further
-    /// ahead than that).
-    pub reorder_limit: usize,
-    /// Memory the reorder buffer of one sender may hold, in bytes.
-    pub reorder_max_bytes: usize,
-    /// Most senders known at once; datagrams from further node ids are
-    /// dropped (counted as "too_many_peers").
-    pub max_peers: usize,
-    pub links: usize,
-    /// FTFW and NOTRACK: send a `Digest` of our table this often (when the
-    /// send queue is empty); a receiver that disagrees pulls a bulk. 0: off.
-    pub digest_interval_ms: u64,
-    /// ALARM: every flow is re-sent at least this often.
-    pub alarm_refresh_ms: u64,
-    /// ALARM: a peer's flow not refreshed for this long is dropped.
-    pub alarm_timeout_ms: u64,
-    /// Let a few queued keys wait this long (ms) for more to fill a
-    /// datagram; 0 sends at once.
-    pub batch_delay_ms: u64,
-    /// Keep a list of every change to the external caches for the daemon
-    /// to collect with `take_applied` (warm standby writes them into the
-    /// kernel as they arrive).
-    pub record_applied: bool,
-    /// Key the caches' hash with this seed instead of at random, so that
-    /// their order, and with it the order a bulk is sent in, depends only
-    /// on what happened to them: for replayable simulations. (A daemon
-    /// keeps the random key: its flows come from the network.)
-    pub cache_seed: Option<u64>,
-    /// FTFW: while no peer is alive, at most this many items wait in the
-    /// send queue; past it the queue and the resend window are dropped and
-    /// the next peer heard gets a bulk instead (a backup down for a day
-    /// must not cost the primary its memory).
-    pub alone_queue_max: usize,
-}
-
-/// What a reconcile with the kernel table sends to peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Replicate {
-    /// Nothing: the cache is primed or refreshed (start-up, `-R`).
-    Nothing,
-    /// Every difference: added, changed and vanished flows.
-    Differences,
-    /// Every difference except flows a peer's cache holds: shortly after a
-    /// commit those are the commit's own writes, cached as ours but never
-    /// sent back (their events may have been paused or lost).
-    DifferencesButPeerFlows,
-}
-
-/// An empty cache as `seed` says (see `SyncConfig::cache_seed`).
-fn new_cache(seed: Option<u64>) -> FlowCache {
-    seed.map_or_else(FlowCache::new, FlowCache::with_seed)
-}
-
-impl Default for SyncConfig {
-    fn default() -> SyncConfig {
-        SyncConfig {
-            mode: Mode::Ftfw,
-            node_id: 1,
-            max_payload: crate::wire::PAYLOAD_IPV4_1500,
-            window: 4096,
-            ack_every: 64,
-            ack_delay_ms: 20,
-            keepalive_ms: 1000,
-            rto_ms: 200,
-            peer_timeout_ms: 5000,
-            reorder_limit: 8192,
-            reorder_max_bytes: 64 << 20,
-            max_peers: 16,
-            links: 1,
-            digest_interval_ms: 5000,
-            alarm_refresh_ms: 60_000,
-            alarm_timeout_ms: 180_000,
-            record_applied: false,
-            batch_delay_ms: 2,
-            cache_seed: None,
-            alone_queue_max: 65_536,
-        }
-    }
-}
-
-/// One datagram to send on one link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub link: usize,
-    pub bytes: Vec<u8>,
-}
-
-/// Smallest `max_payload` accepted: a header and one IPv6 flow with NAT.
-const MIN_PAYLOAD: usize = HEADER_LEN + 160;
-/// Largest `window` accepted: it keeps the sequence space's reserve small.
-const MAX_WINDOW: usize = 1 << 24;
 /// A peer down for this many `peer_timeout_ms` with nothing in its external
 /// cache is forgotten.
 const FORGET_AFTER_TIMEOUTS: u64 = 60;
 /// ALARM walks the table in this share of `alarm_refresh_ms` (per mille),
 /// leaving slack for batching.
 const ALARM_LAP_PERMILLE: u64 = 900;
-/// A re-read of the kernel table sends a flow whose timeout now ends this
-/// many seconds later than the one last sent (traffic refreshed it): peers
-/// then know which flows are live, and commit those first.
-const REFRESH_SLACK_S: u32 = 10;
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Link {
-    last_recv_ms: Option<u64>,
-    /// False while the daemon reports the link's interface down.
-    carrier_lost: bool,
-}
-
-impl Link {
-    /// Usable for data: its interface is up and datagrams arrived lately.
-    fn usable(&self, now: u64, peer_timeout_ms: u64) -> bool {
-        !self.carrier_lost
-            && self
-                .last_recv_ms
-                .is_some_and(|t| now.saturating_sub(t) < peer_timeout_ms)
-    }
-}
-
-/// ALARM's two clocks (see `alarm`).
-#[derive(Clone, Debug)]
-struct AlarmClocks {
-    /// The sender's refresh walk over the internal keys.
-    refresh: RefreshCursor,
-    /// The receiver's expiry of external flows.
-    expiry: ExpiryClock,
-}
 
 /// What became of the FTFW backlog while nobody listened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,62 +68,44 @@ pub struct Node {
     cfg: SyncConfig,
     epoch: u64,
     now: u64,
-    internal: FlowCache,
+    /// Our flows (and ALARM's refresh walk over them).
+    local: Local,
     views: Views,
     peers: PeerTable,
     tx: tx::Sender,
-    links: Vec<Link>,
+    links: Links,
     stats: SyncStats,
     digest: DigestTx,
-    alarm: Option<AlarmClocks>,
+    /// ALARM: the receiver's expiry of external flows.
+    expiry: Option<ExpiryClock>,
     backlog: Backlog,
 }
 
 impl Node {
     /// A node that starts by asking its peers for their tables.
     pub fn new(cfg: SyncConfig, epoch: u64, now_ms: u64) -> Result<Node, SyncError> {
+        cfg.validate()?;
         let internal = new_cache(cfg.cache_seed);
-        if cfg.mode == Mode::Alarm && (cfg.alarm_refresh_ms == 0 || cfg.alarm_timeout_ms == 0) {
-            return Err(SyncError::InvalidConfig(
-                "alarm_refresh_ms and alarm_timeout_ms must be at least 1",
-            ));
-        }
-        if cfg.window == 0 {
-            return Err(SyncError::InvalidConfig("window must be at least 1"));
-        }
-        if cfg.window > MAX_WINDOW {
-            return Err(SyncError::InvalidConfig("window too large"));
-        }
-        if cfg.max_peers == 0 {
-            return Err(SyncError::InvalidConfig("max_peers must be at least 1"));
-        }
-        if cfg.links == 0 {
-            return Err(SyncError::InvalidConfig("at least one link is needed"));
-        }
-        if !(MIN_PAYLOAD..=MAX_DATAGRAM).contains(&cfg.max_payload) {
-            return Err(SyncError::InvalidConfig("max_payload out of range"));
-        }
         let links = cfg.links;
         let lap_ms = cfg.alarm_refresh_ms.saturating_mul(ALARM_LAP_PERMILLE) / 1000;
-        let alarm = (cfg.mode == Mode::Alarm).then(|| AlarmClocks {
-            refresh: RefreshCursor::new(lap_ms, now_ms),
-            expiry: ExpiryClock::new(cfg.alarm_timeout_ms, now_ms),
-        });
+        let alarm = cfg.mode == Mode::Alarm;
+        let refresh = alarm.then(|| RefreshCursor::new(lap_ms, now_ms));
+        let expiry = alarm.then(|| ExpiryClock::new(cfg.alarm_timeout_ms, now_ms));
         let mut node = Node {
             views: Views::new(cfg.record_applied, cfg.cache_seed),
             tx: tx::Sender::new(cfg.window, now_ms),
             cfg,
             epoch,
             now: now_ms,
-            internal,
+            local: Local::new(internal, refresh),
             peers: PeerTable::default(),
-            links: vec![Link::default(); links],
+            links: Links::new(links),
             stats: SyncStats {
                 links: vec![LinkStats::default(); links],
                 ..SyncStats::default()
             },
             digest: DigestTx::Running { last_ms: now_ms },
-            alarm,
+            expiry,
             backlog: Backlog::Kept,
         };
         node.request_resync(now_ms);
@@ -311,7 +121,7 @@ impl Node {
     }
 
     pub fn internal(&self) -> &FlowCache {
-        &self.internal
+        &self.local.cache
     }
 
     pub fn external(&self) -> &BTreeMap<u32, FlowCache> {
@@ -401,7 +211,7 @@ impl Node {
             return;
         }
         self.stats.backlog_drops += 1;
-        let dropped = self.tx.drop_backlog(&mut self.internal);
+        let dropped = self.tx.drop_backlog(&mut self.local.cache);
         self.stats.backlog_dropped_items += dropped as u64;
         self.backlog = Backlog::OweBulk;
     }
@@ -412,27 +222,7 @@ impl Node {
     /// it without sending.
     pub fn local_upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
-        self.upsert_internal(flow, now_ms, replicate);
-    }
-
-    /// Cache one of our flows; with `replicate`, queue it if it changed
-    /// (one table probe for both).
-    fn upsert_internal(&mut self, flow: Flow, now_ms: u64, replicate: bool) -> Upsert {
-        let key = flow.key();
-        let (what, queue) = if replicate {
-            self.internal.upsert_and_mark_queued(flow, now_ms)
-        } else {
-            (self.internal.upsert(flow, now_ms), false)
-        };
-        if what == Upsert::Created {
-            if let Some(a) = self.alarm.as_mut() {
-                a.refresh.insert(key);
-            }
-        }
-        if queue {
-            self.tx.queue.push_key(key);
-        }
-        what
+        self.local.upsert(flow, now_ms, replicate, &mut self.tx);
     }
 
     /// Does a peer's cache hold this flow?
@@ -443,15 +233,7 @@ impl Node {
     /// A kernel DESTROY.
     pub fn local_delete(&mut self, key: &FlowKey, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
-        let gone = self.internal.remove(key).is_some();
-        if gone {
-            if let Some(a) = self.alarm.as_mut() {
-                a.refresh.remove(key);
-            }
-        }
-        if gone && replicate {
-            self.tx.enqueue(&mut self.internal, *key);
-        }
+        self.local.delete(key, replicate, &mut self.tx);
     }
 
     /// Make the internal cache equal to a kernel dump, and queue for
@@ -467,62 +249,17 @@ impl Node {
             // `-R` (or start-up): our table is the reference again.
             self.digest.resume();
         }
-        let mut report = ReconcileReport::default();
-        // Every flow the kernel still has is stamped with this generation;
-        // the rest are gone.
-        let generation = self.internal.begin_generation();
-        for flow in kernel {
-            // The kernel counts timeouts down by itself: a flow whose only
-            // difference is its timeout has not changed.
-            let confirm = self.internal.confirm(&flow, now_ms, Some(REFRESH_SLACK_S));
-            if confirm == Confirm::Same {
-                report.unchanged += 1;
-                continue;
-            }
-            let send = match replicate {
-                Replicate::Nothing => false,
-                Replicate::Differences => true,
-                Replicate::DifferencesButPeerFlows => !self.holds_peer_flow(&flow.key()),
-            };
-            if confirm == Confirm::Refreshed {
-                let key = flow.key();
-                if self.internal.refresh(flow, now_ms, send) {
-                    self.tx.queue.push_key(key);
-                }
-                report.refreshed += 1;
-                continue;
-            }
-            match self.upsert_internal(flow, now_ms, send) {
-                Upsert::Created => report.added += 1,
-                Upsert::Updated => report.changed += 1,
-                Upsert::Unchanged => report.unchanged += 1,
-            }
-        }
-        let mut gone = self.internal.sweep_older_than(generation);
-        // The cache's iteration order is random per process; sending in key
-        // order keeps a seeded simulation replayable.
-        gone.sort_unstable();
-        for key in gone {
-            if let Some(a) = self.alarm.as_mut() {
-                a.refresh.remove(&key);
-            }
-            report.removed += 1;
-            if replicate != Replicate::Nothing {
-                self.tx.enqueue(&mut self.internal, key);
-            }
-        }
-        report
+        let caches = &self.views.caches;
+        let holds_peer_flow = |key: &FlowKey| caches.values().any(|c| c.contains(key));
+        self.local
+            .reconcile(kernel, now_ms, replicate, holds_peer_flow, &mut self.tx)
     }
 
     /// Forget our flows (`-f internal`); nothing is sent, pending keys are
     /// dropped (they would otherwise go out as deletes).
     pub fn flush_internal(&mut self) {
         self.digest.pause();
-        self.internal.clear();
-        self.tx.queue.drop_keys();
-        if let Some(a) = self.alarm.as_mut() {
-            a.refresh.clear();
-        }
+        self.local.flush(&mut self.tx);
     }
 
     /// Forget the peers' flows (`-f external`).
@@ -580,7 +317,11 @@ impl Node {
         if self.cfg.mode == Mode::Alarm {
             return;
         }
-        if self.tx.bulks.start_full(&self.internal, &mut self.tx.queue) {
+        if self
+            .tx
+            .bulks
+            .start_full(&self.local.cache, &mut self.tx.queue)
+        {
             self.stats.bulks_sent += 1;
         }
     }
@@ -598,7 +339,7 @@ impl Node {
         let n = self
             .tx
             .bulks
-            .start_ranges(&self.internal, &mut self.tx.queue, ranges);
+            .start_ranges(&self.local.cache, &mut self.tx.queue, ranges);
         self.stats.range_bulks_sent += n as u64;
     }
 
@@ -685,9 +426,7 @@ impl Node {
             }
             _ => {}
         }
-        if let Some(l) = self.links.get_mut(link) {
-            l.last_recv_ms = Some(now);
-        }
+        self.links.heard(link, now);
         self.stats.messages_received += messages.len() as u64;
         let reliable = header.is_reliable();
         match verdict {
@@ -799,44 +538,18 @@ impl Node {
         }
     }
 
-    /// Links data goes out on: the lowest one that is usable, or else every
-    /// link whose interface is up (or every link, if none is).
-    fn data_links(&self) -> Vec<usize> {
-        let timeout = self.cfg.peer_timeout_ms;
-        if let Some(i) = self.links.iter().position(|l| l.usable(self.now, timeout)) {
-            return vec![i];
-        }
-        let with_carrier: Vec<usize> = (0..self.links.len())
-            .filter(|&i| self.links.get(i).is_some_and(|l| !l.carrier_lost))
-            .collect();
-        if with_carrier.is_empty() {
-            (0..self.links.len()).collect()
-        } else {
-            with_carrier
-        }
-    }
-
     /// The link data goes out on now, if one is usable.
     pub fn active_link(&self) -> Option<usize> {
-        let timeout = self.cfg.peer_timeout_ms;
-        self.links.iter().position(|l| l.usable(self.now, timeout))
+        self.links.active(self.now, self.cfg.peer_timeout_ms)
     }
 
     /// The daemon's view of a link's interface (operstate and carrier): a
     /// link whose interface is down carries no data until it is up again and
     /// datagrams arrive on it.
     pub fn set_link_carrier(&mut self, link: usize, up: bool) {
-        if let Some(l) = self.links.get_mut(link) {
-            if !up {
-                l.last_recv_ms = None;
-            }
-            l.carrier_lost = !up;
-        }
+        self.links.set_carrier(link, up);
         if let Some(s) = self.stats.links.get_mut(link) {
-            s.up = self
-                .links
-                .get(link)
-                .is_some_and(|l| l.usable(self.now, self.cfg.peer_timeout_ms));
+            s.up = self.links.usable(link, self.now, self.cfg.peer_timeout_ms);
         }
     }
 
@@ -892,7 +605,7 @@ impl Node {
             self.tx.prune(upto, now);
         }
         self.bound_backlog_while_alone();
-        let links = self.data_links();
+        let links = self.links.data_links(now, self.cfg.peer_timeout_ms);
         let ftfw = self.cfg.mode == Mode::Ftfw;
 
         // Control messages; none for peers that are down (they resume when
@@ -946,11 +659,11 @@ impl Node {
         }
 
         // ALARM: the flows whose refresh is due join the queue.
-        if let Some(a) = self.alarm.as_mut() {
-            let due = a.refresh.take_due(now);
+        if let Some(refresh) = self.local.refresh.as_mut() {
+            let due = refresh.take_due(now);
             self.stats.alarm_refreshes += due.len() as u64;
             for key in due {
-                self.tx.enqueue(&mut self.internal, key);
+                self.tx.enqueue(&mut self.local.cache, key);
             }
         }
 
@@ -969,7 +682,9 @@ impl Node {
                 self.stats.window_full += 1;
                 break;
             }
-            let Some((body, msgs)) = self.tx.next_body(&mut self.internal, self.cfg.max_payload)
+            let Some((body, msgs)) = self
+                .tx
+                .next_body(&mut self.local.cache, self.cfg.max_payload)
             else {
                 continue;
             };
@@ -988,8 +703,8 @@ impl Node {
         }
 
         // ALARM: peers' flows not refreshed in time expire.
-        if let Some(a) = self.alarm.as_mut() {
-            let gone = a.expiry.tick(now, self.views.caches.iter_mut());
+        if let Some(expiry) = self.expiry.as_mut() {
+            let gone = expiry.tick(now, self.views.caches.iter_mut());
             self.stats.alarm_expired += gone.len() as u64;
             self.views
                 .record_deletes(gone.into_iter().map(|(_, key)| key).collect());
@@ -1004,10 +719,8 @@ impl Node {
                 self.emit(&mut out, &all, b.seal(&self.control_header()));
             }
         }
-        for (i, l) in self.links.iter().enumerate() {
-            if let Some(s) = self.stats.links.get_mut(i) {
-                s.up = l.usable(now, self.cfg.peer_timeout_ms);
-            }
+        for (i, s) in self.stats.links.iter_mut().enumerate() {
+            s.up = self.links.usable(i, now, self.cfg.peer_timeout_ms);
         }
         out
     }
@@ -1032,7 +745,7 @@ impl Node {
             self.new_epoch();
             return;
         }
-        let msgs = digest_messages(&self.internal, self.cfg.max_payload);
+        let msgs = digest_messages(&self.local.cache, self.cfg.max_payload);
         self.digest.sent(self.now);
         self.stats.digests_sent += 1;
         self.stats.range_digests_sent += msgs.len() as u64;
@@ -1078,12 +791,17 @@ impl Node {
                 at(due);
             }
         }
-        if let Some(a) = &self.alarm {
-            if let Some(due) = a.refresh.next_due() {
-                at(due);
-            }
+        if let Some(due) = self
+            .local
+            .refresh
+            .as_ref()
+            .and_then(RefreshCursor::next_due)
+        {
+            at(due);
+        }
+        if let Some(expiry) = &self.expiry {
             if self.views.caches.values().any(|c| !c.is_empty()) {
-                at(a.expiry.next_tick());
+                at(expiry.next_tick());
             }
         }
         let last = self.tx.last_seq();

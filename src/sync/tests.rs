@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::flow::{proto, status, ProtoState, Tuple, L4};
-use crate::wire::{flags, WireFlow};
+use crate::wire::{flags, WireFlow, MAX_DATAGRAM};
+use config::MIN_PAYLOAD;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
