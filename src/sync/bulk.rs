@@ -110,8 +110,9 @@ impl BulkSender {
         let mut fresh = Vec::new();
         for &r in ranges {
             let i = usize::from(r);
-            if r < RANGES && !self.queued.get(i).copied().unwrap_or(true) && !want[i] {
-                want[i] = true;
+            let queued = self.queued.get(i).copied().unwrap_or(true);
+            if let Some(w) = want.get_mut(i).filter(|w| !queued && !**w) {
+                *w = true;
                 fresh.push(r);
             }
         }

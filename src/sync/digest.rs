@@ -175,8 +175,12 @@ impl RangeWants {
     }
 
     /// Ranges asked for `retry_ms` ago and still not proven: asked again
-    /// now (returned).
-    pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<u16> {
+    /// now (returned). A repair no digest renewed for `give_up_ms` is
+    /// dropped (the peer stopped sending digests: its table is not the
+    /// reference now); the next digest that differs starts it again.
+    pub fn due(&mut self, now: u64, retry_ms: u64, give_up_ms: u64) -> Vec<u16> {
+        self.asked
+            .retain(|_, a| now < a.since_ms.saturating_add(give_up_ms));
         let mut due = Vec::new();
         for (&r, a) in self.asked.iter_mut() {
             if now >= a.asked_ms.saturating_add(retry_ms) {
@@ -294,14 +298,21 @@ mod tests {
         );
         assert_eq!(w.since(5), Some(12));
         assert_eq!(w.next_due(1_000), Some(1_000));
-        assert!(w.due(999, 1_000).is_empty());
-        assert_eq!(w.due(1_000, 1_000), vec![3, 4]);
+        assert!(w.due(999, 1_000, 15_000).is_empty());
+        assert_eq!(w.due(1_000, 1_000, 15_000), vec![3, 4]);
         // An unproven bulk asks again at once and keeps the generation.
         assert_eq!(w.want_now(&[3, 9], 1_100), vec![3], "9 was never asked");
         assert_eq!(w.since(3), Some(11));
         // A repair older than the restart period starts afresh.
         assert_eq!(w.want(&[3], 6_000, 1_000, 5_000, &mut next), vec![3]);
         assert_eq!(w.since(3), Some(13));
+        // Without digests renewing them, repairs are given up.
+        assert_eq!(
+            w.due(15_600, 1_000, 15_000),
+            vec![3],
+            "4 and 5 began at 0 and 500"
+        );
+        assert_eq!(w.since(4), None);
         w.settled(3);
         w.settled(4);
         w.settled(5);

@@ -185,6 +185,13 @@ impl Node {
         (self.cfg.rto_ms * 4).max(self.cfg.keepalive_ms)
     }
 
+    /// How long a range repair gathers flows before it starts afresh.
+    fn repair_restart_ms(&self) -> u64 {
+        self.cfg
+            .digest_interval_ms
+            .max(self.resync_retry_ms().saturating_mul(4))
+    }
+
     fn ctx(&self) -> Ctx {
         Ctx {
             mode: self.cfg.mode,
@@ -612,6 +619,7 @@ impl Node {
         // heard again).
         let params = self.rx_params();
         let retry = self.resync_retry_ms();
+        let restart = self.repair_restart_ms();
         let timeout = self.cfg.peer_timeout_ms;
         let mut ctl = std::mem::take(&mut self.tx.control);
         let mut asks: Vec<(u32, Vec<u16>)> = Vec::new();
@@ -630,7 +638,7 @@ impl Node {
                     ctl.push(Message::ResyncRequest { node: Some(id) });
                 }
             }
-            let due = p.wants.due(now, retry);
+            let due = p.wants.due(now, retry, 3 * restart);
             if !due.is_empty() {
                 asks.push((id, due));
             }
