@@ -172,10 +172,10 @@ impl Views {
                 peer.resync = Resync::Settled;
             }
             Message::BulkEnd { id, count } => {
-                self.end_full(sender, peer, id, count, None, stats);
+                self.end_full(sender, peer, id, count, None, ctx.mode, stats);
             }
             Message::BulkEndSum { id, count, hash } => {
-                self.end_full(sender, peer, id, count, Some(hash), stats);
+                self.end_full(sender, peer, id, count, Some(hash), ctx.mode, stats);
             }
             Message::RangeBegin { id, .. } => {
                 if peer.bulk.begin_ranges(id) {
@@ -200,7 +200,10 @@ impl Views {
                 stats.ranges_repaired += end.proven.len() as u64;
                 if !end.unproven.is_empty() {
                     stats.ranges_unproven += end.unproven.len() as u64;
-                    effects.push(Effect::AskRanges(peer.wants.want_now(&end.unproven, now)));
+                    let ask = peer.wants.want_now(&end.unproven, now, ctx.rx.rto_ms);
+                    if !ask.is_empty() {
+                        effects.push(Effect::AskRanges(ask));
+                    }
                 }
             }
             Message::Ack { node, epoch, upto } => {
@@ -307,9 +310,14 @@ impl Views {
         id: u32,
         count: u64,
         hash: Option<u64>,
+        mode: Mode,
         stats: &mut SyncStats,
     ) {
-        match peer.bulk.end_full(id, count, hash, self.cache(sender)) {
+        let in_order = mode == Mode::Ftfw;
+        match peer
+            .bulk
+            .end_full(id, count, hash, in_order, self.cache(sender))
+        {
             FullEnd::Ignored => {}
             FullEnd::Unproven => stats.bulk_unproven += 1,
             FullEnd::Swept(keys) => {
@@ -348,9 +356,20 @@ mod tests {
     }
 
     fn run(views: &mut Views, peer: &mut Peer, mode: Mode, msgs: Vec<Message>) -> Vec<Effect> {
+        run_at(views, peer, mode, 1_000, msgs)
+    }
+
+    fn run_at(
+        views: &mut Views,
+        peer: &mut Peer,
+        mode: Mode,
+        now: u64,
+        msgs: Vec<Message>,
+    ) -> Vec<Effect> {
         let mut stats = SyncStats::default();
         let mut effects = Vec::new();
-        views.apply_all(2, peer, msgs, &ctx(mode), &mut stats, &mut effects);
+        let ctx = Ctx { now, ..ctx(mode) };
+        views.apply_all(2, peer, msgs, &ctx, &mut stats, &mut effects);
         effects
     }
 
@@ -478,7 +497,7 @@ mod tests {
         );
         if flows > 0 {
             msgs.remove(1);
-            let e = run(&mut v, &mut p, Mode::Notrack, msgs);
+            let e = run_at(&mut v, &mut p, Mode::Notrack, 1_500, msgs);
             assert_eq!(e, vec![Effect::AskRanges(vec![r])]);
         }
     }

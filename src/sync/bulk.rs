@@ -267,12 +267,18 @@ impl BulkRx {
     }
 
     /// The full bulk `id` ended; the sender held `count` flows (and, when
-    /// it says, `hash`) when it began. Sweeps only a complete bulk.
+    /// it says, `hash`) when it began. Sweeps only a complete bulk: one
+    /// whose fresh entries match, or, with `in_order` (FTFW: every datagram
+    /// since its begin was delivered, in order, or a resume would have
+    /// closed it), any. (A flow changed while it waited in the sender's
+    /// queue leaves in its latest state, so under churn the sums can miss
+    /// by a change a reliable stream delivered anyway.)
     pub fn end_full(
         &mut self,
         id: u32,
         count: u64,
         hash: Option<u64>,
+        in_order: bool,
         cache: &mut FlowCache,
     ) -> FullEnd {
         let BulkRx::Full { id: at, generation } = *self else {
@@ -283,7 +289,8 @@ impl BulkRx {
         }
         *self = BulkRx::Idle;
         let (fresh_count, fresh_hash) = cache.digest_if_swept(generation);
-        if fresh_count != count || hash.is_some_and(|h| h != fresh_hash) {
+        let proven = fresh_count == count && hash.is_none_or(|h| h == fresh_hash);
+        if !proven && !in_order {
             return FullEnd::Unproven;
         }
         FullEnd::Swept(cache.sweep_older_than(generation))
@@ -392,9 +399,10 @@ mod tests {
                     into.upsert(f.into_flow(), 1);
                 }
                 Message::BulkBegin { id } => rx.begin_full(id, into),
-                Message::BulkEndSum { id, count, hash } => {
-                    seen.push(format!("{:?}", rx.end_full(id, count, Some(hash), into)))
-                }
+                Message::BulkEndSum { id, count, hash } => seen.push(format!(
+                    "{:?}",
+                    rx.end_full(id, count, Some(hash), false, into)
+                )),
                 Message::RangeBegin { id, .. } => {
                     assert!(rx.begin_ranges(id));
                 }
@@ -483,10 +491,21 @@ mod tests {
         assert!(!rx.begin_ranges(2));
         rx.end_ranges(2);
         assert!(matches!(rx, BulkRx::Full { id: 1, .. }));
-        assert_eq!(rx.end_full(7, 0, None, &mut c), FullEnd::Ignored);
+        assert_eq!(rx.end_full(7, 0, None, false, &mut c), FullEnd::Ignored);
         // Legacy end (no hash): the count alone must match.
-        assert_eq!(rx.end_full(1, 3, None, &mut c), FullEnd::Unproven);
+        assert_eq!(rx.end_full(1, 3, None, false, &mut c), FullEnd::Unproven);
         assert_eq!(rx, BulkRx::Idle);
+        // In order (FTFW), a bulk whose sums missed still sweeps.
+        rx.begin_full(2, &mut c);
+        c.upsert(udp(1), 0);
+        let FullEnd::Swept(mut swept) = rx.end_full(2, 3, Some(0), true, &mut c) else {
+            panic!("an in-order bulk sweeps");
+        };
+        swept.sort_unstable();
+        let mut want: Vec<FlowKey> = (0..10).filter(|&p| p != 1).map(|p| udp(p).key()).collect();
+        want.sort_unstable();
+        assert_eq!(swept, want);
+        assert_eq!(c.len(), 1);
     }
 
     #[test]

@@ -152,13 +152,17 @@ impl RangeWants {
     }
 
     /// `ranges` are known to be incomplete right now (a bulk of them did
-    /// not prove them): ask again at once, keeping what arrived so far.
-    pub fn want_now(&mut self, ranges: &[u16], now: u64) -> Vec<u16> {
+    /// not prove them): ask again now, keeping what arrived so far, unless
+    /// asked within `min_gap_ms` (under churn a range may miss its proof
+    /// round after round: it must not turn into a storm of bulks).
+    pub fn want_now(&mut self, ranges: &[u16], now: u64, min_gap_ms: u64) -> Vec<u16> {
         let mut ask = Vec::new();
         for &r in ranges {
             if let Some(a) = self.asked.get_mut(&r) {
-                a.asked_ms = now;
-                ask.push(r);
+                if now >= a.asked_ms.saturating_add(min_gap_ms) {
+                    a.asked_ms = now;
+                    ask.push(r);
+                }
             }
         }
         ask
@@ -301,7 +305,12 @@ mod tests {
         assert!(w.due(999, 1_000, 15_000).is_empty());
         assert_eq!(w.due(1_000, 1_000, 15_000), vec![3, 4]);
         // An unproven bulk asks again at once and keeps the generation.
-        assert_eq!(w.want_now(&[3, 9], 1_100), vec![3], "9 was never asked");
+        assert!(w.want_now(&[3], 1_199, 200).is_empty(), "within the gap");
+        assert_eq!(
+            w.want_now(&[3, 9], 1_200, 200),
+            vec![3],
+            "9 was never asked"
+        );
         assert_eq!(w.since(3), Some(11));
         // A repair older than the restart period starts afresh.
         assert_eq!(w.want(&[3], 6_000, 1_000, 5_000, &mut next), vec![3]);
