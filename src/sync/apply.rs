@@ -172,10 +172,10 @@ impl Views {
                 peer.resync = Resync::Settled;
             }
             Message::BulkEnd { id, count } => {
-                self.end_full(sender, peer, id, count, None, ctx.mode, stats);
+                self.end_full(sender, peer, (id, count, None), ctx.mode, stats);
             }
             Message::BulkEndSum { id, count, hash } => {
-                self.end_full(sender, peer, id, count, Some(hash), ctx.mode, stats);
+                self.end_full(sender, peer, (id, count, Some(hash)), ctx.mode, stats);
             }
             Message::RangeBegin { id, .. } => {
                 if peer.bulk.begin_ranges(id) {
@@ -303,13 +303,13 @@ impl Views {
         }
     }
 
+    /// The end of a full bulk: its id, and the count (and hash) the
+    /// sender's table had when it began.
     fn end_full(
         &mut self,
         sender: u32,
         peer: &mut Peer,
-        id: u32,
-        count: u64,
-        hash: Option<u64>,
+        (id, count, hash): (u32, u64, Option<u64>),
         mode: Mode,
         stats: &mut SyncStats,
     ) {
