@@ -1,15 +1,17 @@
 //! Sans-IO replication: the façade `Node` the daemon and the simulation
 //! drive, delegating to one part per job.
 //!
-//! Owns: the configuration, our epoch and clock high-water mark, the
-//! internal cache (our flows), the links' liveness, the counters, and the
-//! wiring between the parts: `peers` (who is talking, epochs, liveness),
-//! `tx` (send queue, sequence numbers, resend window, batching), `rx`
-//! (FTFW receive streams), `apply` (messages into the external caches),
-//! `bulk` (full and range bulks, and the proof a sweep needs), `digest`
-//! (anti-entropy by key range) and `alarm` (ALARM's refresh and expiry).
-//! Must not: import tokio, sockets or the clock (time is the `now_ms`
-//! argument), talk to the kernel, or grow logic that belongs to a part.
+//! Owns: our epoch and clock high-water mark, the counters, and the wiring
+//! between the parts: `config` (the configuration and the types shared
+//! with the daemon), `local` (our flows: the internal cache and what of
+//! their changes is queued), `peers` (who is talking, epochs, liveness),
+//! `links` (which link data takes), `tx` (send queue, sequence numbers,
+//! resend window, batching), `rx` (FTFW receive streams), `apply`
+//! (messages into the external caches), `bulk` (full and range bulks, and
+//! the proof a sweep needs), `digest` (anti-entropy by key range) and
+//! `alarm` (ALARM's refresh and expiry). Must not: import tokio, sockets
+//! or the clock (time is the `now_ms` argument), talk to the kernel, or
+//! grow logic that belongs to a part.
 //!
 //! The daemon feeds a Node local changes and datagrams, then calls
 //! `poll_transmit` after every input and at the latest at `next_deadline`.
