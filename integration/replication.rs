@@ -458,7 +458,7 @@ fn notrack_converges_through_steady_20_percent_loss() {
         lab.b.log_tail()
     );
     assert!(
-        drops_a > 200 && drops_b > 10,
+        drops_a > 200 && drops_b > 0,
         "the loss rules dropped too little: {drops_a}/{drops_b}"
     );
     assert!(sb["lost"].as_u64().unwrap_or(0) > 0, "B saw no gap");
