@@ -200,7 +200,9 @@ impl Views {
                 stats.ranges_repaired += end.proven.len() as u64;
                 if !end.unproven.is_empty() {
                     stats.ranges_unproven += end.unproven.len() as u64;
-                    let ask = peer.wants.want_now(&end.unproven, now, ctx.rx.rto_ms);
+                    let ask = peer
+                        .wants
+                        .want_now(&end.unproven, now, ctx.rx.rto_ms, ctx.retry_ms);
                     if !ask.is_empty() {
                         effects.push(Effect::AskRanges(ask));
                     }

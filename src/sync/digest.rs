@@ -89,8 +89,9 @@ pub(crate) fn differing(view: Option<&FlowCache>, sums: &[RangeSum]) -> Vec<u16>
 /// One range of a peer's table we asked it to re-send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ask {
-    /// When we last asked.
+    /// When we last asked, and when to ask again if still not proven.
     asked_ms: u64,
+    again_ms: u64,
     /// The external cache's generation when this repair began, and when:
     /// every flow of the range written since counts as re-sent. Rounds of
     /// a repair add up, so under steady loss a range is proven once each
@@ -130,6 +131,7 @@ impl RangeWants {
                         r,
                         Ask {
                             asked_ms: now,
+                            again_ms: now.saturating_add(retry_ms),
                             since: new_since(),
                             since_ms: now,
                         },
@@ -141,8 +143,9 @@ impl RangeWants {
                         a.since = new_since();
                         a.since_ms = now;
                     }
-                    if now >= a.asked_ms.saturating_add(retry_ms) {
+                    if now >= a.again_ms {
                         a.asked_ms = now;
+                        a.again_ms = now.saturating_add(retry_ms);
                         ask.push(r);
                     }
                 }
@@ -152,16 +155,27 @@ impl RangeWants {
     }
 
     /// `ranges` are known to be incomplete right now (a bulk of them did
-    /// not prove them): ask again now, keeping what arrived so far, unless
-    /// asked within `min_gap_ms` (under churn a range may miss its proof
-    /// round after round: it must not turn into a storm of bulks).
-    pub fn want_now(&mut self, ranges: &[u16], now: u64, min_gap_ms: u64) -> Vec<u16> {
+    /// not prove them): ask again, keeping what arrived so far; now, or
+    /// `min_gap_ms` after the last ask if that was sooner (under churn a
+    /// range may miss its proof round after round: it must not turn into
+    /// a storm of bulks). Returns the ranges to ask for now.
+    pub fn want_now(
+        &mut self,
+        ranges: &[u16],
+        now: u64,
+        min_gap_ms: u64,
+        retry_ms: u64,
+    ) -> Vec<u16> {
         let mut ask = Vec::new();
         for &r in ranges {
             if let Some(a) = self.asked.get_mut(&r) {
-                if now >= a.asked_ms.saturating_add(min_gap_ms) {
+                let at = a.asked_ms.saturating_add(min_gap_ms);
+                if now >= at {
                     a.asked_ms = now;
+                    a.again_ms = now.saturating_add(retry_ms);
                     ask.push(r);
+                } else {
+                    a.again_ms = a.again_ms.min(at);
                 }
             }
         }
@@ -178,8 +192,9 @@ impl RangeWants {
         self.asked.remove(&range);
     }
 
-    /// Ranges asked for `retry_ms` ago and still not proven: asked again
-    /// now (returned). A repair no digest renewed for `give_up_ms` is
+    /// Ranges due to be asked for again and still not proven (asked
+    /// `retry_ms` ago, or deferred by `want_now`): asked again now
+    /// (returned). A repair no digest renewed for `give_up_ms` is
     /// dropped (the peer stopped sending digests: its table is not the
     /// reference now); the next digest that differs starts it again.
     pub fn due(&mut self, now: u64, retry_ms: u64, give_up_ms: u64) -> Vec<u16> {
@@ -187,19 +202,18 @@ impl RangeWants {
             .retain(|_, a| now < a.since_ms.saturating_add(give_up_ms));
         let mut due = Vec::new();
         for (&r, a) in self.asked.iter_mut() {
-            if now >= a.asked_ms.saturating_add(retry_ms) {
+            if now >= a.again_ms {
                 a.asked_ms = now;
+                a.again_ms = now.saturating_add(retry_ms);
                 due.push(r);
             }
         }
         due
     }
 
-    pub fn next_due(&self, retry_ms: u64) -> Option<u64> {
-        self.asked
-            .values()
-            .map(|a| a.asked_ms.saturating_add(retry_ms))
-            .min()
+    /// When `due` next has something to ask.
+    pub fn next_due(&self) -> Option<u64> {
+        self.asked.values().map(|a| a.again_ms).min()
     }
 
     #[cfg(test)]
@@ -301,13 +315,18 @@ mod tests {
             "3 was just asked"
         );
         assert_eq!(w.since(5), Some(12));
-        assert_eq!(w.next_due(1_000), Some(1_000));
+        assert_eq!(w.next_due(), Some(1_000));
         assert!(w.due(999, 1_000, 15_000).is_empty());
         assert_eq!(w.due(1_000, 1_000, 15_000), vec![3, 4]);
         // An unproven bulk asks again at once and keeps the generation.
-        assert!(w.want_now(&[3], 1_199, 200).is_empty(), "within the gap");
+        assert!(
+            w.want_now(&[3], 1_150, 200, 1_000).is_empty(),
+            "within the gap"
+        );
+        assert_eq!(w.next_due(), Some(1_200), "deferred to the gap's end");
+        assert_eq!(w.due(1_200, 1_000, 15_000), vec![3]);
         assert_eq!(
-            w.want_now(&[3, 9], 1_200, 200),
+            w.want_now(&[3, 9], 1_400, 200, 1_000),
             vec![3],
             "9 was never asked"
         );
@@ -326,7 +345,7 @@ mod tests {
         w.settled(4);
         w.settled(5);
         assert!(w.is_empty());
-        assert_eq!(w.next_due(1_000), None);
+        assert_eq!(w.next_due(), None);
         assert_eq!(w.since(3), None);
     }
 }

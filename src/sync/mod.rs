@@ -815,7 +815,6 @@ impl Node {
             }
         }
         let last = self.tx.last_seq();
-        let retry = self.resync_retry_ms();
         for p in self.peers.values() {
             if !p.alive(self.now, self.cfg.peer_timeout_ms) {
                 // Nothing is sent to it until it is heard again (an input).
@@ -827,7 +826,7 @@ impl Node {
             if let Resync::Asking { next_ms } = p.resync {
                 at(next_ms);
             }
-            if let Some(d) = p.wants.next_due(retry) {
+            if let Some(d) = p.wants.next_due() {
                 at(d);
             }
             if p.tx_acked < last && !self.tx.resend.is_empty() {
