@@ -61,9 +61,10 @@ pub struct SyncStats {
     pub peers_forgotten: u64,
     /// Times new data waited because the window was full.
     pub window_full: u64,
-    /// Digests of our table sent.
+    /// Digests of our table sent (each is `range_digests_sent` messages
+    /// of range sums).
     pub digests_sent: u64,
-    /// Peers' digests applied.
+    /// Peers' digests applied (counted by their first message, range 0).
     pub digests_received: u64,
     /// Peers' digests (or, with range digests, digest messages) that
     /// disagreed with our view of them (each asks that peer for a repair).
