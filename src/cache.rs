@@ -10,7 +10,7 @@
 
 use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
 use crate::wire::compact::{self, KeyBuf, Reader};
-use crate::wire::{WireFlow, WireKey};
+use crate::wire::{RangeSum, WireFlow, WireKey, RANGES};
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
 use hashbrown::HashTable;
@@ -126,6 +126,9 @@ pub struct FlowCache {
     stats: CacheStats,
     /// XOR of `state_hash` over the entries.
     digest: u64,
+    /// Per key range (`range_of`, `RANGES` of them): the entries' count and
+    /// the XOR of their `state_hash`, kept up to date like `digest`.
+    ranges: Vec<(u32, u64)>,
     /// Reused for encoding the flow being upserted.
     scratch: Vec<u8>,
 }
@@ -154,6 +157,36 @@ fn slot_key(s: &Slot) -> FlowKey {
         // Only this module writes the bytes, from a key it encoded.
         Err(err) => unreachable!("cache key does not decode: {err}"),
     }
+}
+
+/// The key range of a key's compact bytes (`KeyBuf`, the wire encoding):
+/// the same on every host and build, whatever a cache's hash seed.
+fn range_of_bytes(key: &[u8]) -> usize {
+    let mut h = Fnv::new();
+    h.bytes(key);
+    (h.finish() % u64::from(RANGES)) as usize
+}
+
+/// The key range (below `wire::RANGES`) a flow's key falls in: what the
+/// range digest and range bulks partition a table by.
+pub fn range_of(key: &FlowKey) -> u16 {
+    range_of_bytes(KeyBuf::of(&WireKey::from(key)).as_slice()) as u16
+}
+
+/// Whether an entry stamped `entry` was written before the generation
+/// `since` began (generations count up, wrapping).
+fn older(entry: u32, since: u32) -> bool {
+    (since.wrapping_sub(entry) as i32) > 0
+}
+
+/// The `since` generation of `range`, if it has one.
+fn since_of(since: &[Option<u32>], range: usize) -> Option<u32> {
+    since.get(range).copied().flatten()
+}
+
+/// Whether `want` (indexed by range) holds `range`.
+fn wanted(want: &[bool], range: usize) -> bool {
+    want.get(range).copied().unwrap_or(false)
 }
 
 /// The slot holding the key whose bytes hash to `hash`.
@@ -189,6 +222,7 @@ impl FlowCache {
             generation: 0,
             stats: CacheStats::default(),
             digest: 0,
+            ranges: vec![(0, 0); usize::from(RANGES)],
             scratch: Vec::new(),
         }
     }
@@ -210,6 +244,115 @@ impl FlowCache {
     /// digest, on any host and build. Compare it together with `len()`.
     pub fn digest(&self) -> u64 {
         self.digest
+    }
+
+    /// What key range `range` holds: its count and hash (zero past
+    /// `RANGES`). Kept up to date on every change, like `digest`.
+    pub fn range_sum(&self, range: u16) -> RangeSum {
+        let (count, hash) = self
+            .ranges
+            .get(usize::from(range))
+            .copied()
+            .unwrap_or_default();
+        RangeSum { range, count, hash }
+    }
+
+    /// Every range's sum, in range order.
+    pub fn range_sums(&self) -> impl Iterator<Item = RangeSum> + '_ {
+        (0..RANGES).map(|r| self.range_sum(r))
+    }
+
+    /// Per range: the count and hash of its entries written before
+    /// `since[range]` (ranges with `None` are skipped). Only those entries
+    /// are decoded.
+    fn stale_sums(&self, since: &[Option<u32>]) -> Vec<(u32, u64)> {
+        let mut stale = vec![(0u32, 0u64); usize::from(RANGES)];
+        for slot in self.table.iter() {
+            let r = range_of_bytes(slot.key_bytes());
+            if !since_of(since, r).is_some_and(|g| older(slot.generation, g)) {
+                continue;
+            }
+            if let Some(s) = stale.get_mut(r) {
+                s.0 += 1;
+                s.1 ^= state_hash(&slot.flow());
+            }
+        }
+        stale
+    }
+
+    /// What each range with a `since` generation would hold after
+    /// `sweep_ranges_older_than(since)`: only the entries written since
+    /// `begin_generation` returned it.
+    pub fn range_sums_if_swept(&self, since: &[Option<u32>]) -> Vec<RangeSum> {
+        let stale = self.stale_sums(since);
+        (0..RANGES)
+            .filter(|&r| since_of(since, usize::from(r)).is_some())
+            .map(|r| {
+                let now = self.range_sum(r);
+                let (count, hash) = stale.get(usize::from(r)).copied().unwrap_or_default();
+                RangeSum {
+                    range: r,
+                    count: now.count.saturating_sub(count),
+                    hash: now.hash ^ hash,
+                }
+            })
+            .collect()
+    }
+
+    /// The whole table's (`len`, `digest`) after `sweep_older_than`.
+    pub fn digest_if_swept(&self, generation: u32) -> (u64, u64) {
+        let all = vec![Some(generation); usize::from(RANGES)];
+        let stale = self.stale_sums(&all);
+        let (count, hash) = stale.iter().fold((0u64, 0u64), |(c, h), &(sc, sh)| {
+            (c + u64::from(sc), h ^ sh)
+        });
+        (
+            (self.len() as u64).saturating_sub(count),
+            self.digest ^ hash,
+        )
+    }
+
+    /// Remove every entry of a range with a `since` generation that was
+    /// written before it; returns the keys removed.
+    pub fn sweep_ranges_older_than(&mut self, since: &[Option<u32>]) -> Vec<FlowKey> {
+        let mut stale = Vec::new();
+        let mut digest = self.digest;
+        let mut ranges = std::mem::take(&mut self.ranges);
+        self.table.retain(|slot| {
+            let r = range_of_bytes(slot.key_bytes());
+            if !since_of(since, r).is_some_and(|g| older(slot.generation, g)) {
+                return true;
+            }
+            let flow = slot.flow();
+            let h = state_hash(&flow);
+            digest ^= h;
+            if let Some(sum) = ranges.get_mut(r) {
+                sum.0 = sum.0.saturating_sub(1);
+                sum.1 ^= h;
+            }
+            stale.push(flow.key());
+            false
+        });
+        self.ranges = ranges;
+        self.digest = digest;
+        self.stats.destroyed += stale.len() as u64;
+        stale
+    }
+
+    /// The entries of the wanted ranges, in the table's order: each one's
+    /// range, wire encoding (as `take_for_send` gives it), and its key if
+    /// it is marked queued.
+    pub fn range_entries<'a>(
+        &'a self,
+        want: &'a [bool],
+    ) -> impl Iterator<Item = (u16, Option<FlowKey>, &'a [u8])> + 'a {
+        self.table.iter().filter_map(move |s| {
+            let r = range_of_bytes(s.key_bytes());
+            wanted(want, r).then(|| {
+                let queued = (s.updated_s & QUEUED != 0).then(|| slot_key(s));
+                (r as u16, queued, &s.flow_bytes()[1..])
+            })
+        })
     }
 
     /// A key's bytes and their hash: what the table is probed with.
@@ -360,6 +503,7 @@ impl FlowCache {
         scratch[0] = key_len as u8;
         let key = &scratch[1..1 + key_len];
         let hash = self.hasher.hash_one(key);
+        let range = range_of_bytes(key);
         let outcome = match self.table.entry(hash, matches(hash, key), |s| s.hash) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 let slot = slot.get_mut();
@@ -376,7 +520,11 @@ impl FlowCache {
                 } else {
                     let old = slot.flow();
                     if !old.same_state(&flow) {
-                        self.digest ^= state_hash(&old) ^ state_hash(&flow);
+                        let change = state_hash(&old) ^ state_hash(&flow);
+                        self.digest ^= change;
+                        if let Some(sum) = self.ranges.get_mut(range) {
+                            sum.1 ^= change;
+                        }
                     }
                     let since = slot.since_s().to_le_bytes();
                     if slot.bytes.len() == scratch.len() + SINCE_LEN {
@@ -393,7 +541,12 @@ impl FlowCache {
                 }
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                self.digest ^= state_hash(&flow);
+                let h = state_hash(&flow);
+                self.digest ^= h;
+                if let Some(sum) = self.ranges.get_mut(range) {
+                    sum.0 += 1;
+                    sum.1 ^= h;
+                }
                 scratch.extend_from_slice(&seconds(now_ms).to_le_bytes());
                 slot.insert(Slot {
                     hash,
@@ -416,7 +569,12 @@ impl FlowCache {
             Ok(slot) => {
                 let (slot, _) = slot.remove();
                 let flow = slot.flow();
-                self.digest ^= state_hash(&flow);
+                let h = state_hash(&flow);
+                self.digest ^= h;
+                if let Some(sum) = self.ranges.get_mut(range_of_bytes(slot.key_bytes())) {
+                    sum.0 = sum.0.saturating_sub(1);
+                    sum.1 ^= h;
+                }
                 self.stats.destroyed += 1;
                 Some(flow)
             }
@@ -432,6 +590,7 @@ impl FlowCache {
         self.table.clear();
         self.table.shrink_to_fit(|s| s.hash);
         self.digest = 0;
+        self.ranges = vec![(0, 0); usize::from(RANGES)];
     }
 
     /// Start a new resync generation: entries written from now on carry it.
@@ -441,9 +600,10 @@ impl FlowCache {
     }
 
     /// Remove every entry not written since `begin_generation` returned
-    /// `generation`; returns the keys removed.
+    /// `generation` (entries of later generations stay); returns the keys
+    /// removed.
     pub fn sweep_older_than(&mut self, generation: u32) -> Vec<FlowKey> {
-        self.sweep_where(|g| g != generation)
+        self.sweep_where(|g| older(g, generation))
     }
 
     /// Remove every entry whose generation `is_stale`; returns the keys
@@ -451,15 +611,22 @@ impl FlowCache {
     pub fn sweep_where(&mut self, is_stale: impl Fn(u32) -> bool) -> Vec<FlowKey> {
         let mut stale = Vec::new();
         let mut digest = self.digest;
+        let mut ranges = std::mem::take(&mut self.ranges);
         self.table.retain(|slot| {
             if !is_stale(slot.generation) {
                 return true;
             }
             let flow = slot.flow();
-            digest ^= state_hash(&flow);
+            let h = state_hash(&flow);
+            digest ^= h;
+            if let Some(sum) = ranges.get_mut(range_of_bytes(slot.key_bytes())) {
+                sum.0 = sum.0.saturating_sub(1);
+                sum.1 ^= h;
+            }
             stale.push(flow.key());
             false
         });
+        self.ranges = ranges;
         self.digest = digest;
         self.stats.destroyed += stale.len() as u64;
         stale
@@ -905,6 +1072,113 @@ mod tests {
             }
             proptest::prop_assert_eq!((c.len(), c.digest()), (0, 0));
         }
+    }
+
+    /// Every range's sum recomputed from scratch.
+    fn full_ranges(c: &FlowCache) -> Vec<RangeSum> {
+        let mut v: Vec<RangeSum> = (0..RANGES)
+            .map(|range| RangeSum {
+                range,
+                ..RangeSum::default()
+            })
+            .collect();
+        for f in c.flows() {
+            let s = &mut v[usize::from(range_of(&f.key()))];
+            s.count += 1;
+            s.hash ^= state_hash(&f);
+        }
+        v
+    }
+
+    #[test]
+    fn range_sums_follow_every_change_and_partition_the_digest() {
+        let mut c = FlowCache::with_seed(3);
+        for port in 0..2000 {
+            c.upsert(flow(port), 0);
+        }
+        let sums: Vec<RangeSum> = c.range_sums().collect();
+        assert_eq!(sums, full_ranges(&c));
+        assert_eq!(
+            sums.iter().map(|s| s.count as usize).sum::<usize>(),
+            c.len()
+        );
+        assert_eq!(sums.iter().fold(0, |h, s| h ^ s.hash), c.digest());
+        // 2,000 keys reach nearly every one of 256 ranges.
+        assert!(sums.iter().filter(|s| s.count > 0).count() > 240);
+        let mut marked = flow(5);
+        marked.mark = 77;
+        c.upsert(marked, 1);
+        c.remove(&flow(6).key());
+        let g = c.begin_generation();
+        for port in 0..1000 {
+            c.upsert(flow(port), 2);
+        }
+        c.sweep_older_than(g);
+        assert_eq!(c.range_sums().collect::<Vec<_>>(), full_ranges(&c));
+        c.clear();
+        assert!(c.range_sums().all(|s| s.count == 0 && s.hash == 0));
+        // The range of a key does not depend on the cache's hash seed.
+        let other = FlowCache::with_seed(99);
+        drop(other);
+        assert_eq!(range_of(&flow(1).key()), range_of(&flow(1).key()));
+        assert!(range_of(&flow(1).key()) < RANGES);
+    }
+
+    #[test]
+    fn a_range_sweep_is_checked_before_and_touches_only_its_ranges() {
+        let mut c = FlowCache::with_seed(1);
+        for port in 0..600 {
+            c.upsert(flow(port), 0);
+        }
+        let target = range_of(&flow(0).key());
+        let mut want = vec![false; usize::from(RANGES)];
+        want[usize::from(target)] = true;
+        let mut since = vec![None; usize::from(RANGES)];
+        let in_range: Vec<u16> = (0..600)
+            .filter(|&p| range_of(&flow(p).key()) == target)
+            .collect();
+        assert!(in_range.len() >= 2, "{in_range:?}");
+        let before = c.range_sum(target);
+        // A range bulk rewrites all but the first flow of the range.
+        let g = c.begin_generation();
+        since[usize::from(target)] = Some(g);
+        for &p in &in_range[1..] {
+            c.upsert(flow(p), 1);
+        }
+        // A later generation (another range asked) does not make these
+        // stale.
+        let later = c.begin_generation();
+        c.upsert(flow(in_range[1]), 2);
+        assert!(later != g);
+        let expect = {
+            let mut s = before;
+            s.count -= 1;
+            s.hash ^= state_hash(&flow(in_range[0]));
+            s
+        };
+        assert_eq!(c.range_sums_if_swept(&since), vec![expect]);
+        // Unwritten flows elsewhere count as stale for a full check only.
+        let (count, _) = c.digest_if_swept(g);
+        assert_eq!(count as usize, in_range.len() - 1);
+        let gone = c.sweep_ranges_older_than(&since);
+        assert_eq!(gone, vec![flow(in_range[0]).key()]);
+        assert_eq!(c.len(), 599);
+        assert_eq!(c.range_sum(target), expect);
+        assert_eq!(c.range_sums().collect::<Vec<_>>(), full_ranges(&c));
+        // The entries of a range, with the keys of queued ones.
+        c.mark_queued(&flow(in_range[1]).key());
+        let entries: Vec<(Option<FlowKey>, Vec<u8>)> = c
+            .range_entries(&want)
+            .map(|(r, k, b)| {
+                assert_eq!(r, target);
+                (k, b.to_vec())
+            })
+            .collect();
+        assert_eq!(entries.len(), in_range.len() - 1);
+        assert_eq!(
+            entries.iter().filter_map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![flow(in_range[1]).key()]
+        );
     }
 
     #[test]

@@ -228,3 +228,112 @@ fn seeds_with_large_tables_converge() {
         .iter()
         .all(|r| r.flows.iter().sum::<usize>() > 100_000));
 }
+
+/// Two links per node; link 0 loses datagrams and is cut three times
+/// during the workload, once for longer than the peer timeout: data must
+/// fail over to link 1 (seen on the nodes' active link) and back, and
+/// every seed must converge, in FTFW and NOTRACK.
+#[test]
+fn redundant_links_fail_over_and_every_seed_converges() {
+    for mode in [Mode::Ftfw, Mode::Notrack] {
+        let adjust = move |p: &mut SimParams| {
+            *p = p.clone().with_mode(mode);
+            p.links = 2;
+            p.link_faults = true;
+            p.workload_ms = p.workload_ms.max(15_000);
+            p.ops_per_node = p.ops_per_node.max(60);
+        };
+        let reports = all_converge(11_000, 100, adjust, "two links");
+        assert!(reports.iter().all(|r| r.params.links == 2));
+        // Step a few seeds by hand: some instants find data on link 1.
+        let mut on_backup = 0;
+        let mut on_primary = 0;
+        for seed in 11_000..11_005 {
+            let mut p = params_for_seed(seed);
+            adjust(&mut p);
+            let mut sim = Sim::new(seed, &p).unwrap();
+            let mut t = 0;
+            while t < sim.end_at() {
+                t += 100;
+                sim.run_until(t).unwrap();
+                for i in 0..sim.len() {
+                    match sim.node(i).and_then(|n| n.active_link()) {
+                        Some(1) => on_backup += 1,
+                        Some(0) => on_primary += 1,
+                        _ => {}
+                    }
+                }
+            }
+            let report = sim.finish();
+            assert!(report.is_ok(), "{}", report.unwrap_err());
+        }
+        println!("{mode:?}: active link 0 at {on_primary} and link 1 at {on_backup} instants");
+        assert!(on_backup > 20, "{mode:?}: data never failed over");
+        assert!(on_primary > on_backup, "{mode:?}: and came back");
+    }
+}
+
+/// 45,000 flows made on node 1 while 20% of all datagrams are lost, both
+/// ways, for the whole run (it never heals); the node-2 view must equal
+/// node 1's table within 60 s of the last change.
+fn steady_loss(mode: Mode, digest_interval_ms: Option<u64>) -> SimParams {
+    let mut p = params_for_seed(0).with_mode(mode);
+    p.nodes = 2;
+    p.loss = 20;
+    p.dup = 0;
+    p.reorder = 20;
+    p.partitions = false;
+    p.restarts = false;
+    p.window = 4_096;
+    p.writers = 1;
+    p.flows_per_node = 1_000_000;
+    p.ops_per_node = 48_000;
+    p.workload_ms = 10_000;
+    p.steady_loss = true;
+    p.quiet_ms = 70_000;
+    p.converge_within_ms = 60_000;
+    p.digest_interval_ms = digest_interval_ms;
+    p
+}
+
+fn run_steady_loss(mode: Mode, digest_interval_ms: Option<u64>) -> Result<SimReport, String> {
+    let p = steady_loss(mode, digest_interval_ms);
+    let started = Instant::now();
+    let r = run(77, &p);
+    println!(
+        "{mode:?} steady 20% loss, digests {digest_interval_ms:?}: {} in {:.1} s",
+        match &r {
+            Ok(rep) => format!(
+                "converged {} ms after the last change, flows {:?}, lost {} of {} datagrams",
+                rep.converged_after_ms, rep.flows, rep.net.lost, rep.net.sent
+            ),
+            Err(f) => format!("FAILED ({:?})", f.kind),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    r.map_err(|f| f.to_string())
+}
+
+#[test]
+fn notrack_converges_through_steady_loss_by_range_repair() {
+    let r = run_steady_loss(Mode::Notrack, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.flows[0] >= 45_000, "{:?}", r.flows);
+    assert!(r.converged_after_ms <= 60_000);
+    assert!(r.net.lost > r.net.sent / 10, "the loss really happened");
+}
+
+/// The negative control: the same run without digests (so without range
+/// repair) must not converge, or the test above proves nothing.
+#[test]
+fn notrack_without_range_repair_does_not_converge_through_steady_loss() {
+    let r = run_steady_loss(Mode::Notrack, Some(0));
+    let e = r.expect_err("NOTRACK without digests converged through 20% loss");
+    assert!(e.contains("FAILED"), "{e}");
+}
+
+#[test]
+fn ftfw_converges_through_steady_loss() {
+    let r = run_steady_loss(Mode::Ftfw, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.flows[0] >= 45_000, "{:?}", r.flows);
+    assert!(r.retransmits > 0);
+}

@@ -331,6 +331,11 @@ pub struct LabSpec {
     pub kernel_extra: String,
     /// Extra TOML tables (e.g. `[filter]`) put before the links.
     pub tables: String,
+    /// Drop this share (percent) of the sync datagrams every node sends,
+    /// at random, for the whole life of the lab (an nft `numgen random`
+    /// rule in each node's output path): every direction loses that much.
+    /// 0: no loss.
+    pub sync_loss_percent: u32,
 }
 
 impl Default for LabSpec {
@@ -345,6 +350,7 @@ impl Default for LabSpec {
             sync_extra: String::new(),
             kernel_extra: String::new(),
             tables: String::new(),
+            sync_loss_percent: 0,
         }
     }
 }
@@ -509,7 +515,43 @@ impl Lab {
         for (i, n) in lab.nodes().into_iter().enumerate() {
             std::fs::write(&n.config, lab.config_for(i, n)).expect("write config");
         }
+        if lab.spec.sync_loss_percent > 0 {
+            for n in lab.nodes() {
+                lab.install_sync_loss(n);
+            }
+        }
         lab
+    }
+
+    /// The table `sync_loss_percent` installs in a node's namespace.
+    const LOSS_TABLE: &'static str = "cts_lab_loss";
+
+    fn install_sync_loss(&self, n: &Node) {
+        let rules = format!(
+            "table inet {} {{\n chain out {{\n  type filter hook output priority 0;\n  \
+             oifname \"sync*\" udp dport 3780 numgen random mod 100 < {} counter drop\n }}\n}}\n",
+            Lab::LOSS_TABLE,
+            self.spec.sync_loss_percent
+        );
+        let file = self.dir.join(format!("sync-loss-{}.nft", n.name));
+        std::fs::write(&file, rules).expect("write nft rules");
+        let out = n.exec("nft", &["-f", path_str(&file)]);
+        assert!(
+            out.status.success(),
+            "nft (sync loss): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sync datagrams `sync_loss_percent` dropped on their way out of `n`.
+    pub fn sync_loss_drops(&self, n: &Node) -> u64 {
+        let out = n.exec("nft", &["list", "table", "inet", Lab::LOSS_TABLE]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     fn config_for(&self, i: usize, n: &Node) -> String {

@@ -43,6 +43,9 @@ enum Event {
     /// The daemon dies; `u64` names this crash for its restart.
     Crash(usize, u64),
     Restart(usize, u64),
+    /// Link 0 is cut for everyone, then restored.
+    CutLink(usize),
+    RestoreLink(usize),
     Heal,
 }
 
@@ -133,6 +136,9 @@ impl Sim {
             });
             sim.start_node(i)?;
         }
+        if params.link_faults && params.links > 1 {
+            sim.net.set_link_loss(0, params.loss.max(10));
+        }
         sim.schedule(seed);
         Ok(sim)
     }
@@ -141,7 +147,11 @@ impl Sim {
         let n = self.hosts.len() as u64;
         let span = self.params.workload_ms.max(1);
         let mut r = Rng::stream(seed, FAULT_STREAM);
-        for i in 0..self.hosts.len() {
+        let writers = match self.params.writers {
+            0 => self.hosts.len(),
+            w => w.min(self.hosts.len()),
+        };
+        for i in 0..writers {
             for _ in 0..self.params.ops_per_node {
                 let at = r.below(span);
                 self.push_event(at, Event::Change(i));
@@ -165,6 +175,25 @@ impl Sim {
                 self.push_event(back, Event::Restart(node, crash));
             }
         }
+        if self.params.link_faults && self.params.links > 1 {
+            // Link 0 fails a few times, once for longer than the peer
+            // timeout: data must move to link 1 and back.
+            let mut at = r.below(span / 4 + 1);
+            for k in 0..3u64 {
+                let len = if k == 0 {
+                    r.range(6_000, MAX_CUT_MS)
+                } else {
+                    r.range(MIN_CUT_MS, MAX_CUT_MS)
+                };
+                let end = (at + len).min(self.heal_at);
+                self.push_event(at, Event::CutLink(0));
+                self.push_event(end, Event::RestoreLink(0));
+                at = end + r.range(MIN_CUT_MS, MAX_CUT_MS);
+                if at >= self.heal_at {
+                    break;
+                }
+            }
+        }
         self.push_event(self.heal_at, Event::Heal);
     }
 
@@ -179,6 +208,11 @@ impl Sim {
             node_id: id,
             window: self.params.window.max(1),
             cache_seed: Some(u64::from(id)),
+            links: self.params.links.max(1),
+            digest_interval_ms: self
+                .params
+                .digest_interval_ms
+                .unwrap_or(SyncConfig::default().digest_interval_ms),
             ..SyncConfig::default()
         }
     }
@@ -270,8 +304,14 @@ impl Sim {
                     self.start_node(i)?;
                 }
             }
+            Event::CutLink(l) => self.net.cut_link(l),
+            Event::RestoreLink(l) => self.net.restore_link(l),
             Event::Heal => {
-                self.net.set_faults(Faults::default());
+                if !self.params.steady_loss {
+                    self.net.set_faults(Faults::default());
+                    self.net.set_link_loss(0, 0);
+                }
+                self.net.restore_link(0);
                 for i in 0..self.hosts.len() {
                     if let Some(h) = self.hosts.get_mut(i) {
                         h.cuts = 0;

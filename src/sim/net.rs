@@ -47,6 +47,10 @@ pub struct Network {
     order: u64,
     faults: Faults,
     cut: BTreeSet<usize>,
+    /// Links cut for everyone (both directions), in flight included.
+    cut_links: BTreeSet<usize>,
+    /// Extra loss of one link, in percent, on top of `faults.loss`.
+    link_loss: BTreeMap<usize, u32>,
     stats: NetStats,
 }
 
@@ -61,7 +65,28 @@ impl Network {
             order: 0,
             faults,
             cut: BTreeSet::new(),
+            cut_links: BTreeSet::new(),
+            link_loss: BTreeMap::new(),
             stats: NetStats::default(),
+        }
+    }
+
+    /// Cut `link` for every node until `restore_link`.
+    pub fn cut_link(&mut self, link: usize) {
+        self.cut_links.insert(link);
+    }
+
+    pub fn restore_link(&mut self, link: usize) {
+        self.cut_links.remove(&link);
+    }
+
+    /// `link` loses `percent` of its datagrams besides the faults in force
+    /// (0: no more than those).
+    pub fn set_link_loss(&mut self, link: usize, percent: u32) {
+        if percent == 0 {
+            self.link_loss.remove(&link);
+        } else {
+            self.link_loss.insert(link, percent);
         }
     }
 
@@ -89,8 +114,14 @@ impl Network {
                 continue;
             }
             self.stats.sent += 1;
-            if self.cut.contains(&from) || self.cut.contains(&to) {
+            if self.cut.contains(&from) || self.cut.contains(&to) || self.cut_links.contains(&link)
+            {
                 self.stats.cut += 1;
+                continue;
+            }
+            let extra = self.link_loss.get(&link).copied().unwrap_or(0);
+            if extra > 0 && rng.chance(extra) {
+                self.stats.lost += 1;
                 continue;
             }
             let copies = if rng.chance(self.faults.dup) {
@@ -133,7 +164,10 @@ impl Network {
                 return None;
             }
             let d = entry.remove();
-            if self.cut.contains(&d.from) || self.cut.contains(&d.to) {
+            if self.cut.contains(&d.from)
+                || self.cut.contains(&d.to)
+                || self.cut_links.contains(&d.link)
+            {
                 self.stats.cut += 1;
                 continue;
             }
@@ -195,6 +229,33 @@ mod tests {
         net.rejoin(1);
         net.send(&mut rng, 0, 1, 0, b"z");
         assert_eq!(net.pop_due(100).map(|d| d.bytes), Some(b"z".to_vec()));
+    }
+
+    #[test]
+    fn a_cut_or_lossy_link_spares_the_other() {
+        let mut net = Network::new(2, Faults::default());
+        let mut rng = Rng::new(1);
+        net.send(&mut rng, 0, 0, 0, b"a");
+        net.cut_link(0);
+        net.send(&mut rng, 0, 0, 0, b"b");
+        net.send(&mut rng, 0, 0, 1, b"c");
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| net.pop_due(10))
+            .map(|d| d.bytes)
+            .collect();
+        assert_eq!(
+            got,
+            vec![b"c".to_vec()],
+            "in flight on a cut link is lost too"
+        );
+        net.restore_link(0);
+        net.set_link_loss(1, 100);
+        net.send(&mut rng, 20, 0, 1, b"d");
+        net.send(&mut rng, 20, 0, 0, b"e");
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| net.pop_due(30))
+            .map(|d| d.bytes)
+            .collect();
+        assert_eq!(got, vec![b"e".to_vec()]);
+        assert_eq!(net.stats().lost, 1);
     }
 
     #[test]

@@ -40,6 +40,21 @@ pub struct SimParams {
     /// Every view must hold, continuously to the end, this soon after the
     /// heal (a liveness bound; must be below `quiet_ms`).
     pub converge_within_ms: u64,
+    /// Links per node: separate paths between every pair of nodes. Data
+    /// goes out on the lowest one that works (keepalives on all).
+    pub links: usize,
+    /// With two links or more: link 0 is cut for random intervals during
+    /// the workload (longer ones than the peer timeout among them), and
+    /// loses `loss` percent besides, so data must fail over to link 1.
+    pub link_faults: bool,
+    /// The network's loss, duplication and reordering go on after the
+    /// heal (partitions end and crashed nodes restart): views must agree
+    /// through steady loss.
+    pub steady_loss: bool,
+    /// Only the first `writers` nodes change their tables (0: every node).
+    pub writers: usize,
+    /// Every node's `digest_interval_ms` (`None`: the daemon's default).
+    pub digest_interval_ms: Option<u64>,
 }
 
 impl fmt::Display for SimParams {
@@ -47,7 +62,8 @@ impl fmt::Display for SimParams {
         write!(
             f,
             "nodes={} mode={} loss={}% dup={}% reorder<={}ms partitions={} restarts={} \
-             window={} flows/node={} ops/node={} workload={}ms quiet={}ms converge<={}ms",
+             window={} flows/node={} ops/node={} workload={}ms quiet={}ms converge<={}ms \
+             links={} link_faults={} steady_loss={} writers={} digest_interval={:?}",
             self.nodes,
             mode_name(self.mode),
             self.loss,
@@ -60,7 +76,12 @@ impl fmt::Display for SimParams {
             self.ops_per_node,
             self.workload_ms,
             self.quiet_ms,
-            self.converge_within_ms
+            self.converge_within_ms,
+            self.links,
+            self.link_faults,
+            self.steady_loss,
+            self.writers,
+            self.digest_interval_ms
         )
     }
 }
@@ -144,6 +165,11 @@ pub fn params_for_seed(seed: u64) -> SimParams {
         workload_ms: r.range(1_000, 6_000),
         quiet_ms: 0,
         converge_within_ms: 0,
+        links: 1,
+        link_faults: false,
+        steady_loss: false,
+        writers: 0,
+        digest_interval_ms: None,
     };
     p.with_mode(Mode::Ftfw)
 }

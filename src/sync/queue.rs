@@ -23,10 +23,16 @@ pub(crate) enum Item {
         len: usize,
     },
     BulkBegin(u32),
+    /// The end of a full bulk: what the table held when it began.
     BulkEnd {
         id: u32,
         count: u64,
+        hash: u64,
     },
+    /// The markers of a range bulk (their ranges and sums are kept by
+    /// `bulk::BulkSender`).
+    RangeBegin(u32),
+    RangeEnd(u32),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -125,13 +131,24 @@ mod tests {
         q.push_key(key(1));
         q.push_key(key(2));
         q.push_front(Item::BulkBegin(7));
-        q.push_back(Item::BulkEnd { id: 7, count: 2 });
+        q.push_back(Item::BulkEnd {
+            id: 7,
+            count: 2,
+            hash: 0,
+        });
         q.push_key(key(3));
         assert_eq!(q.len(), 5);
         assert_eq!(q.pop_front(), Some(Item::BulkBegin(7)));
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
         q.drop_keys();
-        assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 7, count: 2 }));
+        assert_eq!(
+            q.pop_front(),
+            Some(Item::BulkEnd {
+                id: 7,
+                count: 2,
+                hash: 0
+            })
+        );
         assert!(q.is_empty());
     }
 
@@ -157,9 +174,20 @@ mod tests {
             "the snapshot is freed with its last flow"
         );
         q.push_bulk_flow(b"x");
-        q.push_back(Item::BulkEnd { id: 2, count: 2 });
+        q.push_back(Item::BulkEnd {
+            id: 2,
+            count: 2,
+            hash: 0,
+        });
         q.drop_keys();
-        assert_eq!(q.pop_front(), Some(Item::BulkEnd { id: 2, count: 2 }));
+        assert_eq!(
+            q.pop_front(),
+            Some(Item::BulkEnd {
+                id: 2,
+                count: 2,
+                hash: 0
+            })
+        );
         assert!(q.is_empty() && q.bulk.is_empty());
     }
 }

@@ -61,13 +61,31 @@ pub struct SyncStats {
     pub peers_forgotten: u64,
     /// Times new data waited because the window was full.
     pub window_full: u64,
-    /// Digests of our table sent.
+    /// Digests of our table sent (each is `range_digests_sent` messages
+    /// of range sums).
     pub digests_sent: u64,
-    /// Peers' digests applied.
+    /// Peers' digests applied (counted by their first message, range 0).
     pub digests_received: u64,
-    /// Peers' digests that disagreed with our view of them (each pulls a
-    /// bulk from that peer).
+    /// Peers' digests (or, with range digests, digest messages) that
+    /// disagreed with our view of them (each asks that peer for a repair).
     pub digest_mismatches: u64,
+    /// Range digest messages sent and received (a digest is several).
+    pub range_digests_sent: u64,
+    pub range_digests_received: u64,
+    /// Range requests (re-send these key ranges) sent and received.
+    pub range_requests_sent: u64,
+    pub range_requests_received: u64,
+    /// Range bulks sent and received.
+    pub range_bulks_sent: u64,
+    pub range_bulks_received: u64,
+    /// Ranges a range bulk proved complete, and ranges it did not (nothing
+    /// swept there; asked again).
+    pub ranges_repaired: u64,
+    pub ranges_unproven: u64,
+    /// Flows range bulks swept (the sender no longer had them).
+    pub range_swept: u64,
+    /// Full bulks that arrived incomplete: nothing swept.
+    pub bulk_unproven: u64,
     /// ALARM: flows re-sent by the periodic refresh.
     pub alarm_refreshes: u64,
     /// ALARM: peers' flows dropped for not being refreshed in time.

@@ -21,10 +21,11 @@ pub const MAX_LABELS_LEN: usize = 16;
 
 /// One unit of the sync protocol.
 ///
-/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`, `Digest`)
-/// travel in sequenced (reliable) datagrams; the others in control
-/// datagrams. New variants go at the end: the variant index is on the wire. `node` fields name
-/// the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
+/// Data messages (`Upsert`, `Delete`, `BulkBegin`, `BulkEnd`, `Digest`,
+/// `RangeDigest`, `RangeBegin`, `RangeEnd`, `BulkEndSum`) travel in
+/// sequenced (reliable) datagrams; the others in control datagrams. New
+/// variants go at the end: the variant index is on the wire. `node` fields
+/// name the sender whose sequence stream an `Ack`/`Nack` refers to (needed when
 /// more than two nodes share a multicast link) and `epoch` that stream's
 /// epoch (so an ack for a sender's previous life cannot ack its new one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,51 @@ pub enum Message {
         count: u64,
         hash: u64,
     },
+    /// Anti-entropy by key range (see `RANGES`): for each listed range,
+    /// what the sender's table holds in it, as it stands after every data
+    /// message before this one. A full digest is split over several of
+    /// these (each fits a datagram).
+    RangeDigest {
+        sums: Vec<RangeSum>,
+    },
+    /// Please re-send these ranges of `node`'s table (a range bulk).
+    RangeRequest {
+        node: u32,
+        ranges: Vec<u16>,
+    },
+    /// A range bulk begins: every flow the sender holds in these ranges
+    /// follows, before the `RangeEnd` of the same id.
+    RangeBegin {
+        id: u32,
+        ranges: Vec<u16>,
+    },
+    /// The range bulk `id` is over: each range held what `sums` say when it
+    /// began. A receiver whose copy of a range, less the flows the bulk did
+    /// not write, equals its sum got every flow and may sweep the rest.
+    RangeEnd {
+        id: u32,
+        sums: Vec<RangeSum>,
+    },
+    /// `BulkEnd` with the digest (`count`, `hash`) the whole table had when
+    /// the bulk began: a receiver sweeps only a bulk proven complete.
+    BulkEndSum {
+        id: u32,
+        count: u64,
+        hash: u64,
+    },
+}
+
+/// Key ranges of the range digest: a flow's range is a stable hash of its
+/// key (`cache::range_of`), the same on every host and build.
+pub const RANGES: u16 = 256;
+
+/// What one key range of a table holds: its flow count and the XOR of
+/// their `state_hash`es.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeSum {
+    pub range: u16,
+    pub count: u32,
+    pub hash: u64,
 }
 
 impl Message {
@@ -80,7 +126,30 @@ impl Message {
                 | Message::BulkBegin { .. }
                 | Message::BulkEnd { .. }
                 | Message::Digest { .. }
+                | Message::RangeDigest { .. }
+                | Message::RangeBegin { .. }
+                | Message::RangeEnd { .. }
+                | Message::BulkEndSum { .. }
         )
+    }
+
+    /// Semantic checks of the range messages: at most `RANGES` entries,
+    /// each naming a range below `RANGES`.
+    pub fn validate_ranges(&self) -> Result<(), WireError> {
+        let fine = match self {
+            Message::RangeDigest { sums } | Message::RangeEnd { sums, .. } => {
+                sums.len() <= usize::from(RANGES) && sums.iter().all(|s| s.range < RANGES)
+            }
+            Message::RangeRequest { ranges, .. } | Message::RangeBegin { ranges, .. } => {
+                ranges.len() <= usize::from(RANGES) && ranges.iter().all(|&r| r < RANGES)
+            }
+            _ => true,
+        };
+        if fine {
+            Ok(())
+        } else {
+            Err(WireError::BadBody("key range out of bounds".into()))
+        }
     }
 }
 
@@ -477,7 +546,7 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<Message>, WireError> {
         match &message {
             Message::Upsert(f) => f.validate()?,
             Message::Delete(k) => k.validate()?,
-            _ => {}
+            other => other.validate_ranges()?,
         }
         messages.push(message);
     }

@@ -10,8 +10,9 @@ pub mod message;
 
 pub use header::{flags, Header, WireError, HEADER_LEN, MAGIC, MAX_BODY, MAX_DATAGRAM, VERSION};
 pub use message::{
-    decode_body, encode_message, encode_message_into, Message, WireAddrs, WireFlow, WireKey,
-    WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, UPSERT_VARIANT,
+    decode_body, encode_message, encode_message_into, Message, RangeSum, WireAddrs, WireFlow,
+    WireKey, WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, RANGES,
+    UPSERT_VARIANT,
 };
 
 /// The largest UDP payload for a 1500-byte MTU over IPv4 (1500 - 20 - 8).

@@ -447,7 +447,7 @@ proptest! {
             .filter(|ms| ms.iter().all(|m| match m {
                 Message::Upsert(f) => f.validate().is_ok(),
                 Message::Delete(k) => k.validate().is_ok(),
-                _ => true,
+                other => other.validate_ranges().is_ok(),
             }));
         prop_assert_eq!(decode_body(&body).ok(), by_bincode);
     }
@@ -494,4 +494,109 @@ fn digest_golden_bytes_and_round_trip() {
     let bytes = encode_datagram(&header(), std::slice::from_ref(&msg));
     let (_, decoded) = decode_datagram(&bytes).unwrap();
     assert_eq!(decoded, vec![msg]);
+}
+
+fn sums(ranges: impl Iterator<Item = u16>) -> Vec<RangeSum> {
+    ranges
+        .map(|range| RangeSum {
+            range,
+            count: u32::from(range) * 1000,
+            hash: u64::from(range).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        })
+        .collect()
+}
+
+#[test]
+fn range_messages_round_trip_and_only_the_request_is_control() {
+    let msgs = vec![
+        Message::RangeDigest { sums: sums(0..64) },
+        Message::RangeRequest {
+            node: 7,
+            ranges: vec![0, 3, 255],
+        },
+        Message::RangeBegin {
+            id: 9,
+            ranges: vec![1, 2],
+        },
+        Message::RangeEnd {
+            id: 9,
+            sums: sums(1..3),
+        },
+        Message::BulkEndSum {
+            id: 4,
+            count: 45_000,
+            hash: u64::MAX,
+        },
+    ];
+    for m in &msgs {
+        assert_eq!(
+            m.is_data(),
+            !matches!(m, Message::RangeRequest { .. }),
+            "{m:?}"
+        );
+        let bytes = encode_datagram(&header(), std::slice::from_ref(m));
+        let (_, decoded) = decode_datagram(&bytes).unwrap();
+        assert_eq!(&decoded, std::slice::from_ref(m));
+    }
+    // A digest chunk of 64 ranges fits the smallest payload's datagram
+    // several times over at 1472 bytes.
+    let chunk = encode_message(&msgs[0]);
+    assert!(chunk.len() < 1000, "{}", chunk.len());
+    // Empty lists are fine.
+    let empty = Message::RangeRequest {
+        node: 1,
+        ranges: Vec::new(),
+    };
+    let bytes = encode_datagram(&header(), std::slice::from_ref(&empty));
+    assert_eq!(decode_datagram(&bytes).unwrap().1, vec![empty]);
+}
+
+#[test]
+fn range_messages_out_of_bounds_are_rejected() {
+    let bad = [
+        Message::RangeRequest {
+            node: 1,
+            ranges: vec![RANGES],
+        },
+        Message::RangeBegin {
+            id: 1,
+            ranges: vec![0, u16::MAX],
+        },
+        Message::RangeDigest {
+            sums: sums(250..260),
+        },
+        Message::RangeEnd {
+            id: 1,
+            sums: sums(0..1).into_iter().cycle().take(257).collect(),
+        },
+    ];
+    for m in &bad {
+        // The encoder writes what it is given; the decoder refuses it.
+        let body = {
+            let mut b = Vec::new();
+            compact::put_varint(&mut b, 1);
+            b.extend_from_slice(&encode_message(m));
+            b
+        };
+        let err = decode_body(&body).unwrap_err();
+        assert_eq!(err.reason(), "bad_body", "{m:?}");
+    }
+    // Truncated range messages are errors, not panics.
+    let good = encode_message(&Message::RangeEnd {
+        id: 3,
+        sums: sums(0..20),
+    });
+    for cut in 0..good.len() {
+        let mut body = Vec::new();
+        compact::put_varint(&mut body, 1);
+        body.extend_from_slice(&good[..cut]);
+        assert!(decode_body(&body).is_err(), "cut at {cut}");
+    }
+    // A huge claimed length allocates nothing and fails.
+    let mut body = Vec::new();
+    compact::put_varint(&mut body, 1);
+    body.push(12); // RangeBegin
+    body.push(1); // id
+    body.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(decode_body(&body).is_err());
 }
