@@ -48,6 +48,8 @@ pub struct PeerBlock {
     pub expected_seq: u32,
     /// Milliseconds since a datagram last came from it.
     pub last_heard_ms_ago: u64,
+    /// Its datagrams held ahead of a gap (FTFW's reorder buffer).
+    pub reordered: u64,
 }
 
 /// The kernel side, counted by the daemon as events and reads arrive.

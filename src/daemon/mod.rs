@@ -36,7 +36,7 @@ use crate::kernel::events::{EventSocket, EventSwitch};
 use crate::kernel::write::Writer;
 use crate::kernel::{KernelError, KernelEvent};
 use crate::process;
-use crate::sync::{Node, Replicate};
+use crate::sync::{Node, Reconciling, Replicate};
 use crate::transport::{self, Link, Received};
 use event_reader::KernelFeed;
 use kernel_worker::{Done, DumpPurpose, Job, JobSender, TableRead};
@@ -90,12 +90,25 @@ enum CommitPhase {
     Finished { own_writes_until: Instant },
 }
 
-/// Whether the kernel table is being read; the events seen meanwhile are
-/// replayed on the result, in order.
+/// Whether the kernel table is being read (on the worker) or compared with
+/// the internal cache (here, a chunk per turn of the loop); the events
+/// seen meanwhile are replayed on the result, in order.
 enum TableReadState {
     Idle,
-    Running { replay: Vec<KernelEvent> },
+    Running {
+        replay: Vec<KernelEvent>,
+    },
+    Comparing {
+        replay: Vec<KernelEvent>,
+        run: Reconciling,
+        rest: std::vec::IntoIter<Flow>,
+        clients: Vec<oneshot::Sender<Reply>>,
+    },
 }
+
+/// Flows of a table read compared per turn of the owner's loop (a few
+/// milliseconds), so a read of a million flows never stalls replication.
+const COMPARE_CHUNK: usize = 16_384;
 
 /// The owner's timers (the sync core keeps its own).
 #[derive(Debug)]
@@ -320,6 +333,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             _ = sigterm.recv() => daemon.stop = true,
             _ = sigint.recv() => daemon.stop = true,
         }
+        daemon.compare_table_chunk();
         daemon.transmit().await;
         daemon.mirror_into_kernel();
     }
@@ -388,8 +402,9 @@ impl Daemon {
         self.commit != CommitPhase::Idle
     }
 
+    /// A table read is being read or compared.
     fn table_read_running(&self) -> bool {
-        matches!(self.table_read, TableReadState::Running { .. })
+        !matches!(self.table_read, TableReadState::Idle)
     }
 
     fn next_deadline(&self) -> Instant {
@@ -405,6 +420,10 @@ impl Daemon {
         };
         if let Some(at) = self.timers.earliest(self.table_read_running(), own_writes) {
             deadline = deadline.min(at);
+        }
+        if matches!(self.table_read, TableReadState::Comparing { .. }) {
+            // More of the table to compare: only poll the other inputs.
+            deadline = now;
         }
         deadline
     }
@@ -429,7 +448,9 @@ impl Daemon {
         match feed {
             KernelFeed::Events(events) => {
                 self.kernel_counters.events_received += events.len() as u64;
-                if let TableReadState::Running { replay } = &mut self.table_read {
+                if let TableReadState::Running { replay }
+                | TableReadState::Comparing { replay, .. } = &mut self.table_read
+                {
                     replay.extend(events.iter().cloned());
                 }
                 for event in events {
@@ -653,13 +674,36 @@ impl Daemon {
     fn table_read_done(&mut self, result: Result<TableRead, String>, purpose: DumpPurpose) {
         let replay = match std::mem::replace(&mut self.table_read, TableReadState::Idle) {
             TableReadState::Running { replay } => replay,
-            TableReadState::Idle => Vec::new(),
+            TableReadState::Idle | TableReadState::Comparing { .. } => Vec::new(),
         };
         self.arm_reconcile();
         let (heal, clients) = match purpose {
             DumpPurpose::Resync(clients) => (false, clients),
             DumpPurpose::Heal => (true, Vec::new()),
         };
+        let read = match result {
+            Ok(read) => read,
+            Err(reason) => {
+                self.kernel_counters.read_failures += 1;
+                if heal {
+                    // Try again: an overrun must always heal.
+                    self.timers.heal_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
+                }
+                let reply = failure(format!("kernel dump failed: {reason}"));
+                return self.table_read_answered(clients, reply);
+            }
+        };
+        if let Some(lost) = read.lost {
+            // Peers' flows the table lacked, as the peers hold them now
+            // (one may have deleted it since it was frozen).
+            let lost: Vec<Flow> = lost
+                .iter()
+                .filter_map(|k| self.node.external().values().find_map(|c| c.flow(k)))
+                .collect();
+            if let Some(warm) = &mut self.warm {
+                warm.repaired(lost);
+            }
+        }
         // Our own commit's flows are cached, never echoed, even when their
         // events were paused or the overrun swallowed them.
         let replicate = match (heal, self.remembers_own_writes()) {
@@ -667,37 +711,53 @@ impl Daemon {
             (true, false) => Replicate::Differences,
             (true, true) => Replicate::DifferencesButPeerFlows,
         };
-        let reply = match result {
-            Ok(read) => {
-                if let Some(lost) = read.lost {
-                    // Peers' flows the table lacked, as the peers hold them
-                    // now (one may have deleted it since it was frozen).
-                    let lost: Vec<Flow> = lost
-                        .iter()
-                        .filter_map(|k| self.node.external().values().find_map(|c| c.flow(k)))
-                        .collect();
-                    if let Some(warm) = &mut self.warm {
-                        warm.repaired(lost);
-                    }
-                }
-                let flows = self.ours(read.accepted);
-                let now = self.now_ms();
-                let report = self.node.reconcile_internal(flows, now, replicate);
-                tracing::info!(?report, "internal cache reconciled with the kernel table");
-                for event in replay {
-                    self.apply_event(event);
-                }
-                success(String::new())
-            }
-            Err(reason) => {
-                self.kernel_counters.read_failures += 1;
-                if heal {
-                    // Try again: an overrun must always heal.
-                    self.timers.heal_at = Some(Instant::now() + OVERRUN_RESYNC_DELAY);
-                }
-                failure(format!("kernel dump failed: {reason}"))
-            }
+        let run = self.node.reconcile_begin(self.now_ms(), replicate);
+        self.table_read = TableReadState::Comparing {
+            replay,
+            run,
+            rest: read.accepted.into_iter(),
+            clients,
         };
+        self.compare_table_chunk();
+    }
+
+    /// Compare the next chunk of a table read with the internal cache; after
+    /// the last, sweep what the table lacked and replay the events seen
+    /// meanwhile.
+    fn compare_table_chunk(&mut self) {
+        let TableReadState::Comparing { rest, .. } = &mut self.table_read else {
+            return;
+        };
+        let chunk: Vec<Flow> = rest.by_ref().take(COMPARE_CHUNK).collect();
+        let done = rest.len() == 0;
+        let chunk = self.ours(chunk);
+        let now = self.now_ms();
+        if let TableReadState::Comparing { run, .. } = &mut self.table_read {
+            self.node.reconcile_chunk(run, chunk, now);
+        }
+        if !done {
+            return;
+        }
+        let TableReadState::Comparing {
+            replay,
+            run,
+            clients,
+            ..
+        } = std::mem::replace(&mut self.table_read, TableReadState::Idle)
+        else {
+            return;
+        };
+        let report = self.node.reconcile_finish(run, now);
+        tracing::info!(?report, "internal cache reconciled with the kernel table");
+        for event in replay {
+            self.apply_event(event);
+        }
+        self.table_read_answered(clients, success(String::new()));
+    }
+
+    /// A table read is over: answer who waited, and start the next one
+    /// that `-R` asked for meanwhile.
+    fn table_read_answered(&mut self, clients: Vec<oneshot::Sender<Reply>>, reply: Reply) {
         for client in clients {
             let _ = client.send(reply.clone());
         }

@@ -46,9 +46,9 @@ impl Daemon {
             })
             .collect();
         let now_ms = self.now_ms();
-        let peers = self
-            .node
-            .peers()
+        let statuses = self.node.peers();
+        let reorder = statuses.iter().map(|p| p.reordered as u64).sum();
+        let peers = statuses
             .into_iter()
             .map(|p| PeerBlock {
                 node_id: p.node_id,
@@ -57,6 +57,7 @@ impl Daemon {
                 flows: p.flows as u64,
                 expected_seq: p.expected_seq,
                 last_heard_ms_ago: now_ms.saturating_sub(p.last_heard_ms),
+                reordered: p.reordered as u64,
             })
             .collect();
         let (send_queue, resend_window) = self.node.backlog();
@@ -78,7 +79,7 @@ impl Daemon {
                 send_queue: send_queue as u64,
                 resend_window: resend_window as u64,
                 window: self.node.config().window as u64,
-                reorder: 0, // MERGE: Node::reorder_len
+                reorder,
             },
             digests: Digests {
                 internal: self.node.internal().digest(),

@@ -17,6 +17,15 @@ use crate::flow::{Flow, FlowKey};
 /// then know which flows are live, and commit those first.
 const REFRESH_SLACK_S: u32 = 10;
 
+/// A comparison of the internal cache with a kernel dump, under way (see
+/// `Local::reconcile_begin`).
+#[derive(Debug)]
+pub struct Reconciling {
+    generation: u32,
+    replicate: Replicate,
+    report: ReconcileReport,
+}
+
 #[derive(Debug)]
 pub(crate) struct Local {
     pub cache: FlowCache,
@@ -64,7 +73,8 @@ impl Local {
 
     /// Make the cache equal to a kernel dump, and queue for sending what
     /// `replicate` says (`holds_peer_flow`: whether a peer's view holds a
-    /// key).
+    /// key). In one step (the façade composes the three steps itself).
+    #[cfg(test)]
     pub fn reconcile(
         &mut self,
         kernel: Vec<Flow>,
@@ -73,10 +83,34 @@ impl Local {
         holds_peer_flow: impl Fn(&FlowKey) -> bool,
         tx: &mut Sender,
     ) -> ReconcileReport {
-        let mut report = ReconcileReport::default();
-        // Every flow the kernel still has is stamped with this generation;
-        // the rest are gone.
-        let generation = self.cache.begin_generation();
+        let mut run = self.reconcile_begin(replicate);
+        self.reconcile_chunk(&mut run, kernel, now_ms, holds_peer_flow, tx);
+        self.reconcile_finish(run, tx)
+    }
+
+    /// Start comparing the cache with a kernel dump that arrives in
+    /// chunks: every flow the kernel still has is stamped with a new
+    /// generation; what is not stamped by `reconcile_finish` is gone.
+    /// Changes made between chunks (kernel events) carry the new
+    /// generation too, so they are never swept.
+    pub fn reconcile_begin(&mut self, replicate: Replicate) -> Reconciling {
+        Reconciling {
+            generation: self.cache.begin_generation(),
+            replicate,
+            report: ReconcileReport::default(),
+        }
+    }
+
+    /// Compare one chunk of the dump.
+    pub fn reconcile_chunk(
+        &mut self,
+        run: &mut Reconciling,
+        kernel: Vec<Flow>,
+        now_ms: u64,
+        holds_peer_flow: impl Fn(&FlowKey) -> bool,
+        tx: &mut Sender,
+    ) {
+        let report = &mut run.report;
         for flow in kernel {
             // The kernel counts timeouts down by itself: a flow whose only
             // difference is its timeout has not changed.
@@ -85,7 +119,7 @@ impl Local {
                 report.unchanged += 1;
                 continue;
             }
-            let send = match replicate {
+            let send = match run.replicate {
                 Replicate::Nothing => false,
                 Replicate::Differences => true,
                 Replicate::DifferencesButPeerFlows => !holds_peer_flow(&flow.key()),
@@ -104,6 +138,15 @@ impl Local {
                 Upsert::Unchanged => report.unchanged += 1,
             }
         }
+    }
+
+    /// The whole dump was compared: remove what it did not hold.
+    pub fn reconcile_finish(&mut self, run: Reconciling, tx: &mut Sender) -> ReconcileReport {
+        let Reconciling {
+            generation,
+            replicate,
+            mut report,
+        } = run;
         let mut gone = self.cache.sweep_older_than(generation);
         // The cache's iteration order is random per process; sending in key
         // order keeps a seeded simulation replayable.
@@ -191,5 +234,27 @@ mod tests {
             "the change and the removal, not the peer's flow"
         );
         assert_eq!(l.cache.len(), 10);
+    }
+
+    #[test]
+    fn a_chunked_reconcile_keeps_changes_made_between_chunks() {
+        let (mut l, mut tx) = local();
+        let kernel: Vec<Flow> = (0..10).map(udp).collect();
+        let r = l.reconcile(kernel.clone(), 0, Replicate::Nothing, |_| false, &mut tx);
+        assert_eq!(r.added, 10);
+        // A dump that lacks flows 8 and 9, compared in two chunks; between
+        // them an event creates flow 20 (newer than the dump).
+        let mut run = l.reconcile_begin(Replicate::Differences);
+        l.reconcile_chunk(&mut run, kernel[..4].to_vec(), 1_000, |_| false, &mut tx);
+        assert_eq!(l.upsert(udp(20), 1_000, true, &mut tx), Upsert::Created);
+        l.reconcile_chunk(&mut run, kernel[4..8].to_vec(), 1_000, |_| false, &mut tx);
+        let r = l.reconcile_finish(run, &mut tx);
+        assert_eq!((r.removed, r.unchanged), (2, 8));
+        assert!(
+            l.cache.contains(&udp(20).key()),
+            "the event's flow was swept"
+        );
+        assert!(!l.cache.contains(&udp(9).key()));
+        assert_eq!(l.cache.len(), 9);
     }
 }

@@ -32,6 +32,7 @@ mod stats;
 mod tx;
 
 pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
+pub use local::Reconciling;
 pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
 
 use crate::cache::FlowCache;
@@ -253,15 +254,37 @@ impl Node {
         now_ms: u64,
         replicate: Replicate,
     ) -> ReconcileReport {
+        let mut run = self.reconcile_begin(now_ms, replicate);
+        self.reconcile_chunk(&mut run, kernel, now_ms);
+        self.reconcile_finish(run, now_ms)
+    }
+
+    /// `reconcile_internal` in steps, so that a dump of a million flows is
+    /// compared a chunk at a time between other work: begin, then every
+    /// chunk of the dump, then finish. Local changes made in between are
+    /// kept (they are newer than the dump).
+    pub fn reconcile_begin(&mut self, now_ms: u64, replicate: Replicate) -> Reconciling {
         self.tick(now_ms);
         if replicate == Replicate::Nothing {
             // `-R` (or start-up): our table is the reference again.
             self.digest.resume();
         }
+        self.local.reconcile_begin(replicate)
+    }
+
+    /// Compare one chunk of the dump (see `reconcile_begin`).
+    pub fn reconcile_chunk(&mut self, run: &mut Reconciling, kernel: Vec<Flow>, now_ms: u64) {
+        self.tick(now_ms);
         let caches = &self.views.caches;
         let holds_peer_flow = |key: &FlowKey| caches.values().any(|c| c.contains(key));
         self.local
-            .reconcile(kernel, now_ms, replicate, holds_peer_flow, &mut self.tx)
+            .reconcile_chunk(run, kernel, now_ms, holds_peer_flow, &mut self.tx);
+    }
+
+    /// The whole dump was compared: what it lacked is gone.
+    pub fn reconcile_finish(&mut self, run: Reconciling, now_ms: u64) -> ReconcileReport {
+        self.tick(now_ms);
+        self.local.reconcile_finish(run, &mut self.tx)
     }
 
     /// Forget our flows (`-f internal`); nothing is sent, pending keys are
@@ -853,6 +876,7 @@ impl Node {
                 },
                 acked_seq: p.tx_acked,
                 flows: self.views.caches.get(&id).map_or(0, FlowCache::len),
+                reordered: p.rx.buffered(),
             })
             .collect()
     }

@@ -197,6 +197,11 @@ impl RxStream {
     }
 
     /// The missing range, if any: `expected ..= last known before a hole ends`.
+    /// Datagrams held ahead of a gap.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     pub fn gap(&self) -> Option<(u32, u32)> {
         let end = match self.buffer.keys().next() {
             Some(first) => first.saturating_sub(1),

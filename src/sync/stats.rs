@@ -117,6 +117,8 @@ pub struct PeerStatus {
     pub acked_seq: u32,
     /// Flows in its external cache.
     pub flows: usize,
+    /// Its datagrams held in the reorder buffer, ahead of a gap.
+    pub reordered: usize,
 }
 
 /// What `reconcile_internal` changed.
