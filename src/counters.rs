@@ -156,21 +156,18 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     /// Datagrams dropped unread, every reason.
     pub fn malformed(&self) -> u64 {
-        self.sync.malformed.values().sum::<u64>() + self.network.foreign_source
+        self.sync.malformed.total() + self.network.foreign_source
     }
 
-    /// Dropped datagrams by reason: the core's and the daemon's.
-    pub fn malformed_by_reason(&self) -> Vec<(String, u64)> {
-        let mut all: Vec<(String, u64)> = self
-            .sync
+    /// Dropped datagrams by reason, the core's and the daemon's: those
+    /// that happened.
+    pub fn malformed_by_reason(&self) -> Vec<(&'static str, u64)> {
+        self.sync
             .malformed
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        if self.network.foreign_source > 0 {
-            all.push(("foreign_source".into(), self.network.foreign_source));
-        }
-        all.sort();
-        all
+            .by_reason()
+            .into_iter()
+            .chain([("foreign_source", self.network.foreign_source)])
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }

@@ -217,7 +217,7 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
             let r = |keys: &[&str]| -> u64 {
                 by_reason
                     .iter()
-                    .filter(|(k, _)| keys.contains(&k.as_str()))
+                    .filter(|(k, _)| keys.contains(k))
                     .map(|(_, n)| n)
                     .sum()
             };
@@ -426,6 +426,10 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "commits ok", snap.commit.ok);
     row(s, "commits failed", snap.commit.failed);
     row(s, "digest mismatches", sync.digest_mismatches);
+    row(s, "range requests sent", sync.range_requests_sent);
+    row(s, "ranges repaired", sync.ranges_repaired);
+    row(s, "ranges unproven", sync.ranges_unproven);
+    row(s, "range bulks sent", sync.range_bulks_sent);
     row(s, "alarm expired", sync.alarm_expired);
     row(s, "epoch rollovers", sync.epoch_rollovers);
     if let Some(warm) = &snap.warm {
@@ -631,7 +635,10 @@ mod tests {
                 ..Default::default()
             }],
             sync: crate::sync::SyncStats {
-                malformed: [("bad_magic".to_string(), 2u64)].into_iter().collect(),
+                malformed: crate::sync::Drops {
+                    bad_magic: 2,
+                    ..Default::default()
+                },
                 lost: 3,
                 ..Default::default()
             },

@@ -33,7 +33,7 @@ mod tx;
 
 pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
 pub use local::Reconciling;
-pub use stats::{LinkStats, PeerStatus, ReconcileReport, SyncStats};
+pub use stats::{DropReason, Drops, LinkStats, PeerStatus, ReconcileReport, SyncStats};
 
 use crate::cache::FlowCache;
 use crate::flow::{Flow, FlowKey};
@@ -420,7 +420,7 @@ impl Node {
         // No peer of ours sends more than the path MTU allows (the same on
         // every node): don't spend a decode on it.
         if bytes.len() > self.cfg.max_payload {
-            self.stats.malformed("oversized");
+            self.stats.malformed.count(DropReason::Oversized);
             if let Some(l) = self.stats.links.get_mut(link) {
                 l.errors += 1;
             }
@@ -429,7 +429,7 @@ impl Node {
         let (header, messages) = match decode_datagram(bytes) {
             Ok(d) => d,
             Err(e) => {
-                self.stats.malformed(e.reason());
+                self.stats.malformed.count(DropReason::from(&e));
                 if let Some(l) = self.stats.links.get_mut(link) {
                     l.errors += 1;
                 }
@@ -449,11 +449,11 @@ impl Node {
         );
         match verdict {
             Verdict::OwnNodeId => {
-                self.stats.malformed("own_node_id");
+                self.stats.malformed.count(DropReason::OwnNodeId);
                 return;
             }
             Verdict::TableFull => {
-                self.stats.malformed("too_many_peers");
+                self.stats.malformed.count(DropReason::TooManyPeers);
                 return;
             }
             _ => {}
@@ -463,7 +463,7 @@ impl Node {
         let reliable = header.is_reliable();
         match verdict {
             Verdict::Stale => {
-                self.stats.malformed("stale_epoch");
+                self.stats.malformed.count(DropReason::StaleEpoch);
                 return;
             }
             Verdict::SameEpoch => {
@@ -526,7 +526,7 @@ impl Node {
             };
             for m in messages {
                 if m.is_data() {
-                    stats.malformed("data_in_control");
+                    stats.malformed.count(DropReason::DataInControl);
                 } else {
                     self.views.apply(sender, p, m, &ctx, stats, &mut effects);
                 }

@@ -3,8 +3,8 @@
 //! Owns: the plain, serialisable structs that `-s` and metrics read. Must
 //! not: hold logic beyond counting.
 
+use crate::wire::WireError;
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// Per-link traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -22,10 +22,8 @@ pub struct LinkStats {
 /// Every counter of one Node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SyncStats {
-    /// Dropped datagrams by reason (`WireError::reason()`, `oversized` (over
-    /// our `max_payload`), `own_node_id`, `too_many_peers`, `stale_epoch`,
-    /// `data_in_control`).
-    pub malformed: BTreeMap<String, u64>,
+    /// Dropped datagrams (and messages), by reason.
+    pub malformed: Drops,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub datagrams_received: u64,
@@ -98,9 +96,127 @@ pub struct SyncStats {
     pub links: Vec<LinkStats>,
 }
 
-impl SyncStats {
-    pub(crate) fn malformed(&mut self, reason: &str) {
-        *self.malformed.entry(reason.to_string()).or_default() += 1;
+/// Why a datagram (or, for `data_in_control`, a message) was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Decoding failed (`WireError`'s kinds).
+    Truncated,
+    BadMagic,
+    BadVersion,
+    BadHeader,
+    BadLength,
+    /// Longer than our `max_payload` (never decoded), or than the format's.
+    Oversized,
+    BadBody,
+    BadFlow,
+    TooManyMessages,
+    /// Sent with our own node id.
+    OwnNodeId,
+    /// From a new node id while the peer table is full.
+    TooManyPeers,
+    /// From an epoch the sender has left.
+    StaleEpoch,
+    /// A data message in an unsequenced (control) datagram.
+    DataInControl,
+}
+
+impl From<&WireError> for DropReason {
+    fn from(e: &WireError) -> DropReason {
+        match e {
+            WireError::Truncated(_) => DropReason::Truncated,
+            WireError::BadMagic => DropReason::BadMagic,
+            WireError::BadVersion(_) => DropReason::BadVersion,
+            WireError::BadHeader(_) => DropReason::BadHeader,
+            WireError::BadLength { .. } => DropReason::BadLength,
+            WireError::Oversized(_) => DropReason::Oversized,
+            WireError::BadBody(_) => DropReason::BadBody,
+            WireError::BadFlow(_) => DropReason::BadFlow,
+            WireError::TooManyMessages(_) => DropReason::TooManyMessages,
+        }
+    }
+}
+
+/// Dropped datagrams by reason: one counter each (the JSON keys are the
+/// field names, as `WireError::reason()` names the decoding ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    pub truncated: u64,
+    pub bad_magic: u64,
+    pub bad_version: u64,
+    pub bad_header: u64,
+    pub bad_length: u64,
+    pub oversized: u64,
+    pub bad_body: u64,
+    pub bad_flow: u64,
+    pub too_many_messages: u64,
+    pub own_node_id: u64,
+    pub too_many_peers: u64,
+    pub stale_epoch: u64,
+    pub data_in_control: u64,
+}
+
+impl Drops {
+    pub fn count(&mut self, reason: DropReason) {
+        let counter = match reason {
+            DropReason::Truncated => &mut self.truncated,
+            DropReason::BadMagic => &mut self.bad_magic,
+            DropReason::BadVersion => &mut self.bad_version,
+            DropReason::BadHeader => &mut self.bad_header,
+            DropReason::BadLength => &mut self.bad_length,
+            DropReason::Oversized => &mut self.oversized,
+            DropReason::BadBody => &mut self.bad_body,
+            DropReason::BadFlow => &mut self.bad_flow,
+            DropReason::TooManyMessages => &mut self.too_many_messages,
+            DropReason::OwnNodeId => &mut self.own_node_id,
+            DropReason::TooManyPeers => &mut self.too_many_peers,
+            DropReason::StaleEpoch => &mut self.stale_epoch,
+            DropReason::DataInControl => &mut self.data_in_control,
+        };
+        *counter += 1;
+    }
+
+    /// Every reason with its name and count, in a fixed order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 13] {
+        [
+            ("truncated", self.truncated),
+            ("bad_magic", self.bad_magic),
+            ("bad_version", self.bad_version),
+            ("bad_header", self.bad_header),
+            ("bad_length", self.bad_length),
+            ("oversized", self.oversized),
+            ("bad_body", self.bad_body),
+            ("bad_flow", self.bad_flow),
+            ("too_many_messages", self.too_many_messages),
+            ("own_node_id", self.own_node_id),
+            ("too_many_peers", self.too_many_peers),
+            ("stale_epoch", self.stale_epoch),
+            ("data_in_control", self.data_in_control),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_has_its_counter_and_its_name() {
+        let mut d = Drops::default();
+        d.count(DropReason::StaleEpoch);
+        d.count(DropReason::StaleEpoch);
+        d.count(DropReason::from(&WireError::BadMagic));
+        assert_eq!((d.stale_epoch, d.bad_magic, d.total()), (2, 1, 3));
+        let json = serde_json::to_value(d).expect("serialises");
+        for (name, n) in d.by_reason() {
+            assert_eq!(json[name], n, "{name}");
+        }
+        // The decoding reasons are named as the wire layer names them.
+        let e = WireError::BadMagic;
+        assert!(d.by_reason().iter().any(|(name, _)| *name == e.reason()));
     }
 }
 
