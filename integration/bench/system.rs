@@ -86,7 +86,7 @@ impl Ctsyncd {
         }
     }
 
-    fn stats(&self, side: Side) -> Result<Value, BenchError> {
+    pub fn stats(&self, side: Side) -> Result<Value, BenchError> {
         let text = self.client(side, &["-s", "--json"])?;
         serde_json::from_str(&text)
             .map_err(|e| BenchError::Parse(format!("ctsyncd -s --json: {e}")))

@@ -96,6 +96,7 @@ fn event_loop(mut events: EventSocket, tx: mpsc::Sender<KernelFeed>) {
             Err(mpsc::error::TrySendError::Full(KernelFeed::Events(batch))) => {
                 held = batch;
                 if held.len() >= MAX_HELD_EVENTS {
+                    tracing::warn!(held = held.len(), "event reader waits for the owner");
                     let batch = std::mem::take(&mut held);
                     if tx.blocking_send(KernelFeed::Events(batch)).is_err() {
                         return;

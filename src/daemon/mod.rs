@@ -347,9 +347,9 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The control server runs on a thread (and runtime) of its own at a lower
-/// priority: writing a dump of a million flows to a client is its work,
-/// not the owner's.
+/// The control server runs on a thread (and runtime) of its own: writing a
+/// dump of a million flows to a client is its work, not the owner's. (At
+/// its default priority: see `views::render_off_thread`.)
 fn spawn_control_thread(
     listener: std::os::unix::net::UnixListener,
     requests: mpsc::Sender<(Envelope, oneshot::Sender<Reply>)>,
@@ -361,7 +361,6 @@ fn spawn_control_thread(
     std::thread::Builder::new()
         .name("ct-control".into())
         .spawn(move || {
-            process::set_thread_nice(views::RENDER_NICE);
             runtime.block_on(async move {
                 match tokio::net::UnixListener::from_std(listener) {
                     Ok(listener) => control::server::serve(listener, requests, counters).await,

@@ -129,35 +129,33 @@ impl Daemon {
         self.commit = CommitPhase::Running;
         // As conntrackd: a commit cancels a pending `-t` flush.
         self.timers.scheduled_flush_at = None;
-        let caches = self
-            .node
-            .external()
-            .iter()
-            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
-            .map(|(_, cache)| cache.freeze())
-            .collect();
-        let source = CommitSource {
-            caches,
-            now_ms,
-            configured_timeout: self.config.kernel.commit_timeout,
-        };
         let events_on = process::conntrack_events_on();
         let plan = match &self.warm {
             Some(warm) => CommitPlan::choose(true, warm.intact(), events_on, || warm.missing()),
             None => CommitPlan::choose(false, false, events_on, Default::default),
         };
-        let total = match &plan {
-            CommitPlan::OnlyMissing(missing) => missing
-                .iter()
-                .filter(|k| {
-                    self.node
-                        .external()
-                        .iter()
-                        .any(|(id, c)| peer.is_none_or(|p| p == *id) && c.contains(k))
-                })
-                .count(),
-            CommitPlan::Verify(_) | CommitPlan::RecentFirst => source.len(),
-        } as u64;
+        let peer_caches = self
+            .node
+            .external()
+            .iter()
+            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .map(|(_, cache)| cache);
+        // Warm standby with the mirror intact writes a few flows: copy only
+        // those. Otherwise the worker walks every flow: copy them all.
+        let caches = match &plan {
+            CommitPlan::OnlyMissing(missing) => {
+                peer_caches.map(|c| c.freeze_keys(missing)).collect()
+            }
+            CommitPlan::Verify(_) | CommitPlan::RecentFirst => {
+                peer_caches.map(|c| c.freeze()).collect()
+            }
+        };
+        let source = CommitSource {
+            caches,
+            now_ms,
+            configured_timeout: self.config.kernel.commit_timeout,
+        };
+        let total = source.len() as u64;
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_counters.running = true;
         self.commit_counters.done = 0;

@@ -18,12 +18,10 @@ pub(super) struct View {
     pub json: bool,
 }
 
-/// Nice value of a rendering thread: below replication's threads, so a
-/// dump of a million flows on a busy machine takes the CPU that is left.
-pub(super) const RENDER_NICE: libc::c_int = 10;
-
-/// Render `caches` on a thread of its own, at a lower priority, and answer
-/// `reply` from there.
+/// Render `caches` on a thread of its own and answer `reply` from there.
+/// (Not at a lower priority: a thread that frees a dump's buffers holds
+/// the process's memory-map lock meanwhile, and starved of CPU it stalled
+/// the event reader until the event socket overran.)
 pub(super) fn render_off_thread(
     caches: Vec<FrozenCache>,
     now_ms: u64,
@@ -33,7 +31,6 @@ pub(super) fn render_off_thread(
     let spawned = std::thread::Builder::new()
         .name("ct-render".into())
         .spawn(move || {
-            crate::process::set_thread_nice(RENDER_NICE);
             let body = render(&caches, now_ms, view);
             let _ = reply.send(super::success(body));
         });
