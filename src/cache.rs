@@ -315,28 +315,9 @@ impl FlowCache {
     /// Remove every entry of a range with a `since` generation that was
     /// written before it; returns the keys removed.
     pub fn sweep_ranges_older_than(&mut self, since: &[Option<u32>]) -> Vec<FlowKey> {
-        let mut stale = Vec::new();
-        let mut digest = self.digest;
-        let mut ranges = std::mem::take(&mut self.ranges);
-        self.table.retain(|slot| {
-            let r = range_of_bytes(slot.key_bytes());
-            if !since_of(since, r).is_some_and(|g| older(slot.generation, g)) {
-                return true;
-            }
-            let flow = slot.flow();
-            let h = state_hash(&flow);
-            digest ^= h;
-            if let Some(sum) = ranges.get_mut(r) {
-                sum.0 = sum.0.saturating_sub(1);
-                sum.1 ^= h;
-            }
-            stale.push(flow.key());
-            false
-        });
-        self.ranges = ranges;
-        self.digest = digest;
-        self.stats.destroyed += stale.len() as u64;
-        stale
+        self.sweep_slots(|generation, key| {
+            since_of(since, range_of_bytes(key)).is_some_and(|g| older(generation, g))
+        })
     }
 
     /// The entries of the wanted ranges, in the table's order: each one's
@@ -616,17 +597,25 @@ impl FlowCache {
     /// Remove every entry whose generation `is_stale`; returns the keys
     /// removed, in the table's order.
     pub fn sweep_where(&mut self, is_stale: impl Fn(u32) -> bool) -> Vec<FlowKey> {
+        self.sweep_slots(|generation, _| is_stale(generation))
+    }
+
+    /// Remove every entry for which `is_stale(generation, key bytes)`
+    /// holds, keeping the digest and range sums; returns the keys removed,
+    /// in the table's order.
+    fn sweep_slots(&mut self, is_stale: impl Fn(u32, &[u8]) -> bool) -> Vec<FlowKey> {
         let mut stale = Vec::new();
         let mut digest = self.digest;
         let mut ranges = std::mem::take(&mut self.ranges);
         self.table.retain(|slot| {
-            if !is_stale(slot.generation) {
+            if !is_stale(slot.generation, slot.key_bytes()) {
                 return true;
             }
+            let range = range_of_bytes(slot.key_bytes());
             let flow = slot.flow();
             let h = state_hash(&flow);
             digest ^= h;
-            if let Some(sum) = ranges.get_mut(range_of_bytes(slot.key_bytes())) {
+            if let Some(sum) = ranges.get_mut(range) {
                 sum.0 = sum.0.saturating_sub(1);
                 sum.1 ^= h;
             }
