@@ -8,8 +8,10 @@
 //! `links` (which link data takes), `tx` (send queue, sequence numbers,
 //! resend window, batching), `rx` (FTFW receive streams), `apply`
 //! (messages into the external caches), `bulk` (full and range bulks, and
-//! the proof a sweep needs), `digest` (anti-entropy by key range) and
-//! `alarm` (ALARM's refresh and expiry). Must not: import tokio, sockets
+//! the proof a sweep needs), `digest` (anti-entropy by key range),
+//! `alarm` (ALARM's refresh and expiry), `receive` (a datagram's way in:
+//! checks, the sender's verdict, delivery, effects) and `poll` (what to send
+//! now, and when to be called again). Must not: import tokio, sockets
 //! or the clock (time is the `now_ms` argument), talk to the kernel, or
 //! grow logic that belongs to a part.
 //!
@@ -24,7 +26,9 @@ mod digest;
 mod links;
 mod local;
 mod peers;
+mod poll;
 mod queue;
+mod receive;
 mod resend;
 mod rx;
 mod seqstat;
@@ -37,15 +41,15 @@ pub use stats::{DropReason, Drops, LinkStats, PeerStatus, ReconcileReport, SyncS
 
 use crate::cache::FlowCache;
 use crate::flow::{Flow, FlowKey};
-use crate::wire::{decode_datagram, Header, Message, Packer};
+use crate::wire::Message;
 use alarm::{ExpiryClock, RefreshCursor};
-use apply::{Ctx, Effect, Views};
+use apply::{Ctx, Views};
 use bulk::ranges_per_message;
 use config::new_cache;
-use digest::{digest_messages, DigestTx};
+use digest::DigestTx;
 use links::Links;
 use local::Local;
-use peers::{Peer, PeerTable, Resync, Verdict};
+use peers::{PeerTable, Resync};
 use rx::RxParams;
 use std::collections::BTreeMap;
 
@@ -386,189 +390,9 @@ impl Node {
         }
     }
 
-    fn handle(&mut self, sender: u32, effects: Vec<Effect>) {
-        for e in effects {
-            match e {
-                Effect::SendBulk => self.start_bulk(),
-                Effect::SendRanges(r) => self.start_range_bulks(&r),
-                Effect::AskRanges(r) => self.ask_ranges(sender, &r),
-                Effect::Resend { from, to } => {
-                    if let Err(oldest) = self.tx.on_nack(from, to) {
-                        // Never silent loss: say where we can resume, and
-                        // send a bulk.
-                        self.tx.control.push(Message::Resume { from: oldest });
-                        self.stats.resumes_sent += 1;
-                        self.start_bulk();
-                    }
-                }
-            }
-        }
-    }
-
     // ---- receive side -----------------------------------------------------
 
-    /// A datagram from `link`. Malformed ones are counted by reason and
-    /// dropped.
-    pub fn on_datagram(&mut self, bytes: &[u8], link: usize, now_ms: u64) {
-        self.tick(now_ms);
-        self.stats.datagrams_received += 1;
-        self.stats.bytes_received += bytes.len() as u64;
-        if let Some(l) = self.stats.links.get_mut(link) {
-            l.recv_packets += 1;
-            l.recv_bytes += bytes.len() as u64;
-        }
-        // No peer of ours sends more than the path MTU allows (the same on
-        // every node): don't spend a decode on it.
-        if bytes.len() > self.cfg.max_payload {
-            self.stats.malformed.count(DropReason::Oversized);
-            if let Some(l) = self.stats.links.get_mut(link) {
-                l.errors += 1;
-            }
-            return;
-        }
-        let (header, messages) = match decode_datagram(bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                self.stats.malformed.count(DropReason::from(&e));
-                if let Some(l) = self.stats.links.get_mut(link) {
-                    l.errors += 1;
-                }
-                return;
-            }
-        };
-        let now = self.now;
-        let sender = header.node_id;
-        let timeout = self.cfg.peer_timeout_ms;
-        let verdict = self.peers.classify(
-            self.cfg.node_id,
-            sender,
-            header.epoch,
-            now,
-            timeout,
-            self.cfg.max_peers,
-        );
-        match verdict {
-            Verdict::OwnNodeId => {
-                self.stats.malformed.count(DropReason::OwnNodeId);
-                return;
-            }
-            Verdict::TableFull => {
-                self.stats.malformed.count(DropReason::TooManyPeers);
-                return;
-            }
-            _ => {}
-        }
-        self.links.heard(link, now);
-        self.stats.messages_received += messages.len() as u64;
-        let reliable = header.is_reliable();
-        match verdict {
-            Verdict::Stale => {
-                self.stats.malformed.count(DropReason::StaleEpoch);
-                return;
-            }
-            Verdict::SameEpoch => {
-                if let Some(p) = self.peers.get_mut(sender) {
-                    p.last_heard_ms = now;
-                }
-            }
-            // Refused above.
-            Verdict::OwnNodeId | Verdict::TableFull => return,
-            Verdict::New | Verdict::Restart => {
-                // First contact or a restart: start its stream where it is
-                // and ask for its table, after a pause: our start-up request
-                // may already have reached it, and its bulk cancels this.
-                // ALARM never asks: the refresh brings a new peer's table.
-                if verdict == Verdict::Restart {
-                    self.stats.peer_restarts += 1;
-                }
-                let mut peer =
-                    Peer::new(header.epoch, header.seq, reliable, now, &self.rx_params());
-                if self.cfg.mode != Mode::Alarm {
-                    peer.resync = Resync::Asking {
-                        next_ms: now + self.resync_retry_ms(),
-                    };
-                }
-                self.peers.admit(sender, peer);
-                self.views.cache(sender);
-            }
-        }
-        if self.backlog == Backlog::OweBulk {
-            // We dropped what waited for a peer while nobody listened.
-            self.backlog = Backlog::Kept;
-            self.start_bulk();
-        }
-        let ctx = self.ctx();
-        let mut effects = Vec::new();
-        let Some(p) = self.peers.get_mut(sender) else {
-            return;
-        };
-        let stats = &mut self.stats;
-        if reliable && ctx.mode != Mode::Ftfw {
-            // Best effort: applied as it arrives; the number is for stats.
-            stats.lost += p.seen.on_data(header.seq);
-            self.views
-                .apply_all(sender, p, messages, &ctx, stats, &mut effects);
-        } else if reliable {
-            let outcome = p.rx.on_reliable(header.seq, messages, now, &ctx.rx);
-            stats.lost += outcome.lost;
-            stats.duplicates += u64::from(outcome.duplicate);
-            stats.reorder_overflow += u64::from(outcome.overflow);
-            stats.reorder_too_far += u64::from(outcome.too_far);
-            for batch in outcome.deliver {
-                self.views
-                    .apply_all(sender, p, batch, &ctx, stats, &mut effects);
-            }
-        } else {
-            stats.lost += if ctx.mode == Mode::Ftfw {
-                p.rx.on_control(header.seq)
-            } else {
-                p.seen.on_control(header.seq)
-            };
-            for m in messages {
-                if m.is_data() {
-                    stats.malformed.count(DropReason::DataInControl);
-                } else {
-                    self.views.apply(sender, p, m, &ctx, stats, &mut effects);
-                }
-            }
-        }
-        self.handle(sender, effects);
-    }
-
     // ---- send side --------------------------------------------------------
-
-    /// Our sequence numbers are running out: start a new epoch of our own,
-    /// numbered from 1, and send our whole table in it. Peers take a new
-    /// epoch for a restart: they start our stream afresh, hold late
-    /// datagrams of the old one for stale, and the bulk rebuilds their view.
-    /// What the old epoch left unacknowledged is dropped: the bulk covers it.
-    fn new_epoch(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
-        self.tx.restart_numbering(self.now);
-        for p in self.peers.values_mut() {
-            p.tx_acked = 0;
-        }
-        self.stats.epoch_rollovers += 1;
-        self.start_bulk();
-    }
-
-    /// Forget peers down for long with nothing of theirs cached (a node
-    /// removed from the cluster, or a stray id), so they stop counting
-    /// toward `max_peers`.
-    fn forget_dead_peers(&mut self) {
-        let horizon = self
-            .cfg
-            .peer_timeout_ms
-            .saturating_mul(FORGET_AFTER_TIMEOUTS);
-        let caches = &self.views.caches;
-        let gone = self.peers.forget(self.now, horizon, |id| {
-            caches.get(&id).is_none_or(FlowCache::is_empty)
-        });
-        for id in gone {
-            self.views.caches.remove(&id);
-            self.stats.peers_forgotten += 1;
-        }
-    }
 
     /// The link data goes out on now, if one is usable.
     pub fn active_link(&self) -> Option<usize> {
@@ -585,213 +409,6 @@ impl Node {
         }
     }
 
-    fn emit(&mut self, out: &mut Vec<Transmit>, links: &[usize], bytes: Vec<u8>) {
-        self.tx.last_send_ms = self.now;
-        for &link in links {
-            self.stats.datagrams_sent += 1;
-            self.stats.bytes_sent += bytes.len() as u64;
-            if let Some(l) = self.stats.links.get_mut(link) {
-                l.sent_packets += 1;
-                l.sent_bytes += bytes.len() as u64;
-            }
-            out.push(Transmit {
-                link,
-                bytes: bytes.clone(),
-            });
-        }
-    }
-
-    fn control_header(&self) -> Header {
-        Header {
-            flags: 0,
-            node_id: self.cfg.node_id,
-            epoch: self.epoch,
-            seq: self.tx.last_seq(),
-            body_len: 0,
-            tag_len: 0,
-        }
-    }
-
-    fn count_sent(&mut self, msgs: &[Message]) {
-        self.stats.messages_sent += msgs.len() as u64;
-        for m in msgs {
-            match m {
-                Message::Ack { .. } => self.stats.acks_sent += 1,
-                Message::Nack { .. } => self.stats.nacks_sent += 1,
-                Message::ResyncRequest { .. } => self.stats.resyncs_requested_sent += 1,
-                Message::RangeRequest { .. } => self.stats.range_requests_sent += 1,
-                _ => {}
-            }
-        }
-    }
-
-    /// Everything due now: control (acks, nacks, resync and range
-    /// requests, resumes), retransmissions, new data within the window,
-    /// digests, keepalives.
-    pub fn poll_transmit(&mut self, now_ms: u64) -> Vec<Transmit> {
-        self.tick(now_ms);
-        let now = self.now;
-        let mut out = Vec::new();
-        self.forget_dead_peers();
-        if let Some(upto) = self.peers.live_min_acked(now, self.cfg.peer_timeout_ms) {
-            self.tx.prune(upto, now);
-        }
-        self.bound_backlog_while_alone();
-        let links = self.links.data_links(now, self.cfg.peer_timeout_ms);
-        let ftfw = self.cfg.mode == Mode::Ftfw;
-
-        // Control messages; none for peers that are down (they resume when
-        // heard again).
-        let params = self.rx_params();
-        let retry = self.resync_retry_ms();
-        let restart = self.repair_restart_ms();
-        let timeout = self.cfg.peer_timeout_ms;
-        let mut ctl = std::mem::take(&mut self.tx.control);
-        let mut asks: Vec<(u32, Vec<u16>)> = Vec::new();
-        for (&id, p) in self.peers.iter_mut() {
-            if !p.alive(now, timeout) {
-                continue;
-            }
-            if ftfw {
-                ctl.extend(p.rx.poll(id, p.epoch, now, &params));
-            }
-            if let Resync::Asking { next_ms } = p.resync {
-                if next_ms <= now {
-                    p.resync = Resync::Asking {
-                        next_ms: now + retry,
-                    };
-                    ctl.push(Message::ResyncRequest { node: Some(id) });
-                }
-            }
-            let due = p.wants.due(now, retry, 3 * restart);
-            if !due.is_empty() {
-                asks.push((id, due));
-            }
-        }
-        for (id, ranges) in asks {
-            self.ask_ranges(id, &ranges);
-        }
-        ctl.append(&mut self.tx.control);
-        if !ctl.is_empty() {
-            self.count_sent(&ctl);
-            let header = self.control_header();
-            for body in Packer::pack_all(self.cfg.max_payload, &ctl) {
-                self.emit(&mut out, &links, body.seal(&header));
-            }
-        }
-
-        // Retransmissions asked for by NACKs, then on timeout.
-        let last = self.tx.last_seq();
-        let lagging = self
-            .peers
-            .values()
-            .any(|p| p.alive(now, timeout) && p.tx_acked < last);
-        for bytes in self.tx.retransmissions(now, self.cfg.rto_ms, lagging) {
-            self.stats.retransmits += 1;
-            self.emit(&mut out, &links, bytes);
-        }
-
-        // ALARM: the flows whose refresh is due join the queue.
-        if let Some(refresh) = self.local.refresh.as_mut() {
-            let due = refresh.take_due(now);
-            self.stats.alarm_refreshes += due.len() as u64;
-            for key in due {
-                self.tx.enqueue(&mut self.local.cache, key);
-            }
-        }
-
-        // New data, within the window (FTFW); sent once otherwise. A few
-        // keys wait up to batch_delay_ms for company, so that a stream of
-        // single events still leaves in full datagrams.
-        self.tx.note_queue(now);
-        let hold = self
-            .tx
-            .holding_for_batch(now, self.cfg.max_payload, self.cfg.batch_delay_ms);
-        while !hold && !self.tx.queue.is_empty() {
-            if self.tx.seq_exhausted() {
-                self.new_epoch();
-            }
-            if ftfw && self.tx.resend.len() >= self.cfg.window {
-                self.stats.window_full += 1;
-                break;
-            }
-            let Some((body, msgs)) = self
-                .tx
-                .next_body(&mut self.local.cache, self.cfg.max_payload)
-            else {
-                continue;
-            };
-            self.stats.messages_sent += msgs;
-            let bytes = self.tx.seal_next(&body, self.control_header(), ftfw, now);
-            self.emit(&mut out, &links, bytes);
-        }
-
-        if self.digest_wanted()
-            && self
-                .digest
-                .due(self.cfg.digest_interval_ms)
-                .is_some_and(|due| now >= due)
-        {
-            self.send_digest(&mut out, &links);
-        }
-
-        // ALARM: peers' flows not refreshed in time expire.
-        if let Some(expiry) = self.expiry.as_mut() {
-            let gone = expiry.tick(now, self.views.caches.iter_mut());
-            self.stats.alarm_expired += gone.len() as u64;
-            self.views
-                .record_deletes(gone.into_iter().map(|(_, key)| key).collect());
-        }
-
-        // Keepalive, on every link so each stays known to be up.
-        if now >= self.tx.last_send_ms + self.cfg.keepalive_ms {
-            let body = Packer::pack_all(self.cfg.max_payload, &[Message::Alive]);
-            self.stats.messages_sent += 1;
-            let all: Vec<usize> = (0..self.links.len()).collect();
-            for b in body {
-                self.emit(&mut out, &all, b.seal(&self.control_header()));
-            }
-        }
-        for (i, s) in self.stats.links.iter_mut().enumerate() {
-            s.up = self.links.usable(i, now, self.cfg.peer_timeout_ms);
-        }
-        out
-    }
-
-    /// A digest can go out now but for the time: the mode has them, they
-    /// are not paused, the queue is empty (so the stream before it
-    /// describes exactly the table it digests), the window has room, and
-    /// someone is listening.
-    fn digest_wanted(&self) -> bool {
-        self.cfg.mode != Mode::Alarm
-            && self.digest.due(self.cfg.digest_interval_ms).is_some()
-            && self.tx.queue.is_empty()
-            && (self.cfg.mode != Mode::Ftfw || self.tx.resend.len() < self.cfg.window)
-            && self.any_peer_alive()
-    }
-
-    /// Send the range digest of the internal cache as it is now, in
-    /// sequence.
-    fn send_digest(&mut self, out: &mut Vec<Transmit>, links: &[usize]) {
-        if self.tx.seq_exhausted() {
-            // Its bulk fills the queue: the digest waits for the next time.
-            self.new_epoch();
-            return;
-        }
-        let msgs = digest_messages(&self.local.cache, self.cfg.max_payload);
-        self.digest.sent(self.now);
-        self.stats.digests_sent += 1;
-        self.stats.range_digests_sent += msgs.len() as u64;
-        self.stats.messages_sent += msgs.len() as u64;
-        let ftfw = self.cfg.mode == Mode::Ftfw;
-        for body in Packer::pack_all(self.cfg.max_payload, &msgs) {
-            let bytes = self
-                .tx
-                .seal_next(&body, self.control_header(), ftfw, self.now);
-            self.emit(out, links, bytes);
-        }
-    }
-
     /// The changes made to the external caches since the last call (empty
     /// unless `record_applied`): what warm standby mirrors into the kernel.
     pub fn take_applied(&mut self) -> Vec<Applied> {
@@ -803,62 +420,6 @@ impl Node {
         if let Some(l) = self.stats.links.get_mut(link) {
             l.errors += 1;
         }
-    }
-
-    /// When to call `poll_transmit` at the latest (may be in the past: now).
-    pub fn next_deadline(&self) -> Option<u64> {
-        let mut t = self.tx.last_send_ms + self.cfg.keepalive_ms;
-        let mut at = |x: u64| t = t.min(x);
-        let ftfw = self.cfg.mode == Mode::Ftfw;
-        let window_open = !ftfw || self.tx.resend.len() < self.cfg.window;
-        if let Some(d) = self.tx.deadline(
-            self.now,
-            window_open,
-            self.cfg.max_payload,
-            self.cfg.batch_delay_ms,
-        ) {
-            at(d);
-        }
-        if self.digest_wanted() {
-            if let Some(due) = self.digest.due(self.cfg.digest_interval_ms) {
-                at(due);
-            }
-        }
-        if let Some(due) = self
-            .local
-            .refresh
-            .as_ref()
-            .and_then(RefreshCursor::next_due)
-        {
-            at(due);
-        }
-        if let Some(expiry) = &self.expiry {
-            if self.views.caches.values().any(|c| !c.is_empty()) {
-                at(expiry.next_tick());
-            }
-        }
-        let last = self.tx.last_seq();
-        for p in self.peers.values() {
-            if !p.alive(self.now, self.cfg.peer_timeout_ms) {
-                // Nothing is sent to it until it is heard again (an input).
-                continue;
-            }
-            if let Some(d) = p.rx.deadline().filter(|_| ftfw) {
-                at(d);
-            }
-            if let Resync::Asking { next_ms } = p.resync {
-                at(next_ms);
-            }
-            if let Some(d) = p.wants.next_due() {
-                at(d);
-            }
-            if p.tx_acked < last && !self.tx.resend.is_empty() {
-                at(self.tx.rto_at(self.cfg.rto_ms));
-                // When it times out, the others' acks may free the window.
-                at(p.last_heard_ms + self.cfg.peer_timeout_ms);
-            }
-        }
-        Some(t)
     }
 
     /// Per sender: what we know of it.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::flow::{proto, status, ProtoState, Tuple, L4};
-use crate::wire::{flags, WireFlow, MAX_DATAGRAM};
+use crate::wire::{decode_datagram, flags, Header, WireFlow, MAX_DATAGRAM};
 use config::MIN_PAYLOAD;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

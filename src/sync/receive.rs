@@ -1,0 +1,161 @@
+//! Datagram intake: size and decoding checks, the sender's verdict
+//! (`peers`), in-order delivery (`rx`) or best-effort application, the
+//! effects applying has (bulks, range bulks, resends, range requests), and
+//! peers' restarts and departures.
+//!
+//! Owns: `Node::on_datagram` and what it sets in motion. Must not: build
+//! datagrams (`poll` does) or decide what a message means (`apply` does).
+
+use super::*;
+use crate::wire::{decode_datagram, Message};
+use apply::Effect;
+use peers::{Peer, Resync, Verdict};
+
+impl Node {
+    fn handle(&mut self, sender: u32, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::SendBulk => self.start_bulk(),
+                Effect::SendRanges(r) => self.start_range_bulks(&r),
+                Effect::AskRanges(r) => self.ask_ranges(sender, &r),
+                Effect::Resend { from, to } => {
+                    if let Err(oldest) = self.tx.on_nack(from, to) {
+                        // Never silent loss: say where we can resume, and
+                        // send a bulk.
+                        self.tx.control.push(Message::Resume { from: oldest });
+                        self.stats.resumes_sent += 1;
+                        self.start_bulk();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A datagram from `link`. Malformed ones are counted by reason and
+    /// dropped.
+    pub fn on_datagram(&mut self, bytes: &[u8], link: usize, now_ms: u64) {
+        self.tick(now_ms);
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        if let Some(l) = self.stats.links.get_mut(link) {
+            l.recv_packets += 1;
+            l.recv_bytes += bytes.len() as u64;
+        }
+        // No peer of ours sends more than the path MTU allows (the same on
+        // every node): don't spend a decode on it.
+        if bytes.len() > self.cfg.max_payload {
+            self.stats.malformed.count(DropReason::Oversized);
+            if let Some(l) = self.stats.links.get_mut(link) {
+                l.errors += 1;
+            }
+            return;
+        }
+        let (header, messages) = match decode_datagram(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats.malformed.count(DropReason::from(&e));
+                if let Some(l) = self.stats.links.get_mut(link) {
+                    l.errors += 1;
+                }
+                return;
+            }
+        };
+        let now = self.now;
+        let sender = header.node_id;
+        let timeout = self.cfg.peer_timeout_ms;
+        let verdict = self.peers.classify(
+            self.cfg.node_id,
+            sender,
+            header.epoch,
+            now,
+            timeout,
+            self.cfg.max_peers,
+        );
+        match verdict {
+            Verdict::OwnNodeId => {
+                self.stats.malformed.count(DropReason::OwnNodeId);
+                return;
+            }
+            Verdict::TableFull => {
+                self.stats.malformed.count(DropReason::TooManyPeers);
+                return;
+            }
+            _ => {}
+        }
+        self.links.heard(link, now);
+        self.stats.messages_received += messages.len() as u64;
+        let reliable = header.is_reliable();
+        match verdict {
+            Verdict::Stale => {
+                self.stats.malformed.count(DropReason::StaleEpoch);
+                return;
+            }
+            Verdict::SameEpoch => {
+                if let Some(p) = self.peers.get_mut(sender) {
+                    p.last_heard_ms = now;
+                }
+            }
+            // Refused above.
+            Verdict::OwnNodeId | Verdict::TableFull => return,
+            Verdict::New | Verdict::Restart => {
+                // First contact or a restart: start its stream where it is
+                // and ask for its table, after a pause: our start-up request
+                // may already have reached it, and its bulk cancels this.
+                // ALARM never asks: the refresh brings a new peer's table.
+                if verdict == Verdict::Restart {
+                    self.stats.peer_restarts += 1;
+                }
+                let mut peer =
+                    Peer::new(header.epoch, header.seq, reliable, now, &self.rx_params());
+                if self.cfg.mode != Mode::Alarm {
+                    peer.resync = Resync::Asking {
+                        next_ms: now + self.resync_retry_ms(),
+                    };
+                }
+                self.peers.admit(sender, peer);
+                self.views.cache(sender);
+            }
+        }
+        if self.backlog == Backlog::OweBulk {
+            // We dropped what waited for a peer while nobody listened.
+            self.backlog = Backlog::Kept;
+            self.start_bulk();
+        }
+        let ctx = self.ctx();
+        let mut effects = Vec::new();
+        let Some(p) = self.peers.get_mut(sender) else {
+            return;
+        };
+        let stats = &mut self.stats;
+        if reliable && ctx.mode != Mode::Ftfw {
+            // Best effort: applied as it arrives; the number is for stats.
+            stats.lost += p.seen.on_data(header.seq);
+            self.views
+                .apply_all(sender, p, messages, &ctx, stats, &mut effects);
+        } else if reliable {
+            let outcome = p.rx.on_reliable(header.seq, messages, now, &ctx.rx);
+            stats.lost += outcome.lost;
+            stats.duplicates += u64::from(outcome.duplicate);
+            stats.reorder_overflow += u64::from(outcome.overflow);
+            stats.reorder_too_far += u64::from(outcome.too_far);
+            for batch in outcome.deliver {
+                self.views
+                    .apply_all(sender, p, batch, &ctx, stats, &mut effects);
+            }
+        } else {
+            stats.lost += if ctx.mode == Mode::Ftfw {
+                p.rx.on_control(header.seq)
+            } else {
+                p.seen.on_control(header.seq)
+            };
+            for m in messages {
+                if m.is_data() {
+                    stats.malformed.count(DropReason::DataInControl);
+                } else {
+                    self.views.apply(sender, p, m, &ctx, stats, &mut effects);
+                }
+            }
+        }
+        self.handle(sender, effects);
+    }
+}
