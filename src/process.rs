@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where the kernel decides whether conntrack entries report events.
@@ -27,6 +28,8 @@ impl LockFile {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("lock file {}: {e}", path.display())))?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
@@ -51,7 +54,15 @@ pub struct PidFile {
 
 impl PidFile {
     pub fn write(path: &Path) -> io::Result<PidFile> {
-        let mut file = File::create(path)
+        // Never through a symlink: the path may be in a directory others
+        // can write.
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
         writeln!(file, "{}", std::process::id())?;
         Ok(PidFile {
@@ -141,6 +152,36 @@ pub fn set_thread_nice(nice: libc::c_int) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pid_and_lock_files_are_never_opened_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("cts-symlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let target = dir.join("target");
+        std::fs::write(&target, "keep me\n").expect("target");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(
+            PidFile::write(&link).is_err(),
+            "pid file followed a symlink"
+        );
+        assert!(
+            LockFile::acquire(&link).is_err(),
+            "lock file followed a symlink"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&target).ok().as_deref(),
+            Some("keep me\n")
+        );
+        // A plain path works, with the modes given.
+        let pid = PidFile::write(&dir.join("pid")).expect("pid file");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("pid")).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o644));
+        drop(pid);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]

@@ -322,3 +322,45 @@ fn binary_talks_to_the_daemon() {
     assert_eq!(code, 1);
     assert!(err.contains("already running"), "{err}");
 }
+
+/// Only root and the daemon's own user may control it: a request from
+/// another user is refused by its peer credentials even when the socket's
+/// 0600 mode has been widened (the negative control: the same request as
+/// root is served).
+#[test]
+fn another_user_is_refused_even_through_a_widened_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("creds");
+    let socket = dir.0.join("ctsyncd.sock");
+    let cfg = dir.config(&socket);
+    let seen = fake_daemon(&socket);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is created 0600");
+    // Widen everything a user "nobody" needs to reach the socket.
+    let bin = dir.0.join("ctsyncd");
+    std::fs::copy(BIN, &bin).unwrap();
+    for (path, mode) in [
+        (&dir.0, 0o755),
+        (&bin, 0o755),
+        (&cfg, 0o644),
+        (&socket, 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["-C", cfg.to_str().unwrap(), "-s"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("may not control ctsyncd"), "{err}");
+    assert!(
+        seen.try_recv().is_err(),
+        "the refused request reached the daemon"
+    );
+    let (code, _, err) = run(&["-C", cfg.to_str().unwrap(), "-s"]);
+    assert_eq!(code, 0, "root is served: {err}");
+    assert!(seen.try_recv().is_ok());
+}

@@ -360,8 +360,12 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
                 "runtime stats:\n\
                  \tlocal requests:\t\t\t{:>12}\n\
                  \tlocal read failed:\t\t{:>12}\n\
-                 \tlocal unknown request:\t\t{:>12}\n\n",
-                snap.control.requests, snap.control.read_failed, snap.control.unknown
+                 \tlocal unknown request:\t\t{:>12}\n\
+                 \tlocal request refused:\t\t{:>12}\n\n",
+                snap.control.requests,
+                snap.control.read_failed,
+                snap.control.unknown,
+                snap.control.refused
             );
         }
         StatsSection::Link => {

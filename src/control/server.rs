@@ -66,7 +66,14 @@ pub fn bind_std(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    // Created 0600 (no moment with a wider mode); the umask is the
+    // process's, and no other thread creates files while the daemon starts.
+    // SAFETY: umask takes and returns a mode; no memory is involved.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound?;
     listener.set_nonblocking(true)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
@@ -83,6 +90,8 @@ pub struct ControlCounters {
     pub read_failed: AtomicU64,
     /// Requests read but refused: unknown, malformed, unsupported.
     pub unknown: AtomicU64,
+    /// Connections from a user who may not control the daemon.
+    pub refused: AtomicU64,
 }
 
 /// A plain copy of `ControlCounters`.
@@ -91,6 +100,7 @@ pub struct ControlStats {
     pub requests: u64,
     pub read_failed: u64,
     pub unknown: u64,
+    pub refused: u64,
 }
 
 impl ControlCounters {
@@ -99,6 +109,7 @@ impl ControlCounters {
             requests: self.requests.load(Ordering::Relaxed),
             read_failed: self.read_failed.load(Ordering::Relaxed),
             unknown: self.unknown.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -146,6 +157,20 @@ enum Incoming {
     Bad(String, Dialect),
     /// Nothing complete arrived in time.
     Unread(String),
+    /// The peer may not control the daemon.
+    Refused(String),
+}
+
+/// The daemon's effective uid.
+fn own_uid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Only root and the daemon's own user may send requests (the socket's
+/// 0600 mode says the same; this holds even if its mode is widened).
+fn may_control(uid: u32) -> bool {
+    uid == 0 || uid == own_uid()
 }
 
 async fn handle(
@@ -153,11 +178,28 @@ async fn handle(
     tx: mpsc::Sender<Job>,
     counters: &ControlCounters,
 ) -> io::Result<()> {
+    // The request is read (bounded in size and time) whoever sends it: a
+    // socket closed with a request unread resets the client's connection,
+    // and the refusal would never reach it.
     let incoming = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Ok(r) => r?,
         Err(_) => Incoming::Unread("timed out reading the request".to_string()),
     };
+    let incoming = match stream.peer_cred() {
+        Ok(cred) if may_control(cred.uid()) => incoming,
+        Ok(cred) => Incoming::Refused(format!(
+            "uid {} may not control ctsyncd (root or uid {} only)",
+            cred.uid(),
+            own_uid()
+        )),
+        Err(e) => Incoming::Refused(format!("cannot tell who is asking: {e}")),
+    };
     let (reply, dialect) = match incoming {
+        Incoming::Refused(reason) => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%reason, "control request refused");
+            (Reply::err(reason), Dialect::Json)
+        }
         Incoming::Unread(reason) => {
             counters.read_failed.fetch_add(1, Ordering::Relaxed);
             (Reply::err(reason), Dialect::Json)
