@@ -66,9 +66,21 @@ pub(super) fn core_config(config: &Config) -> SyncConfig {
     }
 }
 
-/// A value that differs at every start: the time in nanoseconds mixed with
-/// the process id.
+/// A random value, different at every start: a recorded datagram of an
+/// earlier run cannot be made to look current by guessing the clock.
+/// (From the kernel's random pool; should that fail, the time in
+/// nanoseconds mixed with the process id.)
 pub(super) fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).is_ok_and(|n| n == bytes.len()) {
+        return u64::from_le_bytes(bytes);
+    }
+    tracing::warn!(
+        err = %std::io::Error::last_os_error(),
+        "no random epoch: using the clock"
+    );
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -96,9 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn epochs_differ_between_starts() {
-        let a = new_epoch();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        assert_ne!(a, new_epoch());
+    fn epochs_are_random() {
+        // Back to back, within the clock's resolution: a clock-derived
+        // epoch would repeat or differ in its low bits only.
+        let epochs: Vec<u64> = (0..64).map(|_| new_epoch()).collect();
+        let mut unique = epochs.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), epochs.len());
+        let high_bits_vary = epochs.windows(2).any(|w| (w[0] ^ w[1]) >> 48 != 0);
+        assert!(high_bits_vary, "{epochs:x?}");
     }
 }
