@@ -155,6 +155,8 @@ pub struct LinkConfig {
     /// Multicast: the group.
     pub group: Option<IpAddr>,
     pub port: u16,
+    /// `node_ids`: the only senders this link accepts (none: any).
+    pub node_ids: Option<Vec<u32>>,
 }
 
 impl LinkConfig {
@@ -302,6 +304,7 @@ struct RawLink {
     peer: Option<S<String>>,
     group: Option<S<String>>,
     port: S<i64>,
+    node_ids: Option<S<Vec<S<i64>>>>,
 }
 
 #[derive(Deserialize)]
@@ -839,6 +842,24 @@ fn links_config(
                 format!("IPv6 links need sync.mtu >= 1280 (it is {mtu})"),
             );
         }
+        let node_ids = match &l.node_ids {
+            None => None,
+            Some(list) if list.get_ref().is_empty() => {
+                return cx.invalid(
+                    list.span().start,
+                    &k("node_ids"),
+                    "an empty list would accept nobody (leave the key out to accept any)",
+                )
+            }
+            Some(list) => {
+                let mut ids = Vec::with_capacity(list.get_ref().len());
+                for id in list.get_ref() {
+                    let n = cx.int(&Some(id.clone()), &k("node_ids"), 1, i64::from(u32::MAX), 0)?;
+                    ids.push(u32::try_from(n).unwrap_or(0));
+                }
+                Some(ids)
+            }
+        };
         let link = LinkConfig {
             transport,
             interface: ifname.clone(),
@@ -846,6 +867,7 @@ fn links_config(
             peer,
             group,
             port: u16::try_from(port).unwrap_or(0),
+            node_ids,
         };
         if out
             .iter()

@@ -775,3 +775,16 @@ mod compat {
         assert!(hint.contains("Path /run/ctsyncd/ctsyncd.sock"), "{hint}");
     }
 }
+
+#[test]
+fn a_link_may_name_the_node_ids_it_accepts() {
+    let with = GOOD.replace("port = 3780\n", "port = 3780\nnode_ids = [2, 7]\n");
+    let c = Config::parse(&with, "ctsyncd.toml").unwrap();
+    assert_eq!(c.links[0].node_ids, Some(vec![2, 7]));
+    assert_eq!(Config::parse(GOOD, "x").unwrap().links[0].node_ids, None);
+    for bad in ["node_ids = []", "node_ids = [0]", "node_ids = [4294967296]"] {
+        let text = GOOD.replace("port = 3780\n", &format!("port = 3780\n{bad}\n"));
+        let e = err(&text).to_string();
+        assert!(e.contains("link[0].node_ids"), "{bad}: {e}");
+    }
+}

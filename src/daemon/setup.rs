@@ -62,6 +62,7 @@ pub(super) fn core_config(config: &Config) -> SyncConfig {
         alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
         record_applied: s.warm_standby,
         batch_delay_ms: s.batch_delay_ms,
+        link_node_ids: config.links.iter().map(|l| l.node_ids.clone()).collect(),
         ..SyncConfig::default()
     }
 }
@@ -98,13 +99,14 @@ mod tests {
 
     #[test]
     fn the_core_gets_the_configured_mode_and_timers() {
-        let text = "node_id = 1\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"198.18.0.1\"\nport = 3780\npeer = \"198.18.0.2\"\n\
+        let text = "node_id = 1\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"198.18.0.1\"\nport = 3780\nnode_ids = [2]\npeer = \"198.18.0.2\"\n\
                     [sync]\nmode = \"notrack\"\nalarm_refresh_s = 3\nwarm_standby = true\n";
         let config = Config::parse(text, "test").expect("valid config");
         let core = core_config(&config);
         assert_eq!(core.mode, Mode::Notrack);
         assert_eq!(core.alarm_refresh_ms, 3_000);
         assert!(core.record_applied, "warm standby records applied changes");
+        assert_eq!(core.link_node_ids, vec![Some(vec![2])]);
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct SyncConfig {
     /// dropped (counted as "too_many_peers").
     pub max_peers: usize,
     pub links: usize,
+    /// Per link, the only sender node ids it accepts (`None`: any). A
+    /// datagram from another id is dropped before anything of it is used
+    /// (counted as "unexpected_node_id").
+    pub link_node_ids: Vec<Option<Vec<u32>>>,
     /// FTFW and NOTRACK: send a `Digest` of our table this often (when the
     /// send queue is empty); a receiver that disagrees pulls a bulk. 0: off.
     pub digest_interval_ms: u64,
@@ -142,6 +146,7 @@ impl Default for SyncConfig {
             reorder_max_bytes: 64 << 20,
             max_peers: 16,
             links: 1,
+            link_node_ids: Vec::new(),
             digest_interval_ms: 5000,
             alarm_refresh_ms: 60_000,
             alarm_timeout_ms: 180_000,

@@ -62,6 +62,19 @@ impl Node {
         };
         let now = self.now;
         let sender = header.node_id;
+        let accepted = self
+            .cfg
+            .link_node_ids
+            .get(link)
+            .and_then(Option::as_ref)
+            .is_none_or(|ids| ids.contains(&sender));
+        if !accepted {
+            self.stats.malformed.count(DropReason::UnexpectedNodeId);
+            if let Some(l) = self.stats.links.get_mut(link) {
+                l.errors += 1;
+            }
+            return;
+        }
         let timeout = self.cfg.peer_timeout_ms;
         let verdict = self.peers.classify(
             self.cfg.node_id,

@@ -116,6 +116,8 @@ pub enum DropReason {
     TooManyPeers,
     /// From an epoch the sender has left.
     StaleEpoch,
+    /// From a node id the link does not accept (`[[link]] node_ids`).
+    UnexpectedNodeId,
     /// A data message in an unsequenced (control) datagram.
     DataInControl,
 }
@@ -152,6 +154,7 @@ pub struct Drops {
     pub own_node_id: u64,
     pub too_many_peers: u64,
     pub stale_epoch: u64,
+    pub unexpected_node_id: u64,
     pub data_in_control: u64,
 }
 
@@ -170,13 +173,14 @@ impl Drops {
             DropReason::OwnNodeId => &mut self.own_node_id,
             DropReason::TooManyPeers => &mut self.too_many_peers,
             DropReason::StaleEpoch => &mut self.stale_epoch,
+            DropReason::UnexpectedNodeId => &mut self.unexpected_node_id,
             DropReason::DataInControl => &mut self.data_in_control,
         };
         *counter += 1;
     }
 
     /// Every reason with its name and count, in a fixed order.
-    pub fn by_reason(&self) -> [(&'static str, u64); 13] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 14] {
         [
             ("truncated", self.truncated),
             ("bad_magic", self.bad_magic),
@@ -190,6 +194,7 @@ impl Drops {
             ("own_node_id", self.own_node_id),
             ("too_many_peers", self.too_many_peers),
             ("stale_epoch", self.stale_epoch),
+            ("unexpected_node_id", self.unexpected_node_id),
             ("data_in_control", self.data_in_control),
         ]
     }

@@ -630,6 +630,37 @@ fn malformed_datagrams_are_counted_and_ignored() {
 }
 
 #[test]
+fn a_link_with_node_ids_drops_every_other_sender_before_use() {
+    let mut b = Node::new(
+        SyncConfig {
+            link_node_ids: vec![Some(vec![1])],
+            ..cfg(2)
+        },
+        1,
+        0,
+    )
+    .unwrap();
+    let flow = Message::Upsert(WireFlow::from(&crate::flow::test_flows::udp(4000)));
+    let from = |node_id: u32| {
+        crate::wire::encode_datagram(
+            &Header {
+                node_id,
+                ..Header::default()
+            },
+            std::slice::from_ref(&flow),
+        )
+    };
+    b.on_datagram(&from(3), 0, 1);
+    assert_eq!(b.stats().malformed.unexpected_node_id, 1);
+    assert!(b.external().is_empty(), "node 3 must not reach a cache");
+    assert!(b.peers().is_empty(), "node 3 must not become a peer");
+    // The listed node is heard (the negative control).
+    b.on_datagram(&from(1), 0, 2);
+    assert_eq!(b.stats().malformed.unexpected_node_id, 1);
+    assert_eq!(b.peers().len(), 1);
+}
+
+#[test]
 fn late_datagrams_of_a_previous_epoch_are_stale() {
     let mut b = Node::new(cfg(2), 1, 0).unwrap();
     let mut a_old = Node::new(cfg(1), 900, 0).unwrap();
