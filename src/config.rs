@@ -98,6 +98,9 @@ pub struct Config {
     pub node_id: u32,
     /// The control socket (created with mode 0600).
     pub socket: PathBuf,
+    /// `socket_group`: a group whose members may also use the control
+    /// socket (it is then mode 0660, owned by that group).
+    pub socket_group: Option<String>,
     pub sync: SyncConfig,
     /// 1 to [`MAX_LINKS`] links; the first is the active one at start.
     pub links: Vec<LinkConfig>,
@@ -266,6 +269,7 @@ type S<T> = Spanned<T>;
 struct RawConfig {
     node_id: S<i64>,
     socket: Option<S<String>>,
+    socket_group: Option<S<String>>,
     sync: Option<RawSync>,
     #[serde(default)]
     link: Vec<S<RawLink>>,
@@ -548,6 +552,25 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             p
         }
     };
+    let socket_group = match &raw.socket_group {
+        None => None,
+        Some(g) => {
+            let name = g.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                return cx.invalid(
+                    g.span().start,
+                    "socket_group",
+                    format!("\"{name}\" is not a group name"),
+                );
+            }
+            Some(name.clone())
+        }
+    };
     let sync = sync_config(cx, raw.sync)?;
     let links = links_config(cx, &raw.link, sync.mtu)?;
     let kernel = kernel_config(cx, raw.kernel)?;
@@ -557,6 +580,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         node_id: u32::try_from(node_id).unwrap_or(1),
         socket,
+        socket_group,
         sync,
         links,
         kernel,

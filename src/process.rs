@@ -106,6 +106,36 @@ pub fn conntrack_events_on() -> bool {
     std::fs::read_to_string(EVENTS_SYSCTL).map_or(true, |v| v.trim() != "0")
 }
 
+/// The id of the group called `name`, from the system's group database.
+pub fn group_id(name: &str) -> io::Result<u32> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name has a NUL"))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero `group` is a valid value to be filled in.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the size passed.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if found.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no group \"{name}\""),
+        ));
+    }
+    Ok(group.gr_gid)
+}
+
 /// Allocations at least this large get pages of their own, returned to
 /// the kernel when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -152,6 +182,13 @@ pub fn set_thread_nice(nice: libc::c_int) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn group_names_resolve_to_their_ids() {
+        assert_eq!(super::group_id("root").ok(), Some(0));
+        let missing = super::group_id("cts-no-such-group");
+        assert!(missing.is_err_and(|e| e.to_string().contains("no group")));
+    }
+
     #[test]
     fn pid_and_lock_files_are_never_opened_through_a_symlink() {
         let dir = std::env::temp_dir().join(format!("cts-symlink-{}", std::process::id()));

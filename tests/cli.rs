@@ -253,6 +253,11 @@ fn binary_refuses_a_bad_or_missing_config() {
 
 /// Serve the control socket with a fake daemon on a background runtime.
 fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<Envelope> {
+    fake_daemon_for(socket, None)
+}
+
+/// `fake_daemon`, whose socket also serves the members of `group`.
+fn fake_daemon_for(socket: &Path, group: Option<u32>) -> std::sync::mpsc::Receiver<Envelope> {
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let socket = socket.to_path_buf();
@@ -262,9 +267,15 @@ fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<Envelope> {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = ctsync::control::server::bind(&socket).unwrap();
+            let std_listener = ctsync::control::server::bind_std(&socket, group).unwrap();
+            let listener = tokio::net::UnixListener::from_std(std_listener).unwrap();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(Envelope, tokio::sync::oneshot::Sender<Reply>)>(4);
-            tokio::spawn(ctsync::control::server::serve(listener, tx, Default::default()));
+            tokio::spawn(ctsync::control::server::serve_group(
+                listener,
+                tx,
+                Default::default(),
+                group,
+            ));
             ready_tx.send(()).unwrap();
             while let Some((env, reply)) = rx.recv().await {
                 let r = match &env.request {
@@ -363,4 +374,50 @@ fn another_user_is_refused_even_through_a_widened_socket() {
     let (code, _, err) = run(&["-C", cfg.to_str().unwrap(), "-s"]);
     assert_eq!(code, 0, "root is served: {err}");
     assert!(seen.try_recv().is_ok());
+}
+
+/// With `socket_group`, the group's members are served too: by primary or
+/// supplementary group; the socket is 0660 and belongs to the group; a user
+/// outside it is still refused (through a widened socket).
+#[test]
+fn members_of_the_socket_group_are_served_and_others_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const GROUP: u32 = 65534;
+    let dir = TempDir::new("group");
+    let socket = dir.0.join("ctsyncd.sock");
+    let cfg = dir.config(&socket);
+    let seen = fake_daemon_for(&socket, Some(GROUP));
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o777, meta.gid()),
+        (0o660, GROUP)
+    );
+    let bin = dir.0.join("ctsyncd");
+    std::fs::copy(BIN, &bin).unwrap();
+    for (path, mode) in [(&dir.0, 0o755), (&bin, 0o755), (&cfg, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let as_user = |ids: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(ids)
+            .arg(&bin)
+            .args(["-C", cfg.to_str().unwrap(), "-s"])
+            .output()
+            .expect("setpriv (util-linux)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = as_user(&["--reuid=65533", "--regid=65534", "--clear-groups"]);
+    assert_eq!(code, Some(0), "primary group member refused: {err}");
+    assert!(seen.try_recv().is_ok());
+    let (code, err) = as_user(&["--reuid=65533", "--regid=65533", "--groups=65534"]);
+    assert_eq!(code, Some(0), "supplementary group member refused: {err}");
+    assert!(seen.try_recv().is_ok());
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, err) = as_user(&["--reuid=65533", "--regid=65533", "--clear-groups"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("may not control ctsyncd"), "{err}");
+    assert!(seen.try_recv().is_err());
 }

@@ -788,3 +788,19 @@ fn a_link_may_name_the_node_ids_it_accepts() {
         assert!(e.contains("link[0].node_ids"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn socket_group_is_a_group_name() {
+    let with = GOOD.replace("node_id = 1\n", "node_id = 1\nsocket_group = \"ctsync\"\n");
+    let c = Config::parse(&with, "ctsyncd.toml").unwrap();
+    assert_eq!(c.socket_group.as_deref(), Some("ctsync"));
+    assert_eq!(Config::parse(GOOD, "x").unwrap().socket_group, None);
+    for bad in ["\"\"", "\"a b\"", "\"x/y\""] {
+        let text = GOOD.replace(
+            "node_id = 1\n",
+            &format!("node_id = 1\nsocket_group = {bad}\n"),
+        );
+        let e = err(&text).to_string();
+        assert!(e.contains("socket_group"), "{bad}: {e}");
+    }
+}

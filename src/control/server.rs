@@ -33,12 +33,13 @@ pub type Job = (Envelope, oneshot::Sender<Reply>);
 /// needed, replace a stale socket nobody answers on, refuse if a daemon
 /// answers, and make the socket 0600. Must run inside a tokio runtime.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    UnixListener::from_std(bind_std(path)?)
+    UnixListener::from_std(bind_std(path, None)?)
 }
 
 /// `bind`, as a non-blocking standard listener that any runtime (the
 /// control thread's own) can take over with `UnixListener::from_std`.
-pub fn bind_std(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+/// With `group`, the socket then belongs to that group and is mode 0660.
+pub fn bind_std(path: &Path, group: Option<u32>) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::DirBuilder::new()
@@ -74,8 +75,14 @@ pub fn bind_std(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     // SAFETY: as above.
     unsafe { libc::umask(previous) };
     let listener = bound?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
     listener.set_nonblocking(true)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if group.is_none() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
     Ok(listener)
 }
 
@@ -117,6 +124,17 @@ impl ControlCounters {
 /// Accept connections until the receiving end of `tx` is gone; each one is
 /// served on its own task.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>, counters: Arc<ControlCounters>) {
+    serve_group(listener, tx, counters, None).await
+}
+
+/// `serve`, also to members of the group `group` (primary or
+/// supplementary).
+pub async fn serve_group(
+    listener: UnixListener,
+    tx: mpsc::Sender<Job>,
+    counters: Arc<ControlCounters>,
+    group: Option<u32>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -136,7 +154,7 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>, counters: Arc<
         let tx = tx.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx, &counters).await {
+            if let Err(e) = handle(stream, tx, &counters, group).await {
                 counters.read_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
@@ -167,6 +185,29 @@ fn own_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The peer is a member of `group`: its primary group, or one of its
+/// supplementary groups (from `/proc/PID/status`).
+fn in_group(cred: &tokio::net::unix::UCred, group: Option<u32>) -> bool {
+    let Some(group) = group else {
+        return false;
+    };
+    if cred.gid() == group {
+        return true;
+    }
+    let Some(pid) = cred.pid() else {
+        return false;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| {
+            groups
+                .split_whitespace()
+                .any(|g| g.parse::<u32>().is_ok_and(|g| g == group))
+        })
+}
+
 /// Only root and the daemon's own user may send requests (the socket's
 /// 0600 mode says the same; this holds even if its mode is widened).
 fn may_control(uid: u32) -> bool {
@@ -177,6 +218,7 @@ async fn handle(
     mut stream: UnixStream,
     tx: mpsc::Sender<Job>,
     counters: &ControlCounters,
+    group: Option<u32>,
 ) -> io::Result<()> {
     // The request is read (bounded in size and time) whoever sends it: a
     // socket closed with a request unread resets the client's connection,
@@ -186,11 +228,12 @@ async fn handle(
         Err(_) => Incoming::Unread("timed out reading the request".to_string()),
     };
     let incoming = match stream.peer_cred() {
-        Ok(cred) if may_control(cred.uid()) => incoming,
+        Ok(cred) if may_control(cred.uid()) || in_group(&cred, group) => incoming,
         Ok(cred) => Incoming::Refused(format!(
-            "uid {} may not control ctsyncd (root or uid {} only)",
+            "uid {} may not control ctsyncd (root, uid {}{} only)",
             cred.uid(),
-            own_uid()
+            own_uid(),
+            group.map_or(String::new(), |g| format!(" or group {g}"))
         )),
         Err(e) => Incoming::Refused(format!("cannot tell who is asking: {e}")),
     };

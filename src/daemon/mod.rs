@@ -297,9 +297,16 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     );
 
     daemon.arm_reconcile();
-    let listener = control::server::bind_std(&daemon.config.socket)?;
+    let group =
+        match &daemon.config.socket_group {
+            Some(name) => Some(process::group_id(name).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("socket_group \"{name}\": {e}"))
+            })?),
+            None => None,
+        };
+    let listener = control::server::bind_std(&daemon.config.socket, group)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
-    spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone())?;
+    spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone(), group)?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
@@ -354,6 +361,7 @@ fn spawn_control_thread(
     listener: std::os::unix::net::UnixListener,
     requests: mpsc::Sender<(Envelope, oneshot::Sender<Reply>)>,
     counters: Arc<ControlCounters>,
+    group: Option<u32>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -363,7 +371,9 @@ fn spawn_control_thread(
         .spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::UnixListener::from_std(listener) {
-                    Ok(listener) => control::server::serve(listener, requests, counters).await,
+                    Ok(listener) => {
+                        control::server::serve_group(listener, requests, counters, group).await
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot serve the control socket"),
                 }
             });
