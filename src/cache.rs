@@ -83,37 +83,72 @@ const SINCE_LEN: usize = 4;
 /// The bit of `Slot::updated_s` that marks a flow as queued for sending.
 const QUEUED: u32 = 1 << 31;
 
-impl Slot {
-    fn key_bytes(&self) -> &[u8] {
-        let len = usize::from(self.bytes[0]);
-        &self.bytes[1..1 + len]
+/// The layout of a slot's bytes (`Slot::bytes`), read where they are kept
+/// and from a frozen copy alike. Only this module writes them, from a flow
+/// it encoded: they always decode.
+mod slot_bytes {
+    use super::{CacheEntry, Flow, FlowKey, Reader, SINCE_LEN};
+
+    pub fn key(bytes: &[u8]) -> &[u8] {
+        let len = usize::from(bytes[0]);
+        &bytes[1..1 + len]
     }
 
     /// `[key length]` and the flow's encoding.
-    fn flow_bytes(&self) -> &[u8] {
-        &self.bytes[..self.bytes.len() - SINCE_LEN]
+    pub fn with_flow(bytes: &[u8]) -> &[u8] {
+        &bytes[..bytes.len() - SINCE_LEN]
     }
 
-    fn since_s(&self) -> u32 {
-        let mut since = [0; SINCE_LEN];
-        since.copy_from_slice(&self.bytes[self.bytes.len() - SINCE_LEN..]);
-        u32::from_le_bytes(since)
+    pub fn flow_key(bytes: &[u8]) -> FlowKey {
+        match Reader::new(key(bytes)).key_prefix() {
+            Ok(key) => key.to_key(),
+            Err(err) => unreachable!("cache key does not decode: {err}"),
+        }
     }
 
-    fn flow(&self) -> Flow {
-        match Reader::new(&self.flow_bytes()[1..]).flow() {
+    pub fn flow(bytes: &[u8]) -> Flow {
+        match Reader::new(&with_flow(bytes)[1..]).flow() {
             Ok(flow) => flow.into_flow(),
-            // Only this module writes the bytes, from a flow it encoded.
             Err(err) => unreachable!("cache slot does not decode: {err}"),
         }
     }
 
-    fn entry(&self) -> CacheEntry {
+    pub fn since_s(bytes: &[u8]) -> u32 {
+        let mut since = [0; SINCE_LEN];
+        since.copy_from_slice(&bytes[bytes.len() - SINCE_LEN..]);
+        u32::from_le_bytes(since)
+    }
+
+    /// The entry, with `updated_s` (kept beside the bytes) as its stamp.
+    pub fn entry(bytes: &[u8], updated_s: u32) -> CacheEntry {
         CacheEntry {
-            flow: self.flow(),
-            since_ms: u64::from(self.since_s()) * 1000,
-            updated_ms: u64::from(self.updated_s & !QUEUED) * 1000,
+            flow: flow(bytes),
+            since_ms: u64::from(since_s(bytes)) * 1000,
+            updated_ms: u64::from(updated_s) * 1000,
         }
+    }
+}
+
+impl Slot {
+    fn key_bytes(&self) -> &[u8] {
+        slot_bytes::key(&self.bytes)
+    }
+
+    /// `[key length]` and the flow's encoding.
+    fn flow_bytes(&self) -> &[u8] {
+        slot_bytes::with_flow(&self.bytes)
+    }
+
+    fn since_s(&self) -> u32 {
+        slot_bytes::since_s(&self.bytes)
+    }
+
+    fn flow(&self) -> Flow {
+        slot_bytes::flow(&self.bytes)
+    }
+
+    fn entry(&self) -> CacheEntry {
+        slot_bytes::entry(&self.bytes, self.updated_s & !QUEUED)
     }
 }
 
@@ -152,11 +187,7 @@ impl CacheStats {
 }
 
 fn slot_key(s: &Slot) -> FlowKey {
-    match Reader::new(s.key_bytes()).key_prefix() {
-        Ok(key) => key.to_key(),
-        // Only this module writes the bytes, from a key it encoded.
-        Err(err) => unreachable!("cache key does not decode: {err}"),
-    }
+    slot_bytes::flow_key(&s.bytes)
 }
 
 /// The key range of a key's compact bytes (`KeyBuf`, the wire encoding):
@@ -747,7 +778,7 @@ impl Fnv {
 #[derive(Clone, Debug, Default)]
 pub struct FrozenCache {
     /// Per entry: the second it last changed (u32 LE), the slot's length
-    /// (u16 LE), then the slot's bytes (see `Slot::bytes`).
+    /// (u32 LE), then the slot's bytes (see `Slot::bytes`).
     bytes: Vec<u8>,
     len: usize,
 }
@@ -770,11 +801,10 @@ impl FrozenCache {
     fn push(&mut self, slot: &Slot) {
         self.bytes
             .extend_from_slice(&(slot.updated_s & !QUEUED).to_le_bytes());
-        // A slot holds one flow's encoding: far below 64 KiB.
-        let len = u16::try_from(slot.bytes.len()).unwrap_or(u16::MAX);
+        // A slot holds one flow's encoding: far below 4 GiB.
+        let len = u32::try_from(slot.bytes.len()).unwrap_or(u32::MAX);
         self.bytes.extend_from_slice(&len.to_le_bytes());
-        self.bytes
-            .extend_from_slice(&slot.bytes[..usize::from(len)]);
+        self.bytes.extend_from_slice(&slot.bytes);
         self.len += 1;
     }
 
@@ -790,10 +820,10 @@ impl FrozenCache {
     pub fn entries(&self) -> impl Iterator<Item = FrozenEntry<'_>> + '_ {
         let mut rest = self.bytes.as_slice();
         std::iter::from_fn(move || {
-            let (head, tail) = rest.split_at_checked(6)?;
+            let (head, tail) = rest.split_at_checked(8)?;
             let updated_s = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let len = usize::from(u16::from_le_bytes([head[4], head[5]]));
-            let (slot, tail) = tail.split_at_checked(len)?;
+            let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let (slot, tail) = tail.split_at_checked(usize::try_from(len).ok()?)?;
             rest = tail;
             Some(FrozenEntry { updated_s, slot })
         })
@@ -807,30 +837,14 @@ impl FrozenEntry<'_> {
         u64::from(self.updated_s) * 1000
     }
 
-    fn key_bytes(&self) -> Option<&[u8]> {
-        let len = usize::from(*self.slot.first()?);
-        self.slot.get(1..1 + len)
-    }
-
     /// The flow's key, decoding only the key's bytes.
-    pub fn key(&self) -> Option<FlowKey> {
-        Reader::new(self.key_bytes()?)
-            .key_prefix()
-            .ok()
-            .map(|k| k.to_key())
+    pub fn key(&self) -> FlowKey {
+        slot_bytes::flow_key(self.slot)
     }
 
     /// The whole entry, decoded.
-    pub fn entry(&self) -> Option<CacheEntry> {
-        let flow_end = self.slot.len().checked_sub(SINCE_LEN)?;
-        let flow = Reader::new(self.slot.get(1..flow_end)?).flow().ok()?;
-        let mut since = [0; SINCE_LEN];
-        since.copy_from_slice(self.slot.get(flow_end..)?);
-        Some(CacheEntry {
-            flow: flow.into_flow(),
-            since_ms: u64::from(u32::from_le_bytes(since)) * 1000,
-            updated_ms: self.updated_ms(),
-        })
+    pub fn entry(&self) -> CacheEntry {
+        slot_bytes::entry(self.slot, self.updated_s)
     }
 }
 
@@ -1219,15 +1233,14 @@ mod tests {
             cache.upsert(udp(port), u64::from(port) * 1_000);
         }
         let mut live: Vec<CacheEntry> = cache.iter().collect();
-        let mut frozen: Vec<CacheEntry> =
-            cache.freeze().entries().filter_map(|e| e.entry()).collect();
+        let mut frozen: Vec<CacheEntry> = cache.freeze().entries().map(|e| e.entry()).collect();
         live.sort_by_key(|e| e.updated_ms);
         frozen.sort_by_key(|e| e.updated_ms);
         assert_eq!(frozen, live);
         let keys = [udp(7).key(), udp(9).key(), udp(999).key()];
         let some = cache.freeze_keys(&keys);
         assert_eq!(some.len(), 2, "the uncached key is left out");
-        let got: Vec<FlowKey> = some.entries().filter_map(|e| e.key()).collect();
+        let got: Vec<FlowKey> = some.entries().map(|e| e.key()).collect();
         assert!(got.contains(&udp(7).key()) && got.contains(&udp(9).key()));
     }
 }

@@ -643,39 +643,27 @@ fn completion_after(
     }
 }
 
-/// `-i` runs per burst: one whole-table dump, started with the burst.
-const DUMPS_PER_BURST: usize = 1;
-
-/// Run `ctsyncd -i` on `side` (output discarded) `DUMPS_PER_BURST` times or
-/// until `stop`; returns the duration of each completed run.
-fn dump_loop(
-    config: PathBuf,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Vec<Duration>> {
+/// Start one `ctsyncd -i` (output discarded) on another thread; its
+/// duration when it succeeded.
+fn dump_once(config: PathBuf) -> std::thread::JoinHandle<Option<Duration>> {
     std::thread::spawn(move || {
-        let mut took = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) && took.len() < DUMPS_PER_BURST {
-            let started = Instant::now();
-            let ok = std::process::Command::new(crate::lab::ctsyncd_bin())
-                .arg("-C")
-                .arg(&config)
-                .arg("-i")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                took.push(started.elapsed());
-            }
-        }
-        took
+        let started = Instant::now();
+        std::process::Command::new(crate::lab::ctsyncd_bin())
+            .arg("-C")
+            .arg(&config)
+            .arg("-i")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then(|| started.elapsed())
     })
 }
 
 /// A holds N flows; four bursts of N/4 creates each (without, with, with,
 /// without one `-i` of A's table started with the burst: the order cancels
-/// the table's growth), each
-/// timed from its start to B's external cache complete.
+/// the table's growth), each timed from its start to B's external cache
+/// complete.
 fn dump_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> DumpUnderLoad {
     let n = cfg.flows;
     let burst = (n / 4).max(1);
@@ -696,16 +684,14 @@ fn dump_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> DumpUnderLoad {
     let mut want = n as u64;
     let (mut base, mut with_dump, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
     for (i, dumping) in [false, true, true, false].into_iter().enumerate() {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let looping = dumping.then(|| dump_loop(sys.lab.a.config.clone(), stop.clone()));
+        let dump = dumping.then(|| dump_once(sys.lab.a.config.clone()));
         let began = Instant::now();
         want += burst as u64;
         let run = timed_create(sys.ns(Side::A), tcp_flows(burst, 10 + i as u8))
             .and_then(|(report, _)| check_report("dump under load: burst", &report))
             .and_then(|_| completion_after(&sys, began, want, completion_bound(burst)));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(handle) = looping {
-            dumps.extend(handle.join().unwrap_or_default());
+        if let Some(handle) = dump {
+            dumps.extend(handle.join().ok().flatten());
         }
         let Some(took) = keep(notes, "dump under load: burst", run) else {
             wind_down(&mut sys);

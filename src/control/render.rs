@@ -75,12 +75,10 @@ pub fn write_flow_line(s: &mut String, entry: &CacheEntry, now_ms: u64, with_rep
     } else if f.status & status::ASSURED != 0 {
         s.push_str("[ASSURED] ");
     }
-    s.push_str("mark=");
-    push_num(s, u64::from(f.mark));
+    push_field(s, "mark=", u64::from(f.mark));
     s.push(' ');
     if f.zone != 0 {
-        s.push_str("zone=");
-        push_num(s, u64::from(f.zone));
+        push_field(s, "zone=", u64::from(f.zone));
         s.push(' ');
     }
     if let Some(h) = &f.helper {
@@ -90,8 +88,7 @@ pub fn write_flow_line(s: &mut String, entry: &CacheEntry, now_ms: u64, with_rep
     }
     // Labels are not printed: conntrackd formats without a label map, so
     // libnetfilter_conntrack omits them. `--json` carries them.
-    s.push_str("[active since ");
-    push_num(s, active_since_s(entry, now_ms));
+    push_field(s, "[active since ", active_since_s(entry, now_ms));
     s.push_str("s]");
 }
 
@@ -106,18 +103,13 @@ fn push_tuple(s: &mut String, t: &Tuple) {
             let _ = write!(s, " srckey=0x{src:x} dstkey=0x{dst:x}");
         }
         L4::Ports { src, dst } => {
-            s.push_str(" sport=");
-            push_num(s, u64::from(src));
-            s.push_str(" dport=");
-            push_num(s, u64::from(dst));
+            push_field(s, " sport=", u64::from(src));
+            push_field(s, " dport=", u64::from(dst));
         }
         L4::Icmp { kind, code, id } => {
-            s.push_str(" type=");
-            push_num(s, u64::from(kind));
-            s.push_str(" code=");
-            push_num(s, u64::from(code));
-            s.push_str(" id=");
-            push_num(s, u64::from(id));
+            push_field(s, " type=", u64::from(kind));
+            push_field(s, " code=", u64::from(code));
+            push_field(s, " id=", u64::from(id));
         }
         L4::None => {}
     }
@@ -137,6 +129,12 @@ fn push_addr(s: &mut String, addr: std::net::IpAddr) {
             let _ = write!(s, "{v6}");
         }
     }
+}
+
+/// `name` and `n` in decimal.
+fn push_field(s: &mut String, name: &str, n: u64) {
+    s.push_str(name);
+    push_num(s, n);
 }
 
 /// `n` in decimal.

@@ -97,8 +97,8 @@ impl CommitSource {
     }
 
     /// Decode an entry into the flow a commit writes, with its recency.
-    fn decoded(&self, entry: &FrozenEntry<'_>) -> Option<((u64, u64), Flow)> {
-        let entry = entry.entry()?;
+    fn decoded(&self, entry: &FrozenEntry<'_>) -> ((u64, u64), Flow) {
+        let entry = entry.entry();
         let rank = recency(entry.updated_ms, entry.flow.timeout);
         let mut flow = entry.flow;
         flow.timeout = commit_timeout(
@@ -107,7 +107,7 @@ impl CommitSource {
             self.now_ms,
             self.configured_timeout,
         );
-        Some((rank, flow))
+        (rank, flow)
     }
 
     fn sorted(mut ranked: Vec<((u64, u64), Flow)>) -> Vec<Flow> {
@@ -124,7 +124,7 @@ impl CommitSource {
             stamps.select_nth_unstable_by_key(limit - 1, |(t, _)| std::cmp::Reverse(*t));
         }
         stamps.truncate(limit);
-        let ranked = stamps.iter().filter_map(|(_, e)| self.decoded(e)).collect();
+        let ranked = stamps.iter().map(|(_, e)| self.decoded(e)).collect();
         Self::sorted(ranked)
     }
 
@@ -133,8 +133,8 @@ impl CommitSource {
         let mut ranked = Vec::with_capacity(self.len());
         ranked.extend(
             self.entries()
-                .filter(|e| e.key().is_some_and(|k| keep(&k)))
-                .filter_map(|e| self.decoded(&e)),
+                .filter(|e| keep(&e.key()))
+                .map(|e| self.decoded(&e)),
         );
         Self::sorted(ranked)
     }

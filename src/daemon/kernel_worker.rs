@@ -133,7 +133,7 @@ fn run_job(
             let keep: HashSet<FlowKey> = keep
                 .iter()
                 .flat_map(FrozenCache::entries)
-                .filter_map(|e| e.key())
+                .map(|e| e.key())
                 .collect();
             let report = writer
                 .flush(&|flow: &Flow| !filter.accepts(flow) || keep.contains(&flow.key()))

@@ -25,6 +25,7 @@ mod stats;
 mod views;
 mod warm_standby;
 
+use crate::cache::{FlowCache, FrozenCache};
 use crate::config::Config;
 use crate::control::server::ControlCounters;
 use crate::control::{self, Envelope, Reply};
@@ -285,7 +286,8 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError::Sync(format!("table read task failed: {e}")))??;
     daemon.kernel_counters.table_reads += 1;
-    let primed = daemon.ours(table);
+    let accepted = table.into_iter().filter(|f| daemon.filter.accepts(f));
+    let primed = daemon.ours(accepted.collect());
     let count = primed.len();
     daemon
         .node
@@ -386,12 +388,21 @@ impl Daemon {
         setup::elapsed_ms(self.started)
     }
 
-    /// The flows of a table read that are ours to cache and send: not a
-    /// peer's mirrored one (the filter ran on the worker, or runs here).
+    /// The flows of a table read (that the filter accepts) that are ours
+    /// to cache and send: not a peer's mirrored one.
     fn ours(&self, flows: Vec<Flow>) -> Vec<Flow> {
         flows
             .into_iter()
-            .filter(|f| self.filter.accepts(f) && !self.is_mirrored(&f.key()))
+            .filter(|f| !self.is_mirrored(&f.key()))
+            .collect()
+    }
+
+    /// Every peer's cache, frozen (see `FlowCache::freeze`).
+    fn frozen_peer_caches(&self) -> Vec<FrozenCache> {
+        self.node
+            .external()
+            .values()
+            .map(FlowCache::freeze)
             .collect()
     }
 
@@ -582,7 +593,7 @@ impl Daemon {
     /// Warm standby: the kernel lost a flow a peer still has (it expired,
     /// or another program deleted it): write it again.
     fn restore_mirrored(&mut self, key: &FlowKey) {
-        let Some(flow) = self.node.external().values().find_map(|c| c.flow(key)) else {
+        let Some(flow) = self.node.peer_flow(key) else {
             return;
         };
         if let Some(warm) = &mut self.warm {
@@ -595,7 +606,7 @@ impl Daemon {
     fn flush_kernel(&mut self, client: Option<oneshot::Sender<Reply>>) {
         self.kernel_counters.flushes += 1;
         let keep = if self.warm.is_some() {
-            self.node.external().values().map(|c| c.freeze()).collect()
+            self.frozen_peer_caches()
         } else {
             Vec::new()
         };
@@ -620,8 +631,7 @@ impl Daemon {
         let mirror = match &mut self.warm {
             Some(warm) => {
                 warm.table_read_started();
-                (!warm.intact())
-                    .then(|| self.node.external().values().map(|c| c.freeze()).collect())
+                (!warm.intact()).then(|| self.frozen_peer_caches())
             }
             None => None,
         };
@@ -705,10 +715,7 @@ impl Daemon {
         if let Some(lost) = read.lost {
             // Peers' flows the table lacked, as the peers hold them now
             // (one may have deleted it since it was frozen).
-            let lost: Vec<Flow> = lost
-                .iter()
-                .filter_map(|k| self.node.external().values().find_map(|c| c.flow(k)))
-                .collect();
+            let lost: Vec<Flow> = lost.iter().filter_map(|k| self.node.peer_flow(k)).collect();
             if let Some(warm) = &mut self.warm {
                 warm.repaired(lost);
             }
@@ -734,28 +741,27 @@ impl Daemon {
     /// the last, sweep what the table lacked and replay the events seen
     /// meanwhile.
     fn compare_table_chunk(&mut self) {
-        let TableReadState::Comparing { rest, .. } = &mut self.table_read else {
-            return;
-        };
-        let chunk: Vec<Flow> = rest.by_ref().take(COMPARE_CHUNK).collect();
-        let done = rest.len() == 0;
-        let chunk = self.ours(chunk);
-        let now = self.now_ms();
-        if let TableReadState::Comparing { run, .. } = &mut self.table_read {
-            self.node.reconcile_chunk(run, chunk, now);
-        }
-        if !done {
-            return;
-        }
         let TableReadState::Comparing {
             replay,
-            run,
+            mut run,
+            mut rest,
             clients,
-            ..
         } = std::mem::replace(&mut self.table_read, TableReadState::Idle)
         else {
             return;
         };
+        let chunk = self.ours(rest.by_ref().take(COMPARE_CHUNK).collect());
+        let now = self.now_ms();
+        self.node.reconcile_chunk(&mut run, chunk, now);
+        if rest.len() > 0 {
+            self.table_read = TableReadState::Comparing {
+                replay,
+                run,
+                rest,
+                clients,
+            };
+            return;
+        }
         let report = self.node.reconcile_finish(run, now);
         tracing::info!(?report, "internal cache reconciled with the kernel table");
         for event in replay {

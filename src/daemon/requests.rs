@@ -68,7 +68,7 @@ impl Daemon {
                 return views::render_off_thread(frozen, now, view, reply);
             }
             Request::DumpExternal => {
-                let frozen = self.node.external().values().map(|c| c.freeze()).collect();
+                let frozen = self.frozen_peer_caches();
                 let view = View {
                     with_reply: false,
                     json,

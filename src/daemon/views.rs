@@ -43,7 +43,7 @@ pub(super) fn render(caches: &[FrozenCache], now_ms: u64, view: View) -> String 
     let entries = caches
         .iter()
         .flat_map(FrozenCache::entries)
-        .filter_map(|e| e.entry());
+        .map(|e| e.entry());
     if view.json {
         let all: Vec<CacheEntry> = entries.collect();
         control::render::flows_json(&all, now_ms)

@@ -164,7 +164,7 @@ pub(super) fn lost_from_table(peers: &[FrozenCache], table: &[Flow]) -> Vec<Flow
     peers
         .iter()
         .flat_map(FrozenCache::entries)
-        .filter_map(|e| e.key())
+        .map(|e| e.key())
         .filter(|k| !present.contains(k))
         .collect()
 }

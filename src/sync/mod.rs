@@ -244,6 +244,11 @@ impl Node {
         self.views.caches.values().any(|c| c.contains(key))
     }
 
+    /// The flow with this key as a peer holds it.
+    pub fn peer_flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.views.caches.values().find_map(|c| c.flow(key))
+    }
+
     /// A kernel DESTROY.
     pub fn local_delete(&mut self, key: &FlowKey, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
