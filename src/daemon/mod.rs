@@ -164,8 +164,6 @@ struct Daemon {
     table_read: TableReadState,
     timers: Timers,
     link_carrier: Vec<bool>,
-    /// Datagrams each link's socket would not send.
-    link_send_errors: Vec<u64>,
     /// `-R` requests that arrived while another table read was running.
     pending_resyncs: Vec<oneshot::Sender<Reply>>,
     kernel_counters: KernelCounters,
@@ -272,7 +270,6 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             scheduled_flush_at: None,
         },
         link_carrier: Vec::new(),
-        link_send_errors: Vec::new(),
         pending_resyncs: Vec::new(),
         kernel_counters,
         network_counters: NetworkCounters::default(),
@@ -653,10 +650,7 @@ impl Daemon {
             let dest = link.spec.destination();
             if let Err(e) = link.socket.send_to(&out.bytes, dest).await {
                 self.network_counters.send_errors += 1;
-                if self.link_send_errors.len() <= out.link {
-                    self.link_send_errors.resize(out.link + 1, 0);
-                }
-                self.link_send_errors[out.link] += 1;
+                self.node.note_send_error(out.link);
                 tracing::debug!(error = %e, %dest, "sync send failed");
             }
         }

@@ -40,7 +40,7 @@ impl Daemon {
                     bytes_recv: counters.recv_bytes,
                     packets_sent: counters.sent_packets,
                     packets_recv: counters.recv_packets,
-                    errors_send: self.link_send_errors.get(i).copied().unwrap_or(0),
+                    errors_send: counters.send_errors,
                     errors_recv: counters.errors,
                 }
             })

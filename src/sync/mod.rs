@@ -423,7 +423,7 @@ impl Node {
     /// The transport failed to send on `link`.
     pub fn note_send_error(&mut self, link: usize) {
         if let Some(l) = self.stats.links.get_mut(link) {
-            l.errors += 1;
+            l.send_errors += 1;
         }
     }
 

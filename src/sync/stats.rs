@@ -13,8 +13,10 @@ pub struct LinkStats {
     pub sent_bytes: u64,
     pub recv_packets: u64,
     pub recv_bytes: u64,
-    /// Malformed datagrams received and send errors reported on this link.
+    /// Malformed datagrams received on this link.
     pub errors: u64,
+    /// Datagrams the link's socket would not send (`Node::note_send_error`).
+    pub send_errors: u64,
     /// Whether datagrams have arrived recently.
     pub up: bool,
 }

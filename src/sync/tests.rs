@@ -661,6 +661,16 @@ fn a_link_with_node_ids_drops_every_other_sender_before_use() {
 }
 
 #[test]
+fn send_errors_are_counted_apart_from_malformed_datagrams() {
+    let mut a = Node::new(cfg(1), 1, 0).unwrap();
+    a.note_send_error(0);
+    a.note_send_error(0);
+    a.on_datagram(b"garbage", 0, 1);
+    let link = a.stats().links[0];
+    assert_eq!((link.send_errors, link.errors), (2, 1));
+}
+
+#[test]
 fn late_datagrams_of_a_previous_epoch_are_stale() {
     let mut b = Node::new(cfg(2), 1, 0).unwrap();
     let mut a_old = Node::new(cfg(1), 900, 0).unwrap();
