@@ -1406,7 +1406,25 @@ vrrp_sync_group G1 {{
             reap(&mut child, Duration::from_secs(5));
         }
         ipn(&ns, &["link", "set", "sync0", "netns", &self.sw]);
+        // The kernel tears a deleted namespace's veths down asynchronously:
+        // delete the switch ports first and wait until they are gone, or the
+        // rebuilt firewall's `lan-X`/`wan-X` may still "exist".
+        let x = self.fw(idx).name;
+        let ports = [format!("lan-{x}"), format!("wan-{x}")];
+        for port in &ports {
+            let _ = run("ip", &["-n", &self.sw, "link", "del", port]);
+        }
         must("ip", &["netns", "del", &ns]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && ports.iter().any(|port| {
+                run("ip", &["-n", &self.sw, "link", "show", port])
+                    .status
+                    .success()
+            })
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.build_fw(self.fw(idx));
         ipn(&self.sw, &["link", "set", "sync0", "netns", &ns]);
         self.setup_sync(self.fw(idx));
