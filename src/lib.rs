@@ -6,6 +6,7 @@
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
 //! `daemon` (the tokio wiring).
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod control;

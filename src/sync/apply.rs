@@ -249,7 +249,9 @@ impl Views {
                     self.apply_all(sender, peer, batch, ctx, stats, effects);
                 }
             }
-            Message::Alive => {}
+            // Challenges are the gate's (see `receive`), answered before
+            // any message is applied.
+            Message::Alive | Message::Challenge { .. } | Message::ChallengeAnswer { .. } => {}
             Message::Digest { count, hash } => {
                 stats.digests_received += 1;
                 let (len, digest) = self

@@ -11,7 +11,9 @@
 //! the proof a sweep needs), `digest` (anti-entropy by key range),
 //! `alarm` (ALARM's refresh and expiry), `receive` (a datagram's way in:
 //! checks, the sender's verdict, delivery, effects) and `poll` (what to send
-//! now, and when to be called again). Must not: import tokio, sockets
+//! now, and when to be called again). With keys (`enable_auth`), every
+//! datagram passes `crate::auth::Guard` at the edges: sealed in `poll`'s
+//! `emit`, opened first thing in `receive`. Must not: import tokio, sockets
 //! or the clock (time is the `now_ms` argument), talk to the kernel, or
 //! grow logic that belongs to a part.
 //!
@@ -39,6 +41,7 @@ pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
 pub use local::Reconciling;
 pub use stats::{DropReason, Drops, LinkStats, PeerStatus, ReconcileReport, SyncStats};
 
+use crate::auth::{AuthStats, Guard, KeyRing};
 use crate::cache::FlowCache;
 use crate::flow::{Flow, FlowKey};
 use crate::wire::Message;
@@ -86,6 +89,10 @@ pub struct Node {
     /// ALARM: the receiver's expiry of external flows.
     expiry: Option<ExpiryClock>,
     backlog: Backlog,
+    /// With keys: the gate every datagram passes (see `crate::auth`).
+    guard: Option<Guard>,
+    /// Without keys: sealed datagrams refused (`auth_not_configured`).
+    unauthenticated: AuthStats,
 }
 
 impl Node {
@@ -114,6 +121,8 @@ impl Node {
             digest: DigestTx::Running { last_ms: now_ms },
             expiry,
             backlog: Backlog::Kept,
+            guard: None,
+            unauthenticated: AuthStats::default(),
         };
         node.request_resync(now_ms);
         Ok(node)
@@ -137,6 +146,47 @@ impl Node {
 
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// Seal every datagram from now on with `ring`'s send key, and let in
+    /// only datagrams sealed with one of its keys and bound to `cluster`
+    /// (call before the first datagram; see `crate::auth`).
+    pub fn enable_auth(&mut self, ring: KeyRing, cluster: &str) {
+        self.guard = Some(Guard::new(ring, cluster, self.cfg.max_peers, self.epoch));
+    }
+
+    /// Replace the keys (a reload); false without `enable_auth`.
+    pub fn set_keys(&mut self, ring: KeyRing) -> bool {
+        match self.guard.as_mut() {
+            Some(g) => {
+                g.set_keys(ring);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The keys in use (`None`: sync is not authenticated).
+    pub fn keys(&self) -> Option<&KeyRing> {
+        self.guard.as_ref().map(Guard::keys)
+    }
+
+    /// The authentication counters.
+    pub fn auth_stats(&self) -> &AuthStats {
+        self.guard
+            .as_ref()
+            .map_or(&self.unauthenticated, |g| &g.stats)
+    }
+
+    /// UDP payload left for header and body: `max_payload` less what
+    /// sealing adds.
+    fn payload(&self) -> usize {
+        let overhead = if self.guard.is_some() {
+            crate::wire::AUTH_OVERHEAD
+        } else {
+            0
+        };
+        self.cfg.max_payload - overhead
     }
 
     /// Keys waiting to be sent (coalesced) and datagrams awaiting an ack.
@@ -387,7 +437,7 @@ impl Node {
     /// Ask `peer` for these ranges of its table (control messages, each
     /// fitting a datagram).
     fn ask_ranges(&mut self, peer: u32, ranges: &[u16]) {
-        for chunk in ranges.chunks(ranges_per_message(self.cfg.max_payload)) {
+        for chunk in ranges.chunks(ranges_per_message(self.payload())) {
             self.tx.control.push(Message::RangeRequest {
                 node: peer,
                 ranges: chunk.to_vec(),

@@ -11,7 +11,19 @@ use digest::digest_messages;
 use peers::Resync;
 
 impl Node {
+    /// Send `bytes` (a plain datagram) on `links`; with keys, sealed once
+    /// under a fresh packet number (a resend is sealed anew).
     fn emit(&mut self, out: &mut Vec<Transmit>, links: &[usize], bytes: Vec<u8>) {
+        let bytes = match self.guard.as_mut() {
+            None => bytes,
+            Some(g) => match g.seal(&bytes) {
+                Some(sealed) => sealed,
+                None => {
+                    tracing::error!("cannot seal a datagram of ours: dropped");
+                    return;
+                }
+            },
+        };
         self.tx.last_send_ms = self.now;
         for &link in links {
             self.stats.datagrams_sent += 1;
@@ -101,7 +113,7 @@ impl Node {
         if !ctl.is_empty() {
             self.count_sent(&ctl);
             let header = self.control_header();
-            for body in Packer::pack_all(self.cfg.max_payload, &ctl) {
+            for body in Packer::pack_all(self.payload(), &ctl) {
                 self.emit(&mut out, &links, body.seal(&header));
             }
         }
@@ -130,9 +142,10 @@ impl Node {
         // keys wait up to batch_delay_ms for company, so that a stream of
         // single events still leaves in full datagrams.
         self.tx.note_queue(now);
+        let payload = self.payload();
         let hold = self
             .tx
-            .holding_for_batch(now, self.cfg.max_payload, self.cfg.batch_delay_ms);
+            .holding_for_batch(now, payload, self.cfg.batch_delay_ms);
         while !hold && !self.tx.queue.is_empty() {
             if self.tx.seq_exhausted() {
                 self.new_epoch();
@@ -141,10 +154,7 @@ impl Node {
                 self.stats.window_full += 1;
                 break;
             }
-            let Some((body, msgs)) = self
-                .tx
-                .next_body(&mut self.local.cache, self.cfg.max_payload)
-            else {
+            let Some((body, msgs)) = self.tx.next_body(&mut self.local.cache, payload) else {
                 continue;
             };
             self.stats.messages_sent += msgs;
@@ -171,7 +181,7 @@ impl Node {
 
         // Keepalive, on every link so each stays known to be up.
         if now >= self.tx.last_send_ms + self.cfg.keepalive_ms {
-            let body = Packer::pack_all(self.cfg.max_payload, &[Message::Alive]);
+            let body = Packer::pack_all(self.payload(), &[Message::Alive]);
             self.stats.messages_sent += 1;
             let all: Vec<usize> = (0..self.links.len()).collect();
             for b in body {
@@ -204,13 +214,13 @@ impl Node {
             self.new_epoch();
             return;
         }
-        let msgs = digest_messages(&self.local.cache, self.cfg.max_payload);
+        let msgs = digest_messages(&self.local.cache, self.payload());
         self.digest.sent(self.now);
         self.stats.digests_sent += 1;
         self.stats.range_digests_sent += msgs.len() as u64;
         self.stats.messages_sent += msgs.len() as u64;
         let ftfw = self.cfg.mode == Mode::Ftfw;
-        for body in Packer::pack_all(self.cfg.max_payload, &msgs) {
+        for body in Packer::pack_all(self.payload(), &msgs) {
             let bytes = self
                 .tx
                 .seal_next(&body, self.control_header(), ftfw, self.now);
@@ -227,7 +237,7 @@ impl Node {
         if let Some(d) = self.tx.deadline(
             self.now,
             window_open,
-            self.cfg.max_payload,
+            self.payload(),
             self.cfg.batch_delay_ms,
         ) {
             at(d);

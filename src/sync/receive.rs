@@ -7,7 +7,8 @@
 //! datagrams (`poll` does) or decide what a message means (`apply` does).
 
 use super::*;
-use crate::wire::{decode_datagram, Message};
+use crate::auth::{AuthDrop, Opened};
+use crate::wire::{decode_datagram, Header, Message};
 use apply::Effect;
 use peers::{Peer, Resync, Verdict};
 
@@ -31,9 +32,79 @@ impl Node {
         }
     }
 
+    /// With keys, the gate: a plain datagram is refused, a sealed one
+    /// opened (`Ok(Some)`); without, a sealed one is refused. Refusals are
+    /// counted (by the guard, or in `unauthenticated`).
+    fn pass_gate(&mut self, bytes: &[u8], link: usize) -> Result<Option<Opened>, AuthDrop> {
+        let sealed = Header::parse(bytes).is_ok_and(|h| h.is_sealed());
+        let result = match self.guard.as_mut() {
+            None if sealed => {
+                self.unauthenticated.count(AuthDrop::NotConfigured);
+                Err(AuthDrop::NotConfigured)
+            }
+            None => Ok(None),
+            Some(g) if !sealed => {
+                // Malformed plain datagrams are counted as such below.
+                if Header::parse(bytes).is_err() {
+                    return Ok(None);
+                }
+                g.stats.count(AuthDrop::Missing);
+                Err(AuthDrop::Missing)
+            }
+            Some(g) => g.open(bytes).map(Some),
+        };
+        if result.is_err() {
+            if let Some(l) = self.stats.links.get_mut(link) {
+                l.errors += 1;
+            }
+        }
+        result
+    }
+
+    /// With keys: use the challenges in an opened datagram (answer those
+    /// for us; an answer to ours admits its sender's epoch), then say
+    /// whether the datagram's epoch is admitted. If not, it is dropped and
+    /// its epoch challenged (at a bounded rate).
+    fn admit_epoch(&mut self, opened: &Opened, messages: &[Message]) -> bool {
+        let (me, my_epoch, now) = (self.cfg.node_id, self.epoch, self.now);
+        let Some(guard) = self.guard.as_mut() else {
+            return true;
+        };
+        let mut admitted = opened.admitted;
+        for m in messages {
+            match *m {
+                Message::Challenge { node, epoch, nonce }
+                    if node == me && epoch == my_epoch && guard.may_answer(opened.node_id, now) =>
+                {
+                    self.tx.control.push(Message::ChallengeAnswer {
+                        node: opened.node_id,
+                        epoch: my_epoch,
+                        nonce,
+                    });
+                }
+                Message::ChallengeAnswer { node, epoch, nonce } if node == me => {
+                    admitted |=
+                        guard.on_answer(opened.node_id, opened.epoch, opened.pn, epoch, nonce);
+                }
+                _ => {}
+            }
+        }
+        if !admitted {
+            if let Some(nonce) = guard.unadmitted(opened.node_id, opened.epoch, now) {
+                self.tx.control.push(Message::Challenge {
+                    node: opened.node_id,
+                    epoch: opened.epoch,
+                    nonce,
+                });
+            }
+        }
+        admitted
+    }
+
     /// A datagram from `link`. Malformed ones are counted by reason and
-    /// dropped.
-    pub fn on_datagram(&mut self, bytes: &[u8], link: usize, now_ms: u64) {
+    /// dropped; so are those the authentication gate refuses, whose reason
+    /// is returned (for the daemon's log).
+    pub fn on_datagram(&mut self, bytes: &[u8], link: usize, now_ms: u64) -> Option<AuthDrop> {
         self.tick(now_ms);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
@@ -48,8 +119,13 @@ impl Node {
             if let Some(l) = self.stats.links.get_mut(link) {
                 l.errors += 1;
             }
-            return;
+            return None;
         }
+        let opened = match self.pass_gate(bytes, link) {
+            Ok(opened) => opened,
+            Err(refused) => return Some(refused),
+        };
+        let bytes = opened.as_ref().map_or(bytes, |o| o.plain.as_slice());
         let (header, messages) = match decode_datagram(bytes) {
             Ok(d) => d,
             Err(e) => {
@@ -57,7 +133,7 @@ impl Node {
                 if let Some(l) = self.stats.links.get_mut(link) {
                     l.errors += 1;
                 }
-                return;
+                return None;
             }
         };
         let now = self.now;
@@ -73,7 +149,12 @@ impl Node {
             if let Some(l) = self.stats.links.get_mut(link) {
                 l.errors += 1;
             }
-            return;
+            return None;
+        }
+        if let Some(opened) = &opened {
+            if !self.admit_epoch(opened, &messages) {
+                return Some(AuthDrop::EpochUnadmitted);
+            }
         }
         let timeout = self.cfg.peer_timeout_ms;
         let verdict = self.peers.classify(
@@ -87,11 +168,11 @@ impl Node {
         match verdict {
             Verdict::OwnNodeId => {
                 self.stats.malformed.count(DropReason::OwnNodeId);
-                return;
+                return None;
             }
             Verdict::TableFull => {
                 self.stats.malformed.count(DropReason::TooManyPeers);
-                return;
+                return None;
             }
             _ => {}
         }
@@ -101,7 +182,7 @@ impl Node {
         match verdict {
             Verdict::Stale => {
                 self.stats.malformed.count(DropReason::StaleEpoch);
-                return;
+                return None;
             }
             Verdict::SameEpoch => {
                 if let Some(p) = self.peers.get_mut(sender) {
@@ -109,7 +190,7 @@ impl Node {
                 }
             }
             // Refused above.
-            Verdict::OwnNodeId | Verdict::TableFull => return,
+            Verdict::OwnNodeId | Verdict::TableFull => return None,
             Verdict::New | Verdict::Restart => {
                 // First contact or a restart: start its stream where it is
                 // and ask for its table, after a pause: our start-up request
@@ -137,7 +218,7 @@ impl Node {
         let ctx = self.ctx();
         let mut effects = Vec::new();
         let Some(p) = self.peers.get_mut(sender) else {
-            return;
+            return None;
         };
         let stats = &mut self.stats;
         if reliable && ctx.mode != Mode::Ftfw {
@@ -170,5 +251,6 @@ impl Node {
             }
         }
         self.handle(sender, effects);
+        None
     }
 }

@@ -136,6 +136,8 @@ impl From<&WireError> for DropReason {
             WireError::BadBody(_) => DropReason::BadBody,
             WireError::BadFlow(_) => DropReason::BadFlow,
             WireError::TooManyMessages(_) => DropReason::TooManyMessages,
+            // Counted by the node as an authentication refusal first.
+            WireError::Sealed => DropReason::BadHeader,
         }
     }
 }

@@ -50,6 +50,10 @@ struct Sim {
     /// timeout-only refresh in NOTRACK is not repaired; the kernel counts
     /// timeouts down anyway).
     states_only: bool,
+    /// Every datagram sent, by sender index, while `recording` (an
+    /// attacker's capture).
+    recording: bool,
+    recorded: Vec<(usize, Vec<u8>)>,
 }
 
 /// Unit tests step time by hand: data leaves at once (no batching delay;
@@ -79,6 +83,8 @@ impl Sim {
             faults: Faults::default(),
             cut: HashSet::new(),
             states_only: false,
+            recording: false,
+            recorded: Vec::new(),
         }
     }
 
@@ -87,6 +93,9 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, t: Transmit) {
+        if self.recording {
+            self.recorded.push((from, t.bytes.clone()));
+        }
         for to in 0..self.nodes.len() {
             if to == from || self.cut.contains(&(from, to)) {
                 continue;
@@ -1819,3 +1828,5 @@ fn lossy_bulks_and_range_repairs_never_sweep_a_flow_the_sender_has() {
         }
     }
 }
+
+mod auth;

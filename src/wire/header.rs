@@ -13,9 +13,13 @@
 //! ```
 //! magic `b"CTS\x01"`, version 1, flags (bit0 RELIABLE, bit1 AUTH), sender
 //! node id u32, sender epoch u64, seq u32, body_len u16, tag_len u8,
-//! reserved u8 (must be 0). An authentication tag of `tag_len` bytes follows
-//! the body when AUTH is set (not implemented yet: such datagrams are
-//! rejected).
+//! reserved u8 (must be 0).
+//!
+//! With AUTH set (a sealed datagram, see `crate::auth`), the header is
+//! followed by the key id (u8) and the packet number (u64), then
+//! `body_len` bytes of encrypted body and a `tag_len` (= `TAG_LEN`) byte
+//! tag. Only `Header::parse` knows that layout's lengths here; opening is
+//! `crate::auth`'s job, and `decode_datagram` refuses sealed datagrams.
 
 use thiserror::Error;
 
@@ -29,12 +33,20 @@ pub const HEADER_LEN: usize = 26;
 pub const MAX_DATAGRAM: usize = 65507;
 /// The largest body a datagram can carry.
 pub const MAX_BODY: usize = MAX_DATAGRAM - HEADER_LEN;
+/// Sealed datagrams: bytes between the header and the body (key id, packet
+/// number).
+pub const AUTH_PREFIX_LEN: usize = 9;
+/// Sealed datagrams: bytes of tag after the body.
+pub const TAG_LEN: usize = 16;
+/// What sealing adds to a datagram.
+pub const AUTH_OVERHEAD: usize = AUTH_PREFIX_LEN + TAG_LEN;
 
 /// Header flag bits.
 pub mod flags {
     /// The datagram consumes a sequence number and is resent until acked.
     pub const RELIABLE: u8 = 1 << 0;
-    /// An authentication tag follows the body (reserved).
+    /// Sealed: key id and packet number follow the header, the body is
+    /// encrypted and a tag follows it.
     pub const AUTH: u8 = 1 << 1;
     /// Every bit this version knows.
     pub const KNOWN: u8 = RELIABLE | AUTH;
@@ -61,6 +73,8 @@ pub enum WireError {
     BadFlow(&'static str),
     #[error("too many messages in one datagram ({0})")]
     TooManyMessages(u64),
+    #[error("sealed datagram (authentication is not configured here)")]
+    Sealed,
 }
 
 impl WireError {
@@ -76,6 +90,7 @@ impl WireError {
             WireError::BadBody(_) => "bad_body",
             WireError::BadFlow(_) => "bad_flow",
             WireError::TooManyMessages(_) => "too_many_messages",
+            WireError::Sealed => "sealed",
         }
     }
 }
@@ -100,6 +115,10 @@ pub struct Header {
 impl Header {
     pub fn is_reliable(&self) -> bool {
         self.flags & flags::RELIABLE != 0
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.flags & flags::AUTH != 0
     }
 
     /// Append the 26 header bytes to `out`.
@@ -131,7 +150,7 @@ impl Header {
             return Err(WireError::BadVersion(head[4]));
         }
         let flag_bits = head[5];
-        if flag_bits & !flags::KNOWN != 0 || flag_bits & flags::AUTH != 0 || head[25] != 0 {
+        if flag_bits & !flags::KNOWN != 0 || head[25] != 0 {
             return Err(WireError::BadHeader(flag_bits));
         }
         let be32 = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
@@ -145,11 +164,13 @@ impl Header {
             body_len: u16::from_be_bytes([head[22], head[23]]),
             tag_len: head[24],
         };
-        let declared = HEADER_LEN + usize::from(header.body_len) + usize::from(header.tag_len);
-        if header.tag_len != 0 {
-            // No tag is defined without AUTH, and AUTH is rejected above.
+        let sealed = header.is_sealed();
+        if (sealed && usize::from(header.tag_len) != TAG_LEN) || (!sealed && header.tag_len != 0) {
             return Err(WireError::BadHeader(flag_bits));
         }
+        let prefix = if sealed { AUTH_PREFIX_LEN } else { 0 };
+        let declared =
+            HEADER_LEN + prefix + usize::from(header.body_len) + usize::from(header.tag_len);
         if declared != bytes.len() {
             return Err(WireError::BadLength {
                 declared,
@@ -216,7 +237,15 @@ mod tests {
         assert_eq!(reason(&b), Err("bad_header"));
         let mut b = good.clone();
         b[5] |= flags::AUTH;
-        assert_eq!(reason(&b), Err("bad_header"));
+        assert_eq!(reason(&b), Err("bad_header"), "AUTH without a tag");
+        b[24] = TAG_LEN as u8;
+        assert_eq!(reason(&b), Err("bad_length"), "no room for prefix and tag");
+        b.extend_from_slice(&[0; AUTH_OVERHEAD]);
+        assert!(Header::parse(&b).is_ok_and(|h| h.is_sealed()));
+        let mut b = good.clone();
+        b[24] = TAG_LEN as u8;
+        b.extend_from_slice(&[0; TAG_LEN]);
+        assert_eq!(reason(&b), Err("bad_header"), "a tag without AUTH");
         let mut b = good.clone();
         b.push(0);
         assert_eq!(reason(&b), Err("bad_length"));

@@ -101,6 +101,21 @@ pub enum Message {
         count: u64,
         hash: u64,
     },
+    /// Authenticated sync only (`crate::auth`): `node`, prove that you are
+    /// live in `epoch` by sending `nonce` back. Until then that epoch's
+    /// datagrams change nothing here.
+    Challenge {
+        node: u32,
+        epoch: u64,
+        nonce: u128,
+    },
+    /// The answer to `node`'s challenge: the sender is live in `epoch`
+    /// (the epoch of the datagram carrying it).
+    ChallengeAnswer {
+        node: u32,
+        epoch: u64,
+        nonce: u128,
+    },
 }
 
 /// Key ranges of the range digest: a flow's range is a stable hash of its

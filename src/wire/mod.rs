@@ -8,7 +8,10 @@ pub mod compact;
 pub mod header;
 pub mod message;
 
-pub use header::{flags, Header, WireError, HEADER_LEN, MAGIC, MAX_BODY, MAX_DATAGRAM, VERSION};
+pub use header::{
+    flags, Header, WireError, AUTH_OVERHEAD, AUTH_PREFIX_LEN, HEADER_LEN, MAGIC, MAX_BODY,
+    MAX_DATAGRAM, TAG_LEN, VERSION,
+};
 pub use message::{
     decode_body, encode_message, encode_message_into, Message, RangeSum, WireAddrs, WireFlow,
     WireKey, WireL4, WireState, WireTuple, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, RANGES,
@@ -167,9 +170,13 @@ pub fn encode_datagram(header: &Header, messages: &[Message]) -> Vec<u8> {
 }
 
 /// Parse a datagram: the header is checked first, then the body decoded
-/// within its limits and validated.
+/// within its limits and validated. Sealed datagrams are refused (they are
+/// opened by `crate::auth` first, which hands on the plain datagram).
 pub fn decode_datagram(bytes: &[u8]) -> Result<(Header, Vec<Message>), WireError> {
     let header = Header::parse(bytes)?;
+    if header.is_sealed() {
+        return Err(WireError::Sealed);
+    }
     let end = HEADER_LEN + usize::from(header.body_len);
     let body = bytes.get(HEADER_LEN..end).ok_or(WireError::BadLength {
         declared: end,
