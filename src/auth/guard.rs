@@ -343,7 +343,7 @@ impl Guard {
         let Some(sender) = self.senders.get_mut(&node_id) else {
             return false;
         };
-        if !sender.pending.get(&epoch).is_some_and(|p| p.nonce == nonce) {
+        if sender.pending.get(&epoch).is_none_or(|p| p.nonce != nonce) {
             return false;
         }
         sender.pending.clear();

@@ -217,9 +217,7 @@ impl Node {
         }
         let ctx = self.ctx();
         let mut effects = Vec::new();
-        let Some(p) = self.peers.get_mut(sender) else {
-            return None;
-        };
+        let p = self.peers.get_mut(sender)?;
         let stats = &mut self.stats;
         if reliable && ctx.mode != Mode::Ftfw {
             // Best effort: applied as it arrives; the number is for stats.
