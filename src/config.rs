@@ -110,6 +110,17 @@ pub struct Config {
     pub filter: FilterConfig,
     /// `[compat]`: hints for tools written for conntrackd.
     pub compat: CompatConfig,
+    /// `[auth]`: keys for the sync traffic (none: not authenticated).
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: where the sync keys are, and the cluster name bound into
+/// every datagram. The key file itself is read (and checked) by the daemon
+/// at start and on reload, not here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AuthConfig {
+    pub key_file: Option<PathBuf>,
+    pub cluster: String,
 }
 
 /// `[sync]`: replication behaviour.
@@ -277,6 +288,14 @@ struct RawConfig {
     daemon: Option<RawDaemon>,
     filter: Option<RawFilter>,
     compat: Option<RawCompat>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    key_file: Option<S<String>>,
+    cluster: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -577,6 +596,7 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let daemon = daemon_config(cx, raw.daemon)?;
     let filter = filter_config(cx, raw.filter)?;
     let compat = compat_config(cx, raw.compat, &socket, daemon.lock.as_deref())?;
+    let auth = auth_config(cx, raw.auth)?;
     Ok(Config {
         node_id: u32::try_from(node_id).unwrap_or(1),
         socket,
@@ -587,7 +607,43 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         daemon,
         filter,
         compat,
+        auth,
     })
+}
+
+/// `[auth]`: an absolute key file path, and a short printable cluster name.
+fn auth_config(cx: &Ctx<'_>, raw: Option<RawAuth>) -> Result<AuthConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(AuthConfig::default());
+    };
+    let key_file = match raw.key_file {
+        None => None,
+        Some(f) => {
+            let path = PathBuf::from(f.get_ref());
+            if !path.is_absolute() {
+                return cx.invalid(f.span().start, "auth.key_file", "must be an absolute path");
+            }
+            Some(path)
+        }
+    };
+    let cluster = match raw.cluster {
+        None => String::new(),
+        Some(c) => {
+            let name = c.get_ref();
+            if name.len() > 64 || !name.chars().all(|ch| ch.is_ascii_graphic()) {
+                return cx.invalid(
+                    c.span().start,
+                    "auth.cluster",
+                    "at most 64 printable characters, no spaces",
+                );
+            }
+            if key_file.is_none() {
+                return cx.invalid(c.span().start, "auth.cluster", "needs auth.key_file");
+            }
+            name.clone()
+        }
+    };
+    Ok(AuthConfig { key_file, cluster })
 }
 
 fn to_u32(n: i64) -> u32 {

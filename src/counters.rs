@@ -133,6 +133,26 @@ pub struct Digests {
     pub paused: bool,
 }
 
+/// Authentication of the sync traffic.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthBlock {
+    /// False: the sync traffic is not authenticated (a warning in `-s`).
+    pub enabled: bool,
+    /// Keys loaded: id and check value ("0a1b2c3d"), lowest id first.
+    pub keys: Vec<KeyBlock>,
+    /// The id of the key that seals what we send.
+    pub send_key: Option<u8>,
+    /// Counters (refusals by reason, challenges, per key id use).
+    #[serde(flatten)]
+    pub counts: crate::auth::AuthStats,
+}
+
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyBlock {
+    pub id: u8,
+    pub check: String,
+}
+
 /// Everything `-s` can print, gathered by the daemon at one instant.
 #[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
@@ -151,6 +171,7 @@ pub struct StatsSnapshot {
     pub queues: QueueLengths,
     pub digests: Digests,
     pub control: ControlStats,
+    pub auth: AuthBlock,
 }
 
 impl StatsSnapshot {

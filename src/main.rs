@@ -44,6 +44,14 @@ fn run(args: &[String]) -> Result<(), String> {
             print!("{}", cli::USAGE);
             return Ok(());
         }
+        Action::GenKey { id } => {
+            let line = ctsync::auth::new_key_line(id).map_err(|e| format!("genkey: {e}"))?;
+            println!("# ctsync sync key file: the same keys on every node, mode 0600.");
+            println!("# Format: <id> <base64 key> [send]; the `send` key (else the lowest id)");
+            println!("# seals what this node sends, every key listed is accepted.");
+            println!("{line}");
+            return Ok(());
+        }
         _ => {}
     }
     let config = Config::load(&inv.config).map_err(|e| e.to_string())?;
@@ -52,7 +60,7 @@ fn run(args: &[String]) -> Result<(), String> {
         Action::Background => start_background(&config, &inv),
         Action::Status => status(&config),
         Action::Request(req) => request(&config, req.clone(), inv.json),
-        Action::Version | Action::Help => Ok(()),
+        Action::Version | Action::Help | Action::GenKey { .. } => Ok(()),
     }
 }
 

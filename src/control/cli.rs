@@ -34,6 +34,8 @@ pub enum Action {
     Version,
     /// `-h`
     Help,
+    /// `genkey [ID]`: print a new key file (one key, id `ID`, default 1).
+    GenKey { id: u8 },
 }
 
 /// A parsed command line.
@@ -308,6 +310,12 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
         "flush-kernel" => none(&words).map(|_| req(Request::FlushKernel))?,
         "kill" => none(&words).map(|_| req(Request::Kill))?,
         "reload-kernel" => none(&words).map(|_| req(Request::ResyncFromKernel))?,
+        "reload-keys" => none(&words).map(|_| req(Request::ReloadKeys))?,
+        "genkey" => match one(&words)?.map(|w| w.parse::<u8>()) {
+            None => Action::GenKey { id: 1 },
+            Some(Ok(id)) if id > 0 => Action::GenKey { id },
+            _ => return err("genkey: expected a key id (1..=255) or nothing"),
+        },
         "dump" => match one(&words)?.as_deref() {
             None | Some("internal") => req(Request::DumpInternal),
             Some("external") => req(Request::DumpExternal),
@@ -371,6 +379,8 @@ Client (conntrackd-compatible):
 Commands:
   status | commit [NODE_ID] | dump [internal|external] | stats [section] | resync | bulk
   flush [internal|external] | flush-kernel | kill | reload-kernel
+  reload-keys          re-read [auth] key_file (a bad file keeps the old keys)
+  genkey [ID]          print a new sync key file (key id ID, default 1)
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.
 ";

@@ -490,6 +490,52 @@ fn row(s: &mut String, label: &str, v: u64) {
     let _ = writeln!(s, "\t{:<28}{:>20}", format!("{label}:"), v);
 }
 
+/// Authentication: keys by id and check value, refusals by reason.
+fn auth_rows(s: &mut String, auth: &crate::counters::AuthBlock) {
+    if !auth.enabled {
+        let _ = writeln!(
+            s,
+            "	authentication: NONE (any host on the sync link can write flows here)"
+        );
+        if auth.counts.not_configured > 0 {
+            row(s, "sealed datagrams refused", auth.counts.not_configured);
+        }
+        return;
+    }
+    let keys: Vec<String> = auth
+        .keys
+        .iter()
+        .map(|k| {
+            let sends = if auth.send_key == Some(k.id) {
+                " sends"
+            } else {
+                ""
+            };
+            format!("{} (check {}{sends})", k.id, k.check)
+        })
+        .collect();
+    let _ = writeln!(s, "	authentication: keys {}", keys.join(", "));
+    let c = &auth.counts;
+    row(s, "datagrams sealed", c.sealed);
+    row(s, "datagrams opened", c.opened);
+    for (why, n) in [
+        ("auth_missing", c.missing),
+        ("auth_unknown_key", c.unknown_key),
+        ("auth_bad_tag", c.bad_tag),
+        ("auth_too_old", c.too_old),
+        ("auth_replayed", c.replayed),
+        ("epoch_unadmitted", c.epoch_unadmitted),
+        ("auth_too_many_senders", c.too_many_senders),
+    ] {
+        if n > 0 {
+            let _ = writeln!(s, "		{:<26}{:>20}", format!("{why}:"), n);
+        }
+    }
+    row(s, "challenges sent", c.challenges_sent);
+    row(s, "challenges answered", c.challenges_answered);
+    row(s, "peer epochs admitted", c.epochs_admitted);
+}
+
 /// ctsync's own counters, printed after conntrackd's blocks by `-s`.
 fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     let sync = &snap.sync;
@@ -526,6 +572,7 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "reorder buffer", snap.queues.reorder);
     row(s, "backlog drops", sync.backlog_drops);
     row(s, "digests paused", u64::from(snap.digests.paused));
+    auth_rows(s, &snap.auth);
     row(s, "uptime (s)", snap.uptime_s);
     for (i, l) in snap.links.iter().enumerate() {
         let _ = writeln!(

@@ -54,6 +54,8 @@ pub enum Request {
     SendBulk,
     /// Schedule a kernel and internal-cache flush (`-t`).
     ResetTimers,
+    /// Re-read the sync key file (`reload-keys`, or SIGHUP).
+    ReloadKeys,
     /// Test seam (built only with the `test-seams` feature): remove up to
     /// `count` flows from the external caches behind the sync protocol's
     /// back, to show that a resync repairs them.

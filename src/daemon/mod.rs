@@ -22,6 +22,7 @@ mod requests;
 mod routing;
 mod setup;
 mod stats;
+mod sync_auth;
 mod views;
 mod warm_standby;
 
@@ -170,12 +171,14 @@ struct Daemon {
     network_counters: NetworkCounters,
     commit_counters: CommitCounters,
     control_counters: Arc<ControlCounters>,
+    auth_log: sync_auth::AuthLog,
     stop: bool,
 }
 
 async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
     process::return_large_buffers();
+    let keys = sync_auth::load_keys(&config)?;
     let _lock = match &config.daemon.lock {
         Some(path) => Some(process::LockFile::acquire(path)?),
         None => None,
@@ -241,8 +244,11 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         sync_config.max_payload = first.max_payload(config.sync.mtu as usize);
     }
     let now_ms = setup::elapsed_ms(started);
-    let node =
+    let mut node =
         Node::new(sync_config, epoch, now_ms).map_err(|e| DaemonError::Sync(e.to_string()))?;
+    if let Some(ring) = keys {
+        node.enable_auth(ring, &config.auth.cluster);
+    }
 
     let warm = config
         .sync
@@ -275,6 +281,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         network_counters: NetworkCounters::default(),
         commit_counters: CommitCounters::default(),
         control_counters: Arc::default(),
+        auth_log: sync_auth::AuthLog::default(),
         stop: false,
     };
 
@@ -311,6 +318,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     daemon.transmit().await;
     while !daemon.stop {
         let deadline = daemon.next_deadline();
@@ -338,6 +346,9 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
             _ = sigterm.recv() => daemon.stop = true,
             _ = sigint.recv() => daemon.stop = true,
+            _ = sighup.recv() => {
+                let _ = daemon.reload_keys();
+            }
         }
         daemon.compare_table_chunk();
         daemon.transmit().await;
@@ -515,7 +526,9 @@ impl Daemon {
             return;
         }
         let now = self.now_ms();
-        self.node.on_datagram(&received.bytes, received.link, now);
+        if let Some(refused) = self.node.on_datagram(&received.bytes, received.link, now) {
+            self.auth_log.note(received.from, refused);
+        }
     }
 
     fn on_timers(&mut self) {

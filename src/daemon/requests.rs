@@ -99,6 +99,10 @@ impl Daemon {
                 self.stop = true;
                 success(String::new())
             }
+            Request::ReloadKeys => match self.reload_keys() {
+                Ok(text) => success(text),
+                Err(why) => failure(why),
+            },
             #[cfg(feature = "test-seams")]
             Request::DebugDropExternal { count } => {
                 let victims: Vec<(u32, crate::flow::FlowKey)> = self

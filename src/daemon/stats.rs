@@ -7,7 +7,9 @@
 
 use super::Daemon;
 use crate::cache::FlowCache;
-use crate::counters::{CacheBlock, Digests, LinkBlock, PeerBlock, QueueLengths, StatsSnapshot};
+use crate::counters::{
+    AuthBlock, CacheBlock, Digests, KeyBlock, LinkBlock, PeerBlock, QueueLengths, StatsSnapshot,
+};
 use crate::transport::LinkKind;
 use std::sync::atomic::Ordering;
 
@@ -91,7 +93,28 @@ impl Daemon {
                 paused: self.node.digests_paused(),
             },
             control: self.control_counters.read(),
+            auth: self.auth_block(),
             sync,
+        }
+    }
+}
+
+impl Daemon {
+    fn auth_block(&self) -> AuthBlock {
+        let keys = self.node.keys();
+        AuthBlock {
+            enabled: keys.is_some(),
+            keys: keys
+                .map(|k| k.summary())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, check)| KeyBlock {
+                    id,
+                    check: format!("{check:08x}"),
+                })
+                .collect(),
+            send_key: keys.map(|k| k.send_key().id),
+            counts: self.node.auth_stats().clone(),
         }
     }
 }
