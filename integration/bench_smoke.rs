@@ -22,13 +22,20 @@ const CTSYNCD_ONLY: &[&str] = &[
     "dump_burst_with_i_s",
     "dump_burst_ratio",
     "dump_i_s",
+    "cpu_keys_vs_plain",
 ];
 /// Rows that are "n/a" while the build rejects `[sync] warm_standby`.
 const WARM: &[&str] = &["warm_kernel_complete_s", "warm_vs_burst", "warm_commit_ms"];
 /// Rows whose figure may be zero.
 /// (CPU time is counted in clock ticks of 10 ms: at 5,000 flows A's daemon
 /// may use less than one for the burst, B's for the commit.)
-const MAY_BE_ZERO: &[&str] = &["burst_lost", "commit_cpu_s", "cpu_per_100k"];
+const MAY_BE_ZERO: &[&str] = &[
+    "burst_lost",
+    "commit_cpu_s",
+    "cpu_per_100k",
+    "cpu_per_100k_keys",
+    "cpu_keys_vs_plain",
+];
 
 #[test]
 fn the_benchmark_runs_every_workload_and_reports_every_figure() {

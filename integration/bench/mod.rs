@@ -64,10 +64,11 @@ pub enum Workload {
     Cpu,
     Warm,
     Dump,
+    Auth,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Raw,
         Workload::Commit,
         Workload::Burst,
@@ -77,6 +78,7 @@ impl Workload {
         Workload::Cpu,
         Workload::Warm,
         Workload::Dump,
+        Workload::Auth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +92,7 @@ impl Workload {
             Workload::Cpu => "cpu",
             Workload::Warm => "warm",
             Workload::Dump => "dump",
+            Workload::Auth => "auth",
         }
     }
 
@@ -135,8 +138,11 @@ impl BenchConfig {
     }
 
     fn wants(&self, w: Workload) -> bool {
-        // The commit is held to the raw writer of the same run.
-        self.only.contains(&w) || (w == Workload::Raw && self.only.contains(&Workload::Commit))
+        // The commit is held to the raw writer of the same run; sync with
+        // keys to the same figures without.
+        self.only.contains(&w)
+            || (w == Workload::Raw && self.only.contains(&Workload::Commit))
+            || (matches!(w, Workload::Cpu | Workload::Bytes) && self.only.contains(&Workload::Auth))
     }
 
     /// Whether A must be filled and B's external cache completed.
@@ -163,7 +169,7 @@ pub struct Cli {
 pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST]\n\
     \x20 --flows N    flows per burst, commit and resync (default 1,000,000)\n\
     \x20 --json PATH  where to write the JSON (default target/bench/compare.json)\n\
-    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump";
+    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump,auth";
 
 impl Cli {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, BenchError> {
@@ -265,6 +271,16 @@ pub struct Warm {
     pub kernel_complete_s: Option<f64>,
     pub vs_burst: Option<f64>,
     pub commit_ms: Option<f64>,
+}
+
+/// ctsyncd with `[auth] key_file`: the CPU and bytes figures again, every
+/// datagram sealed and opened.
+#[derive(Clone, Debug, Default)]
+pub struct WithKeys {
+    pub cpu_per_100k: Option<f64>,
+    pub bytes_new: Option<f64>,
+    pub bytes_update: Option<f64>,
+    pub bytes_delete: Option<f64>,
 }
 
 /// `-i` of A's whole table while A takes a burst, against the same burst
@@ -971,6 +987,9 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     all.remove(&Workload::Raw);
     all.remove(&Workload::Warm);
     all.remove(&Workload::Dump);
+    if all.remove(&Workload::Auth) {
+        all.extend([Workload::Cpu, Workload::Bytes]);
+    }
     let (cts, ctd) = if all.is_empty() {
         (Figures::default(), Figures::default())
     } else {
@@ -1005,12 +1024,93 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     } else {
         DumpUnderLoad::default()
     };
+    let keyed = if cfg.wants(Workload::Auth) {
+        progress("ctsyncd with keys: bytes and CPU");
+        keyed_phase(cfg, &mut notes)
+    } else {
+        WithKeys::default()
+    };
+    let mut rows = rows(cfg, raw, &cts, &ctd, &warm, &dump);
+    if cfg.wants(Workload::Auth) {
+        rows.extend(keyed_rows(&cts, &ctd, &keyed));
+    }
     Ok(Report {
         flows: n,
         machine,
-        rows: rows(cfg, raw, &cts, &ctd, &warm, &dump),
+        rows,
         notes,
     })
+}
+
+/// The bytes and CPU phases on a ctsyncd pair with keys.
+fn keyed_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> WithKeys {
+    let sub = BenchConfig {
+        only: [Workload::Bytes, Workload::Cpu].into_iter().collect(),
+        ..cfg.clone()
+    };
+    let mut sys = match Ctsyncd::with_keys() {
+        Ok(sys) => sys,
+        Err(e) => {
+            notes.push(format!("ctsyncd with keys: {e}"));
+            return WithKeys::default();
+        }
+    };
+    let f = measure(&mut sys, &sub, notes);
+    wind_down(&mut sys);
+    sys.remove_keys();
+    WithKeys {
+        cpu_per_100k: f.cpu_per_100k,
+        bytes_new: f.bytes_new,
+        bytes_update: f.bytes_update,
+        bytes_delete: f.bytes_delete,
+    }
+}
+
+/// The cost of keys: CPU and bytes with keys, against conntrackd (which
+/// has no authentication) and against ctsyncd without keys.
+fn keyed_rows(c: &Figures, d: &Figures, k: &WithKeys) -> Vec<Row> {
+    vec![
+        Row::new(
+            "cpu_per_100k_keys",
+            "with keys: A's daemon CPU per 100,000 events (s)",
+            k.cpu_per_100k,
+            d.cpu_per_100k,
+            true,
+            Target::RatioAtMost(0.5),
+        ),
+        Row::new(
+            "cpu_keys_vs_plain",
+            "with keys: that ÷ ctsyncd without keys",
+            ratio(k.cpu_per_100k, c.cpu_per_100k),
+            None,
+            false,
+            Target::CtsyncdAtMost(1.15),
+        ),
+        Row::new(
+            "bytes_per_new_keys",
+            "with keys: sync link bytes per new IPv4 TCP flow",
+            k.bytes_new,
+            d.bytes_new,
+            true,
+            Target::None,
+        ),
+        Row::new(
+            "bytes_per_update_keys",
+            "with keys: sync link bytes per update",
+            k.bytes_update,
+            d.bytes_update,
+            true,
+            Target::None,
+        ),
+        Row::new(
+            "bytes_per_delete_keys",
+            "with keys: sync link bytes per delete",
+            k.bytes_delete,
+            d.bytes_delete,
+            true,
+            Target::None,
+        ),
+    ]
 }
 
 /// Write the report's JSON, creating the directory.

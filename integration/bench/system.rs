@@ -58,6 +58,43 @@ impl Ctsyncd {
         }
     }
 
+    /// As `new("")`, with `[auth] key_file`: a fresh key (root's, 0600)
+    /// in the lab's directory.
+    pub fn with_keys() -> Result<Ctsyncd, BenchError> {
+        let dir = Ctsyncd::keys_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(e.to_string()))?;
+        let file = dir.join("sync.keys");
+        let line = ctsync::auth::new_key_line(1).map_err(|e| BenchError::Io(e.to_string()))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(|e| BenchError::Io(format!("{}: {e}", file.display())))?;
+            writeln!(f, "{line}").map_err(|e| BenchError::Io(e.to_string()))?;
+        }
+        Ok(Ctsyncd {
+            lab: Lab::new(LabSpec {
+                reconcile_interval_s: 60,
+                tables: format!("[auth]\nkey_file = \"{}\"\n\n", file.display()),
+                ..LabSpec::default()
+            }),
+        })
+    }
+
+    fn keys_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("cts-bench-keys-{}", std::process::id()))
+    }
+
+    /// Remove the key `with_keys` wrote.
+    pub fn remove_keys(&self) {
+        let _ = std::fs::remove_dir_all(Ctsyncd::keys_dir());
+    }
+
     fn node(&self, side: Side) -> &Node {
         match side {
             Side::A => &self.lab.a,
