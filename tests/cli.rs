@@ -141,6 +141,9 @@ fn subcommands() {
         (&["flush-kernel"], req(FlushKernel)),
         (&["kill"], req(Kill)),
         (&["reload-kernel"], req(ResyncFromKernel)),
+        (&["reload-keys"], req(ReloadKeys)),
+        (&["genkey"], Action::GenKey { id: 1 }),
+        (&["genkey", "7"], Action::GenKey { id: 7 }),
         #[cfg(feature = "test-seams")]
         (
             &["debug-drop-external", "5"],
@@ -251,6 +254,82 @@ fn binary_refuses_a_bad_or_missing_config() {
     assert!(err.contains("/nonexistent/ctsyncd.toml"), "{err}");
 }
 
+#[test]
+fn genkey_prints_a_valid_new_key_file_and_refuses_bad_ids() {
+    let (code, first, _) = run(&["genkey"]);
+    assert_eq!(code, 0);
+    let ring = ctsync::auth::parse_key_file(&first).expect("genkey output is a key file");
+    assert_eq!(ring.send_key().id, 1);
+    let (code, second, _) = run(&["genkey", "9"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        ctsync::auth::parse_key_file(&second).unwrap().send_key().id,
+        9
+    );
+    let key = |text: &str| {
+        text.lines()
+            .find(|l| !l.starts_with('#'))
+            .map(str::to_string)
+    };
+    assert_ne!(key(&first), key(&second), "two keys are never the same");
+    for bad in ["0", "256", "x"] {
+        let (code, _, err) = run(&["genkey", bad]);
+        assert_eq!(code, 1, "genkey {bad}");
+        assert!(err.contains("genkey: expected a key id"), "{err}");
+    }
+}
+
+#[test]
+fn the_daemon_refuses_to_start_with_a_readable_or_bad_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("keys");
+    let keys = dir.0.join("sync.keys");
+    let (_, text, _) = run(&["genkey"]);
+    std::fs::write(&keys, &text).unwrap();
+    let cfg = dir.config(&dir.0.join("ctsyncd.sock"));
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml = toml.replacen(
+        "[[link]]",
+        &format!("[auth]\nkey_file = \"{}\"\n\n[[link]]", keys.display()),
+        1,
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let c = cfg.to_str().unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(&["-C", c]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&keys.display().to_string()) && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&keys, "1 c2hvcnQ=\n").unwrap();
+    let (code, _, err) = run(&["-C", c]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 1") && err.contains("not 32"), "{err}");
+    assert!(!err.contains("c2hvcnQ"), "the key is never printed: {err}");
+}
+
+/// Run the copied binary `bin` as another user. A copy just written may
+/// still be open for writing in a child forked meanwhile by another test
+/// thread (until that child execs): exec then fails with "Text file busy",
+/// which is retried, a bounded number of times.
+fn setpriv(ids: &[&str], bin: &Path, args: &[&str]) -> std::process::Output {
+    for _ in 0..100 {
+        let out = Command::new("setpriv")
+            .args(ids)
+            .arg(bin)
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux)");
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} stayed busy", bin.display());
+}
+
 /// Serve the control socket with a fake daemon on a background runtime.
 fn fake_daemon(socket: &Path) -> std::sync::mpsc::Receiver<Envelope> {
     fake_daemon_for(socket, None)
@@ -358,12 +437,11 @@ fn another_user_is_refused_even_through_a_widened_socket() {
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .args(["-C", cfg.to_str().unwrap(), "-s"])
-        .output()
-        .expect("setpriv (util-linux)");
+    let out = setpriv(
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+        &bin,
+        &["-C", cfg.to_str().unwrap(), "-s"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("may not control ctsyncd"), "{err}");
@@ -398,12 +476,7 @@ fn members_of_the_socket_group_are_served_and_others_refused() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let as_user = |ids: &[&str]| {
-        let out = Command::new("setpriv")
-            .args(ids)
-            .arg(&bin)
-            .args(["-C", cfg.to_str().unwrap(), "-s"])
-            .output()
-            .expect("setpriv (util-linux)");
+        let out = setpriv(ids, &bin, &["-C", cfg.to_str().unwrap(), "-s"]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

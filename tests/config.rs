@@ -804,3 +804,37 @@ fn socket_group_is_a_group_name() {
         assert!(e.contains("socket_group"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn auth_section_parses_and_bad_values_name_their_key() {
+    let c = Config::parse(GOOD, "ctsyncd.toml").unwrap();
+    assert_eq!(c.auth.key_file, None, "no keys unless configured");
+    let text = GOOD.replace(
+        "[[link]]",
+        "[auth]\nkey_file = \"/etc/ctsyncd/sync.keys\"\ncluster = \"fw-pair-1\"\n[[link]]",
+    );
+    let c = Config::parse(&text, "ctsyncd.toml").unwrap();
+    assert_eq!(
+        c.auth.key_file.as_deref(),
+        Some(Path::new("/etc/ctsyncd/sync.keys"))
+    );
+    assert_eq!(c.auth.cluster, "fw-pair-1");
+    for (section, key, what, line) in [
+        ("key_file = \"sync.keys\"", "auth.key_file", "absolute", 6),
+        (
+            "key_file = \"/k\"\ncluster = \"has space\"",
+            "auth.cluster",
+            "printable",
+            7,
+        ),
+        ("cluster = \"c\"", "auth.cluster", "needs auth.key_file", 6),
+    ] {
+        let text = GOOD.replace("[[link]]", &format!("[auth]\n{section}\n[[link]]"));
+        let e = err(&text);
+        assert_eq!(e.key(), Some(key), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+        assert_eq!(e.line(), line, "{e}");
+    }
+    let e = err(&GOOD.replace("[[link]]", "[auth]\nkeyfile = \"/k\"\n[[link]]"));
+    assert!(e.to_string().contains("keyfile"), "{e}");
+}
