@@ -20,6 +20,21 @@ pub const DEFAULT_SOCKET: &str = "/run/ctsyncd/ctsyncd.sock";
 /// At most this many `[[link]]` tables.
 pub const MAX_LINKS: usize = 4;
 
+/// `[sync] max_peers` at most: a cluster is a few nodes.
+const MAX_PEERS: i64 = 1024;
+/// `[sync] max_flows_per_peer` and `send_queue_max` at most (2^28, some
+/// 30 GiB of cache).
+const MAX_FLOWS: i64 = 1 << 28;
+/// `[sync] reorder_limit` at most (the sync core's largest window).
+const MAX_REORDER: i64 = 1 << 24;
+/// `[sync] reorder_max_bytes` bounds; the least still holds a datagram of
+/// the most messages the wire allows, as the reorder buffer counts it.
+const MIN_REORDER_BYTES: i64 = 1 << 20;
+const MAX_REORDER_BYTES: i64 = 1 << 32;
+/// `[sync] send_queue_max` at least: fewer would turn an ordinary burst
+/// (or a table re-read's refreshes) into a bulk of the whole table.
+const MIN_SEND_QUEUE: i64 = 65_536;
+
 /// A config that failed to load, with a one-line reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -155,6 +170,22 @@ pub struct SyncConfig {
     pub alarm_refresh_s: u32,
     /// ALARM: a peer flow not refreshed for this long expires (CacheTimeout).
     pub alarm_timeout_s: u32,
+    /// Most peers (sender node ids) known at once; datagrams from further
+    /// ids are dropped (`too_many_peers`).
+    pub max_peers: u32,
+    /// Most flows in one peer's external cache; a new flow past it is
+    /// dropped (`external_cache_full`), updates and deletes still apply.
+    pub max_flows_per_peer: u64,
+    /// FTFW: how far ahead of a gap a peer's datagrams are buffered, in
+    /// datagrams (at least `window`); further ones are dropped
+    /// (`reorder_too_far`).
+    pub reorder_limit: u32,
+    /// FTFW: memory one peer's reorder buffer may hold, bytes; past it
+    /// datagrams are dropped (`reorder_overflow`).
+    pub reorder_max_bytes: u64,
+    /// Most flow keys waiting to be sent; past it the send queue is dropped
+    /// and the peers get a bulk instead (`send_queue_drops`).
+    pub send_queue_max: u64,
 }
 
 /// One `[[link]]`: a sync channel.
@@ -244,6 +275,11 @@ impl Default for SyncConfig {
             warm_timeout_s: 1800,
             alarm_refresh_s: u32::try_from(core.alarm_refresh_ms / 1000).unwrap_or(u32::MAX),
             alarm_timeout_s: u32::try_from(core.alarm_timeout_ms / 1000).unwrap_or(u32::MAX),
+            max_peers: u32::try_from(core.max_peers).unwrap_or(u32::MAX),
+            max_flows_per_peer: core.max_flows_per_peer as u64,
+            reorder_limit: u32::try_from(core.reorder_limit).unwrap_or(u32::MAX),
+            reorder_max_bytes: core.reorder_max_bytes as u64,
+            send_queue_max: core.send_queue_max as u64,
         }
     }
 }
@@ -316,6 +352,11 @@ struct RawSync {
     warm_timeout_s: Option<S<i64>>,
     alarm_refresh_s: Option<S<i64>>,
     alarm_timeout_s: Option<S<i64>>,
+    max_peers: Option<S<i64>>,
+    max_flows_per_peer: Option<S<i64>>,
+    reorder_limit: Option<S<i64>>,
+    reorder_max_bytes: Option<S<i64>>,
+    send_queue_max: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -786,6 +827,53 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
             format!("sync.alarm_timeout_s ({expire}) must be larger than sync.alarm_refresh_s ({refresh})"),
         );
     }
+    let max_peers = cx.int(
+        &r.max_peers,
+        "sync.max_peers",
+        1,
+        MAX_PEERS,
+        i64::from(d.max_peers),
+    )?;
+    let max_flows_per_peer = cx.int(
+        &r.max_flows_per_peer,
+        "sync.max_flows_per_peer",
+        1,
+        MAX_FLOWS,
+        d.max_flows_per_peer as i64,
+    )?;
+    let reorder_limit = cx.int(
+        &r.reorder_limit,
+        "sync.reorder_limit",
+        1,
+        MAX_REORDER,
+        i64::from(d.reorder_limit),
+    )?;
+    if reorder_limit < window {
+        let (span, key) = match (&r.reorder_limit, &r.window) {
+            (Some(s), _) => (s.span().start, "sync.reorder_limit"),
+            (None, Some(s)) => (s.span().start, "sync.window"),
+            (None, None) => (0, "sync.reorder_limit"),
+        };
+        return cx.invalid(
+            span,
+            key,
+            format!("sync.reorder_limit ({reorder_limit}) is smaller than sync.window ({window}): a live peer's datagrams would be dropped"),
+        );
+    }
+    let reorder_max_bytes = cx.int(
+        &r.reorder_max_bytes,
+        "sync.reorder_max_bytes",
+        MIN_REORDER_BYTES,
+        MAX_REORDER_BYTES,
+        d.reorder_max_bytes as i64,
+    )?;
+    let send_queue_max = cx.int(
+        &r.send_queue_max,
+        "sync.send_queue_max",
+        MIN_SEND_QUEUE,
+        MAX_FLOWS,
+        d.send_queue_max as i64,
+    )?;
     Ok(SyncConfig {
         mode,
         window: to_u32(window),
@@ -802,6 +890,11 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         warm_timeout_s: to_u32(warm_timeout),
         alarm_refresh_s: to_u32(refresh),
         alarm_timeout_s: to_u32(expire),
+        max_peers: to_u32(max_peers),
+        max_flows_per_peer: to_u64(max_flows_per_peer),
+        reorder_limit: to_u32(reorder_limit),
+        reorder_max_bytes: to_u64(reorder_max_bytes),
+        send_queue_max: to_u64(send_queue_max),
     })
 }
 
@@ -1308,6 +1401,14 @@ fn rule_set<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smallest_reorder_budget_holds_the_largest_datagram() {
+        use crate::wire::{Message, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES};
+        // As `sync::rx::buffered_cost` counts it, at its largest.
+        let per_message = std::mem::size_of::<Message>() + MAX_HELPER_LEN + MAX_LABELS_LEN;
+        assert!(MAX_MESSAGES * per_message <= MIN_REORDER_BYTES as usize);
+    }
 
     #[test]
     fn line_of_counts_newlines() {

@@ -175,7 +175,8 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// Datagrams dropped unread, every reason.
+    /// Datagrams (and messages) dropped, every reason: malformed, or
+    /// refused by a check or a limit.
     pub fn malformed(&self) -> u64 {
         self.sync.malformed.total() + self.network.foreign_source
     }

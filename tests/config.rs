@@ -36,6 +36,11 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.sync.rto_ms, 200);
     assert_eq!(c.sync.peer_timeout_ms, 5000);
     assert_eq!(c.sync.mtu, 1500);
+    assert_eq!(c.sync.max_peers, 16);
+    assert_eq!(c.sync.max_flows_per_peer, 4_000_000);
+    assert_eq!(c.sync.reorder_limit, 8192);
+    assert_eq!(c.sync.reorder_max_bytes, 64 << 20);
+    assert_eq!(c.sync.send_queue_max, 4_000_000);
     assert_eq!(c.kernel.netlink_buffer, 8 << 20);
     assert_eq!(c.kernel.netlink_buffer_max, 64 << 20);
     assert!(!c.kernel.tcp_window_tracking);
@@ -837,4 +842,81 @@ fn auth_section_parses_and_bad_values_name_their_key() {
     }
     let e = err(&GOOD.replace("[[link]]", "[auth]\nkeyfile = \"/k\"\n[[link]]"));
     assert!(e.to_string().contains("keyfile"), "{e}");
+}
+
+#[test]
+fn the_limits_on_what_peers_can_grow_are_keys() {
+    let text = GOOD.replace(
+        "mode = \"ftfw\"",
+        "mode = \"ftfw\"\nmax_peers = 4\nmax_flows_per_peer = 2000000\nreorder_limit = 4096\n\
+         reorder_max_bytes = 16777216\nsend_queue_max = 100000",
+    );
+    let c = Config::parse(&text, "ctsyncd.toml").unwrap();
+    assert_eq!(c.sync.max_peers, 4);
+    assert_eq!(c.sync.max_flows_per_peer, 2_000_000);
+    assert_eq!(c.sync.reorder_limit, 4096);
+    assert_eq!(c.sync.reorder_max_bytes, 16 << 20);
+    assert_eq!(c.sync.send_queue_max, 100_000);
+    // The bounds are accepted, just inside them too.
+    for ok in [
+        "max_peers = 1",
+        "max_peers = 1024",
+        "max_flows_per_peer = 1",
+        "max_flows_per_peer = 268435456",
+        "window = 1\nack_every = 1\nreorder_limit = 1",
+        "reorder_limit = 16777216",
+        "reorder_max_bytes = 1048576",
+        "reorder_max_bytes = 4294967296",
+        "send_queue_max = 65536",
+        "send_queue_max = 268435456",
+    ] {
+        let text = GOOD.replace("mode = \"ftfw\"", &format!("mode = \"ftfw\"\n{ok}"));
+        assert!(Config::parse(&text, "x").is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn zero_or_absurd_limits_are_refused_naming_the_key() {
+    let cases: &[(&str, &str)] = &[
+        ("max_peers = 0", "sync.max_peers"),
+        ("max_peers = 1025", "sync.max_peers"),
+        ("max_peers = -1", "sync.max_peers"),
+        ("max_flows_per_peer = 0", "sync.max_flows_per_peer"),
+        ("max_flows_per_peer = 268435457", "sync.max_flows_per_peer"),
+        ("reorder_limit = 0", "sync.reorder_limit"),
+        ("reorder_limit = 16777217", "sync.reorder_limit"),
+        ("reorder_max_bytes = 0", "sync.reorder_max_bytes"),
+        ("reorder_max_bytes = 1048575", "sync.reorder_max_bytes"),
+        ("reorder_max_bytes = 4294967297", "sync.reorder_max_bytes"),
+        ("send_queue_max = 0", "sync.send_queue_max"),
+        ("send_queue_max = 65535", "sync.send_queue_max"),
+        ("send_queue_max = 268435457", "sync.send_queue_max"),
+        ("max_flows_per_peer = \"many\"", "sync.max_flows_per_peer"),
+        // A live peer is up to its window ahead: a shorter reorder limit
+        // would drop its datagrams.
+        ("reorder_limit = 1000", "sync.reorder_limit"),
+        ("window = 10000", "sync.window"),
+    ];
+    for (line, key) in cases {
+        let text = GOOD.replace("mode = \"ftfw\"", &format!("mode = \"ftfw\"\n{line}"));
+        let e = err(&text);
+        assert_eq!(e.key(), Some(*key), "{line}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("ctsyncd.toml:5: key '{key}': ")),
+            "{line}: {msg}"
+        );
+    }
+    let e = err(&GOOD.replace(
+        "mode = \"ftfw\"",
+        "mode = \"ftfw\"\nwindow = 8192\nreorder_limit = 4096",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "ctsyncd.toml:6: key 'sync.reorder_limit': sync.reorder_limit (4096) is smaller than sync.window (8192): a live peer's datagrams would be dropped"
+    );
+    assert_eq!(
+        err(&GOOD.replace("mode = \"ftfw\"", "mode = \"ftfw\"\nsend_queue_max = 0")).to_string(),
+        "ctsyncd.toml:5: key 'sync.send_queue_max': 0 is out of range 65536..=268435456"
+    );
 }

@@ -540,7 +540,7 @@ fn auth_rows(s: &mut String, auth: &crate::counters::AuthBlock) {
 fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     let sync = &snap.sync;
     s.push_str("ctsync:\n");
-    row(s, "malformed datagrams", snap.malformed());
+    row(s, "dropped (by reason)", snap.malformed());
     for (why, n) in snap.malformed_by_reason() {
         let _ = writeln!(s, "\t\t{:<26}{:>20}", format!("{why}:"), n);
     }
@@ -571,6 +571,7 @@ fn ctsync_block(s: &mut String, snap: &StatsSnapshot) {
     row(s, "resend window max", snap.queues.window);
     row(s, "reorder buffer", snap.queues.reorder);
     row(s, "backlog drops", sync.backlog_drops);
+    row(s, "send queue drops", sync.send_queue_drops);
     row(s, "digests paused", u64::from(snap.digests.paused));
     auth_rows(s, &snap.auth);
     row(s, "uptime (s)", snap.uptime_s);
@@ -810,6 +811,39 @@ mod tests {
         .concat();
         assert!(out.starts_with(&expected), "got:\n{out}");
         assert!(out.contains("\t\tbad_magic:"));
+    }
+
+    #[test]
+    fn refusals_by_a_limit_show_in_text_and_json() {
+        let mut snap = snapshot();
+        snap.sync.malformed.external_cache_full = 7;
+        snap.sync.malformed.reorder_overflow = 5;
+        snap.sync.malformed.reorder_too_far = 4;
+        snap.sync.malformed.too_many_peers = 3;
+        snap.sync.send_queue_drops = 2;
+        let out = render_stats(&snap, StatsSection::General);
+        for line in [
+            "\tdropped (by reason):                          21\n",
+            "\t\texternal_cache_full:                         7\n",
+            "\t\treorder_overflow:                            5\n",
+            "\t\treorder_too_far:                             4\n",
+            "\t\ttoo_many_peers:                              3\n",
+            "\tsend queue drops:                              2\n",
+        ] {
+            assert!(out.contains(line), "{line:?} not in:\n{out}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&render_stats_json(&snap)).unwrap();
+        let m = &v["sync"]["malformed"];
+        assert_eq!(
+            (
+                &m["external_cache_full"],
+                &m["reorder_overflow"],
+                &m["reorder_too_far"],
+                &m["too_many_peers"],
+                &v["sync"]["send_queue_drops"]
+            ),
+            (&7.into(), &5.into(), &4.into(), &3.into(), &2.into())
+        );
     }
 
     #[test]

@@ -63,8 +63,18 @@ pub(super) fn core_config(config: &Config) -> SyncConfig {
         record_applied: s.warm_standby,
         batch_delay_ms: s.batch_delay_ms,
         link_node_ids: config.links.iter().map(|l| l.node_ids.clone()).collect(),
+        max_peers: to_usize(u64::from(s.max_peers)),
+        max_flows_per_peer: to_usize(s.max_flows_per_peer),
+        reorder_limit: to_usize(u64::from(s.reorder_limit)),
+        reorder_max_bytes: to_usize(s.reorder_max_bytes),
+        send_queue_max: to_usize(s.send_queue_max),
         ..SyncConfig::default()
     }
+}
+
+/// A configured bound as the core takes it (a 32-bit host caps it).
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// A random value, different at every start: a recorded datagram of an
@@ -107,6 +117,35 @@ mod tests {
         assert_eq!(core.alarm_refresh_ms, 3_000);
         assert!(core.record_applied, "warm standby records applied changes");
         assert_eq!(core.link_node_ids, vec![Some(vec![2])]);
+    }
+
+    /// The limits on what peers can grow, as `[sync]` sets them, and by
+    /// default the core's own.
+    fn limits(core: &SyncConfig) -> [usize; 5] {
+        [
+            core.max_peers,
+            core.max_flows_per_peer,
+            core.reorder_limit,
+            core.reorder_max_bytes,
+            core.send_queue_max,
+        ]
+    }
+
+    #[test]
+    fn the_core_gets_the_configured_limits() {
+        let base = "node_id = 1\n[[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"198.18.0.1\"\nport = 3780\npeer = \"198.18.0.2\"\n[sync]\n";
+        let config = Config::parse(base, "test").expect("valid config");
+        assert_eq!(
+            limits(&core_config(&config)),
+            limits(&SyncConfig::default())
+        );
+        let text = format!(
+            "{base}max_peers = 3\nmax_flows_per_peer = 1000\nreorder_limit = 5000\n\
+             reorder_max_bytes = 2097152\nsend_queue_max = 70000\n"
+        );
+        let core = core_config(&Config::parse(&text, "test").expect("valid config"));
+        assert_eq!(core.validate(), Ok(()));
+        assert_eq!(limits(&core), [3, 1000, 5000, 2 << 20, 70_000]);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! and digests into its repair state, and what the send side must do about
 //! acks, nacks and requests (returned as `Effect`s).
 //!
-//! Owns: the external caches (one per sender) and the list of changes made
-//! to them (`record_applied`). Must not: send anything or touch the send
+//! Owns: the external caches (one per sender, each holding at most
+//! `max_flows_per_peer` flows) and the list of changes made to them
+//! (`record_applied`). Must not: send anything or touch the send
 //! queue (it returns effects), decide who a datagram is from (the peer
 //! table does), or read the clock.
 
@@ -11,7 +12,7 @@ use super::bulk::{prove_ranges, FullEnd};
 use super::digest::differing;
 use super::peers::{Peer, Resync};
 use super::rx::RxParams;
-use super::stats::SyncStats;
+use super::stats::{DropReason, SyncStats};
 use super::{Applied, Mode};
 use crate::cache::{FlowCache, Upsert};
 use crate::wire::Message;
@@ -55,6 +56,8 @@ pub(crate) struct Views {
     pub applied: Vec<Applied>,
     record: bool,
     seed: Option<u64>,
+    /// Most flows one cache may hold (`SyncConfig::max_flows_per_peer`).
+    max_flows: usize,
 }
 
 /// Whether this node's mode uses a message at all; the others are ignored
@@ -83,12 +86,13 @@ fn new_view(seed: Option<u64>, sender: u32) -> FlowCache {
 }
 
 impl Views {
-    pub fn new(record: bool, seed: Option<u64>) -> Views {
+    pub fn new(record: bool, seed: Option<u64>, max_flows: usize) -> Views {
         Views {
             caches: BTreeMap::new(),
             applied: Vec::new(),
             record,
             seed,
+            max_flows,
         }
     }
 
@@ -140,12 +144,20 @@ impl Views {
         match msg {
             Message::Upsert(wf) => {
                 let flow = wf.into_flow();
-                let copy = self.record.then(|| flow.clone());
+                let max_flows = self.max_flows;
+                let record = self.record;
+                let cache = self.cache(sender);
+                // A full cache takes no new flow; those it holds still
+                // change (and deletes make room).
+                if cache.len() >= max_flows && !cache.contains(&flow.key()) {
+                    stats.malformed.count(DropReason::ExternalCacheFull);
+                    return;
+                }
+                let copy = record.then(|| flow.clone());
                 // Outside a bulk, a flow sent again was reported again (a
                 // change or a timeout traffic refreshed): its stamp, which
                 // orders commits, moves even if its bytes did not.
                 let in_bulk = peer.bulk.in_progress();
-                let cache = self.cache(sender);
                 let change = if in_bulk {
                     cache.upsert(flow, now)
                 } else {
@@ -383,7 +395,7 @@ mod tests {
 
     #[test]
     fn flows_land_in_the_senders_cache_and_are_recorded() {
-        let mut v = Views::new(true, Some(1));
+        let mut v = Views::new(true, Some(1), usize::MAX);
         let mut p = peer();
         let up = Message::Upsert(WireFlow::from(&udp(1)));
         let del = Message::Delete(WireKey::from(&udp(1).key()));
@@ -397,8 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn a_full_cache_refuses_new_flows_and_keeps_applying_the_others() {
+        let mut v = Views::new(true, Some(1), 2);
+        let mut p = peer();
+        let mut stats = SyncStats::default();
+        let mut effects = Vec::new();
+        let mut apply = |v: &mut Views, m: Message| {
+            v.apply_all(
+                2,
+                &mut p,
+                vec![m],
+                &ctx(Mode::Ftfw),
+                &mut stats,
+                &mut effects,
+            );
+        };
+        let up = |f: &crate::flow::Flow| Message::Upsert(WireFlow::from(f));
+        for port in 1..=3 {
+            apply(&mut v, up(&udp(port)));
+        }
+        assert_eq!(v.caches[&2].len(), 2);
+        assert!(
+            !v.caches[&2].contains(&udp(3).key()),
+            "the third is refused"
+        );
+        // A flow it holds still changes; a delete makes room.
+        let mut changed = udp(1);
+        changed.mark = 9;
+        apply(&mut v, up(&changed));
+        assert_eq!(v.caches[&2].flow(&udp(1).key()), Some(changed.clone()));
+        apply(&mut v, Message::Delete(WireKey::from(&udp(2).key())));
+        apply(&mut v, up(&udp(3)));
+        apply(&mut v, up(&udp(4)));
+        assert!(v.caches[&2].contains(&udp(3).key()));
+        assert_eq!(v.caches[&2].len(), 2);
+        assert_eq!(stats.malformed.external_cache_full, 2, "3 once, 4 once");
+        assert_eq!(stats.malformed.total(), 2);
+        // What was refused was never recorded for warm standby.
+        assert_eq!(
+            v.applied,
+            vec![
+                Applied::Created(udp(1)),
+                Applied::Created(udp(2)),
+                Applied::Updated(changed),
+                Applied::Delete(udp(2).key()),
+                Applied::Created(udp(3)),
+            ]
+        );
+    }
+
+    #[test]
     fn acks_and_nacks_are_ftfw_only_and_requests_become_effects() {
-        let mut v = Views::new(false, None);
+        let mut v = Views::new(false, None, usize::MAX);
         let mut p = peer();
         let ack = Message::Ack {
             node: 1,
@@ -451,7 +513,7 @@ mod tests {
 
     #[test]
     fn a_differing_range_digest_asks_for_those_ranges_once_per_retry() {
-        let mut v = Views::new(false, Some(1));
+        let mut v = Views::new(false, Some(1), usize::MAX);
         let mut p = peer();
         let mut sender = FlowCache::with_seed(3);
         for port in 0..100 {

@@ -72,15 +72,21 @@ pub struct SyncConfig {
     /// window, and we stop asking it for resyncs and resends.
     pub peer_timeout_ms: u64,
     /// How far ahead of the next expected sequence number a reliable
-    /// datagram may be buffered; further ones are dropped unbuffered. Should
-    /// be at least the senders' `window` (a live sender is never further
-    /// ahead than that).
+    /// datagram may be buffered; further ones are dropped unbuffered
+    /// (counted as "reorder_too_far"). Should be at least the senders'
+    /// `window` (a live sender is never further ahead than that).
     pub reorder_limit: usize,
-    /// Memory the reorder buffer of one sender may hold, in bytes.
+    /// Memory the reorder buffer of one sender may hold, in bytes (see
+    /// `rx::buffered_cost`); past it datagrams are dropped (counted as
+    /// "reorder_overflow").
     pub reorder_max_bytes: usize,
     /// Most senders known at once; datagrams from further node ids are
     /// dropped (counted as "too_many_peers").
     pub max_peers: usize,
+    /// Most flows in one sender's external cache: an Upsert of a flow it
+    /// does not hold is dropped while it is full (counted as
+    /// "external_cache_full"); updates and deletes still apply.
+    pub max_flows_per_peer: usize,
     pub links: usize,
     /// Per link, the only sender node ids it accepts (`None`: any). A
     /// datagram from another id is dropped before anything of it is used
@@ -110,6 +116,14 @@ pub struct SyncConfig {
     /// the next peer heard gets a bulk instead (a backup down for a day
     /// must not cost the primary its memory).
     pub alone_queue_max: usize,
+    /// Most flow keys waiting in the send queue (keys coalesce per flow,
+    /// but a delete and a re-creation of the same key queue it again, so a
+    /// peer that holds our window without acknowledging would let churn
+    /// grow it without end). Past it, in any mode, the queue is dropped
+    /// and the peers get a bulk instead (counted as `send_queue_drops`).
+    /// A bulk's flows are not counted: the table bounds them (one full bulk
+    /// is queued at most, and one range bulk per range).
+    pub send_queue_max: usize,
 }
 
 /// What a reconcile with the kernel table sends to peers.
@@ -145,6 +159,7 @@ impl Default for SyncConfig {
             reorder_limit: 8192,
             reorder_max_bytes: 64 << 20,
             max_peers: 16,
+            max_flows_per_peer: 4_000_000,
             links: 1,
             link_node_ids: Vec::new(),
             digest_interval_ms: 5000,
@@ -154,6 +169,7 @@ impl Default for SyncConfig {
             batch_delay_ms: 2,
             cache_seed: None,
             alone_queue_max: 65_536,
+            send_queue_max: 4_000_000,
         }
     }
 }
@@ -181,6 +197,24 @@ impl SyncConfig {
         }
         if self.max_peers == 0 {
             return Err(SyncError::InvalidConfig("max_peers must be at least 1"));
+        }
+        if self.max_flows_per_peer == 0 {
+            return Err(SyncError::InvalidConfig(
+                "max_flows_per_peer must be at least 1",
+            ));
+        }
+        if self.reorder_limit == 0 {
+            return Err(SyncError::InvalidConfig("reorder_limit must be at least 1"));
+        }
+        if self.reorder_max_bytes == 0 {
+            return Err(SyncError::InvalidConfig(
+                "reorder_max_bytes must be at least 1",
+            ));
+        }
+        if self.send_queue_max == 0 {
+            return Err(SyncError::InvalidConfig(
+                "send_queue_max must be at least 1",
+            ));
         }
         if self.links == 0 {
             return Err(SyncError::InvalidConfig("at least one link is needed"));
@@ -211,6 +245,22 @@ mod tests {
             },
             SyncConfig {
                 max_peers: 0,
+                ..ok.clone()
+            },
+            SyncConfig {
+                max_flows_per_peer: 0,
+                ..ok.clone()
+            },
+            SyncConfig {
+                reorder_limit: 0,
+                ..ok.clone()
+            },
+            SyncConfig {
+                reorder_max_bytes: 0,
+                ..ok.clone()
+            },
+            SyncConfig {
+                send_queue_max: 0,
                 ..ok.clone()
             },
             SyncConfig {

@@ -63,12 +63,12 @@ const FORGET_AFTER_TIMEOUTS: u64 = 60;
 /// leaving slack for batching.
 const ALARM_LAP_PERMILLE: u64 = 900;
 
-/// What became of the FTFW backlog while nobody listened.
+/// What became of the backlog while nobody listened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backlog {
     Kept,
-    /// Dropped (see `bound_backlog_while_alone`): the next peer heard gets
-    /// a bulk.
+    /// Dropped (see `bound_backlog_while_alone` and `bound_send_queue`):
+    /// the next peer heard gets a bulk.
     OweBulk,
 }
 
@@ -106,7 +106,7 @@ impl Node {
         let refresh = alarm.then(|| RefreshCursor::new(lap_ms, now_ms));
         let expiry = alarm.then(|| ExpiryClock::new(cfg.alarm_timeout_ms, now_ms));
         let mut node = Node {
-            views: Views::new(cfg.record_applied, cfg.cache_seed),
+            views: Views::new(cfg.record_applied, cfg.cache_seed, cfg.max_flows_per_peer),
             tx: tx::Sender::new(cfg.window, now_ms),
             cfg,
             epoch,
@@ -262,6 +262,13 @@ impl Node {
         }
     }
 
+    /// Keep the send queue within its bounds (see
+    /// `bound_backlog_while_alone` and `bound_send_queue`).
+    fn bound_backlog(&mut self) {
+        self.bound_backlog_while_alone();
+        self.bound_send_queue();
+    }
+
     /// FTFW with nobody listening and more queued than `alone_queue_max`:
     /// forget the queue and the resend window; whoever is heard next gets
     /// a bulk, which carries the same flows in their latest state. A peer
@@ -278,6 +285,28 @@ impl Node {
         let dropped = self.tx.drop_backlog(&mut self.local.cache);
         self.stats.backlog_dropped_items += dropped as u64;
         self.backlog = Backlog::OweBulk;
+    }
+
+    /// More than `send_queue_max` keys wait (a peer holds our window
+    /// without acknowledging while our flows churn, or they change faster
+    /// than the link carries them): forget the queue, not what was sent,
+    /// and send a bulk instead, now if a peer listens, else to the next
+    /// one heard. The bulk carries every flow in its latest state and its
+    /// end sweeps what we no longer have: the dropped changes are not lost.
+    /// (ALARM sends no bulks: its refresh re-sends every flow, and a
+    /// dropped delete expires at the peers.)
+    fn bound_send_queue(&mut self) {
+        if self.tx.queue.keys() <= self.cfg.send_queue_max {
+            return;
+        }
+        self.stats.send_queue_drops += 1;
+        let dropped = self.tx.drop_queue(&mut self.local.cache);
+        self.stats.backlog_dropped_items += dropped as u64;
+        if self.any_peer_alive() {
+            self.start_bulk();
+        } else {
+            self.backlog = Backlog::OweBulk;
+        }
     }
 
     // ---- local side -------------------------------------------------------

@@ -74,7 +74,7 @@ impl Node {
         if let Some(upto) = self.peers.live_min_acked(now, self.cfg.peer_timeout_ms) {
             self.tx.prune(upto, now);
         }
-        self.bound_backlog_while_alone();
+        self.bound_backlog();
         let links = self.links.data_links(now, self.cfg.peer_timeout_ms);
         let ftfw = self.cfg.mode == Mode::Ftfw;
 

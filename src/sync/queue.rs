@@ -1,11 +1,11 @@
 //! The send queue: which flows (by key) and bulk markers still have to be
 //! sent, in order, and the snapshot a bulk sends.
 //!
-//! Owns: a FIFO of keys and bulk markers, and the encoded messages of the
-//! bulks still queued. Must not: hold the contents of a changed flow (its
-//! message is built from the internal cache at send time), decide whether
-//! a key is queued already (the caller coalesces, with a mark in the
-//! flow's cache slot), sequence numbers, or datagrams.
+//! Owns: a FIFO of keys and bulk markers, the encoded messages of the
+//! bulks still queued, and how many keys wait. Must not: hold the contents
+//! of a changed flow (its message is built from the internal cache at send
+//! time), decide whether a key is queued already (the caller coalesces,
+//! with a mark in the flow's cache slot), sequence numbers, or datagrams.
 
 use crate::flow::FlowKey;
 use std::collections::VecDeque;
@@ -42,6 +42,8 @@ pub(crate) struct SendQueue {
     bulk: Vec<u8>,
     /// `BulkFlow` items still queued; the snapshot is freed at zero.
     bulk_flows: usize,
+    /// `Key` items queued (what `send_queue_max` bounds).
+    keys: usize,
 }
 
 impl SendQueue {
@@ -53,8 +55,13 @@ impl SendQueue {
         self.items.is_empty()
     }
 
+    /// How many of the items are flow keys (bulk flows and markers aside).
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
     pub fn push_key(&mut self, key: FlowKey) {
-        self.items.push_back(Item::Key(key));
+        self.push_back(Item::Key(key));
     }
 
     /// Queue one flow of a bulk, its message already encoded.
@@ -77,10 +84,12 @@ impl SendQueue {
     }
 
     pub fn push_front(&mut self, item: Item) {
+        self.keys += usize::from(matches!(item, Item::Key(_)));
         self.items.push_front(item);
     }
 
     pub fn push_back(&mut self, item: Item) {
+        self.keys += usize::from(matches!(item, Item::Key(_)));
         self.items.push_back(item);
     }
 
@@ -90,11 +99,15 @@ impl SendQueue {
 
     pub fn pop_front(&mut self) -> Option<Item> {
         let item = self.items.pop_front()?;
-        if let Item::BulkFlow { .. } = item {
-            self.bulk_flows -= 1;
-            if self.bulk_flows == 0 {
-                self.bulk = Vec::new();
+        match item {
+            Item::BulkFlow { .. } => {
+                self.bulk_flows -= 1;
+                if self.bulk_flows == 0 {
+                    self.bulk = Vec::new();
+                }
             }
+            Item::Key(_) => self.keys -= 1,
+            _ => {}
         }
         Some(item)
     }
@@ -104,6 +117,7 @@ impl SendQueue {
         self.items = VecDeque::new();
         self.bulk = Vec::new();
         self.bulk_flows = 0;
+        self.keys = 0;
     }
 
     /// Forget every waiting flow, bulk snapshots included; bulk markers
@@ -113,6 +127,7 @@ impl SendQueue {
             .retain(|i| !matches!(i, Item::Key(_) | Item::BulkFlow { .. }));
         self.bulk = Vec::new();
         self.bulk_flows = 0;
+        self.keys = 0;
     }
 }
 
@@ -137,10 +152,14 @@ mod tests {
             hash: 0,
         });
         q.push_key(key(3));
-        assert_eq!(q.len(), 5);
+        q.push_front(Item::Key(key(4)));
+        assert_eq!((q.len(), q.keys()), (6, 4));
+        assert_eq!(q.pop_front(), Some(Item::Key(key(4))));
         assert_eq!(q.pop_front(), Some(Item::BulkBegin(7)));
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
+        assert_eq!(q.keys(), 2);
         q.drop_keys();
+        assert_eq!((q.len(), q.keys()), (1, 0));
         assert_eq!(
             q.pop_front(),
             Some(Item::BulkEnd {
@@ -159,7 +178,7 @@ mod tests {
         q.push_bulk_flow(b"one");
         q.push_bulk_flow(b"three");
         q.push_key(key(2));
-        assert_eq!(q.len(), 4);
+        assert_eq!((q.len(), q.keys()), (4, 2), "bulk flows are not keys");
         assert_eq!(q.pop_front(), Some(Item::Key(key(1))));
         let first = *q.front().unwrap();
         assert_eq!(q.bulk_message(&first), b"one");

@@ -228,8 +228,12 @@ impl Node {
             let outcome = p.rx.on_reliable(header.seq, messages, now, &ctx.rx);
             stats.lost += outcome.lost;
             stats.duplicates += u64::from(outcome.duplicate);
-            stats.reorder_overflow += u64::from(outcome.overflow);
-            stats.reorder_too_far += u64::from(outcome.too_far);
+            if outcome.overflow {
+                stats.malformed.count(DropReason::ReorderOverflow);
+            }
+            if outcome.too_far {
+                stats.malformed.count(DropReason::ReorderTooFar);
+            }
             for batch in outcome.deliver {
                 self.views
                     .apply_all(sender, p, batch, &ctx, stats, &mut effects);

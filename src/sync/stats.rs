@@ -24,7 +24,8 @@ pub struct LinkStats {
 /// Every counter of one Node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SyncStats {
-    /// Dropped datagrams (and messages), by reason.
+    /// Dropped datagrams (and messages), by reason: malformed ones, and
+    /// those a check or a limit refused.
     pub malformed: Drops,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
@@ -36,10 +37,6 @@ pub struct SyncStats {
     pub lost: u64,
     /// Reliable datagrams received again.
     pub duplicates: u64,
-    /// Datagrams dropped because the reorder buffer was full.
-    pub reorder_overflow: u64,
-    /// Datagrams dropped unbuffered: further ahead than `reorder_limit`.
-    pub reorder_too_far: u64,
     pub acks_sent: u64,
     pub acks_received: u64,
     pub nacks_sent: u64,
@@ -94,11 +91,16 @@ pub struct SyncStats {
     /// no peer was alive and the queue outgrew `alone_queue_max` (the next
     /// peer heard gets a bulk), and the items dropped.
     pub backlog_drops: u64,
+    /// Items dropped by that bound and by `send_queue_max`'s.
     pub backlog_dropped_items: u64,
+    /// Times the send queue held more than `send_queue_max` keys and was
+    /// dropped (the peers get a bulk instead: nothing is lost).
+    pub send_queue_drops: u64,
     pub links: Vec<LinkStats>,
 }
 
-/// Why a datagram (or, for `data_in_control`, a message) was dropped.
+/// Why a datagram (or, for `data_in_control` and `external_cache_full`, a
+/// message) was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// Decoding failed (`WireError`'s kinds).
@@ -122,6 +124,16 @@ pub enum DropReason {
     UnexpectedNodeId,
     /// A data message in an unsequenced (control) datagram.
     DataInControl,
+    /// An Upsert of a flow the sender's external cache does not hold, while
+    /// that cache holds `max_flows_per_peer` flows (updates and deletes of
+    /// flows it holds still apply).
+    ExternalCacheFull,
+    /// Ahead of a gap, but buffering it would take the sender's reorder
+    /// buffer past `reorder_max_bytes` (the gap's NACK brings it again).
+    ReorderOverflow,
+    /// Further ahead of the next expected datagram than `reorder_limit`:
+    /// never buffered (the sender re-sends it, or says where to resume).
+    ReorderTooFar,
 }
 
 impl From<&WireError> for DropReason {
@@ -142,8 +154,9 @@ impl From<&WireError> for DropReason {
     }
 }
 
-/// Dropped datagrams by reason: one counter each (the JSON keys are the
-/// field names, as `WireError::reason()` names the decoding ones).
+/// Dropped datagrams (and messages) by reason: one counter each (the JSON
+/// keys are the field names, as `WireError::reason()` names the decoding
+/// ones). Names are stable; new reasons go at the end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Drops {
     pub truncated: u64,
@@ -160,6 +173,9 @@ pub struct Drops {
     pub stale_epoch: u64,
     pub unexpected_node_id: u64,
     pub data_in_control: u64,
+    pub external_cache_full: u64,
+    pub reorder_overflow: u64,
+    pub reorder_too_far: u64,
 }
 
 impl Drops {
@@ -179,12 +195,15 @@ impl Drops {
             DropReason::StaleEpoch => &mut self.stale_epoch,
             DropReason::UnexpectedNodeId => &mut self.unexpected_node_id,
             DropReason::DataInControl => &mut self.data_in_control,
+            DropReason::ExternalCacheFull => &mut self.external_cache_full,
+            DropReason::ReorderOverflow => &mut self.reorder_overflow,
+            DropReason::ReorderTooFar => &mut self.reorder_too_far,
         };
         *counter += 1;
     }
 
     /// Every reason with its name and count, in a fixed order.
-    pub fn by_reason(&self) -> [(&'static str, u64); 14] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 17] {
         [
             ("truncated", self.truncated),
             ("bad_magic", self.bad_magic),
@@ -200,6 +219,9 @@ impl Drops {
             ("stale_epoch", self.stale_epoch),
             ("unexpected_node_id", self.unexpected_node_id),
             ("data_in_control", self.data_in_control),
+            ("external_cache_full", self.external_cache_full),
+            ("reorder_overflow", self.reorder_overflow),
+            ("reorder_too_far", self.reorder_too_far),
         ]
     }
 
@@ -226,6 +248,38 @@ mod tests {
         // The decoding reasons are named as the wire layer names them.
         let e = WireError::BadMagic;
         assert!(d.by_reason().iter().any(|(name, _)| *name == e.reason()));
+    }
+
+    #[test]
+    fn every_reason_counts_once_under_its_own_name() {
+        use DropReason::*;
+        let all = [
+            Truncated,
+            BadMagic,
+            BadVersion,
+            BadHeader,
+            BadLength,
+            Oversized,
+            BadBody,
+            BadFlow,
+            TooManyMessages,
+            OwnNodeId,
+            TooManyPeers,
+            StaleEpoch,
+            UnexpectedNodeId,
+            DataInControl,
+            ExternalCacheFull,
+            ReorderOverflow,
+            ReorderTooFar,
+        ];
+        let mut d = Drops::default();
+        for r in all {
+            d.count(r);
+        }
+        assert_eq!(d.by_reason().len(), all.len());
+        assert!(d.by_reason().iter().all(|(_, n)| *n == 1), "{d:?}");
+        let json = serde_json::to_value(d).expect("serialises");
+        assert_eq!(json.as_object().map(|m| m.len()), Some(all.len()));
     }
 }
 

@@ -949,8 +949,8 @@ fn far_ahead_datagrams_are_not_buffered() {
     b.on_datagram(&at(1), 0, 1);
     b.on_datagram(&at(4), 0, 1);
     b.on_datagram(&at(6), 0, 1);
-    assert_eq!(b.stats().reorder_too_far, 1);
-    assert_eq!(b.stats().reorder_overflow, 0);
+    assert_eq!(b.stats().malformed.reorder_too_far, 1);
+    assert_eq!(b.stats().malformed.reorder_overflow, 0);
     assert_eq!(b.peers()[0].expected_seq, 2);
 }
 
@@ -1825,6 +1825,174 @@ fn lossy_bulks_and_range_repairs_never_sweep_a_flow_the_sender_has() {
             if mode == Mode::Notrack {
                 assert!(b.lost > 0 && b.bulks_received > 1, "{mode:?}: {b:?}");
             }
+        }
+    }
+}
+
+// ---- limits on what peers can grow -----------------------------------------
+
+#[test]
+fn a_full_peer_table_refuses_the_17th_node_id_and_serves_the_others() {
+    let mut a = Node::new(cfg(1), 1, 0).unwrap();
+    assert_eq!(a.config().max_peers, 16, "the default");
+    for id in 2..=17 {
+        a.on_datagram(&hello(id, 0), 0, 0);
+    }
+    assert_eq!(a.peers().len(), 16);
+    a.on_datagram(&hello(18, 0), 0, 0);
+    assert_eq!(a.stats().malformed.too_many_peers, 1);
+    assert_eq!(a.stats().malformed.total(), 1, "nothing else refused");
+    assert_eq!(a.peers().len(), 16);
+    assert!(!a.external().contains_key(&18));
+    // A known peer's data still lands.
+    let mut rng = Rng(5);
+    let mut n2 = Node::new(cfg(2), 2, 0).unwrap();
+    n2.local_upsert(flow_for(&mut rng, 0), 0, true);
+    for t in n2.poll_transmit(0) {
+        a.on_datagram(&t.bytes, 0, 0);
+    }
+    assert_eq!(a.external()[&2].len(), 1);
+    assert_eq!(a.stats().malformed.total(), 1);
+}
+
+/// Does every flow `to` holds of `from` equal `from`'s own?
+fn held_flows_are_current(sim: &Sim, from: usize, to: usize) -> Result<usize, String> {
+    let a = sim.nodes[from].as_ref().unwrap();
+    let b = sim.nodes[to].as_ref().unwrap();
+    let Some(view) = b.external().get(&sim.ids[from]) else {
+        return Ok(0);
+    };
+    for f in view.flows() {
+        if a.internal().flow(&f.key()).as_ref() != Some(&f) {
+            return Err(format!("{:?} is stale or gone at the sender", f.key()));
+        }
+    }
+    Ok(view.len())
+}
+
+#[test]
+fn a_full_external_cache_refuses_new_flows_and_keeps_the_held_ones_current() {
+    for mode in [Mode::Ftfw, Mode::Notrack] {
+        let b = SyncConfig {
+            mode,
+            max_flows_per_peer: 50,
+            ..cfg(2)
+        };
+        let mut sim = Sim::new(31, vec![SyncConfig { mode, ..cfg(1) }, b]);
+        sim.run_until(1_000);
+        let flows: Vec<Flow> = (0..100).map(|s| flow_for(&mut sim.rng, s)).collect();
+        let now = sim.now;
+        for f in &flows {
+            sim.node(0).local_upsert(f.clone(), now, true);
+        }
+        sim.run_until(now + 2_000);
+        let refused = sim.nodes[1].as_ref().unwrap().stats().malformed;
+        assert_eq!(held_flows_are_current(&sim, 0, 1), Ok(50), "{mode:?}");
+        assert!(refused.external_cache_full >= 50, "{mode:?}: {refused:?}");
+        assert_eq!(
+            refused.total(),
+            refused.external_cache_full,
+            "{mode:?}: nothing else refused"
+        );
+        // Every flow changes: those held follow.
+        let held: Vec<FlowKey> = sim.nodes[1].as_ref().unwrap().external()[&1]
+            .keys()
+            .collect();
+        let now = sim.now;
+        for f in &flows {
+            let mut changed = f.clone();
+            changed.mark ^= 0x100;
+            sim.node(0).local_upsert(changed, now, true);
+        }
+        sim.run_until(now + 2_000);
+        assert_eq!(held_flows_are_current(&sim, 0, 1), Ok(50), "{mode:?}");
+        // Deletes apply; the room they make is filled again by the repairs
+        // the digests ask for, never past the bound.
+        let now = sim.now;
+        for k in held.iter().take(30) {
+            sim.node(0).local_delete(k, now, true);
+        }
+        sim.run_until(now + 30_000);
+        let b = sim.nodes[1].as_ref().unwrap();
+        assert!(held.iter().take(30).all(|k| !b.external()[&1].contains(k)));
+        assert_eq!(held_flows_are_current(&sim, 0, 1), Ok(50), "{mode:?}");
+        assert_eq!(
+            b.stats().malformed.total(),
+            b.stats().malformed.external_cache_full
+        );
+    }
+}
+
+#[test]
+fn a_reorder_buffer_over_its_bytes_drops_and_the_nacks_heal_it() {
+    let tight = SyncConfig {
+        // Room for eight messages: most reordered datagrams do not fit
+        // beside another.
+        reorder_max_bytes: 8 * std::mem::size_of::<Message>(),
+        ..cfg(2)
+    };
+    let mut sim = Sim::new(9, vec![cfg(1), tight]);
+    sim.faults = Faults {
+        loss: 0,
+        dup: 0,
+        jitter: 30,
+    };
+    churn(&mut sim, &[0], 3_000, 10, 3_000, 2_000);
+    sim.faults = Faults::default();
+    sim.run_until(20_000);
+    assert_all_converged(&sim, 9);
+    let s = sim.nodes[1].as_ref().unwrap().stats();
+    assert!(s.malformed.reorder_overflow > 0, "{s:?}");
+    assert_eq!(
+        s.malformed.total(),
+        s.malformed.reorder_overflow + s.malformed.reorder_too_far,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_send_queue_past_its_bound_is_dropped_and_replaced_by_a_bulk() {
+    for mode in [Mode::Ftfw, Mode::Notrack, Mode::Alarm] {
+        let a = SyncConfig {
+            mode,
+            send_queue_max: 1_000,
+            window: 4,
+            ..cfg(1)
+        };
+        let mut sim = Sim::new(23, vec![a, SyncConfig { mode, ..cfg(2) }]);
+        sim.run_until(2_000);
+        for round in 0..4u64 {
+            // Creates and deletes between two polls: more keys than the
+            // bound, the peer alive all along.
+            let flows: Vec<Flow> = (0..2_000)
+                .map(|i| flow_for(&mut sim.rng, round * 2_000 + i))
+                .collect();
+            let now = sim.now;
+            for f in &flows {
+                sim.node(0).local_upsert(f.clone(), now, true);
+            }
+            for f in flows.iter().take(1_500) {
+                sim.node(0).local_delete(&f.key(), now, true);
+            }
+            sim.step();
+            let a = sim.nodes[0].as_ref().unwrap();
+            assert!(a.tx.queue.keys() <= 1_000, "{mode:?} round {round}");
+        }
+        let a = sim.nodes[0].as_ref().unwrap();
+        assert_eq!(a.stats().send_queue_drops, 4, "{mode:?}");
+        assert!(a.stats().backlog_dropped_items >= 4 * 2_500, "{mode:?}");
+        let now = sim.now;
+        // ALARM heals by its refresh and expiry, the others by the bulk.
+        let settle = if mode == Mode::Alarm {
+            a.config().alarm_timeout_ms + a.config().alarm_refresh_ms
+        } else {
+            20_000
+        };
+        sim.run_until(now + settle);
+        assert_eq!(sim.nodes[0].as_ref().unwrap().internal().len(), 4 * 500);
+        assert_all_converged(&sim, 23);
+        if mode != Mode::Alarm {
+            assert!(sim.nodes[0].as_ref().unwrap().stats().bulks_sent >= 4);
         }
     }
 }

@@ -103,16 +103,24 @@ impl Sender {
         }
     }
 
-    /// Forget the queue and the resend window (nobody listens and the
-    /// backlog outgrew its bound); returns how many items were dropped.
-    pub fn drop_backlog(&mut self, cache: &mut FlowCache) -> usize {
+    /// Forget the send queue, bulks and markers included (it outgrew its
+    /// bound; the caller owes the peers a bulk); returns how many items
+    /// were dropped. The resend window stays: what it holds was sent.
+    pub fn drop_queue(&mut self, cache: &mut FlowCache) -> usize {
         let n = self.queue.len();
         self.queue.clear();
         self.bulks.forget_queued();
         cache.clear_queued_marks();
+        self.queue_since_ms = None;
+        n
+    }
+
+    /// Forget the queue and the resend window (nobody listens and the
+    /// backlog outgrew its bound); returns how many items were dropped.
+    pub fn drop_backlog(&mut self, cache: &mut FlowCache) -> usize {
+        let n = self.drop_queue(cache);
         self.resend = ResendQueue::default();
         self.retransmit.clear();
-        self.queue_since_ms = None;
         n
     }
 
@@ -362,6 +370,24 @@ mod tests {
         assert_eq!(s.drop_backlog(&mut c), 1);
         assert!(s.queue.is_empty());
         assert!(c.mark_queued(&udp(1).key()), "marks cleared");
+    }
+
+    #[test]
+    fn dropping_the_queue_keeps_what_was_sent() {
+        let mut c = FlowCache::with_seed(1);
+        let mut s = Sender::new(64, 0);
+        c.upsert(udp(1), 0);
+        s.enqueue(&mut c, udp(1).key());
+        let (body, _) = s.next_body(&mut c, 1472).unwrap();
+        s.seal_next(&body, header(), true, 0);
+        for p in 2..5 {
+            c.upsert(udp(p), 0);
+            s.enqueue(&mut c, udp(p).key());
+        }
+        assert_eq!(s.drop_queue(&mut c), 3);
+        assert_eq!((s.queue.len(), s.queue.keys(), s.resend.len()), (0, 0, 1));
+        assert!(c.mark_queued(&udp(2).key()), "marks cleared");
+        assert_eq!(s.on_nack(1, 1), Ok(()), "still resendable");
     }
 
     #[test]
