@@ -53,6 +53,8 @@ struct Journey {
     failback: bool,
     /// keepalived's advert_int (1 unless a test needs conntrackd's example value, 3).
     advert_int: u32,
+    /// Sync with keys (`[auth] key_file`): every datagram sealed.
+    keys: bool,
 }
 
 impl Journey {
@@ -64,6 +66,7 @@ impl Journey {
             negative: false,
             failback: false,
             advert_int: 1,
+            keys: false,
         }
     }
 }
@@ -555,6 +558,9 @@ fn journey(j: Journey) -> Vec<Phase> {
         Options {
             fwb_bin: j.negative.then(|| "/bin/true".to_string()),
             advert_int: j.advert_int,
+            sync_key: j
+                .keys
+                .then(|| ctsync::auth::new_key_line(1).expect("a random key")),
             ..Options::default()
         },
     );
@@ -673,6 +679,9 @@ fn journey(j: Journey) -> Vec<Phase> {
         afters.push((back, Failure::Graceful, "failback to fwa".to_string()));
     }
 
+    if j.keys {
+        assert_sealed(&lab, &j);
+    }
     let report = traffic.stop();
     let mut phases = Vec::new();
     for (after, failure, name) in &afters {
@@ -685,6 +694,33 @@ fn journey(j: Journey) -> Vec<Phase> {
     }
     eprintln!("journey took {:.1}s", secs(started.elapsed()));
     phases
+}
+
+/// With keys: both daemons sealed and opened every datagram, refused
+/// none, and each admitted its peer's epochs by challenge (after a
+/// failback, the rebuilt firewall's new one too).
+fn assert_sealed(lab: &FailoverLab, j: &Journey) {
+    for fw in [&lab.a, &lab.b] {
+        let auth = &fw.stats()["auth"];
+        assert_eq!(auth["enabled"], true, "{}: {auth}", fw.name);
+        for counter in ["sealed", "opened", "epochs_admitted"] {
+            assert!(
+                auth[counter].as_u64().unwrap_or(0) > 0,
+                "{}: no {counter}: {auth}",
+                fw.name
+            );
+        }
+        for counter in ["bad_tag", "unknown_key", "missing", "not_configured"] {
+            assert_eq!(auth[counter], 0, "{}: {counter}: {auth}", fw.name);
+        }
+    }
+    if j.failback {
+        let admitted = lab.b.stats()["auth"]["epochs_admitted"].as_u64();
+        assert!(
+            admitted.unwrap_or(0) >= 2,
+            "fwb admitted fwa's epoch before and after the rebuild: {admitted:?}"
+        );
+    }
 }
 
 /// Panic with every violation of every handover.
@@ -816,6 +852,17 @@ fn warm_mirror_deleted_on_standby_then_graceful_stop_keeps_connections() {
 fn warm_crash_then_failback_keeps_connections() {
     assert_survived(&journey(Journey {
         failback: true,
+        ..Journey::new(Mode::WarmStandby, Failure::Crash)
+    }));
+}
+
+/// The same journey with every sync datagram sealed: a crash, a rebuilt
+/// firewall whose new epoch must be admitted by challenge, and a failback.
+#[test]
+fn warm_crash_then_failback_with_keys_keeps_connections() {
+    assert_survived(&journey(Journey {
+        failback: true,
+        keys: true,
         ..Journey::new(Mode::WarmStandby, Failure::Crash)
     }));
 }

@@ -461,6 +461,9 @@ pub struct Options {
     /// Flows each daemon must be able to hold (conntrackd's HashSize and
     /// HashLimit are sized for it; ctsyncd's caches need no size).
     pub capacity: usize,
+    /// ctsyncd: a key file line (`<id> <base64>`); both firewalls get it
+    /// (mode 0600) and `[auth] key_file`, so every sync datagram is sealed.
+    pub sync_key: Option<String>,
 }
 
 impl Default for Options {
@@ -470,6 +473,7 @@ impl Default for Options {
             advert_int: 1,
             reconcile_interval_s: 5,
             capacity: 0,
+            sync_key: None,
         }
     }
 }
@@ -823,6 +827,7 @@ log_level = "info"
 protocol = {{ policy = "accept", list = ["tcp", "udp", "icmp", "icmpv6"] }}
 address = {{ policy = "ignore", list = ["127.0.0.1", "::1", "{v4l}", "{v4w}", "{v6l}", "{v6w}"] }}
 
+{auth}
 [[link]]
 transport = "udp"
 interface = "sync0"
@@ -830,6 +835,13 @@ local = "{local}"
 peer = "{remote}"
 port = 3780
 "#,
+            auth = match self.opts.sync_key {
+                Some(_) => format!(
+                    "[auth]\nkey_file = \"{}\"\ncluster = \"failover-lab\"\n",
+                    fw.path("sync.keys").display()
+                ),
+                None => String::new(),
+            },
             name = fw.name,
             node = fw.idx + 1,
             socket = fw.path("ctsyncd.sock").display(),
@@ -940,6 +952,19 @@ port = 3780
         };
         std::fs::write(fw.config(), config)
             .unwrap_or_else(|e| panic!("write {}: {e}", fw.config().display()));
+        if let Some(key) = &self.opts.sync_key {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = fw.path("sync.keys");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            writeln!(file, "{key}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
 
         // The timing wrapper around the real binary.
         let timing = fw.path("ctl-timing.log");
