@@ -1083,7 +1083,7 @@ fn rekey(lab: &Lab, node: &Node, lines: &[&str]) {
 }
 
 fn key_use(stats: &Value, id: u8, what: &str) -> u64 {
-    stats["auth"]["keys"][id.to_string()][what]
+    stats["auth"]["key_use"][id.to_string()][what]
         .as_u64()
         .unwrap_or(0)
 }
@@ -1191,6 +1191,20 @@ fn key_rotation_while_a_streams_changes_loses_nothing() {
         .filter_map(|k| k.split_whitespace().next())
         .collect();
     assert_eq!(ids, ["2"], "keys loaded: {}", key_lines[0]);
+    // The JSON lists the same keys.
+    let listed: Vec<Value> = nodes
+        .iter()
+        .map(|n| stats(n)["auth"]["keys"].clone())
+        .collect();
+    assert_eq!(listed[0], listed[1], "A and B list different keys");
+    assert_eq!(listed[0].as_array().map(Vec::len), Some(1), "{}", listed[0]);
+    assert_eq!(listed[0][0]["id"], 2, "{}", listed[0]);
+    assert_eq!(
+        listed[0][0]["check"].as_str().map(str::len),
+        Some(8),
+        "{}",
+        listed[0]
+    );
 }
 
 /// The keys `-s` lists: "2 (check 0a1b2c3d sends), ...".

@@ -84,7 +84,7 @@ pub struct AuthStats {
     pub challenges_answered: u64,
     pub epochs_admitted: u64,
     /// Per key id: datagrams sealed and opened with it.
-    pub keys: BTreeMap<u8, KeyUse>,
+    pub key_use: BTreeMap<u8, KeyUse>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -198,7 +198,7 @@ impl Guard {
         self.next_pn += 1;
         self.stats.sealed += 1;
         let id = self.ring.send_key().id;
-        self.stats.keys.entry(id).or_default().sealed += 1;
+        self.stats.key_use.entry(id).or_default().sealed += 1;
         Some(sealed)
     }
 
@@ -236,7 +236,7 @@ impl Guard {
             OpenError::BadTag => AuthDrop::BadTag,
         })?;
         self.stats.opened += 1;
-        self.stats.keys.entry(env.key_id).or_default().opened += 1;
+        self.stats.key_use.entry(env.key_id).or_default().opened += 1;
         if !self.senders.contains_key(&node_id) && self.senders.len() >= self.max_senders {
             // Only key holders get here; still, the table stays bounded.
             self.forget_unadmitted();

@@ -258,8 +258,8 @@ fn keys_rotate_in_three_phases_while_flows_change() {
         for n in sim.nodes.iter().flatten() {
             let a = n.auth_stats();
             assert_eq!(a.unknown_key, 0, "seed {seed}: lost to rotation: {a:?}");
-            assert!(a.keys.get(&2).is_some_and(|k| k.opened > 0), "{a:?}");
-            assert!(a.keys.get(&1).is_some_and(|k| k.opened > 0), "{a:?}");
+            assert!(a.key_use.get(&2).is_some_and(|k| k.opened > 0), "{a:?}");
+            assert!(a.key_use.get(&1).is_some_and(|k| k.opened > 0), "{a:?}");
         }
     }
 }
