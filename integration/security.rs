@@ -49,7 +49,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -1146,6 +1146,18 @@ fn key_rotation_while_a_streams_changes_loses_nothing() {
         })
     };
     assert!(settled, "key 1 is still in use after both send with key 2");
+    // A bad file (readable by others) is refused and keeps the keys in use.
+    let path = key_file(&lab, &lab.a);
+    write_keys(&path, &[&k1, &k2_send]);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod key file");
+    let refused = lab.a.ctl(&["reload-keys"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("chmod 600") && why.contains("old keys stay"),
+        "a world-readable key file was not refused: {why}"
+    );
+    dwell("a refused reload");
     for n in nodes {
         rekey(&lab, n, &[&k2_send]);
     }
