@@ -279,3 +279,36 @@ fn two_clusters_sharing_a_key_do_not_talk() {
     assert!(b_view(&sim).is_empty());
     assert!(sim.nodes[1].as_ref().unwrap().auth_stats().bad_tag > 0);
 }
+
+#[test]
+fn a_sequence_rollover_is_a_new_epoch_admitted_by_challenge() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
+        keyed(&mut sim, &ring());
+        for i in 0..2 {
+            let n = sim.node(i);
+            let end = n.seq_limit();
+            n.start_seq_at(end - 30 - seed as u32);
+        }
+        sim.faults = Faults {
+            loss: 10,
+            dup: 10,
+            jitter: 20,
+        };
+        churn(&mut sim, &[0, 1], 400, 10, 3000, 200);
+        sim.faults = Faults::default();
+        sim.run_until(20_000);
+        assert_all_converged(&sim, seed);
+        for i in 0..2 {
+            let n = sim.nodes[i].as_ref().unwrap();
+            assert_eq!(n.stats().epoch_rollovers, 1, "seed {seed}");
+            assert_eq!(
+                n.peers()[0].epoch,
+                1001,
+                "seed {seed}: the peer's new epoch"
+            );
+            let a = n.auth_stats();
+            assert!(a.epochs_admitted >= 2, "seed {seed}: {a:?}");
+        }
+    }
+}
