@@ -1,8 +1,10 @@
 //! The deterministic simulation of the sync cores, as a test: thousands of
 //! seeds of FTFW, NOTRACK and ALARM clusters (two and three nodes) through
 //! loss, duplication, reordering, partitions and restarts must all
-//! converge, a few of them with 100,000-flow tables; a seed must replay
-//! exactly; the checker must catch a broken view.
+//! converge, a few of them with 100,000-flow tables; some seeds are keyed,
+//! and half of those face an adversary that must get nothing in (more of
+//! that in `sim_adversary.rs`); a seed must replay exactly; the checker
+//! must catch a broken view.
 
 use ctsync::sim::{
     params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim, SimParams, SimReport,
@@ -60,6 +62,24 @@ fn thousands_of_seeds_converge_through_every_fault() {
         count(&|r| r.flows.iter().sum::<usize>() > 10) > 1000,
         "flows"
     );
+    assert_attacked_seeds_held(&ok, 150);
+}
+
+/// Keyed seeds ran, some with the adversary, which sent plenty and got
+/// nothing forged in (a breach would have failed the seed).
+fn assert_attacked_seeds_held(ok: &[&SimReport], min_attacked: usize) {
+    let keyed = ok.iter().filter(|r| r.params.auth).count();
+    let attacked: Vec<_> = ok.iter().filter_map(|r| r.adversary.as_ref()).collect();
+    let sent: u64 = attacked.iter().map(|a| a.total_sent()).sum();
+    println!(
+        "sim: {keyed} keyed seeds, {} attacked (adversary sent {sent} datagrams, refused {})",
+        attacked.len(),
+        attacked.iter().map(|a| a.refused).sum::<u64>()
+    );
+    assert!(keyed > attacked.len() && attacked.len() > min_attacked);
+    assert!(sent > 20 * attacked.len() as u64);
+    assert!(attacked.iter().all(|a| a.forged_taken == 0));
+    assert!(ok.iter().all(|r| r.breaches == 0));
 }
 
 #[test]
@@ -202,8 +222,10 @@ fn notrack_and_alarm_seeds_converge_once_the_network_heals() {
     );
     assert!(notrack.iter().filter(|r| r.net.lost > 0).count() > 1_500);
     assert!(notrack.iter().filter(|r| r.restarts > 0).count() > 250);
+    assert_attacked_seeds_held(&notrack.iter().collect::<Vec<_>>(), 150);
     let alarm = all_converge(0, 1_000, |p| *p = p.clone().with_mode(Mode::Alarm), "ALARM");
     assert!(alarm.iter().filter(|r| r.net.lost > 0).count() > 300);
+    assert_attacked_seeds_held(&alarm.iter().collect::<Vec<_>>(), 25);
 }
 
 /// A few seeds with 100,000-flow tables per node: bulks of thousands of
@@ -293,6 +315,9 @@ fn steady_loss(mode: Mode, digest_interval_ms: Option<u64>) -> SimParams {
     p.quiet_ms = 70_000;
     p.converge_within_ms = 60_000;
     p.digest_interval_ms = digest_interval_ms;
+    // Repair through loss alone: seed 0's keys and adversary stay out.
+    p.auth = false;
+    p.adversary = None;
     p
 }
 

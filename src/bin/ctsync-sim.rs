@@ -4,13 +4,14 @@
 //! Owns: the command line and the summary. Must not: hold simulation logic
 //! (that is `ctsync::sim`).
 
-use ctsync::sim::{mode_name, parse_mode, run_seeds, SimParams};
+use ctsync::sim::{adversary_for_seed, mode_name, parse_mode, run_seeds_with, SimParams};
 use ctsync::sync::Mode;
 use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: ctsync-sim [--seeds N] [--from S] [--seed S] \
-[--mode ftfw|notrack|alarm] [--nodes K] [--threads T]";
+[--mode ftfw|notrack|alarm] [--nodes K] [--auth on|off] [--adversary on|off|lasting] \
+[--threads T]";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
@@ -20,7 +21,28 @@ struct Args {
     single: bool,
     mode: Option<Mode>,
     nodes: Option<usize>,
+    /// Keys on or off, whatever the seed says.
+    auth: Option<bool>,
+    /// The adversary (with the seed's drawn parameters) on, off, or on
+    /// until the end of the run.
+    adversary: Option<Adversary>,
     threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Adversary {
+    On,
+    Off,
+    Lasting,
+}
+
+fn on_off(flag: &str, value: Option<String>) -> Result<bool, String> {
+    match value.as_deref() {
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(format!("{flag}: on or off, not {v}")),
+        None => Err(format!("{flag} needs a value")),
+    }
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -36,6 +58,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         single: false,
         mode: None,
         nodes: None,
+        auth: None,
+        adversary: None,
         threads: std::thread::available_parallelism().map_or(1, usize::from),
     };
     while let Some(flag) = argv.next() {
@@ -58,6 +82,17 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
                 a.nodes = Some(k);
             }
+            "--auth" => a.auth = Some(on_off(&flag, argv.next())?),
+            "--adversary" => {
+                let v = argv.next();
+                a.adversary = Some(if v.as_deref() == Some("lasting") {
+                    Adversary::Lasting
+                } else if on_off(&flag, v)? {
+                    Adversary::On
+                } else {
+                    Adversary::Off
+                });
+            }
             "--threads" => a.threads = number::<usize>(&flag, argv.next())?.max(1),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument: {other}\n{USAGE}")),
@@ -74,16 +109,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let adjust = |p: &mut SimParams| {
+    let adjust = |seed: u64, p: &mut SimParams| {
         if let Some(m) = args.mode {
             *p = p.clone().with_mode(m);
         }
         if let Some(k) = args.nodes {
             p.nodes = k;
         }
+        if let Some(on) = args.auth {
+            p.auth = on;
+        }
+        match args.adversary {
+            Some(Adversary::On) if p.adversary.is_none() => {
+                p.adversary = Some(adversary_for_seed(seed));
+            }
+            // After `--mode`: it lasts through that mode's quiet phase.
+            Some(Adversary::Lasting) => {
+                p.adversary = Some(adversary_for_seed(seed).lasting(p.quiet_ms));
+            }
+            Some(Adversary::Off) => p.adversary = None,
+            _ => {}
+        }
     };
     let started = Instant::now();
-    let results = run_seeds(args.from, args.seeds, args.threads, adjust);
+    let results = run_seeds_with(args.from, args.seeds, args.threads, adjust);
     let wall = started.elapsed().as_secs_f64();
 
     let mut failed = Vec::new();
@@ -151,5 +200,15 @@ mod tests {
         assert!(args("--nodes 1").is_err());
         assert!(args("--mode bogus").is_err());
         assert!(args("--frobnicate").is_err());
+        let keyed = args("--seed 3 --auth off --adversary on").unwrap();
+        assert_eq!(
+            (keyed.auth, keyed.adversary),
+            (Some(false), Some(Adversary::On))
+        );
+        let late = args("--adversary lasting").unwrap();
+        assert_eq!(late.adversary, Some(Adversary::Lasting));
+        assert!(args("--adversary always").is_err());
+        assert!(args("--auth maybe").is_err());
+        assert!(args("--adversary").is_err());
     }
 }

@@ -2,18 +2,23 @@
 //! workload and the fault schedule on one virtual clock.
 //!
 //! Owns: `Sim`, which always advances to the earliest of (next delivery, any
-//! node's deadline, next workload change, next fault, next periodic check),
-//! restarts nodes as the daemon would (a new Node with a new epoch, primed
-//! from its kernel), heals the network and checks the invariant. Must not:
-//! read the clock, touch a socket, or let anything but the seed decide (no
-//! HashMap order: every collection it walks is ordered).
+//! node's deadline, next workload change, next fault, next periodic check,
+//! the adversary's next move), restarts nodes as the daemon would (a new
+//! Node with a new epoch, primed from its kernel, keyed if the run is),
+//! heals the network, checks the invariant, and with keys or an adversary
+//! watches that nothing forged gets in (`breach`). Must not: read the
+//! clock, touch a socket, or let anything but the seed decide (no HashMap
+//! order: every collection it walks is ordered).
 
+use super::adversary::{Adversary, AdversaryStats, Injection, Origin};
+use super::breach::{scan_for_forged, Breach, Fingerprint, HostView, Watch};
 use super::check::{check_cluster, views_agree_quickly, Difference};
 use super::net::{Faults, Network};
 use super::params::SimParams;
 use super::report::{FailureKind, SimFailure, SimReport};
 use super::rng::Rng;
 use super::workload::{next_change, Kernel};
+use crate::auth::{AuthDrop, AuthStats, KeyRing};
 use crate::flow::Flow;
 use crate::sync::{Node, Replicate, SyncConfig, SyncStats};
 use std::collections::BTreeMap;
@@ -33,6 +38,18 @@ const NET_STREAM: u64 = 2;
 const WORK_STREAM: u64 = 3;
 const FAULT_STREAM: u64 = 4;
 const EPOCH_STREAM: u64 = 5;
+const KEY_STREAM: u64 = 6;
+const ADVERSARY_STREAM: u64 = 7;
+
+/// The cluster name keyed runs bind their datagrams to.
+pub const CLUSTER: &str = "sim";
+/// How often the breach watch looks at every node while the adversary is
+/// at work (and after every datagram of its, at the node it reached), and
+/// how often once it is done.
+const WATCH_EVERY_MS: u64 = 250;
+const WATCH_IDLE_MS: u64 = 2_000;
+/// Breaches a keyless run keeps (the count goes on).
+const BREACHES_KEPT: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
@@ -63,6 +80,7 @@ struct Host {
     cuts: u32,
     /// Counters of the Nodes that crashed.
     dead_stats: Vec<SyncStats>,
+    dead_auth: Vec<AuthStats>,
 }
 
 /// A whole simulated cluster. `run` drives one from seed to verdict; the
@@ -89,6 +107,16 @@ pub struct Sim {
     changes: u64,
     restarts: u64,
     partitions: u64,
+    /// Keyed runs: the cluster's key ring (every node holds it).
+    ring: Option<KeyRing>,
+    adversary: Option<Adversary>,
+    /// Keyed or attacked runs: the breach watch and its next look.
+    watch: Option<Watch>,
+    next_watch: u64,
+    /// What got in (keyless runs: the negative control; a keyed run fails
+    /// at the first).
+    breaches: Vec<Breach>,
+    breach_count: u64,
 }
 
 impl Sim {
@@ -122,6 +150,29 @@ impl Sim {
             changes: 0,
             restarts: 0,
             partitions: 0,
+            ring: params.auth.then(|| {
+                let mut r = Rng::stream(seed, KEY_STREAM);
+                let mut key = [0u8; 32];
+                for b in &mut key {
+                    *b = r.byte();
+                }
+                KeyRing::single(1, &key)
+            }),
+            adversary: params.adversary.as_ref().map(|a| {
+                Adversary::new(
+                    a,
+                    Rng::stream(seed, ADVERSARY_STREAM),
+                    n,
+                    params.links,
+                    params.auth,
+                    CLUSTER,
+                    heal_at,
+                )
+            }),
+            watch: (params.auth || params.adversary.is_some()).then(Watch::default),
+            next_watch: 0,
+            breaches: Vec::new(),
+            breach_count: 0,
         };
         for i in 0..n {
             let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -133,6 +184,7 @@ impl Sim {
                 down: None,
                 cuts: 0,
                 dead_stats: Vec::new(),
+                dead_auth: Vec::new(),
             });
             sim.start_node(i)?;
         }
@@ -247,6 +299,9 @@ impl Sim {
                 now,
             )
         })?;
+        if let Some(ring) = &self.ring {
+            node.enable_auth(ring.clone(), CLUSTER);
+        }
         if let Some(host) = self.hosts.get_mut(i) {
             node.reconcile_internal(host.kernel.dump(), now, Replicate::Nothing);
             host.epochs.push(epoch);
@@ -266,6 +321,13 @@ impl Sim {
                 };
                 let change = next_change(&mut self.work_rng, &host.kernel, i, slots);
                 host.kernel.apply(&change);
+                if let (Some(adv), super::workload::Change::Upsert(f)) =
+                    (self.adversary.as_mut(), &change)
+                {
+                    // The connection's packets show its key on the data
+                    // plane.
+                    adv.observe_flow(i, f.key());
+                }
                 self.changes += 1;
                 if let Some(node) = host.node.as_mut() {
                     match change {
@@ -293,6 +355,7 @@ impl Sim {
                 if let Some(h) = self.hosts.get_mut(i) {
                     if let Some(node) = h.node.take() {
                         h.dead_stats.push(node.stats().clone());
+                        h.dead_auth.push(node.auth_stats().clone());
                         h.down = Some(crash);
                         self.net.drop_to(i);
                     }
@@ -338,6 +401,12 @@ impl Sim {
             at(x);
         }
         at(self.next_check);
+        if let Some(x) = self.adversary.as_ref().and_then(Adversary::next_at) {
+            at(x);
+        }
+        if self.watch.is_some() {
+            at(self.next_watch);
+        }
         for h in &self.hosts {
             if let Some(d) = h.node.as_ref().and_then(Node::next_deadline) {
                 at(d);
@@ -370,14 +439,28 @@ impl Sim {
                 node.on_datagram(&d.bytes, d.link, t);
             }
         }
+        while let Some(inj) = self.adversary.as_mut().and_then(|a| a.pop_due(t)) {
+            self.deliver_attack(inj, t)?;
+        }
         for i in 0..self.hosts.len() {
             let out = match self.hosts.get_mut(i).and_then(|h| h.node.as_mut()) {
                 Some(node) => node.poll_transmit(t),
                 None => continue,
             };
             for tx in out {
+                if let Some(adv) = self.adversary.as_mut() {
+                    adv.record(i, &tx.bytes);
+                }
                 self.net.send(&mut self.net_rng, t, i, tx.link, &tx.bytes);
             }
+        }
+        if let Some(adv) = self.adversary.as_mut() {
+            adv.act(t);
+        }
+        if self.watch.is_some() && t >= self.next_watch {
+            self.watch_all(t)?;
+            let busy = self.adversary.as_ref().is_some_and(Adversary::active);
+            self.next_watch = t + if busy { WATCH_EVERY_MS } else { WATCH_IDLE_MS };
         }
         self.polled_at = Some(t);
         if t >= self.next_check {
@@ -404,6 +487,133 @@ impl Sim {
         Ok(())
     }
 
+    // ---- the adversary and the breach watch ----------------------------------
+
+    /// Hand one of the adversary's datagrams to its node. A forged or
+    /// altered one must be refused (by the gate, or as malformed or stale)
+    /// and leave the node's peers, views, table and backlog as they were;
+    /// a replay may be taken (as a late duplicate of the original would
+    /// be). Then the node's peer table and views are checked.
+    fn deliver_attack(&mut self, inj: Injection, t: u64) -> Result<(), SimFailure> {
+        let Some(node) = self.hosts.get_mut(inj.to).and_then(|h| h.node.as_mut()) else {
+            return Ok(());
+        };
+        let viewer = node.config().node_id;
+        let forged = inj.origin != Origin::Replay;
+        let before = Fingerprint::of(node);
+        let malformed = node.stats().malformed.total();
+        let verdict = node.on_datagram(&inj.bytes, inj.link, t);
+        let refused = match verdict {
+            Some(AuthDrop::EpochUnadmitted | AuthDrop::TooManySenders) => !forged,
+            Some(_) => true,
+            None => node.stats().malformed.total() > malformed,
+        };
+        let after = Fingerprint::of(node);
+        let changed = before != after;
+        let views_changed = before.views_differ(&after);
+        if let Some(adv) = self.adversary.as_mut() {
+            adv.note(inj.origin, refused, views_changed);
+        }
+        let mut found = Vec::new();
+        if forged && (!refused || changed) {
+            found.push(Breach::Taken {
+                viewer,
+                attack: inj.attack,
+                verdict,
+                changed,
+            });
+        }
+        if let Some(mut watch) = self.watch.take() {
+            // A view the datagram left as it was took no flow from it.
+            watch.check_node(&self.host_views(), inj.to, views_changed, &mut found);
+            self.watch = Some(watch);
+        }
+        self.breached(found, t)
+    }
+
+    fn host_views(&self) -> Vec<HostView<'_>> {
+        self.hosts
+            .iter()
+            .map(|h| (h.id, &h.epochs[..], h.node.as_ref()))
+            .collect()
+    }
+
+    /// The periodic look at every node.
+    fn watch_all(&mut self, t: u64) -> Result<(), SimFailure> {
+        let mut found = Vec::new();
+        if let Some(mut watch) = self.watch.take() {
+            let forged = self.adversary.is_some();
+            watch.check_all(&self.host_views(), forged, &mut found);
+            self.watch = Some(watch);
+        }
+        self.breached(found, t)
+    }
+
+    /// A keyed run fails at the first breach; a keyless one keeps them
+    /// (the negative control reads them).
+    fn breached(&mut self, found: Vec<Breach>, t: u64) -> Result<(), SimFailure> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        if self.params.auth {
+            let what = found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(SimFailure::new(
+                self.seed,
+                &self.params,
+                FailureKind::Breached(what),
+                Vec::new(),
+                t,
+            )
+            .with_adversary(self.adversary_stats()));
+        }
+        self.breach_count += found.len() as u64;
+        let room = BREACHES_KEPT.saturating_sub(self.breaches.len());
+        self.breaches.extend(found.into_iter().take(room));
+        Ok(())
+    }
+
+    /// What the adversary got in so far (keyless runs; a keyed run fails
+    /// instead), the first `BREACHES_KEPT` of them, and how many in all.
+    pub fn breaches(&self) -> (&[Breach], u64) {
+        (&self.breaches, self.breach_count)
+    }
+
+    pub fn adversary_stats(&self) -> Option<&AdversaryStats> {
+        self.adversary.as_ref().map(Adversary::stats)
+    }
+
+    /// Authentication counters summed over every node (crashed ones too).
+    pub fn auth_stats(&self) -> Vec<AuthStats> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                h.dead_auth
+                    .iter()
+                    .cloned()
+                    .chain(h.node.as_ref().map(|n| n.auth_stats().clone()))
+            })
+            .collect()
+    }
+
+    /// The end of a watched run: the last look, and a walk over every cache
+    /// for the adversary's addresses.
+    fn final_watch(&mut self) -> Result<(), SimFailure> {
+        if self.watch.is_none() {
+            return Ok(());
+        }
+        let t = self.now;
+        self.watch_all(t)?;
+        let mut found = Vec::new();
+        if self.adversary.is_some() {
+            scan_for_forged(&self.host_views(), &mut found);
+        }
+        self.breached(found, t)
+    }
+
     /// The invariant's differences right now.
     /// Every host as the checks see it: id, daemon (if up), kernel table.
     fn cluster_view(&self) -> Vec<(u32, Option<&Node>, &Kernel)> {
@@ -424,7 +634,8 @@ impl Sim {
 
     /// The verdict: the report if every view holds now and held soon enough
     /// after the heal.
-    pub fn finish(self) -> Result<SimReport, SimFailure> {
+    pub fn finish(mut self) -> Result<SimReport, SimFailure> {
+        self.final_watch()?;
         let diffs = self.differences();
         if !diffs.is_empty() {
             return Err(SimFailure::new(
@@ -433,7 +644,8 @@ impl Sim {
                 FailureKind::Diverged,
                 diffs,
                 self.now,
-            ));
+            )
+            .with_adversary(self.adversary_stats()));
         }
         let converged_after_ms = self
             .last_bad_check
@@ -445,7 +657,8 @@ impl Sim {
                 FailureKind::Slow { converged_after_ms },
                 Vec::new(),
                 self.now,
-            ));
+            )
+            .with_adversary(self.adversary_stats()));
         }
         Ok(self.report(converged_after_ms))
     }
@@ -476,6 +689,9 @@ impl Sim {
             nacks_sent: sum(|s| s.nacks_sent),
             bulks_sent: sum(|s| s.bulks_sent),
             resumes_sent: sum(|s| s.resumes_sent),
+            auth_refused: self.auth_stats().iter().map(AuthStats::refused).sum(),
+            adversary: self.adversary_stats().cloned(),
+            breaches: self.breach_count,
             digest: self.digest(&all_stats),
         }
     }
@@ -503,6 +719,8 @@ impl Sim {
             format!("{s:?}").hash(&mut h);
         }
         format!("{:?}", self.net.stats()).hash(&mut h);
+        format!("{:?}", self.auth_stats()).hash(&mut h);
+        format!("{:?}", self.adversary_stats()).hash(&mut h);
         h.finish()
     }
 

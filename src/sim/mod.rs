@@ -1,7 +1,10 @@
 //! Deterministic simulation of the sync cores: N `sync::Node`s on virtual
 //! time over a seeded network that loses, duplicates, reorders and
 //! partitions, with node restarts, then a heal and the invariant that every
-//! node's external view of a peer equals that peer's internal cache.
+//! node's external view of a peer equals that peer's internal cache. Some
+//! runs are keyed (authenticated sync), and some of those face an
+//! adversary on the segment (`adversary`) that must get nothing in
+//! (`breach`).
 //!
 //! Owns: the harness (`Sim`), its parameters, the invariant checker and the
 //! verdicts. Must not: use tokio, sockets, the clock or OS randomness (a
@@ -9,6 +12,8 @@
 //!
 //! Replay a seed with `cargo run --release --bin ctsync-sim -- --seed N`.
 
+mod adversary;
+mod breach;
 mod check;
 mod driver;
 mod net;
@@ -17,10 +22,17 @@ mod report;
 mod rng;
 mod workload;
 
+pub use adversary::{
+    forged_key, is_fake_id, is_forged_key, AdversaryParams, AdversaryStats, Attack, FAKE_ID_BASE,
+    LASTING_BUDGET,
+};
+pub use breach::Breach;
 pub use check::Difference;
-pub use driver::{Sim, CHECK_EVERY_MS};
+pub use driver::{Sim, CHECK_EVERY_MS, CLUSTER};
 pub use net::{Faults, NetStats};
-pub use params::{mode_name, params_for_seed, parse_mode, SimParams};
+pub use params::{
+    adversary_for_seed, attack_for_seed, mode_name, params_for_seed, parse_mode, SimParams,
+};
 pub use report::{replay_command, FailureKind, SimFailure, SimReport};
 pub use rng::Rng;
 pub use workload::{Change, Kernel};
@@ -68,6 +80,20 @@ pub fn run_seeds<F>(
 where
     F: Fn(&mut SimParams) + Sync,
 {
+    run_seeds_with(from, count, threads, |_, p| adjust(p))
+}
+
+/// `run_seeds` with an `adjust` that is told the seed too (to draw what
+/// the seed would: `adversary_for_seed`).
+pub fn run_seeds_with<F>(
+    from: u64,
+    count: u64,
+    threads: usize,
+    adjust: F,
+) -> Vec<(u64, Result<SimReport, SimFailure>)>
+where
+    F: Fn(u64, &mut SimParams) + Sync,
+{
     let threads = threads.clamp(1, 64) as u64;
     let adjust = &adjust;
     let mut all: Vec<(u64, Result<SimReport, SimFailure>)> = std::thread::scope(|s| {
@@ -79,7 +105,7 @@ where
                         .map(|k| {
                             let seed = from.wrapping_add(k);
                             let mut p = params_for_seed(seed);
-                            adjust(&mut p);
+                            adjust(seed, &mut p);
                             (seed, run(seed, &p))
                         })
                         .collect::<Vec<_>>()

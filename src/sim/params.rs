@@ -4,6 +4,7 @@
 //! Owns: `SimParams` and `params_for_seed`. Must not: run anything or keep
 //! state; the same seed always gives the same parameters.
 
+use super::adversary::AdversaryParams;
 use super::rng::Rng;
 use crate::sync::Mode;
 use std::fmt;
@@ -55,6 +56,13 @@ pub struct SimParams {
     pub writers: usize,
     /// Every node's `digest_interval_ms` (`None`: the daemon's default).
     pub digest_interval_ms: Option<u64>,
+    /// Authenticated sync: every node holds the same key ring (drawn from
+    /// the seed) and seals every datagram.
+    pub auth: bool,
+    /// An adversary on the segment records, replays, forges and floods
+    /// (see `sim::adversary`). The seed sweep runs it only with `auth`:
+    /// without keys it gets in by design (the negative control).
+    pub adversary: Option<AdversaryParams>,
 }
 
 impl fmt::Display for SimParams {
@@ -63,7 +71,7 @@ impl fmt::Display for SimParams {
             f,
             "nodes={} mode={} loss={}% dup={}% reorder<={}ms partitions={} restarts={} \
              window={} flows/node={} ops/node={} workload={}ms quiet={}ms converge<={}ms \
-             links={} link_faults={} steady_loss={} writers={} digest_interval={:?}",
+             links={} link_faults={} steady_loss={} writers={} digest_interval={:?} auth={}",
             self.nodes,
             mode_name(self.mode),
             self.loss,
@@ -81,8 +89,13 @@ impl fmt::Display for SimParams {
             self.link_faults,
             self.steady_loss,
             self.writers,
-            self.digest_interval_ms
-        )
+            self.digest_interval_ms,
+            self.auth
+        )?;
+        match &self.adversary {
+            Some(a) => write!(f, " adversary: {a}"),
+            None => write!(f, " adversary=none"),
+        }
     }
 }
 
@@ -123,11 +136,43 @@ pub fn parse_mode(s: &str) -> Option<Mode> {
     }
 }
 
-/// Purpose tag of the parameter stream (see `Rng::stream`).
+/// Purpose tags of the parameter streams (see `Rng::stream`): the
+/// authentication and adversary draws have a stream of their own, so that
+/// adding them left every other parameter of every seed as it was.
 const PARAMS_STREAM: u64 = 1;
+const ATTACK_PARAMS_STREAM: u64 = 8;
+
+/// Seeds (in percent) whose nodes seal their datagrams. Keyed runs cost
+/// about three times a keyless one (the sealing and opening) and attacked
+/// ones four times, so the shares are small: the sweeps of thousands of
+/// seeds still meet hundreds of attacked ones, at a fifth more time.
+const AUTH_SHARE: u32 = 10;
+/// Of those, the seeds (in percent) with an adversary on the segment.
+const ADVERSARY_SHARE: u32 = 50;
+
+/// Whether `seed`'s cluster is keyed, and the adversary it faces if any.
+/// Every seed draws adversary parameters (`ctsync-sim --adversary on` uses
+/// them), keyed or not; only keyed seeds are given one.
+pub fn attack_for_seed(seed: u64) -> (bool, Option<AdversaryParams>) {
+    let mut r = Rng::stream(seed, ATTACK_PARAMS_STREAM);
+    let auth = r.chance(AUTH_SHARE);
+    let attacked = r.chance(ADVERSARY_SHARE);
+    let params = AdversaryParams::draw(&mut r);
+    (auth, (auth && attacked).then_some(params))
+}
+
+/// The adversary parameters `seed` draws (whether or not it is attacked).
+pub fn adversary_for_seed(seed: u64) -> AdversaryParams {
+    let mut r = Rng::stream(seed, ATTACK_PARAMS_STREAM);
+    r.chance(AUTH_SHARE);
+    r.chance(ADVERSARY_SHARE);
+    AdversaryParams::draw(&mut r)
+}
 
 /// The parameters of `seed`: 2 or 3 nodes, FTFW, and faults of every kind
-/// in random strengths. Small on purpose: thousands of seeds run per minute.
+/// in random strengths; some seeds keyed, half of those attacked (the
+/// other modes' sweeps keep both: `with_mode` changes only the mode's
+/// timing). Small on purpose: thousands of seeds run per minute.
 pub fn params_for_seed(seed: u64) -> SimParams {
     let mut r = Rng::stream(seed, PARAMS_STREAM);
     let nodes = if r.chance(50) { 2 } else { 3 };
@@ -170,8 +215,15 @@ pub fn params_for_seed(seed: u64) -> SimParams {
         steady_loss: false,
         writers: 0,
         digest_interval_ms: None,
+        auth: false,
+        adversary: None,
     };
-    p.with_mode(Mode::Ftfw)
+    let (auth, adversary) = attack_for_seed(seed);
+    SimParams {
+        auth,
+        adversary,
+        ..p.with_mode(Mode::Ftfw)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +241,21 @@ mod tests {
         assert!(all
             .iter()
             .all(|p| p.converge_within_ms < p.quiet_ms && p.mode == Mode::Ftfw));
+        let many: Vec<SimParams> = (0..2000).map(params_for_seed).collect();
+        let keyed = many.iter().filter(|p| p.auth).count();
+        let attacked = many.iter().filter(|p| p.adversary.is_some()).count();
+        assert!((150..=250).contains(&keyed), "{keyed} keyed of 2000");
+        assert!(
+            (60..=140).contains(&attacked),
+            "{attacked} attacked of 2000"
+        );
+        assert!(many.iter().all(|p| p.adversary.is_none() || p.auth));
+        for (seed, p) in many.iter().enumerate().take(300) {
+            let a = adversary_for_seed(seed as u64);
+            assert!(p.adversary.as_ref().is_none_or(|x| *x == a));
+            let m = p.clone().with_mode(Mode::Alarm);
+            assert_eq!((m.auth, &m.adversary), (p.auth, &p.adversary));
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //!
 //! Owns: `SimReport`, `SimFailure` and their text. Must not: run anything.
 
+use super::adversary::AdversaryStats;
 use super::check::Difference;
 use super::net::NetStats;
-use super::params::{mode_name, params_for_seed, SimParams};
+use super::params::{adversary_for_seed, mode_name, params_for_seed, SimParams};
 use std::fmt;
 use thiserror::Error;
 
@@ -32,6 +33,12 @@ pub struct SimReport {
     pub nacks_sent: u64,
     pub bulks_sent: u64,
     pub resumes_sent: u64,
+    /// Datagrams the nodes' authentication gates refused, every reason.
+    pub auth_refused: u64,
+    /// What the adversary did and what came of it (attacked runs).
+    pub adversary: Option<AdversaryStats>,
+    /// What it got in: always 0 with keys (a breach fails a keyed run).
+    pub breaches: u64,
     /// A fingerprint of every cache and counter at the end: two runs of one
     /// seed must agree on it.
     pub digest: u64,
@@ -59,7 +66,14 @@ impl fmt::Display for SimReport {
             f,
             "  sync: retransmits={} nacks={} bulks={} resumes={} digest={:016x}",
             self.retransmits, self.nacks_sent, self.bulks_sent, self.resumes_sent, self.digest
-        )
+        )?;
+        if self.params.auth {
+            write!(f, "\n  auth: refused={}", self.auth_refused)?;
+        }
+        if let Some(a) = &self.adversary {
+            write!(f, "\n  adversary: {a} breaches={}", self.breaches)?;
+        }
+        Ok(())
     }
 }
 
@@ -74,6 +88,9 @@ pub enum FailureKind {
     Diverged,
     /// The views held at the end, but only this long after the heal.
     Slow { converged_after_ms: u64 },
+    /// With keys, something of the adversary's got in (what, as the
+    /// breach watch tells it).
+    Breached(String),
 }
 
 /// A run that broke the invariant (or could not run).
@@ -90,6 +107,9 @@ pub struct SimFailure {
     pub total_differences: usize,
     /// Virtual time of the failure.
     pub at_ms: u64,
+    /// What the adversary had done by then (attacked runs; boxed, as
+    /// `params`).
+    pub adversary: Option<Box<AdversaryStats>>,
 }
 
 /// Differences a failure keeps and prints.
@@ -112,7 +132,14 @@ impl SimFailure {
             differences,
             total_differences,
             at_ms,
+            adversary: None,
         }
+    }
+
+    /// The same failure, with what the adversary did.
+    pub fn with_adversary(mut self, stats: Option<&AdversaryStats>) -> SimFailure {
+        self.adversary = stats.map(|a| Box::new(a.clone()));
+        self
     }
 
     /// The command that replays this run exactly.
@@ -132,6 +159,9 @@ impl SimFailure {
                 "converged only {converged_after_ms} ms after the heal (bound {} ms)",
                 self.params.converge_within_ms
             ),
+            FailureKind::Breached(what) => {
+                format!("the adversary got in at {} ms: {what}", self.at_ms)
+            }
         };
         let mut s = format!(
             "seed {} FAILED: {what}\n  params: {}\n",
@@ -143,13 +173,17 @@ impl SimFailure {
                 s.push_str(&format!("    {d}\n"));
             }
         }
+        if let Some(a) = &self.adversary {
+            s.push_str(&format!("  adversary: {a}\n"));
+        }
         s.push_str(&format!("  replay: {}", self.replay()));
         s
     }
 }
 
 /// `cargo run --release --bin ctsync-sim -- --seed N`, with the overrides
-/// that make `params` differ from the seed's own.
+/// that make `params` differ from the seed's own (`--adversary on` gives
+/// the adversary the seed's drawn parameters).
 pub fn replay_command(seed: u64, params: &SimParams) -> String {
     let mut cmd = format!("cargo run --release --bin ctsync-sim -- --seed {seed}");
     let own = params_for_seed(seed);
@@ -159,5 +193,50 @@ pub fn replay_command(seed: u64, params: &SimParams) -> String {
     if params.nodes != own.nodes {
         cmd.push_str(&format!(" --nodes {}", params.nodes));
     }
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    if params.auth != own.auth {
+        cmd.push_str(&format!(" --auth {}", on_off(params.auth)));
+    }
+    if params.adversary != own.adversary {
+        let drawn = adversary_for_seed(seed);
+        let lasting = drawn.clone().lasting(params.quiet_ms);
+        match &params.adversary {
+            None => cmd.push_str(" --adversary off"),
+            Some(a) if *a == drawn => cmd.push_str(" --adversary on"),
+            Some(a) if *a == lasting => cmd.push_str(" --adversary lasting"),
+            Some(_) => cmd.push_str(" --adversary on (with adjusted adversary parameters)"),
+        }
+    }
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_command_names_every_override() {
+        let seed = (0..)
+            .find(|&s| params_for_seed(s).adversary.is_some())
+            .expect("an attacked seed");
+        let own = params_for_seed(seed);
+        let plain = format!("cargo run --release --bin ctsync-sim -- --seed {seed}");
+        assert_eq!(replay_command(seed, &own), plain);
+        let mut p = own.clone();
+        p.auth = false;
+        assert_eq!(replay_command(seed, &p), format!("{plain} --auth off"));
+        p.adversary = None;
+        assert_eq!(
+            replay_command(seed, &p),
+            format!("{plain} --auth off --adversary off")
+        );
+        let calm = (0..)
+            .find(|&s| params_for_seed(s).adversary.is_none())
+            .expect("a calm seed");
+        let mut p = params_for_seed(calm);
+        p.adversary = Some(adversary_for_seed(calm));
+        assert!(replay_command(calm, &p).ends_with("--adversary on"));
+        p.adversary = Some(adversary_for_seed(calm).lasting(p.quiet_ms));
+        assert!(replay_command(calm, &p).ends_with("--adversary lasting"));
+    }
 }
