@@ -83,7 +83,7 @@ impl Peer {
             prev_epoch: None,
             last_heard_ms: now,
             rx: RxStream::new(seq, reliable, now, p),
-            seen: SeqCounter::new(seq, reliable),
+            seen: SeqCounter::new(seq, reliable, now),
             tx_acked: 0,
             resync: Resync::Settled,
             bulk: BulkRx::Idle,

@@ -11,6 +11,7 @@ use crate::auth::{AuthDrop, Opened};
 use crate::wire::{decode_datagram, Header, Message};
 use apply::Effect;
 use peers::{Peer, Resync, Verdict};
+use seqstat::Arrival;
 
 impl Node {
     fn handle(&mut self, sender: u32, effects: Vec<Effect>) {
@@ -220,10 +221,16 @@ impl Node {
         let p = self.peers.get_mut(sender)?;
         let stats = &mut self.stats;
         if reliable && ctx.mode != Mode::Ftfw {
-            // Best effort: applied as it arrives; the number is for stats.
-            stats.lost += p.seen.on_data(header.seq);
-            self.views
-                .apply_all(sender, p, messages, &ctx, stats, &mut effects);
+            // Best effort: applied as it arrives, unless it is too late
+            // (see `seqstat`); the numbers are for stats.
+            match p.seen.on_data(header.seq, now) {
+                Arrival::Apply { lost } => {
+                    stats.lost += lost;
+                    self.views
+                        .apply_all(sender, p, messages, &ctx, stats, &mut effects);
+                }
+                Arrival::TooLate => stats.malformed.count(DropReason::LateData),
+            }
         } else if reliable {
             let outcome = p.rx.on_reliable(header.seq, messages, now, &ctx.rx);
             stats.lost += outcome.lost;

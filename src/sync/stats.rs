@@ -134,6 +134,9 @@ pub enum DropReason {
     /// Further ahead of the next expected datagram than `reorder_limit`:
     /// never buffered (the sender re-sends it, or says where to resume).
     ReorderTooFar,
+    /// NOTRACK and ALARM: data too far behind the newest from its sender,
+    /// or too long after it (`seqstat`): it would roll flows back.
+    LateData,
 }
 
 impl From<&WireError> for DropReason {
@@ -176,6 +179,7 @@ pub struct Drops {
     pub external_cache_full: u64,
     pub reorder_overflow: u64,
     pub reorder_too_far: u64,
+    pub late_data: u64,
 }
 
 impl Drops {
@@ -198,12 +202,13 @@ impl Drops {
             DropReason::ExternalCacheFull => &mut self.external_cache_full,
             DropReason::ReorderOverflow => &mut self.reorder_overflow,
             DropReason::ReorderTooFar => &mut self.reorder_too_far,
+            DropReason::LateData => &mut self.late_data,
         };
         *counter += 1;
     }
 
     /// Every reason with its name and count, in a fixed order.
-    pub fn by_reason(&self) -> [(&'static str, u64); 17] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 18] {
         [
             ("truncated", self.truncated),
             ("bad_magic", self.bad_magic),
@@ -222,6 +227,7 @@ impl Drops {
             ("external_cache_full", self.external_cache_full),
             ("reorder_overflow", self.reorder_overflow),
             ("reorder_too_far", self.reorder_too_far),
+            ("late_data", self.late_data),
         ]
     }
 
@@ -271,6 +277,7 @@ mod tests {
             ExternalCacheFull,
             ReorderOverflow,
             ReorderTooFar,
+            LateData,
         ];
         let mut d = Drops::default();
         for r in all {
