@@ -4,7 +4,8 @@
 //! Layers (see DESIGN.md): `flow` (model), `kernel` (ctnetlink), `cache`,
 //! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
-//! `daemon` (the tokio wiring).
+//! `daemon` (the tokio wiring). `fuzz_entry` feeds outside bytes to the
+//! decoders for the fuzz targets and their corpus test.
 
 pub mod auth;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod counters;
 pub mod daemon;
 pub mod filter;
 pub mod flow;
+pub mod fuzz_entry;
 pub mod kernel;
 pub mod process;
 pub mod sim;

@@ -9,6 +9,7 @@
 use ctsync::config::Config;
 use ctsync::control::cli::{self, Action, Invocation};
 use ctsync::control::{self, Envelope, Request, StatsSection};
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -20,8 +21,9 @@ mod progress;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // args_os: std::env::args panics on an argument that is not UTF-8.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("ctsyncd: {reason}");
@@ -30,8 +32,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let inv = cli::parse(args).map_err(|e| e.to_string())?;
+fn run(args: Vec<OsString>) -> Result<(), String> {
+    let args = cli::args_from_os(args).map_err(|e| e.to_string())?;
+    let inv = cli::parse(&args).map_err(|e| e.to_string())?;
     match inv.action {
         Action::Version => {
             println!(

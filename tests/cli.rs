@@ -236,6 +236,18 @@ fn binary_exit_codes_without_a_daemon() {
 
     let (code, _, err) = run(&["-C", cfg, "-d", "-k"]);
     assert_eq!(code, 1, "{err}");
+
+    // An argument that is not UTF-8: a one-line reason, not a panic.
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(BIN)
+        .arg("-C")
+        .arg(std::ffi::OsStr::from_bytes(b"/tmp/\xff.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("argument 2 is not valid UTF-8"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -17,6 +17,7 @@
 
 use super::request::{CacheSel, Request, StatsSection};
 use crate::config::DEFAULT_CONFIG_PATH;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// What the command line asks for.
@@ -77,6 +78,24 @@ enum Mode {
     Unset,
     Daemon,
     Client,
+}
+
+/// The arguments as text, for [`parse`]. An argument that is not UTF-8
+/// (Linux allows any bytes) is refused with a one-line reason: every
+/// option and keyword is ASCII, and `std::env::args` would panic on it.
+pub fn args_from_os<I: IntoIterator<Item = OsString>>(args: I) -> Result<Vec<String>, CliError> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.into_string().map_err(|a| {
+                CliError(format!(
+                    "argument {} is not valid UTF-8: '{}'",
+                    i + 1,
+                    a.to_string_lossy()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Parse the arguments after the program name.

@@ -1,8 +1,10 @@
 //! The control-socket vocabulary: what a client can ask, and what comes back.
 //!
-//! Owns: the `Request`/`Envelope`/`Reply` types and the mapping from
-//! conntrackd's native integer request codes (reference §1.11) to requests.
-//! Must not: do I/O or know how a request is carried out.
+//! Owns: the `Request`/`Envelope`/`Reply` types, the mapping from
+//! conntrackd's native integer request codes (reference §1.11) to requests,
+//! and the decoding of a request's bytes as read from the socket
+//! ([`decode_request`]). Must not: do I/O or know how a request is carried
+//! out.
 
 use serde::{Deserialize, Serialize};
 
@@ -143,9 +145,107 @@ pub fn from_native_code(code: i32) -> NativeRequest {
     }
 }
 
+/// Largest JSON request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// How a client spoke, which decides how the reply is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// ctsync's own: one JSON `Envelope` line.
+    Json,
+    /// conntrackd's: one native-endian `i32` request code.
+    Native,
+}
+
+/// Decode a request as the server read it from a connection: a JSON line
+/// when the first byte is `{` (up to the first newline, or every byte
+/// when there is none), else conntrackd's native code in the first four
+/// bytes (any further bytes are ignored, as the server never reads them).
+/// The error is the one-line reason sent back to the client.
+pub fn decode_request(bytes: &[u8]) -> (Dialect, Result<Envelope, String>) {
+    let Some(&first) = bytes.first() else {
+        return (Dialect::Json, Err("empty request".to_string()));
+    };
+    if first == b'{' {
+        let line = match bytes.iter().position(|&b| b == b'\n') {
+            Some(end) => bytes.get(..end).unwrap_or_default(),
+            None => bytes,
+        };
+        if line.len() > MAX_REQUEST {
+            return (
+                Dialect::Json,
+                Err(format!("request larger than {MAX_REQUEST} bytes")),
+            );
+        }
+        let env =
+            serde_json::from_slice::<Envelope>(line).map_err(|e| format!("malformed request: {e}"));
+        return (Dialect::Json, env);
+    }
+    let Some(&code) = bytes.first_chunk::<4>() else {
+        return (Dialect::Native, Err("truncated request".to_string()));
+    };
+    let env = match from_native_code(i32::from_ne_bytes(code)) {
+        NativeRequest::Supported(request) => Ok(Envelope {
+            request,
+            json: false,
+        }),
+        NativeRequest::Unsupported(why) => Err(why.to_string()),
+        NativeRequest::Unknown(c) => Err(format!("unknown request code {c}")),
+    };
+    (Dialect::Native, env)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_decode_in_both_dialects() {
+        let (d, env) = decode_request(b"{\"request\":\"Commit\",\"json\":true}\ntrailing");
+        assert_eq!(d, Dialect::Json);
+        assert_eq!(
+            env,
+            Ok(Envelope {
+                request: Request::Commit,
+                json: true
+            })
+        );
+        let (d, env) = decode_request(b"{\"request\":{\"Stats\":\"Cache\"}}");
+        assert_eq!(d, Dialect::Json);
+        assert_eq!(
+            env.map(|e| e.request),
+            Ok(Request::Stats(StatsSection::Cache))
+        );
+        assert_eq!(
+            decode_request(&16i32.to_ne_bytes()),
+            (
+                Dialect::Native,
+                Ok(Envelope {
+                    request: Request::DumpInternal,
+                    json: false
+                })
+            )
+        );
+        assert_eq!(
+            decode_request(&[16, 0]),
+            (Dialect::Native, Err("truncated request".to_string()))
+        );
+        assert_eq!(
+            decode_request(&999i32.to_ne_bytes()).1,
+            Err("unknown request code 999".to_string())
+        );
+        assert_eq!(
+            decode_request(b""),
+            (Dialect::Json, Err("empty request".to_string()))
+        );
+        assert!(decode_request(b"{not json}\n")
+            .1
+            .unwrap_err()
+            .starts_with("malformed request"));
+        let mut big = vec![b'{'];
+        big.extend(std::iter::repeat_n(b' ', MAX_REQUEST));
+        assert!(decode_request(&big).1.unwrap_err().contains("larger than"));
+    }
 
     #[test]
     fn native_codes_map_to_requests() {

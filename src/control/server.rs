@@ -4,11 +4,13 @@
 //!
 //! Owns: socket setup (parent dir, stale-socket removal, mode 0600), request
 //! framing in both dialects (a JSON `Envelope` line, or conntrackd's native
-//! 4-byte request code), and the limits on request size and read time.
+//! 4-byte request code; `request::decode_request` decodes what was read),
+//! and the limits on request size and read time.
 //! Must not: carry out requests or hold daemon state; a bad request gets an
 //! error reply and never stops the server.
 
-use super::request::{from_native_code, Envelope, NativeRequest, Reply};
+pub use super::request::MAX_REQUEST;
+use super::request::{decode_request, Dialect, Envelope, Reply};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -19,8 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Largest request line accepted, in bytes.
-pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen backlog.
@@ -163,12 +163,6 @@ pub async fn serve_group(
     }
 }
 
-/// How the client spoke, which decides how the reply is framed.
-enum Dialect {
-    Json,
-    Native,
-}
-
 /// What was read from a connection.
 enum Incoming {
     Request(Envelope, Dialect),
@@ -270,71 +264,43 @@ async fn dispatch(env: Envelope, tx: &mpsc::Sender<Job>) -> Reply {
         .unwrap_or_else(|_| Reply::err("ctsyncd dropped the request without replying"))
 }
 
+/// Read one request (a JSON line, bounded by `MAX_REQUEST`, or a native
+/// 4-byte code) and decode it with [`decode_request`].
 async fn read_request(stream: &mut UnixStream) -> io::Result<Incoming> {
     let mut first = [0u8; 1];
-    if stream.read(&mut first).await? == 0 {
-        return Ok(Incoming::Bad("empty request".to_string(), Dialect::Json));
-    }
-    if first[0] == b'{' {
-        return read_json(stream).await;
-    }
-    // conntrackd's native protocol: one native-endian i32, nothing else.
-    let mut code = [first[0], 0, 0, 0];
-    if let Err(e) = stream.read_exact(&mut code[1..]).await {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            return Ok(Incoming::Bad(
-                "truncated request".to_string(),
-                Dialect::Native,
-            ));
+    let bytes = if stream.read(&mut first).await? == 0 {
+        Vec::new()
+    } else if first[0] == b'{' {
+        read_json_line(stream).await?
+    } else {
+        // conntrackd's native protocol: one native-endian i32, nothing else.
+        let mut code = [first[0], 0, 0, 0];
+        match stream.read_exact(&mut code[1..]).await {
+            Ok(_) => code.to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => vec![first[0]],
+            Err(e) => return Err(e),
         }
-        return Err(e);
-    }
-    let code = i32::from_ne_bytes(code);
-    Ok(match from_native_code(code) {
-        NativeRequest::Supported(request) => Incoming::Request(
-            Envelope {
-                request,
-                json: false,
-            },
-            Dialect::Native,
-        ),
-        NativeRequest::Unsupported(why) => Incoming::Bad(why.to_string(), Dialect::Native),
-        NativeRequest::Unknown(c) => {
-            Incoming::Bad(format!("unknown request code {c}"), Dialect::Native)
-        }
+    };
+    Ok(match decode_request(&bytes) {
+        (dialect, Ok(env)) => Incoming::Request(env, dialect),
+        (dialect, Err(reason)) => Incoming::Bad(reason, dialect),
     })
 }
 
-async fn read_json(stream: &mut UnixStream) -> io::Result<Incoming> {
+/// The bytes of a JSON request line (its `{` already read): up to the
+/// first newline or the end of the stream, or more than `MAX_REQUEST`
+/// bytes (which `decode_request` refuses).
+async fn read_json_line(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
     let mut buf = vec![b'{'];
     let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            buf.truncate(pos);
-            break;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Ok(Incoming::Bad(
-                format!("request larger than {MAX_REQUEST} bytes"),
-                Dialect::Json,
-            ));
-        }
+    while !buf.contains(&b'\n') && buf.len() <= MAX_REQUEST {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
-    if buf.len() > MAX_REQUEST {
-        return Ok(Incoming::Bad(
-            format!("request larger than {MAX_REQUEST} bytes"),
-            Dialect::Json,
-        ));
-    }
-    Ok(match serde_json::from_slice::<Envelope>(&buf) {
-        Ok(env) => Incoming::Request(env, Dialect::Json),
-        Err(e) => Incoming::Bad(format!("malformed request: {e}"), Dialect::Json),
-    })
+    Ok(buf)
 }
 
 /// The first line of a reply in ctsync's own dialect.

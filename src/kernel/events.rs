@@ -203,8 +203,12 @@ impl EventSwitch {
 }
 
 /// Append the events in one netlink datagram to `out`; count what does not
-/// decode.
-fn decode_datagram(datagram: &[u8], out: &mut Vec<KernelEvent>, decode_errors: &mut u64) {
+/// decode. (Crate-visible for `fuzz_entry`.)
+pub(crate) fn decode_datagram(
+    datagram: &[u8],
+    out: &mut Vec<KernelEvent>,
+    decode_errors: &mut u64,
+) {
     for m in messages(datagram) {
         let Ok(m) = m else {
             *decode_errors += 1;
