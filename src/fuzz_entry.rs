@@ -201,14 +201,63 @@ pub fn cli_args(data: &[u8]) {
     let _ = cli::parse(&args);
 }
 
-// ---------------------------------------------------------------------------
-// RESERVED: two more targets come with the datagram authentication work
-// (another change writes them; the names are taken):
-//
-//   pub fn auth_open(data: &[u8])  -- opening an authenticated datagram
-//                                     (tag check, then the body)
-//   pub fn key_file(data: &[u8])   -- the key file's parser
-//
-// Each also needs its fuzz/fuzz_targets/ file, [[bin]] in fuzz/Cargo.toml,
-// seed corpus and entry in TARGETS (tests/fuzz_corpus.rs), as above.
-// ---------------------------------------------------------------------------
+/// The key every `auth_open` input is tried with (its seeds are sealed
+/// with it, so the fuzzer starts from envelopes that open).
+pub const FUZZ_KEY: [u8; 32] = [0x5a; 32];
+/// The cluster name bound into `auth_open`'s datagrams.
+pub const FUZZ_CLUSTER: &str = "fuzz";
+
+/// A datagram as it reaches a node with keys (`auth::Guard::open`: the
+/// envelope, key id, replay window, tag), then the opened body
+/// (`wire::decode_datagram`). What opens must keep its header (less the
+/// AUTH flag and tag length). And whatever is a plain datagram, sealed by
+/// one gate, must open at another to the same bytes, and not open with
+/// its last byte changed.
+pub fn auth_open(data: &[u8]) {
+    use crate::auth::{Guard, KeyRing};
+    let ring = KeyRing::single(1, &FUZZ_KEY);
+    let mut gate = Guard::new(ring.clone(), FUZZ_CLUSTER, 4, 1);
+    if let Ok(opened) = gate.open(data) {
+        let sealed = Header::parse(data).expect("an opened datagram has a header");
+        let plain = Header::parse(&opened.plain).expect("opens to a plain datagram");
+        assert!(sealed.is_sealed() && !plain.is_sealed());
+        assert_eq!(
+            (plain.node_id, plain.epoch, plain.seq),
+            (sealed.node_id, sealed.epoch, sealed.seq)
+        );
+        let _ = wire::decode_datagram(&opened.plain);
+    }
+    let Ok(header) = Header::parse(data) else {
+        return;
+    };
+    if header.is_sealed() {
+        return;
+    }
+    let mut sender = Guard::new(ring.clone(), FUZZ_CLUSTER, 4, 2);
+    let sealed = sender.seal(data).expect("a plain datagram seals");
+    let mut receiver = Guard::new(ring, FUZZ_CLUSTER, 4, 3);
+    let opened = receiver.open(&sealed).expect("what we seal opens");
+    assert_eq!(opened.plain, data);
+    let mut forged = sealed;
+    if let Some(last) = forged.last_mut() {
+        *last ^= 1;
+    }
+    let mut fresh = Guard::new(KeyRing::single(1, &FUZZ_KEY), FUZZ_CLUSTER, 4, 4);
+    assert!(fresh.open(&forged).is_err(), "a changed tag opened");
+}
+
+/// The sync key file (`auth::parse_key_file`). A ring it accepts holds at
+/// least one key, ids 1..=255, and sends with one of them.
+pub fn key_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(ring) = crate::auth::parse_key_file(text) else {
+        return;
+    };
+    let keys = ring.summary();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|(id, _)| *id >= 1));
+    let send = ring.send_key().id;
+    assert!(keys.iter().any(|(id, _)| *id == send));
+}

@@ -22,6 +22,8 @@ const TARGETS: &[(&str, Entry)] = &[
     ("config", ctsync::fuzz_entry::config),
     ("control_request", ctsync::fuzz_entry::control_request),
     ("cli_args", ctsync::fuzz_entry::cli_args),
+    ("auth_open", ctsync::fuzz_entry::auth_open),
+    ("key_file", ctsync::fuzz_entry::key_file),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -403,6 +405,7 @@ socket_group = "ctsync"
 [sync]
 mode = "ftfw"
 window = 1048576
+reorder_limit = 1048576
 ack_every = 64
 ack_delay_ms = 20
 keepalive_ms = 1000
@@ -524,6 +527,41 @@ list = ["SYN_SENT", "NONE"]
     }
 
     /// Command lines, arguments separated by NUL.
+    /// Plain datagrams (the round trip) and the same sealed with the
+    /// fuzz key under a few packet numbers (the opening path).
+    pub fn sealed() -> Vec<Vec<u8>> {
+        use ctsync::auth::{Guard, KeyRing};
+        use ctsync::fuzz_entry::{FUZZ_CLUSTER, FUZZ_KEY};
+        let plain: Vec<Vec<u8>> = datagrams().into_iter().step_by(7).collect();
+        let mut gate = Guard::new(KeyRing::single(1, &FUZZ_KEY), FUZZ_CLUSTER, 4, 9);
+        let mut out = plain.clone();
+        for p in &plain {
+            out.push(gate.seal(p).expect("seal"));
+        }
+        out
+    }
+
+    /// Key files: one key, several with a `send` mark, comments, and the
+    /// mistakes the parser names.
+    pub fn key_files() -> Vec<Vec<u8>> {
+        let k = |b: u8| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode([b; 32])
+        };
+        [
+            format!("1 {}\n", k(1)),
+            format!("# keys\n1 {}\n2 {} send # new\n", k(1), k(2)),
+            format!("255 {} send\n", k(3)),
+            format!("0 {}\n", k(1)),
+            format!("1 {}\n1 {}\n", k(1), k(2)),
+            "1 c2hvcnQ=\n".to_string(),
+            format!("1 {} sned\n", k(1)),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect()
+    }
+
     pub fn command_lines() -> Vec<Vec<u8>> {
         let lines: &[&[&str]] = &[
             &[],
@@ -577,12 +615,14 @@ list = ["SYN_SENT", "NONE"]
 #[test]
 #[ignore = "writes the seed corpora; run by name"]
 fn write_seeds() {
-    let sets: [(&str, Vec<Vec<u8>>); 5] = [
+    let sets: [(&str, Vec<Vec<u8>>); 7] = [
         ("wire_datagram", seeds::datagrams()),
         ("ctnetlink", seeds::netlink()),
         ("config", seeds::configs()),
         ("control_request", seeds::requests()),
         ("cli_args", seeds::command_lines()),
+        ("auth_open", seeds::sealed()),
+        ("key_file", seeds::key_files()),
     ];
     for (name, inputs) in sets {
         let f = target_fn(name).expect("a listed target");

@@ -1,0 +1,7 @@
+//! Fuzz target `key_file`: the bytes go to `ctsync::fuzz_entry::key_file`, which the
+//! stable test `tests/fuzz_corpus.rs` also runs on every corpus file.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| ctsync::fuzz_entry::key_file(data));
