@@ -55,8 +55,8 @@ impl Key {
     }
 
     /// A short value that tells keys apart without revealing them: the
-    /// first 4 bytes of 16 zero bytes sealed under an all-zero nonce (a
-    /// "key check value"). Equal on two nodes exactly when their keys are.
+    /// first 4 bytes of 16 zero bytes sealed under a nonce no datagram uses
+    /// (a "key check value"). Equal on two nodes exactly when their keys are.
     pub fn check_value(&self) -> u32 {
         self.check
     }
@@ -70,7 +70,8 @@ impl fmt::Debug for Key {
 
 fn check_value(cipher: &XChaCha20Poly1305) -> u32 {
     let mut block = [0u8; 16];
-    let nonce = XNonce::from([0u8; 24]);
+    // Sealing's nonces end in four zero bytes: this one never does.
+    let nonce = XNonce::from([0xff; 24]);
     // Sealing 16 bytes cannot fail (the limits are gigabytes).
     let _ = cipher.encrypt_inout_detached(&nonce, b"ctsync key check", (&mut block[..]).into());
     u32::from_be_bytes([block[0], block[1], block[2], block[3]])
@@ -143,17 +144,18 @@ pub fn parse_key_file(text: &str) -> Result<KeyRing, KeyFileError> {
         let (Some(id), Some(b64)) = (words.next(), words.next()) else {
             return Err(bad("expected `<id> <base64 key> [send]`".into()));
         };
+        // Errors never echo a word of the line: it may be (part of) a key.
         let marked = match words.next() {
             None => false,
             Some("send") => true,
-            Some(other) => return Err(bad(format!("unexpected word `{other}`"))),
+            Some(_) => return Err(bad("the third word may only be `send`".into())),
         };
         if words.next().is_some() {
             return Err(bad("too many words".into()));
         }
         let id: u8 = match id.parse() {
             Ok(n) if n >= 1 => n,
-            _ => return Err(bad(format!("key id `{id}` is not 1..255"))),
+            _ => return Err(bad("the first word is not a key id 1..255".into())),
         };
         if let Some(first) = seen.insert(id, line) {
             return Err(bad(format!("key id {id} repeats line {first}")));
@@ -305,12 +307,27 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "no key"),
             ("# only a comment\n".into(), "no key"),
-            (format!("0 {}", BASE64.encode([1u8; 32])), "not 1..255"),
-            (format!("256 {}", BASE64.encode([1u8; 32])), "not 1..255"),
+            (
+                format!("0 {}", BASE64.encode([1u8; 32])),
+                "not a key id 1..255",
+            ),
+            (
+                format!("256 {}", BASE64.encode([1u8; 32])),
+                "not a key id 1..255",
+            ),
+            (format!("{} send", BASE64.encode([1u8; 32])), "not a key id"),
+            (
+                format!(
+                    "1 {} {}",
+                    BASE64.encode([1u8; 16]),
+                    BASE64.encode([1u8; 16])
+                ),
+                "may only be `send`",
+            ),
             (short, "16 bytes"),
             ("1 not-base64!!".into(), "not base64"),
             (format!("{}\n{}", line(1, 1), line(1, 2)), "repeats line 1"),
-            (format!("{} sned", line(1, 1)), "unexpected word"),
+            (format!("{} sned", line(1, 1)), "may only be `send`"),
             ("1\n".into(), "expected"),
             (
                 format!("{} send\n{} send", line(1, 1), line(2, 2)),
@@ -321,6 +338,7 @@ mod tests {
             let err = parse_key_file(&text).expect_err(&text).to_string();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(!err.contains(&BASE64.encode([1u8; 32])), "no key in {err}");
+            assert!(!err.contains(&BASE64.encode([1u8; 16])), "no key in {err}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! datagram for `wire::decode_datagram`.
 
 use super::keys::KeyRing;
-use crate::wire::{flags, Header, AUTH_PREFIX_LEN, HEADER_LEN, TAG_LEN};
+use crate::wire::{flags, Header, AUTH_PREFIX_LEN, HEADER_LEN, MAX_DATAGRAM, TAG_LEN};
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{Tag, XNonce};
 
@@ -47,8 +47,13 @@ fn associated_data(prefix: &[u8], cluster: &[u8]) -> Vec<u8> {
 
 /// Seal the plain datagram `plain` (header and body, as `Body::seal` makes
 /// it) with the ring's send key under packet number `pn`. `None` if
-/// `plain` is not a plain datagram of ours (a bug, never outside input).
+/// `plain` is not a plain datagram of ours, or too large to stay a
+/// datagram once sealed (a bug, never outside input: the node packs
+/// bodies with room for the seal).
 pub fn seal(ring: &KeyRing, cluster: &[u8], plain: &[u8], pn: u64) -> Option<Vec<u8>> {
+    if plain.len() + AUTH_PREFIX_LEN + TAG_LEN > MAX_DATAGRAM {
+        return None;
+    }
     let header = Header::parse(plain).ok().filter(|h| !h.is_sealed())?;
     let key = ring.send_key();
     let body = plain.get(HEADER_LEN..)?;

@@ -313,6 +313,9 @@ impl Node {
         });
         for id in gone {
             self.views.caches.remove(&id);
+            if let Some(g) = self.guard.as_mut() {
+                g.forget(id);
+            }
             self.stats.peers_forgotten += 1;
         }
     }

@@ -33,6 +33,15 @@ impl Node {
         }
     }
 
+    /// Does `link` take datagrams from `node_id` (`[[link]] node_ids`)?
+    fn link_accepts(&self, link: usize, node_id: u32) -> bool {
+        self.cfg
+            .link_node_ids
+            .get(link)
+            .and_then(Option::as_ref)
+            .is_none_or(|ids| ids.contains(&node_id))
+    }
+
     /// With keys, the gate: a plain datagram is refused, a sealed one
     /// opened (`Ok(Some)`); without, a sealed one is refused. Refusals are
     /// counted (by the guard, or in `unauthenticated`).
@@ -74,8 +83,10 @@ impl Node {
         let mut admitted = opened.admitted;
         for m in messages {
             match *m {
-                Message::Challenge { node, epoch, nonce }
-                    if node == me && epoch == my_epoch && guard.may_answer(opened.node_id, now) =>
+                // Answered in our current epoch whatever epoch it names: the
+                // challenger admits the epoch the answer is sealed in.
+                Message::Challenge { node, nonce, .. }
+                    if node == me && guard.may_answer(opened.node_id, now) =>
                 {
                     self.tx.control.push(Message::ChallengeAnswer {
                         node: opened.node_id,
@@ -91,7 +102,7 @@ impl Node {
             }
         }
         if !admitted {
-            if let Some(nonce) = guard.unadmitted(opened.node_id, opened.epoch, now) {
+            if let Some(nonce) = guard.unadmitted(opened.node_id, now) {
                 self.tx.control.push(Message::Challenge {
                     node: opened.node_id,
                     epoch: opened.epoch,
@@ -122,6 +133,27 @@ impl Node {
             }
             return None;
         }
+        // Who it claims to be is in clear: refuse our own node id (a
+        // reflection of our own datagrams) and ids the link does not accept
+        // before the gate keeps any state for them.
+        if let Ok(claimed) = Header::parse(bytes) {
+            let refused = if claimed.node_id == self.cfg.node_id {
+                Some(DropReason::OwnNodeId)
+            } else if !self.link_accepts(link, claimed.node_id) {
+                Some(DropReason::UnexpectedNodeId)
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                self.stats.malformed.count(reason);
+                if reason == DropReason::UnexpectedNodeId {
+                    if let Some(l) = self.stats.links.get_mut(link) {
+                        l.errors += 1;
+                    }
+                }
+                return None;
+            }
+        }
         let opened = match self.pass_gate(bytes, link) {
             Ok(opened) => opened,
             Err(refused) => return Some(refused),
@@ -139,19 +171,6 @@ impl Node {
         };
         let now = self.now;
         let sender = header.node_id;
-        let accepted = self
-            .cfg
-            .link_node_ids
-            .get(link)
-            .and_then(Option::as_ref)
-            .is_none_or(|ids| ids.contains(&sender));
-        if !accepted {
-            self.stats.malformed.count(DropReason::UnexpectedNodeId);
-            if let Some(l) = self.stats.links.get_mut(link) {
-                l.errors += 1;
-            }
-            return None;
-        }
         if let Some(opened) = &opened {
             if !self.admit_epoch(opened, &messages) {
                 return Some(AuthDrop::EpochUnadmitted);

@@ -194,6 +194,10 @@ fn forged_plain_and_foreign_datagrams_are_refused_by_reason() {
     other.recording = true;
     churn(&mut other, &[0], 20, 10, 200, 50);
     other.run_until(500);
+    // What they recorded from node 1 (A's id; node 2's own datagrams are
+    // refused as our own id before the gate, and counted so).
+    plainsim.recorded.retain(|(from, _)| *from == 0);
+    other.recorded.retain(|(from, _)| *from == 0);
     for (_, bytes) in plainsim.recorded.iter().chain(&other.recorded) {
         assert!(sim.node(1).on_datagram(bytes, 0, now).is_some());
     }
@@ -311,4 +315,79 @@ fn a_sequence_rollover_is_a_new_epoch_admitted_by_challenge() {
             assert!(a.epochs_admitted >= 2, "seed {seed}: {a:?}");
         }
     }
+}
+
+#[test]
+fn our_own_datagrams_reflected_back_leave_no_trace_in_the_gate() {
+    let mut sim = Sim::new(5, vec![cfg(1), cfg(2)]);
+    keyed(&mut sim, &ring());
+    sim.recording = true;
+    churn(&mut sim, &[0, 1], 30, 10, 500, 50);
+    sim.run_until(3000);
+    let own: Vec<Vec<u8>> = sim
+        .recorded
+        .iter()
+        .filter(|(from, _)| *from == 1)
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert!(!own.is_empty());
+    let now = sim.now;
+    let before = sim.nodes[1].as_ref().unwrap().auth_stats().clone();
+    for bytes in &own {
+        assert_eq!(sim.node(1).on_datagram(bytes, 0, now), None);
+    }
+    let b = sim.nodes[1].as_ref().unwrap();
+    assert_eq!(b.stats().malformed.own_node_id, own.len() as u64);
+    let after = b.auth_stats();
+    assert_eq!(
+        (
+            after.opened,
+            after.challenges_sent,
+            after.challenges_answered
+        ),
+        (
+            before.opened,
+            before.challenges_sent,
+            before.challenges_answered
+        ),
+        "a reflection reached the gate"
+    );
+}
+
+#[test]
+fn replays_of_old_epochs_cannot_keep_a_restarted_peer_out() {
+    // A lives three times; its first two lives are recorded and replayed
+    // to B all through A's third, which B must still admit.
+    let mut sim = Sim::new(9, vec![cfg(1), cfg(2)]);
+    keyed(&mut sim, &ring());
+    sim.recording = true;
+    let mut old = Vec::new();
+    for (life, epoch) in [(0u64, 4000u64), (1, 5000)] {
+        churn(&mut sim, &[0], 30, 10 + life * 3000, 1000 + life * 3000, 50);
+        sim.run_until(2500 + life * 3000);
+        old.extend(
+            sim.recorded
+                .drain(..)
+                .filter(|(from, _)| *from == 0)
+                .map(|(_, b)| b),
+        );
+        let now = sim.now;
+        sim.nodes[0] = Some(keyed_node(1, epoch, now));
+    }
+    sim.recording = false;
+    let start = sim.now;
+    churn(&mut sim, &[0], 50, start + 10, start + 3000, 50);
+    let mut i = 0;
+    while sim.now < start + 10_000 {
+        let now = sim.now;
+        for _ in 0..4 {
+            let bytes = old[i % old.len()].clone();
+            sim.node(1).on_datagram(&bytes, 0, now);
+            i += 1;
+        }
+        sim.step();
+    }
+    sim.run_until(start + 25_000);
+    assert_eq!(sim.nodes[1].as_ref().unwrap().peers()[0].epoch, 5000);
+    assert_all_converged(&sim, 9);
 }
