@@ -7,7 +7,8 @@
 //! must catch a broken view.
 
 use ctsync::sim::{
-    params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim, SimParams, SimReport,
+    expect_all_passed, params_for_seed, run, run_seed, run_seeds, Difference, FailureKind, Sim,
+    SimParams, SimReport,
 };
 use ctsync::sync::Mode;
 use std::time::Instant;
@@ -199,17 +200,7 @@ fn all_converge(
         results.len(),
         started.elapsed().as_secs_f64()
     );
-    let failures: Vec<String> = results
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err().map(|f| format!("{f}")))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{what}: {} of {count} seeds failed; the first:\n{}",
-        failures.len(),
-        failures[..failures.len().min(3)].join("\n")
-    );
-    results.into_iter().filter_map(|(_, r)| r.ok()).collect()
+    expect_all_passed(results, what)
 }
 
 #[test]

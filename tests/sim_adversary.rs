@@ -7,8 +7,8 @@
 //! the keyed checks would prove nothing).
 
 use ctsync::sim::{
-    adversary_for_seed, params_for_seed, run_seeds_with, Attack, Breach, FailureKind, Sim,
-    SimParams, SimReport,
+    adversary_for_seed, expect_all_passed, params_for_seed, run_seeds_with, Attack, Breach,
+    FailureKind, Sim, SimParams, SimReport,
 };
 use ctsync::sync::Mode;
 use std::time::Instant;
@@ -37,17 +37,7 @@ fn all_hold(
         results.len(),
         results.len() as f64 / wall.max(1e-9)
     );
-    let failures: Vec<String> = results
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().err().map(|f| format!("{f}")))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{what}: {} of {count} seeds failed; the first:\n{}",
-        failures.len(),
-        failures[..failures.len().min(3)].join("\n")
-    );
-    results.into_iter().filter_map(|(_, r)| r.ok()).collect()
+    expect_all_passed(results, what)
 }
 
 /// With keys, the adversary in every mode: every seed converges, nothing
@@ -76,16 +66,7 @@ fn keyed_clusters_hold_against_the_adversary_in_every_mode() {
         );
         assert_eq!(sum(&|a| a.forged_taken), 0, "{what}");
         assert!(delivered > 10 * seeds, "{what}: {delivered} delivered");
-        for attack in [
-            Attack::Replay,
-            Attack::ReplayOld,
-            Attack::ForgeUpsert,
-            Attack::ForgeDelete,
-            Attack::ResyncFlood,
-            Attack::FakeAlive,
-            Attack::ForgeControl,
-            Attack::BitFlip,
-        ] {
+        for attack in Attack::ALL {
             assert!(
                 sum(&|a| a.sent_by(attack)) > seeds,
                 "{what}: too few {attack:?}"

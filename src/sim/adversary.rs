@@ -123,18 +123,19 @@ pub enum Attack {
     BitFlip,
 }
 
-const ATTACKS: [Attack; 8] = [
-    Attack::Replay,
-    Attack::ReplayOld,
-    Attack::ForgeUpsert,
-    Attack::ForgeDelete,
-    Attack::ResyncFlood,
-    Attack::FakeAlive,
-    Attack::ForgeControl,
-    Attack::BitFlip,
-];
-
 impl Attack {
+    /// Every attack, in counter order.
+    pub const ALL: [Attack; 8] = [
+        Attack::Replay,
+        Attack::ReplayOld,
+        Attack::ForgeUpsert,
+        Attack::ForgeDelete,
+        Attack::ResyncFlood,
+        Attack::FakeAlive,
+        Attack::ForgeControl,
+        Attack::BitFlip,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Attack::Replay => "replay",
@@ -149,7 +150,7 @@ impl Attack {
     }
 
     fn index(self) -> usize {
-        ATTACKS.iter().position(|&a| a == self).unwrap_or(0)
+        Attack::ALL.iter().position(|&a| a == self).unwrap_or(0)
     }
 }
 
@@ -216,7 +217,7 @@ impl fmt::Display for AdversaryStats {
             self.actions,
             self.total_sent()
         )?;
-        for (i, a) in ATTACKS.iter().enumerate() {
+        for (i, a) in Attack::ALL.iter().enumerate() {
             let sep = if i == 0 { "" } else { " " };
             write!(f, "{sep}{}={}", a.name(), self.sent[i])?;
         }
@@ -554,7 +555,7 @@ impl Adversary {
 
     fn attack(&mut self, now: u64) {
         self.stats.actions += 1;
-        let pick = ATTACKS[self.rng.below(ATTACKS.len() as u64) as usize];
+        let pick = Attack::ALL[self.rng.below(Attack::ALL.len() as u64) as usize];
         let done = match pick {
             Attack::Replay => self.replay(now, false),
             Attack::ReplayOld => self.replay(now, true),
@@ -988,7 +989,7 @@ mod tests {
     #[test]
     fn it_tries_every_attack_and_old_epochs() {
         let (_, s) = run(true, 9);
-        for attack in ATTACKS {
+        for attack in Attack::ALL {
             assert!(s.sent_by(attack) > 0, "{attack:?}: {s}");
         }
         let (_, plain) = run(false, 9);

@@ -68,6 +68,27 @@ pub fn run(seed: u64, params: &SimParams) -> Result<SimReport, SimFailure> {
     })
 }
 
+/// The reports of a batch from `run_seeds`/`run_seeds_with`, every seed of
+/// which must have passed; otherwise a panic naming how many of the batch
+/// failed and the first three failures (for tests).
+pub fn expect_all_passed(
+    results: Vec<(u64, Result<SimReport, SimFailure>)>,
+    what: &str,
+) -> Vec<SimReport> {
+    let count = results.len();
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().map(|f| format!("{f}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {count} seeds failed; the first:\n{}",
+        failures.len(),
+        failures[..failures.len().min(3)].join("\n")
+    );
+    results.into_iter().filter_map(|(_, r)| r.ok()).collect()
+}
+
 /// Run `count` seeds from `from` on `threads` threads; `adjust` may change
 /// each seed's parameters (the CLI's overrides). Results come back in seed
 /// order, whatever the threads did.

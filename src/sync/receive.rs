@@ -43,10 +43,19 @@ impl Node {
     }
 
     /// With keys, the gate: a plain datagram is refused, a sealed one
-    /// opened (`Ok(Some)`); without, a sealed one is refused. Refusals are
+    /// opened (`Ok(Some)`); without, a sealed one is refused. `sealed` is
+    /// what its header says (`None`: no valid header; such a datagram is
+    /// counted as malformed by the decoding that follows). Refusals are
     /// counted (by the guard, or in `unauthenticated`).
-    fn pass_gate(&mut self, bytes: &[u8], link: usize) -> Result<Option<Opened>, AuthDrop> {
-        let sealed = Header::parse(bytes).is_ok_and(|h| h.is_sealed());
+    fn pass_gate(
+        &mut self,
+        bytes: &[u8],
+        link: usize,
+        sealed: Option<bool>,
+    ) -> Result<Option<Opened>, AuthDrop> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
         let result = match self.guard.as_mut() {
             None if sealed => {
                 self.unauthenticated.count(AuthDrop::NotConfigured);
@@ -54,10 +63,6 @@ impl Node {
             }
             None => Ok(None),
             Some(g) if !sealed => {
-                // Malformed plain datagrams are counted as such below.
-                if Header::parse(bytes).is_err() {
-                    return Ok(None);
-                }
                 g.stats.count(AuthDrop::Missing);
                 Err(AuthDrop::Missing)
             }
@@ -136,7 +141,8 @@ impl Node {
         // Who it claims to be is in clear: refuse our own node id (a
         // reflection of our own datagrams) and ids the link does not accept
         // before the gate keeps any state for them.
-        if let Ok(claimed) = Header::parse(bytes) {
+        let claimed = Header::parse(bytes).ok();
+        if let Some(claimed) = claimed {
             let refused = if claimed.node_id == self.cfg.node_id {
                 Some(DropReason::OwnNodeId)
             } else if !self.link_accepts(link, claimed.node_id) {
@@ -154,7 +160,7 @@ impl Node {
                 return None;
             }
         }
-        let opened = match self.pass_gate(bytes, link) {
+        let opened = match self.pass_gate(bytes, link, claimed.map(|h| h.is_sealed())) {
             Ok(opened) => opened,
             Err(refused) => return Some(refused),
         };

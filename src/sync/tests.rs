@@ -816,30 +816,38 @@ fn data_leaves_a_link_whose_interface_went_down_and_returns_later() {
     assert_eq!(a.active_link(), Some(0));
 }
 
+/// Both nodes start a few dozen datagrams short of `end(node)` (their
+/// rollover point, or u32::MAX itself: past it they roll over at once),
+/// change flows through loss, duplication and reordering, then heal; every
+/// view must converge.
+fn churn_across_a_rollover(sim: &mut Sim, seed: u64, end: impl Fn(&Node) -> u32) {
+    for i in 0..2 {
+        let n = sim.node(i);
+        let at = end(n) - 30 - seed as u32;
+        n.start_seq_at(at);
+    }
+    sim.faults = Faults {
+        loss: 10,
+        dup: 10,
+        jitter: 20,
+    };
+    churn(sim, &[0, 1], 400, 10, 3000, 200);
+    sim.faults = Faults::default();
+    sim.run_until(20_000);
+    assert_all_converged(sim, seed);
+}
+
 #[test]
 fn sync_continues_across_a_sequence_rollover() {
     for seed in 0..40 {
         let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
-        // Both start a few dozen datagrams short of their rollover point, or
-        // short of u32::MAX itself (past it: they roll over at once).
-        for i in 0..2 {
-            let n = sim.node(i);
-            let end = if seed % 2 == 0 {
+        churn_across_a_rollover(&mut sim, seed, |n| {
+            if seed % 2 == 0 {
                 n.seq_limit()
             } else {
                 u32::MAX
-            };
-            n.start_seq_at(end - 30 - seed as u32);
-        }
-        sim.faults = Faults {
-            loss: 10,
-            dup: 10,
-            jitter: 20,
-        };
-        churn(&mut sim, &[0, 1], 400, 10, 3000, 200);
-        sim.faults = Faults::default();
-        sim.run_until(20_000);
-        assert_all_converged(&sim, seed);
+            }
+        });
         for (i, peer) in [(0, 1), (1, 0)] {
             let n = sim.nodes[i].as_ref().unwrap();
             assert_eq!(n.stats().epoch_rollovers, 1, "seed {seed}");

@@ -289,20 +289,7 @@ fn a_sequence_rollover_is_a_new_epoch_admitted_by_challenge() {
     for seed in 0..20 {
         let mut sim = Sim::new(seed, vec![cfg(1), cfg(2)]);
         keyed(&mut sim, &ring());
-        for i in 0..2 {
-            let n = sim.node(i);
-            let end = n.seq_limit();
-            n.start_seq_at(end - 30 - seed as u32);
-        }
-        sim.faults = Faults {
-            loss: 10,
-            dup: 10,
-            jitter: 20,
-        };
-        churn(&mut sim, &[0, 1], 400, 10, 3000, 200);
-        sim.faults = Faults::default();
-        sim.run_until(20_000);
-        assert_all_converged(&sim, seed);
+        churn_across_a_rollover(&mut sim, seed, Node::seq_limit);
         for i in 0..2 {
             let n = sim.nodes[i].as_ref().unwrap();
             assert_eq!(n.stats().epoch_rollovers, 1, "seed {seed}");
