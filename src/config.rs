@@ -127,6 +127,10 @@ pub struct Config {
     pub compat: CompatConfig,
     /// `[auth]`: keys for the sync traffic (none: not authenticated).
     pub auth: AuthConfig,
+    /// `[metrics]`: the Prometheus endpoint (off by default).
+    pub metrics: MetricsConfig,
+    /// `[doctor]`: facts for `ctsyncd doctor` the machine cannot tell.
+    pub doctor: DoctorConfig,
 }
 
 /// `[auth]`: where the sync keys are, and the cluster name bound into
@@ -240,6 +244,98 @@ pub struct DaemonConfig {
     pub lock: Option<PathBuf>,
     /// error | warn | info | debug | trace
     pub log_level: String,
+    /// `log_file`: also append log lines to this file (conntrackd's
+    /// `LogFile`). Absolute path; unset: none.
+    pub log_file: Option<PathBuf>,
+    /// `syslog`: also send log lines to syslog/journald (conntrackd's
+    /// `Syslog on`), with this facility. Unset: none.
+    pub syslog: Option<SyslogFacility>,
+    /// `nice`: the daemon's nice value, -20..=19 (conntrackd's `Nice`).
+    pub nice: Option<i32>,
+    /// `scheduler` + `scheduler_priority`: a real-time policy for the
+    /// daemon (conntrackd's `Scheduler { Type; Priority }`).
+    pub scheduler: Option<Scheduler>,
+}
+
+/// A syslog facility by name, as conntrackd's `Syslog` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFacility {
+    Daemon,
+    User,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
+impl SyslogFacility {
+    /// Every facility with its name, in the order error messages list them.
+    pub const ALL: [(&'static str, SyslogFacility); 10] = [
+        ("daemon", SyslogFacility::Daemon),
+        ("user", SyslogFacility::User),
+        ("local0", SyslogFacility::Local0),
+        ("local1", SyslogFacility::Local1),
+        ("local2", SyslogFacility::Local2),
+        ("local3", SyslogFacility::Local3),
+        ("local4", SyslogFacility::Local4),
+        ("local5", SyslogFacility::Local5),
+        ("local6", SyslogFacility::Local6),
+        ("local7", SyslogFacility::Local7),
+    ];
+
+    /// The facility called `name` (lower case), if any.
+    pub fn by_name(name: &str) -> Option<SyslogFacility> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    /// Its name as configured.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("daemon", |(n, _)| n)
+    }
+}
+
+/// `[daemon] scheduler`: a real-time scheduling policy and its priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Scheduler {
+    pub policy: SchedPolicy,
+    /// 1..=99 for `rr` and `fifo`; 0 for `other`.
+    pub priority: u8,
+}
+
+/// The policies conntrackd's `Scheduler { Type }` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedPolicy {
+    /// SCHED_OTHER: the ordinary time-sharing policy.
+    Other,
+    /// SCHED_RR
+    Rr,
+    /// SCHED_FIFO
+    Fifo,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    /// `listen = "ADDR:PORT"`: serve `/metrics` there. Unset: off.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[doctor]`: what `ctsyncd doctor` cannot read from the machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DoctorConfig {
+    /// `upstream_idle_timeout_s`: the idle timeout of a load balancer or
+    /// cloud NIC in front of this firewall (AWS NLB: 350 s). UDP timeouts
+    /// longer than it are reported. Unset: that check is skipped.
+    pub upstream_idle_timeout_s: Option<u32>,
 }
 
 /// `[compat]`: text that tools written for conntrackd read from the config
@@ -303,6 +399,10 @@ impl Default for DaemonConfig {
             pid_file: None,
             lock: None,
             log_level: "info".to_string(),
+            log_file: None,
+            syslog: None,
+            nice: None,
+            scheduler: None,
         }
     }
 }
@@ -325,6 +425,20 @@ struct RawConfig {
     filter: Option<RawFilter>,
     compat: Option<RawCompat>,
     auth: Option<RawAuth>,
+    metrics: Option<RawMetrics>,
+    doctor: Option<RawDoctor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoctor {
+    upstream_idle_timeout_s: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +502,11 @@ struct RawDaemon {
     pid_file: Option<S<String>>,
     lock: Option<S<String>>,
     log_level: Option<S<String>>,
+    log_file: Option<S<String>>,
+    syslog: Option<S<String>>,
+    nice: Option<S<i64>>,
+    scheduler: Option<S<String>>,
+    scheduler_priority: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -638,6 +757,8 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let filter = filter_config(cx, raw.filter)?;
     let compat = compat_config(cx, raw.compat, &socket, daemon.lock.as_deref())?;
     let auth = auth_config(cx, raw.auth)?;
+    let metrics = metrics_config(cx, raw.metrics)?;
+    let doctor = doctor_config(cx, raw.doctor)?;
     Ok(Config {
         node_id: u32::try_from(node_id).unwrap_or(1),
         socket,
@@ -649,6 +770,51 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         filter,
         compat,
         auth,
+        metrics,
+        doctor,
+    })
+}
+
+/// `[metrics] listen`: an address and a port (not 0).
+fn metrics_config(cx: &Ctx<'_>, raw: Option<RawMetrics>) -> Result<MetricsConfig, ConfigError> {
+    let Some(listen) = raw.and_then(|r| r.listen) else {
+        return Ok(MetricsConfig::default());
+    };
+    match listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(MetricsConfig { listen: Some(addr) }),
+        Ok(_) => cx.invalid(
+            listen.span().start,
+            "metrics.listen",
+            "port 0 is not a port to listen on",
+        ),
+        Err(_) => cx.invalid(
+            listen.span().start,
+            "metrics.listen",
+            format!(
+                "\"{}\" is not ADDRESS:PORT (\"127.0.0.1:9477\", \"[::1]:9477\")",
+                listen.get_ref()
+            ),
+        ),
+    }
+}
+
+/// `[doctor] upstream_idle_timeout_s`: 1 s to a week.
+fn doctor_config(cx: &Ctx<'_>, raw: Option<RawDoctor>) -> Result<DoctorConfig, ConfigError> {
+    let Some(r) = raw else {
+        return Ok(DoctorConfig::default());
+    };
+    let upstream = match &r.upstream_idle_timeout_s {
+        None => None,
+        Some(_) => Some(to_u32(cx.int(
+            &r.upstream_idle_timeout_s,
+            "doctor.upstream_idle_timeout_s",
+            1,
+            7 * 86_400,
+            0,
+        )?)),
+    };
+    Ok(DoctorConfig {
+        upstream_idle_timeout_s: upstream,
     })
 }
 
@@ -1145,11 +1311,95 @@ fn daemon_config(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, C
             v.clone()
         }
     };
+    let log_file = r
+        .log_file
+        .as_ref()
+        .map(|s| cx.path(s, "daemon.log_file"))
+        .transpose()?;
+    let syslog = match &r.syslog {
+        None => None,
+        Some(s) => match SyslogFacility::by_name(s.get_ref()) {
+            Some(f) => Some(f),
+            None => {
+                let names: Vec<String> = SyslogFacility::ALL
+                    .iter()
+                    .map(|(n, _)| format!("\"{n}\""))
+                    .collect();
+                return cx.invalid(
+                    s.span().start,
+                    "daemon.syslog",
+                    format!(
+                        "\"{}\" is not a facility: {}",
+                        s.get_ref(),
+                        names.join(", ")
+                    ),
+                );
+            }
+        },
+    };
+    let nice = match &r.nice {
+        None => None,
+        Some(_) => Some(cx.int(&r.nice, "daemon.nice", -20, 19, 0)? as i32),
+    };
+    let scheduler = scheduler_config(cx, &r)?;
     Ok(DaemonConfig {
         pid_file,
         lock,
         log_level,
+        log_file,
+        syslog,
+        nice,
+        scheduler,
     })
+}
+
+/// `scheduler = "rr" | "fifo" | "other"` with `scheduler_priority`
+/// (1..=99, required for rr and fifo, not allowed for other).
+fn scheduler_config(cx: &Ctx<'_>, r: &RawDaemon) -> Result<Option<Scheduler>, ConfigError> {
+    let Some(s) = &r.scheduler else {
+        if let Some(p) = &r.scheduler_priority {
+            return cx.invalid(
+                p.span().start,
+                "daemon.scheduler_priority",
+                "needs daemon.scheduler = \"rr\" or \"fifo\"",
+            );
+        }
+        return Ok(None);
+    };
+    let policy = match s.get_ref().as_str() {
+        "other" => SchedPolicy::Other,
+        "rr" => SchedPolicy::Rr,
+        "fifo" => SchedPolicy::Fifo,
+        other => {
+            return cx.invalid(
+                s.span().start,
+                "daemon.scheduler",
+                format!("\"{other}\" is not one of \"other\", \"rr\", \"fifo\""),
+            )
+        }
+    };
+    let priority = match (policy, &r.scheduler_priority) {
+        (SchedPolicy::Other, None) => 0,
+        (SchedPolicy::Other, Some(p)) => {
+            return cx.invalid(
+                p.span().start,
+                "daemon.scheduler_priority",
+                "not used with scheduler = \"other\"",
+            )
+        }
+        (_, None) => {
+            return cx.invalid(
+                s.span().start,
+                "daemon.scheduler",
+                "a real-time policy needs daemon.scheduler_priority (1..=99)",
+            )
+        }
+        (_, Some(_)) => cx.int(&r.scheduler_priority, "daemon.scheduler_priority", 1, 99, 1)?,
+    };
+    Ok(Some(Scheduler {
+        policy,
+        priority: u8::try_from(priority).unwrap_or(1),
+    }))
 }
 
 /// One directive the conntrackd agent would take from the hint: the byte

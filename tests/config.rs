@@ -920,3 +920,78 @@ fn zero_or_absurd_limits_are_refused_naming_the_key() {
         "ctsyncd.toml:5: key 'sync.send_queue_max': 0 is out of range 65536..=268435456"
     );
 }
+
+#[test]
+fn logging_and_scheduling_keys_parse_and_are_checked() {
+    let text = format!(
+        "{GOOD}[daemon]\nlog_file = \"/var/log/ctsyncd.log\"\nsyslog = \"local3\"\nnice = -5\nscheduler = \"fifo\"\nscheduler_priority = 7\n"
+    );
+    let c = Config::parse(&text, "ctsyncd.toml").unwrap();
+    assert_eq!(
+        c.daemon.log_file.as_deref(),
+        Some(Path::new("/var/log/ctsyncd.log"))
+    );
+    assert_eq!(
+        c.daemon.syslog,
+        Some(ctsync::config::SyslogFacility::Local3)
+    );
+    assert_eq!(c.daemon.nice, Some(-5));
+    let sched = c.daemon.scheduler.unwrap();
+    assert_eq!(sched.policy, ctsync::config::SchedPolicy::Fifo);
+    assert_eq!(sched.priority, 7);
+    for (bad, key, words) in [
+        ("log_file = \"ctsyncd.log\"", "daemon.log_file", "absolute"),
+        ("syslog = \"kern\"", "daemon.syslog", "not a facility"),
+        ("nice = 20", "daemon.nice", "out of range"),
+        (
+            "scheduler = \"rr\"",
+            "daemon.scheduler",
+            "needs daemon.scheduler_priority",
+        ),
+        ("scheduler = \"batch\"", "daemon.scheduler", "not one of"),
+        (
+            "scheduler_priority = 3",
+            "daemon.scheduler_priority",
+            "needs daemon.scheduler",
+        ),
+        (
+            "scheduler = \"other\"\nscheduler_priority = 3",
+            "daemon.scheduler_priority",
+            "not used",
+        ),
+        (
+            "scheduler = \"rr\"\nscheduler_priority = 100",
+            "daemon.scheduler_priority",
+            "out of range",
+        ),
+    ] {
+        let e = err(&format!("{GOOD}[daemon]\n{bad}\n"));
+        assert_eq!(e.key(), Some(key), "{bad}: {e}");
+        assert!(e.to_string().contains(words), "{bad}: {e}");
+        assert!(e.line() >= 12, "{bad}: {e}");
+    }
+}
+
+#[test]
+fn metrics_and_doctor_keys_parse_and_are_checked() {
+    let c = Config::parse(GOOD, "ctsyncd.toml").unwrap();
+    assert_eq!(c.metrics.listen, None, "metrics are off by default");
+    let text = format!(
+        "{GOOD}[metrics]\nlisten = \"[::1]:9477\"\n[doctor]\nupstream_idle_timeout_s = 350\n"
+    );
+    let c = Config::parse(&text, "ctsyncd.toml").unwrap();
+    assert_eq!(c.metrics.listen, Some("[::1]:9477".parse().unwrap()));
+    assert_eq!(c.doctor.upstream_idle_timeout_s, Some(350));
+    for (bad, key) in [
+        ("[metrics]\nlisten = \"127.0.0.1\"", "metrics.listen"),
+        ("[metrics]\nlisten = \"127.0.0.1:0\"", "metrics.listen"),
+        (
+            "[doctor]\nupstream_idle_timeout_s = 0",
+            "doctor.upstream_idle_timeout_s",
+        ),
+    ] {
+        let e = err(&format!("{GOOD}{bad}\n"));
+        assert_eq!(e.key(), Some(key), "{bad}: {e}");
+        assert_eq!(e.line(), 12, "{bad}: {e}");
+    }
+}
