@@ -285,6 +285,23 @@ impl CliError {
     }
 }
 
+/// Every readable subcommand, for the man page, the shell completions and
+/// their tests (tests/docs.rs checks each is documented and parses).
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "commit",
+    "dump",
+    "stats",
+    "resync",
+    "bulk",
+    "flush",
+    "flush-kernel",
+    "kill",
+    "reload-kernel",
+    "reload-keys",
+    "genkey",
+];
+
 /// A readable subcommand and its words; `--json` and `-C FILE` may follow.
 fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf>), CliError> {
     let mut json = false;
