@@ -70,6 +70,7 @@ impl Drop for Purge {
 const FILES: &[&str] = &[
     "./usr/sbin/ctsyncd",
     "./etc/ctsyncd/ctsyncd.toml",
+    "./etc/logrotate.d/ctsyncd",
     "./usr/lib/systemd/system/ctsyncd.service",
     "./usr/lib/sysusers.d/ctsync.conf",
     "./usr/share/ctsync/keepalived/ctsync-notify.sh",
@@ -116,7 +117,12 @@ fn the_package_builds_holds_its_files_and_installs() {
     let control = tmp.join("control");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     let conffiles = std::fs::read_to_string(control.join("conffiles")).expect("conffiles");
-    assert_eq!(conffiles.trim(), "/etc/ctsyncd/ctsyncd.toml");
+    let mut conffiles: Vec<&str> = conffiles.lines().collect();
+    conffiles.sort();
+    assert_eq!(
+        conffiles,
+        ["/etc/ctsyncd/ctsyncd.toml", "/etc/logrotate.d/ctsyncd"]
+    );
     let postinst = std::fs::read_to_string(control.join("postinst")).expect("postinst");
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
     assert!(
