@@ -409,15 +409,29 @@ fn a_filling_table_fires_and_an_overflowing_one_drops() {
     let more = (max as usize - want) + 2_000;
     let flows: Vec<Flow> = udp_flows(want + more, 7).split_off(want);
     create(&ns.name, flows);
+    let before = ns.read("nf_conntrack_count");
     let d = doctor(&ns.name, &config, &[]);
-    d.assert("table_full", "critical");
+    let after = ns.read("nf_conntrack_count");
+    // At the limit. (Should the kernel's garbage collector start evicting
+    // unassured entries, as it does after a failed allocation, the table
+    // shrinks below 95%: then it is a warning.)
+    let at_limit = |count: u64| count * 100 >= max * 95;
+    if at_limit(after) {
+        d.assert("table_full", "critical");
+        assert_eq!(d.code, 2);
+    } else if !at_limit(before) {
+        d.assert("table_full", "warning");
+    } else {
+        // It crossed 95% while doctor read it.
+        let sev = d.worst("table_full");
+        assert!(sev == "critical" || sev == "warning", "{sev}");
+    }
     d.assert("table_drops", "warning");
     let seen = d.findings("table_drops")[0]["seen"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(!seen.contains("early_drop 0 "), "{seen}");
-    assert_eq!(d.code, 2);
 }
 
 fn peer_alive(node: &lab::Node, peer: u64) -> Option<bool> {
@@ -514,4 +528,110 @@ fn a_peer_of_another_mode_and_mtu_is_named() {
         ok
     });
     assert!(fired, "{:#}", last.unwrap_or_default());
+}
+
+fn warm_counter(node: &lab::Node, key: &str) -> Option<u64> {
+    let out = node.ctl(&["-s", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["warm"][key].as_u64()
+}
+
+#[test]
+fn warm_standby_is_ok_when_mirrored_and_says_so_when_the_kernel_lost_flows() {
+    let mut lab = Lab::two_nodes_with(SyncFamily::V4, "warm_standby = true");
+    lab.a.start();
+    lab.b.start();
+    assert!(wait_until(Duration::from_secs(20), || peer_alive(
+        &lab.b, 1
+    ) == Some(true)));
+    lab::create_in(&lab.a.ns, udp_flows(100, 4_100));
+    assert!(
+        wait_until(Duration::from_secs(30), || warm_counter(&lab.b, "written")
+            .is_some_and(|n| n >= 100)
+            && warm_counter(&lab.b, "pending") == Some(0)),
+        "b never mirrored a's flows"
+    );
+    let d = doctor(&lab.b.ns, &lab.b.config, &[]);
+    d.assert("warm_standby", "ok");
+    // Someone deletes mirrored flows from b's kernel: b writes them again,
+    // and doctor says the kernel lost flows.
+    let out = lab
+        .b
+        .exec("conntrack", &["-D", "-p", "udp", "--dport", "4100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || warm_counter(&lab.b, "restored")
+            .is_some_and(|n| n > 0)),
+        "b did not restore the deleted flows"
+    );
+    let d = doctor(&lab.b.ns, &lab.b.config, &[]);
+    d.assert("warm_standby", "info");
+    // a's kernel lost nothing it mirrors.
+    doctor(&lab.a.ns, &lab.a.config, &[]).assert("warm_standby", "ok");
+    // Without warm standby there is nothing to say.
+    let mut plain = Lab::two_nodes(SyncFamily::V4);
+    plain.a.start();
+    let d = doctor(&plain.a.ns, &plain.a.config, &[]);
+    d.assert("daemon", "ok");
+    assert!(d.findings("warm_standby").is_empty(), "{:#}", d.report);
+}
+
+#[test]
+fn a_high_new_flow_rate_suggests_notrack_for_the_busiest_port() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let ns = Ns::new("rate");
+    let config = ns.config("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // New flows to udp/5353 in batches of 2,000 every 25 ms (at most
+    // 80,000 a second), for as long as doctor watches; 150,000 at most.
+    let writer = {
+        let name = ns.name.clone();
+        std::thread::spawn(move || {
+            in_netns(&name, move || {
+                let mut w = Writer::open().expect("writer");
+                let all = udp_flows(150_000, 5_353);
+                let mut written = 0;
+                for batch in all.chunks(2_000) {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    written +=
+                        batch.len() as u64 - w.create_all(batch, &CreateOptions::default()).failed;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                written
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let d = doctor(&ns.name, &config, &[]);
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().expect("writer thread");
+    assert!(written > 0);
+    let sev = d.worst("notrack_rate");
+    assert!(sev == "info" || sev == "warning", "{:#}", d.report);
+    let f = d.findings("notrack_rate")[0];
+    assert!(
+        f["seen"]
+            .as_str()
+            .unwrap()
+            .contains("busiest destination udp/5353"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("udp dport 5353 notrack"),
+        "{f}"
+    );
+    // Quiet again: the same namespace, nothing created while doctor watches.
+    let d = doctor(&ns.name, &config, &[]);
+    d.assert("notrack_rate", "ok");
 }

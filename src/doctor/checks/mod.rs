@@ -72,3 +72,38 @@ pub fn run_all(m: &MachineFacts, d: &DaemonState, s: &Settings) -> Vec<Finding> 
     out.extend(warm::warm_standby(d, s));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(local: &str, doctor: &str) -> Config {
+        let text = format!(
+            "node_id = 1\n[sync]\nmode = \"notrack\"\nmtu = 1400\n[kernel]\ntcp_window_tracking = true\n{doctor}\n\
+             [[link]]\ntransport = \"udp\"\ninterface = \"sync0\"\nlocal = \"{local}\"\npeer = \"{local}\"\nport = 3780\n"
+        );
+        Config::parse(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn settings_follow_the_config_and_the_command_line_wins() {
+        let s = Settings::from_config(&config("198.18.0.1", ""), None);
+        assert_eq!(
+            (s.mode, s.mtu, s.max_payload),
+            (SyncMode::Notrack, 1400, 1372)
+        );
+        assert!(s.tcp_window_tracking && s.enable_events && !s.warm_standby);
+        assert_eq!(s.upstream_idle_timeout_s, None);
+        let s = Settings::from_config(&config("2001:db8:5::1", ""), None);
+        assert_eq!(s.max_payload, 1352);
+        let c = config("198.18.0.1", "[doctor]\nupstream_idle_timeout_s = 20");
+        assert_eq!(
+            Settings::from_config(&c, None).upstream_idle_timeout_s,
+            Some(20)
+        );
+        assert_eq!(
+            Settings::from_config(&c, Some(5)).upstream_idle_timeout_s,
+            Some(5)
+        );
+    }
+}

@@ -77,7 +77,7 @@ pub fn table_drops(first: Option<&CtStat>, later: Option<&CtStat>, interval_s: f
     };
     let grew = |name: &str| later.map_or(0, |l| l.get(name).saturating_sub(first.get(name)));
     let now = |name: &str| later.map_or(first.get(name), |l| l.get(name));
-    let seen = ["drop", "early_drop", "insert_failed"]
+    let seen = ["drop", "early_drop", "insert_failed", "search_restart"]
         .iter()
         .map(|n| format!("{n} {} (+{} in {interval_s:.1} s)", now(n), grew(n)))
         .collect::<Vec<_>>()
