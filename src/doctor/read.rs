@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 const NETFILTER: &str = "/proc/sys/net/netfilter";
 /// Tables larger than this are not dumped for the NOTRACK advice (the
-/// dump would take long and the memory of a copy).
-pub const MIX_MAX_FLOWS: u64 = 2_000_000;
+/// dump would take long, and a copy of every flow a few hundred MB).
+pub const MIX_MAX_FLOWS: u64 = 1_000_000;
 /// NFNLGRP_CONNTRACK_NEW.
 const GROUP_NEW: u32 = 1;
 

@@ -32,6 +32,13 @@ pub fn nft_notrack_line(proto: &str, port: u16) -> String {
 
 pub fn notrack(rate: Option<FlowRate>, mix: Option<&TableMix>) -> Vec<Finding> {
     let mut out = Vec::new();
+    if mix.is_none() {
+        out.push(Finding::new(
+            "notrack_dns",
+            Severity::Info,
+            "not checked: the table could not be read (needs CAP_NET_ADMIN) or is too large to dump",
+        ));
+    }
     if let Some(m) = mix {
         let share = m.dns.saturating_mul(100).checked_div(m.total).unwrap_or(0);
         let seen = format!(
@@ -59,7 +66,7 @@ pub fn notrack(rate: Option<FlowRate>, mix: Option<&TableMix>) -> Vec<Finding> {
         out.push(Finding::new(
             "notrack_rate",
             Severity::Info,
-            "new-flow rate not measured (events are off or not readable)",
+            "new-flow rate not measured (events are off, or listening needs CAP_NET_ADMIN)",
         ));
         return out;
     };
@@ -142,8 +149,13 @@ mod tests {
                 at_least: false,
             })
         };
-        assert_eq!(notrack(r(100.0), None)[0].severity, Severity::Ok);
-        assert_eq!(notrack(r(6_000.0), None)[0].severity, Severity::Info);
+        let no_table = notrack(r(100.0), None);
+        assert_eq!(
+            (no_table[0].check, no_table[0].severity),
+            ("notrack_dns", Severity::Info)
+        );
+        assert_eq!(no_table[1].severity, Severity::Ok);
+        assert_eq!(notrack(r(6_000.0), None)[1].severity, Severity::Info);
         let f = notrack(r(30_000.0), Some(&mix(10, 5)));
         assert_eq!(f[1].severity, Severity::Warning);
         assert!(f[1]
