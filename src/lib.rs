@@ -4,7 +4,8 @@
 //! Layers (see DESIGN.md): `flow` (model), `kernel` (ctnetlink), `cache`,
 //! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
-//! `daemon` (the tokio wiring). `fuzz_entry` feeds outside bytes to the
+//! `daemon` (the tokio wiring), `doctor` (checks of the machine and the
+//! daemon). `fuzz_entry` feeds outside bytes to the
 //! decoders for the fuzz targets and their corpus test.
 
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod counters;
 pub mod daemon;
+pub mod doctor;
 pub mod filter;
 pub mod flow;
 pub mod fuzz_entry;

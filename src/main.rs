@@ -63,6 +63,9 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         Action::Background => start_background(&config, &inv),
         Action::Status => status(&config),
         Action::Request(req) => request(&config, req.clone(), inv.json),
+        Action::Doctor {
+            upstream_idle_timeout_s,
+        } => doctor(&config, *upstream_idle_timeout_s, inv.json),
         Action::Version | Action::Help | Action::GenKey { .. } => Ok(()),
     }
 }
@@ -90,6 +93,26 @@ fn request(config: &Config, request: Request, json: bool) -> Result<(), String> 
         Err(reply
             .error
             .unwrap_or_else(|| "ctsyncd refused the request".to_string()))
+    }
+}
+
+/// `doctor`: print the report; exit 1 for a warning, 2 for a critical finding.
+fn doctor(config: &Config, upstream: Option<u32>, json: bool) -> Result<(), String> {
+    use std::io::Write as _;
+    let report = ctsync::doctor::run(config, upstream);
+    let out = if json {
+        ctsync::doctor::render::json(&report)
+    } else {
+        ctsync::doctor::render::text(&report)
+    };
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("doctor: can't write the report: {e}"))?;
+    match report.exit_code() {
+        0 => Ok(()),
+        code => std::process::exit(i32::from(code)),
     }
 }
 

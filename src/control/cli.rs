@@ -37,6 +37,10 @@ pub enum Action {
     Help,
     /// `genkey [ID]`: print a new key file (one key, id `ID`, default 1).
     GenKey { id: u8 },
+    /// `doctor [--upstream-idle-timeout S]`: check the machine and the daemon.
+    Doctor {
+        upstream_idle_timeout_s: Option<u32>,
+    },
 }
 
 /// A parsed command line.
@@ -307,10 +311,15 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
     let mut json = false;
     let mut config = None;
     let mut words = Vec::new();
+    let mut upstream = None;
     let mut it = rest.iter();
     while let Some(&w) = it.next() {
         match w {
             "--json" => json = true,
+            "--upstream-idle-timeout" if name == "doctor" => match it.next().map(|n| n.parse()) {
+                Some(Ok(s @ 1..=604_800)) => upstream = Some(s),
+                _ => return err("--upstream-idle-timeout: expected seconds (1..=604800)"),
+            },
             "-C" => match it.next() {
                 Some(f) => config = Some(PathBuf::from(f)),
                 None => return err("missing config filename after -C"),
@@ -347,6 +356,9 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
         "kill" => none(&words).map(|_| req(Request::Kill))?,
         "reload-kernel" => none(&words).map(|_| req(Request::ResyncFromKernel))?,
         "reload-keys" => none(&words).map(|_| req(Request::ReloadKeys))?,
+        "doctor" => none(&words).map(|_| Action::Doctor {
+            upstream_idle_timeout_s: upstream,
+        })?,
         "genkey" => match one(&words)?.map(|w| w.parse::<u8>()) {
             None => Action::GenKey { id: 1 },
             Some(Ok(id)) if id > 0 => Action::GenKey { id },
@@ -417,6 +429,9 @@ Commands:
   flush [internal|external] | flush-kernel | kill | reload-kernel
   reload-keys          re-read [auth] key_file (a bad file keeps the old keys)
   genkey [ID]          print a new sync key file (key id ID, default 1)
+  doctor [--upstream-idle-timeout S]  check this namespace's conntrack settings
+                       and the daemon; findings with fixes; exit 0 ok/info,
+                       1 warning, 2 critical
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.
 ";

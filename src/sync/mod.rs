@@ -39,7 +39,7 @@ mod tx;
 
 pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
 pub use local::Reconciling;
-pub use stats::{DropReason, Drops, LinkStats, PeerStatus, ReconcileReport, SyncStats};
+pub use stats::{DropReason, Drops, LinkStats, PeerStatus, PeerWire, ReconcileReport, SyncStats};
 
 use crate::auth::{AuthStats, Guard, KeyRing};
 use crate::cache::FlowCache;

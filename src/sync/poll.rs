@@ -317,6 +317,7 @@ impl Node {
                 g.forget(id);
             }
             self.stats.peers_forgotten += 1;
+            self.stats.peer_wire.remove(&id);
         }
     }
 }

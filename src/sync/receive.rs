@@ -133,6 +133,14 @@ impl Node {
         // every node): don't spend a decode on it.
         if bytes.len() > self.cfg.max_payload {
             self.stats.malformed.count(DropReason::Oversized);
+            // Whose MTU differs from ours, if the header names a known peer.
+            if let Ok(h) = Header::parse(bytes) {
+                if self.peers.peers.contains_key(&h.node_id) {
+                    let wire = self.stats.peer_wire.entry(h.node_id).or_default();
+                    wire.oversized += 1;
+                    wire.largest_datagram = wire.largest_datagram.max(bytes.len() as u64);
+                }
+            }
             if let Some(l) = self.stats.links.get_mut(link) {
                 l.errors += 1;
             }
@@ -160,6 +168,7 @@ impl Node {
                 return None;
             }
         }
+        let wire_len = bytes.len() as u64;
         let opened = match self.pass_gate(bytes, link, claimed.map(|h| h.is_sealed())) {
             Ok(opened) => opened,
             Err(refused) => return Some(refused),
@@ -236,6 +245,12 @@ impl Node {
                 self.views.cache(sender);
             }
         }
+        let wire = self.stats.peer_wire.entry(sender).or_default();
+        wire.largest_datagram = wire.largest_datagram.max(wire_len);
+        wire.acks_nacks += messages
+            .iter()
+            .filter(|m| matches!(m, Message::Ack { .. } | Message::Nack { .. }))
+            .count() as u64;
         if self.backlog == Backlog::OweBulk {
             // We dropped what waited for a peer while nobody listened.
             self.backlog = Backlog::Kept;

@@ -5,6 +5,7 @@
 
 use crate::wire::WireError;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Per-link traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -97,6 +98,24 @@ pub struct SyncStats {
     /// dropped (the peers get a bulk instead: nothing is lost).
     pub send_queue_drops: u64,
     pub links: Vec<LinkStats>,
+    /// Per known peer (by node id): what its datagrams look like on the
+    /// wire, for `ctsyncd doctor` (a peer whose MTU or mode differs).
+    pub peer_wire: BTreeMap<u32, PeerWire>,
+}
+
+/// What one peer's datagrams look like on the wire: a peer with a larger
+/// `sync.mtu` sends datagrams we drop unread, and only FTFW nodes send
+/// acknowledgements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerWire {
+    /// The largest datagram received from it (as sent: sealed, with keys).
+    pub largest_datagram: u64,
+    /// Datagrams over our `max_payload` whose header named it (dropped
+    /// unread, so the name is unauthenticated).
+    pub oversized: u64,
+    /// FTFW acknowledgements (Ack and Nack messages) it sent, whoever they
+    /// were for, in any mode of ours.
+    pub acks_nacks: u64,
 }
 
 /// Why a datagram (or, for `data_in_control` and `external_cache_full`, a

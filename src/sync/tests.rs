@@ -939,6 +939,47 @@ fn datagrams_over_max_payload_are_dropped_unread() {
 }
 
 #[test]
+fn peer_wire_records_the_largest_datagram_oversized_ones_and_acks() {
+    let mut b = Node::new(cfg(2), 1, 0).unwrap();
+    let big = datagram_with(60);
+    // Unknown sender: an oversized datagram keeps no state for it.
+    b.on_datagram(&big, 0, 1);
+    assert!(b.stats().peer_wire.is_empty());
+    let small = datagram_with(10);
+    b.on_datagram(&small, 0, 2);
+    let w = b.stats().peer_wire[&1];
+    assert_eq!(
+        (w.largest_datagram, w.oversized, w.acks_nacks),
+        (small.len() as u64, 0, 0)
+    );
+    // Known now: its oversized datagram is counted against it.
+    b.on_datagram(&big, 0, 3);
+    let w = b.stats().peer_wire[&1];
+    assert_eq!((w.largest_datagram, w.oversized), (big.len() as u64, 1));
+    // An FTFW pair acknowledges each other's data.
+    let mut sim = scenario(3, Faults::default(), 50);
+    sim.run_until(25_000);
+    let a = sim.nodes[0].as_ref().unwrap().stats();
+    assert!(a.peer_wire[&2].acks_nacks > 0, "{:?}", a.peer_wire);
+    // A NOTRACK node sends none.
+    let mut sim = Sim::new(
+        4,
+        vec![
+            cfg(1),
+            SyncConfig {
+                mode: Mode::Notrack,
+                ..cfg(2)
+            },
+        ],
+    );
+    churn(&mut sim, &[0, 1], 50, 10, 3000, 200);
+    sim.run_until(20_000);
+    let a = sim.nodes[0].as_ref().unwrap().stats();
+    assert_eq!(a.peer_wire[&2].acks_nacks, 0, "{:?}", a.peer_wire);
+    assert!(a.peer_wire[&2].largest_datagram > 0);
+}
+
+#[test]
 fn far_ahead_datagrams_are_not_buffered() {
     let mut b = Node::new(
         SyncConfig {
