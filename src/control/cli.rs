@@ -304,6 +304,7 @@ pub const COMMANDS: &[&str] = &[
     "reload-kernel",
     "reload-keys",
     "genkey",
+    "doctor",
 ];
 
 /// A readable subcommand and its words; `--json` and `-C FILE` may follow.
