@@ -4,7 +4,8 @@
 //! Layers (see DESIGN.md): `flow` (model), `kernel` (ctnetlink), `cache`,
 //! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
-//! `daemon` (the tokio wiring). `fuzz_entry` feeds outside bytes to the
+//! `daemon` (the tokio wiring), `metrics` (the Prometheus endpoint).
+//! `fuzz_entry` feeds outside bytes to the
 //! decoders for the fuzz targets and their corpus test.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod filter;
 pub mod flow;
 pub mod fuzz_entry;
 pub mod kernel;
+pub mod metrics;
 pub mod process;
 pub mod sim;
 pub mod sync;

@@ -13,13 +13,15 @@
 //! is ours), `kernel_worker` (commits, flushes, reads, warm standby's
 //! writes), `commit_plan` (what a commit writes, in which order),
 //! `warm_standby` (the mirror's bookkeeping), `requests` (control
-//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`.
+//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`,
+//! `scrapes` (the metrics endpoint's snapshots).
 
 mod commit_plan;
 mod event_reader;
 mod kernel_worker;
 mod requests;
 mod routing;
+mod scrapes;
 mod setup;
 mod stats;
 mod sync_auth;
@@ -313,6 +315,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let listener = control::server::bind_std(&daemon.config.socket, group)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
     spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone(), group)?;
+    let mut scrapes = scrapes::start(&daemon.config)?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
@@ -343,6 +346,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             }
             Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
             Some(done) = done_rx.recv() => daemon.on_done(done),
+            Some(scrape) = scrapes.next() => daemon.answer_scrape(scrape),
             _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
             _ = sigterm.recv() => daemon.stop = true,
             _ = sigint.recv() => daemon.stop = true,
