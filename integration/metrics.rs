@@ -23,9 +23,15 @@ use std::time::Duration;
 const PORT: u16 = 9477;
 const CONVERGE: Duration = Duration::from_secs(60);
 
+/// Two nodes serving metrics on loopback; the scrapes' own connections
+/// are not replicated (as an operator would filter them): the caches hold
+/// only the test's flows.
 fn metrics_lab() -> Lab {
     Lab::new(LabSpec {
-        tables: format!("[metrics]\nlisten = \"127.0.0.1:{PORT}\"\n"),
+        tables: format!(
+            "[metrics]\nlisten = \"127.0.0.1:{PORT}\"\n\n\
+             [filter]\naddress = {{ policy = \"ignore\", list = [\"127.0.0.0/8\", \"::1\"] }}\n"
+        ),
         ..LabSpec::default()
     })
 }
@@ -313,6 +319,23 @@ fn metrics_are_off_by_default_and_bad_requests_get_errors() {
     assert_eq!(http(a, "GET", "/metricsx").0, 404);
     assert_eq!(http(a, "POST", "/metrics").0, 405);
     assert_eq!(http(a, "DELETE", "/metrics").0, 405);
+    // HEAD: the headers of a scrape, no body.
+    let head = a.exec(
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "10",
+            "-I",
+            &format!("http://127.0.0.1:{PORT}/metrics"),
+        ],
+    );
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "HEAD: {head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "HEAD: {head}"
+    );
     // Garbage on the wire: hyper answers 400 and closes.
     let raw = a.exec(
         "bash",

@@ -115,31 +115,24 @@ async fn answer(
             "not found: the metrics are at /metrics\n",
         );
     }
-    let head = match *request.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
-            let mut r = plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: use GET\n",
-            );
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return r;
-        }
-    };
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
     let Some(snapshot) = ask(&snapshots).await else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon did not answer in time\n",
         );
     };
+    // To HEAD, hyper sends the headers (with the length) and no body.
     let text = super::render::render(&snapshot);
-    let mut r = Response::new(Full::new(if head {
-        Bytes::new()
-    } else {
-        Bytes::from(text)
-    }));
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     r
