@@ -4,8 +4,9 @@
 //! also lints names, types and help), its values compared with what
 //! `ctsyncd -s --json` and the kernel say. Negative controls: metrics are
 //! off by default (nothing listens), promtool refuses a broken exposition,
-//! bad requests get HTTP errors and the daemon keeps serving, and an
-//! address that cannot be bound stops the start, named in the error.
+//! bad requests get HTTP errors and the daemon keeps serving, slow
+//! scrapers stall neither `-s` nor the next scrape, and an address that
+//! cannot be bound stops the start, named in the error.
 //!
 //! Needs root (namespaces, ctnetlink), curl and promtool (Debian's
 //! `prometheus` package; integration/install-deps installs it).
@@ -357,6 +358,31 @@ fn metrics_are_off_by_default_and_bad_requests_get_errors() {
     a.ctl_ok(&["-s"]);
     let again = scrape(a);
     assert!(must_sample(&again, "ctsync_uptime_seconds", "") >= 0.0);
+
+    // Slow scrapers (half a request, then nothing) stall neither the
+    // daemon nor the next scrape.
+    let mut slow = Command::new("ip")
+        .args(["netns", "exec", &a.ns, "bash", "-c"])
+        .arg(format!(
+            "for i in 1 2 3; do exec {{fd}}<>/dev/tcp/127.0.0.1/{PORT}; \
+             printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n' >&$fd; done; exec sleep 8"
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the slow scrapers");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    a.ctl_ok(&["-s"]);
+    let during = scrape(a);
+    let took = started.elapsed();
+    let stalled = slow.try_wait().expect("slow scrapers").is_some();
+    lab::signal_and_reap(slow, libc::SIGKILL, Duration::from_secs(5));
+    assert!(!stalled, "the slow scrapers were gone before the check");
+    assert!(
+        took < Duration::from_secs(3),
+        "-s and a scrape took {took:?}"
+    );
+    assert!(must_sample(&during, "ctsync_uptime_seconds", "") >= 0.0);
 
     // An address the namespace does not have: the start fails, naming it.
     let bad = "198.18.99.1:9477";
