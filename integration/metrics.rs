@@ -396,4 +396,8 @@ fn metrics_are_off_by_default_and_bad_requests_get_errors() {
         log.contains(&format!("cannot listen for metrics on {bad}")),
         "the error does not name {bad}:\n{log}"
     );
+    assert!(
+        !lab.b.socket.exists(),
+        "a start refused for its metrics address left its control socket"
+    );
 }

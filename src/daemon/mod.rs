@@ -189,6 +189,9 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         Some(path) => Some(process::PidFile::write(path)?),
         None => None,
     };
+    // Early, so a busy address stops the start before anything is set up;
+    // scrapes wait (or time out) until the loop runs.
+    let mut scrapes = scrapes::start(&config)?;
     if config.kernel.enable_events {
         process::enable_conntrack_events();
     }
@@ -315,7 +318,6 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let listener = control::server::bind_std(&daemon.config.socket, group)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
     spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone(), group)?;
-    let mut scrapes = scrapes::start(&daemon.config)?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
