@@ -50,6 +50,13 @@ pub struct PeerBlock {
     pub last_heard_ms_ago: u64,
     /// Its datagrams held ahead of a gap (FTFW's reorder buffer).
     pub reordered: u64,
+    /// FTFW: its datagrams known to exist and not yet applied here.
+    pub rx_lag: u64,
+    /// Datagrams of our resend window it has not acknowledged.
+    pub unacked: u64,
+    /// Bulks sent at its request and received from it, digest mismatches.
+    #[serde(flatten)]
+    pub counts: crate::sync::PeerCounters,
 }
 
 /// The kernel side, counted by the daemon as events and reads arrive.
@@ -95,6 +102,59 @@ pub struct CommitCounters {
     pub total: u64,
     /// How long the last commit took.
     pub last_ms: u64,
+    /// How long each finished commit took.
+    pub durations: CommitDurations,
+}
+
+/// Upper bounds (milliseconds) of the commit duration histogram's buckets;
+/// the last bucket (+Inf) is `CommitDurations::count`.
+pub const COMMIT_BUCKETS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000,
+];
+
+/// A histogram of commit durations: `buckets[i]` counts the commits that
+/// took at most `COMMIT_BUCKETS_MS[i]` (cumulative, as Prometheus has it).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitDurations {
+    /// The bucket bounds (`COMMIT_BUCKETS_MS`), so the JSON explains itself.
+    pub le_ms: [u64; 14],
+    pub buckets: [u64; 14],
+    pub count: u64,
+    /// The sum of the durations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl Default for CommitDurations {
+    fn default() -> CommitDurations {
+        CommitDurations {
+            le_ms: COMMIT_BUCKETS_MS,
+            buckets: [0; 14],
+            count: 0,
+            sum_us: 0,
+        }
+    }
+}
+
+impl CommitDurations {
+    /// Count one commit that took `took`.
+    pub fn observe(&mut self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        for (bucket, le_ms) in self.buckets.iter_mut().zip(COMMIT_BUCKETS_MS) {
+            if us <= le_ms.saturating_mul(1000) {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+}
+
+/// The kernel conntrack table's use in the daemon's network namespace
+/// (`nf_conntrack_count` against `nf_conntrack_max`).
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableUse {
+    pub count: u64,
+    pub max: u64,
 }
 
 /// Warm standby: peers' changes written into our kernel.
@@ -172,6 +232,8 @@ pub struct StatsSnapshot {
     pub digests: Digests,
     pub control: ControlStats,
     pub auth: AuthBlock,
+    /// `None` where the kernel does not say (no conntrack module).
+    pub table: Option<TableUse>,
 }
 
 impl StatsSnapshot {

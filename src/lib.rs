@@ -5,7 +5,7 @@
 //! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
 //! `daemon` (the tokio wiring), `doctor` (checks of the machine and the
-//! daemon). `fuzz_entry` feeds outside bytes to the
+//! daemon), `metrics` (the Prometheus endpoint). `fuzz_entry` feeds outside bytes to the
 //! decoders for the fuzz targets and their corpus test.
 
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod filter;
 pub mod flow;
 pub mod fuzz_entry;
 pub mod kernel;
+pub mod metrics;
 pub mod process;
 pub mod sim;
 pub mod sync;

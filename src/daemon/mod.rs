@@ -13,13 +13,15 @@
 //! is ours), `kernel_worker` (commits, flushes, reads, warm standby's
 //! writes), `commit_plan` (what a commit writes, in which order),
 //! `warm_standby` (the mirror's bookkeeping), `requests` (control
-//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`.
+//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`,
+//! `scrapes` (the metrics endpoint's snapshots).
 
 mod commit_plan;
 mod event_reader;
 mod kernel_worker;
 mod requests;
 mod routing;
+mod scrapes;
 mod setup;
 mod stats;
 mod sync_auth;
@@ -187,6 +189,9 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         Some(path) => Some(process::PidFile::write(path)?),
         None => None,
     };
+    // Early, so a busy address stops the start before anything is set up;
+    // scrapes wait (or time out) until the loop runs.
+    let mut scrapes = scrapes::start(&config)?;
     if config.kernel.enable_events {
         process::enable_conntrack_events();
     }
@@ -343,6 +348,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             }
             Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
             Some(done) = done_rx.recv() => daemon.on_done(done),
+            Some(scrape) = scrapes.next() => daemon.answer_scrape(scrape),
             _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
             _ = sigterm.recv() => daemon.stop = true,
             _ = sigint.recv() => daemon.stop = true,

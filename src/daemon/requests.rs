@@ -216,6 +216,7 @@ impl Daemon {
         counters.commits += 1;
         counters.done = self.commit_progress.load(Ordering::Relaxed);
         counters.last_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        counters.durations.observe(started.elapsed());
         let reply = match result {
             Ok(report) => {
                 counters.ok += report.ok;

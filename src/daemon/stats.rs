@@ -60,6 +60,9 @@ impl Daemon {
                 expected_seq: p.expected_seq,
                 last_heard_ms_ago: now_ms.saturating_sub(p.last_heard_ms),
                 reordered: p.reordered as u64,
+                rx_lag: u64::from(p.rx_lag),
+                unacked: u64::from(p.unacked),
+                counts: p.counts,
             })
             .collect();
         let (send_queue, resend_window) = self.node.backlog();
@@ -94,6 +97,7 @@ impl Daemon {
             },
             control: self.control_counters.read(),
             auth: self.auth_block(),
+            table: crate::metrics::table::read_use(),
             sync,
         }
     }

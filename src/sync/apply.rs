@@ -180,6 +180,7 @@ impl Views {
             }
             Message::BulkBegin { id } => {
                 stats.bulks_received += 1;
+                peer.counts.bulks_received += 1;
                 peer.bulk.begin_full(id, self.cache(sender));
                 peer.resync = Resync::Settled;
             }
@@ -273,6 +274,7 @@ impl Views {
                 if (len, digest) != (count, hash) {
                     // A peer without range digests: pull its whole table.
                     stats.digest_mismatches += 1;
+                    peer.counts.digest_mismatches += 1;
                     if peer.resync == Resync::Settled {
                         peer.resync = Resync::Asking { next_ms: now };
                     }
@@ -298,6 +300,7 @@ impl Views {
                 }
                 if !differ.is_empty() {
                     stats.digest_mismatches += 1;
+                    peer.counts.digest_mismatches += 1;
                     // Unless its whole table is coming anyway.
                     if peer.resync == Resync::Settled {
                         let caches = &mut self.caches;

@@ -39,7 +39,9 @@ mod tx;
 
 pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
 pub use local::Reconciling;
-pub use stats::{DropReason, Drops, LinkStats, PeerStatus, PeerWire, ReconcileReport, SyncStats};
+pub use stats::{
+    DropReason, Drops, LinkStats, PeerCounters, PeerStatus, PeerWire, ReconcileReport, SyncStats,
+};
 
 use crate::auth::{AuthStats, Guard, KeyRing};
 use crate::cache::FlowCache;
@@ -192,6 +194,16 @@ impl Node {
     /// Keys waiting to be sent (coalesced) and datagrams awaiting an ack.
     pub fn backlog(&self) -> (usize, usize) {
         (self.tx.queue.len(), self.tx.resend.len())
+    }
+
+    /// Datagrams of the resend window after `acked` (a peer's ack).
+    fn unacked_by(&self, acked: u32) -> u32 {
+        let Some(oldest) = self.tx.resend.oldest() else {
+            return 0;
+        };
+        self.tx
+            .last_seq()
+            .saturating_sub(acked.max(oldest.saturating_sub(1)))
     }
 
     /// Test seam: the next reliable datagram gets `seq` (a fresh Node only,
@@ -522,6 +534,12 @@ impl Node {
                 acked_seq: p.tx_acked,
                 flows: self.views.caches.get(&id).map_or(0, FlowCache::len),
                 reordered: p.rx.buffered(),
+                rx_lag: match self.cfg.mode {
+                    Mode::Ftfw => p.rx.lag(),
+                    Mode::Notrack | Mode::Alarm => 0,
+                },
+                unacked: self.unacked_by(p.tx_acked),
+                counts: p.counts,
             })
             .collect()
     }

@@ -11,6 +11,7 @@ use super::bulk::BulkRx;
 use super::digest::RangeWants;
 use super::rx::{RxParams, RxStream};
 use super::seqstat::SeqCounter;
+use super::stats::PeerCounters;
 use std::collections::BTreeMap;
 
 /// What a datagram's header says about its sender.
@@ -72,6 +73,7 @@ pub(crate) struct Peer {
     pub bulk: BulkRx,
     /// Key ranges of its table we asked it to re-send.
     pub wants: RangeWants,
+    pub counts: PeerCounters,
 }
 
 impl Peer {
@@ -88,6 +90,7 @@ impl Peer {
             resync: Resync::Settled,
             bulk: BulkRx::Idle,
             wants: RangeWants::default(),
+            counts: PeerCounters::default(),
         }
     }
 
@@ -197,6 +200,7 @@ impl PeerTable {
         if let Some(old) = self.peers.get(&sender) {
             peer.prev_epoch = Some(old.epoch);
             peer.tx_acked = old.tx_acked;
+            peer.counts = old.counts;
         }
         self.peers.insert(sender, peer);
     }

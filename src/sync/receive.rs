@@ -15,6 +15,7 @@ use seqstat::Arrival;
 
 impl Node {
     fn handle(&mut self, sender: u32, effects: Vec<Effect>) {
+        let bulks_before = self.stats.bulks_sent;
         for e in effects {
             match e {
                 Effect::SendBulk => self.start_bulk(),
@@ -30,6 +31,10 @@ impl Node {
                     }
                 }
             }
+        }
+        let started = self.stats.bulks_sent - bulks_before;
+        if let Some(p) = self.peers.get_mut(sender).filter(|_| started > 0) {
+            p.counts.bulks_sent += started;
         }
     }
 

@@ -202,6 +202,12 @@ impl RxStream {
         self.buffer.len()
     }
 
+    /// Datagrams known to exist and not yet delivered (held ahead of a gap
+    /// or missing).
+    pub fn lag(&self) -> u32 {
+        self.highest.saturating_sub(self.delivered_upto())
+    }
+
     pub fn gap(&self) -> Option<(u32, u32)> {
         let end = match self.buffer.keys().next() {
             Some(first) => first.saturating_sub(1),

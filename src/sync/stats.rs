@@ -324,6 +324,26 @@ pub struct PeerStatus {
     pub flows: usize,
     /// Its datagrams held in the reorder buffer, ahead of a gap.
     pub reordered: usize,
+    /// FTFW: its datagrams known to exist (a later one arrived, or it said
+    /// how far it has sent) and not yet applied here. 0 otherwise.
+    pub rx_lag: u32,
+    /// Datagrams of our resend window it has not acknowledged.
+    pub unacked: u32,
+    pub counts: PeerCounters,
+}
+
+/// What happened with one peer (kept across its restarts, gone when it is
+/// forgotten).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerCounters {
+    /// Full bulks of our table we started at its request (a resync request
+    /// or a resend it asked for that was no longer possible). The bulk
+    /// goes to every peer.
+    pub bulks_sent: u64,
+    /// Full bulks of its table it began sending us.
+    pub bulks_received: u64,
+    /// Its digests that disagreed with our view of its table.
+    pub digest_mismatches: u64,
 }
 
 /// What `reconcile_internal` changed.

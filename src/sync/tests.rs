@@ -2047,3 +2047,4 @@ fn a_send_queue_past_its_bound_is_dropped_and_replaced_by_a_bulk() {
 }
 
 mod auth;
+mod peer_figures;
