@@ -37,6 +37,8 @@ pub enum Action {
     Help,
     /// `genkey [ID]`: print a new key file (one key, id `ID`, default 1).
     GenKey { id: u8 },
+    /// `convert FILE`: print a conntrackd.conf as ctsync TOML.
+    Convert { file: PathBuf },
 }
 
 /// A parsed command line.
@@ -335,6 +337,12 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
             Some(Ok(id)) if id > 0 => Action::GenKey { id },
             _ => return err("genkey: expected a key id (1..=255) or nothing"),
         },
+        "convert" => match one(&words)? {
+            Some(file) => Action::Convert {
+                file: PathBuf::from(file),
+            },
+            None => return err("convert: expected a conntrackd.conf file"),
+        },
         "dump" => match one(&words)?.as_deref() {
             None | Some("internal") => req(Request::DumpInternal),
             Some("external") => req(Request::DumpExternal),
@@ -400,6 +408,7 @@ Commands:
   flush [internal|external] | flush-kernel | kill | reload-kernel
   reload-keys          re-read [auth] key_file (a bad file keeps the old keys)
   genkey [ID]          print a new sync key file (key id ID, default 1)
+  convert FILE         print a conntrackd.conf as ctsyncd TOML (-C also reads it as is)
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.
 ";
