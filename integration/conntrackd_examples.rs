@@ -4,8 +4,9 @@
 //! ctsyncd daemons started from them (`ctsyncd -C conntrackd.conf`, read as
 //! is) in namespaces of our own must replicate a flow written with
 //! `conntrack -I`, while the flows the example's Filter excludes stay home.
-//! The Stats example must be refused by the daemon with its documented
-//! reason.
+//! With the FTFW example, conntrackd's own `primary-backup.sh` (only its
+//! three variables changed) then commits the flow on the other node. The
+//! Stats example must be refused by the daemon with its documented reason.
 //!
 //! Owns: the two namespaces per example joined by a veth pair named as the
 //! example's interface (`eth2`), and the daemons in them, all removed on
@@ -243,6 +244,67 @@ fn replicates(kind: &str) {
     let status = b.ctl_ok(&["status"]);
     let id_b = u32::from_be_bytes([198, 18, 100, 101]);
     assert!(status.contains(&format!("(node {id_b})")), "{status}");
+    if kind == "sync/ftfw" {
+        fail_over_with_primary_backup_sh(&p);
+    }
+}
+
+/// conntrackd's own keepalived script, with only its three variables
+/// pointed at ctsyncd and B's copy of the example, makes B primary: the
+/// replicated flow is in B's kernel table afterwards (it was only in its
+/// external cache before).
+fn fail_over_with_primary_backup_sh(p: &Pair) {
+    let b = &p.nodes[1];
+    let in_kernel = |n: &Node| {
+        n.kernel_table()
+            .iter()
+            .any(|l| l.contains("src=198.19.5.1 "))
+    };
+    assert!(!in_kernel(b), "B's kernel has the flow before any commit");
+    let original = Path::new(EXAMPLES).join("sync/primary-backup.sh");
+    let script = std::fs::read_to_string(&original).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (integration/install-deps extracts it)",
+            original.display()
+        )
+    });
+    let lock = p.dir.join("b.lock");
+    let mut replaced = 0;
+    let copy: String = script
+        .lines()
+        .map(|line| {
+            let value = if line.starts_with("CONNTRACKD_BIN=") {
+                Some(format!("CONNTRACKD_BIN={}", ctsyncd_bin().display()))
+            } else if line.starts_with("CONNTRACKD_LOCK=") {
+                Some(format!("CONNTRACKD_LOCK={}", lock.display()))
+            } else if line.starts_with("CONNTRACKD_CONFIG=") {
+                Some(format!("CONNTRACKD_CONFIG={}", b.config.display()))
+            } else {
+                None
+            };
+            replaced += usize::from(value.is_some());
+            value.unwrap_or_else(|| line.to_string()) + "\n"
+        })
+        .collect();
+    assert_eq!(
+        replaced, 3,
+        "primary-backup.sh no longer sets its three variables"
+    );
+    let path = p.dir.join("primary-backup.sh");
+    std::fs::write(&path, copy).expect("write the script");
+    let out = b.exec("sh", &[lab::path_str(&path), "primary"]);
+    assert!(
+        out.status.success(),
+        "primary-backup.sh primary: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log_tail()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || in_kernel(b)),
+        "after primary-backup.sh primary, B's kernel lacks the flow:\n{:?}{}",
+        b.kernel_table(),
+        b.log_tail()
+    );
 }
 
 #[test]
