@@ -232,6 +232,8 @@ fn modes_and_their_options_map() {
         c.kernel.commit_timeout, None,
         "dropped with DisableExternalCache, as conntrackd does"
     );
+    let c = load(&base("Mode FTFW { CommitTimeout 0 }"));
+    assert_eq!(c.kernel.commit_timeout, None, "0 is conntrackd's unset");
     let c = load(&base("Mode persistent { RefreshTime 20 CacheTimeout 60 }"));
     assert_eq!(
         c.sync.mode,

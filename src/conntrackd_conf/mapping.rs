@@ -652,7 +652,14 @@ fn kernel_section(d: &mut Doc, s: &Settings) {
     }
     if let Some(c) = &s.commit_timeout {
         let kw = format!("CommitTimeout {}", c.value);
-        if s.disable_external_cache.as_ref().is_some_and(|b| b.value) {
+        if c.value == 0 {
+            // conntrackd tests the value for non-zero: 0 is "not set".
+            d.same(
+                c.line,
+                &kw,
+                "0 means unset, as in conntrackd: the timeout the peer sent, aged",
+            );
+        } else if s.disable_external_cache.as_ref().is_some_and(|b| b.value) {
             d.note(
                 c.line,
                 &kw,
@@ -894,7 +901,7 @@ fn filter_section(d: &mut Doc, s: &Settings) -> Result<(), Refusal> {
                  check that the Address set still selects the flows you mean",
             );
         } else {
-            d.note(
+            d.same(
                 k.line,
                 "Filter From Userspace",
                 "ctsyncd always filters this way",
