@@ -1,12 +1,16 @@
-//! Debian's conntrackd example configurations run for real: each
-//! `/usr/share/doc/conntrackd/examples/**/conntrackd.conf*` (found at test
-//! time, not vendored) is copied twice, one copy per firewall, and two
+//! Debian's conntrackd example configurations run for real: each of
+//! `/usr/share/doc/conntrackd/examples/{sync/ftfw,sync/notrack,sync/alarm,
+//! stats}/conntrackd.conf` (read at test time, not vendored; a missing one
+//! fails the test, and tests/conntrackd_conf.rs fails on an example of any
+//! other kind) is copied twice, one copy per firewall, and two
 //! ctsyncd daemons started from them (`ctsyncd -C conntrackd.conf`, read as
 //! is) in namespaces of our own must replicate a flow written with
 //! `conntrack -I`, while the flows the example's Filter excludes stay home.
 //! With the FTFW example, conntrackd's own `primary-backup.sh` (only its
 //! three variables changed) then commits the flow on the other node. The
 //! Stats example must be refused by the daemon with its documented reason.
+//! A conntrackd.conf over an IPv6 UDP link (the examples are all IPv4
+//! multicast) replicates an IPv6 flow the same way.
 //!
 //! Owns: the two namespaces per example joined by a veth pair named as the
 //! example's interface (`eth2`), and the daemons in them, all removed on
@@ -108,7 +112,15 @@ fn lab_copy(text: &str, dir: &Path, node: &str, second: bool) -> String {
     t
 }
 
-fn pair(kind: &str) -> Pair {
+/// Two namespaces joined by a veth pair named `iface` on both sides, with
+/// `addrs` on it, and a conntrackd.conf for each from `config(dir, node,
+/// second)`.
+fn build(
+    tag: &str,
+    iface: &str,
+    addrs: [&str; 2],
+    config: impl Fn(&Path, &str, bool) -> String,
+) -> Pair {
     for module in ["nf_conntrack", "nf_conntrack_netlink"] {
         let _ = std::process::Command::new("modprobe").arg(module).output();
     }
@@ -117,20 +129,19 @@ fn pair(kind: &str) -> Pair {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
-    let dir = std::env::temp_dir().join(format!("cts-cdconf-{kind}-{id}"));
+    let dir = std::env::temp_dir().join(format!("cts-cdconf-{}-{id}", tag.replace('/', "-")));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let text = std::fs::read_to_string(example(kind)).expect("read the example");
     let mut p = Pair {
         dir: dir.clone(),
         nodes: Vec::new(),
     };
     for (i, name) in ["a", "b"].iter().enumerate() {
-        let config = dir.join(format!("{name}-conntrackd.conf"));
-        std::fs::write(&config, lab_copy(&text, &dir, name, i == 1)).expect("write the copy");
+        let path = dir.join(format!("{name}-conntrackd.conf"));
+        std::fs::write(&path, config(&dir, name, i == 1)).expect("write the config");
         let node = Node {
-            name: format!("{kind}-{name}"),
+            name: format!("{tag}-{name}"),
             ns: format!("cts-cd{name}-{id}"),
-            config,
+            config: path,
             socket: dir.join(format!("{name}.ctl")),
             log: dir.join(format!("{name}.out")),
             daemon: None,
@@ -140,18 +151,32 @@ fn pair(kind: &str) -> Pair {
         p.nodes.push(node);
     }
     let (a, b) = (&p.nodes[0].ns, &p.nodes[1].ns);
-    // The interface the example names, on both sides of one veth pair.
+    // The interface the config names, on both sides of one veth pair.
     must(
         "ip",
         &[
-            "link", "add", "eth2", "netns", a, "type", "veth", "peer", "name", "eth2", "netns", b,
+            "link", "add", iface, "netns", a, "type", "veth", "peer", "name", iface, "netns", b,
         ],
     );
-    for (ns, addr) in [(a, "198.18.100.100/24"), (b, "198.18.100.101/24")] {
-        must("ip", &["-n", ns, "addr", "add", addr, "dev", "eth2"]);
-        must("ip", &["-n", ns, "link", "set", "eth2", "up"]);
+    for (ns, addr) in [(a, addrs[0]), (b, addrs[1])] {
+        let mut args = vec!["-n", ns.as_str(), "addr", "add", addr, "dev", iface];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        must("ip", &args);
+        must("ip", &["-n", ns, "link", "set", iface, "up"]);
     }
     p
+}
+
+fn pair(kind: &str) -> Pair {
+    let text = std::fs::read_to_string(example(kind)).expect("read the example");
+    build(
+        kind,
+        "eth2",
+        ["198.18.100.100/24", "198.18.100.101/24"],
+        |dir, name, second| lab_copy(&text, dir, name, second),
+    )
 }
 
 /// `conntrack -I` in a node's namespace.
@@ -344,5 +369,89 @@ fn debian_stats_example_is_refused_at_start_with_its_reason() {
             path.display()
         )),
         "{stderr}"
+    );
+}
+
+/// A conntrackd.conf of one's own over an IPv6 UDP link (Debian's examples
+/// are all IPv4 multicast): mirrored on the two nodes, it replicates an
+/// IPv6 flow, and each node's id is derived from its own IPv6 address.
+#[test]
+fn ipv6_udp_conntrackd_conf_replicates_a_flow() {
+    let config = |dir: &Path, name: &str, second: bool| {
+        let (me, other) = if second { (2, 1) } else { (1, 2) };
+        format!(
+            "General {{\n\tLockFile {d}/{name}.lock\n\tUNIX {{\n\t\tPath {d}/{name}.ctl\n\t}}\n\
+             \tFilter From Kernelspace {{\n\t\tProtocol Accept {{ TCP }}\n\t}}\n}}\n\
+             Sync {{\n\tMode FTFW {{ }}\n\tUDP Default {{\n\t\tIPv6_address 2001:db8:5::{me}\n\
+             \t\tIPv6_Destination_Address 2001:db8:5::{other}\n\t\tPort 3780\n\
+             \t\tInterface sync6\n\t}}\n}}\n",
+            d = dir.display()
+        )
+    };
+    let mut p = build(
+        "udp6",
+        "sync6",
+        ["2001:db8:5::1/64", "2001:db8:5::2/64"],
+        config,
+    );
+    for n in &mut p.nodes {
+        n.start();
+    }
+    let (a, b) = (&p.nodes[0], &p.nodes[1]);
+    for (n, addr) in [(a, "2001:db8:5::1"), (b, "2001:db8:5::2")] {
+        let id = ctsync::conntrackd_conf::node_id_for(addr.parse().unwrap());
+        let status = n.ctl_ok(&["status"]);
+        assert!(status.contains(&format!("(node {id})")), "{status}");
+    }
+    insert(
+        a,
+        &[
+            "-p",
+            "udp",
+            "-s",
+            "2001:db8:1::5",
+            "-d",
+            "2001:db8:1::6",
+            "--sport",
+            "5353",
+            "--dport",
+            "53",
+            "-t",
+            "600",
+        ],
+    );
+    insert(
+        a,
+        &[
+            "-p",
+            "tcp",
+            "-s",
+            "2001:db8:1::1",
+            "-d",
+            "2001:db8:1::2",
+            "--sport",
+            "40001",
+            "--dport",
+            "443",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "600",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+        ],
+    );
+    let arrived = wait_until(REPLICATE, || external(b).contains("src=2001:db8:1::1 "));
+    assert!(
+        arrived,
+        "the IPv6 flow never reached B:\n{}{}{}",
+        external(b),
+        a.log_tail(),
+        b.log_tail()
+    );
+    let seen = external(b);
+    assert!(
+        !seen.contains("src=2001:db8:1::5 "),
+        "Protocol Accept {{ TCP }} not applied:\n{seen}"
     );
 }
