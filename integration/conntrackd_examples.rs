@@ -206,6 +206,20 @@ fn replicates(kind: &str) {
         n.start();
     }
     let (a, b) = (&p.nodes[0], &p.nodes[1]);
+    // The settings without effect are named once at start, with their line.
+    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    let hash_line = std::fs::read_to_string(&a.config)
+        .unwrap_or_default()
+        .lines()
+        .position(|l| l.trim_start().starts_with("HashSize"))
+        .map_or(0, |i| i + 1);
+    assert!(
+        log.contains(&format!(
+            "ctsyncd: note: {}:{hash_line}: HashSize 32768: no setting",
+            a.config.display()
+        )),
+        "{kind}: no start-up note for HashSize:\n{log}"
+    );
     // Both really are the example's configuration, read as is.
     let status = a.ctl_ok(&["status"]);
     let id_a = u32::from_be_bytes([198, 18, 100, 100]);
