@@ -2,7 +2,8 @@
 //! `conf/ocf/ctsyncd` (resource-agents' `ocf-tester`, a wedged daemon, and a
 //! two-firewall promote / fail / promote / fail back journey without a
 //! cluster), Debian's `ocf:heartbeat:conntrackd` agent driving ctsyncd
-//! through the config's `[compat] conntrackd_ra_hint`, and the keepalived
+//! through the config's `[compat] conntrackd_ra_hint` and from a
+//! conntrackd.conf read as is (and its `ctsyncd convert` output), and the keepalived
 //! example `conf/keepalived/keepalived.conf` (`keepalived -t`).
 //!
 //! Owns: these checks, their stub `crm_master` / `crm_attribute` (which
@@ -833,6 +834,147 @@ fn debian_conntrackd_agent_runs_ctsyncd_through_the_compat_hint() {
         .output()
         .expect("ctsyncd -k");
     assert!(orphan.status.success(), "{}", text(&orphan));
+}
+
+/// Drive Debian's conntrackd agent by hand through start, monitor, promote,
+/// demote and stop with `binary=ctsyncd` and `config`, checking monitor's
+/// answer after each step and the scores the agent set.
+fn conntrackd_agent_journey(ns: &Netns, dir: &TempDir, config: &Path, socket: &Path, tag: &str) {
+    let bin = lab::ctsyncd_bin();
+    let base = dir.join(tag);
+    std::fs::create_dir_all(&base).expect("HA dirs");
+    let dirs = HaDirs::new(&base);
+    let res = Resource {
+        agent: PathBuf::from(CONNTRACKD_RA),
+        ns: ns.name.clone(),
+        dirs: &dirs,
+        params: vec![
+            ("binary".into(), lab::path_str(&bin).into()),
+            ("config".into(), lab::path_str(config).into()),
+            ("CRM_meta_master_max".into(), "1".into()),
+            ("CRM_meta_master_node_max".into(), "1".into()),
+            ("CRM_meta_clone_node_max".into(), "1".into()),
+        ],
+    };
+    let what = format!("{tag} ({})", config.display());
+    res.monitor(OCF_NOT_RUNNING, &format!("{what}: before start"));
+    res.expect("start", &[], OCF_SUCCESS, &what);
+    assert!(socket.exists(), "{what}: no socket at {}", socket.display());
+    res.monitor(OCF_SUCCESS, &format!("{what}: running, not promoted"));
+    // The daemon runs the configuration the agent named: its node id is
+    // the one derived from the UDP link's own address.
+    let status = Command::new(&bin)
+        .args(["-C", lab::path_str(config), "status"])
+        .output()
+        .expect("ctsyncd status");
+    let id = u32::from_be_bytes([198, 18, 0, 1]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(&format!("(node {id})")),
+        "{what}: {}",
+        text(&status)
+    );
+    res.expect("promote", &[], OCF_SUCCESS, &what);
+    res.monitor(OCF_RUNNING_MASTER, &format!("{what}: promoted"));
+    res.probe(OCF_RUNNING_MASTER, &format!("{what}: probe while promoted"));
+    res.expect("demote", &[], OCF_SUCCESS, &what);
+    res.monitor(OCF_SUCCESS, &format!("{what}: demoted"));
+    res.expect("stop", &[], OCF_SUCCESS, &what);
+    res.monitor(OCF_NOT_RUNNING, &format!("{what}: stopped"));
+    assert!(!socket.exists(), "{what}: the socket outlived stop");
+    assert!(
+        wait_until(Duration::from_secs(10), || ns.pids().is_empty()),
+        "{what}: processes left: {:?}",
+        ns.pids()
+    );
+    assert_eq!(
+        dirs.scores(),
+        vec![
+            Score::Set(UNPROMOTED), // start
+            Score::Set(PROMOTED),   // promote
+            Score::Set(PROMOTED),   // probe while promoted
+            Score::Set(UNPROMOTED), // demote
+        ],
+        "{what}: scores"
+    );
+}
+
+#[test]
+fn debian_conntrackd_agent_runs_ctsyncd_from_a_conntrackd_conf() {
+    require_tool("conntrack", "conntrack");
+    let agent = PathBuf::from(CONNTRACKD_RA);
+    assert!(
+        agent.exists(),
+        "{CONNTRACKD_RA} is missing: apt-get install resource-agents"
+    );
+    let dir = TempDir::new("ocf-cdconf");
+    let ns = Netns::with_sync_link("ocf-cdc");
+    let socket = dir.join("conntrackd.ctl");
+    let lock = dir.join("conntrack.lock");
+    // A conntrackd.conf as Pacemaker users have it: `UNIX {` and `Path` on
+    // lines of their own (the agent awk-parses them).
+    let conf = dir.join("conntrackd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Sync {{\n\tMode FTFW {{\n\t\tDisableExternalCache off\n\t}}\n\tUDP Default {{\n\
+             \t\tIPv4_address 198.18.0.1\n\t\tIPv4_Destination_Address 198.18.0.2\n\
+             \t\tPort 3780\n\t\tInterface sync0\n\t}}\n}}\nGeneral {{\n\tHashLimit 131072\n\
+             \tLockFile {}\n\tUNIX {{\n\t\tPath {}\n\t}}\n\tFilter From Userspace {{\n\
+             \t\tProtocol Accept {{\n\t\t\tTCP\n\t\t\tUDP\n\t\t}}\n\t}}\n}}\n",
+            lock.display(),
+            socket.display()
+        ),
+    )
+    .expect("write conntrackd.conf");
+    conntrackd_agent_journey(&ns, &dir, &conf, &socket, "conf");
+    // `ctsyncd convert` keeps the agent working: the TOML carries UNIX Path
+    // and LockFile in [compat] conntrackd_ra_hint.
+    let out = Command::new(lab::ctsyncd_bin())
+        .arg("convert")
+        .arg(&conf)
+        .output()
+        .expect("ctsyncd convert");
+    assert!(out.status.success(), "{}", text(&out));
+    let toml = dir.join("converted.toml");
+    std::fs::write(&toml, &out.stdout).expect("write the TOML");
+    conntrackd_agent_journey(&ns, &dir, &toml, &socket, "toml");
+    // Negative control: a conntrackd.conf whose UNIX block the agent can't
+    // read (on one line) leaves monitor blind to a running daemon.
+    let one_line = dir.join("one-line.conf");
+    let text_one = std::fs::read_to_string(&conf).expect("read").replace(
+        &format!("UNIX {{\n\t\tPath {}\n\t}}", socket.display()),
+        &format!("UNIX {{ Path {} }}", socket.display()),
+    );
+    std::fs::write(&one_line, text_one).expect("write");
+    let dirs = HaDirs::new(&dir.path);
+    let res = Resource {
+        agent: agent.clone(),
+        ns: ns.name.clone(),
+        dirs: &dirs,
+        params: vec![
+            ("binary".into(), lab::path_str(&lab::ctsyncd_bin()).into()),
+            ("config".into(), lab::path_str(&one_line).into()),
+            ("CRM_meta_master_max".into(), "1".into()),
+            ("CRM_meta_master_node_max".into(), "1".into()),
+            ("CRM_meta_clone_node_max".into(), "1".into()),
+        ],
+    };
+    let started = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(lab::ctsyncd_bin())
+        .args(["-C", lab::path_str(&one_line), "-d"])
+        .output()
+        .expect("ctsyncd -d");
+    assert!(started.status.success(), "{}", text(&started));
+    res.monitor(
+        OCF_NOT_RUNNING,
+        "UNIX block on one line: the agent finds no socket",
+    );
+    let killed = Command::new(lab::ctsyncd_bin())
+        .args(["-C", lab::path_str(&one_line), "-k"])
+        .output()
+        .expect("ctsyncd -k");
+    assert!(killed.status.success(), "{}", text(&killed));
 }
 
 // ---- keepalived example ----------------------------------------------------

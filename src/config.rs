@@ -680,13 +680,18 @@ fn key_at(text: &str, span: Option<usize>, message: &str) -> Option<String> {
 }
 
 impl Config {
-    /// Read and validate a config file; errors name `path`.
+    /// Read and validate a config file; errors name `path`. The file is
+    /// ctsync's TOML or a conntrackd.conf, told apart by its content.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             origin: origin.clone(),
             source,
         })?;
+        // A conntrackd.conf (`General {`, `Sync {`) is read as is.
+        if crate::conntrackd_conf::is_conntrackd(&text) {
+            return crate::conntrackd_conf::load(&text, &origin);
+        }
         Config::parse(&text, &origin)
     }
 

@@ -55,9 +55,25 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
             println!("{line}");
             return Ok(());
         }
+        Action::Convert { file } => {
+            let origin = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{origin}: {e}"))?;
+            if !ctsync::conntrackd_conf::is_conntrackd(&text) {
+                return Err(format!(
+                    "{origin}: not a conntrackd.conf (it starts with no General or Sync section)"
+                ));
+            }
+            let converted =
+                ctsync::conntrackd_conf::convert(&text, &origin).map_err(|e| e.to_string())?;
+            print!("{}", converted.toml);
+            return Ok(());
+        }
         _ => {}
     }
     let config = Config::load(&inv.config).map_err(|e| e.to_string())?;
+    if inv.action == Action::Foreground {
+        conntrackd_notes(&inv.config);
+    }
     match &inv.action {
         Action::Foreground => ctsync::daemon::run_blocking(config, inv.config.clone()),
         Action::Background => start_background(&config, &inv),
@@ -66,7 +82,25 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         Action::Doctor {
             upstream_idle_timeout_s,
         } => doctor(&config, *upstream_idle_timeout_s, inv.json),
-        Action::Version | Action::Help | Action::GenKey { .. } => Ok(()),
+        Action::Version | Action::Help | Action::GenKey { .. } | Action::Convert { .. } => Ok(()),
+    }
+}
+
+/// A daemon started from a conntrackd.conf says once, at start, which of
+/// its settings have no effect in ctsyncd (`ctsyncd convert` shows the same
+/// as comments).
+fn conntrackd_notes(path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    if !ctsync::conntrackd_conf::is_conntrackd(&text) {
+        return;
+    }
+    let origin = path.display().to_string();
+    if let Ok(converted) = ctsync::conntrackd_conf::convert(&text, &origin) {
+        for note in converted.notes {
+            eprintln!("ctsyncd: note: {origin}:{}: {}", note.line, note.text);
+        }
     }
 }
 

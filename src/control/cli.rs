@@ -41,6 +41,8 @@ pub enum Action {
     Doctor {
         upstream_idle_timeout_s: Option<u32>,
     },
+    /// `convert FILE`: print a conntrackd.conf as ctsync TOML.
+    Convert { file: PathBuf },
 }
 
 /// A parsed command line.
@@ -305,6 +307,7 @@ pub const COMMANDS: &[&str] = &[
     "reload-keys",
     "genkey",
     "doctor",
+    "convert",
 ];
 
 /// A readable subcommand and its words; `--json` and `-C FILE` may follow.
@@ -364,6 +367,12 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
             None => Action::GenKey { id: 1 },
             Some(Ok(id)) if id > 0 => Action::GenKey { id },
             _ => return err("genkey: expected a key id (1..=255) or nothing"),
+        },
+        "convert" => match one(&words)? {
+            Some(file) => Action::Convert {
+                file: PathBuf::from(file),
+            },
+            None => return err("convert: expected a conntrackd.conf file"),
         },
         "dump" => match one(&words)?.as_deref() {
             None | Some("internal") => req(Request::DumpInternal),
@@ -433,6 +442,7 @@ Commands:
   doctor [--upstream-idle-timeout S]  check this namespace's conntrack settings
                        and the daemon; findings with fixes; exit 0 ok/info,
                        1 warning, 2 critical
+  convert FILE         print a conntrackd.conf as ctsyncd TOML (-C also reads it as is)
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.
 ";
