@@ -142,6 +142,7 @@ fn subcommands() {
         (&["kill"], req(Kill)),
         (&["reload-kernel"], req(ResyncFromKernel)),
         (&["reload-keys"], req(ReloadKeys)),
+        (&["reload"], req(Reload)),
         (&["genkey"], Action::GenKey { id: 1 }),
         (&["genkey", "7"], Action::GenKey { id: 7 }),
         #[cfg(feature = "test-seams")]

@@ -330,6 +330,7 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
         "kill" => none(&words).map(|_| req(Request::Kill))?,
         "reload-kernel" => none(&words).map(|_| req(Request::ResyncFromKernel))?,
         "reload-keys" => none(&words).map(|_| req(Request::ReloadKeys))?,
+        "reload" => none(&words).map(|_| req(Request::Reload))?,
         "genkey" => match one(&words)?.map(|w| w.parse::<u8>()) {
             None => Action::GenKey { id: 1 },
             Some(Ok(id)) if id > 0 => Action::GenKey { id },
@@ -399,6 +400,8 @@ Commands:
   status | commit [NODE_ID] | dump [internal|external] | stats [section] | resync | bulk
   flush [internal|external] | flush-kernel | kill | reload-kernel
   reload-keys          re-read [auth] key_file (a bad file keeps the old keys)
+  reload               re-read the config: [filter] and keys apply, the log file is
+                       reopened; other changes need a restart (as SIGHUP)
   genkey [ID]          print a new sync key file (key id ID, default 1)
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.

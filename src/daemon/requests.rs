@@ -103,6 +103,10 @@ impl Daemon {
                 Ok(text) => success(text),
                 Err(why) => failure(why),
             },
+            Request::Reload => match self.reload() {
+                Ok(text) => success(text),
+                Err(why) => failure(why),
+            },
             #[cfg(feature = "test-seams")]
             Request::DebugDropExternal { count } => {
                 let victims: Vec<(u32, crate::flow::FlowKey)> = self
@@ -181,7 +185,7 @@ impl Daemon {
             flows = total,
             ?peer,
             plan = plan_name(&plan),
-            "committing external cache"
+            "commit started: committing external cache"
         );
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
@@ -232,6 +236,13 @@ impl Daemon {
                     "commit has taken {:.6} seconds",
                     started.elapsed().as_secs_f64()
                 );
+                tracing::info!(
+                    written = report.ok,
+                    failed = report.failed,
+                    flows = counters.total,
+                    duration_ms = counters.last_ms,
+                    "commit finished"
+                );
                 if report.failed > 0 && report.ok == 0 {
                     failure(format!(
                         "none of {} entries could be committed: {}",
@@ -246,7 +257,10 @@ impl Daemon {
                     success(String::new())
                 }
             }
-            Err(reason) => failure(format!("commit failed: {reason}")),
+            Err(reason) => {
+                tracing::error!(%reason, duration_ms = counters.last_ms, "commit failed");
+                failure(format!("commit failed: {reason}"))
+            }
         };
         if let Some(client) = client {
             let _ = client.send(reply);
