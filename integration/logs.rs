@@ -7,7 +7,9 @@
 
 mod lab;
 
-use lab::{ctsyncd_bin, must, path_str, run, wait_until, Lab, Node, SyncFamily};
+use lab::{
+    ctsyncd_bin, must, path_str, run, wait_until, Lab, LabSpec, LinkTransport, Node, SyncFamily,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -226,6 +228,24 @@ fn a_background_daemon_logs_to_its_log_file_and_without_one_writes_none() {
         !read(&file).contains("\u{1b}["),
         "no colour escapes in the file"
     );
+
+    // logrotate: the file is moved, SIGHUP reopens it at its path.
+    let rotated = lab.dir.join("a-daemon.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    let pid: i32 = std::fs::read_to_string(lab.a.config.with_extension("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the pid our own daemon wrote.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(
+        wait_for_line(&file, &["config reloaded"]).is_some(),
+        "no line in the reopened file: {}",
+        read(&file)
+    );
+    assert!(read(&rotated).contains("peer lost"));
+    assert!(!read(&rotated).contains("config reloaded"));
 
     // Negative control: b in the background without log_file (its lines go
     // to syslog, absent here) creates no file.
@@ -564,7 +584,21 @@ fn in_kernel(node: &Node, needle: &str) -> bool {
 
 #[test]
 fn a_daemon_as_nobody_with_cap_net_admin_replicates_and_commits() {
-    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    as_nobody(Lab::two_nodes(SyncFamily::V4));
+}
+
+#[test]
+fn a_daemon_as_nobody_with_cap_net_admin_replicates_over_multicast() {
+    as_nobody(Lab::new(LabSpec {
+        family: SyncFamily::V6,
+        transport: LinkTransport::Multicast,
+        ..LabSpec::default()
+    }));
+}
+
+/// Node b runs as nobody with CAP_NET_ADMIN only (and first, as the
+/// negative control, with nothing).
+fn as_nobody(mut lab: Lab) {
     // b runs as nobody: its control socket in a directory it owns, its
     // binary where it can reach it.
     let run_dir = lab.dir.join("b-run");

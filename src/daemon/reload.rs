@@ -1,8 +1,9 @@
 //! Reload without restart (SIGHUP, `ctsyncd reload`): the config file is
 //! read again; `[filter]` and the sync keys take effect, the log file is
-//! reopened (for logrotate); any other changed setting is reported as
-//! needing a restart and left as it was. A file that does not load (or a
-//! key file that does not) changes nothing, and the reply says why.
+//! reopened (for logrotate, even when the file does not load); any other
+//! changed setting is reported as needing a restart and left as it was. A
+//! file that does not load (or a key file that does not) changes nothing
+//! else, and the reply says why.
 //!
 //! Owns: deciding what a new config changes (`changes`, pure) and applying
 //! the reloadable part. Must not: apply a setting that only a start can
@@ -77,6 +78,8 @@ impl Daemon {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!(error = %e, "config not reloaded; everything stays as it was");
+                // Rotation must not wait for the config to be fixed.
+                let _ = reopen_log_file();
                 return Err(format!("{e} (nothing reloaded)"));
             }
         };
@@ -87,6 +90,7 @@ impl Daemon {
                 Ok(ring) => Some(ring),
                 Err(e) => {
                     tracing::error!(error = %e, "config not reloaded: the key file does not load; everything stays as it was");
+                    let _ = reopen_log_file();
                     return Err(format!("{e} (nothing reloaded)"));
                 }
             },
@@ -114,14 +118,7 @@ impl Daemon {
             tracing::info!(keys = %keys, "sync keys reloaded");
             said.push(format!("sync keys: reloaded: {keys}"));
         }
-        match logging::reopen_file() {
-            Ok(Some(file)) => said.push(format!("log file: reopened {}", file.display())),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "log file not reopened; writing to the old one");
-                said.push(format!("log file: not reopened ({e}); the old one stays"));
-            }
-        }
+        said.extend(reopen_log_file());
         if !changes.need_restart.is_empty() {
             let names = changes.need_restart.join(", ");
             tracing::warn!(settings = %names, "changed settings need a restart; not applied");
@@ -129,6 +126,19 @@ impl Daemon {
         }
         tracing::info!(config = %path.display(), "config reloaded");
         Ok(said.into_iter().map(|l| l + "\n").collect())
+    }
+}
+
+/// Reopen the log file (logrotate moved it): done on every reload, even
+/// one whose config does not load. The line for the reply, if any.
+fn reopen_log_file() -> Option<String> {
+    match logging::reopen_file() {
+        Ok(Some(file)) => Some(format!("log file: reopened {}", file.display())),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "log file not reopened; writing to the old one");
+            Some(format!("log file: not reopened ({e}); the old one stays"))
+        }
     }
 }
 
