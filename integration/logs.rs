@@ -613,6 +613,8 @@ fn as_nobody(mut lab: Lab) {
         &run_dir.join("b.sock").display().to_string(),
     );
     std::fs::write(&lab.b.config, text).unwrap();
+    // Raising its own priority needs CAP_SYS_NICE: a warning, not a stop.
+    add_daemon_keys(&lab.b.config, "nice = -5");
     std::fs::set_permissions(&lab.b.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     lab.b
         .exec("sysctl", &["-qw", "net.netfilter.nf_conntrack_events=2"]);
@@ -670,6 +672,11 @@ fn as_nobody(mut lab: Lab) {
         "b did not come up as nobody: {}",
         read(&lab.b.log)
     );
+    assert!(
+        read(&lab.b.log).contains("[daemon] nice not applied"),
+        "{}",
+        read(&lab.b.log)
+    );
     let pid = lab.b.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
@@ -713,4 +720,59 @@ fn as_nobody(mut lab: Lab) {
         "{:?}",
         lab.b.kernel_table()
     );
+}
+
+/// Each thread of `pid`: its name, nice value, scheduling policy and
+/// real-time priority (proc(5) stat fields 19, 41 and 40).
+fn threads(pid: u32) -> Vec<(String, i64, i64, i64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = entry.unwrap().path();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap();
+        // The fields after the name's closing parenthesis start at field 3.
+        let rest: Vec<i64> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let field = |n: usize| rest[n - 4];
+        out.push((comm.trim().to_string(), field(19), field(41), field(40)));
+    }
+    out
+}
+
+#[test]
+fn nice_and_scheduler_apply_to_every_thread_at_start() {
+    let mut lab = Lab::two_nodes(SyncFamily::V4);
+    add_daemon_keys(
+        &lab.a.config,
+        "nice = -5\nscheduler = \"rr\"\nscheduler_priority = 1",
+    );
+    lab.a.start();
+    lab.b.start();
+    let a = threads(lab.a.pid().unwrap());
+    assert!(a.len() >= 4, "{a:?}");
+    for (name, nice, policy, rt) in &a {
+        assert_eq!(
+            (*policy, *rt),
+            (i64::from(libc::SCHED_RR), 1),
+            "{name}: {a:?}"
+        );
+        let want = if name == "ct-events" { -10 } else { -5 };
+        assert_eq!(*nice, want, "{name}: {a:?}");
+    }
+    assert!(read(&lab.a.log).contains("scheduler set"));
+    // The control: unconfigured, the daemon keeps the ordinary policy.
+    let b = threads(lab.b.pid().unwrap());
+    assert!(
+        b.iter()
+            .all(|(_, _, policy, _)| *policy == i64::from(libc::SCHED_OTHER)),
+        "{b:?}"
+    );
+    let main = b.iter().find(|(name, ..)| name == "ctsyncd").unwrap();
+    assert_eq!(main.1, 0, "{b:?}");
 }

@@ -251,7 +251,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     // Valid while the event thread holds the socket, i.e. while we run.
     let events_switch = events.switch();
     let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
-    event_reader::spawn(events, kernel_tx)?;
+    event_reader::spawn(events, kernel_tx, config.daemon.nice)?;
 
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let commit_progress = Arc::new(AtomicU64::new(0));
