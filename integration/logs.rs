@@ -8,7 +8,8 @@
 mod lab;
 
 use lab::{
-    ctsyncd_bin, must, path_str, run, wait_until, Lab, LabSpec, LinkTransport, Node, SyncFamily,
+    create_in, ctsyncd_bin, flow_mix, must, path_str, run, wait_until, Lab, LabSpec, LinkTransport,
+    Node, SyncFamily,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -514,11 +515,12 @@ fn a_bad_config_on_reload_keeps_the_old_filter_and_says_why() {
         wait_until(WAIT, || has_external(&lab.b, "udp", 4001)),
         "the udp flow was not sent after the filter was lifted"
     );
-    let nice = must(
-        "ps",
-        &["-o", "ni=", "-p", &lab.a.pid().unwrap().to_string()],
+    let main = threads(lab.a.pid().unwrap());
+    assert!(
+        main.iter()
+            .any(|(name, nice, ..)| name == "ctsyncd" && *nice == 0),
+        "nice is applied at start only: {main:?}"
     );
-    assert_eq!(nice.trim(), "0", "nice is applied at start only");
 }
 
 #[test]
@@ -775,4 +777,63 @@ fn nice_and_scheduler_apply_to_every_thread_at_start() {
     );
     let main = b.iter().find(|(name, ..)| name == "ctsyncd").unwrap();
     assert_eq!(main.1, 0, "{b:?}");
+}
+
+/// The lines of `path` from the first with `first` on.
+fn lines_from(path: &Path, first: &str) -> Vec<String> {
+    read(path)
+        .lines()
+        .skip_while(|l| !l.contains(first))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_overrun_logs_its_buffer_and_the_re_read_that_heals_it() {
+    let mut lab = Lab::new(LabSpec {
+        kernel_extra: "netlink_buffer = 65536\nnetlink_buffer_max = 65536".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let pid = lab.a.pid().expect("a runs").to_string();
+    run("kill", &["-STOP", &pid]);
+    create_in(&lab.a.ns, flow_mix(5_000, 77, false));
+    run("kill", &["-CONT", &pid]);
+    let overrun = wait_for_line(
+        &lab.a.log,
+        &[
+            "netlink event socket overrun",
+            "buffer_size=",
+            "resync_in_ms=",
+        ],
+    );
+    assert!(overrun.is_some(), "{}", read(&lab.a.log));
+    let healed = wait_until(WAIT, || {
+        lines_from(&lab.a.log, "netlink event socket overrun")
+            .iter()
+            .any(|l| l.contains("internal cache reconciled") && l.contains("duration_ms="))
+    });
+    assert!(healed, "{}", read(&lab.a.log));
+}
+
+#[test]
+fn a_link_failover_is_logged() {
+    let mut lab = Lab::new(LabSpec {
+        links: 2,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    assert!(
+        wait_for_line(&lab.a.log, &["sync link active", "link=0"]).is_some(),
+        "{}",
+        read(&lab.a.log)
+    );
+    // Negative control: nothing failed yet.
+    assert!(!read(&lab.a.log).contains("sync link failover"));
+    let out = lab.a.exec("ip", &["link", "set", "sync0", "down"]);
+    assert!(out.status.success());
+    let failover = wait_for_line(&lab.a.log, &["sync link failover", "from=0", "to=1"]);
+    assert!(failover.is_some(), "{}", read(&lab.a.log));
 }
