@@ -573,6 +573,34 @@ fn the_watchdog_is_fed_from_the_loop_only_when_asked() {
         longest < Duration::from_millis(1000),
         "a gap of {longest:?} would let systemd kill the daemon"
     );
+    // A loop that is stuck stops feeding it: the pings come from the loop,
+    // not from a timer beside it (the control thread still takes the
+    // request while the loop sleeps in it).
+    lab::require_test_seams();
+    let mut stall = Command::new(ctsyncd_bin())
+        .args(["-C", path_str(&lab.a.config), "debug-stall", "3000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // Drop what was sent before the stall began.
+    a_notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while a_notify.recv(&mut buf).is_ok() {}
+    a_notify.set_nonblocking(false).unwrap();
+    let pings = |got: &[(Instant, String)]| got.iter().filter(|(_, t)| t == "WATCHDOG=1").count();
+    let during = collect(&a_notify, Duration::from_millis(1600));
+    assert!(stall.wait().unwrap().success());
+    let after = collect(&a_notify, Duration::from_secs(2));
+    assert_eq!(
+        pings(&during),
+        0,
+        "pings while the loop was stuck: {during:?}"
+    );
+    assert!(
+        pings(&after) >= 2,
+        "the loop feeds it again afterwards: {after:?}"
+    );
     let b = collect(&b_notify, Duration::from_secs(1));
     let texts: Vec<&str> = b.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts.first(), Some(&"READY=1"), "{texts:?}");

@@ -150,6 +150,8 @@ fn subcommands() {
             &["debug-drop-external", "5"],
             req(DebugDropExternal { count: 5 }),
         ),
+        #[cfg(feature = "test-seams")]
+        (&["debug-stall", "100"], req(DebugStall { ms: 100 })),
     ];
     for (args, want) in cases {
         assert_eq!(act(args), want, "{args:?}");

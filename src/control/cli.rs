@@ -370,6 +370,12 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
             Some(Ok(count)) => req(Request::DebugDropExternal { count }),
             _ => return err("debug-drop-external: expected a count"),
         },
+        // Test seam: block the daemon's main loop for MS milliseconds.
+        #[cfg(feature = "test-seams")]
+        "debug-stall" => match one(&words)?.map(|w| w.parse::<u64>()) {
+            Some(Ok(ms)) => req(Request::DebugStall { ms }),
+            _ => return err("debug-stall: expected milliseconds"),
+        },
         other => return err(format!("unknown command '{other}' (try -h)")),
     };
     Ok((action, json, config))

@@ -66,6 +66,11 @@ pub enum Request {
     /// back, to show that a resync repairs them.
     #[cfg(feature = "test-seams")]
     DebugDropExternal { count: usize },
+    /// Test seam (`test-seams` builds only): block the daemon's main loop
+    /// for `ms` milliseconds, as a loop stuck in a bug would be (the
+    /// watchdog must then starve).
+    #[cfg(feature = "test-seams")]
+    DebugStall { ms: u64 },
 }
 
 /// A request as sent on the socket in ctsync's own protocol.

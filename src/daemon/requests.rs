@@ -122,6 +122,12 @@ impl Daemon {
                     .count();
                 success(format!("dropped {dropped} external flows\n"))
             }
+            #[cfg(feature = "test-seams")]
+            Request::DebugStall { ms } => {
+                // Blocks the owner's loop on purpose (see the request).
+                std::thread::sleep(Duration::from_millis(ms));
+                success(String::new())
+            }
         };
         let _ = reply.send(answer);
     }
