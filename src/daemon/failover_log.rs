@@ -37,14 +37,14 @@ impl Daemon {
         for notice in self.observer.look(&look) {
             log(&notice);
         }
-        let dropped = logging::dropped_lines();
-        if dropped > self.observer.dropped_lines {
+        let now_ms = self.now_ms();
+        if let Some((count, total)) = self.observer.dropped_news(logging::dropped_lines(), now_ms) {
+            // (This line may itself be dropped: hence at most once a minute.)
             tracing::warn!(
-                dropped = dropped - self.observer.dropped_lines,
-                total = dropped,
-                "log lines dropped: the syslog socket or the log file's queue was full"
+                dropped = count,
+                total,
+                "log lines dropped: the syslog socket was full or absent, or the log file's queue full"
             );
-            self.observer.dropped_lines = dropped;
         }
     }
 }
@@ -138,11 +138,30 @@ pub(super) struct Observer {
     active_link: Option<usize>,
     /// A bulk we send: when it started and the flows it carries.
     bulk_out: Option<(u64, usize)>,
-    /// Log lines dropped, as last said.
+    /// Log lines dropped, as last said, and when.
     dropped_lines: u64,
+    dropped_said_ms: Option<u64>,
 }
 
+/// How often at most dropped log lines are reported.
+const DROPPED_EVERY_MS: u64 = 60_000;
+
 impl Observer {
+    /// Log lines dropped since the last report, and in all, if there are
+    /// new ones and the last report is a minute old.
+    pub fn dropped_news(&mut self, total: u64, now_ms: u64) -> Option<(u64, u64)> {
+        let quiet = self
+            .dropped_said_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= DROPPED_EVERY_MS);
+        if total <= self.dropped_lines || !quiet {
+            return None;
+        }
+        let count = total - self.dropped_lines;
+        self.dropped_lines = total;
+        self.dropped_said_ms = Some(now_ms);
+        Some((count, total))
+    }
+
     /// Compare `look` with the last one; the first look only remembers.
     pub fn look(&mut self, look: &Look<'_>) -> Vec<Notice> {
         let mut out = Vec::new();
@@ -456,6 +475,18 @@ mod tests {
             }]
         );
         assert_eq!(o.look(&look(1_500, &peers, c, Some(0))), vec![]);
+    }
+
+    #[test]
+    fn dropped_log_lines_are_reported_at_most_once_a_minute() {
+        let mut o = Observer::default();
+        assert_eq!(o.dropped_news(0, 0), None);
+        assert_eq!(o.dropped_news(3, 250), Some((3, 3)));
+        // The report itself may be dropped: no report of it for a minute.
+        assert_eq!(o.dropped_news(4, 500), None);
+        assert_eq!(o.dropped_news(9, 30_000), None);
+        assert_eq!(o.dropped_news(9, 60_250), Some((6, 9)));
+        assert_eq!(o.dropped_news(9, 200_000), None);
     }
 
     #[test]

@@ -97,8 +97,10 @@ pub(super) fn init(level: &str, sinks: &Sinks) -> Result<LogGuard, String> {
         }
         None => (None, None),
     };
+    let mut unreachable = None;
     let syslog_layer = sinks.syslog.map(|facility| {
         let sink = Syslog::new(PathBuf::from(SYSLOG_SOCKET), facility);
+        unreachable = sink.connect().err();
         tracing_subscriber::fmt::layer()
             .with_writer(SyslogWriter(Arc::new(sink)))
             .with_ansi(false)
@@ -112,6 +114,11 @@ pub(super) fn init(level: &str, sinks: &Sinks) -> Result<LogGuard, String> {
         .with(file_layer)
         .with(syslog_layer)
         .try_init();
+    if let Some(e) = unreachable {
+        tracing::warn!(
+            "syslog socket {SYSLOG_SOCKET}: {e}; syslog lines are dropped until it can be reached"
+        );
+    }
     Ok(LogGuard { _file: guard })
 }
 
