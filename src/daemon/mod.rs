@@ -13,7 +13,10 @@
 //! is ours), `kernel_worker` (commits, flushes, reads, warm standby's
 //! writes), `commit_plan` (what a commit writes, in which order),
 //! `warm_standby` (the mirror's bookkeeping), `requests` (control
-//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`.
+//! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`,
+//! `logging` (where lines go), `failover_log` (peer, resync, bulk and link
+//! lines), `reload` (SIGHUP and `reload`), `priority` (nice, scheduler),
+//! `watchdog` (systemd's, fed from the loop).
 
 mod commit_plan;
 mod event_reader;
