@@ -204,7 +204,8 @@ fn answers(socket: &Path) -> bool {
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// `-d`: re-run this binary without `-d` in its own process group, stdio on
-/// /dev/null, and succeed only once its control socket answers.
+/// /dev/null, and succeed only once its control socket answers. Its logs go
+/// to `[daemon] log_file`/`syslog`, or else to syslog (facility daemon).
 fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     if answers(&config.socket) {
@@ -213,6 +214,8 @@ fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
             config.socket.display()
         ));
     }
+    // The background daemon's stderr goes nowhere: say it here.
+    ctsync::daemon::check_log_file(&config.daemon)?;
     let exe = std::env::current_exe().map_err(|e| format!("can't find my own binary: {e}"))?;
     let config_path =
         std::path::absolute(&inv.config).map_err(|e| format!("{}: {e}", inv.config.display()))?;
@@ -223,6 +226,7 @@ fn start_background(config: &Config, inv: &Invocation) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .env(ctsync::daemon::DETACHED_ENV, "1")
         .process_group(0);
     // The daemon outlives its caller: it must not keep the caller's open
     // files (a notify script's lock, say) beyond stdio.

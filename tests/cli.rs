@@ -142,6 +142,7 @@ fn subcommands() {
         (&["kill"], req(Kill)),
         (&["reload-kernel"], req(ResyncFromKernel)),
         (&["reload-keys"], req(ReloadKeys)),
+        (&["reload"], req(Reload)),
         (&["genkey"], Action::GenKey { id: 1 }),
         (&["genkey", "7"], Action::GenKey { id: 7 }),
         #[cfg(feature = "test-seams")]
@@ -149,6 +150,8 @@ fn subcommands() {
             &["debug-drop-external", "5"],
             req(DebugDropExternal { count: 5 }),
         ),
+        #[cfg(feature = "test-seams")]
+        (&["debug-stall", "100"], req(DebugStall { ms: 100 })),
     ];
     for (args, want) in cases {
         assert_eq!(act(args), want, "{args:?}");

@@ -304,6 +304,7 @@ pub const COMMANDS: &[&str] = &[
     "flush-kernel",
     "kill",
     "reload-kernel",
+    "reload",
     "reload-keys",
     "genkey",
     "doctor",
@@ -363,6 +364,7 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
         "doctor" => none(&words).map(|_| Action::Doctor {
             upstream_idle_timeout_s: upstream,
         })?,
+        "reload" => none(&words).map(|_| req(Request::Reload))?,
         "genkey" => match one(&words)?.map(|w| w.parse::<u8>()) {
             None => Action::GenKey { id: 1 },
             Some(Ok(id)) if id > 0 => Action::GenKey { id },
@@ -408,6 +410,12 @@ fn subcommand(name: &str, rest: &[&str]) -> Result<(Action, bool, Option<PathBuf
             Some(Ok(count)) => req(Request::DebugDropExternal { count }),
             _ => return err("debug-drop-external: expected a count"),
         },
+        // Test seam: block the daemon's main loop for MS milliseconds.
+        #[cfg(feature = "test-seams")]
+        "debug-stall" => match one(&words)?.map(|w| w.parse::<u64>()) {
+            Some(Ok(ms)) => req(Request::DebugStall { ms }),
+            _ => return err("debug-stall: expected milliseconds"),
+        },
         other => return err(format!("unknown command '{other}' (try -h)")),
     };
     Ok((action, json, config))
@@ -438,6 +446,8 @@ Commands:
   status | commit [NODE_ID] | dump [internal|external] | stats [section] | resync | bulk
   flush [internal|external] | flush-kernel | kill | reload-kernel
   reload-keys          re-read [auth] key_file (a bad file keeps the old keys)
+  reload               re-read the config: [filter] and keys apply, the log file is
+                       reopened; other changes need a restart (as SIGHUP)
   genkey [ID]          print a new sync key file (key id ID, default 1)
   doctor [--upstream-idle-timeout S]  check this namespace's conntrack settings
                        and the daemon; findings with fixes; exit 0 ok/info,

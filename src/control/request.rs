@@ -56,13 +56,21 @@ pub enum Request {
     SendBulk,
     /// Schedule a kernel and internal-cache flush (`-t`).
     ResetTimers,
-    /// Re-read the sync key file (`reload-keys`, or SIGHUP).
+    /// Re-read the sync key file (`reload-keys`).
     ReloadKeys,
+    /// Re-read the config file: the filter and the keys take effect, the
+    /// log file is reopened (`reload`, or SIGHUP).
+    Reload,
     /// Test seam (built only with the `test-seams` feature): remove up to
     /// `count` flows from the external caches behind the sync protocol's
     /// back, to show that a resync repairs them.
     #[cfg(feature = "test-seams")]
     DebugDropExternal { count: usize },
+    /// Test seam (`test-seams` builds only): block the daemon's main loop
+    /// for `ms` milliseconds, as a loop stuck in a bug would be (the
+    /// watchdog must then starve).
+    #[cfg(feature = "test-seams")]
+    DebugStall { ms: u64 },
 }
 
 /// A request as sent on the socket in ctsync's own protocol.

@@ -18,13 +18,19 @@ pub(super) enum KernelFeed {
     Failed(String),
 }
 
-pub(super) fn spawn(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::io::Result<()> {
+/// `daemon_nice`: `[daemon] nice`; the event thread never runs below it.
+pub(super) fn spawn(
+    events: EventSocket,
+    tx: mpsc::Sender<KernelFeed>,
+    daemon_nice: Option<i32>,
+) -> std::io::Result<()> {
+    let nice = event_thread_nice(daemon_nice);
     std::thread::Builder::new()
         .name("ct-events".into())
         .spawn(move || {
             // Needs CAP_SYS_NICE; without it the thread keeps the
             // daemon's priority.
-            crate::process::set_thread_nice(EVENT_THREAD_NICE);
+            crate::process::set_thread_nice(nice);
             event_loop(events, tx);
         })
         .map(|_| ())
@@ -34,6 +40,12 @@ pub(super) fn spawn(events: EventSocket, tx: mpsc::Sender<KernelFeed>) -> std::i
 /// that a busy machine still drains the event socket before it overruns
 /// (the events then wait in memory, and an overrun costs a table re-read).
 const EVENT_THREAD_NICE: libc::c_int = -10;
+
+/// The event thread's nice value: `EVENT_THREAD_NICE`, or the daemon's own
+/// where `[daemon] nice` puts the daemon higher still.
+fn event_thread_nice(daemon_nice: Option<i32>) -> libc::c_int {
+    daemon_nice.map_or(EVENT_THREAD_NICE, |n| n.min(EVENT_THREAD_NICE))
+}
 
 /// Most events the reader holds while the daemon's loop is busy (about
 /// 50 MB) before it waits, and the socket buffer takes over.
@@ -108,5 +120,17 @@ fn event_loop(mut events: EventSocket, tx: mpsc::Sender<KernelFeed>) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_thread_is_never_below_the_daemon() {
+        assert_eq!(event_thread_nice(None), EVENT_THREAD_NICE);
+        assert_eq!(event_thread_nice(Some(5)), EVENT_THREAD_NICE);
+        assert_eq!(event_thread_nice(Some(-15)), -15);
     }
 }

@@ -14,11 +14,18 @@
 //! writes), `commit_plan` (what a commit writes, in which order),
 //! `warm_standby` (the mirror's bookkeeping), `requests` (control
 //! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`,
-//! `scrapes` (the metrics endpoint's snapshots).
+//! `scrapes` (the metrics endpoint's snapshots),
+//! `logging` (where lines go), `failover_log` (peer, resync, bulk and link
+//! lines), `reload` (SIGHUP and `reload`), `priority` (nice, scheduler),
+//! `watchdog` (systemd's, fed from the loop).
 
 mod commit_plan;
 mod event_reader;
+mod failover_log;
 mod kernel_worker;
+mod logging;
+mod priority;
+mod reload;
 mod requests;
 mod routing;
 mod scrapes;
@@ -27,6 +34,9 @@ mod stats;
 mod sync_auth;
 mod views;
 mod warm_standby;
+mod watchdog;
+
+pub use logging::{check_log_file, dropped_lines, DETACHED_ENV};
 
 use crate::cache::{FlowCache, FrozenCache};
 use crate::config::Config;
@@ -74,15 +84,29 @@ pub enum DaemonError {
 }
 
 /// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
+/// (`-d` sets `DETACHED_ENV`: logs then go to syslog unless a log file or
+/// a facility is configured.)
 pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> {
-    setup::init_logging(&config.daemon.log_level);
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    let sinks = logging::sinks(&config.daemon, detached);
+    let _log_guard = logging::init(&config.daemon.log_level, &sinks)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.display(),
+        log_file = ?sinks.file,
+        syslog = sinks.syslog.map(|f| f.name()),
+        "ctsyncd starting"
+    );
+    // Before any thread starts: they inherit it.
+    priority::apply(&config.daemon);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime
-        .block_on(run(config, config_path))
-        .map_err(|e| e.to_string())
+    runtime.block_on(run(config, config_path)).map_err(|e| {
+        tracing::error!(error = %e, "ctsyncd failed");
+        e.to_string()
+    })
 }
 
 /// Where the commit stands: its writes are taken for our own while it
@@ -174,10 +198,18 @@ struct Daemon {
     commit_counters: CommitCounters,
     control_counters: Arc<ControlCounters>,
     auth_log: sync_auth::AuthLog,
+    /// The config file, read again on reload.
+    config_path: PathBuf,
+    /// The last look at the core, for failover log lines.
+    observer: failover_log::Observer,
+    /// `None` unless systemd asks for a watchdog.
+    watchdog: Option<watchdog::Watchdog>,
+    /// When the running table read started (its log line's duration).
+    table_read_started: Option<Instant>,
     stop: bool,
 }
 
-async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
+async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
     process::return_large_buffers();
     let keys = sync_auth::load_keys(&config)?;
@@ -227,7 +259,7 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     // Valid while the event thread holds the socket, i.e. while we run.
     let events_switch = events.switch();
     let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
-    event_reader::spawn(events, kernel_tx)?;
+    event_reader::spawn(events, kernel_tx, config.daemon.nice)?;
 
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let commit_progress = Arc::new(AtomicU64::new(0));
@@ -287,6 +319,10 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
         commit_counters: CommitCounters::default(),
         control_counters: Arc::default(),
         auth_log: sync_auth::AuthLog::default(),
+        config_path,
+        observer: failover_log::Observer::default(),
+        watchdog: None,
+        table_read_started: None,
         stop: false,
     };
 
@@ -319,6 +355,13 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Envelope, oneshot::Sender<Reply>)>(64);
     spawn_control_thread(listener, ctl_tx, daemon.control_counters.clone(), group)?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    daemon.watchdog = watchdog::Watchdog::from_env(Instant::now());
+    if let Some(w) = &daemon.watchdog {
+        tracing::info!(
+            every_ms = w.period().as_millis(),
+            "feeding the systemd watchdog"
+        );
+    }
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -353,12 +396,16 @@ async fn run(config: Config, _config_path: PathBuf) -> Result<(), DaemonError> {
             _ = sigterm.recv() => daemon.stop = true,
             _ = sigint.recv() => daemon.stop = true,
             _ = sighup.recv() => {
-                let _ = daemon.reload_keys();
+                let _ = daemon.reload();
             }
         }
         daemon.compare_table_chunk();
         daemon.transmit().await;
         daemon.mirror_into_kernel();
+        // From the loop itself: a loop that is stuck stops feeding it.
+        if let Some(w) = &mut daemon.watchdog {
+            w.feed(Instant::now());
+        }
     }
     tracing::info!("ctsyncd stopping");
     // Let the control server deliver the last replies (the answer to -k).
@@ -455,6 +502,9 @@ impl Daemon {
         if let Some(at) = self.timers.earliest(self.table_read_running(), own_writes) {
             deadline = deadline.min(at);
         }
+        if let Some(w) = &self.watchdog {
+            deadline = deadline.min(w.next().max(now));
+        }
         if matches!(self.table_read, TableReadState::Comparing { .. }) {
             // More of the table to compare: only poll the other inputs.
             deadline = now;
@@ -496,6 +546,8 @@ impl Daemon {
                 self.kernel_counters.buffer_size = buffer_size as u64;
                 tracing::warn!(
                     buffer_size,
+                    overruns = self.kernel_counters.overruns,
+                    resync_in_ms = OVERRUN_RESYNC_DELAY.as_millis(),
                     "netlink event socket overrun; the table will be re-read"
                 );
                 self.schedule_heal(OVERRUN_RESYNC_DELAY);
@@ -542,6 +594,7 @@ impl Daemon {
         if self.timers.link_check_at <= now {
             self.timers.link_check_at = now + LINK_CHECK_INTERVAL;
             self.check_links();
+            self.log_failover_events();
         }
         if matches!(self.commit, CommitPhase::Finished { own_writes_until } if own_writes_until <= now)
         {
@@ -652,6 +705,7 @@ impl Daemon {
             None => None,
         };
         self.table_read = TableReadState::Running { replay: Vec::new() };
+        self.table_read_started = Some(Instant::now());
         self.kernel_counters.table_reads += 1;
         self.submit(Job::Dump {
             purpose,
@@ -776,7 +830,15 @@ impl Daemon {
             return;
         }
         let report = self.node.reconcile_finish(run, now);
-        tracing::info!(?report, "internal cache reconciled with the kernel table");
+        let duration_ms = self
+            .table_read_started
+            .take()
+            .map_or(0, |at| at.elapsed().as_millis());
+        tracing::info!(
+            duration_ms,
+            ?report,
+            "internal cache reconciled with the kernel table"
+        );
         for event in replay {
             self.apply_event(event);
         }

@@ -103,6 +103,10 @@ impl Daemon {
                 Ok(text) => success(text),
                 Err(why) => failure(why),
             },
+            Request::Reload => match self.reload() {
+                Ok(text) => success(text),
+                Err(why) => failure(why),
+            },
             #[cfg(feature = "test-seams")]
             Request::DebugDropExternal { count } => {
                 let victims: Vec<(u32, crate::flow::FlowKey)> = self
@@ -117,6 +121,12 @@ impl Daemon {
                     .filter(|(peer, key)| self.node.remove_external(*peer, key))
                     .count();
                 success(format!("dropped {dropped} external flows\n"))
+            }
+            #[cfg(feature = "test-seams")]
+            Request::DebugStall { ms } => {
+                // Blocks the owner's loop on purpose (see the request).
+                std::thread::sleep(Duration::from_millis(ms));
+                success(String::new())
             }
         };
         let _ = reply.send(answer);
@@ -181,7 +191,7 @@ impl Daemon {
             flows = total,
             ?peer,
             plan = plan_name(&plan),
-            "committing external cache"
+            "commit started: committing external cache"
         );
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
@@ -233,6 +243,13 @@ impl Daemon {
                     "commit has taken {:.6} seconds",
                     started.elapsed().as_secs_f64()
                 );
+                tracing::info!(
+                    written = report.ok,
+                    failed = report.failed,
+                    flows = counters.total,
+                    duration_ms = counters.last_ms,
+                    "commit finished"
+                );
                 if report.failed > 0 && report.ok == 0 {
                     failure(format!(
                         "none of {} entries could be committed: {}",
@@ -247,7 +264,10 @@ impl Daemon {
                     success(String::new())
                 }
             }
-            Err(reason) => failure(format!("commit failed: {reason}")),
+            Err(reason) => {
+                tracing::error!(%reason, duration_ms = counters.last_ms, "commit failed");
+                failure(format!("commit failed: {reason}"))
+            }
         };
         if let Some(client) = client {
             let _ = client.send(reply);

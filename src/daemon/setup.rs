@@ -1,5 +1,5 @@
-//! Start-up helpers: logging, the transport view of the configured links,
-//! the sync core's settings, the epoch.
+//! Start-up helpers: the transport view of the configured links, the sync
+//! core's settings, the epoch. (Logging is `logging`'s.)
 //!
 //! Owns: translating `Config` into what the transport and the core take.
 //! Must not: open sockets or start threads (the run loop does, in order).
@@ -8,18 +8,6 @@ use crate::config::{Config, SyncMode, Transport};
 use crate::sync::{Mode, SyncConfig};
 use crate::transport::{LinkKind, LinkSpec};
 use std::time::Instant;
-
-/// Log to stderr (journald picks it up under systemd); `RUST_LOG` overrides
-/// the configured level.
-pub(super) fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
 
 /// The transport view of the configured links.
 pub(super) fn link_specs(config: &Config) -> Vec<LinkSpec> {
