@@ -228,6 +228,21 @@ pub fn to_toml(s: &Settings, origin: &str) -> Result<Doc, Refusal> {
     d.blank();
     let first = links[0];
     let lo = link_local(first, link_name(first))?;
+    let own = lo.local.value;
+    if own.is_unspecified() || own.is_loopback() || own.is_multicast() {
+        // conntrackd accepts 0.0.0.0 (bind to every address), but the node
+        // id comes from this address: both nodes would get the same id and
+        // drop each other's datagrams as their own.
+        return Err(Refusal {
+            line: lo.local.line,
+            message: format!(
+                "{} {own}: ctsyncd derives this node's id from its own sync address, so it must be \
+                 the node's own unicast address on the sync link (with {own} every node would get \
+                 the same id)",
+                lo.local_keyword
+            ),
+        });
+    }
     d.comment(&format!(
         "conntrackd has no node id and ctsyncd needs one, unique in the cluster: it is derived \
          from this node's own sync address ({} {} of the {} link, line {}), which differs \
@@ -539,7 +554,11 @@ fn kernel_section(d: &mut Doc, s: &Settings) {
     d.blank();
     d.raw("[kernel]", None);
     // conntrackd sets NetlinkBufferSize only when it is at most
-    // NetlinkBufferSizeMaxGrowth; ctsync needs buffer <= max and 64 KiB..2 GiB.
+    // NetlinkBufferSizeMaxGrowth, which must be set too. A size larger than
+    // the growth limit is ignored here as well; a size without a growth
+    // limit (conntrackd's silent trap: the size is ignored and the buffer
+    // never grows) is honoured, with a note, since it is plainly what the
+    // operator meant. ctsync needs buffer <= max and 64 KiB..2 GiB.
     let clamp = |n: u64| n.clamp(MIN_NETLINK, MAX_NETLINK);
     let max = s.netlink_buffer_max.as_ref().map(|m| clamp(m.value));
     let mut buffer_written = None;
@@ -557,6 +576,9 @@ fn kernel_section(d: &mut Doc, s: &Settings) {
                 let v = clamp(b.value);
                 let why = if v != b.value {
                     format!("raised or lowered to ctsync's range {MIN_NETLINK}..={MAX_NETLINK}")
+                } else if s.netlink_buffer_max.is_none() {
+                    "conntrackd ignores it without NetlinkBufferSizeMaxGrowth; ctsyncd uses it"
+                        .to_string()
                 } else {
                     String::new()
                 };

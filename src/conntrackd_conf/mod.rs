@@ -150,6 +150,21 @@ mod tests {
     }
 
     #[test]
+    fn an_address_that_is_not_the_nodes_own_is_refused_for_the_node_id() {
+        for own in ["0.0.0.0", "127.0.0.1"] {
+            let text = format!(
+                "Sync {{\n Mode FTFW {{ }}\n UDP Default {{\n  IPv4_address {own}\n  IPv4_Destination_Address 198.18.0.2\n  Port 3780\n  Interface eth2\n }}\n}}\nGeneral {{\n UNIX {{ Path /run/x.ctl }}\n}}\n"
+            );
+            let e = convert(&text, "c.conf").err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(
+                e.contains("c.conf:4:") && e.contains("same id"),
+                "{own}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_value_ctsync_refuses_names_the_conntrackd_line() {
         let text = MINIMAL.replace(
             "Mode FTFW { }",

@@ -42,9 +42,12 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 pub fn bind_std(path: &Path, group: Option<u32>) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
+            // The group's members must be able to reach the socket: they
+            // may pass through the directory (not list it).
+            let mode = if group.is_some() { 0o711 } else { 0o700 };
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(mode)
                 .create(parent)?;
         }
     }
