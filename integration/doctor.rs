@@ -414,6 +414,126 @@ fn dns_flows_fire_notrack_and_its_nft_line_is_valid() {
         .starts_with("0 DNS flows"));
 }
 
+/// Send one UDP datagram from `sport` to `to`, inside namespace `ns`.
+fn send_udp(ns: &str, sport: u16, to: &str) {
+    let to = to.to_string();
+    in_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", sport)).expect("bind");
+        sock.send_to(b"q", to.as_str()).expect("send");
+    });
+}
+
+/// Whether namespace `ns` tracks a UDP flow whose original source port is
+/// `sport`.
+fn tracked(ns: &str, sport: u16) -> bool {
+    must("ip", &["netns", "exec", ns, "conntrack", "-L", "-p", "udp"])
+        .lines()
+        .any(|l| l.contains(&format!(" sport={sport} ")))
+}
+
+/// The NOTRACK rules doctor suggests, loaded on a router between a client
+/// and a server namespace: DNS the router serves or asks itself goes
+/// untracked, DNS it forwards stays tracked (NAT and `ct state` keep
+/// working). The old global rule (any UDP to port 53 in prerouting) is the
+/// negative control: it untracks the forwarded flow, and this test sees it.
+#[test]
+fn the_suggested_notrack_rules_spare_forwarded_traffic() {
+    let (c, r, srv) = (Ns::new("nc"), Ns::new("nr"), Ns::new("ns"));
+    must(
+        "ip",
+        &[
+            "-n", &r.name, "link", "add", "toc", "type", "veth", "peer", "name", "tor", "netns",
+            &c.name,
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "-n", &r.name, "link", "add", "tos", "type", "veth", "peer", "name", "tor", "netns",
+            &srv.name,
+        ],
+    );
+    for (ns, dev, addr, via) in [
+        (&r.name, "toc", "198.18.201.2/30", None),
+        (&r.name, "tos", "198.18.201.5/30", None),
+        (&c.name, "tor", "198.18.201.1/30", Some("198.18.201.2")),
+        (&srv.name, "tor", "198.18.201.6/30", Some("198.18.201.5")),
+    ] {
+        must("ip", &["-n", ns, "addr", "add", addr, "dev", dev]);
+        must("ip", &["-n", ns, "link", "set", dev, "up"]);
+        if let Some(via) = via {
+            must("ip", &["-n", ns, "route", "add", "default", "via", via]);
+        }
+    }
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &r.name,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ],
+    );
+    // A stateful forward chain: it also makes the router track at all.
+    must(
+        "ip",
+        &[
+            "netns", "exec", &r.name, "nft",
+            "add table inet filt; add chain inet filt through { type filter hook forward priority 0; }; \
+             add rule inet filt through ct state established,related accept; \
+             add rule inet filt through ct state untracked accept; add rule inet filt through accept",
+        ],
+    );
+    let fix = ctsync::doctor::checks::notrack::nft_notrack_local_udp(53);
+    must("ip", &["netns", "exec", &r.name, "sh", "-c", &fix]);
+
+    send_udp(&c.name, 40_001, "198.18.201.6:53"); // forwarded
+    send_udp(&c.name, 40_002, "198.18.201.2:53"); // to the router's own DNS
+    send_udp(&r.name, 40_003, "198.18.201.6:53"); // the router asking
+    send_udp(&c.name, 40_004, "198.18.201.2:54"); // controls: not DNS
+    send_udp(&r.name, 40_005, "198.18.201.6:54");
+    let seen = |ports: &[u16]| {
+        wait_until(Duration::from_secs(5), || {
+            ports.iter().all(|p| tracked(&r.name, *p))
+        })
+    };
+    assert!(
+        seen(&[40_001, 40_004, 40_005]),
+        "forwarded DNS or a control went untracked"
+    );
+    assert!(
+        !tracked(&r.name, 40_002),
+        "the router's own DNS is still tracked"
+    );
+    assert!(
+        !tracked(&r.name, 40_003),
+        "the router's own query is still tracked"
+    );
+
+    // Negative control: the global rule untracks the forwarded flow.
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &r.name,
+            "nft",
+            "delete table inet ctsync_notrack; add table inet old; \
+             add chain inet old pre { type filter hook prerouting priority raw; }; \
+             add rule inet old pre udp dport 53 notrack",
+        ],
+    );
+    send_udp(&c.name, 40_006, "198.18.201.6:53");
+    send_udp(&c.name, 40_007, "198.18.201.6:54");
+    assert!(seen(&[40_007]));
+    assert!(
+        !tracked(&r.name, 40_006),
+        "the global rule should untrack forwarded DNS"
+    );
+}
+
 #[test]
 fn a_filling_table_fires_and_an_overflowing_one_drops() {
     let ns = Ns::new("full");
