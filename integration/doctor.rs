@@ -220,7 +220,14 @@ fn kernel_settings_fire_in_a_bad_namespace_and_not_in_a_healthy_one() {
     d.assert("tcp_be_liberal", "warning");
     d.assert("tcp_time_wait", "warning");
     d.assert("upstream_udp_timeout", "warning");
-    d.assert("upstream_tcp_timeout", "warning");
+    // No TCP row from the upstream timeout: lowering the global
+    // established timeout to a balancer's would cut every idle TCP
+    // session (see doctor::checks::timeouts).
+    assert!(
+        d.findings("upstream_tcp_timeout").is_empty(),
+        "{:#}",
+        d.report
+    );
     // A small table: days of established timeout are worth knowing only.
     d.assert("tcp_established_timeout", "info");
     d.assert("daemon", "warning");
@@ -270,6 +277,28 @@ fn kernel_settings_fire_in_a_bad_namespace_and_not_in_a_healthy_one() {
         d.assert(check, "ok");
     }
     assert_eq!(bad.read("nf_conntrack_udp_timeout_stream"), 15);
+    // An NLB's TCP idle timeout (350 s) with days of established timeout:
+    // the one fix touching the established timeout is
+    // tcp_established_timeout's 1800 s, nothing lowers it to the
+    // balancer's.
+    let d = doctor(&bad.name, &config, &["--upstream-idle-timeout", "350"]);
+    let est_fixes: Vec<(&str, &str)> = d.report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| Some((f["check"].as_str()?, f["fix"].as_str()?)))
+        .filter(|(_, fix)| fix.contains("tcp_timeout_established"))
+        .collect();
+    assert_eq!(
+        est_fixes,
+        vec![(
+            "tcp_established_timeout",
+            "sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=1800"
+        )],
+        "{:#}",
+        d.report
+    );
+    d.assert("upstream_udp_timeout", "ok");
 
     // Healthy: fixed settings, no finding fires.
     let good = Ns::new("good");
@@ -288,7 +317,6 @@ fn kernel_settings_fire_in_a_bad_namespace_and_not_in_a_healthy_one() {
         "tcp_be_liberal",
         "tcp_time_wait",
         "upstream_udp_timeout",
-        "upstream_tcp_timeout",
         "tcp_established_timeout",
         "table_full",
         "table_drops",
@@ -361,7 +389,19 @@ fn dns_flows_fire_notrack_and_its_nft_line_is_valid() {
             "ctsync_notrack",
         ],
     );
-    assert!(rules.contains("udp dport 53 notrack"), "{rules}");
+    // Only this machine's own DNS: to a local address on the way in, the
+    // output hook on the way out; never TCP.
+    assert!(
+        rules.contains("fib daddr type local udp dport 53 notrack"),
+        "{rules}"
+    );
+    assert!(rules.contains("udp sport 53 notrack"), "{rules}");
+    assert!(!rules.contains("tcp"), "{rules}");
+    assert!(
+        f["summary"].as_str().unwrap().contains("must stay tracked"),
+        "{f}"
+    );
+    assert!(fix.contains("ct state untracked accept"), "{fix}");
 
     // The same number of flows to another port: nothing to say.
     let other = Ns::new("nodns");
@@ -372,6 +412,126 @@ fn dns_flows_fire_notrack_and_its_nft_line_is_valid() {
         .as_str()
         .unwrap()
         .starts_with("0 DNS flows"));
+}
+
+/// Send one UDP datagram from `sport` to `to`, inside namespace `ns`.
+fn send_udp(ns: &str, sport: u16, to: &str) {
+    let to = to.to_string();
+    in_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", sport)).expect("bind");
+        sock.send_to(b"q", to.as_str()).expect("send");
+    });
+}
+
+/// Whether namespace `ns` tracks a UDP flow whose original source port is
+/// `sport`.
+fn tracked(ns: &str, sport: u16) -> bool {
+    must("ip", &["netns", "exec", ns, "conntrack", "-L", "-p", "udp"])
+        .lines()
+        .any(|l| l.contains(&format!(" sport={sport} ")))
+}
+
+/// The NOTRACK rules doctor suggests, loaded on a router between a client
+/// and a server namespace: DNS the router serves or asks itself goes
+/// untracked, DNS it forwards stays tracked (NAT and `ct state` keep
+/// working). The old global rule (any UDP to port 53 in prerouting) is the
+/// negative control: it untracks the forwarded flow, and this test sees it.
+#[test]
+fn the_suggested_notrack_rules_spare_forwarded_traffic() {
+    let (c, r, srv) = (Ns::new("nc"), Ns::new("nr"), Ns::new("ns"));
+    must(
+        "ip",
+        &[
+            "-n", &r.name, "link", "add", "toc", "type", "veth", "peer", "name", "tor", "netns",
+            &c.name,
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "-n", &r.name, "link", "add", "tos", "type", "veth", "peer", "name", "tor", "netns",
+            &srv.name,
+        ],
+    );
+    for (ns, dev, addr, via) in [
+        (&r.name, "toc", "198.18.201.2/30", None),
+        (&r.name, "tos", "198.18.201.5/30", None),
+        (&c.name, "tor", "198.18.201.1/30", Some("198.18.201.2")),
+        (&srv.name, "tor", "198.18.201.6/30", Some("198.18.201.5")),
+    ] {
+        must("ip", &["-n", ns, "addr", "add", addr, "dev", dev]);
+        must("ip", &["-n", ns, "link", "set", dev, "up"]);
+        if let Some(via) = via {
+            must("ip", &["-n", ns, "route", "add", "default", "via", via]);
+        }
+    }
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &r.name,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ],
+    );
+    // A stateful forward chain: it also makes the router track at all.
+    must(
+        "ip",
+        &[
+            "netns", "exec", &r.name, "nft",
+            "add table inet filt; add chain inet filt through { type filter hook forward priority 0; }; \
+             add rule inet filt through ct state established,related accept; \
+             add rule inet filt through ct state untracked accept; add rule inet filt through accept",
+        ],
+    );
+    let fix = ctsync::doctor::checks::notrack::nft_notrack_local_udp(53);
+    must("ip", &["netns", "exec", &r.name, "sh", "-c", &fix]);
+
+    send_udp(&c.name, 40_001, "198.18.201.6:53"); // forwarded
+    send_udp(&c.name, 40_002, "198.18.201.2:53"); // to the router's own DNS
+    send_udp(&r.name, 40_003, "198.18.201.6:53"); // the router asking
+    send_udp(&c.name, 40_004, "198.18.201.2:54"); // controls: not DNS
+    send_udp(&r.name, 40_005, "198.18.201.6:54");
+    let seen = |ports: &[u16]| {
+        wait_until(Duration::from_secs(5), || {
+            ports.iter().all(|p| tracked(&r.name, *p))
+        })
+    };
+    assert!(
+        seen(&[40_001, 40_004, 40_005]),
+        "forwarded DNS or a control went untracked"
+    );
+    assert!(
+        !tracked(&r.name, 40_002),
+        "the router's own DNS is still tracked"
+    );
+    assert!(
+        !tracked(&r.name, 40_003),
+        "the router's own query is still tracked"
+    );
+
+    // Negative control: the global rule untracks the forwarded flow.
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &r.name,
+            "nft",
+            "delete table inet ctsync_notrack; add table inet old; \
+             add chain inet old pre { type filter hook prerouting priority raw; }; \
+             add rule inet old pre udp dport 53 notrack",
+        ],
+    );
+    send_udp(&c.name, 40_006, "198.18.201.6:53");
+    send_udp(&c.name, 40_007, "198.18.201.6:54");
+    assert!(seen(&[40_007]));
+    assert!(
+        !tracked(&r.name, 40_006),
+        "the global rule should untrack forwarded DNS"
+    );
 }
 
 #[test]
@@ -404,34 +564,50 @@ fn a_filling_table_fires_and_an_overflowing_one_drops() {
     ns.sysctl("nf_conntrack_tcp_timeout_established", 1_800);
     doctor(&ns.name, &config, &[]).assert("tcp_established_timeout", "ok");
 
-    // Past the limit: the kernel evicts unassured entries (early drop) to
-    // make room; the table is at its limit.
+    // Past the limit with unassured flows: the kernel evicts unassured
+    // entries (early drop) to make room, and the drops show.
     let more = (max as usize - want) + 2_000;
     let flows: Vec<Flow> = udp_flows(want + more, 7).split_off(want);
     create(&ns.name, flows);
-    let before = ns.read("nf_conntrack_count");
     let d = doctor(&ns.name, &config, &[]);
-    let after = ns.read("nf_conntrack_count");
-    // At the limit. (Should the kernel's garbage collector start evicting
-    // unassured entries, as it does after a failed allocation, the table
-    // shrinks below 95%: then it is a warning.)
-    let at_limit = |count: u64| count * 100 >= max * 95;
-    if at_limit(after) {
-        d.assert("table_full", "critical");
-        assert_eq!(d.code, 2);
-    } else if !at_limit(before) {
-        d.assert("table_full", "warning");
-    } else {
-        // It crossed 95% while doctor read it.
-        let sev = d.worst("table_full");
-        assert!(sev == "critical" || sev == "warning", "{sev}");
-    }
     d.assert("table_drops", "warning");
     let seen = d.findings("table_drops")[0]["seen"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(!seen.contains("early_drop 0 "), "{seen}");
+    // (table_full is not judged here: while the table is 95% full the
+    // kernel's garbage collector evicts unassured entries too, so a table
+    // of unassured flows settles just below 95%. Assured ones it never
+    // evicts: they show the critical case, next.)
+
+    // At the limit with assured flows: nothing can be evicted, the table
+    // stays at nf_conntrack_max and the writes past it are refused.
+    must("ip", &["netns", "exec", &ns.name, "conntrack", "-F"]);
+    assert_eq!(ns.read("nf_conntrack_count"), 0);
+    let mut assured = udp_flows(max as usize + 2_000, 8);
+    for f in &mut assured {
+        f.status |= status::ASSURED;
+    }
+    let refused = create(&ns.name, assured);
+    assert!(
+        refused >= 2_000,
+        "only {refused} writes refused past the limit"
+    );
+    assert_eq!(ns.read("nf_conntrack_count"), max);
+    let d = doctor(&ns.name, &config, &[]);
+    d.assert("table_full", "critical");
+    assert!(
+        d.findings("table_full")[0]["seen"]
+            .as_str()
+            .unwrap()
+            .ends_with("(100.0%)"),
+        "{:#}",
+        d.report
+    );
+    assert_eq!(d.code, 2);
+    // Still full after doctor read it: the critical was no accident.
+    assert!(ns.read("nf_conntrack_count") * 100 >= max * 95);
 }
 
 fn peer_alive(node: &lab::Node, peer: u64) -> Option<bool> {
@@ -614,8 +790,9 @@ fn a_high_new_flow_rate_suggests_notrack_for_the_busiest_port() {
     stop.store(true, Ordering::SeqCst);
     let written = writer.join().expect("writer thread");
     assert!(written > 0);
-    let sev = d.worst("notrack_rate");
-    assert!(sev == "info" || sev == "warning", "{:#}", d.report);
+    // Info, never more: doctor cannot tell local flows from forwarded
+    // ones, which must stay tracked on a NAT or stateful firewall.
+    d.assert("notrack_rate", "info");
     let f = d.findings("notrack_rate")[0];
     assert!(
         f["seen"]
@@ -628,7 +805,7 @@ fn a_high_new_flow_rate_suggests_notrack_for_the_busiest_port() {
         f["fix"]
             .as_str()
             .unwrap()
-            .contains("udp dport 5353 notrack"),
+            .contains("fib daddr type local udp dport 5353 notrack"),
         "{f}"
     );
     // Quiet again: the same namespace, nothing created while doctor watches.

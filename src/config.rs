@@ -332,9 +332,11 @@ pub struct MetricsConfig {
 /// `[doctor]`: what `ctsyncd doctor` cannot read from the machine.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DoctorConfig {
-    /// `upstream_idle_timeout_s`: the idle timeout of a load balancer or
-    /// cloud NIC in front of this firewall (AWS NLB: 350 s). UDP timeouts
-    /// longer than it are reported. Unset: that check is skipped.
+    /// `upstream_idle_timeout_s`: the UDP idle timeout of a load balancer
+    /// or cloud NIC in front of this firewall (AWS NLB: 120 s; its TCP
+    /// idle timeout, 350 s, is not this). The UDP conntrack timeouts are
+    /// reported when not below it; TCP ones are never compared with it.
+    /// Unset: that check is skipped.
     pub upstream_idle_timeout_s: Option<u32>,
 }
 

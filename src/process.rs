@@ -10,8 +10,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::kernel::sysctl;
+
 /// Where the kernel decides whether conntrack entries report events.
-const EVENTS_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_events";
+const EVENTS_SYSCTL: &str = "nf_conntrack_events";
 
 /// A lock file held with `flock` while the daemon runs. Unlike conntrackd's
 /// O_EXCL lock it can never be left stale by a crash: the kernel drops the
@@ -83,18 +85,17 @@ impl Drop for PidFile {
 /// Failure (a read-only /proc/sys) is logged, not fatal: the periodic
 /// re-read of the table still heals what events miss.
 pub fn enable_conntrack_events() {
-    match std::fs::read_to_string(EVENTS_SYSCTL) {
-        Ok(value) if value.trim() == "1" => {}
-        Ok(value) => match std::fs::write(EVENTS_SYSCTL, "1\n") {
-            Ok(()) => tracing::info!(
-                previous = value.trim(),
-                "net.netfilter.nf_conntrack_events set to 1"
-            ),
+    match sysctl::read_u64(EVENTS_SYSCTL) {
+        Some(1) => {}
+        Some(previous) => match sysctl::write(EVENTS_SYSCTL, 1) {
+            Ok(()) => tracing::info!(previous, "net.netfilter.nf_conntrack_events set to 1"),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set net.netfilter.nf_conntrack_events to 1")
             }
         },
-        Err(e) => tracing::warn!(error = %e, "cannot read net.netfilter.nf_conntrack_events"),
+        None => tracing::warn!(
+            "cannot read net.netfilter.nf_conntrack_events (missing, unreadable or not a number)"
+        ),
     }
 }
 
@@ -103,7 +104,7 @@ pub fn enable_conntrack_events() {
 /// mirror intact. An unreadable setting counts as on (the kernel default
 /// reports events to listeners).
 pub fn conntrack_events_on() -> bool {
-    std::fs::read_to_string(EVENTS_SYSCTL).map_or(true, |v| v.trim() != "0")
+    sysctl::read_u64(EVENTS_SYSCTL) != Some(0)
 }
 
 /// The id of the group called `name`, from the system's group database.

@@ -3,7 +3,7 @@
 //! that turn `/proc` text and `-s --json` into them.
 //!
 //! Owns: `MachineFacts`, `CtStat`, `TableMix`, `DaemonFacts` and parsing
-//! their text. Must not: open files or sockets (`read` does) or judge the
+//! their text (a field missing from `-s --json` is an error, never a 0). Must not: open files or sockets (`read` does) or judge the
 //! values (`checks` do).
 
 use serde_json::Value;
@@ -178,85 +178,175 @@ pub struct DaemonFacts {
     pub warm: Option<WarmFacts>,
 }
 
+/// Reads numbers out of `-s --json` and notes every field that is
+/// missing or of the wrong type: a renamed counter must show as
+/// "unreadable", never as 0 (a 0 would make findings of its own, such as
+/// "no kernel event has reached the daemon").
+struct Fields {
+    missing: Vec<String>,
+    /// Where the value being read sits (`peers[0]`), "" at the top.
+    at: String,
+}
+
+impl Fields {
+    fn name(&self, path: &[&str]) -> String {
+        if self.at.is_empty() {
+            path.join(".")
+        } else {
+            format!("{}.{}", self.at, path.join("."))
+        }
+    }
+
+    fn get<'v>(&mut self, v: &'v Value, path: &[&str]) -> Option<&'v Value> {
+        let found = path.iter().try_fold(v, |v, k| v.get(k));
+        if found.is_none() {
+            self.missing.push(self.name(path));
+        }
+        found
+    }
+
+    fn u64(&mut self, v: &Value, path: &[&str]) -> u64 {
+        match self.get(v, path).map(Value::as_u64) {
+            Some(Some(n)) => n,
+            Some(None) => {
+                self.missing
+                    .push(format!("{} (not a number)", self.name(path)));
+                0
+            }
+            None => 0,
+        }
+    }
+
+    fn bool(&mut self, v: &Value, path: &[&str]) -> bool {
+        match self.get(v, path).map(Value::as_bool) {
+            Some(Some(b)) => b,
+            Some(None) => {
+                self.missing
+                    .push(format!("{} (not true or false)", self.name(path)));
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn array<'v>(&mut self, v: &'v Value, path: &[&str]) -> &'v [Value] {
+        match self.get(v, path).map(Value::as_array) {
+            Some(Some(a)) => a,
+            Some(None) => {
+                self.missing
+                    .push(format!("{} (not a list)", self.name(path)));
+                &[]
+            }
+            None => &[],
+        }
+    }
+
+    fn object<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &[&str],
+    ) -> Option<&'v serde_json::Map<String, Value>> {
+        match self.get(v, path).map(Value::as_object) {
+            Some(Some(m)) => Some(m),
+            Some(None) => {
+                self.missing
+                    .push(format!("{} (not an object)", self.name(path)));
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 impl DaemonFacts {
-    /// From `ctsyncd -s --json`; missing numbers read as 0 (an older
-    /// daemon may lack the newest counters).
-    pub fn from_stats_json(v: &Value) -> DaemonFacts {
-        let n = |v: &Value, path: &[&str]| -> u64 {
-            path.iter()
-                .try_fold(v, |v, k| v.get(k))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
+    /// From `ctsyncd -s --json`. Every field doctor uses must be there:
+    /// the error lists those that are not (a daemon of another version),
+    /// and the checks then say "unreadable" instead of judging zeros.
+    /// `warm` is `null` without warm standby, and a peer may not have
+    /// sent a datagram yet (no `sync.peer_wire` entry): both are values.
+    pub fn from_stats_json(v: &Value) -> Result<DaemonFacts, Vec<String>> {
+        let mut f = Fields {
+            missing: Vec::new(),
+            at: String::new(),
         };
-        let wire = v.get("sync").and_then(|s| s.get("peer_wire"));
-        let peers = v
-            .get("peers")
-            .and_then(Value::as_array)
-            .map(|peers| {
-                peers
-                    .iter()
-                    .map(|p| {
-                        let id = n(p, &["node_id"]);
-                        let w = wire.and_then(|w| w.get(id.to_string()));
-                        let wn = |k: &str| w.map_or(0, |w| n(w, &[k]));
-                        PeerFacts {
-                            node_id: id,
-                            alive: p.get("alive").and_then(Value::as_bool).unwrap_or(false),
-                            last_heard_ms_ago: n(p, &["last_heard_ms_ago"]),
-                            flows: n(p, &["flows"]),
-                            reordered: n(p, &["reordered"]),
-                            largest_datagram: wn("largest_datagram"),
-                            oversized: wn("oversized"),
-                            acks_nacks: wn("acks_nacks"),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let links = v
-            .get("links")
-            .and_then(Value::as_array)
-            .map(|links| {
-                links
-                    .iter()
-                    .map(|l| LinkFacts {
-                        device: l
-                            .get("device")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                        up: l.get("up").and_then(Value::as_bool).unwrap_or(false),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let dropped = v
-            .get("sync")
-            .and_then(|s| s.get("malformed"))
-            .and_then(Value::as_object)
-            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
-            + n(v, &["network", "foreign_source"]);
-        let warm = v.get("warm").filter(|w| w.is_object()).map(|w| WarmFacts {
-            written: n(w, &["written"]),
-            failed: n(w, &["failed"]),
-            restored: n(w, &["restored"]),
-            pending: n(w, &["pending"]),
-        });
-        DaemonFacts {
-            uptime_s: n(v, &["uptime_s"]),
+        let wire = f.object(v, &["sync", "peer_wire"]);
+        let mut peers = Vec::new();
+        for (i, p) in f.array(v, &["peers"]).iter().enumerate() {
+            f.at = format!("peers[{i}]");
+            let id = f.u64(p, &["node_id"]);
+            let mut peer = PeerFacts {
+                node_id: id,
+                alive: f.bool(p, &["alive"]),
+                last_heard_ms_ago: f.u64(p, &["last_heard_ms_ago"]),
+                flows: f.u64(p, &["flows"]),
+                reordered: f.u64(p, &["reordered"]),
+                ..PeerFacts::default()
+            };
+            if let Some(w) = wire.and_then(|w| w.get(&id.to_string())) {
+                f.at = format!("sync.peer_wire.{id}");
+                peer.largest_datagram = f.u64(w, &["largest_datagram"]);
+                peer.oversized = f.u64(w, &["oversized"]);
+                peer.acks_nacks = f.u64(w, &["acks_nacks"]);
+            }
+            peers.push(peer);
+        }
+        let mut links = Vec::new();
+        for (i, l) in f.array(v, &["links"]).iter().enumerate() {
+            f.at = format!("links[{i}]");
+            let device = match f.get(l, &["device"]).map(Value::as_str) {
+                Some(Some(d)) => d.to_string(),
+                Some(None) => {
+                    f.missing.push(format!("links[{i}].device (not a string)"));
+                    String::new()
+                }
+                None => String::new(),
+            };
+            links.push(LinkFacts {
+                device,
+                up: f.bool(l, &["up"]),
+            });
+        }
+        f.at.clear();
+        let malformed: u64 = f
+            .object(v, &["sync", "malformed"])
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+        let dropped = malformed + f.u64(v, &["network", "foreign_source"]);
+        let warm = match f.get(v, &["warm"]) {
+            Some(w) if w.is_null() => None,
+            Some(w) => {
+                f.at = "warm".into();
+                let warm = WarmFacts {
+                    written: f.u64(w, &["written"]),
+                    failed: f.u64(w, &["failed"]),
+                    restored: f.u64(w, &["restored"]),
+                    pending: f.u64(w, &["pending"]),
+                };
+                f.at.clear();
+                Some(warm)
+            }
+            None => None,
+        };
+        let facts = DaemonFacts {
+            uptime_s: f.u64(v, &["uptime_s"]),
             peers,
             links,
-            events_received: n(v, &["kernel", "events_received"]),
-            overruns: n(v, &["kernel", "overruns"]),
+            events_received: f.u64(v, &["kernel", "events_received"]),
+            overruns: f.u64(v, &["kernel", "overruns"]),
             dropped,
-            lost: n(v, &["sync", "lost"]),
-            send_errors: n(v, &["network", "send_errors"]),
-            backlog_dropped_items: n(v, &["sync", "backlog_dropped_items"]),
-            retransmits: n(v, &["sync", "retransmits"]),
-            messages_sent: n(v, &["sync", "messages_sent"]),
-            resend_window: n(v, &["queues", "resend_window"]),
-            window: n(v, &["queues", "window"]),
+            lost: f.u64(v, &["sync", "lost"]),
+            send_errors: f.u64(v, &["network", "send_errors"]),
+            backlog_dropped_items: f.u64(v, &["sync", "backlog_dropped_items"]),
+            retransmits: f.u64(v, &["sync", "retransmits"]),
+            messages_sent: f.u64(v, &["sync", "messages_sent"]),
+            resend_window: f.u64(v, &["queues", "resend_window"]),
+            window: f.u64(v, &["queues", "window"]),
             warm,
+        };
+        if f.missing.is_empty() {
+            Ok(facts)
+        } else {
+            f.missing.dedup();
+            Err(f.missing)
         }
     }
 }
@@ -266,6 +356,9 @@ impl DaemonFacts {
 pub enum DaemonState {
     /// Nothing answers on the control socket (the reason says why).
     NotRunning(String),
+    /// It answers, but its `-s --json` lacks fields doctor reads (another
+    /// version): the reason names them. Its counters are not judged.
+    Unreadable(String),
     /// Two `-s --json` reads, about a second apart.
     Running {
         first: Box<DaemonFacts>,
@@ -321,7 +414,7 @@ mod tests {
             "queues": {"resend_window": 10, "window": 20},
             "warm": {"written": 1, "failed": 2, "restored": 3, "pending": 4}
         });
-        let d = DaemonFacts::from_stats_json(&v);
+        let d = DaemonFacts::from_stats_json(&v).unwrap();
         assert_eq!(d.uptime_s, 12);
         assert_eq!(
             d.peers,
@@ -341,8 +434,135 @@ mod tests {
         assert_eq!((d.dropped, d.lost, d.send_errors), (7, 5, 3));
         assert_eq!((d.resend_window, d.window, d.events_received), (10, 20, 40));
         assert_eq!(d.warm.map(|w| w.pending), Some(4));
-        let none = DaemonFacts::from_stats_json(&serde_json::json!({"warm": null}));
-        assert_eq!(none.warm, None);
-        assert!(none.peers.is_empty());
+        // A renamed counter is reported, not read as 0.
+        let mut renamed = v.clone();
+        let kernel = renamed["kernel"].as_object_mut().unwrap();
+        let n = kernel.remove("events_received").unwrap();
+        kernel.insert("events_delivered".into(), n);
+        renamed["links"][0]["up"] = serde_json::json!("yes");
+        renamed["warm"].as_object_mut().unwrap().remove("pending");
+        assert_eq!(
+            DaemonFacts::from_stats_json(&renamed),
+            Err(vec![
+                "links[0].up (not true or false)".to_string(),
+                "warm.pending".to_string(),
+                "kernel.events_received".to_string()
+            ])
+        );
+        let bare = DaemonFacts::from_stats_json(&serde_json::json!({"warm": null})).unwrap_err();
+        assert!(bare.contains(&"uptime_s".to_string()), "{bare:?}");
+        assert!(!bare.iter().any(|m| m.starts_with("warm")), "{bare:?}");
+    }
+
+    /// The JSON the daemon really renders for `-s --json` (the same
+    /// function, from a snapshot with every part doctor reads filled in
+    /// with distinct numbers) reads back complete and to the same values:
+    /// renaming a field of the snapshot breaks this test, not doctor.
+    #[test]
+    fn reads_the_stats_json_the_daemon_renders() {
+        use crate::counters::{LinkBlock, PeerBlock, StatsSnapshot, WarmCounters};
+        let mut snap = StatsSnapshot {
+            uptime_s: 101,
+            ..StatsSnapshot::default()
+        };
+        snap.peers = vec![
+            PeerBlock {
+                node_id: 2,
+                alive: true,
+                flows: 102,
+                last_heard_ms_ago: 103,
+                reordered: 104,
+                ..PeerBlock::default()
+            },
+            // Heard of, no datagram measured yet: no peer_wire entry.
+            PeerBlock {
+                node_id: 3,
+                flows: 105,
+                ..PeerBlock::default()
+            },
+        ];
+        snap.links = vec![LinkBlock {
+            device: "sync7".into(),
+            up: true,
+            ..LinkBlock::default()
+        }];
+        snap.sync.peer_wire.insert(
+            2,
+            crate::sync::PeerWire {
+                largest_datagram: 106,
+                oversized: 107,
+                acks_nacks: 108,
+            },
+        );
+        snap.sync.malformed.truncated = 109;
+        snap.sync.malformed.bad_flow = 110;
+        snap.network.foreign_source = 111;
+        snap.network.send_errors = 112;
+        snap.kernel.events_received = 113;
+        snap.kernel.overruns = 114;
+        snap.sync.lost = 115;
+        snap.sync.backlog_dropped_items = 116;
+        snap.sync.retransmits = 117;
+        snap.sync.messages_sent = 118;
+        snap.queues.resend_window = 119;
+        snap.queues.window = 120;
+        snap.warm = Some(WarmCounters {
+            written: 121,
+            failed: 122,
+            restored: 123,
+            pending: 124,
+        });
+        let read = |snap: &StatsSnapshot| {
+            let text = crate::control::render::render_stats_json(snap);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            DaemonFacts::from_stats_json(&v)
+        };
+        let d = read(&snap).unwrap();
+        assert_eq!(
+            d,
+            DaemonFacts {
+                uptime_s: 101,
+                peers: vec![
+                    PeerFacts {
+                        node_id: 2,
+                        alive: true,
+                        last_heard_ms_ago: 103,
+                        flows: 102,
+                        reordered: 104,
+                        largest_datagram: 106,
+                        oversized: 107,
+                        acks_nacks: 108,
+                    },
+                    PeerFacts {
+                        node_id: 3,
+                        flows: 105,
+                        ..PeerFacts::default()
+                    },
+                ],
+                links: vec![LinkFacts {
+                    device: "sync7".into(),
+                    up: true
+                }],
+                events_received: 113,
+                overruns: 114,
+                dropped: 109 + 110 + 111,
+                lost: 115,
+                send_errors: 112,
+                backlog_dropped_items: 116,
+                retransmits: 117,
+                messages_sent: 118,
+                resend_window: 119,
+                window: 120,
+                warm: Some(WarmFacts {
+                    written: 121,
+                    failed: 122,
+                    restored: 123,
+                    pending: 124,
+                }),
+            }
+        );
+        // Without warm standby, and with no peer or link yet: complete too.
+        let d = read(&StatsSnapshot::default()).unwrap();
+        assert_eq!((d.warm, d.peers.len(), d.links.len()), (None, 0, 0));
     }
 }

@@ -17,6 +17,7 @@ pub use finding::{Finding, Report, Severity};
 
 use crate::config::Config;
 use facts::DaemonState;
+use read::DaemonReply;
 use std::time::Duration;
 
 /// How long the counters are watched (drops growing, new-flow rate).
@@ -28,9 +29,13 @@ pub fn run(config: &Config, upstream_idle_timeout_s: Option<u32>) -> Report {
     let first = read::daemon(&config.socket);
     let machine = read::machine(SAMPLE);
     let daemon = match first {
-        Err(reason) => DaemonState::NotRunning(reason),
-        Ok(first) => {
-            let later = read::daemon(&config.socket).unwrap_or_else(|_| first.clone());
+        DaemonReply::NoAnswer(reason) => DaemonState::NotRunning(reason),
+        DaemonReply::Unreadable(reason) => DaemonState::Unreadable(reason),
+        DaemonReply::Facts(first) => {
+            let later = match read::daemon(&config.socket) {
+                DaemonReply::Facts(later) => later,
+                _ => first.clone(),
+            };
             DaemonState::Running {
                 first: Box::new(first),
                 later: Box::new(later),

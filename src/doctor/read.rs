@@ -14,24 +14,16 @@ use super::facts::{
 use crate::control::{self, Envelope, Request, StatsSection};
 use crate::flow::{proto_name, L4};
 use crate::kernel::socket::{messages, NlSocket};
+use crate::kernel::sysctl::read_u64 as sysctl;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const NETFILTER: &str = "/proc/sys/net/netfilter";
 /// Tables larger than this are not dumped for the NOTRACK advice (the
 /// dump would take long, and a copy of every flow a few hundred MB).
 pub const MIX_MAX_FLOWS: u64 = 1_000_000;
 /// NFNLGRP_CONNTRACK_NEW.
 const GROUP_NEW: u32 = 1;
-
-fn read_u64(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn sysctl(name: &str) -> Option<u64> {
-    read_u64(&format!("{NETFILTER}/{name}"))
-}
 
 /// The conntrack sysctls as this namespace sees them.
 pub fn sysctls() -> Sysctls {
@@ -144,19 +136,44 @@ pub fn machine(sample: Duration) -> MachineFacts {
     }
 }
 
-/// The daemon's counters, or why it did not answer.
-pub fn daemon(socket: &Path) -> Result<DaemonFacts, String> {
+/// What the daemon's control socket gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonReply {
+    /// Its counters, every field doctor uses found.
+    Facts(DaemonFacts),
+    /// Nothing (or a refusal) came back: why.
+    NoAnswer(String),
+    /// It answered, but not with the `-s --json` doctor reads: what is
+    /// wrong or missing.
+    Unreadable(String),
+}
+
+/// The daemon's counters, or why they could not be had.
+pub fn daemon(socket: &Path) -> DaemonReply {
     let env = Envelope {
         request: Request::Stats(StatsSection::General),
         json: true,
     };
-    let reply = control::send(socket, &env).map_err(|e| e.to_string())?;
+    let reply = match control::send(socket, &env) {
+        Ok(reply) => reply,
+        Err(e) => return DaemonReply::NoAnswer(e.to_string()),
+    };
     if !reply.ok {
-        return Err(reply
-            .error
-            .unwrap_or_else(|| "ctsyncd refused the stats request".into()));
+        return DaemonReply::NoAnswer(
+            reply
+                .error
+                .unwrap_or_else(|| "ctsyncd refused the stats request".into()),
+        );
     }
-    let v: serde_json::Value = serde_json::from_str(&reply.body)
-        .map_err(|e| format!("malformed stats from ctsyncd: {e}"))?;
-    Ok(DaemonFacts::from_stats_json(&v))
+    let v: serde_json::Value = match serde_json::from_str(&reply.body) {
+        Ok(v) => v,
+        Err(e) => return DaemonReply::Unreadable(format!("malformed stats from ctsyncd: {e}")),
+    };
+    match DaemonFacts::from_stats_json(&v) {
+        Ok(facts) => DaemonReply::Facts(facts),
+        Err(missing) => DaemonReply::Unreadable(format!(
+            "ctsyncd -s --json lacks {} (a ctsyncd of another version?)",
+            missing.join(", ")
+        )),
+    }
 }

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod dump;
 pub mod events;
 pub mod socket;
+pub mod sysctl;
 pub mod write;
 
 use crate::flow::Flow;

@@ -1,31 +1,27 @@
 //! The kernel conntrack table's use: `nf_conntrack_count` against
-//! `nf_conntrack_max`, read from `/proc/sys/net/netfilter`, which shows the
+//! `nf_conntrack_max`, read through `kernel::sysctl`, which shows the
 //! network namespace of the process reading it (the daemon's).
 //!
-//! Owns: reading and parsing those two files. Must not: fail the caller
+//! Owns: building `TableUse` from those two sysctls. Must not: fail the caller
 //! (without the conntrack module there is nothing to show: `None`).
 
 use crate::counters::TableUse;
+use crate::kernel::sysctl;
 use std::path::Path;
-
-const COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
-const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 /// The table's use now, or `None` if either file is missing or unreadable.
 pub fn read_use() -> Option<TableUse> {
-    read_from(Path::new(COUNT), Path::new(MAX))
+    read_from(
+        &sysctl::path("nf_conntrack_count"),
+        &sysctl::path("nf_conntrack_max"),
+    )
 }
 
 fn read_from(count: &Path, max: &Path) -> Option<TableUse> {
     Some(TableUse {
-        count: read_number(count)?,
-        max: read_number(max)?,
+        count: sysctl::read_u64_at(count)?,
+        max: sysctl::read_u64_at(max)?,
     })
-}
-
-/// A file holding one decimal number (and a line feed).
-fn read_number(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

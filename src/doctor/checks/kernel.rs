@@ -26,7 +26,7 @@ pub fn events(s: &Sysctls, set: &Settings, d: &DaemonState) -> Finding {
             "not checked: net.netfilter.nf_conntrack_events is not readable",
         );
     };
-    let running = matches!(d, DaemonState::Running { .. });
+    let running = !matches!(d, DaemonState::NotRunning(_));
     let seen = format!(
         "nf_conntrack_events {v}; ctsyncd {}; [kernel] enable_events = {}",
         if running { "running" } else { "not running" },

@@ -1,11 +1,22 @@
-//! Timeouts that fill the table, and timeouts that outlive an upstream
-//! balancer's or cloud NIC's idle timeout (the NLB/ENI trap: a reply
-//! leaves from an entry the balancer has forgotten and the client drops
-//! it).
+//! Timeouts that fill the table, and UDP timeouts that outlive an
+//! upstream balancer's or cloud NIC's UDP idle timeout (the NLB/ENI trap:
+//! a reply leaves from an entry the balancer has forgotten and the client
+//! drops it).
 //!
-//! Owns: the `tcp_established_timeout`, `tcp_time_wait`,
-//! `upstream_udp_timeout` and `upstream_tcp_timeout` decisions. Must not:
-//! read `/proc`.
+//! Owns: the `tcp_established_timeout`, `tcp_time_wait` and
+//! `upstream_udp_timeout` decisions. Must not: read `/proc`.
+//!
+//! There is deliberately no TCP counterpart of `upstream_udp_timeout`.
+//! A TCP flow the balancer forgot while conntrack still holds it is not
+//! black-holed: its next packet is refused (an RST from the balancer, or
+//! the client's retransmits time out) and the client reconnects, a new
+//! flow that both sides track. Keep-alives below the balancer's idle
+//! timeout are the cure, in the application. Lowering the global
+//! `nf_conntrack_tcp_timeout_established` to the balancer's TCP idle
+//! timeout (NLB: 350 s) would instead cut every idle TCP session through
+//! the firewall, also those that never cross the balancer, and contradict
+//! `tcp_established_timeout`. The UDP case has no such recovery: the
+//! reply goes out from the old entry, the client drops it, silently.
 
 use crate::doctor::facts::Sysctls;
 use crate::doctor::finding::{Finding, Severity};
@@ -82,75 +93,55 @@ pub fn tcp_time_wait(s: &Sysctls) -> Finding {
     .fix("sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30")
 }
 
-/// Timeouts that outlive the upstream's idle timeout `upstream_s`; an
-/// `info` saying how to check when no upstream is named.
+/// UDP timeouts that outlive the upstream's UDP idle timeout
+/// `upstream_s`; an `info` saying how to check when no upstream is named.
 pub fn upstream_idle(s: &Sysctls, upstream_s: Option<u64>) -> Vec<Finding> {
     let Some(up) = upstream_s else {
         return vec![Finding::new(
             "upstream_udp_timeout",
             Severity::Info,
-            "not checked: no upstream idle timeout named ([doctor] upstream_idle_timeout_s or --upstream-idle-timeout)",
+            "not checked: no upstream UDP idle timeout named ([doctor] upstream_idle_timeout_s or --upstream-idle-timeout)",
         )];
     };
     // Below the upstream's, with a margin for the keep-alive's jitter.
     let below = (up * 3 / 4).max(1);
     let mut out = Vec::new();
-    let mut udp_ok = Vec::new();
-    for (check, name, value) in [
-        (
-            "upstream_udp_timeout",
-            "nf_conntrack_udp_timeout",
-            s.udp_timeout,
-        ),
-        (
-            "upstream_udp_timeout",
-            "nf_conntrack_udp_timeout_stream",
-            s.udp_timeout_stream,
-        ),
-        (
-            "upstream_tcp_timeout",
-            "nf_conntrack_tcp_timeout_established",
-            s.tcp_timeout_established,
-        ),
+    let mut ok = Vec::new();
+    for (name, value) in [
+        ("nf_conntrack_udp_timeout", s.udp_timeout),
+        ("nf_conntrack_udp_timeout_stream", s.udp_timeout_stream),
     ] {
         let Some(v) = value else { continue };
-        let seen = format!("{name} {v} s; upstream idle timeout {up} s");
+        let seen = format!("{name} {v} s; upstream UDP idle timeout {up} s");
         if v < up {
-            if check == "upstream_udp_timeout" {
-                udp_ok.push(seen);
-            } else {
-                out.push(
-                    Finding::new(
-                        check,
-                        Severity::Ok,
-                        "TCP entries expire before the upstream forgets them",
-                    )
-                    .seen(seen),
-                );
-            }
+            ok.push(seen);
             continue;
         }
-        let summary = if check == "upstream_udp_timeout" {
-            "UDP entries outlive the upstream's session: a later request comes through a new session and the reply, sent from the old entry, is dropped by the client"
-        } else {
-            "established TCP entries outlive the upstream's idle timeout: the balancer or cloud NIC forgets the flow first and later packets of it go nowhere"
-        };
         out.push(
-            Finding::new(check, Severity::Warning, summary)
-                .seen(seen)
-                .fix(format!("sysctl -w net.netfilter.{name}={below}")),
+            Finding::new(
+                "upstream_udp_timeout",
+                Severity::Warning,
+                "UDP entries outlive the upstream's session: a later request comes through a new session and the reply, sent from the old entry, is dropped by the client",
+            )
+            .seen(seen)
+            .fix(format!("sysctl -w net.netfilter.{name}={below}")),
         );
     }
-    if !udp_ok.is_empty() && !out.iter().any(|f| f.check == "upstream_udp_timeout") {
-        out.insert(
-            0,
+    if out.is_empty() {
+        out.push(if ok.is_empty() {
+            Finding::new(
+                "upstream_udp_timeout",
+                Severity::Info,
+                "not checked: nf_conntrack_udp_timeout and nf_conntrack_udp_timeout_stream are not readable",
+            )
+        } else {
             Finding::new(
                 "upstream_udp_timeout",
                 Severity::Ok,
                 "UDP entries expire before the upstream forgets the session",
             )
-            .seen(udp_ok.join("; ")),
-        );
+            .seen(ok.join("; "))
+        });
     }
     out
 }
@@ -205,25 +196,54 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Info);
         // A 20 s balancer: udp 30 s and stream 120 s outlive it.
         let f = upstream_idle(&sys(432_000, 120, 30, 120, 0), Some(20));
-        let bad: Vec<_> = f
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f
             .iter()
-            .filter(|f| f.severity == Severity::Warning)
-            .collect();
-        assert_eq!(bad.len(), 3, "{f:?}");
-        assert!(bad[1]
+            .all(|f| f.severity == Severity::Warning && f.check == "upstream_udp_timeout"));
+        assert!(f[0]
+            .fix
+            .as_deref()
+            .unwrap()
+            .ends_with("nf_conntrack_udp_timeout=15"));
+        assert!(f[1]
             .fix
             .as_deref()
             .unwrap()
             .ends_with("nf_conntrack_udp_timeout_stream=15"));
-        assert_eq!(bad[2].check, "upstream_tcp_timeout");
-        // Below it: nothing fires.
+        // Below it: one ok row for both.
         let f = upstream_idle(&sys(10, 120, 10, 15, 0), Some(20));
-        assert!(f.iter().all(|f| f.severity == Severity::Ok), "{f:?}");
+        assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(
-            f.iter()
-                .filter(|f| f.check == "upstream_udp_timeout")
-                .count(),
-            1
+            (f[0].check, f[0].severity),
+            ("upstream_udp_timeout", Severity::Ok)
         );
+        // Neither readable: said so, not "ok".
+        let f = upstream_idle(&Sysctls::default(), Some(20));
+        assert_eq!(f[0].severity, Severity::Info);
+    }
+
+    /// An NLB's TCP idle timeout (350 s) given with the kernel's 5-day
+    /// established timeout: nothing about TCP comes out, and no finding
+    /// anywhere advises lowering the global established timeout below
+    /// what `tcp_established_timeout` advises.
+    #[test]
+    fn no_tcp_advice_from_the_upstream_timeout() {
+        let s = sys(432_000, 120, 30, 120, 0);
+        let f = upstream_idle(&s, Some(350));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Ok);
+        for f in upstream_idle(&s, Some(350))
+            .iter()
+            .chain(upstream_idle(&s, Some(20)).iter())
+        {
+            assert_ne!(f.check, "upstream_tcp_timeout");
+            assert!(
+                !f.fix
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("tcp_timeout_established"),
+                "{f:?}"
+            );
+        }
     }
 }
