@@ -206,19 +206,32 @@ fn replicates(kind: &str) {
         n.start();
     }
     let (a, b) = (&p.nodes[0], &p.nodes[1]);
-    // The settings without effect are named once at start, with their line.
+    // The settings without effect are named once at start, with their
+    // line, through the daemon's log (an info line on stderr here).
     let log = std::fs::read_to_string(&a.log).unwrap_or_default();
     let hash_line = std::fs::read_to_string(&a.config)
         .unwrap_or_default()
         .lines()
         .position(|l| l.trim_start().starts_with("HashSize"))
         .map_or(0, |i| i + 1);
+    let note = format!(
+        "INFO note: {}:{hash_line}: HashSize 32768: no setting",
+        a.config.display()
+    );
+    assert_eq!(
+        log.matches(&note).count(),
+        1,
+        "{kind}: not one start-up note for HashSize:\n{log}"
+    );
+    // The example's LogFile has it too: the note goes through the log, so
+    // a background daemon (`-d`, stderr gone) keeps it.
+    let log_file = p.dir.join("a.log");
     assert!(
-        log.contains(&format!(
-            "ctsyncd: note: {}:{hash_line}: HashSize 32768: no setting",
-            a.config.display()
-        )),
-        "{kind}: no start-up note for HashSize:\n{log}"
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log_file).is_ok_and(|f| f.contains(&note))
+        }),
+        "{kind}: no start-up note in {}",
+        log_file.display()
     );
     // Both really are the example's configuration, read as is.
     let status = a.ctl_ok(&["status"]);

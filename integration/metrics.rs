@@ -384,6 +384,48 @@ fn metrics_are_off_by_default_and_bad_requests_get_errors() {
     );
     assert!(must_sample(&during, "ctsync_uptime_seconds", "") >= 0.0);
 
+    // Idle kept-alive connections hold no slot: more than the 16 slots'
+    // worth, each having had its request answered and then left open,
+    // and a scrape still gets through at once.
+    let mut idle = Command::new("ip")
+        .args(["netns", "exec", &a.ns, "bash", "-c"])
+        .arg(format!(
+            "for i in $(seq 20); do exec {{fd}}<>/dev/tcp/127.0.0.1/{PORT}; \
+             printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&$fd; \
+             timeout 3 head -c 12 <&$fd; echo; done; echo ready; exec sleep 30"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the idle keep-alive clients");
+    let mut answered = 0;
+    let mut ready = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(
+        idle.stdout.take().expect("their stdout"),
+    ))
+    .take(21)
+    {
+        let line = line.expect("read their output");
+        if line == "ready" {
+            ready = true;
+            break;
+        }
+        answered += usize::from(line == "HTTP/1.1 200");
+    }
+    let started = std::time::Instant::now();
+    let http_result = std::panic::catch_unwind(|| scrape(a));
+    let took = started.elapsed();
+    let held = idle.try_wait().expect("idle clients").is_none();
+    lab::signal_and_reap(idle, libc::SIGKILL, Duration::from_secs(5));
+    assert!(ready && held, "the idle clients did not hold their sockets");
+    assert_eq!(answered, 20, "idle clients' requests answered");
+    let during = http_result.expect("a scrape past 20 idle connections");
+    assert!(
+        took < Duration::from_secs(3),
+        "a scrape past 20 idle connections took {took:?}"
+    );
+    assert!(must_sample(&during, "ctsync_uptime_seconds", "") >= 0.0);
+
     // An address the namespace does not have: the start fails, naming it.
     let bad = "198.18.99.1:9477";
     let config = std::fs::read_to_string(&lab.b.config).expect("b's config");

@@ -71,9 +71,6 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         _ => {}
     }
     let config = Config::load(&inv.config).map_err(|e| e.to_string())?;
-    if inv.action == Action::Foreground {
-        conntrackd_notes(&inv.config);
-    }
     match &inv.action {
         Action::Foreground => ctsync::daemon::run_blocking(config, inv.config.clone()),
         Action::Background => start_background(&config, &inv),
@@ -83,24 +80,6 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
             upstream_idle_timeout_s,
         } => doctor(&config, *upstream_idle_timeout_s, inv.json),
         Action::Version | Action::Help | Action::GenKey { .. } | Action::Convert { .. } => Ok(()),
-    }
-}
-
-/// A daemon started from a conntrackd.conf says once, at start, which of
-/// its settings have no effect in ctsyncd (`ctsyncd convert` shows the same
-/// as comments).
-fn conntrackd_notes(path: &Path) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return;
-    };
-    if !ctsync::conntrackd_conf::is_conntrackd(&text) {
-        return;
-    }
-    let origin = path.display().to_string();
-    if let Ok(converted) = ctsync::conntrackd_conf::convert(&text, &origin) {
-        for note in converted.notes {
-            eprintln!("ctsyncd: note: {origin}:{}: {}", note.line, note.text);
-        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! socket into the owner's channel, pacing batches and holding events in
 //! memory while the owner is busy.
 //!
-//! Owns: the event socket's reads, the thread's priority, batching and
+//! Owns: the event socket's reads, the thread's priority (nice, and the
+//! configured scheduler), batching and
 //! coalescing. Must not: look into events (routing is `routing`'s job) or
 //! touch the caches.
 
+use crate::config::Scheduler;
 use crate::kernel::events::EventSocket;
 use crate::kernel::{KernelError, KernelEvent};
 use std::time::Duration;
@@ -19,10 +21,13 @@ pub(super) enum KernelFeed {
 }
 
 /// `daemon_nice`: `[daemon] nice`; the event thread never runs below it.
+/// `scheduler`: `[daemon] scheduler`, which this thread runs under (as the
+/// owner's; the daemon's other threads do not).
 pub(super) fn spawn(
     events: EventSocket,
     tx: mpsc::Sender<KernelFeed>,
     daemon_nice: Option<i32>,
+    scheduler: Option<Scheduler>,
 ) -> std::io::Result<()> {
     let nice = event_thread_nice(daemon_nice);
     std::thread::Builder::new()
@@ -31,6 +36,7 @@ pub(super) fn spawn(
             // Needs CAP_SYS_NICE; without it the thread keeps the
             // daemon's priority.
             crate::process::set_thread_nice(nice);
+            super::priority::realtime_thread(scheduler);
             event_loop(events, tx);
         })
         .map(|_| ())

@@ -104,6 +104,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("ct-writer".into())
         .spawn(move || {
+            super::priority::ordinary_thread();
             while let Ok((job, done)) = jobs.recv() {
                 let result = run_job(job, &mut writer, injector.as_mut(), &progress);
                 if done.blocking_send(result).is_err() {

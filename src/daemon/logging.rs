@@ -4,8 +4,8 @@
 //! background daemon's lines are not lost.
 //!
 //! Owns: the subscriber, the log file (appended, created 0640, reopened on
-//! reload for logrotate), the syslog socket (/dev/log, RFC 3164 lines) and
-//! the count of lines dropped rather than wait. Must not: block the caller
+//! reload and on SIGUSR1, for logrotate), the syslog socket (/dev/log,
+//! RFC 3164 lines) and the count of lines dropped rather than wait. Must not: block the caller
 //! for long: file lines go through a bounded queue to a writer thread
 //! (dropped when it is full), syslog lines are sent without waiting
 //! (dropped when the socket is full or absent).

@@ -16,8 +16,8 @@
 //! requests), `stats` (the `-s` snapshot), `views` (`-i`/`-e`), `setup`,
 //! `scrapes` (the metrics endpoint's snapshots),
 //! `logging` (where lines go), `failover_log` (peer, resync, bulk and link
-//! lines), `reload` (SIGHUP and `reload`), `priority` (nice, scheduler),
-//! `watchdog` (systemd's, fed from the loop).
+//! lines), `reload` (SIGHUP and `reload`; SIGUSR1 reopens the log file),
+//! `priority` (nice, scheduler), `watchdog` (systemd's, fed from the loop).
 
 mod commit_plan;
 mod event_reader;
@@ -89,7 +89,16 @@ pub enum DaemonError {
 pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> {
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     let sinks = logging::sinks(&config.daemon, detached);
+    // Before any thread starts (the log file's writer is the first): they
+    // all inherit the nice value.
+    let mut applied = priority::Applied {
+        nice: priority::apply_nice(&config.daemon),
+        scheduler: None,
+    };
     let _log_guard = logging::init(&config.daemon.log_level, &sinks)?;
+    // A real-time scheduler for this (the owner's) thread only: the
+    // threads it starts from now on run under SCHED_OTHER (see `priority`).
+    applied.scheduler = priority::apply_scheduler(&config.daemon);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config_path.display(),
@@ -97,10 +106,11 @@ pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> 
         syslog = sinks.syslog.map(|f| f.name()),
         "ctsyncd starting"
     );
-    // Before any thread starts: they inherit it.
-    priority::apply(&config.daemon);
+    priority::log(&applied);
+    setup::conntrackd_notes(&config_path);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(priority::ordinary_thread)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(run(config, config_path)).map_err(|e| {
@@ -211,6 +221,14 @@ struct Daemon {
 
 async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // First: a signal from the moment the control socket answers (logrotate's
+    // SIGUSR1, say) is handled by the loop, never by the default action
+    // (which ends the process).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut sigusr1 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     process::return_large_buffers();
     let keys = sync_auth::load_keys(&config)?;
     let _lock = match &config.daemon.lock {
@@ -259,7 +277,12 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     // Valid while the event thread holds the socket, i.e. while we run.
     let events_switch = events.switch();
     let (kernel_tx, mut kernel_rx) = mpsc::channel::<KernelFeed>(1024);
-    event_reader::spawn(events, kernel_tx, config.daemon.nice)?;
+    event_reader::spawn(
+        events,
+        kernel_tx,
+        config.daemon.nice,
+        config.daemon.scheduler,
+    )?;
 
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let commit_progress = Arc::new(AtomicU64::new(0));
@@ -364,9 +387,6 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     }
     tracing::info!(socket = %daemon.config.socket.display(), "ctsyncd ready");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     daemon.transmit().await;
     while !daemon.stop {
         let deadline = daemon.next_deadline();
@@ -398,6 +418,8 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             _ = sighup.recv() => {
                 let _ = daemon.reload();
             }
+            // logrotate's: the log file only, never the config.
+            _ = sigusr1.recv() => reload::reopen_log_file_only(),
         }
         daemon.compare_table_chunk();
         daemon.transmit().await;
@@ -432,6 +454,7 @@ fn spawn_control_thread(
     std::thread::Builder::new()
         .name("ct-control".into())
         .spawn(move || {
+            priority::ordinary_thread();
             runtime.block_on(async move {
                 match tokio::net::UnixListener::from_std(listener) {
                     Ok(listener) => {

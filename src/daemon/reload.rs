@@ -3,7 +3,9 @@
 //! reopened (for logrotate, even when the file does not load); any other
 //! changed setting is reported as needing a restart and left as it was. A
 //! file that does not load (or a key file that does not) changes nothing
-//! else, and the reply says why.
+//! else, and the reply says why. SIGUSR1 (logrotate's) reopens the log
+//! file and does nothing else: a filter edit not yet meant to go live
+//! stays unapplied.
 //!
 //! Owns: deciding what a new config changes (`changes`, pure) and applying
 //! the reloadable part. Must not: apply a setting that only a start can
@@ -126,6 +128,14 @@ impl Daemon {
         }
         tracing::info!(config = %path.display(), "config reloaded");
         Ok(said.into_iter().map(|l| l + "\n").collect())
+    }
+}
+
+/// SIGUSR1: reopen the log file, nothing else (the config is not read).
+pub(super) fn reopen_log_file_only() {
+    match reopen_log_file() {
+        Some(said) => tracing::info!("{said} (SIGUSR1; the config was not read)"),
+        None => tracing::info!("SIGUSR1: no log file to reopen"),
     }
 }
 

@@ -125,6 +125,7 @@ impl Daemon {
             #[cfg(feature = "test-seams")]
             Request::DebugStall { ms } => {
                 // Blocks the owner's loop on purpose (see the request).
+                tracing::info!(ms, "debug-stall: the loop sleeps");
                 std::thread::sleep(Duration::from_millis(ms));
                 success(String::new())
             }

@@ -26,7 +26,7 @@ pub(super) fn start(config: &Config) -> std::io::Result<Scrapes> {
     };
     let listener = server::bind(addr)?;
     let (tx, rx) = mpsc::channel(PENDING_SCRAPES);
-    server::spawn(listener, tx)?;
+    server::spawn(listener, tx, super::priority::ordinary_thread)?;
     tracing::info!(%addr, "metrics endpoint listening");
     Ok(Scrapes { rx: Some(rx) })
 }

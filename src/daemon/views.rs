@@ -31,6 +31,8 @@ pub(super) fn render_off_thread(
     let spawned = std::thread::Builder::new()
         .name("ct-render".into())
         .spawn(move || {
+            // Never real-time (see `priority`); the daemon's nice value.
+            super::priority::ordinary_thread();
             let body = render(&caches, now_ms, view);
             let _ = reply.send(super::success(body));
         });

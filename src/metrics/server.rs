@@ -4,7 +4,7 @@
 //! any other method 405, and what hyper cannot parse gets its 400.
 //!
 //! Owns: binding the address, accepting connections (a bounded number at
-//! once, each with time limits), and the answers. Must not: gather
+//! once, each with time limits, one request each), and the answers. Must not: gather
 //! counters (the daemon's owner task does, when asked through the channel)
 //! or block the owner: a scrape waits for its snapshot here, never there.
 
@@ -47,10 +47,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Serve `listener` on a thread of its own until the process ends; each
-/// scrape sends a `SnapshotRequest` on `snapshots`.
+/// scrape sends a `SnapshotRequest` on `snapshots`. `on_start` runs first
+/// on that thread (the daemon sets its priority there).
 pub fn spawn(
     listener: std::net::TcpListener,
     snapshots: mpsc::Sender<SnapshotRequest>,
+    on_start: fn(),
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,6 +60,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ct-metrics".into())
         .spawn(move || {
+            on_start();
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => serve(listener, snapshots).await,
@@ -93,7 +96,12 @@ pub async fn serve(listener: tokio::net::TcpListener, snapshots: mpsc::Sender<Sn
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
+                // One request a connection: an idle kept-alive connection
+                // would hold a slot (hyper's header timeout does not cover
+                // the wait between requests), and 16 of them every slot.
+                // Prometheus scrapes every 15 s or so: a new connection
+                // each time costs nothing.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let ended = tokio::time::timeout(CONNECTION_LIMIT, connection).await;
             if let Ok(Err(e)) = ended {
