@@ -451,7 +451,8 @@ Commands:
   genkey [ID]          print a new sync key file (key id ID, default 1)
   doctor [--upstream-idle-timeout S]  check this namespace's conntrack settings
                        and the daemon; findings with fixes; exit 0 ok/info,
-                       1 warning, 2 critical
+                       1 warning, 2 critical (S: an upstream balancer's UDP
+                       idle timeout, seconds)
   convert FILE         print a conntrackd.conf as ctsyncd TOML (-C also reads it as is)
   --json               dumps and stats as JSON
 Expectation sync (`expect`) and XML output (-x) are not supported.
