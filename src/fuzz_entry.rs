@@ -162,6 +162,38 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A conntrackd.conf's bytes (`Config::load` recognises the format and
+/// hands the text to `conntrackd_conf::convert`). An error names a line of
+/// the conntrackd.conf; what converts prints TOML (`ctsyncd convert`) that
+/// loads into the very same config, and the conversion is deterministic.
+pub fn conntrackd_conf(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::conntrackd_conf::convert(text, "fuzz.conf") {
+        Ok(converted) => {
+            let again = Config::parse(&converted.toml, "converted.toml")
+                .unwrap_or_else(|e| panic!("converted TOML does not load: {e}"));
+            assert_eq!(again, converted.config, "converted TOML loads differently");
+            let second = crate::conntrackd_conf::convert(text, "fuzz.conf")
+                .unwrap_or_else(|e| panic!("second conversion failed: {e}"));
+            assert_eq!(
+                second.toml, converted.toml,
+                "conversion is not deterministic"
+            );
+        }
+        Err(e) => {
+            let lines = text.matches('\n').count() + 1;
+            assert!(
+                (1..=lines).contains(&e.line()),
+                "error line {} outside 1..={lines}: {e}",
+                e.line()
+            );
+            let _ = e.to_string();
+        }
+    }
+}
+
 /// What a client sent on the control socket, as the server read it
 /// (`request::decode_request`). A JSON request that decodes re-encodes, as
 /// the client sends it, to the same request.

@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("cli_args", ctsync::fuzz_entry::cli_args),
     ("auth_open", ctsync::fuzz_entry::auth_open),
     ("key_file", ctsync::fuzz_entry::key_file),
+    ("conntrackd_conf", ctsync::fuzz_entry::conntrackd_conf),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -541,6 +542,106 @@ list = ["SYN_SENT", "NONE"]
         out
     }
 
+    /// conntrackd.conf files written for ctsync (not copied from
+    /// conntrack-tools): FTFW over multicast with a filter, NOTRACK over
+    /// IPv6 UDP, ALARM with the General options; all convert.
+    pub fn conntrackd_confs() -> Vec<Vec<u8>> {
+        let ftfw = "\
+Sync {
+\tMode FTFW {
+\t\tResendQueueSize 131072
+\t\tPurgeTimeout 60
+\t\tACKWindowSize 300
+\t\tDisableExternalCache Off
+\t}
+\tMulticast Default {
+\t\tIPv4_address 225.0.0.50
+\t\tGroup 3780
+\t\tIPv4_interface 198.18.100.100
+\t\tInterface eth2
+\t\tSndSocketBuffer 1249280
+\t\tRcvSocketBuffer 1249280
+\t\tChecksum on
+\t}
+}
+General {
+\tHashSize 32768
+\tHashLimit 131072
+\tLogFile on
+\tSyslog on
+\tLockFile /var/lock/conntrack.lock
+\tUNIX {
+\t\tPath /var/run/conntrackd.ctl
+\t}
+\tNetlinkBufferSize 2097152
+\tNetlinkBufferSizeMaxGrowth 8388608
+\tFilter From Userspace {
+\t\tProtocol Accept {
+\t\t\tTCP
+\t\t\tSCTP
+\t\t}
+\t\tAddress Ignore {
+\t\t\tIPv4_address 127.0.0.1
+\t\t\tIPv4_address 198.18.0.0/24
+\t\t\tIPv6_address ::1
+\t\t}
+\t\tState Accept {
+\t\t\tESTABLISHED CLOSED TIME_WAIT CLOSE_WAIT for TCP
+\t\t}
+\t}
+}
+";
+        let notrack = "\
+Sync {
+\tMode NOTRACK {
+\t\tDisableInternalCache on
+\t}
+\tUDP Default {
+\t\tIPv6_address 2001:db8::1
+\t\tIPv6_Destination_Address 2001:db8::2
+\t\tPort 3781
+\t\tInterface sync0
+\t}
+}
+General {
+\tUNIX { Path /run/ctsyncd/ctsyncd.sock }
+\tNetlinkOverrunResync on
+\tNetlinkEventsReliable off
+}
+";
+        let alarm = "\
+# comments and an ALARM pair over UDP
+Sync {
+\tMode ALARM {
+\t\tRefreshTime 15
+\t\tCacheTimeout 180
+\t}
+\tUDP {
+\t\tIPv4_address 198.18.1.1
+\t\tIPv4_Destination_Address 198.18.1.2
+\t\tPort 3780
+\t\tInterface eth3
+\t}
+}
+General {
+\tNice -20
+\tScheduler {
+\t\tType FIFO
+\t\tPriority 50
+\t}
+\tUNIX {
+\t\tPath /run/conntrackd.ctl
+\t}
+\tLogFile /var/log/ctsyncd/ctsyncd.log
+\tSyslog local4
+}
+";
+        [ftfw, notrack, alarm]
+            .iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect()
+    }
+
     /// Key files: one key, several with a `send` mark, comments, and the
     /// mistakes the parser names.
     pub fn key_files() -> Vec<Vec<u8>> {
@@ -615,7 +716,7 @@ list = ["SYN_SENT", "NONE"]
 #[test]
 #[ignore = "writes the seed corpora; run by name"]
 fn write_seeds() {
-    let sets: [(&str, Vec<Vec<u8>>); 7] = [
+    let sets: [(&str, Vec<Vec<u8>>); 8] = [
         ("wire_datagram", seeds::datagrams()),
         ("ctnetlink", seeds::netlink()),
         ("config", seeds::configs()),
@@ -623,6 +724,7 @@ fn write_seeds() {
         ("cli_args", seeds::command_lines()),
         ("auth_open", seeds::sealed()),
         ("key_file", seeds::key_files()),
+        ("conntrackd_conf", seeds::conntrackd_confs()),
     ];
     for (name, inputs) in sets {
         let f = target_fn(name).expect("a listed target");
@@ -654,6 +756,12 @@ fn seeds_are_valid_inputs() {
     for c in &configs[..4] {
         let text = std::str::from_utf8(c).expect("UTF-8");
         if let Err(e) = ctsync::config::Config::parse(text, "seed") {
+            panic!("{e}\n{text}");
+        }
+    }
+    for c in seeds::conntrackd_confs() {
+        let text = std::str::from_utf8(&c).expect("UTF-8");
+        if let Err(e) = ctsync::conntrackd_conf::convert(text, "seed") {
             panic!("{e}\n{text}");
         }
     }
