@@ -150,16 +150,20 @@ pub fn config(data: &[u8]) {
         Ok(c) => {
             let _ = serde_json::to_string(&c);
         }
-        Err(e) => {
-            let lines = text.matches('\n').count() + 1;
-            assert!(
-                (1..=lines).contains(&e.line()),
-                "error line {} outside 1..={lines}: {e}",
-                e.line()
-            );
-            let _ = (e.to_string(), e.key());
-        }
+        Err(e) => error_names_a_line(text, &e),
     }
+}
+
+/// A config error (TOML or conntrackd.conf) points at a line of its text,
+/// and renders.
+fn error_names_a_line(text: &str, e: &crate::config::ConfigError) {
+    let lines = text.matches('\n').count() + 1;
+    assert!(
+        (1..=lines).contains(&e.line()),
+        "error line {} outside 1..={lines}: {e}",
+        e.line()
+    );
+    let _ = (e.to_string(), e.key());
 }
 
 /// A conntrackd.conf's bytes (`Config::load` recognises the format and
@@ -182,15 +186,7 @@ pub fn conntrackd_conf(data: &[u8]) {
                 "conversion is not deterministic"
             );
         }
-        Err(e) => {
-            let lines = text.matches('\n').count() + 1;
-            assert!(
-                (1..=lines).contains(&e.line()),
-                "error line {} outside 1..={lines}: {e}",
-                e.line()
-            );
-            let _ = e.to_string();
-        }
+        Err(e) => error_names_a_line(text, &e),
     }
 }
 
