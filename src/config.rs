@@ -685,6 +685,13 @@ impl Config {
     /// Read and validate a config file; errors name `path`. The file is
     /// ctsync's TOML or a conntrackd.conf, told apart by its content.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_notes(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with the notes a conntrackd.conf's settings without
+    /// effect in ctsyncd give (`FILE:LINE: TEXT`; none for TOML), for the
+    /// daemon to log once its log is set up.
+    pub fn load_with_notes(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             origin: origin.clone(),
@@ -692,9 +699,15 @@ impl Config {
         })?;
         // A conntrackd.conf (`General {`, `Sync {`) is read as is.
         if crate::conntrackd_conf::is_conntrackd(&text) {
-            return crate::conntrackd_conf::load(&text, &origin);
+            let converted = crate::conntrackd_conf::convert(&text, &origin)?;
+            let notes = converted
+                .notes
+                .iter()
+                .map(|n| format!("{origin}:{}: {}", n.line, n.text))
+                .collect();
+            return Ok((converted.config, notes));
         }
-        Config::parse(&text, &origin)
+        Ok((Config::parse(&text, &origin)?, Vec::new()))
     }
 
     /// Validate config text; `origin` names it in errors (usually the file name).

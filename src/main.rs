@@ -70,9 +70,9 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         }
         _ => {}
     }
-    let config = Config::load(&inv.config).map_err(|e| e.to_string())?;
+    let (config, notes) = Config::load_with_notes(&inv.config).map_err(|e| e.to_string())?;
     match &inv.action {
-        Action::Foreground => ctsync::daemon::run_blocking(config, inv.config.clone()),
+        Action::Foreground => ctsync::daemon::run_blocking(config, inv.config.clone(), notes),
         Action::Background => start_background(&config, &inv),
         Action::Status => status(&config),
         Action::Request(req) => request(&config, req.clone(), inv.json),

@@ -65,11 +65,6 @@ pub fn convert(text: &str, origin: &str) -> Result<Converted, ConfigError> {
     })
 }
 
-/// Load conntrackd.conf text into a [`Config`].
-pub fn load(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    convert(text, origin).map(|c| c.config)
-}
-
 /// An error about the generated TOML, re-aimed at the conntrackd.conf line
 /// the offending key came from, naming the conntrackd keyword (and ctsync's
 /// key, for someone reading the converted output).

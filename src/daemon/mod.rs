@@ -85,8 +85,13 @@ pub enum DaemonError {
 
 /// Build the runtime and run the daemon until SIGTERM, SIGINT or `-k`.
 /// (`-d` sets `DETACHED_ENV`: logs then go to syslog unless a log file or
-/// a facility is configured.)
-pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> {
+/// a facility is configured.) `config_notes` are what loading the config
+/// had to say (`Config::load_with_notes`), logged once at start.
+pub fn run_blocking(
+    config: Config,
+    config_path: PathBuf,
+    config_notes: Vec<String>,
+) -> Result<(), String> {
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     let sinks = logging::sinks(&config.daemon, detached);
     // Before any thread starts (the log file's writer is the first): they
@@ -107,7 +112,12 @@ pub fn run_blocking(config: Config, config_path: PathBuf) -> Result<(), String> 
         "ctsyncd starting"
     );
     priority::log(&applied);
-    setup::conntrackd_notes(&config_path);
+    // A conntrackd.conf's settings without effect in ctsyncd, once, with
+    // their line (`ctsyncd convert` shows the same as comments); through
+    // the log, so that a background daemon's notes reach its file or syslog.
+    for note in &config_notes {
+        tracing::info!("note: {note}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(priority::ordinary_thread)

@@ -1,36 +1,14 @@
 //! Start-up helpers: the transport view of the configured links, the sync
-//! core's settings, the epoch, the start-up notes on a conntrackd.conf.
+//! core's settings, the epoch.
 //! (Logging is `logging`'s.)
 //!
 //! Owns: translating `Config` into what the transport and the core take.
 //! Must not: open sockets or start threads (the run loop does, in order).
 
 use crate::config::{Config, SyncMode, Transport};
-use crate::conntrackd_conf;
 use crate::sync::{Mode, SyncConfig};
 use crate::transport::{LinkKind, LinkSpec};
-use std::path::Path;
 use std::time::Instant;
-
-/// A daemon started from a conntrackd.conf says once, at start, which of
-/// its settings have no effect in ctsyncd, with their line (`ctsyncd
-/// convert` shows the same as comments). Through the log, so that a
-/// background daemon's notes reach its log file or syslog. A TOML config
-/// (or a file that no longer reads) has none.
-pub(super) fn conntrackd_notes(path: &Path) {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return;
-    };
-    if !conntrackd_conf::is_conntrackd(&text) {
-        return;
-    }
-    let origin = path.display().to_string();
-    if let Ok(converted) = conntrackd_conf::convert(&text, &origin) {
-        for note in converted.notes {
-            tracing::info!("note: {origin}:{}: {}", note.line, note.text);
-        }
-    }
-}
 
 /// The transport view of the configured links.
 pub(super) fn link_specs(config: &Config) -> Vec<LinkSpec> {
