@@ -863,6 +863,8 @@ pub fn state_hash(flow: &Flow) -> u64 {
         state,
         labels,
         helper,
+        master,
+        seq_adj,
     } = flow;
     let mut h = Fnv::new();
     h.tuple(orig);
@@ -899,6 +901,19 @@ pub fn state_hash(flow: &Flow) -> u64 {
     }
     h.opt_bytes(labels.as_deref());
     h.opt_bytes(helper.as_deref().map(str::as_bytes));
+    // Hashed only when present, so an ordinary flow's hash does not change.
+    if let Some(m) = master {
+        h.u8(1);
+        h.tuple(m);
+    }
+    if let Some(adj) = seq_adj {
+        h.u8(2);
+        for d in [adj.orig, adj.reply] {
+            h.bytes(&d.correction_pos.to_be_bytes());
+            h.bytes(&d.offset_before.to_be_bytes());
+            h.bytes(&d.offset_after.to_be_bytes());
+        }
+    }
     h.finish()
 }
 

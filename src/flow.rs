@@ -164,6 +164,30 @@ pub struct Flow {
     pub labels: Option<Vec<u8>>,
     /// Name of the attached conntrack helper.
     pub helper: Option<String>,
+    /// For a RELATED flow (one a helper's expectation created): the
+    /// original tuple of its master connection (`CTA_TUPLE_MASTER`).
+    pub master: Option<Tuple>,
+    /// TCP sequence adjustment a helper made when it rewrote a payload
+    /// under NAT (an FTP PORT command), `CTA_SEQ_ADJ_ORIG`/`_REPLY`.
+    pub seq_adj: Option<SeqAdj>,
+}
+
+/// One direction's TCP sequence correction (`struct nf_ct_seqadj`): packets
+/// after `correction_pos` are shifted by `offset_after`, before it by
+/// `offset_before` (the kernel's offsets are signed; carried as they are
+/// on the netlink wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct SeqAdjDir {
+    pub correction_pos: u32,
+    pub offset_before: u32,
+    pub offset_after: u32,
+}
+
+/// Both directions' sequence corrections of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct SeqAdj {
+    pub orig: SeqAdjDir,
+    pub reply: SeqAdjDir,
 }
 
 /// One side of a NAT binding: the address and, if translated, the port.
@@ -193,6 +217,8 @@ impl Flow {
             state: ProtoState::None,
             labels: None,
             helper: None,
+            master: None,
+            seq_adj: None,
         }
     }
 
@@ -217,6 +243,8 @@ impl Flow {
             state,
             labels,
             helper,
+            master,
+            seq_adj,
         } = self;
         *orig == other.orig
             && *reply == other.reply
@@ -226,11 +254,14 @@ impl Flow {
             && *state == other.state
             && *labels == other.labels
             && *helper == other.helper
+            && *master == other.master
+            && *seq_adj == other.seq_adj
     }
 
     /// Complete a kernel UPDATE event from the cached flow: the kernel puts
-    /// protocol state, labels and the helper in an update only when they
-    /// changed, so their absence means "as before", not "none".
+    /// protocol state, labels, the helper, the master tuple and the
+    /// sequence adjustment in an update only when they changed, so their
+    /// absence means "as before", not "none".
     pub fn fill_from_previous(&mut self, previous: &Flow) {
         if self.state == ProtoState::None {
             self.state = previous.state;
@@ -240,6 +271,12 @@ impl Flow {
         }
         if self.helper.is_none() {
             self.helper.clone_from(&previous.helper);
+        }
+        if self.master.is_none() {
+            self.master = previous.master;
+        }
+        if self.seq_adj.is_none() {
+            self.seq_adj = previous.seq_adj;
         }
     }
 

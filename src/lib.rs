@@ -1,7 +1,7 @@
 //! ctsync: keeps the conntrack tables of paired or clustered Linux firewalls
 //! in sync. The library holds every layer; `src/main.rs` is the thin binary.
 //!
-//! Layers (see DESIGN.md): `flow` (model), `kernel` (ctnetlink), `cache`,
+//! Layers (see DESIGN.md): `flow` and `expect` (model), `kernel` (ctnetlink), `cache`,
 //! `filter`, `wire` (sync-protocol bytes), `sync` (sans-IO replication),
 //! `transport` (sockets), `control` (UNIX socket and CLI), `config`,
 //! `daemon` (the tokio wiring), `doctor` (checks of the machine and the
@@ -16,6 +16,7 @@ pub mod control;
 pub mod counters;
 pub mod daemon;
 pub mod doctor;
+pub mod expect;
 pub mod filter;
 pub mod flow;
 pub mod fuzz_entry;

@@ -720,6 +720,8 @@ pub fn decode_flow(payload: &[u8]) -> Result<Flow, CodecError> {
         state,
         labels,
         helper,
+        master: None,
+        seq_adj: None,
     })
 }
 

@@ -11,7 +11,10 @@
 //! `wire::tests` proves the equivalence with bincode on random values.
 
 use super::header::WireError;
-use super::message::{WireAddrs, WireFlow, WireKey, WireL4, WireState, WireTuple};
+use super::message::{
+    WireAddrs, WireFlow, WireKey, WireL4, WireMaster, WireRelated, WireSeqAdj, WireState, WireTail,
+    WireTuple,
+};
 
 /// Longest encoding of a key (`put_key_prefix`): an IPv6 ICMP tuple and a
 /// three-byte zone take 42.
@@ -160,14 +163,51 @@ pub fn put_flow(out: &mut Vec<u8>, flow: &WireFlow) -> usize {
     }
     put_bytes(out, flow.labels.as_deref());
     put_bytes(out, flow.helper.as_deref().map(str::as_bytes));
-    match &flow.reply {
+    match &flow.tail {
+        WireTail::Plain => out.push(0),
+        WireTail::Nat(reply) => {
+            out.push(1);
+            put_tuple(out, reply);
+        }
+        WireTail::Related(rel) => {
+            out.push(2);
+            put_related(out, rel);
+        }
+    }
+    key_len
+}
+
+fn put_related(out: &mut Vec<u8>, rel: &WireRelated) {
+    match &rel.reply {
         None => out.push(0),
         Some(reply) => {
             out.push(1);
             put_tuple(out, reply);
         }
     }
-    key_len
+    match &rel.master {
+        None => out.push(0),
+        Some(m) => {
+            out.extend_from_slice(&[1, m.proto]);
+            put_tuple(out, &m.tuple);
+        }
+    }
+    match &rel.seq_adj {
+        None => out.push(0),
+        Some(a) => {
+            out.push(1);
+            for v in [
+                a.orig_pos,
+                a.orig_before,
+                a.orig_after,
+                a.reply_pos,
+                a.reply_before,
+                a.reply_after,
+            ] {
+                put_varint(out, u64::from(v));
+            }
+        }
+    }
 }
 
 /// The bytes that lead the encoding of every flow with this key.
@@ -347,10 +387,11 @@ impl<'a> Reader<'a> {
             None => None,
             Some(b) => Some(String::from_utf8(b).map_err(|_| bad("helper name is not UTF-8"))?),
         };
-        let reply = if self.option()? {
-            Some(self.tuple()?)
-        } else {
-            None
+        let tail = match self.variant()? {
+            0 => WireTail::Plain,
+            1 => WireTail::Nat(self.tuple()?),
+            2 => WireTail::Related(Box::new(self.related()?)),
+            _ => return Err(bad("invalid flow tail")),
         };
         Ok(WireFlow {
             proto,
@@ -362,7 +403,41 @@ impl<'a> Reader<'a> {
             state,
             labels,
             helper,
+            tail,
+        })
+    }
+
+    fn related(&mut self) -> Result<WireRelated, WireError> {
+        let reply = if self.option()? {
+            Some(self.tuple()?)
+        } else {
+            None
+        };
+        let master = if self.option()? {
+            let proto = self.u8()?;
+            Some(WireMaster {
+                proto,
+                tuple: self.tuple()?,
+            })
+        } else {
+            None
+        };
+        let seq_adj = if self.option()? {
+            Some(WireSeqAdj {
+                orig_pos: self.u32()?,
+                orig_before: self.u32()?,
+                orig_after: self.u32()?,
+                reply_pos: self.u32()?,
+                reply_before: self.u32()?,
+                reply_after: self.u32()?,
+            })
+        } else {
+            None
+        };
+        Ok(WireRelated {
             reply,
+            master,
+            seq_adj,
         })
     }
 

@@ -8,7 +8,7 @@
 
 use super::compact;
 use super::header::{WireError, MAX_BODY};
-use crate::flow::{proto, Flow, FlowKey, ProtoState, Tuple, L4};
+use crate::flow::{proto, Flow, FlowKey, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -212,7 +212,7 @@ pub enum WireState {
     },
 }
 
-/// What a peer needs to recreate a flow. `reply` is present only under NAT.
+/// What a peer needs to recreate a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireFlow {
     pub proto: u8,
@@ -224,7 +224,89 @@ pub struct WireFlow {
     pub state: WireState,
     pub labels: Option<Vec<u8>>,
     pub helper: Option<String>,
+    pub tail: WireTail,
+}
+
+/// What follows a flow's common fields. `Plain` and `Nat` encode exactly as
+/// an `Option` of the reply tuple (tag 0 or 1), so only a RELATED or
+/// sequence-adjusted flow pays for what it carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireTail {
+    /// No NAT: the reply tuple is the inverted original.
+    Plain,
+    /// The reply tuple, under NAT.
+    Nat(WireTuple),
+    /// A flow with a master connection or a sequence adjustment.
+    Related(Box<WireRelated>),
+}
+
+/// The rarer parts of a flow: a helper's doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRelated {
     pub reply: Option<WireTuple>,
+    /// The master connection's protocol and original tuple.
+    pub master: Option<WireMaster>,
+    pub seq_adj: Option<WireSeqAdj>,
+}
+
+/// A master connection's original tuple (its protocol may differ from the
+/// related flow's: a SIP call over TCP expects UDP media).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMaster {
+    pub proto: u8,
+    pub tuple: WireTuple,
+}
+
+/// `flow::SeqAdj` as it travels: original direction, then reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSeqAdj {
+    pub orig_pos: u32,
+    pub orig_before: u32,
+    pub orig_after: u32,
+    pub reply_pos: u32,
+    pub reply_before: u32,
+    pub reply_after: u32,
+}
+
+impl WireTail {
+    /// The reply tuple the tail carries, if any (NAT).
+    pub fn reply(&self) -> Option<&WireTuple> {
+        match self {
+            WireTail::Plain => None,
+            WireTail::Nat(r) => Some(r),
+            WireTail::Related(rel) => rel.reply.as_ref(),
+        }
+    }
+}
+
+impl From<&SeqAdj> for WireSeqAdj {
+    fn from(a: &SeqAdj) -> WireSeqAdj {
+        WireSeqAdj {
+            orig_pos: a.orig.correction_pos,
+            orig_before: a.orig.offset_before,
+            orig_after: a.orig.offset_after,
+            reply_pos: a.reply.correction_pos,
+            reply_before: a.reply.offset_before,
+            reply_after: a.reply.offset_after,
+        }
+    }
+}
+
+impl From<WireSeqAdj> for SeqAdj {
+    fn from(a: WireSeqAdj) -> SeqAdj {
+        SeqAdj {
+            orig: SeqAdjDir {
+                correction_pos: a.orig_pos,
+                offset_before: a.orig_before,
+                offset_after: a.orig_after,
+            },
+            reply: SeqAdjDir {
+                correction_pos: a.reply_pos,
+                offset_before: a.reply_before,
+                offset_after: a.reply_after,
+            },
+        }
+    }
 }
 
 /// What identifies a flow: zone and original tuple.
@@ -406,18 +488,43 @@ impl From<&Flow> for WireFlow {
             state: WireState::from(&f.state),
             labels: f.labels.clone(),
             helper: f.helper.clone(),
-            reply: f.has_nat().then(|| WireTuple::from(&f.reply)),
+            tail: wire_tail(f),
         }
     }
+}
+
+fn wire_tail(f: &Flow) -> WireTail {
+    let reply = f.has_nat().then(|| WireTuple::from(&f.reply));
+    if f.master.is_none() && f.seq_adj.is_none() {
+        return match reply {
+            Some(r) => WireTail::Nat(r),
+            None => WireTail::Plain,
+        };
+    }
+    WireTail::Related(Box::new(WireRelated {
+        reply,
+        master: f.master.as_ref().map(|m| WireMaster {
+            proto: m.proto,
+            tuple: WireTuple::from(m),
+        }),
+        seq_adj: f.seq_adj.as_ref().map(WireSeqAdj::from),
+    }))
 }
 
 impl WireFlow {
     /// The model flow. Call on a validated flow (`decode_body` validates).
     pub fn into_flow(self) -> Flow {
         let orig = self.orig.to_tuple(self.proto);
-        let reply = match self.reply {
+        let reply = match self.tail.reply() {
             Some(r) => r.to_tuple(self.proto),
             None => orig.inverted(),
+        };
+        let (master, seq_adj) = match &self.tail {
+            WireTail::Related(rel) => (
+                rel.master.map(|m| m.tuple.to_tuple(m.proto)),
+                rel.seq_adj.map(SeqAdj::from),
+            ),
+            _ => (None, None),
         };
         Flow {
             orig,
@@ -429,6 +536,8 @@ impl WireFlow {
             state: self.state.into(),
             labels: self.labels,
             helper: self.helper,
+            master,
+            seq_adj,
         }
     }
 
@@ -442,7 +551,12 @@ impl WireFlow {
     /// Semantic checks bincode cannot make.
     pub fn validate(&self) -> Result<(), WireError> {
         self.orig.validate(self.proto)?;
-        if let Some(reply) = &self.reply {
+        if let WireTail::Related(rel) = &self.tail {
+            if let Some(m) = &rel.master {
+                m.tuple.validate(m.proto)?;
+            }
+        }
+        if let Some(reply) = self.tail.reply() {
             reply.validate(self.proto)?;
             if reply.is_v6() != self.orig.is_v6() {
                 return Err(WireError::BadFlow("address family differs between tuples"));

@@ -1,7 +1,7 @@
 //! Golden bytes, round trips and hostile input for the wire layer.
 
 use super::*;
-use crate::flow::{proto, status, Flow, ProtoState, Tuple, L4};
+use crate::flow::{proto, status, Flow, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -212,7 +212,7 @@ fn hostile_datagrams_are_rejected_with_their_reason() {
 
     // Semantic checks after decoding.
     let mut mixed = WireFlow::from(&tcp_flow());
-    mixed.reply = Some(WireTuple {
+    mixed.tail = WireTail::Nat(WireTuple {
         addrs: WireAddrs::V6 {
             src: [0x20; 16],
             dst: [0x20; 16],
@@ -347,9 +347,11 @@ pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
             proto_state(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=16)),
             proptest::option::of("[a-z0-9-]{0,16}"),
+            proptest::option::of(tuple(v6, proto::TCP)),
+            proptest::option::of(any::<[u32; 6]>()),
         )
             .prop_map(
-                |(orig, nat, (zone, st, timeout, mark), state, labels, helper)| {
+                |(orig, nat, (zone, st, timeout, mark), state, labels, helper, master, adj)| {
                     let mut f = Flow::new(orig);
                     if let Some(reply) = nat {
                         f.reply = reply;
@@ -361,6 +363,19 @@ pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
                     f.state = state;
                     f.labels = labels;
                     f.helper = helper;
+                    f.master = master;
+                    f.seq_adj = adj.map(|[a, b, c, d, e, g]| SeqAdj {
+                        orig: SeqAdjDir {
+                            correction_pos: a,
+                            offset_before: b,
+                            offset_after: c,
+                        },
+                        reply: SeqAdjDir {
+                            correction_pos: d,
+                            offset_before: e,
+                            offset_after: g,
+                        },
+                    });
                     f
                 },
             )
@@ -384,7 +399,7 @@ proptest! {
         for (m, f) in back.into_iter().zip(&flows) {
             match m {
                 Message::Upsert(w) => {
-                    prop_assert_eq!(w.reply.is_some(), f.has_nat());
+                    prop_assert_eq!(w.tail.reply().is_some(), f.has_nat());
                     prop_assert_eq!(w.key(), f.key());
                     prop_assert_eq!(&w.into_flow(), f);
                 }
