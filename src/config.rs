@@ -1674,10 +1674,49 @@ mod tests {
 
     #[test]
     fn the_smallest_reorder_budget_holds_the_largest_datagram() {
-        use crate::wire::{Message, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES};
+        use crate::wire::{
+            Message, WireRelated, MAX_EXPECTFN_LEN, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES,
+        };
         // As `sync::rx::buffered_cost` counts it, at its largest.
-        let per_message = std::mem::size_of::<Message>() + MAX_HELPER_LEN + MAX_LABELS_LEN;
-        assert!(MAX_MESSAGES * per_message <= MIN_REORDER_BYTES as usize);
+        let flow = MAX_HELPER_LEN + MAX_LABELS_LEN + std::mem::size_of::<WireRelated>();
+        let expectation =
+            std::mem::size_of::<crate::expect::Expectation>() + MAX_HELPER_LEN + MAX_EXPECTFN_LEN;
+        let message = std::mem::size_of::<Message>();
+        // The most expectations a body can hold: as many as its smallest
+        // encoding fits.
+        let t = crate::flow::Tuple {
+            src: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            dst: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            proto: 0,
+            l4: crate::flow::L4::None,
+        };
+        let smallest = crate::expect::Expectation {
+            zone: 0,
+            master: t,
+            tuple: t,
+            mask: t,
+            timeout: 0,
+            flags: 0,
+            class: 0,
+            helper: None,
+            nat: None,
+            expectfn: None,
+        };
+        let fit = |m: &Message| {
+            (crate::wire::MAX_BODY / crate::wire::encode_message(m).len()).min(MAX_MESSAGES)
+        };
+        let max_expectations = fit(&Message::ExpectUpsert(Box::new(smallest)));
+        let mut related = crate::wire::WireFlow::from(&crate::flow::Flow::new(t));
+        related.tail = crate::wire::WireTail::Related(Box::new(WireRelated {
+            reply: None,
+            master: None,
+            seq_adj: None,
+        }));
+        let max_related = fit(&Message::Upsert(related));
+        let plain = MAX_HELPER_LEN + MAX_LABELS_LEN;
+        assert!(MAX_MESSAGES * (message + plain) <= MIN_REORDER_BYTES as usize);
+        assert!(max_related * (message + flow) <= MIN_REORDER_BYTES as usize);
+        assert!(max_expectations * (message + expectation) <= MIN_REORDER_BYTES as usize);
     }
 
     #[test]

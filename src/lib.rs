@@ -17,6 +17,7 @@ pub mod counters;
 pub mod daemon;
 pub mod doctor;
 pub mod expect;
+pub mod expect_cache;
 pub mod filter;
 pub mod flow;
 pub mod fuzz_entry;

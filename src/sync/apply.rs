@@ -10,6 +10,7 @@
 
 use super::bulk::{prove_ranges, FullEnd};
 use super::digest::differing;
+use super::expect::{is_expect_message, mode_uses_expect, ExpectEffect, ExpectViews};
 use super::peers::{Peer, Resync};
 use super::rx::RxParams;
 use super::stats::{DropReason, SyncStats};
@@ -29,6 +30,10 @@ pub(crate) enum Effect {
     Resend { from: u32, to: u32 },
     /// Ask the peer for these ranges of its table.
     AskRanges(Vec<u16>),
+    /// The peer asked for our expectations.
+    SendExpectBulk,
+    /// Ask this peer for its expectations.
+    AskExpectBulk(u32),
 }
 
 /// What applying needs to know of the node.
@@ -58,12 +63,17 @@ pub(crate) struct Views {
     seed: Option<u64>,
     /// Most flows one cache may hold (`SyncConfig::max_flows_per_peer`).
     max_flows: usize,
+    /// The peers' expectations.
+    pub expects: ExpectViews,
 }
 
 /// Whether this node's mode uses a message at all; the others are ignored
 /// (a misconfigured peer's acks cannot disturb a best-effort sender, nor
 /// bulks and resyncs an ALARM one).
 pub(crate) fn mode_uses(mode: Mode, msg: &Message) -> bool {
+    if is_expect_message(msg) {
+        return mode_uses_expect(mode, msg);
+    }
     match mode {
         Mode::Ftfw => true,
         Mode::Notrack => !matches!(
@@ -93,6 +103,7 @@ impl Views {
             record,
             seed,
             max_flows,
+            expects: ExpectViews::new(record),
         }
     }
 
@@ -141,6 +152,16 @@ impl Views {
             return;
         }
         let now = ctx.now;
+        if is_expect_message(&msg) {
+            let effect = self
+                .expects
+                .apply(sender, msg, ctx.node_id, now, ctx.retry_ms);
+            effects.extend(effect.map(|e| match e {
+                ExpectEffect::SendBulk => Effect::SendExpectBulk,
+                ExpectEffect::AskBulk(peer) => Effect::AskExpectBulk(peer),
+            }));
+            return;
+        }
         match msg {
             Message::Upsert(wf) => {
                 let flow = wf.into_flow();
@@ -265,6 +286,13 @@ impl Views {
             // Challenges are the gate's (see `receive`), answered before
             // any message is applied.
             Message::Alive | Message::Challenge { .. } | Message::ChallengeAnswer { .. } => {}
+            // Taken by `expects` above.
+            Message::ExpectUpsert(_)
+            | Message::ExpectDelete(_)
+            | Message::ExpectBulkBegin { .. }
+            | Message::ExpectBulkEnd { .. }
+            | Message::ExpectDigest { .. }
+            | Message::ExpectResyncRequest { .. } => {}
             Message::Digest { count, hash } => {
                 stats.digests_received += 1;
                 let (len, digest) = self

@@ -124,6 +124,9 @@ pub struct SyncConfig {
     /// A bulk's flows are not counted: the table bounds them (one full bulk
     /// is queued at most, and one range bulk per range).
     pub send_queue_max: usize,
+    /// Replicate expectations (`crate::expect`): the daemon feeds them
+    /// through `local_expect_*`; off, no expectation message is sent.
+    pub expectations: bool,
 }
 
 /// What a reconcile with the kernel table sends to peers.
@@ -170,6 +173,7 @@ impl Default for SyncConfig {
             cache_seed: None,
             alone_queue_max: 65_536,
             send_queue_max: 4_000_000,
+            expectations: false,
         }
     }
 }

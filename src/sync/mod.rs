@@ -25,6 +25,7 @@ mod apply;
 mod bulk;
 mod config;
 mod digest;
+mod expect;
 mod links;
 mod local;
 mod peers;
@@ -38,13 +39,16 @@ mod stats;
 mod tx;
 
 pub use config::{Applied, Mode, Replicate, SyncConfig, SyncError, Transmit};
+pub use expect::{AppliedExpect, ExpectReconcile, ExpectView};
 pub use local::Reconciling;
 pub use stats::{
     DropReason, Drops, LinkStats, PeerCounters, PeerStatus, PeerWire, ReconcileReport, SyncStats,
 };
 
 use crate::auth::{AuthStats, Guard, KeyRing};
-use crate::cache::FlowCache;
+use crate::cache::{FlowCache, Upsert};
+use crate::expect::{ExpectKey, Expectation};
+use crate::expect_cache::ExpectCache;
 use crate::flow::{Flow, FlowKey};
 use crate::wire::Message;
 use alarm::{ExpiryClock, RefreshCursor};
@@ -82,6 +86,8 @@ pub struct Node {
     now: u64,
     /// Our flows (and ALARM's refresh walk over them).
     local: Local,
+    /// Our expectations and their send queue (`cfg.expectations`).
+    expects: expect::ExpectTx,
     views: Views,
     peers: PeerTable,
     tx: tx::Sender,
@@ -114,6 +120,7 @@ impl Node {
             epoch,
             now: now_ms,
             local: Local::new(internal, refresh),
+            expects: expect::ExpectTx::default(),
             peers: PeerTable::default(),
             links: Links::new(links),
             stats: SyncStats {
@@ -392,6 +399,7 @@ impl Node {
     pub fn flush_internal(&mut self) {
         self.digest.pause();
         self.local.flush(&mut self.tx);
+        self.expects.flush();
     }
 
     /// Forget the peers' flows (`-f external`).
@@ -399,6 +407,7 @@ impl Node {
         for cache in self.views.caches.values_mut() {
             cache.clear();
         }
+        self.views.expects.flush();
         for p in self.peers.values_mut() {
             p.bulk = bulk::BulkRx::Idle;
             p.wants.clear();
@@ -449,6 +458,7 @@ impl Node {
         if self.cfg.mode == Mode::Alarm {
             return;
         }
+        self.expects_queue_bulk();
         if self
             .tx
             .bulks
@@ -484,6 +494,63 @@ impl Node {
                 ranges: chunk.to_vec(),
             });
         }
+    }
+
+    // ---- expectations -----------------------------------------------------
+
+    /// Queue a bulk of our expectations (with expectation sync on).
+    fn expects_queue_bulk(&mut self) {
+        if self.cfg.expectations {
+            self.expects.queue_bulk();
+        }
+    }
+
+    /// A kernel expectation NEW (one the daemon replicates). `replicate =
+    /// false`: our own commit's echo; cache it without sending.
+    pub fn local_expect_upsert(&mut self, e: Expectation, now_ms: u64, replicate: bool) -> Upsert {
+        self.tick(now_ms);
+        let replicate = replicate && self.cfg.expectations;
+        self.expects.upsert(e, now_ms, replicate)
+    }
+
+    /// A kernel expectation DESTROY.
+    pub fn local_expect_delete(&mut self, key: &ExpectKey, now_ms: u64, replicate: bool) -> bool {
+        self.tick(now_ms);
+        let replicate = replicate && self.cfg.expectations;
+        self.expects.delete(key, replicate)
+    }
+
+    /// Make our expectations equal to a kernel dump (of the ones the
+    /// daemon replicates); send the differences when `replicate`.
+    pub fn reconcile_expectations(
+        &mut self,
+        dump: Vec<Expectation>,
+        now_ms: u64,
+        replicate: bool,
+    ) -> ExpectReconcile {
+        self.tick(now_ms);
+        let replicate = replicate && self.cfg.expectations;
+        self.expects.reconcile(dump, now_ms, replicate)
+    }
+
+    /// Our expectations.
+    pub fn internal_expectations(&self) -> &ExpectCache {
+        &self.expects.cache
+    }
+
+    /// The peers' expectations, by node id.
+    pub fn external_expectations(&self) -> impl Iterator<Item = (u32, &ExpectCache)> + '_ {
+        self.views
+            .expects
+            .views
+            .iter()
+            .map(|(id, v)| (*id, &v.cache))
+    }
+
+    /// The changes made to the peers' expectations since the last call
+    /// (empty unless `record_applied`): what warm standby mirrors.
+    pub fn take_applied_expectations(&mut self) -> Vec<AppliedExpect> {
+        std::mem::take(&mut self.views.expects.applied)
     }
 
     // ---- receive side -----------------------------------------------------

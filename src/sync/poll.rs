@@ -171,6 +171,8 @@ impl Node {
             self.send_digest(&mut out, &links);
         }
 
+        self.send_expectations(&mut out, &links);
+
         // ALARM: peers' flows not refreshed in time expire.
         if let Some(expiry) = self.expiry.as_mut() {
             let gone = expiry.tick(now, self.views.caches.iter_mut());
@@ -215,12 +217,44 @@ impl Node {
             return;
         }
         let msgs = digest_messages(&self.local.cache, self.payload());
+        if self.cfg.expectations {
+            self.expects.queue_digest();
+        }
         self.digest.sent(self.now);
         self.stats.digests_sent += 1;
         self.stats.range_digests_sent += msgs.len() as u64;
         self.stats.messages_sent += msgs.len() as u64;
         let ftfw = self.cfg.mode == Mode::Ftfw;
         for body in Packer::pack_all(self.payload(), &msgs) {
+            let bytes = self
+                .tx
+                .seal_next(&body, self.control_header(), ftfw, self.now);
+            self.emit(out, links, bytes);
+        }
+    }
+
+    /// Expectation messages, in datagrams of their own after the flows of
+    /// this poll, in sequence (FTFW: while the window has room).
+    fn send_expectations(&mut self, out: &mut Vec<Transmit>, links: &[usize]) {
+        if !self.cfg.expectations {
+            return;
+        }
+        if self.cfg.mode == Mode::Alarm {
+            self.expects
+                .alarm_refresh(self.now, self.cfg.alarm_refresh_ms);
+        }
+        let ftfw = self.cfg.mode == Mode::Ftfw;
+        if self.expects.is_idle() || (ftfw && self.tx.resend.len() >= self.cfg.window) {
+            return;
+        }
+        let msgs = self.expects.take_messages();
+        self.stats.messages_sent += msgs.len() as u64;
+        for body in Packer::pack_all(self.payload(), &msgs) {
+            if self.tx.seq_exhausted() {
+                // The new epoch's bulk carries the expectations too.
+                self.new_epoch();
+                return;
+            }
             let bytes = self
                 .tx
                 .seal_next(&body, self.control_header(), ftfw, self.now);
@@ -241,6 +275,14 @@ impl Node {
             self.cfg.batch_delay_ms,
         ) {
             at(d);
+        }
+        if self.cfg.expectations {
+            if !self.expects.is_idle() && window_open {
+                at(self.now);
+            }
+            if self.cfg.mode == Mode::Alarm {
+                at(self.expects.alarm_due(self.cfg.alarm_refresh_ms));
+            }
         }
         if self.digest_wanted() {
             if let Some(due) = self.digest.due(self.cfg.digest_interval_ms) {
@@ -313,6 +355,7 @@ impl Node {
         });
         for id in gone {
             self.views.caches.remove(&id);
+            self.views.expects.views.remove(&id);
             if let Some(g) = self.guard.as_mut() {
                 g.forget(id);
             }

@@ -21,6 +21,14 @@ impl Node {
                 Effect::SendBulk => self.start_bulk(),
                 Effect::SendRanges(r) => self.start_range_bulks(&r),
                 Effect::AskRanges(r) => self.ask_ranges(sender, &r),
+                Effect::SendExpectBulk => self.expects_queue_bulk(),
+                Effect::AskExpectBulk(peer) => {
+                    if self.cfg.expectations {
+                        self.tx
+                            .control
+                            .push(Message::ExpectResyncRequest { node: peer });
+                    }
+                }
                 Effect::Resend { from, to } => {
                     if let Err(oldest) = self.tx.on_nack(from, to) {
                         // Never silent loss: say where we can resume, and

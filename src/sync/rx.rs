@@ -32,8 +32,22 @@ pub(crate) fn buffered_cost(msgs: &[Message]) -> usize {
         .iter()
         .map(|m| match m {
             Message::Upsert(f) => {
-                f.labels.as_ref().map_or(0, Vec::len) + f.helper.as_ref().map_or(0, String::len)
+                let related = match f.tail {
+                    crate::wire::WireTail::Related(_) => {
+                        std::mem::size_of::<crate::wire::WireRelated>()
+                    }
+                    _ => 0,
+                };
+                f.labels.as_ref().map_or(0, Vec::len)
+                    + f.helper.as_ref().map_or(0, String::len)
+                    + related
             }
+            Message::ExpectUpsert(e) => {
+                std::mem::size_of::<crate::expect::Expectation>()
+                    + e.helper.as_ref().map_or(0, String::len)
+                    + e.expectfn.as_ref().map_or(0, String::len)
+            }
+            Message::ExpectDelete(_) => std::mem::size_of::<crate::expect::ExpectKey>(),
             _ => 0,
         })
         .sum();

@@ -2050,4 +2050,5 @@ fn a_send_queue_past_its_bound_is_dropped_and_replaced_by_a_bulk() {
 }
 
 mod auth;
+mod expect_sync;
 mod peer_figures;

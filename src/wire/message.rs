@@ -8,6 +8,7 @@
 
 use super::compact;
 use super::header::{WireError, MAX_BODY};
+use crate::expect::{ExpectKey, Expectation};
 use crate::flow::{proto, Flow, FlowKey, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -116,6 +117,66 @@ pub enum Message {
         epoch: u64,
         nonce: u128,
     },
+    /// One of the sender's expectations, in its current state.
+    ExpectUpsert(Box<Expectation>),
+    /// The sender no longer has this expectation.
+    ExpectDelete(Box<ExpectKey>),
+    /// Every expectation the sender holds follows, before the
+    /// `ExpectBulkEnd` of the same id.
+    ExpectBulkBegin {
+        id: u32,
+    },
+    /// The expectation bulk `id` is over: a receiver drops the sender's
+    /// expectations the bulk did not carry.
+    ExpectBulkEnd {
+        id: u32,
+    },
+    /// Anti-entropy: the sender's expectations, as they stand after every
+    /// data message before this one (`ExpectCache::digest`).
+    ExpectDigest {
+        count: u64,
+        hash: u64,
+    },
+    /// Please send a bulk of your expectations.
+    ExpectResyncRequest {
+        node: u32,
+    },
+}
+
+/// Longest expectation function name accepted (conntrackd's bound on
+/// EXP_FN).
+pub const MAX_EXPECTFN_LEN: usize = 32;
+
+/// Semantic checks of an expectation bincode cannot make: one address
+/// family in every tuple, ICMP ids only for ICMP, bounded names.
+fn validate_expectation(e: &Expectation) -> Result<(), WireError> {
+    let v6 = e.tuple.src.is_ipv6();
+    let tuples = [&e.master, &e.tuple, &e.mask];
+    let nat = e.nat.as_ref().map(|n| &n.tuple);
+    if tuples
+        .iter()
+        .copied()
+        .chain(nat)
+        .any(|t| t.src.is_ipv6() != v6 || t.dst.is_ipv6() != v6)
+    {
+        return Err(WireError::BadFlow("expectation mixes address families"));
+    }
+    if tuples
+        .iter()
+        .any(|t| matches!(t.l4, L4::Icmp { .. }) && !matches!(t.proto, proto::ICMP | proto::ICMPV6))
+    {
+        return Err(WireError::BadFlow("icmp tuple for non-icmp"));
+    }
+    if e.helper.as_ref().is_some_and(|h| h.len() > MAX_HELPER_LEN) {
+        return Err(WireError::BadFlow("helper name too long"));
+    }
+    if e.expectfn
+        .as_ref()
+        .is_some_and(|f| f.len() > MAX_EXPECTFN_LEN)
+    {
+        return Err(WireError::BadFlow("expectation function name too long"));
+    }
+    Ok(())
 }
 
 /// Key ranges of the range digest: a flow's range is a stable hash of its
@@ -145,6 +206,11 @@ impl Message {
                 | Message::RangeBegin { .. }
                 | Message::RangeEnd { .. }
                 | Message::BulkEndSum { .. }
+                | Message::ExpectUpsert(_)
+                | Message::ExpectDelete(_)
+                | Message::ExpectBulkBegin { .. }
+                | Message::ExpectBulkEnd { .. }
+                | Message::ExpectDigest { .. }
         )
     }
 
@@ -675,6 +741,19 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<Message>, WireError> {
         match &message {
             Message::Upsert(f) => f.validate()?,
             Message::Delete(k) => k.validate()?,
+            Message::ExpectUpsert(e) => validate_expectation(e)?,
+            Message::ExpectDelete(k) => validate_expectation(&Expectation {
+                zone: k.zone,
+                master: k.master,
+                tuple: k.tuple,
+                mask: k.tuple,
+                timeout: 0,
+                flags: 0,
+                class: 0,
+                helper: None,
+                nat: None,
+                expectfn: None,
+            })?,
             other => other.validate_ranges()?,
         }
         messages.push(message);

@@ -1,0 +1,423 @@
+//! Expectation replication: our expectations and what of their changes is
+//! queued, and the peers' expectations as their messages left them.
+//!
+//! Expectations travel in the same sequenced stream as flows (so FTFW's
+//! resends and in-order delivery cover them) but in datagrams of their
+//! own, after the flow data of the same poll: a master flow queued before
+//! its expectation reaches the peer first. Their anti-entropy is a bulk of
+//! all of them (they are few): `ExpectBulkBegin`, every expectation,
+//! `ExpectBulkEnd`, after which the receiver drops what the bulk did not
+//! carry. A bulk goes with every full flow bulk, when a peer's
+//! `ExpectDigest` (sent with the flow digests) differs, and in ALARM mode
+//! once per refresh period.
+//!
+//! Owns: `ExpectTx` (the internal expectation cache, the send queue) and
+//! `ExpectViews` (one `ExpectCache` per peer, bulk state, the changes warm
+//! standby mirrors). Must not: decide which expectations are replicated
+//! (the daemon filters), seal or send datagrams, or read the clock.
+
+use super::Mode;
+use crate::cache::Upsert;
+use crate::expect::{ExpectKey, Expectation};
+use crate::expect_cache::ExpectCache;
+use crate::wire::Message;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// One change to a peer's expectations, as warm standby mirrors it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppliedExpect {
+    Created(Expectation),
+    Updated(Expectation),
+    Delete(ExpectKey),
+}
+
+/// What a re-read of the kernel's expectations changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpectReconcile {
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// The expectation's current state: upsert if cached, delete if not.
+    Key(ExpectKey),
+    BulkBegin(u32),
+    BulkEnd(u32),
+    Digest,
+}
+
+/// Our expectations and their send queue.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExpectTx {
+    pub cache: ExpectCache,
+    queue: VecDeque<Out>,
+    /// Keys in `queue` (a change to a queued key goes out once, in its
+    /// latest state).
+    queued: BTreeSet<ExpectKey>,
+    next_bulk: u32,
+    /// ALARM: when the last refresh bulk was queued.
+    refreshed_ms: u64,
+}
+
+impl ExpectTx {
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn push_key(&mut self, key: ExpectKey) {
+        if self.queued.insert(key) {
+            self.queue.push_back(Out::Key(key));
+        }
+    }
+
+    /// A kernel NEW (or a re-read's); queued for peers when it changed and
+    /// `replicate`.
+    pub fn upsert(&mut self, e: Expectation, now_ms: u64, replicate: bool) -> Upsert {
+        let key = e.key();
+        let what = self.cache.upsert(e, now_ms, true);
+        if replicate && what != Upsert::Unchanged {
+            self.push_key(key);
+        }
+        what
+    }
+
+    /// A kernel DESTROY; the delete is queued when `replicate`.
+    pub fn delete(&mut self, key: &ExpectKey, replicate: bool) -> bool {
+        let had = self.cache.remove(key).is_some();
+        if had && replicate {
+            self.push_key(*key);
+        }
+        had
+    }
+
+    /// Make the cache equal to a dump of the kernel's expectations (the
+    /// ones the daemon replicates); queue the differences when `replicate`.
+    pub fn reconcile(
+        &mut self,
+        dump: Vec<Expectation>,
+        now_ms: u64,
+        replicate: bool,
+    ) -> ExpectReconcile {
+        let mut report = ExpectReconcile::default();
+        let generation = self.cache.begin_generation();
+        for e in dump {
+            match self.upsert(e, now_ms, replicate) {
+                Upsert::Created => report.added += 1,
+                Upsert::Updated => report.changed += 1,
+                Upsert::Unchanged => {}
+            }
+        }
+        for key in self.cache.sweep_older_than(generation) {
+            report.removed += 1;
+            if replicate {
+                self.push_key(key);
+            }
+        }
+        report
+    }
+
+    /// Forget our expectations and what is queued (`-f internal`).
+    pub fn flush(&mut self) {
+        self.cache.clear();
+        self.queue.clear();
+        self.queued.clear();
+    }
+
+    /// Queue a bulk of every expectation we hold.
+    pub fn queue_bulk(&mut self) {
+        self.next_bulk = self.next_bulk.wrapping_add(1);
+        let id = self.next_bulk;
+        self.queue.push_back(Out::BulkBegin(id));
+        let keys: Vec<ExpectKey> = self.cache.keys().copied().collect();
+        for key in keys {
+            self.push_key(key);
+        }
+        self.queue.push_back(Out::BulkEnd(id));
+    }
+
+    /// Queue our digest (after whatever is queued already).
+    pub fn queue_digest(&mut self) {
+        self.queue.push_back(Out::Digest);
+    }
+
+    /// ALARM: a bulk every `period_ms` re-sends every expectation (and
+    /// sweeps, at the receivers, the ones whose delete was lost).
+    pub fn alarm_refresh(&mut self, now_ms: u64, period_ms: u64) {
+        if now_ms >= self.refreshed_ms.saturating_add(period_ms) {
+            self.refreshed_ms = now_ms;
+            self.queue_bulk();
+        }
+    }
+
+    /// When ALARM's next refresh bulk is due.
+    pub fn alarm_due(&self, period_ms: u64) -> u64 {
+        self.refreshed_ms.saturating_add(period_ms)
+    }
+
+    /// Everything queued, as messages, in order (emptying the queue).
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        let mut out = Vec::with_capacity(self.queue.len());
+        while let Some(item) = self.queue.pop_front() {
+            out.push(match item {
+                Out::Key(key) => {
+                    self.queued.remove(&key);
+                    match self.cache.get(&key) {
+                        Some(entry) => Message::ExpectUpsert(Box::new(entry.expect.clone())),
+                        None => Message::ExpectDelete(Box::new(key)),
+                    }
+                }
+                Out::BulkBegin(id) => Message::ExpectBulkBegin { id },
+                Out::BulkEnd(id) => Message::ExpectBulkEnd { id },
+                Out::Digest => {
+                    let (count, hash) = self.cache.digest();
+                    Message::ExpectDigest { count, hash }
+                }
+            });
+        }
+        out
+    }
+}
+
+/// One peer's expectations and the bulk being received from it.
+#[derive(Clone, Debug, Default)]
+pub struct ExpectView {
+    pub cache: ExpectCache,
+    /// The bulk under way: its id and the generation it stamps.
+    bulk: Option<(u32, u32)>,
+    /// When we last asked this peer for a bulk.
+    asked_ms: Option<u64>,
+}
+
+/// What the send side must do after a peer's expectation message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExpectEffect {
+    /// The peer asked for our expectations.
+    SendBulk,
+    /// Ask the peer for its expectations.
+    AskBulk(u32),
+}
+
+/// The peers' expectations as we know them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExpectViews {
+    pub views: BTreeMap<u32, ExpectView>,
+    pub applied: Vec<AppliedExpect>,
+    pub record: bool,
+}
+
+impl ExpectViews {
+    pub fn new(record: bool) -> ExpectViews {
+        ExpectViews {
+            record,
+            ..ExpectViews::default()
+        }
+    }
+
+    /// Forget every peer's expectations (`-f external`).
+    pub fn flush(&mut self) {
+        for v in self.views.values_mut() {
+            v.cache.clear();
+            v.bulk = None;
+        }
+    }
+
+    /// Apply one expectation message from `sender`. `retry_ms`: how long
+    /// to wait before asking a peer for a bulk again. `node_id`: ours.
+    pub fn apply(
+        &mut self,
+        sender: u32,
+        msg: Message,
+        node_id: u32,
+        now: u64,
+        retry_ms: u64,
+    ) -> Option<ExpectEffect> {
+        let view = self.views.entry(sender).or_default();
+        match msg {
+            Message::ExpectUpsert(e) => {
+                let e = *e;
+                let copy = self.record.then(|| e.clone());
+                let what = view.cache.upsert(e, now, view.bulk.is_none());
+                if let Some(e) = copy {
+                    match what {
+                        Upsert::Created => self.applied.push(AppliedExpect::Created(e)),
+                        Upsert::Updated => self.applied.push(AppliedExpect::Updated(e)),
+                        Upsert::Unchanged => {}
+                    }
+                }
+            }
+            Message::ExpectDelete(key) => {
+                if view.cache.remove(&key).is_some() && self.record {
+                    self.applied.push(AppliedExpect::Delete(*key));
+                }
+            }
+            Message::ExpectBulkBegin { id } => {
+                view.bulk = Some((id, view.cache.begin_generation()));
+            }
+            Message::ExpectBulkEnd { id } => {
+                // Only a bulk whose beginning we saw proves what is gone.
+                if let Some((begun, generation)) = view.bulk.take() {
+                    if begun == id {
+                        let gone = view.cache.sweep_older_than(generation);
+                        if self.record {
+                            self.applied
+                                .extend(gone.into_iter().map(AppliedExpect::Delete));
+                        }
+                        view.asked_ms = None;
+                    }
+                }
+            }
+            Message::ExpectDigest { count, hash } => {
+                // A digest follows the end of any bulk queued before it:
+                // a bulk still open here lost its end.
+                view.bulk = None;
+                if view.cache.digest() != (count, hash) {
+                    let due = view
+                        .asked_ms
+                        .is_none_or(|at| now >= at.saturating_add(retry_ms));
+                    if due {
+                        view.asked_ms = Some(now);
+                        return Some(ExpectEffect::AskBulk(sender));
+                    }
+                }
+            }
+            Message::ExpectResyncRequest { node } if node == node_id => {
+                return Some(ExpectEffect::SendBulk);
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Whether a message is one of this part's.
+pub(crate) fn is_expect_message(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::ExpectUpsert(_)
+            | Message::ExpectDelete(_)
+            | Message::ExpectBulkBegin { .. }
+            | Message::ExpectBulkEnd { .. }
+            | Message::ExpectDigest { .. }
+            | Message::ExpectResyncRequest { .. }
+    )
+}
+
+/// Whether `mode` uses an expectation message: ALARM has no digests and no
+/// requests (its refresh bulks do both jobs).
+pub(crate) fn mode_uses_expect(mode: Mode, msg: &Message) -> bool {
+    match mode {
+        Mode::Ftfw | Mode::Notrack => true,
+        Mode::Alarm => !matches!(
+            msg,
+            Message::ExpectDigest { .. } | Message::ExpectResyncRequest { .. }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::test_expectations::ftp;
+
+    /// Deliver everything `tx` has queued to `rx` as peer 1.
+    fn deliver(tx: &mut ExpectTx, rx: &mut ExpectViews, now: u64) -> Vec<ExpectEffect> {
+        tx.take_messages()
+            .into_iter()
+            .filter_map(|m| rx.apply(1, m, 2, now, 100))
+            .collect()
+    }
+
+    fn view(rx: &ExpectViews) -> Vec<ExpectKey> {
+        rx.views[&1].cache.keys().copied().collect()
+    }
+
+    #[test]
+    fn changes_coalesce_and_arrive_in_their_latest_state() {
+        let (mut tx, mut rx) = (ExpectTx::default(), ExpectViews::new(true));
+        tx.upsert(ftp(1), 0, true);
+        let mut changed = ftp(1);
+        changed.flags = 1;
+        tx.upsert(changed.clone(), 0, true);
+        tx.upsert(ftp(2), 0, false);
+        let msgs = tx.take_messages();
+        assert_eq!(msgs, vec![Message::ExpectUpsert(Box::new(changed.clone()))]);
+        for m in msgs {
+            rx.apply(1, m, 2, 0, 100);
+        }
+        assert_eq!(rx.applied, vec![AppliedExpect::Created(changed)]);
+        tx.delete(&ftp(1).key(), true);
+        deliver(&mut tx, &mut rx, 1);
+        assert!(view(&rx).is_empty());
+        assert_eq!(
+            rx.applied.last(),
+            Some(&AppliedExpect::Delete(ftp(1).key()))
+        );
+    }
+
+    #[test]
+    fn a_differing_digest_asks_once_per_retry_and_the_bulk_sweeps() {
+        let (mut tx, mut rx) = (ExpectTx::default(), ExpectViews::new(false));
+        // The peer saw ftp(9) but missed its delete and ftp(1)'s creation.
+        rx.apply(1, Message::ExpectUpsert(Box::new(ftp(9))), 2, 0, 100);
+        tx.upsert(ftp(1), 0, false);
+        tx.queue_digest();
+        assert_eq!(
+            deliver(&mut tx, &mut rx, 10),
+            vec![ExpectEffect::AskBulk(1)]
+        );
+        tx.queue_digest();
+        assert!(deliver(&mut tx, &mut rx, 50).is_empty(), "asked already");
+        tx.queue_bulk();
+        tx.queue_digest();
+        assert!(
+            deliver(&mut tx, &mut rx, 60).is_empty(),
+            "equal after the bulk"
+        );
+        assert_eq!(view(&rx), vec![ftp(1).key()]);
+    }
+
+    #[test]
+    fn an_end_without_its_beginning_sweeps_nothing() {
+        let mut rx = ExpectViews::new(false);
+        rx.apply(1, Message::ExpectUpsert(Box::new(ftp(1))), 2, 0, 100);
+        rx.apply(1, Message::ExpectBulkEnd { id: 4 }, 2, 0, 100);
+        assert_eq!(view(&rx), vec![ftp(1).key()]);
+        rx.apply(1, Message::ExpectBulkBegin { id: 5 }, 2, 0, 100);
+        rx.apply(1, Message::ExpectBulkEnd { id: 4 }, 2, 0, 100);
+        assert_eq!(view(&rx), vec![ftp(1).key()], "another bulk's end");
+    }
+
+    #[test]
+    fn requests_for_another_node_are_not_ours() {
+        let mut rx = ExpectViews::new(false);
+        let ask = |node| Message::ExpectResyncRequest { node };
+        assert_eq!(rx.apply(1, ask(2), 2, 0, 100), Some(ExpectEffect::SendBulk));
+        assert_eq!(rx.apply(1, ask(3), 2, 0, 100), None);
+    }
+
+    #[test]
+    fn a_reread_queues_only_differences() {
+        let mut tx = ExpectTx::default();
+        tx.reconcile(vec![ftp(1), ftp(2)], 0, false);
+        assert!(tx.is_idle());
+        let r = tx.reconcile(vec![ftp(2), ftp(3)], 1, true);
+        assert_eq!(
+            r,
+            ExpectReconcile {
+                added: 1,
+                changed: 0,
+                removed: 1
+            }
+        );
+        let msgs = tx.take_messages();
+        assert_eq!(
+            msgs,
+            vec![
+                Message::ExpectUpsert(Box::new(ftp(3))),
+                Message::ExpectDelete(Box::new(ftp(1).key()))
+            ]
+        );
+    }
+}
