@@ -7,6 +7,7 @@
 //! config: `Config::parse` either returns a config the daemon can run with or
 //! an error.
 
+use crate::expect::ExpectPolicy;
 use crate::filter::{protocol_by_name, tcp_state_by_name, Cidr, FilterConfig, Policy, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -190,6 +191,9 @@ pub struct SyncConfig {
     /// Most flow keys waiting to be sent; past it the send queue is dropped
     /// and the peers get a bulk instead (`send_queue_drops`).
     pub send_queue_max: u64,
+    /// Which expectations are replicated (conntrackd's ExpectationSync):
+    /// "off" (default), "all", or a list of helper-name prefixes.
+    pub expectations: ExpectPolicy,
 }
 
 /// One `[[link]]`: a sync channel.
@@ -370,6 +374,7 @@ impl Default for SyncConfig {
             digest_interval_ms: core.digest_interval_ms,
             batch_delay_ms: core.batch_delay_ms,
             warm_standby: false,
+            expectations: ExpectPolicy::Off,
             warm_timeout_s: 1800,
             alarm_refresh_s: u32::try_from(core.alarm_refresh_ms / 1000).unwrap_or(u32::MAX),
             alarm_timeout_s: u32::try_from(core.alarm_timeout_ms / 1000).unwrap_or(u32::MAX),
@@ -473,6 +478,15 @@ struct RawSync {
     reorder_limit: Option<S<i64>>,
     reorder_max_bytes: Option<S<i64>>,
     send_queue_max: Option<S<i64>>,
+    expectations: Option<S<RawExpectations>>,
+}
+
+/// `expectations = "all"` or `expectations = ["ftp", "sip"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawExpectations {
+    Word(String),
+    Helpers(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -1081,7 +1095,56 @@ fn sync_config(cx: &Ctx<'_>, raw: Option<RawSync>) -> Result<SyncConfig, ConfigE
         reorder_limit: to_u32(reorder_limit),
         reorder_max_bytes: to_u64(reorder_max_bytes),
         send_queue_max: to_u64(send_queue_max),
+        expectations: expectations_config(cx, r.expectations.as_ref())?,
     })
+}
+
+/// `[sync] expectations`: "off", "all", or helper-name prefixes (each a
+/// kernel helper name's start: letters, digits, '-' and '_', at most 16).
+fn expectations_config(
+    cx: &Ctx<'_>,
+    raw: Option<&S<RawExpectations>>,
+) -> Result<ExpectPolicy, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ExpectPolicy::Off);
+    };
+    let at = raw.span().start;
+    let key = "sync.expectations";
+    match raw.get_ref() {
+        RawExpectations::Word(w) => match w.as_str() {
+            "off" => Ok(ExpectPolicy::Off),
+            "all" => Ok(ExpectPolicy::All),
+            other => cx.invalid(
+                at,
+                key,
+                format!("'{other}': expected \"off\", \"all\" or a list of helper names such as [\"ftp\", \"sip\"]"),
+            ),
+        },
+        RawExpectations::Helpers(names) => {
+            if names.is_empty() {
+                return cx.invalid(
+                    at,
+                    key,
+                    "empty list: name at least one helper, or write \"off\"",
+                );
+            }
+            for name in names {
+                let fine = !name.is_empty()
+                    && name.len() <= crate::wire::MAX_HELPER_LEN
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !fine {
+                    return cx.invalid(
+                        at,
+                        key,
+                        format!("'{name}' is not a helper name (letters, digits, '-' and '_', at most 16)"),
+                    );
+                }
+            }
+            Ok(ExpectPolicy::Helpers(names.clone()))
+        }
+    }
 }
 
 fn links_config(

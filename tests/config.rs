@@ -995,3 +995,37 @@ fn metrics_and_doctor_keys_parse_and_are_checked() {
         assert_eq!(e.line(), 12, "{bad}: {e}");
     }
 }
+
+#[test]
+fn expectations_take_off_all_or_helper_prefixes() {
+    use ctsync::expect::ExpectPolicy;
+    let with = |v: &str| {
+        GOOD.replace(
+            "mode = \"ftfw\"",
+            &format!("mode = \"ftfw\"\nexpectations = {v}"),
+        )
+    };
+    let parse = |v: &str| Config::parse(&with(v), "ctsyncd.toml").map(|c| c.sync.expectations);
+    assert_eq!(
+        Config::parse(GOOD, "x").unwrap().sync.expectations,
+        ExpectPolicy::Off
+    );
+    assert_eq!(parse("\"off\"").unwrap(), ExpectPolicy::Off);
+    assert_eq!(parse("\"all\"").unwrap(), ExpectPolicy::All);
+    assert_eq!(
+        parse("[\"ftp\", \"sip-5060\"]").unwrap(),
+        ExpectPolicy::Helpers(vec!["ftp".into(), "sip-5060".into()])
+    );
+    for (bad, why) in [
+        ("\"on\"", "expected \"off\", \"all\""),
+        ("[]", "empty list"),
+        ("[\"f p\"]", "is not a helper name"),
+        ("[\"averyveryverylonghelper\"]", "is not a helper name"),
+    ] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("ctsyncd.toml:5") && e.contains("sync.expectations") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 
 use ctsync::config::{Config, SchedPolicy, SyncMode, SyslogFacility, Transport};
 use ctsync::conntrackd_conf::{convert, is_conntrackd, node_id_for};
+use ctsync::expect::ExpectPolicy;
 use ctsync::filter::Policy;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
@@ -77,7 +78,10 @@ Sync {
 	}
 	Options {
 		TCPWindowTracking on
-		ExpectationSync off
+		ExpectationSync {
+			ftp
+			sip
+		}
 	}
 }
 ";
@@ -139,6 +143,10 @@ fn every_option_maps_onto_its_ctsync_key() {
     assert_eq!(c.sync.purge_timeout_s, 5);
     assert_eq!(c.sync.ack_every, 300);
     assert!(!c.sync.warm_standby);
+    assert_eq!(
+        c.sync.expectations,
+        ExpectPolicy::Helpers(vec!["ftp".into(), "sip".into()])
+    );
     assert_eq!(c.sync.max_flows_per_peer, 524_288);
     // The Default link first, whatever the order in the file.
     assert_eq!(c.links.len(), 2);
@@ -346,8 +354,7 @@ fn refusals() -> Vec<(String, &'static str, &'static str)> {
         (format!("{g}Stats {{\n LogFile on\n}}\n"), "Stats", "no statistics mode"),
         (format!("{g}Sync {{ {udp} }}\nHelper {{\n Setup on\n}}\n"), "Helper", "user-space"),
         (format!("{g}Sync {{\n TCP Default {{\n  IPv4_address 198.18.0.1\n }}\n}}\n"), "TCP", "no TCP transport"),
-        (sync("Options {\n  ExpectationSync on\n }"), "ExpectationSync", "expectations yet"),
-        (sync("Options {\n  ExpectationSync {\n ftp\n }\n }"), "ExpectationSync", "expectations yet"),
+        (sync("Options {\n  ExpectationSync { }\n }"), "ExpectationSync", "name at least one helper"),
         (sync("Options {\n  ExpectationSync maybe\n }"), "maybe", "not on, off"),
         (general("ErrorQueueLength 128"), "ErrorQueueLength", "TCP"),
         (general("PollSecs 0"), "PollSecs", "invalid"),
@@ -501,7 +508,7 @@ fn ctsyncd_convert_prints_toml_that_parses_into_the_same_config() {
     // A refused file: exit 1, file:line: reason on stderr, nothing on stdout.
     std::fs::write(
         &path,
-        FULL.replace("TCPWindowTracking on", "ExpectationSync on"),
+        FULL.replace("TCPWindowTracking on", "ExpectationSync maybe"),
     )
     .unwrap();
     let out = Command::new(bin)
@@ -515,7 +522,7 @@ fn ctsyncd_convert_prints_toml_that_parses_into_the_same_config() {
     let line = line_of(FULL, "TCPWindowTracking");
     assert!(
         stderr.contains(&format!(
-            "{}:{line}: ExpectationSync is refused",
+            "{}:{line}: ExpectationSync: 'maybe' is not on, off",
             path.display()
         )),
         "{stderr}"

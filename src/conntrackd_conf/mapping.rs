@@ -11,6 +11,7 @@
 //! conntrackd.conf line), or read anything but its input.
 
 use super::parser::{At, Link, LinkKind, Mode, Overrun, Refusal, RuleSet, Settings};
+use crate::expect::ExpectPolicy;
 use std::net::IpAddr;
 
 /// conntrackd's default lock file (its code's, not the examples').
@@ -410,6 +411,24 @@ fn sync_section(d: &mut Doc, s: &Settings) -> Result<(), Refusal> {
             &format!("CacheTimeout {}", c.value),
             "",
         );
+    }
+    if let Some(e) = &s.expectation_sync {
+        let (value, keyword) = match &e.value {
+            ExpectPolicy::Off => ("\"off\"".to_string(), "ExpectationSync off".to_string()),
+            ExpectPolicy::All => ("\"all\"".to_string(), "ExpectationSync on".to_string()),
+            ExpectPolicy::Helpers(names) => (
+                format!(
+                    "[{}]",
+                    names
+                        .iter()
+                        .map(|n| string(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("ExpectationSync {{ {} }}", names.join(" ")),
+            ),
+        };
+        d.key("expectations", value, e.line, &keyword, "");
     }
     if let Some(h) = &s.hash_limit {
         d.key(

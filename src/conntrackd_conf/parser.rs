@@ -9,6 +9,7 @@
 //! a setting becomes in ctsync (that is `mapping`), or panic on any input.
 
 use super::lexer::{Kind, Token};
+use crate::expect::ExpectPolicy;
 use std::net::IpAddr;
 
 /// A refusal: the conntrackd.conf line and why.
@@ -149,8 +150,8 @@ pub struct Settings {
     pub refresh_time: Option<At<u64>>,
     pub cache_timeout: Option<At<u64>>,
     pub tcp_window_tracking: Option<At<bool>>,
-    /// `ExpectationSync off` (the only form accepted).
-    pub expectation_sync_off: Option<usize>,
+    /// `ExpectationSync on | off | { helper ... }`.
+    pub expectation_sync: Option<At<ExpectPolicy>>,
     pub links: Vec<Link>,
 }
 
@@ -203,10 +204,9 @@ pub const HELPER_REFUSED: &str = "the Helper section is refused: ctsyncd runs no
 pub const TCP_REFUSED: &str = "TCP links are refused: ctsyncd has no TCP transport; use a UDP \
      block with the same addresses and port (with Mode FTFW it is reliable: sequence numbers, \
      acknowledgements and resends)";
-/// Why expectation sync is refused.
-pub const EXPECTATION_REFUSED: &str = "ExpectationSync is refused: ctsyncd does not replicate \
-     expectations yet (helper-created RELATED flows replicate once they exist); write \
-     `ExpectationSync off` or remove the line";
+/// Why an empty helper list is refused.
+pub const EXPECTATION_EMPTY: &str = "ExpectationSync { }: name at least one helper (ftp, sip, \
+     tftp, ...), or write `ExpectationSync off`";
 
 /// Read a whole file's tokens.
 pub fn parse(tokens: &[Token]) -> Result<Settings, Refusal> {
@@ -755,14 +755,25 @@ impl Parser<'_> {
                     Ok(())
                 }
                 "ExpectationSync" => {
-                    if p.peek_open() {
-                        return refuse(kw.line, EXPECTATION_REFUSED);
-                    }
-                    let b = p.boolean("ExpectationSync")?;
-                    if b.value {
-                        return refuse(kw.line, EXPECTATION_REFUSED);
-                    }
-                    p.s.expectation_sync_off = Some(kw.line);
+                    let value = if p.peek_open() {
+                        let mut names = Vec::new();
+                        p.block("ExpectationSync", |_, name| {
+                            names.push(name.value);
+                            Ok(())
+                        })?;
+                        if names.is_empty() {
+                            return refuse(kw.line, EXPECTATION_EMPTY);
+                        }
+                        ExpectPolicy::Helpers(names)
+                    } else if p.boolean("ExpectationSync")?.value {
+                        ExpectPolicy::All
+                    } else {
+                        ExpectPolicy::Off
+                    };
+                    p.s.expectation_sync = Some(At {
+                        value,
+                        line: kw.line,
+                    });
                     Ok(())
                 }
                 other => unknown(kw.line, other, "Options", "TCPWindowTracking, ExpectationSync"),

@@ -57,6 +57,7 @@ pub(super) fn core_config(config: &Config) -> SyncConfig {
         reorder_limit: to_usize(u64::from(s.reorder_limit)),
         reorder_max_bytes: to_usize(s.reorder_max_bytes),
         send_queue_max: to_usize(s.send_queue_max),
+        expectations: !s.expectations.is_off(),
         ..SyncConfig::default()
     }
 }
