@@ -6,13 +6,16 @@
 //! (dumps and events). Requests use netlink-packet-netfilter 0.4's types
 //! for what it models (tuples, status, timeout, mark, TCP protoinfo) and
 //! hand-written attributes for the rest (zone, labels, helper, NAT, ICMP
-//! tuples, SCTP, DCCP). Decoding is written by hand throughout: the
+//! tuples, SCTP, DCCP, master tuple, sequence adjustment). Its attribute
+//! helpers and tuple decoder are shared with `expect_codec`. Decoding is written by hand throughout: the
 //! crate's parsers allocate a vector per nest, and events arrive by the
 //! hundred thousand per second (it halved the event thread's decode cost).
 //! Must not: do I/O, panic on any input, or decide timeouts (a flow's
 //! timeout is sent as given, except that 0 becomes 1, see [`encode_create`]).
 
-use crate::flow::{proto, status, Flow, FlowKey, ProtoState, Tuple, L4, TCP_FLAG_BE_LIBERAL};
+use crate::flow::{
+    proto, status, Flow, FlowKey, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4, TCP_FLAG_BE_LIBERAL,
+};
 use netlink_packet_core::{DefaultNla, Emitable, Nla};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Protocol, Status, TCPFlags,
@@ -51,6 +54,9 @@ const CTA_NAT_SRC: u16 = 6;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
 const CTA_NAT_DST: u16 = 13;
+const CTA_TUPLE_MASTER: u16 = 14;
+const CTA_SEQ_ADJ_ORIG: u16 = 15;
+const CTA_SEQ_ADJ_REPLY: u16 = 16;
 const CTA_ZONE: u16 = 18;
 const CTA_LABELS: u16 = 22;
 const CTA_LABELS_MASK: u16 = 23;
@@ -75,6 +81,10 @@ const CTA_PROTOINFO_SCTP_VTAG_ORIGINAL: u16 = 2;
 const CTA_PROTOINFO_SCTP_VTAG_REPLY: u16 = 3;
 // Inside CTA_HELP.
 const CTA_HELP_NAME: u16 = 1;
+// Inside CTA_SEQ_ADJ_ORIG / CTA_SEQ_ADJ_REPLY (enum ctattr_seqadj).
+const CTA_SEQADJ_CORRECTION_POS: u16 = 1;
+const CTA_SEQADJ_OFFSET_BEFORE: u16 = 2;
+const CTA_SEQADJ_OFFSET_AFTER: u16 = 3;
 // Inside CTA_NAT_SRC / CTA_NAT_DST.
 const CTA_NAT_V4_MINIP: u16 = 1;
 const CTA_NAT_V4_MAXIP: u16 = 2;
@@ -94,6 +104,12 @@ const LABELS_MAX: usize = 16;
 /// ASSURED, HELPER and FIXED_TIMEOUT, and ignores the bits it manages itself
 /// (NAT, NAT_DONE, SEQ_ADJUST, TEMPLATE, UNTRACKED, OFFLOAD). CONFIRMED is
 /// always set: a hand-built create without it fails with EBUSY.
+///
+/// EXPECTED is the kernel's own: it sets it on a create that carries
+/// CTA_TUPLE_MASTER (the status is applied before the master is attached,
+/// so a create that sends the bit fails with EBUSY), and an update must send
+/// it exactly as the kernel holds it (any change of EXPECTED, CONFIRMED or
+/// DYING is EBUSY, `nf_ct_change_status_common`): see [`encode_update`].
 pub const STATUS_NEVER_SENT: u32 = status::EXPECTED | status::DYING;
 
 /// Options of a create (conntrackd's commit options).
@@ -119,7 +135,7 @@ pub enum CodecError {
 // ---------------------------------------------------------------------------
 // Encoding
 
-fn family_of(t: &Tuple) -> u8 {
+pub(super) fn family_of(t: &Tuple) -> u8 {
     if t.is_ipv6() {
         AF_INET6
     } else {
@@ -137,7 +153,7 @@ fn put_nla<T: Nla>(buf: &mut Vec<u8>, nla: &T) {
 }
 
 /// Append a plain attribute (padded to 4 bytes).
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+pub(super) fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -145,19 +161,19 @@ fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     pad(buf);
 }
 
-fn pad(buf: &mut Vec<u8>) {
+pub(super) fn pad(buf: &mut Vec<u8>) {
     buf.resize((buf.len() + 3) & !3, 0);
 }
 
 /// Open a nested attribute; close it with [`nest_end`].
-fn nest_start(buf: &mut Vec<u8>, kind: u16) -> usize {
+pub(super) fn nest_start(buf: &mut Vec<u8>, kind: u16) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&0u16.to_ne_bytes());
     buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
     start
 }
 
-fn nest_end(buf: &mut [u8], start: usize) {
+pub(super) fn nest_end(buf: &mut [u8], start: usize) {
     let len = u16::try_from(buf.len().saturating_sub(start)).unwrap_or(u16::MAX);
     if let Some(slot) = buf.get_mut(start..start + 2) {
         slot.copy_from_slice(&len.to_ne_bytes());
@@ -203,6 +219,39 @@ fn nl_tuple(t: &Tuple) -> Vec<NlTuple> {
         L4::None => {}
     }
     vec![ip, NlTuple::Proto(p)]
+}
+
+/// Append `t` as a nested tuple attribute of type `kind` (CTA_TUPLE_IP and
+/// CTA_TUPLE_PROTO inside), the layout of CTA_TUPLE_ORIG.
+pub(super) fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {
+    let n = nest_start(buf, kind);
+    for part in nl_tuple(t) {
+        put_nla(buf, &part);
+    }
+    nest_end(buf, n);
+}
+
+fn put_seq_adj(buf: &mut Vec<u8>, seq_adj: &Option<SeqAdj>) {
+    let Some(adj) = seq_adj else { return };
+    for (kind, dir) in [(CTA_SEQ_ADJ_ORIG, adj.orig), (CTA_SEQ_ADJ_REPLY, adj.reply)] {
+        let n = nest_start(buf, kind);
+        put_attr(
+            buf,
+            CTA_SEQADJ_CORRECTION_POS,
+            &dir.correction_pos.to_be_bytes(),
+        );
+        put_attr(
+            buf,
+            CTA_SEQADJ_OFFSET_BEFORE,
+            &dir.offset_before.to_be_bytes(),
+        );
+        put_attr(
+            buf,
+            CTA_SEQADJ_OFFSET_AFTER,
+            &dir.offset_after.to_be_bytes(),
+        );
+        nest_end(buf, n);
+    }
 }
 
 fn put_zone(buf: &mut Vec<u8>, zone: u16) {
@@ -320,7 +369,25 @@ fn send_timeout(t: u32) -> u32 {
 /// mark, zone, labels with an all-ones mask, helper name, and protocol
 /// state (TCP with BE_LIBERAL in both directions unless
 /// `opts.tcp_window_tracking`).
+///
+/// A RELATED flow carries its master's original tuple (CTA_TUPLE_MASTER):
+/// the kernel looks the master up in the flow's zone, attaches the flow to
+/// it and sets EXPECTED itself; it refuses the create with ENOENT when the
+/// master is not in the table. A sequence adjustment is sent in both
+/// directions (CTA_SEQ_ADJ_ORIG/_REPLY; the kernel sets SEQ_ADJUST).
 pub fn encode_create(buf: &mut Vec<u8>, flow: &Flow, seq: u32, opts: &CreateOptions) {
+    encode_create_as(buf, flow, seq, opts, true);
+}
+
+/// [`encode_create`], leaving the master tuple out when `with_master` is
+/// false (the writer's fallback when the master is missing).
+pub(super) fn encode_create_as(
+    buf: &mut Vec<u8>,
+    flow: &Flow,
+    seq: u32,
+    opts: &CreateOptions,
+    with_master: bool,
+) {
     let start = start_msg(
         buf,
         ct_msg_type(IPCTNL_MSG_CT_NEW),
@@ -359,15 +426,31 @@ pub fn encode_create(buf: &mut Vec<u8>, flow: &Flow, seq: u32, opts: &CreateOpti
         nest_end(buf, n);
     }
     put_labels(buf, &flow.labels);
+    if let (Some(m), true) = (&flow.master, with_master) {
+        put_tuple(buf, CTA_TUPLE_MASTER, m);
+    }
+    put_seq_adj(buf, &flow.seq_adj);
     finish_msg(buf, start);
 }
 
 /// Append an update of an existing flow (IPCTNL_MSG_CT_NEW without CREATE):
 /// the original tuple and zone identify it; status, timeout, mark, protocol
-/// state and labels are changed. TCP flags are sent with BE_LIBERAL set, as
-/// on create without window tracking. The timeout is left out for flows with
-/// FIXED_TIMEOUT: the kernel refuses to change it (EPERM).
+/// state, labels and the sequence adjustment are changed. TCP flags are
+/// sent with BE_LIBERAL set, as on create without window tracking. The
+/// timeout is left out for flows with FIXED_TIMEOUT: the kernel refuses to
+/// change it (EPERM). The master tuple is never sent: the kernel refuses
+/// CTA_TUPLE_MASTER (and NAT) on an update with EOPNOTSUPP. The status
+/// carries EXPECTED when the flow has a master, as the kernel holds it for
+/// a flow created with one (a status whose EXPECTED bit differs from the
+/// kernel's is refused with EBUSY; see [`encode_update_as`]).
 pub fn encode_update(buf: &mut Vec<u8>, flow: &Flow, seq: u32) {
+    encode_update_as(buf, flow, seq, flow.master.is_some());
+}
+
+/// [`encode_update`] with the EXPECTED bit of the status given explicitly
+/// (`expected`): the writer retries with it flipped when the kernel's copy
+/// of the flow was created without its master (or with one).
+pub fn encode_update_as(buf: &mut Vec<u8>, flow: &Flow, seq: u32, expected: bool) {
     let start = start_msg(
         buf,
         ct_msg_type(IPCTNL_MSG_CT_NEW),
@@ -376,9 +459,13 @@ pub fn encode_update(buf: &mut Vec<u8>, flow: &Flow, seq: u32) {
         family_of(&flow.orig),
     );
     put_nla(buf, &ConntrackAttribute::CtaTupleOrig(nl_tuple(&flow.orig)));
+    let mut st = send_status(flow.status);
+    if expected {
+        st |= status::EXPECTED;
+    }
     put_nla(
         buf,
-        &ConntrackAttribute::CtaStatus(Status::from_bits_retain(send_status(flow.status))),
+        &ConntrackAttribute::CtaStatus(Status::from_bits_retain(st)),
     );
     if flow.status & status::FIXED_TIMEOUT == 0 {
         put_nla(
@@ -390,6 +477,7 @@ pub fn encode_update(buf: &mut Vec<u8>, flow: &Flow, seq: u32) {
     put_zone(buf, flow.zone);
     put_protoinfo(buf, flow, true);
     put_labels(buf, &flow.labels);
+    put_seq_adj(buf, &flow.seq_adj);
     finish_msg(buf, start);
 }
 
@@ -432,25 +520,25 @@ pub fn encode_dump_request(buf: &mut Vec<u8>, seq: u32) {
 // Decoding
 
 /// One netlink attribute, borrowed from the message.
-struct Attr<'a> {
+pub(super) struct Attr<'a> {
     kind: u16,
     value: &'a [u8],
 }
 
 impl<'a> Attr<'a> {
     /// The type without the nested / byte-order flags.
-    fn kind(&self) -> u16 {
+    pub(super) fn kind(&self) -> u16 {
         self.kind
     }
 
-    fn value(&self) -> &'a [u8] {
+    pub(super) fn value(&self) -> &'a [u8] {
         self.value
     }
 }
 
 /// Each attribute in `buf` (length, type, value, padded to 4 bytes);
 /// stops at the first malformed one with an error.
-fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, CodecError>> {
+pub(super) fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, CodecError>> {
     let mut rest = buf;
     std::iter::from_fn(move || {
         if rest.len() < 4 {
@@ -467,14 +555,14 @@ fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, CodecError>> {
     })
 }
 
-fn be_u16(v: &[u8], what: &'static str) -> Result<u16, CodecError> {
+pub(super) fn be_u16(v: &[u8], what: &'static str) -> Result<u16, CodecError> {
     match v.get(..2) {
         Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
         _ => Err(CodecError::Invalid(what)),
     }
 }
 
-fn be_u32(v: &[u8], what: &'static str) -> Result<u32, CodecError> {
+pub(super) fn be_u32(v: &[u8], what: &'static str) -> Result<u32, CodecError> {
     match v.get(..4) {
         Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d])),
         _ => Err(CodecError::Invalid(what)),
@@ -527,7 +615,10 @@ struct TupleParts {
 
 /// A CTA_TUPLE_* nest, read in place (events are decoded by the
 /// hundred thousand per second: no allocation per attribute).
-fn decode_tuple(value: &[u8], what: &'static str) -> Result<(Tuple, Option<u16>), CodecError> {
+pub(super) fn decode_tuple(
+    value: &[u8],
+    what: &'static str,
+) -> Result<(Tuple, Option<u16>), CodecError> {
     let mut t = TupleParts::default();
     for nla in attrs(value) {
         let nla = nla?;
@@ -652,6 +743,29 @@ fn decode_protoinfo(value: &[u8], proto_num: u8) -> Result<ProtoState, CodecErro
     Ok(ProtoState::None)
 }
 
+/// One direction of CTA_SEQ_ADJ_*: all three values are required (the
+/// kernel always sends them together and refuses a write without one).
+fn decode_seq_adj_dir(value: &[u8], what: &'static str) -> Result<SeqAdjDir, CodecError> {
+    let (mut pos, mut before, mut after) = (None, None, None);
+    for a in attrs(value) {
+        let a = a?;
+        match a.kind() {
+            CTA_SEQADJ_CORRECTION_POS => pos = Some(be_u32(a.value(), what)?),
+            CTA_SEQADJ_OFFSET_BEFORE => before = Some(be_u32(a.value(), what)?),
+            CTA_SEQADJ_OFFSET_AFTER => after = Some(be_u32(a.value(), what)?),
+            _ => {}
+        }
+    }
+    match (pos, before, after) {
+        (Some(correction_pos), Some(offset_before), Some(offset_after)) => Ok(SeqAdjDir {
+            correction_pos,
+            offset_before,
+            offset_after,
+        }),
+        _ => Err(CodecError::Missing(what)),
+    }
+}
+
 fn decode_helper(value: &[u8]) -> Result<Option<String>, CodecError> {
     for a in attrs(value) {
         let a = a?;
@@ -681,6 +795,9 @@ pub fn decode_flow(payload: &[u8]) -> Result<Flow, CodecError> {
     let mut protoinfo: Option<&[u8]> = None;
     let mut labels = None;
     let mut helper = None;
+    let mut master = None;
+    let mut seq_orig = None;
+    let mut seq_reply = None;
     for nla in attrs(attr_bytes) {
         let nla = nla?;
         let v = nla.value();
@@ -698,10 +815,20 @@ pub fn decode_flow(payload: &[u8]) -> Result<Flow, CodecError> {
             CTA_LABELS if v.iter().any(|b| *b != 0) => labels = Some(v.to_vec()),
             CTA_HELP => helper = decode_helper(v)?,
             CTA_PROTOINFO => protoinfo = Some(v),
+            CTA_TUPLE_MASTER => master = Some(decode_tuple(v, "CTA_TUPLE_MASTER")?.0),
+            CTA_SEQ_ADJ_ORIG => seq_orig = Some(decode_seq_adj_dir(v, "CTA_SEQ_ADJ_ORIG")?),
+            CTA_SEQ_ADJ_REPLY => seq_reply = Some(decode_seq_adj_dir(v, "CTA_SEQ_ADJ_REPLY")?),
             _ => {}
         }
     }
     let orig = orig.ok_or(CodecError::Missing("CTA_TUPLE_ORIG"))?;
+    if master.is_some_and(|m: Tuple| m.is_ipv6() != orig.is_ipv6()) {
+        return Err(CodecError::Invalid("CTA_TUPLE_MASTER"));
+    }
+    let seq_adj = (seq_orig.is_some() || seq_reply.is_some()).then(|| SeqAdj {
+        orig: seq_orig.unwrap_or_default(),
+        reply: seq_reply.unwrap_or_default(),
+    });
     let reply = reply.unwrap_or_else(|| orig.inverted());
     if reply.is_ipv6() != orig.is_ipv6() || reply.proto != orig.proto {
         return Err(CodecError::Invalid("CTA_TUPLE_REPLY"));
@@ -720,8 +847,8 @@ pub fn decode_flow(payload: &[u8]) -> Result<Flow, CodecError> {
         state,
         labels,
         helper,
-        master: None,
-        seq_adj: None,
+        master,
+        seq_adj,
     })
 }
 

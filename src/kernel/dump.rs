@@ -1,13 +1,25 @@
 //! Table dumps: read the whole conntrack table (IPv4 and IPv6, every zone)
-//! into flows.
+//! into flows, and every expectation into expectations.
 //!
 //! Owns: the dump request/response loop, restarts after an interrupted dump.
-//! Must not: filter, cache or write flows.
+//! Must not: filter, cache or write flows or expectations.
 
-use super::codec::{ct_msg_type, decode_flow, encode_dump_request, IPCTNL_MSG_CT_NEW};
+use super::codec::{ct_msg_type, decode_flow, encode_dump_request, CodecError, IPCTNL_MSG_CT_NEW};
+use super::expect_codec::{
+    decode_expectation, encode_expect_dump_request, exp_msg_type, IPCTNL_MSG_EXP_NEW,
+};
 use super::socket::{messages, NlSocket, NLM_F_DUMP_INTR};
 use super::KernelError;
+use crate::expect::Expectation;
 use crate::flow::Flow;
+
+/// What one kind of dump sends and reads back.
+struct DumpKind<T> {
+    what: &'static str,
+    request: fn(&mut Vec<u8>, u32),
+    msg_type: u16,
+    decode: fn(&[u8]) -> Result<T, CodecError>,
+}
 
 /// How often a dump interrupted by table changes is restarted.
 const MAX_DUMP_RESTARTS: u32 = 5;
@@ -17,6 +29,27 @@ const RECV_BUF: usize = 256 * 1024;
 /// Dump the conntrack table of the calling thread's network namespace.
 /// Flows the codec cannot decode are skipped (and logged).
 pub fn dump_table() -> Result<Vec<Flow>, KernelError> {
+    dump(&DumpKind {
+        what: "dump",
+        request: encode_dump_request,
+        msg_type: ct_msg_type(IPCTNL_MSG_CT_NEW),
+        decode: decode_flow,
+    })
+}
+
+/// Dump every expectation (IPv4 and IPv6) of the calling thread's network
+/// namespace. Expectations the codec cannot decode are skipped (and
+/// logged).
+pub fn dump_expectations() -> Result<Vec<Expectation>, KernelError> {
+    dump(&DumpKind {
+        what: "expectation dump",
+        request: encode_expect_dump_request,
+        msg_type: exp_msg_type(IPCTNL_MSG_EXP_NEW),
+        decode: decode_expectation,
+    })
+}
+
+fn dump<T>(kind: &DumpKind<T>) -> Result<Vec<T>, KernelError> {
     let sock = NlSocket::open()?;
     // A big buffer keeps a long dump from stalling on a slow reader.
     sock.set_rcvbuf(4 * 1024 * 1024)?;
@@ -24,8 +57,8 @@ pub fn dump_table() -> Result<Vec<Flow>, KernelError> {
     let mut attempt = 0;
     loop {
         let seq = attempt + 1;
-        match dump_once(&sock, seq, &mut buf)? {
-            Some(flows) => return Ok(flows),
+        match dump_once(kind, &sock, seq, &mut buf)? {
+            Some(items) => return Ok(items),
             None => {
                 attempt += 1;
                 if attempt > MAX_DUMP_RESTARTS {
@@ -38,13 +71,14 @@ pub fn dump_table() -> Result<Vec<Flow>, KernelError> {
 }
 
 /// One dump; `None` if it was interrupted and must be restarted.
-fn dump_once(
+fn dump_once<T>(
+    kind: &DumpKind<T>,
     sock: &NlSocket,
     seq: u32,
     buf: &mut Vec<u8>,
-) -> Result<Option<Vec<Flow>>, KernelError> {
+) -> Result<Option<Vec<T>>, KernelError> {
     let mut req = Vec::with_capacity(32);
-    encode_dump_request(&mut req, seq);
+    (kind.request)(&mut req, seq);
     sock.send(&req)?;
     let mut flows = Vec::new();
     let mut interrupted = false;
@@ -71,12 +105,12 @@ fn dump_once(
                 }
                 if err != 0 {
                     return Err(KernelError::Refused {
-                        what: "dump",
+                        what: kind.what,
                         errno: err,
                     });
                 }
                 if skipped > 0 {
-                    tracing::warn!(skipped, "conntrack dump: undecodable entries skipped");
+                    tracing::warn!(skipped, what = kind.what, "undecodable entries skipped");
                 }
                 return Ok(Some(flows));
             }
@@ -86,14 +120,14 @@ fn dump_once(
                 }
                 if err != 0 {
                     return Err(KernelError::Refused {
-                        what: "dump",
+                        what: kind.what,
                         errno: err,
                     });
                 }
                 continue;
             }
-            if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
-                match decode_flow(m.payload) {
+            if m.kind == kind.msg_type {
+                match (kind.decode)(m.payload) {
                     Ok(f) => flows.push(f),
                     Err(e) => {
                         skipped += 1;

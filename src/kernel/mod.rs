@@ -2,8 +2,10 @@
 //! (netlink family NETLINK_NETFILTER, subsystem CTNETLINK).
 //!
 //! Owns: the netlink sockets (`socket`), the byte codec between [`Flow`] and
-//! ctnetlink attributes (`codec`), table dumps (`dump`), the event
-//! subscription (`events`) and batched writes (`write`).
+//! ctnetlink attributes (`codec`) and between expectations and theirs
+//! (`expect_codec`), table and expectation dumps (`dump`), the event
+//! subscriptions (`events`, `expect_events`) and batched writes of flows
+//! (`write`) and expectations (`expect_write`).
 //! Must not: decide what is replicated, keep caches, read the clock for
 //! timeouts (callers decide timeouts), or run the `conntrack` tool.
 //!
@@ -13,6 +15,9 @@
 pub mod codec;
 pub mod dump;
 pub mod events;
+pub mod expect_codec;
+pub mod expect_events;
+pub mod expect_write;
 pub mod socket;
 pub mod sysctl;
 pub mod write;
@@ -20,8 +25,10 @@ pub mod write;
 use crate::flow::Flow;
 
 pub use codec::{CodecError, CreateOptions};
-pub use dump::dump_table;
+pub use dump::{dump_expectations, dump_table};
 pub use events::EventSocket;
+pub use expect_events::{ExpectEvent, ExpectEventSocket};
+pub use expect_write::{ExpectOp, ExpectWriteReport};
 pub use write::{WriteOp, WriteReport, Writer};
 
 /// Errors of the kernel layer.

@@ -4,7 +4,12 @@
 //! Owns: the writer socket, packing many requests into one `send` (up to
 //! [`CHUNK_BYTES`] each), mapping kernel errors back to requests by sequence
 //! number, and conntrackd's fallbacks (create EEXIST -> delete + create;
-//! update ENOENT -> create; delete ENOENT is success).
+//! update ENOENT -> create; delete ENOENT is success), plus those of
+//! RELATED flows: a create whose master is missing (ENOENT) is tried again
+//! after the rest of the batch (the master may come later in it), then
+//! without the master (the connection survives, unattached, and is logged);
+//! an update refused with EBUSY is tried once with the EXPECTED status bit
+//! flipped (the kernel's copy was created without its master, or with one).
 //! Must not: decide timeouts or which flows to write (callers do), or
 //! filter events (callers compare event port ids with [`Writer::portid`]).
 //!
@@ -16,7 +21,7 @@
 //! barrier's ACK is read every error of that send has been read too.
 
 pub use super::codec::CreateOptions;
-use super::codec::{encode_create, encode_delete, encode_update};
+use super::codec::{encode_create_as, encode_delete, encode_update_as};
 use super::socket::{
     finish_msg, messages, start_msg, NlSocket, NLMSG_NOOP, NLM_F_ACK, NLM_F_REQUEST,
 };
@@ -90,16 +95,98 @@ impl WriteReport {
 /// A request, borrowing its flow.
 #[derive(Clone, Copy)]
 enum Req<'a> {
-    Create(&'a Flow),
-    Update(&'a Flow),
+    /// `master`: send the flow's master tuple, if it has one.
+    Create {
+        flow: &'a Flow,
+        master: bool,
+    },
+    /// `expected`: the EXPECTED status bit to send.
+    Update {
+        flow: &'a Flow,
+        expected: bool,
+    },
     Delete(FlowKey),
 }
 
 impl Req<'_> {
     fn key(&self) -> FlowKey {
         match self {
-            Req::Create(f) | Req::Update(f) => f.key(),
+            Req::Create { flow, .. } | Req::Update { flow, .. } => flow.key(),
             Req::Delete(k) => *k,
+        }
+    }
+}
+
+/// A request with what its fallbacks have done so far.
+#[derive(Clone, Copy)]
+struct Unit<'a> {
+    req: Req<'a>,
+    /// Send a delete of the same key just before (create after EEXIST).
+    pre_delete: bool,
+    /// Fallbacks already taken (`USED_*`): each is taken once at most.
+    used: u8,
+}
+
+const USED_REPLACE: u8 = 1;
+const USED_MASTER_WAIT: u8 = 2;
+const USED_DETACH: u8 = 4;
+const USED_FLIP: u8 = 8;
+const USED_UPDATE_CREATE: u8 = 16;
+/// Passes over a batch: every fallback is taken at most once per request,
+/// and a request takes at most three of them in a row.
+const MAX_PASSES: usize = 4;
+
+impl<'a> Unit<'a> {
+    fn new(req: Req<'a>) -> Unit<'a> {
+        Unit {
+            req,
+            pre_delete: false,
+            used: 0,
+        }
+    }
+
+    fn then(self, req: Req<'a>, used: u8, pre_delete: bool) -> Unit<'a> {
+        Unit {
+            req,
+            pre_delete,
+            used: self.used | used,
+        }
+    }
+
+    /// The next step after the kernel answered `err`: `Ok(None)` done,
+    /// `Ok(Some)` try this next, `Err` failed with this errno.
+    fn next(self, err: i32) -> Result<Option<Unit<'a>>, i32> {
+        let fresh = |bit: u8| self.used & bit == 0;
+        match (self.req, err) {
+            (_, 0) | (Req::Delete(_), libc::ENOENT) => Ok(None),
+            (Req::Create { .. }, libc::EEXIST) if fresh(USED_REPLACE) => {
+                Ok(Some(self.then(self.req, USED_REPLACE, true)))
+            }
+            (Req::Create { flow, master: true }, libc::ENOENT) if flow.master.is_some() => {
+                if fresh(USED_MASTER_WAIT) {
+                    Ok(Some(self.then(self.req, USED_MASTER_WAIT, false)))
+                } else if fresh(USED_DETACH) {
+                    let req = Req::Create {
+                        flow,
+                        master: false,
+                    };
+                    Ok(Some(self.then(req, USED_DETACH, false)))
+                } else {
+                    Err(err)
+                }
+            }
+            (Req::Update { flow, .. }, libc::ENOENT) if fresh(USED_UPDATE_CREATE) => {
+                let req = Req::Create { flow, master: true };
+                Ok(Some(self.then(req, USED_UPDATE_CREATE, false)))
+            }
+            (Req::Update { flow, expected }, libc::EBUSY) if fresh(USED_FLIP) => {
+                let req = Req::Update {
+                    flow,
+                    expected: !expected,
+                };
+                Ok(Some(self.then(req, USED_FLIP, false)))
+            }
+            (_, e) => Err(e),
         }
     }
 }
@@ -145,7 +232,10 @@ impl Writer {
     /// Create every flow (conntrackd's commit): on EEXIST the kernel entry
     /// is deleted and the create tried once more.
     pub fn create_all(&mut self, flows: &[Flow], opts: &CreateOptions) -> WriteReport {
-        let reqs: Vec<Req> = flows.iter().map(Req::Create).collect();
+        let reqs: Vec<Req> = flows
+            .iter()
+            .map(|flow| Req::Create { flow, master: true })
+            .collect();
         self.run(&reqs, opts)
     }
 
@@ -155,8 +245,11 @@ impl Writer {
         let reqs: Vec<Req> = ops
             .iter()
             .map(|op| match op {
-                WriteOp::Create(f) => Req::Create(f),
-                WriteOp::Update(f) => Req::Update(f),
+                WriteOp::Create(flow) => Req::Create { flow, master: true },
+                WriteOp::Update(flow) => Req::Update {
+                    flow,
+                    expected: flow.master.is_some(),
+                },
                 WriteOp::Delete(k) => Req::Delete(*k),
             })
             .collect();
@@ -176,72 +269,92 @@ impl Writer {
         Ok(self.run(&reqs, &opts))
     }
 
-    /// Run requests with the fallbacks, in two pipelined passes.
+    /// Run requests with the fallbacks, in pipelined passes: each pass
+    /// sends what the previous one left to retry.
     fn run(&mut self, reqs: &[Req], opts: &CreateOptions) -> WriteReport {
         let mut rep = WriteReport::default();
-        let errs = match self.exec(reqs, opts) {
-            Ok(e) => e,
-            Err(e) => {
-                rep.fail_all(reqs.len(), &e);
-                return rep;
+        let mut units: Vec<Unit> = reqs.iter().map(|r| Unit::new(*r)).collect();
+        for pass in 0..MAX_PASSES {
+            if units.is_empty() {
+                break;
             }
-        };
-        // Second pass: (request, is the create after a delete).
-        let mut retry: Vec<Req> = Vec::new();
-        for (req, &err) in reqs.iter().zip(&errs) {
-            match (req, err) {
-                (_, 0) | (Req::Delete(_), libc::ENOENT) => rep.ok += 1,
-                (Req::Create(f), libc::EEXIST) => {
-                    retry.push(Req::Delete(f.key()));
-                    retry.push(Req::Create(f));
+            // Each unit is one or two requests (a delete before a re-create).
+            let mut wire: Vec<(Req, bool)> = Vec::with_capacity(units.len());
+            for u in &units {
+                if u.pre_delete {
+                    wire.push((Req::Delete(u.req.key()), true));
                 }
-                (Req::Update(f), libc::ENOENT) => retry.push(Req::Create(f)),
-                (r, e) => rep.fail(verb(r), &r.key(), e),
+                wire.push((u.req, false));
             }
-        }
-        if retry.is_empty() {
-            return rep;
-        }
-        let errs = match self.exec(&retry, opts) {
-            Ok(e) => e,
-            Err(e) => {
-                let n = retry.iter().filter(|r| matches!(r, Req::Create(_))).count();
-                rep.fail_all(n, &e);
-                return rep;
+            let errs = match self.exec_encoded(wire.len(), |buf, i, seq| {
+                if let Some((req, _)) = wire.get(i) {
+                    encode_req(buf, req, seq, opts);
+                }
+            }) {
+                Ok(e) => e,
+                Err(e) => {
+                    rep.fail_all(units.len(), &e);
+                    return rep;
+                }
+            };
+            let mut next = Vec::new();
+            let mut errs = errs.iter();
+            for u in &units {
+                let delete_err = if u.pre_delete {
+                    errs.next().copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                let err = errs.next().copied().unwrap_or(0);
+                if delete_err != 0 && delete_err != libc::ENOENT {
+                    rep.fail("delete", &u.req.key(), delete_err);
+                    continue;
+                }
+                let last = pass + 1 == MAX_PASSES;
+                match u.next(err) {
+                    Ok(None) => {
+                        rep.ok += 1;
+                        if let Req::Create {
+                            flow,
+                            master: false,
+                        } = u.req
+                        {
+                            if flow.master.is_some() {
+                                tracing::warn!(
+                                    flow = %flow.orig,
+                                    master = ?flow.master,
+                                    "RELATED flow created without its master (not in the table)"
+                                );
+                            }
+                        }
+                    }
+                    Ok(Some(n)) if !last => next.push(n),
+                    Ok(Some(_)) => rep.fail(verb(&u.req), &u.req.key(), err),
+                    Err(e) => rep.fail(verb(&u.req), &u.req.key(), e),
+                }
             }
-        };
-        let mut delete_failed = None;
-        for (req, &err) in retry.iter().zip(&errs) {
-            match req {
-                // A delete before a re-create: ENOENT is fine (it expired).
-                Req::Delete(_) => delete_failed = (err != 0 && err != libc::ENOENT).then_some(err),
-                Req::Create(f) => match (delete_failed.take(), err) {
-                    (Some(de), _) => rep.fail("delete", &f.key(), de),
-                    (None, 0) => rep.ok += 1,
-                    (None, e) => rep.fail("create", &f.key(), e),
-                },
-                Req::Update(_) => {}
-            }
+            units = next;
         }
         rep
     }
 
-    /// Send the requests in chunks; returns each request's errno (0 = ok).
-    fn exec(&mut self, reqs: &[Req], opts: &CreateOptions) -> Result<Vec<i32>, KernelError> {
-        let mut errs = vec![0i32; reqs.len()];
+    /// Send `n` requests in chunks, request `i` written by `encode(buf, i,
+    /// seq)`; returns each request's errno (0 = ok). Requests may carry
+    /// NLM_F_ACK or not: an ACK reads as 0.
+    pub(super) fn exec_encoded(
+        &mut self,
+        n: usize,
+        mut encode: impl FnMut(&mut Vec<u8>, usize, u32),
+    ) -> Result<Vec<i32>, KernelError> {
+        let mut errs = vec![0i32; n];
         let mut i = 0;
-        while i < reqs.len() {
+        while i < n {
             self.buf.clear();
             let base = self.seq;
             let first = i;
-            while i < reqs.len() && self.buf.len() < CHUNK_BYTES {
+            while i < n && self.buf.len() < CHUNK_BYTES {
                 let seq = base.wrapping_add((i - first) as u32);
-                match reqs.get(i) {
-                    Some(Req::Create(f)) => encode_create(&mut self.buf, f, seq, opts),
-                    Some(Req::Update(f)) => encode_update(&mut self.buf, f, seq),
-                    Some(Req::Delete(k)) => encode_delete(&mut self.buf, k, seq),
-                    None => break,
-                }
+                encode(&mut self.buf, i, seq);
                 i += 1;
             }
             let count = i - first;
@@ -304,10 +417,18 @@ pub fn missing_from_table(flows: Vec<Flow>) -> Result<(Vec<Flow>, usize), Kernel
     Ok((missing, in_place))
 }
 
+fn encode_req(buf: &mut Vec<u8>, req: &Req, seq: u32, opts: &CreateOptions) {
+    match *req {
+        Req::Create { flow, master } => encode_create_as(buf, flow, seq, opts, master),
+        Req::Update { flow, expected } => encode_update_as(buf, flow, seq, expected),
+        Req::Delete(k) => encode_delete(buf, &k, seq),
+    }
+}
+
 fn verb(r: &Req) -> &'static str {
     match r {
-        Req::Create(_) => "create",
-        Req::Update(_) => "update",
+        Req::Create { .. } => "create",
+        Req::Update { .. } => "update",
         Req::Delete(_) => "delete",
     }
 }
