@@ -104,6 +104,9 @@ pub struct CommitCounters {
     pub last_ms: u64,
     /// How long each finished commit took.
     pub durations: CommitDurations,
+    /// Expectations written, and refused, over every commit.
+    pub expectations_ok: u64,
+    pub expectations_failed: u64,
 }
 
 /// Upper bounds (milliseconds) of the commit duration histogram's buckets;
@@ -234,6 +237,20 @@ pub struct StatsSnapshot {
     pub auth: AuthBlock,
     /// `None` where the kernel does not say (no conntrack module).
     pub table: Option<TableUse>,
+    /// The expectation caches (`-s expect`), and the expectation commits.
+    pub expectations: ExpectBlock,
+}
+
+/// `-s expect`: the expectation caches in the cache block's layout, and
+/// what commits and warm standby wrote of them.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpectBlock {
+    /// Whether expectations are replicated (`[sync] expectations`).
+    pub enabled: bool,
+    pub internal: CacheBlock,
+    pub external: CacheBlock,
+    pub committed: u64,
+    pub commit_failed: u64,
 }
 
 impl StatsSnapshot {

@@ -31,7 +31,7 @@ fn conntrackd_flags() {
         (&[], Action::Foreground),
         (&["-d"], Action::Background),
         (&["-c"], req(Commit)),
-        (&["-c", "ct"], req(Commit)),
+        (&["-c", "ct"], req(CommitCt)),
         (&["-cx"], req(Commit)),
         (&["-i"], req(DumpInternal)),
         (&["-i", "c"], req(DumpInternal)),
@@ -99,15 +99,20 @@ fn errors() {
     // A word after -c that is no keyword prefix is not consumed, and then
     // it is no option either.
     assert!(fails(&["-c", "zzz"]).contains("unexpected argument 'zzz'"));
-    for args in [
-        &["-c", "exp"][..],
-        &["-i", "expect"],
-        &["-e", "e"],
-        &["-F", "expect"],
-        &["-R", "ex"],
-        &["-s", "expect"],
+    // The expectation table, as conntrackd spells it (any prefix of
+    // "expect"), and `ct` for flows only.
+    for (args, want) in [
+        (&["-c", "exp"][..], Request::CommitExpect),
+        (&["-c", "ct"], Request::CommitCt),
+        (&["-c"], Request::Commit),
+        (&["-i", "expect"], Request::DumpInternalExpect),
+        (&["-i", "ct"], Request::DumpInternal),
+        (&["-e", "e"], Request::DumpExternalExpect),
+        (&["-F", "expect"], Request::FlushKernelExpect),
+        (&["-R", "ex"], Request::ResyncFromKernelExpect),
+        (&["-s", "expect"], Request::Stats(StatsSection::Expect)),
     ] {
-        assert_eq!(fails(args), "expectation sync is not supported", "{args:?}");
+        assert_eq!(act(args), req(want), "{args:?}");
     }
     assert!(fails(&["frobnicate"]).contains("unknown command"));
     assert!(fails(&["dump", "sideways"]).contains("dump:"));
@@ -232,10 +237,6 @@ fn binary_exit_codes_without_a_daemon() {
     let (code, _, err) = run(&["-C", cfg, "-z"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown option"), "{err}");
-
-    let (code, _, err) = run(&["-C", cfg, "-c", "expect"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("expectation sync is not supported"), "{err}");
 
     let (code, _, err) = run(&["-C", cfg, "-d", "-k"]);
     assert_eq!(code, 1, "{err}");

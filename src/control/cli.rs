@@ -11,9 +11,9 @@
 //! `-c exp` = expect); for the table options (`-c -i -e -F -R`) a word that
 //! is no keyword prefix is left for the next round; the last client option
 //! wins; `-d` with a client option is an error. Changed on purpose: an
-//! unknown option is an error (conntrackd exits 0), and every `expect`
-//! request fails with "expectation sync is not supported" (ctsync does not
-//! sync expectations, and a script asking for them should know).
+//! unknown option is an error (conntrackd exits 0). `-c` with no table
+//! commits flows then expectations, `-c ct` flows only, `-c expect`
+//! expectations only, as conntrackd.
 
 use super::request::{CacheSel, Request, StatsSection};
 use crate::config::DEFAULT_CONFIG_PATH;
@@ -68,8 +68,6 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
 fn is_prefix(word: &str, keyword: &str) -> bool {
     keyword.starts_with(word)
 }
-
-const EXPECT_UNSUPPORTED: &str = "expectation sync is not supported";
 
 /// `ct`/`expect` argument of `-c -i -e -F -R`.
 enum Table {
@@ -187,17 +185,20 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, CliError> {
             'c' | 'i' | 'e' | 'F' | 'R' => {
                 set_mode(&mut mode, Mode::Client)?;
                 let t = table(&mut consumed);
-                let req = match opt {
-                    'c' => Request::Commit,
-                    'i' => Request::DumpInternal,
-                    'e' => Request::DumpExternal,
-                    'F' => Request::FlushKernel,
+                let req = match (opt, t) {
+                    ('c', Table::Default) => Request::Commit,
+                    ('c', Table::Ct) => Request::CommitCt,
+                    ('c', Table::Expect) => Request::CommitExpect,
+                    ('i', Table::Expect) => Request::DumpInternalExpect,
+                    ('i', _) => Request::DumpInternal,
+                    ('e', Table::Expect) => Request::DumpExternalExpect,
+                    ('e', _) => Request::DumpExternal,
+                    ('F', Table::Expect) => Request::FlushKernelExpect,
+                    ('F', _) => Request::FlushKernel,
+                    (_, Table::Expect) => Request::ResyncFromKernelExpect,
                     _ => Request::ResyncFromKernel,
                 };
-                action = Some(match t {
-                    Table::Expect => err(EXPECT_UNSUPPORTED),
-                    Table::Ct | Table::Default => Ok(Action::Request(req)),
-                });
+                action = Some(Ok(Action::Request(req)));
             }
             'f' => {
                 set_mode(&mut mode, Mode::Client)?;
@@ -267,28 +268,22 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, CliError> {
 
 /// The `-s` keywords in conntrackd's order; `Err` for the ones ctsync refuses.
 fn stats_keyword(word: &str) -> Option<Result<StatsSection, CliError>> {
-    let table: [(&str, Result<StatsSection, &str>); 10] = [
-        ("network", Ok(StatsSection::Network)),
-        ("cache", Ok(StatsSection::Cache)),
-        ("runtime", Ok(StatsSection::Runtime)),
-        ("multicast", Ok(StatsSection::Link)),
-        ("link", Ok(StatsSection::Link)),
-        ("rsqueue", Ok(StatsSection::Rsqueue)),
-        ("process", Ok(StatsSection::Process)),
-        ("queue", Ok(StatsSection::Queue)),
-        ("ct", Ok(StatsSection::General)),
-        ("expect", Err(EXPECT_UNSUPPORTED)),
+    let table: [(&str, StatsSection); 10] = [
+        ("network", StatsSection::Network),
+        ("cache", StatsSection::Cache),
+        ("runtime", StatsSection::Runtime),
+        ("multicast", StatsSection::Link),
+        ("link", StatsSection::Link),
+        ("rsqueue", StatsSection::Rsqueue),
+        ("process", StatsSection::Process),
+        ("queue", StatsSection::Queue),
+        ("ct", StatsSection::General),
+        ("expect", StatsSection::Expect),
     ];
     table
         .into_iter()
         .find(|(k, _)| is_prefix(word, k))
-        .map(|(_, r)| r.map_err(CliError::from_str))
-}
-
-impl CliError {
-    fn from_str(s: &str) -> CliError {
-        CliError(s.to_string())
-    }
+        .map(|(_, section)| Ok(section))
 }
 
 /// Every readable subcommand, for the man page, the shell completions and
@@ -428,14 +423,14 @@ Daemon:
   (no option)          run the daemon in the foreground
   -d                   run the daemon in the background
 Client (conntrackd-compatible):
-  -c [ct]              commit the external cache to the kernel
+  -c [ct|expect]       commit the external cache to the kernel (both: flows first)
   -f [internal|external]  flush the caches
-  -F [ct]              flush the kernel conntrack table
-  -i [ct]              dump the internal cache
-  -e [ct]              dump the external cache
+  -F [ct|expect]       flush the kernel conntrack table (or its expectations)
+  -i [ct|expect]       dump the internal cache
+  -e [ct|expect]       dump the external cache
   -k                   kill the daemon
-  -s [network|cache|runtime|link|rsqueue|queue|process]  show counters
-  -R [ct]              resync the internal cache with the kernel table
+  -s [network|cache|runtime|link|rsqueue|queue|process|expect]  show counters
+  -R [ct|expect]       resync the internal cache with the kernel table
   -n                   request a resync from the peers
   -B                   send a bulk update to the peers
   -t                   flush the kernel table and internal cache after purge_timeout_s
@@ -455,5 +450,5 @@ Commands:
                        idle timeout, seconds)
   convert FILE         print a conntrackd.conf as ctsyncd TOML (-C also reads it as is)
   --json               dumps and stats as JSON
-Expectation sync (`expect`) and XML output (-x) are not supported.
+XML output (-x) is not supported: use --json.
 ";

@@ -225,6 +225,9 @@ pub struct FlowJson {
     /// Label bits as lowercase hex, if any is set.
     pub labels: Option<String>,
     pub helper: Option<String>,
+    /// A RELATED flow's master connection (its original tuple).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<TupleJson>,
     pub active_since_s: u64,
 }
 
@@ -253,6 +256,7 @@ pub fn flow_json(entry: &CacheEntry, now_ms: u64) -> FlowJson {
             })
         }),
         helper: f.helper.clone(),
+        master: f.master.as_ref().map(TupleJson::from),
         active_since_s: active_since_s(entry, now_ms),
     }
 }
@@ -278,6 +282,10 @@ pub fn render_stats_json(snap: &StatsSnapshot) -> String {
 pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
     let mut s = String::new();
     match section {
+        StatsSection::Expect => {
+            cache_block(&mut s, "internal", &snap.expectations.internal);
+            cache_block(&mut s, "external", &snap.expectations.external);
+        }
         StatsSection::General => {
             cache_block(&mut s, "internal", &snap.internal);
             cache_block(&mut s, "external", &snap.external);

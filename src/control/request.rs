@@ -27,6 +27,8 @@ pub enum StatsSection {
     Rsqueue,
     Queue,
     Process,
+    /// The expectation caches (`-s expect`).
+    Expect,
 }
 
 /// One thing a client asks the daemon to do.
@@ -34,8 +36,21 @@ pub enum StatsSection {
 pub enum Request {
     /// Commit one peer's flows only (`commit NODE_ID`).
     CommitPeer { node_id: u32 },
-    /// Write the external cache into the kernel (`-c`); replies when done.
+    /// Write the external cache into the kernel (`-c`): flows, then
+    /// expectations (with expectation sync); replies when done.
     Commit,
+    /// Flows only (`-c ct`).
+    CommitCt,
+    /// Expectations only (`-c expect`).
+    CommitExpect,
+    /// The internal expectation cache (`-i expect`).
+    DumpInternalExpect,
+    /// The external expectation caches (`-e expect`).
+    DumpExternalExpect,
+    /// Delete every expectation in the kernel (`-F expect`).
+    FlushKernelExpect,
+    /// Re-read the kernel's expectations into the internal cache (`-R expect`).
+    ResyncFromKernelExpect,
     /// Empty one or both caches (`-f`).
     FlushCaches(CacheSel),
     /// Delete the kernel's flows that pass the filter (`-F`).
@@ -116,7 +131,7 @@ impl Reply {
 pub enum NativeRequest {
     /// A request ctsync carries out.
     Supported(Request),
-    /// A known code that ctsync does not implement (expectations, XML, ...).
+    /// A known code that ctsync does not implement (XML, debug info).
     Unsupported(&'static str),
     /// Not a conntrackd request code.
     Unknown(i32),
@@ -130,7 +145,8 @@ pub fn from_native_code(code: i32) -> NativeRequest {
         1 | 44 => S(Request::ResyncFromKernel),
         16 => S(Request::DumpInternal),
         17 => S(Request::DumpExternal),
-        18 | 46 => S(Request::Commit),
+        18 => S(Request::CommitCt),
+        46 => S(Request::Commit),
         19 | 45 => S(Request::FlushCaches(CacheSel::All)),
         20 => S(Request::Kill),
         21 => S(Request::Stats(StatsSection::General)),
@@ -148,7 +164,12 @@ pub fn from_native_code(code: i32) -> NativeRequest {
         36 => S(Request::Stats(StatsSection::Queue)),
         24 | 25 | 47 | 48 => U("XML output is not supported"),
         27 => U("debug info is not supported"),
-        37..=42 => U("expectation sync is not supported"),
+        37 => S(Request::Stats(StatsSection::Expect)),
+        38 => S(Request::FlushKernelExpect),
+        39 => S(Request::ResyncFromKernelExpect),
+        40 => S(Request::DumpInternalExpect),
+        41 => S(Request::DumpExternalExpect),
+        42 => S(Request::CommitExpect),
         other => NativeRequest::Unknown(other),
     }
 }
@@ -267,7 +288,15 @@ mod tests {
         );
         assert_eq!(
             from_native_code(18),
-            NativeRequest::Supported(Request::Commit)
+            NativeRequest::Supported(Request::CommitCt)
+        );
+        assert_eq!(
+            from_native_code(42),
+            NativeRequest::Supported(Request::CommitExpect)
+        );
+        assert_eq!(
+            from_native_code(37),
+            NativeRequest::Supported(Request::Stats(StatsSection::Expect))
         );
         assert_eq!(
             from_native_code(34),
@@ -281,8 +310,12 @@ mod tests {
             from_native_code(44),
             NativeRequest::Supported(Request::ResyncFromKernel)
         );
-        assert!(matches!(
+        assert_eq!(
             from_native_code(40),
+            NativeRequest::Supported(Request::DumpInternalExpect)
+        );
+        assert!(matches!(
+            from_native_code(47),
             NativeRequest::Unsupported(_)
         ));
         assert_eq!(from_native_code(999), NativeRequest::Unknown(999));

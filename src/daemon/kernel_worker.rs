@@ -11,10 +11,12 @@ use super::commit_plan::{CommitPlan, CommitSource, URGENT_COMMIT};
 use super::warm_standby::lost_from_table;
 use crate::cache::FrozenCache;
 use crate::control::Reply;
+use crate::expect::Expectation;
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
-use crate::kernel::dump::dump_table;
+use crate::kernel::dump::{dump_expectations, dump_table};
 use crate::kernel::write::{missing_from_table, CreateOptions, WriteOp, WriteReport, Writer};
+use crate::kernel::{ExpectOp, ExpectWriteReport};
 use foldhash::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,11 +37,20 @@ const COMMIT_CHUNK: usize = 50_000;
 /// kernel within milliseconds.
 const FIRST_COMMIT_STEP: usize = 2048;
 
-/// A commit: the peers' flows frozen when it began, and how to write them.
+/// A commit: the peers' flows frozen when it began, and how to write them;
+/// then the peers' expectations (their timeouts aged already), once every
+/// flow is in, since an expectation needs its master in the table.
 pub(super) struct CommitJob {
     pub source: CommitSource,
     pub plan: CommitPlan,
     pub options: CreateOptions,
+    pub expectations: Vec<Expectation>,
+}
+
+/// What a commit wrote.
+pub(super) struct CommitReport {
+    pub flows: WriteReport,
+    pub expectations: ExpectWriteReport,
 }
 
 /// Why the table is being read, and who waits for it.
@@ -70,6 +81,16 @@ pub(super) enum Job {
     },
     /// Warm standby: mirror peers' changes into our kernel.
     Inject(Vec<WriteOp>),
+    /// Read the kernel's expectations; `replicate`: send the differences
+    /// (a heal), or only cache them (start-up, `-R expect`).
+    DumpExpectations {
+        replicate: bool,
+        clients: Vec<oneshot::Sender<Reply>>,
+    },
+    /// Warm standby: mirror peers' expectation changes into our kernel.
+    InjectExpectations(Vec<ExpectOp>),
+    /// `-F expect`: delete every expectation in the kernel.
+    FlushExpectations(oneshot::Sender<Reply>),
 }
 
 /// A table read, sorted out.
@@ -83,10 +104,17 @@ pub(super) struct TableRead {
 /// What the kernel worker hands back.
 pub(super) enum Done {
     Commit(
-        Result<WriteReport, String>,
+        Result<CommitReport, String>,
         Instant,
         Option<oneshot::Sender<Reply>>,
     ),
+    DumpExpectations(
+        Result<Vec<Expectation>, String>,
+        bool,
+        Vec<oneshot::Sender<Reply>>,
+    ),
+    InjectExpectations(ExpectWriteReport, Vec<ExpectOp>),
+    FlushExpectations(Result<(), String>, oneshot::Sender<Reply>),
     FlushKernel(Result<WriteReport, String>, Option<oneshot::Sender<Reply>>),
     Dump(Result<TableRead, String>, DumpPurpose),
     /// The report, and the keys of every op in the batch.
@@ -165,24 +193,65 @@ fn run_job(
             };
             Done::Inject(report, keys)
         }
+        Job::DumpExpectations { replicate, clients } => Done::DumpExpectations(
+            dump_expectations().map_err(|e| e.to_string()),
+            replicate,
+            clients,
+        ),
+        Job::InjectExpectations(ops) => {
+            let report = match injector {
+                Some(injector) => injector.apply_expectations(&ops),
+                None => ExpectWriteReport {
+                    failed: ops.len() as u64,
+                    ..ExpectWriteReport::default()
+                },
+            };
+            Done::InjectExpectations(report, ops)
+        }
+        Job::FlushExpectations(client) => Done::FlushExpectations(
+            writer.flush_expectations().map_err(|e| e.to_string()),
+            client,
+        ),
     }
 }
 
-/// Run a commit by its plan.
+/// Run a commit: the flows by its plan, then the expectations.
 fn commit(
     writer: &mut Writer,
     job: CommitJob,
     progress: &AtomicU64,
-) -> Result<WriteReport, String> {
+) -> Result<CommitReport, String> {
     let CommitJob {
         source,
         plan,
         options,
+        expectations,
     } = job;
+    let flows = commit_flows(writer, source, plan, &options, progress)?;
+    let ops: Vec<ExpectOp> = expectations.into_iter().map(ExpectOp::Create).collect();
+    let expectations = if ops.is_empty() {
+        ExpectWriteReport::default()
+    } else {
+        writer.apply_expectations(&ops)
+    };
+    Ok(CommitReport {
+        flows,
+        expectations,
+    })
+}
+
+/// The flows of a commit, by its plan.
+fn commit_flows(
+    writer: &mut Writer,
+    source: CommitSource,
+    plan: CommitPlan,
+    options: &CreateOptions,
+    progress: &AtomicU64,
+) -> Result<WriteReport, String> {
     match plan {
         CommitPlan::OnlyMissing(missing) => {
             let flows = source.ordered(|k| missing.contains(k));
-            Ok(write_in_parallel(writer, &flows, &options, progress))
+            Ok(write_in_parallel(writer, &flows, options, progress))
         }
         CommitPlan::Verify(missing) => {
             // Write the flows known to be missing first, then read the
@@ -191,14 +260,14 @@ fn commit(
             // expiry, a failed batch, another program). Flows found in
             // place count as done.
             let first = source.ordered(|k| missing.contains(k));
-            let mut report = write_in_parallel(writer, &first, &options, progress);
+            let mut report = write_in_parallel(writer, &first, options, progress);
             let rest = source.ordered(|k| !missing.contains(k));
             let (todo, in_place) = missing_from_table(rest)
                 .map_err(|e| format!("cannot read the kernel table: {e}"))?;
             progress.fetch_add(in_place as u64, Ordering::Relaxed);
             merge_report(
                 &mut report,
-                write_in_parallel(writer, &todo, &options, progress),
+                write_in_parallel(writer, &todo, options, progress),
             );
             Ok(report)
         }
@@ -209,11 +278,11 @@ fn commit(
             let urgent_keys: HashSet<FlowKey> = urgent.iter().map(Flow::key).collect();
             std::thread::scope(|scope| {
                 let rest = scope.spawn(|| source.ordered(|k| !urgent_keys.contains(k)));
-                let mut report = write_in_parallel(writer, &urgent, &options, progress);
+                let mut report = write_in_parallel(writer, &urgent, options, progress);
                 match rest.join() {
                     Ok(rest) => merge_report(
                         &mut report,
-                        write_in_parallel(writer, &rest, &options, progress),
+                        write_in_parallel(writer, &rest, options, progress),
                     ),
                     Err(_) => {
                         report.failed += 1;

@@ -21,6 +21,7 @@
 
 mod commit_plan;
 mod event_reader;
+mod expectations;
 mod failover_log;
 mod kernel_worker;
 mod logging;
@@ -226,6 +227,8 @@ struct Daemon {
     watchdog: Option<watchdog::Watchdog>,
     /// When the running table read started (its log line's duration).
     table_read_started: Option<Instant>,
+    /// Warm standby's expectation writes.
+    expect_state: expectations::ExpectState,
     stop: bool,
 }
 
@@ -294,6 +297,15 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         config.daemon.scheduler,
     )?;
 
+    // Expectations likewise: subscribed before they are first read.
+    let (expect_tx, mut expect_rx) = mpsc::channel::<expectations::ExpectFeed>(64);
+    if !config.sync.expectations.is_off() {
+        expectations::spawn_reader(
+            usize::try_from(config.kernel.netlink_buffer).unwrap_or(usize::MAX),
+            expect_tx.clone(),
+        )?;
+    }
+
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let commit_progress = Arc::new(AtomicU64::new(0));
     kernel_worker::spawn(writer, injector, commit_progress.clone(), job_rx)?;
@@ -356,6 +368,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         observer: failover_log::Observer::default(),
         watchdog: None,
         table_read_started: None,
+        expect_state: expectations::ExpectState::default(),
         stop: false,
     };
 
@@ -375,6 +388,16 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         epoch,
         "internal cache primed from the kernel table"
     );
+    if !daemon.config.sync.expectations.is_off() {
+        let all = tokio::task::spawn_blocking(crate::kernel::dump_expectations)
+            .await
+            .map_err(|e| DaemonError::Sync(format!("expectation read task failed: {e}")))??;
+        daemon.expectations_read(Ok(all), false, Vec::new());
+        tracing::info!(
+            expectations = daemon.node.internal_expectations().len(),
+            "expectations primed from the kernel"
+        );
+    }
 
     daemon.arm_reconcile();
     let group =
@@ -421,6 +444,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             }
             Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
             Some(done) = done_rx.recv() => daemon.on_done(done),
+            Some(feed) = expect_rx.recv() => daemon.on_expect_feed(feed),
             Some(scrape) = scrapes.next() => daemon.answer_scrape(scrape),
             _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
             _ = sigterm.recv() => daemon.stop = true,
@@ -434,11 +458,13 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         daemon.compare_table_chunk();
         daemon.transmit().await;
         daemon.mirror_into_kernel();
+        daemon.mirror_expectations();
         // From the loop itself: a loop that is stuck stops feeding it.
         if let Some(w) = &mut daemon.watchdog {
             w.feed(Instant::now());
         }
     }
+    drop(expect_tx);
     tracing::info!("ctsyncd stopping");
     // Let the control server deliver the last replies (the answer to -k).
     // The socket goes last: agents take its absence for "stopped", and a
@@ -740,11 +766,15 @@ impl Daemon {
         self.table_read = TableReadState::Running { replay: Vec::new() };
         self.table_read_started = Some(Instant::now());
         self.kernel_counters.table_reads += 1;
+        // The expectations are re-read with the flows (a `-R` caches them
+        // without sending, as it does the flows).
+        let heal = matches!(purpose, DumpPurpose::Heal);
         self.submit(Job::Dump {
             purpose,
             filter: self.filter.clone(),
             mirror,
         });
+        self.read_expectations(heal, Vec::new());
     }
 
     async fn transmit(&mut self) {
@@ -787,6 +817,17 @@ impl Daemon {
                 }
             }
             Done::Dump(result, purpose) => self.table_read_done(result, purpose),
+            Done::DumpExpectations(result, replicate, clients) => {
+                self.expectations_read(result, replicate, clients);
+            }
+            Done::InjectExpectations(report, ops) => self.expectations_mirrored(report, ops),
+            Done::FlushExpectations(result, client) => {
+                let reply = match result {
+                    Ok(()) => success(String::new()),
+                    Err(reason) => failure(format!("expectation flush failed: {reason}")),
+                };
+                let _ = client.send(reply);
+            }
         }
     }
 

@@ -6,11 +6,11 @@
 //! here (freeze it and hand the copy over) or write to the kernel.
 
 use super::commit_plan::{CommitPlan, CommitSource};
-use super::kernel_worker::{CommitJob, DumpPurpose, Job, QUIET_COMMIT_MIN};
+use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
 use super::views::{self, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
-use crate::kernel::write::{CreateOptions, WriteReport};
+use crate::kernel::write::CreateOptions;
 use crate::process;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,12 +21,23 @@ impl Daemon {
         let now = self.now_ms();
         let json = envelope.json;
         let answer = match envelope.request {
-            Request::Commit => return self.start_commit(None, now, reply),
+            Request::Commit => return self.start_commit(None, Tables::BOTH, now, reply),
+            Request::CommitCt => return self.start_commit(None, Tables::FLOWS, now, reply),
+            Request::CommitExpect => {
+                return self.start_commit(None, Tables::EXPECTATIONS, now, reply)
+            }
             Request::CommitPeer { node_id } => {
                 if self.node.external().contains_key(&node_id) {
-                    return self.start_commit(Some(node_id), now, reply);
+                    return self.start_commit(Some(node_id), Tables::BOTH, now, reply);
                 }
                 failure(format!("no flows from a peer with node id {node_id}"))
+            }
+            Request::DumpInternalExpect => self.render_expectations(true, json),
+            Request::DumpExternalExpect => self.render_expectations(false, json),
+            Request::FlushKernelExpect => return self.flush_kernel_expectations(reply),
+            Request::ResyncFromKernelExpect => {
+                tracing::info!("resync with master expectation table");
+                return self.read_expectations(false, vec![reply]);
             }
             Request::FlushCaches(which) => {
                 if self.commit == CommitPhase::Running && which != CacheSel::Internal {
@@ -134,9 +145,16 @@ impl Daemon {
     }
 
     /// Write the external cache (every peer's, or one peer's) into the
-    /// kernel; the client hears back when it is done. The caches are
-    /// frozen here; the worker decodes, orders and writes them.
-    fn start_commit(&mut self, peer: Option<u32>, now_ms: u64, reply: oneshot::Sender<Reply>) {
+    /// kernel: flows, then expectations, as `tables` says; the client hears
+    /// back when it is done. The caches are frozen here; the worker
+    /// decodes, orders and writes them.
+    fn start_commit(
+        &mut self,
+        peer: Option<u32>,
+        tables: Tables,
+        now_ms: u64,
+        reply: oneshot::Sender<Reply>,
+    ) {
         if self.commit == CommitPhase::Running {
             let _ = reply.send(failure("commit already in progress".into()));
             return;
@@ -153,7 +171,7 @@ impl Daemon {
             .node
             .external()
             .iter()
-            .filter(|(id, _)| peer.is_none_or(|p| p == **id))
+            .filter(|(id, _)| tables.flows && peer.is_none_or(|p| p == **id))
             .map(|(_, cache)| cache);
         // Warm standby with the mirror intact writes a few flows: copy only
         // those. Otherwise the worker walks every flow: copy them all.
@@ -197,17 +215,23 @@ impl Daemon {
         let options = CreateOptions {
             tcp_window_tracking: self.config.kernel.tcp_window_tracking,
         };
+        let expectations = if tables.expectations {
+            self.expectations_to_commit(peer, now_ms)
+        } else {
+            Vec::new()
+        };
         let job = CommitJob {
             source,
             plan,
             options,
+            expectations,
         };
         self.submit(Job::Commit(job, Some(reply)));
     }
 
     pub(super) fn commit_done(
         &mut self,
-        result: Result<WriteReport, String>,
+        result: Result<CommitReport, String>,
         started: Instant,
         client: Option<oneshot::Sender<Reply>>,
     ) {
@@ -229,7 +253,22 @@ impl Daemon {
         counters.last_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         counters.durations.observe(started.elapsed());
         let reply = match result {
-            Ok(report) => {
+            Ok(CommitReport {
+                flows: report,
+                expectations,
+            }) => {
+                counters.expectations_ok += expectations.ok;
+                counters.expectations_failed += expectations.failed;
+                if expectations.ok + expectations.failed > 0 {
+                    tracing::info!("Committed {} new expectations", expectations.ok);
+                }
+                if expectations.failed > 0 {
+                    tracing::warn!(
+                        first_errors = ?expectations.first_errors,
+                        "{} expectations can't be committed",
+                        expectations.failed
+                    );
+                }
                 counters.ok += report.ok;
                 counters.failed += report.failed;
                 tracing::info!("Committed {} new entries", report.ok);
@@ -292,4 +331,29 @@ fn plan_name(plan: &CommitPlan) -> &'static str {
         CommitPlan::Verify(_) => "warm standby: verify against the table",
         CommitPlan::RecentFirst => "most recently active first",
     }
+}
+
+/// What a commit writes.
+#[derive(Clone, Copy, Debug)]
+struct Tables {
+    flows: bool,
+    expectations: bool,
+}
+
+impl Tables {
+    /// `-c`: flows, then expectations (when they are replicated at all).
+    const BOTH: Tables = Tables {
+        flows: true,
+        expectations: true,
+    };
+    /// `-c ct`.
+    const FLOWS: Tables = Tables {
+        flows: true,
+        expectations: false,
+    };
+    /// `-c expect`.
+    const EXPECTATIONS: Tables = Tables {
+        flows: false,
+        expectations: true,
+    };
 }

@@ -70,7 +70,33 @@ impl Daemon {
         if commit.running {
             commit.done = self.commit_progress.load(Ordering::Relaxed);
         }
+        let expect_block = |c: &crate::expect_cache::ExpectCache| {
+            let s = c.stats();
+            CacheBlock {
+                active: c.len() as u64,
+                counts: crate::cache::CacheStats {
+                    created: s.created,
+                    updated: s.updated,
+                    destroyed: s.destroyed,
+                    ..Default::default()
+                },
+            }
+        };
+        let mut expect_external = CacheBlock::default();
+        for (_, cache) in self.node.external_expectations() {
+            let b = expect_block(cache);
+            expect_external.active += b.active;
+            expect_external.counts.add(&b.counts);
+        }
+        let expectations = crate::counters::ExpectBlock {
+            enabled: !self.config.sync.expectations.is_off(),
+            internal: expect_block(self.node.internal_expectations()),
+            external: expect_external,
+            committed: self.commit_counters.expectations_ok,
+            commit_failed: self.commit_counters.expectations_failed,
+        };
         StatsSnapshot {
+            expectations,
             uptime_s: self.started.elapsed().as_secs(),
             internal,
             external,

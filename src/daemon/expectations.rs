@@ -1,0 +1,423 @@
+//! Expectations in the daemon: the thread that reads the kernel's
+//! expectation events, which of them are ours to replicate, re-reads of
+//! the kernel's expectations, what a commit writes of the peers', warm
+//! standby's mirror of them, and `-i expect` / `-e expect`.
+//!
+//! An expectation is replicated when `[sync] expectations` takes its helper
+//! and its master flow is in the internal cache (ours and replicated), as
+//! conntrackd does. Our writer's creations (a commit's) are cached as ours
+//! but not sent back; warm standby's injector's are not ours at all.
+//!
+//! Owns: `ExpectState` (the mirror's retries) and the expectation paths of
+//! `Daemon`. Must not: write to the kernel on the owner (the kernel worker
+//! does), or hold expectations itself (the sync core's caches do).
+
+use super::kernel_worker::Job;
+use super::{failure, success, Daemon};
+use crate::control::{self, Reply};
+use crate::expect::{ExpectKey, Expectation};
+use crate::expect_cache::ExpectEntry;
+use crate::flow::FlowKey;
+use crate::kernel::{EventKind, ExpectEvent, ExpectEventSocket, ExpectOp, ExpectWriteReport};
+use crate::sync::AppliedExpect;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the reader waits for events before looking whether the
+/// daemon still listens.
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most times warm standby retries writing one expectation whose master is
+/// not in the table yet (it arrives in a later batch).
+const MIRROR_RETRIES: u8 = 20;
+/// How long failed creates wait before they are tried again.
+const MIRROR_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// What the expectation reader hands the owner.
+pub(super) enum ExpectFeed {
+    Events(Vec<ExpectEvent>),
+    /// Events were lost: re-read the kernel's expectations.
+    Overrun,
+    Failed(String),
+}
+
+/// Warm standby's expectation writes: what waits for the worker, and the
+/// creates that failed because their master was not in the table yet.
+#[derive(Default)]
+pub(super) struct ExpectState {
+    /// Changes not yet handed to the worker (one per key, the latest).
+    pending: Vec<ExpectOp>,
+    /// Creates to try again, with the retries left.
+    retry: Vec<(ExpectKey, u8)>,
+    /// When the retries go next (with the next batch at the latest).
+    retry_at: Option<Instant>,
+    /// A batch is on the worker, with the retry budgets of its retries.
+    in_flight: Option<Vec<(ExpectKey, u8)>>,
+}
+
+/// Subscribe to expectation events and read them on a thread of their own.
+pub(super) fn spawn_reader(
+    rcvbuf: usize,
+    feed: mpsc::Sender<ExpectFeed>,
+) -> Result<(), crate::kernel::KernelError> {
+    let mut sock = ExpectEventSocket::open(rcvbuf)?;
+    sock.set_read_timeout(Some(READ_TIMEOUT))?;
+    let spawned = std::thread::Builder::new()
+        .name("ct-expect".into())
+        .spawn(move || {
+            super::priority::ordinary_thread();
+            loop {
+                let mut events = Vec::new();
+                let item = match sock.recv(&mut events) {
+                    Ok(()) if events.is_empty() => continue,
+                    Ok(()) => ExpectFeed::Events(events),
+                    Err(crate::kernel::KernelError::Overrun) => ExpectFeed::Overrun,
+                    Err(e) if is_timeout(&e) => {
+                        if feed.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => ExpectFeed::Failed(e.to_string()),
+                };
+                if feed.blocking_send(item).is_err() {
+                    return;
+                }
+            }
+        });
+    spawned
+        .map(|_| ())
+        .map_err(|e| crate::kernel::KernelError::io("spawn", e))
+}
+
+fn is_timeout(e: &crate::kernel::KernelError) -> bool {
+    e.errno()
+        .is_some_and(|n| n == libc::EAGAIN || n == libc::EWOULDBLOCK || n == libc::EINTR)
+}
+
+impl Daemon {
+    fn expectations_on(&self) -> bool {
+        !self.config.sync.expectations.is_off()
+    }
+
+    /// Ours to replicate: the helper is taken and the master is ours.
+    fn expectation_is_ours(&self, e: &Expectation) -> bool {
+        self.config.sync.expectations.takes(e.helper.as_deref())
+            && self.node.internal().contains(&FlowKey {
+                zone: e.zone,
+                orig: e.master,
+            })
+    }
+
+    pub(super) fn on_expect_feed(&mut self, feed: ExpectFeed) {
+        match feed {
+            ExpectFeed::Events(events) => {
+                for event in events {
+                    self.apply_expect_event(event);
+                }
+            }
+            ExpectFeed::Overrun => {
+                tracing::warn!("expectation event socket overrun; expectations will be re-read");
+                self.read_expectations(true, Vec::new());
+            }
+            ExpectFeed::Failed(reason) => {
+                tracing::warn!(%reason, "reading expectation events failed; expectations will be re-read");
+                self.read_expectations(true, Vec::new());
+            }
+        }
+    }
+
+    fn apply_expect_event(&mut self, event: ExpectEvent) {
+        if self.origins.ignored.contains(&event.portid) {
+            return;
+        }
+        let now = self.now_ms();
+        let own_write = self.origins.own.contains(&event.portid);
+        match event.kind {
+            EventKind::New | EventKind::Update => {
+                if own_write || self.expectation_is_ours(&event.expect) {
+                    self.node.local_expect_upsert(event.expect, now, !own_write);
+                }
+            }
+            EventKind::Destroy => {
+                self.node
+                    .local_expect_delete(&event.expect.key(), now, !own_write);
+            }
+        }
+    }
+
+    /// Read the kernel's expectations on the worker (with expectation
+    /// sync); `replicate`: send what differs.
+    pub(super) fn read_expectations(
+        &mut self,
+        replicate: bool,
+        clients: Vec<oneshot::Sender<Reply>>,
+    ) {
+        if !self.expectations_on() {
+            for c in clients {
+                let _ = c.send(success(String::new()));
+            }
+            return;
+        }
+        self.submit(Job::DumpExpectations { replicate, clients });
+    }
+
+    pub(super) fn expectations_read(
+        &mut self,
+        result: Result<Vec<Expectation>, String>,
+        replicate: bool,
+        clients: Vec<oneshot::Sender<Reply>>,
+    ) {
+        let reply = match result {
+            Ok(all) => {
+                let ours: Vec<Expectation> = all
+                    .into_iter()
+                    .filter(|e| self.expectation_is_ours(e))
+                    .collect();
+                let now = self.now_ms();
+                let r = self.node.reconcile_expectations(ours, now, replicate);
+                if r.added + r.changed + r.removed > 0 {
+                    tracing::info!(
+                        added = r.added,
+                        changed = r.changed,
+                        removed = r.removed,
+                        "expectations re-read from the kernel"
+                    );
+                }
+                success(String::new())
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "reading the kernel's expectations failed");
+                failure(format!("cannot read the kernel's expectations: {reason}"))
+            }
+        };
+        for c in clients {
+            let _ = c.send(reply.clone());
+        }
+    }
+
+    /// The peers' expectations a commit writes (of one peer, or all), each
+    /// with the timeout it has left (expired ones are left out).
+    pub(super) fn expectations_to_commit(
+        &self,
+        peer: Option<u32>,
+        now_ms: u64,
+    ) -> Vec<Expectation> {
+        let configured = self.config.kernel.commit_timeout;
+        self.node
+            .external_expectations()
+            .filter(|(id, _)| peer.is_none_or(|p| p == *id))
+            .flat_map(|(_, cache)| cache.iter())
+            .filter_map(|entry| aged(entry, now_ms, configured))
+            .collect()
+    }
+
+    /// Warm standby: the peers' expectation changes into our kernel (a
+    /// batch at a time, on the worker), and the retries of creates whose
+    /// master was not there yet (it may come in a later flow batch).
+    pub(super) fn mirror_expectations(&mut self) {
+        if self.warm.is_none() {
+            return;
+        }
+        for change in self.node.take_applied_expectations() {
+            let op = match change {
+                AppliedExpect::Created(e) | AppliedExpect::Updated(e) => ExpectOp::Create(e),
+                AppliedExpect::Delete(key) => ExpectOp::Delete(key),
+            };
+            let key = op.key();
+            let state = &mut self.expect_state;
+            state.pending.retain(|p| p.key() != key);
+            state.retry.retain(|(k, _)| *k != key);
+            state.pending.push(op);
+        }
+        let state = &self.expect_state;
+        let retry_due =
+            !state.retry.is_empty() && state.retry_at.is_none_or(|at| Instant::now() >= at);
+        if state.in_flight.is_some() || (state.pending.is_empty() && !retry_due) {
+            return;
+        }
+        let now = self.now_ms();
+        let mut ops = std::mem::take(&mut self.expect_state.pending);
+        let mut budgets = Vec::new();
+        if retry_due {
+            for (key, left) in std::mem::take(&mut self.expect_state.retry) {
+                // Still the peer's, with the time it has left.
+                let fresh = self
+                    .node
+                    .external_expectations()
+                    .find_map(|(_, c)| c.get(&key))
+                    .and_then(|entry| aged(entry, now, None));
+                if let Some(e) = fresh {
+                    ops.push(ExpectOp::Create(e));
+                    budgets.push((key, left));
+                }
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        for op in &mut ops {
+            if let ExpectOp::Create(e) = op {
+                let fresh = self
+                    .node
+                    .external_expectations()
+                    .find_map(|(_, c)| c.get(&e.key()))
+                    .and_then(|entry| aged(entry, now, None));
+                if let Some(fresh) = fresh {
+                    *e = fresh;
+                }
+            }
+        }
+        self.expect_state.in_flight = Some(budgets);
+        self.submit(Job::InjectExpectations(ops));
+    }
+
+    pub(super) fn expectations_mirrored(&mut self, report: ExpectWriteReport, ops: Vec<ExpectOp>) {
+        let state = &mut self.expect_state;
+        let budgets = state.in_flight.take().unwrap_or_default();
+        for (key, errno) in &report.failed_keys {
+            let is_create = ops
+                .iter()
+                .any(|op| matches!(op, ExpectOp::Create(e) if e.key() == *key));
+            // A master not in the table yet: it may come in a later batch.
+            if !is_create || *errno != libc::ENOENT {
+                tracing::debug!(errno, "warm standby cannot write an expectation");
+                continue;
+            }
+            // A newer change of the same key waits already.
+            if state.pending.iter().any(|p| p.key() == *key) {
+                continue;
+            }
+            let left = budgets
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(MIRROR_RETRIES, |(_, n)| *n);
+            if left > 0 {
+                state.retry.push((*key, left - 1));
+            }
+        }
+        if !state.retry.is_empty() {
+            state.retry_at = Some(Instant::now() + MIRROR_RETRY_DELAY);
+        }
+    }
+
+    /// `-F expect`.
+    pub(super) fn flush_kernel_expectations(&mut self, reply: oneshot::Sender<Reply>) {
+        tracing::info!("flushing kernel expectation table");
+        self.submit(Job::FlushExpectations(reply));
+    }
+
+    /// `-i expect` / `-e expect`: few enough to render here.
+    pub(super) fn render_expectations(&self, internal: bool, json: bool) -> Reply {
+        let now = self.now_ms();
+        let rows: Vec<(Option<u32>, &ExpectEntry)> = if internal {
+            self.node
+                .internal_expectations()
+                .iter()
+                .map(|e| (None, e))
+                .collect()
+        } else {
+            self.node
+                .external_expectations()
+                .flat_map(|(id, c)| c.iter().map(move |e| (Some(id), e)))
+                .collect()
+        };
+        if json {
+            let all: Vec<ExpectJson> = rows
+                .iter()
+                .map(|(node, e)| ExpectJson::of(*node, e, now))
+                .collect();
+            let mut s = serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into());
+            s.push('\n');
+            return success(s);
+        }
+        let mut out = String::new();
+        for (_, e) in rows {
+            let _ = writeln!(
+                out,
+                "{} [active since {}s]",
+                e.expect,
+                now.saturating_sub(e.since_ms) / 1000
+            );
+        }
+        success(out)
+    }
+}
+
+/// An expectation with the timeout it has left `now_ms` (the configured
+/// commit timeout instead, if any); `None` once it ran out.
+fn aged(entry: &ExpectEntry, now_ms: u64, configured: Option<u32>) -> Option<Expectation> {
+    let mut e = entry.expect.clone();
+    if let Some(t) = configured {
+        e.timeout = t;
+        return Some(e);
+    }
+    let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
+    let left = u64::from(e.timeout).checked_sub(elapsed)?;
+    e.timeout = u32::try_from(left).ok().filter(|t| *t > 0)?;
+    Some(e)
+}
+
+/// One expectation in `--json`.
+#[derive(Serialize)]
+struct ExpectJson {
+    /// The peer it came from (`-e`); absent for our own (`-i`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<u32>,
+    zone: u16,
+    master: control::render::TupleJson,
+    tuple: control::render::TupleJson,
+    mask: control::render::TupleJson,
+    timeout: u32,
+    flags: u32,
+    class: u32,
+    helper: Option<String>,
+    nat_dir: Option<u32>,
+    nat: Option<control::render::TupleJson>,
+    expectfn: Option<String>,
+    active_since_s: u64,
+    text: String,
+}
+
+impl ExpectJson {
+    fn of(node_id: Option<u32>, entry: &ExpectEntry, now_ms: u64) -> ExpectJson {
+        let e = &entry.expect;
+        ExpectJson {
+            node_id,
+            zone: e.zone,
+            master: control::render::TupleJson::from(&e.master),
+            tuple: control::render::TupleJson::from(&e.tuple),
+            mask: control::render::TupleJson::from(&e.mask),
+            timeout: e.timeout,
+            flags: e.flags,
+            class: e.class,
+            helper: e.helper.clone(),
+            nat_dir: e.nat.as_ref().map(|n| n.dir),
+            nat: e
+                .nat
+                .as_ref()
+                .map(|n| control::render::TupleJson::from(&n.tuple)),
+            expectfn: e.expectfn.clone(),
+            active_since_s: now_ms.saturating_sub(entry.since_ms) / 1000,
+            text: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::test_expectations::ftp;
+    use crate::expect_cache::ExpectCache;
+
+    #[test]
+    fn a_commit_ages_the_timeout_and_leaves_expired_ones_out() {
+        let mut c = ExpectCache::default();
+        c.upsert(ftp(1), 10_000, false);
+        let entry = c.get(&ftp(1).key()).unwrap();
+        assert_eq!(aged(entry, 70_000, None).map(|e| e.timeout), Some(240));
+        assert_eq!(aged(entry, 310_000, None), None, "300 s ran out");
+        assert_eq!(aged(entry, 900_000, Some(60)).map(|e| e.timeout), Some(60));
+    }
+}
