@@ -10,13 +10,13 @@ _ctsyncd() {
             COMPREPLY=($(compgen -f -- "$cur"))
             return ;;
         -s|stats)
-            COMPREPLY=($(compgen -W "network cache runtime link rsqueue queue process" -- "$cur"))
+            COMPREPLY=($(compgen -W "network cache runtime link rsqueue queue process expect" -- "$cur"))
             return ;;
         -f|flush|dump)
             COMPREPLY=($(compgen -W "internal external" -- "$cur"))
             return ;;
         -c|-i|-e|-F|-R)
-            COMPREPLY=($(compgen -W "ct" -- "$cur"))
+            COMPREPLY=($(compgen -W "ct expect" -- "$cur"))
             return ;;
         doctor)
             COMPREPLY=($(compgen -W "--json --upstream-idle-timeout -C" -- "$cur"))

@@ -18,7 +18,7 @@ complete -c ctsyncd -s t -d 'flush the kernel table after the purge timeout'
 complete -c ctsyncd -l json -d 'JSON output'
 complete -c ctsyncd -s v -d 'version'
 complete -c ctsyncd -s h -d 'usage'
-complete -c ctsyncd -n "__fish_seen_subcommand_from stats" -a "network cache runtime link rsqueue queue process"
+complete -c ctsyncd -n "__fish_seen_subcommand_from stats" -a "network cache runtime link rsqueue queue process expect"
 complete -c ctsyncd -n "__fish_seen_subcommand_from dump flush" -a "internal external"
 complete -c ctsyncd -n "__fish_seen_subcommand_from convert" -F
 complete -c ctsyncd -n "__fish_seen_subcommand_from doctor" -l upstream-idle-timeout -r -d 'idle timeout of an upstream balancer, seconds'
