@@ -2,19 +2,24 @@
 //! (`ctsync::conntrackd_wire`) against the real conntrackd 1.4.7 from
 //! Debian, over UDP between two network namespaces the test creates:
 //!
-//! - conntrackd → ours (NOTRACK and FTFW): flows written with `conntrack
-//!   -I` (plain, SNAT with a port, DNAT with a port, ICMP under SNAT, IPv6
-//!   in a zone, a mark) reach our receiver, which answers FTFW's hello and
-//!   acks with its state machine; each decoded flow equals what the kernel
-//!   of conntrackd's namespace holds, the plain one's message is §3.8's
-//!   captured layout byte for byte, updates and deletions follow, and in
-//!   FTFW conntrackd's resend queue empties (our acks count). Malformed
+//! - conntrackd → ours (NOTRACK, FTFW, ALARM): flows written with
+//!   `conntrack -I` (plain, SNAT with a port, DNAT with a port, ICMP under
+//!   SNAT, IPv6 in a zone, a mark), an FTP control connection with its
+//!   helper and an expectation of it reach our receiver, which answers
+//!   FTFW's hello and acks with its state machine; each decoded flow equals
+//!   what the kernel of conntrackd's namespace holds, the expectation
+//!   equals `conntrack -L expect`'s, the plain flow's message is §3.8's
+//!   captured layout byte for byte, updates and deletions follow, our
+//!   RESYNC (ALARM: the refresh) brings everything back, and in FTFW
+//!   conntrackd's resend queue empties (our acks count). Malformed
 //!   datagrams sent to our receiver are counted by reason and it goes on.
-//! - ours → conntrackd (FTFW with 20% loss each way, and NOTRACK): flows
-//!   and an expectation our node sends appear in `conntrackd -e` and `-e
-//!   expect`; `conntrackd -c` commits the flows into its namespace's
-//!   kernel, where they equal what we sent (NAT included); an update and a
-//!   deletion follow.
+//! - ours → conntrackd (FTFW with 20% loss each way, NOTRACK, ALARM):
+//!   205 flows and an expectation our node sends appear in `conntrackd -e`
+//!   and `-e expect`; an update and a deletion follow; after `-f external`,
+//!   `conntrackd -n` (ALARM: our refresh) brings them back; `conntrackd -c
+//!   ct` commits the flows into its namespace's kernel, where they equal
+//!   what we sent (NAT, mark, zone, helper), and `-c expect` the
+//!   expectation, which `conntrack -L expect` then shows.
 //!
 //! Owns: two namespaces per test (conntrackd's and ours) joined by a veth
 //! pair, conntrackd's process and files; all removed on drop, even when a
@@ -217,6 +222,7 @@ impl Us {
             node: CdNode::new(
                 CdConfig {
                     mode,
+                    refresh_time_s: 2,
                     ..CdConfig::default()
                 },
                 unix,
@@ -353,12 +359,94 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
         a.extend(args.split_whitespace());
         link.in_cd("conntrack", &a);
     }
+    // An FTP control connection with its helper (written with ctsync's own
+    // kernel writer: `conntrack -I` sets no helper) and an expectation of
+    // it (the kernel takes one only for a master with a helper).
+    let mut master = Flow::new(ports("198.18.3.1", 1234, "198.18.4.1", 21, proto::TCP));
+    master.state = ProtoState::Tcp {
+        state: 3,
+        wscale_orig: 0,
+        wscale_reply: 0,
+        flags_orig: 0,
+        flags_reply: 0,
+    };
+    master.status = 0x0e;
+    master.timeout = 120;
+    master.helper = Some("ftp".into());
+    lab::create_in(&link.ns_cd, vec![master]);
+    link.in_cd(
+        "conntrack",
+        &[
+            "-I",
+            "expect",
+            "-p",
+            "tcp",
+            "--orig-src",
+            "198.18.3.1",
+            "--orig-dst",
+            "198.18.4.1",
+            "--orig-port-src",
+            "1234",
+            "--orig-port-dst",
+            "21",
+            "--tuple-src",
+            "198.18.4.1",
+            "--tuple-dst",
+            "198.18.3.1",
+            "--tuple-port-src",
+            "0",
+            "--tuple-port-dst",
+            "5000",
+            "--mask-src",
+            "255.255.255.255",
+            "--mask-dst",
+            "255.255.255.255",
+            "--mask-port-src",
+            "0",
+            "--mask-port-dst",
+            "65535",
+            "-t",
+            "200",
+        ],
+    );
+    let kernel_exp = link.in_cd("conntrack", &["-L", "expect"]);
     let kernel = kernel_flows(&link);
-    assert_eq!(kernel.len(), INSERTS.len(), "{kernel:#?}");
+    assert_eq!(kernel.len(), INSERTS.len() + 1, "{kernel:#?}");
     let all_there = us.pump_until(Duration::from_secs(15), |u| {
         kernel.iter().all(|k| u.flow(&k.key()).is_some())
+            && u.ext.keys().any(|k| matches!(k, Key::Expect(_)))
     });
     assert!(all_there, "missing flows; got {:#?}", us.ext);
+    // The expectation decoded is the kernel's: conntrack's own layout of
+    // it (`-L expect`, which prints more) contains ours.
+    let exp = us
+        .ext
+        .values()
+        .find_map(|o| match o {
+            Object::Expect(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        kernel_exp
+            .replace(" class=0", "")
+            .contains(&exp.to_string())
+            && exp.helper.as_deref() == Some("ftp"),
+        "decoded {exp:?}\nas {exp}\nkernel: {kernel_exp}"
+    );
+    // The kernel's timeout leads its line (the helper's 300 s: conntrack
+    // 1.4.7's `-I expect` ignores -t, and its `-p tcp` gives proto 19).
+    let kernel_timeout: u32 = kernel_exp
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        exp.timeout >= kernel_timeout && exp.timeout <= kernel_timeout + 3,
+        "expectation timeout {} against the kernel's {kernel_timeout}",
+        exp.timeout
+    );
     for k in &kernel {
         let got = us.flow(&k.key()).unwrap();
         assert_eq!(
@@ -425,18 +513,20 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     });
     assert!(followed, "update/delete did not follow: {:#?}", us.ext);
 
-    // We forget and ask (`-n` on our side): conntrackd sends everything.
+    // We forget and ask (`-n` on our side): conntrackd sends everything
+    // (ALARM has no resync: its refresh sends everything anyway).
     us.ext.clear();
     us.node.request_resync();
     let resynced = us.pump_until(Duration::from_secs(15), |u| {
-        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.flow(&snat.key()).is_some()
+        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.ext.len() == INSERTS.len() + 1
     });
     assert!(
         resynced,
         "no bulk from conntrackd after our RESYNC: {:#?}",
         us.ext
     );
-    assert_eq!(us.ext.len(), INSERTS.len() - 1);
+    // The flows left, the FTP master and its expectation.
+    assert_eq!(us.ext.len(), INSERTS.len() - 1 + 2, "{:#?}", us.ext);
 
     if mode == CdMode::Ftfw {
         // Our acks empty conntrackd's resend queue.
@@ -491,6 +581,14 @@ fn conntrackd_notrack_to_ours_and_malformed_datagrams_are_counted() {
 #[test]
 fn conntrackd_ftfw_to_ours() {
     conntrackd_to_ours(CdMode::Ftfw, "Mode FTFW { }");
+}
+
+#[test]
+fn conntrackd_alarm_to_ours() {
+    conntrackd_to_ours(
+        CdMode::Alarm,
+        "Mode ALARM { RefreshTime 2 CacheTimeout 10 }",
+    );
 }
 
 #[test]
@@ -775,13 +873,18 @@ fn ours_to_conntrackd(mode: CdMode, mode_block: &str, loss: u32) {
         !external_has(&link.cd(&["-e", "ct"]), &upd)
     });
     assert!(flushed, "-f external kept flows");
-    link.cd(&["-n"]);
+    if mode != CdMode::Alarm {
+        link.cd(&["-n"]);
+    }
+    // (ALARM: `-n` does nothing; our refresh brings everything back.)
     let resynced = us.pump_until(Duration::from_secs(40), |_| {
         ext = link.cd(&["-e", "ct"]);
         external_has(&ext, &upd) && flows[3..].iter().all(|f| external_has(&ext, f))
     });
     assert!(resynced, "no bulk after conntrackd -n:\n{ext}");
-    assert!(us.node.stats().resync_requests >= 1);
+    if mode != CdMode::Alarm {
+        assert!(us.node.stats().resync_requests >= 1);
+    }
     // Commit into conntrackd's kernel (after which conntrackd 1.4.7 refuses
     // every flush as "commit still in progress"): the flows equal ours as
     // they are now, NAT included.
@@ -824,4 +927,13 @@ fn ours_ftfw_to_conntrackd_with_20_percent_loss() {
 #[test]
 fn ours_notrack_to_conntrackd() {
     ours_to_conntrackd(CdMode::Notrack, "Mode NOTRACK { }", 0);
+}
+
+#[test]
+fn ours_alarm_to_conntrackd() {
+    ours_to_conntrackd(
+        CdMode::Alarm,
+        "Mode ALARM { RefreshTime 2 CacheTimeout 10 }",
+        0,
+    );
 }

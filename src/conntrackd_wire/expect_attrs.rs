@@ -164,7 +164,12 @@ impl Codec {
                 src,
                 dst,
                 proto: p?,
-                l4: ports.map_or(L4::None, |(s, d)| L4::Ports { src: s, dst: d }),
+                // Ports go out by the master's builder for all three
+                // tuples; a tuple of a protocol without ports has none.
+                l4: match ports {
+                    Some((s, d)) if has_port_builder(p?) => L4::Ports { src: s, dst: d },
+                    _ => L4::None,
+                },
             })
         };
         let need = |x: Option<Tuple>| x.ok_or(Reject::MalformedPayload);

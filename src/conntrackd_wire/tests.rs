@@ -563,7 +563,7 @@ fn arb_expect() -> impl Strategy<Value = Expectation> {
                 let ported = flow_attrs::has_port_builder(master.proto);
                 // One builder for all three tuples: the master's.
                 let fix = |mut t: Tuple| {
-                    t.l4 = match (ported, t.l4) {
+                    t.l4 = match (ported && flow_attrs::has_port_builder(t.proto), t.l4) {
                         (true, L4::Ports { .. }) => t.l4,
                         (true, _) => L4::Ports { src: 0, dst: 0 },
                         (false, _) => L4::None,
