@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conntrackd_conf;
+pub mod conntrackd_wire;
 pub mod control;
 pub mod counters;
 pub mod daemon;
