@@ -210,6 +210,62 @@ pub struct LinkConfig {
     pub port: u16,
     /// `node_ids`: the only senders this link accepts (none: any).
     pub node_ids: Option<Vec<u32>>,
+    /// Which protocol the link speaks: ctsync's own, or conntrackd's (a
+    /// peer still running conntrackd, during a migration).
+    pub protocol: LinkProtocol,
+}
+
+/// `[[link]] protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LinkProtocol {
+    Ctsync,
+    /// conntrackd's sync protocol, as the conntrackd version given speaks
+    /// it (`conntrackd_version`, "1.4.7" by default).
+    Conntrackd(ConntrackdVersion),
+}
+
+/// The conntrackd releases whose wire protocol differs (which attributes
+/// a peer understands; how 1.4.6 and older write NAT addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ConntrackdVersion {
+    /// 1.2.0 to 1.4.1.
+    V1_4_1,
+    /// 1.4.2 and 1.4.3 (labels).
+    V1_4_2,
+    /// 1.4.4 (IPv6 NAT).
+    V1_4_4,
+    /// 1.4.5 and 1.4.6 (synproxy).
+    V1_4_5,
+    /// 1.4.7 and later (zones).
+    V1_4_7,
+}
+
+impl ConntrackdVersion {
+    /// "1.4.7" and the like; `None` for a version whose protocol is not
+    /// known (before 1.2.0, or not a version).
+    pub fn parse(s: &str) -> Option<ConntrackdVersion> {
+        let mut parts = s.split('.').map(str::parse::<u32>);
+        let (Some(Ok(major)), Some(Ok(minor)), patch) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let patch = match patch {
+            None => 0,
+            Some(Ok(p)) => p,
+            Some(Err(_)) => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(match (major, minor, patch) {
+            (1, 2..=3, _) | (1, 4, 0..=1) => ConntrackdVersion::V1_4_1,
+            (1, 4, 2..=3) => ConntrackdVersion::V1_4_2,
+            (1, 4, 4) => ConntrackdVersion::V1_4_4,
+            (1, 4, 5..=6) => ConntrackdVersion::V1_4_5,
+            (1, 4, _) | (1, 5.., _) => ConntrackdVersion::V1_4_7,
+            _ => return None,
+        })
+    }
 }
 
 impl LinkConfig {
@@ -499,6 +555,8 @@ struct RawLink {
     group: Option<S<String>>,
     port: S<i64>,
     node_ids: Option<S<Vec<S<i64>>>>,
+    protocol: Option<S<String>>,
+    conntrackd_version: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -791,6 +849,23 @@ fn raw_to_config(cx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let filter = filter_config(cx, raw.filter)?;
     let compat = compat_config(cx, raw.compat, &socket, daemon.lock.as_deref())?;
     let auth = auth_config(cx, raw.auth)?;
+    if auth.key_file.is_some() {
+        let cd = links
+            .iter()
+            .position(|l| matches!(l.protocol, LinkProtocol::Conntrackd(_)));
+        if let Some(i) = cd {
+            let at = raw
+                .link
+                .get(i)
+                .and_then(|l| l.get_ref().protocol.as_ref())
+                .map_or(0, |p| p.span().start);
+            return cx.invalid(
+                at,
+                &format!("link[{i}].protocol"),
+                "conntrackd's protocol carries no authentication: remove [auth] key_file while a link speaks it, or switch the link to protocol = \"ctsync\"",
+            );
+        }
+    }
     let metrics = metrics_config(cx, raw.metrics)?;
     let doctor = doctor_config(cx, raw.doctor)?;
     Ok(Config {
@@ -1282,6 +1357,61 @@ fn links_config(
                 Some(ids)
             }
         };
+        let protocol = match l.protocol.as_ref().map(|p| (p.span().start, p.get_ref().as_str())) {
+            None | Some((_, "ctsync")) => {
+                if let Some(v) = &l.conntrackd_version {
+                    return cx.invalid(
+                        v.span().start,
+                        &k("conntrackd_version"),
+                        "only for a link with protocol = \"conntrackd\"",
+                    );
+                }
+                LinkProtocol::Ctsync
+            }
+            Some((at, "conntrackd")) => {
+                if let Some(ids) = &l.node_ids {
+                    return cx.invalid(
+                        ids.span().start,
+                        &k("node_ids"),
+                        "conntrackd's protocol carries no node ids",
+                    );
+                }
+                if out
+                    .iter()
+                    .any(|o| matches!(o.protocol, LinkProtocol::Conntrackd(_)))
+                {
+                    return cx.invalid(
+                        at,
+                        &k("protocol"),
+                        "only one link may speak conntrackd's protocol",
+                    );
+                }
+                let version = match &l.conntrackd_version {
+                    None => ConntrackdVersion::V1_4_7,
+                    Some(v) => ConntrackdVersion::parse(v.get_ref()).map_or_else(
+                        || {
+                            cx.invalid(
+                                v.span().start,
+                                &k("conntrackd_version"),
+                                format!(
+                                    "\"{}\" is not a conntrackd version this protocol knows (1.2.0 or later, such as \"1.4.7\")",
+                                    v.get_ref()
+                                ),
+                            )
+                        },
+                        Ok,
+                    )?,
+                };
+                LinkProtocol::Conntrackd(version)
+            }
+            Some((at, other)) => {
+                return cx.invalid(
+                    at,
+                    &k("protocol"),
+                    format!("\"{other}\" is not one of \"ctsync\", \"conntrackd\""),
+                )
+            }
+        };
         let link = LinkConfig {
             transport,
             interface: ifname.clone(),
@@ -1290,6 +1420,7 @@ fn links_config(
             group,
             port: u16::try_from(port).unwrap_or(0),
             node_ids,
+            protocol,
         };
         if out
             .iter()

@@ -20,6 +20,7 @@
 //! `priority` (nice, scheduler), `watchdog` (systemd's, fed from the loop).
 
 mod commit_plan;
+mod conntrackd_link;
 mod event_reader;
 mod expectations;
 mod failover_log;
@@ -229,6 +230,11 @@ struct Daemon {
     table_read_started: Option<Instant>,
     /// Warm standby's expectation writes.
     expect_state: expectations::ExpectState,
+    /// A link that speaks conntrackd's protocol (a migration).
+    cd: Option<conntrackd_link::CdLink>,
+    /// Any link speaks ctsync's own protocol (otherwise our changes go to
+    /// the conntrackd peer only).
+    ctsync_links: bool,
     stop: bool,
 }
 
@@ -319,9 +325,13 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     for (i, link) in links.iter().enumerate() {
         tokio::spawn(link.clone().read_into(i, net_tx.clone()));
     }
+    let (cd_tx, mut cd_rx) = mpsc::channel::<Received>(4096);
+    let cd = conntrackd_link::open(&config, cd_tx, epoch)?;
 
     let mut sync_config = setup::core_config(&config);
-    sync_config.links = links.len();
+    // With only a conntrackd link, the core keeps the caches and sends
+    // nothing (it has one link, never used).
+    sync_config.links = links.len().max(1);
     if let Some(first) = specs.first() {
         sync_config.max_payload = first.max_payload(config.sync.mtu as usize);
     }
@@ -332,6 +342,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         node.enable_auth(ring, &config.auth.cluster);
     }
 
+    let links_empty = links.is_empty();
     let warm = config
         .sync
         .warm_standby
@@ -369,6 +380,8 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         watchdog: None,
         table_read_started: None,
         expect_state: expectations::ExpectState::default(),
+        ctsync_links: !links_empty,
+        cd,
         stop: false,
     };
 
@@ -399,6 +412,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         );
     }
 
+    daemon.cd_start();
     daemon.arm_reconcile();
     let group =
         match &daemon.config.socket_group {
@@ -445,6 +459,12 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             Some((envelope, reply)) = ctl_rx.recv() => daemon.on_request(envelope, reply),
             Some(done) = done_rx.recv() => daemon.on_done(done),
             Some(feed) = expect_rx.recv() => daemon.on_expect_feed(feed),
+            Some(received) = cd_rx.recv() => {
+                daemon.on_cd_datagram(received);
+                while let Ok(more) = cd_rx.try_recv() {
+                    daemon.on_cd_datagram(more);
+                }
+            }
             Some(scrape) = scrapes.next() => daemon.answer_scrape(scrape),
             _ = tokio::time::sleep_until(deadline.into()) => daemon.on_timers(),
             _ = sigterm.recv() => daemon.stop = true,
@@ -550,7 +570,10 @@ impl Daemon {
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
         let mut deadline = now + Duration::from_secs(1);
-        if let Some(ms) = self.node.next_deadline() {
+        for ms in [self.node.next_deadline(), self.cd_deadline_ms()]
+            .into_iter()
+            .flatten()
+        {
             let at = self.started + Duration::from_millis(ms);
             deadline = deadline.min(at.max(now));
         }
@@ -628,8 +651,20 @@ impl Daemon {
                 self.kernel_counters.events_filtered += 1;
                 self.restore_mirrored(&key);
             }
-            Route::Upsert { flow, replicate } => self.node.local_upsert(flow, now, replicate),
-            Route::Delete { key, replicate } => self.node.local_delete(&key, now, replicate),
+            Route::Upsert { flow, replicate } => {
+                if replicate {
+                    self.cd_flow(&flow);
+                }
+                self.node
+                    .local_upsert(flow, now, replicate && self.ctsync_links);
+            }
+            Route::Delete { key, replicate } => {
+                if replicate {
+                    self.cd_flow_gone(&key);
+                }
+                self.node
+                    .local_delete(&key, now, replicate && self.ctsync_links);
+            }
         }
     }
 
@@ -778,6 +813,7 @@ impl Daemon {
     }
 
     async fn transmit(&mut self) {
+        self.cd_transmit().await;
         let now = self.now_ms();
         for out in self.node.poll_transmit(now) {
             let Some(link) = self.links.get(out.link) else {

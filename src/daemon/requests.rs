@@ -46,6 +46,9 @@ impl Daemon {
                     tracing::info!(?which, "flushing caches");
                     if which != CacheSel::External {
                         self.node.flush_internal();
+                        if let Some(cd) = &mut self.cd {
+                            cd.node.flush_internal();
+                        }
                         self.timers.scheduled_flush_at = None;
                     }
                     if which != CacheSel::Internal {
@@ -90,11 +93,17 @@ impl Daemon {
             Request::RequestResync => {
                 tracing::info!("resync requested");
                 self.node.request_resync(now);
+                if let Some(cd) = &mut self.cd {
+                    cd.node.request_resync();
+                }
                 success(String::new())
             }
             Request::SendBulk => {
                 tracing::info!("sending bulk update");
                 self.node.send_bulk(now);
+                if let Some(cd) = &mut self.cd {
+                    cd.node.send_bulk();
+                }
                 success(String::new())
             }
             Request::ResetTimers => {

@@ -5,7 +5,7 @@
 //! Owns: translating `Config` into what the transport and the core take.
 //! Must not: open sockets or start threads (the run loop does, in order).
 
-use crate::config::{Config, SyncMode, Transport};
+use crate::config::{Config, LinkConfig, LinkProtocol, SyncMode, Transport};
 use crate::sync::{Mode, SyncConfig};
 use crate::transport::{LinkKind, LinkSpec};
 use std::time::Instant;
@@ -15,19 +15,23 @@ pub(super) fn link_specs(config: &Config) -> Vec<LinkSpec> {
     config
         .links
         .iter()
-        .filter_map(|link| {
-            let kind = match link.transport {
-                Transport::Udp => LinkKind::Udp { peer: link.peer? },
-                Transport::Multicast => LinkKind::Multicast { group: link.group? },
-            };
-            Some(LinkSpec {
-                kind,
-                interface: (!link.interface.is_empty()).then(|| link.interface.clone()),
-                local: link.local,
-                port: link.port,
-            })
-        })
+        .filter(|link| link.protocol == LinkProtocol::Ctsync)
+        .filter_map(spec_of)
         .collect()
+}
+
+/// The socket settings of one link.
+pub(super) fn spec_of(link: &LinkConfig) -> Option<LinkSpec> {
+    let kind = match link.transport {
+        Transport::Udp => LinkKind::Udp { peer: link.peer? },
+        Transport::Multicast => LinkKind::Multicast { group: link.group? },
+    };
+    Some(LinkSpec {
+        kind,
+        interface: (!link.interface.is_empty()).then(|| link.interface.clone()),
+        local: link.local,
+        port: link.port,
+    })
 }
 
 /// The sync core's settings from `[sync]`.
@@ -51,7 +55,12 @@ pub(super) fn core_config(config: &Config) -> SyncConfig {
         alarm_timeout_ms: u64::from(s.alarm_timeout_s) * 1000,
         record_applied: s.warm_standby,
         batch_delay_ms: s.batch_delay_ms,
-        link_node_ids: config.links.iter().map(|l| l.node_ids.clone()).collect(),
+        link_node_ids: config
+            .links
+            .iter()
+            .filter(|l| l.protocol == LinkProtocol::Ctsync)
+            .map(|l| l.node_ids.clone())
+            .collect(),
         max_peers: to_usize(u64::from(s.max_peers)),
         max_flows_per_peer: to_usize(s.max_flows_per_peer),
         reorder_limit: to_usize(u64::from(s.reorder_limit)),

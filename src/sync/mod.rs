@@ -99,6 +99,9 @@ pub struct Node {
     backlog: Backlog,
     /// With keys: the gate every datagram passes (see `crate::auth`).
     guard: Option<Guard>,
+    /// Peers that speak another protocol (conntrackd's, on a migration
+    /// link): their messages are applied as they come (`apply_foreign`).
+    foreign: BTreeMap<u32, peers::Peer>,
     /// Without keys: sealed datagrams refused (`auth_not_configured`).
     unauthenticated: AuthStats,
 }
@@ -131,6 +134,7 @@ impl Node {
             expiry,
             backlog: Backlog::Kept,
             guard: None,
+            foreign: BTreeMap::new(),
             unauthenticated: AuthStats::default(),
         };
         node.request_resync(now_ms);
@@ -551,6 +555,24 @@ impl Node {
     /// (empty unless `record_applied`): what warm standby mirrors.
     pub fn take_applied_expectations(&mut self) -> Vec<AppliedExpect> {
         std::mem::take(&mut self.views.expects.applied)
+    }
+
+    /// Changes from a peer that speaks another protocol (conntrackd's, on a
+    /// migration link; its decoder turns them into our messages): applied
+    /// to `sender`'s external view in order, with none of our sequence,
+    /// bulk or digest machinery. Warm standby mirrors them as any peer's.
+    pub fn apply_foreign(&mut self, sender: u32, msgs: Vec<Message>, now_ms: u64) {
+        self.tick(now_ms);
+        let ctx = self.ctx();
+        let params = self.rx_params();
+        let peer = self
+            .foreign
+            .entry(sender)
+            .or_insert_with(|| peers::Peer::new(0, 0, false, now_ms, &params));
+        peer.last_heard_ms = now_ms;
+        let mut effects = Vec::new();
+        self.views
+            .apply_all(sender, peer, msgs, &ctx, &mut self.stats, &mut effects);
     }
 
     // ---- receive side -----------------------------------------------------

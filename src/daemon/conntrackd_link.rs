@@ -1,0 +1,318 @@
+//! A link that speaks conntrackd's own sync protocol (`[[link]] protocol =
+//! "conntrackd"`), for a cluster moving from conntrackd one node at a time.
+//!
+//! The conntrackd peer's flows and expectations land in an external cache
+//! of the sync core under a node id of their own (`PEER_ID_BASE`), so `-e`,
+//! `-c`, warm standby, `-s` and the metrics treat them as any peer's. Our
+//! replicated changes go to it as conntrackd messages, in the `[sync]` mode
+//! (FTFW, NOTRACK or ALARM), through `crate::conntrackd_wire::CdNode`.
+//!
+//! Owns: the `CdLink` (the protocol state and its socket) and the daemon's
+//! calls into it. Must not: decide what is replicated (the routing of
+//! kernel events does, for both protocols), or decode conntrackd's bytes
+//! (`crate::conntrackd_wire` does).
+
+use super::Daemon;
+use crate::config::{Config, ConntrackdVersion, LinkConfig, LinkProtocol, SyncMode};
+use crate::conntrackd_wire::{CdConfig, CdMode, CdNode, CdStats, Codec, Object, Op, PeerLevel};
+use crate::expect::{ExpectKey, Expectation};
+use crate::flow::{Flow, FlowKey};
+use crate::transport::{self, Link, Received};
+use crate::wire::{Message, WireFlow, WireKey};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// The node id a conntrackd peer's flows are kept under (its protocol has
+/// none): `-e --json` and the metrics show this id.
+pub(super) const PEER_ID_BASE: u32 = 0xC0AD_0000;
+
+/// The conntrackd peer, and the socket that reaches it.
+pub(super) struct CdLink {
+    pub node: CdNode,
+    pub link: Link,
+    pub peer_id: u32,
+    /// Datagrams whose changes did not pass our checks (counted apart from
+    /// the protocol's own refusals).
+    pub invalid_changes: u64,
+    pub send_errors: u64,
+    /// Datagrams from an address other than the configured peer's.
+    pub foreign_source: u64,
+}
+
+/// `-s --json`: the conntrackd link's counters.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdLinkBlock {
+    pub peer_node_id: u32,
+    pub mode: &'static str,
+    pub handshake_done: bool,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub messages_received: u64,
+    pub malformed: u64,
+    /// Refused messages by reason (conntrackd's `-s network` counters).
+    pub malformed_by_reason: Vec<(String, u64)>,
+    pub invalid_changes: u64,
+    pub lost: u64,
+    pub before: u64,
+    pub resend_queue: u64,
+    pub send_errors: u64,
+    pub foreign_source: u64,
+}
+
+fn level(v: ConntrackdVersion) -> PeerLevel {
+    match v {
+        ConntrackdVersion::V1_4_1 => PeerLevel::V1_4_1,
+        ConntrackdVersion::V1_4_2 => PeerLevel::V1_4_2,
+        ConntrackdVersion::V1_4_4 => PeerLevel::V1_4_4,
+        ConntrackdVersion::V1_4_5 => PeerLevel::V1_4_5,
+        ConntrackdVersion::V1_4_7 => PeerLevel::V1_4_7,
+    }
+}
+
+fn mode_name(m: CdMode) -> &'static str {
+    match m {
+        CdMode::Ftfw => "ftfw",
+        CdMode::Notrack => "notrack",
+        CdMode::Alarm => "alarm",
+    }
+}
+
+/// The configured conntrackd link, if any.
+pub(super) fn configured(config: &Config) -> Option<(usize, &LinkConfig, ConntrackdVersion)> {
+    config
+        .links
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| match l.protocol {
+            LinkProtocol::Conntrackd(v) => Some((i, l, v)),
+            LinkProtocol::Ctsync => None,
+        })
+}
+
+/// Open the conntrackd link (when one is configured) and start reading it
+/// into `feed`.
+pub(super) fn open(
+    config: &Config,
+    feed: mpsc::Sender<Received>,
+    seed: u64,
+) -> std::io::Result<Option<CdLink>> {
+    let Some((index, link, version)) = configured(config) else {
+        return Ok(None);
+    };
+    let Some(spec) = super::setup::spec_of(link) else {
+        return Ok(None);
+    };
+    let socket = transport::open(&spec)?;
+    tokio::spawn(socket.clone().read_into(index, feed));
+    let mode = match config.sync.mode {
+        SyncMode::Ftfw => CdMode::Ftfw,
+        SyncMode::Notrack => CdMode::Notrack,
+        SyncMode::Alarm => CdMode::Alarm,
+    };
+    let cfg = CdConfig {
+        mode,
+        codec: Codec {
+            level: level(version),
+            // As conntrackd: no timeout on the wire with a CommitTimeout.
+            send_timeout: config.kernel.commit_timeout.is_none(),
+            tcp_window_tracking: config.kernel.tcp_window_tracking,
+        },
+        mtu: config.sync.mtu as usize,
+        refresh_time_s: config.sync.alarm_refresh_s,
+        seed,
+        ..CdConfig::default()
+    };
+    let unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let started_ms = 0;
+    tracing::info!(
+        device = %link.interface,
+        mode = mode_name(mode),
+        ?version,
+        "a link speaks conntrackd's protocol"
+    );
+    Ok(Some(CdLink {
+        node: CdNode::new(cfg, unix_secs, started_ms),
+        link: socket,
+        peer_id: PEER_ID_BASE + u32::try_from(index).unwrap_or(0),
+        invalid_changes: 0,
+        send_errors: 0,
+        foreign_source: 0,
+    }))
+}
+
+/// A change the conntrackd peer sent, as one of our messages; `None` when
+/// it does not pass the checks our own messages pass.
+fn message_of(op: Op, object: Object) -> Option<Message> {
+    let msg = match (op, object) {
+        (Op::New | Op::Update, Object::Flow(f)) => {
+            let wf = WireFlow::from(&f);
+            wf.validate().ok()?;
+            Message::Upsert(wf)
+        }
+        (Op::Delete, Object::Flow(f)) => {
+            let wk = WireKey::from(&f.key());
+            wk.validate().ok()?;
+            Message::Delete(wk)
+        }
+        (Op::New | Op::Update, Object::Expect(e)) => Message::ExpectUpsert(Box::new(e)),
+        (Op::Delete, Object::Expect(e)) => Message::ExpectDelete(Box::new(e.key())),
+    };
+    Some(msg)
+}
+
+impl CdLink {
+    pub fn block(&self) -> CdLinkBlock {
+        let s: CdStats = self.node.stats();
+        let mut by_reason: Vec<(String, u64)> = s
+            .rejected
+            .iter()
+            .map(|(r, n)| (format!("{r:?}"), *n))
+            .collect();
+        by_reason.sort();
+        CdLinkBlock {
+            peer_node_id: self.peer_id,
+            mode: mode_name(self.node.config().mode),
+            handshake_done: self.node.handshake_done(),
+            datagrams_sent: s.datagrams_sent,
+            bytes_sent: s.bytes_sent,
+            datagrams_received: s.datagrams_received,
+            messages_received: s.messages_received,
+            malformed: s.malformed(),
+            malformed_by_reason: by_reason,
+            invalid_changes: self.invalid_changes,
+            lost: s.lost,
+            before: s.before,
+            resend_queue: self.node.resend_queue_len() as u64,
+            send_errors: self.send_errors,
+            foreign_source: self.foreign_source,
+        }
+    }
+}
+
+impl Daemon {
+    /// A replicated local change, for the conntrackd peer too.
+    pub(super) fn cd_flow(&mut self, flow: &Flow) {
+        let now = self.now_ms();
+        if let Some(cd) = &mut self.cd {
+            cd.node.local_flow(flow.clone(), now);
+        }
+    }
+
+    pub(super) fn cd_flow_gone(&mut self, key: &FlowKey) {
+        let now = self.now_ms();
+        if let Some(cd) = &mut self.cd {
+            cd.node.local_flow_gone(key, now);
+        }
+    }
+
+    pub(super) fn cd_expect(&mut self, e: &Expectation) {
+        let now = self.now_ms();
+        if let Some(cd) = &mut self.cd {
+            cd.node.local_expect(e.clone(), now);
+        }
+    }
+
+    pub(super) fn cd_expect_gone(&mut self, key: &ExpectKey) {
+        let now = self.now_ms();
+        if let Some(cd) = &mut self.cd {
+            cd.node.local_expect_gone(key, now);
+        }
+    }
+
+    /// Start-up: the conntrackd peer learns our table, and is asked for
+    /// its own (conntrackd's StartupResync).
+    pub(super) fn cd_start(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        for flow in self.node.internal().flows() {
+            cd.node.local_flow(flow, now);
+        }
+        for entry in self.node.internal_expectations().iter() {
+            cd.node.local_expect(entry.expect.clone(), now);
+        }
+        cd.node.request_resync();
+    }
+
+    /// A datagram on the conntrackd link.
+    pub(super) fn on_cd_datagram(&mut self, received: Received) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        if !cd.link.is_from_peer(&received.from) {
+            cd.foreign_source += 1;
+            return;
+        }
+        let changes = cd.node.on_datagram(&received.bytes, now);
+        let mut msgs = Vec::with_capacity(changes.len());
+        for change in changes {
+            match message_of(change.op, change.object) {
+                Some(m) => msgs.push(m),
+                None => cd.invalid_changes += 1,
+            }
+        }
+        let peer = cd.peer_id;
+        if !msgs.is_empty() {
+            self.node.apply_foreign(peer, msgs, now);
+        }
+    }
+
+    /// Send what the conntrackd peer is due.
+    pub(super) async fn cd_transmit(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        let dest = cd.link.spec.destination();
+        for bytes in cd.node.poll_transmit(now) {
+            if let Err(e) = cd.link.socket.send_to(&bytes, dest).await {
+                cd.send_errors += 1;
+                tracing::debug!(error = %e, %dest, "conntrackd link send failed");
+            }
+        }
+    }
+
+    /// When the conntrackd link wants the loop back (ms on our clock).
+    pub(super) fn cd_deadline_ms(&self) -> Option<u64> {
+        self.cd.as_ref().map(|cd| cd.node.next_deadline())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::test_expectations::ftp;
+    use crate::flow::test_flows::udp;
+
+    #[test]
+    fn conntrackd_changes_become_our_messages() {
+        let f = udp(7);
+        assert_eq!(
+            message_of(Op::New, Object::Flow(f.clone())),
+            Some(Message::Upsert(WireFlow::from(&f)))
+        );
+        assert_eq!(
+            message_of(Op::Delete, Object::Flow(f.clone())),
+            Some(Message::Delete(WireKey::from(&f.key())))
+        );
+        assert_eq!(
+            message_of(Op::Delete, Object::Expect(ftp(1))),
+            Some(Message::ExpectDelete(Box::new(ftp(1).key())))
+        );
+        // A flow our own checks refuse (an ICMP id on a UDP flow) is not
+        // applied.
+        let mut bad = udp(8);
+        bad.orig.l4 = crate::flow::L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: 1,
+        };
+        assert_eq!(message_of(Op::Update, Object::Flow(bad)), None);
+    }
+}
