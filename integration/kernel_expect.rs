@@ -851,3 +851,57 @@ fn writer_creates_masters_expectations_and_related_flows() {
     assert!(conntrack_expect(&ns).is_empty(), "flushed");
     assert!(ns.run(|| dump_expectations().unwrap()).is_empty());
 }
+
+/// A socket that is not read while expectations are made loses events and
+/// says so (ENOBUFS -> `Overrun`), as the flow event socket does.
+#[test]
+fn expectation_event_overrun_is_reported() {
+    let ns = Netns::new("overrun", "o");
+    let (first, overruns) = ns.run(|| {
+        // The smallest buffer the kernel allows (about 2 KiB).
+        let mut es = ExpectEventSocket::open(1).unwrap();
+        es.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut w = Writer::open().unwrap();
+        // One master per expectation: the FTP helper keeps one each.
+        let masters: Vec<Flow> = (0..64u16)
+            .map(|i| {
+                let mut m = master_flow();
+                m.orig = tcp("198.18.0.1", 41000 + i, "198.18.0.2", 21);
+                m.reply = m.orig.inverted();
+                m.seq_adj = None;
+                m
+            })
+            .collect();
+        let ops: Vec<WriteOp> = masters.iter().cloned().map(WriteOp::Create).collect();
+        assert_eq!(w.apply(&ops).failed, 0);
+        let exps: Vec<ExpectOp> = masters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut e = ftp_expectation(6000 + i as u16, 60);
+                e.master = m.orig;
+                ExpectOp::Create(e)
+            })
+            .collect();
+        let rep = w.apply_expectations(&exps);
+        assert_eq!((rep.ok, rep.failed), (64, 0), "{rep:?}");
+        let mut out = Vec::new();
+        let mut first = None;
+        for _ in 0..200 {
+            match es.recv(&mut out) {
+                Ok(()) => {}
+                Err(e) => {
+                    first = Some(e);
+                    break;
+                }
+            }
+        }
+        (first, es.overruns())
+    });
+    assert!(
+        matches!(first, Some(KernelError::Overrun)),
+        "first error: {first:?}"
+    );
+    assert_eq!(overruns, 1);
+}
