@@ -14,7 +14,7 @@
 
 use ctsync::expect::{flags, Expectation};
 use ctsync::flow::{proto, status, Flow, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
-use ctsync::kernel::codec::encode_update_as;
+use ctsync::kernel::codec::{encode_create, encode_update_as};
 use ctsync::kernel::socket::{messages, NlSocket};
 use ctsync::kernel::{
     dump_expectations, dump_table, EventKind, ExpectEvent, ExpectEventSocket, ExpectOp,
@@ -219,10 +219,12 @@ fn line(r: &mut BufReader<TcpStream>) -> String {
     s
 }
 
-/// `conntrack -L expect` in `ns`: lines without the leading timeout and
-/// the `class=` word, which our Display leaves out.
+/// `conntrack -L expect` in `ns`, IPv4 then IPv6 (the tool lists one
+/// family at a time): lines without the leading timeout and the `class=`
+/// word, which our Display leaves out.
 fn conntrack_expect(ns: &Netns) -> Vec<String> {
-    let out = ns.exec_ok("conntrack", &["-L", "expect"]);
+    let mut out = ns.exec_ok("conntrack", &["-L", "expect", "-f", "ipv4"]);
+    out.push_str(&ns.exec_ok("conntrack", &["-L", "expect", "-f", "ipv6"]));
     out.lines()
         .filter(|l| l.contains("proto="))
         .map(|l| {
@@ -806,6 +808,15 @@ fn writer_creates_masters_expectations_and_related_flows() {
         sock.recv(&mut rbuf).unwrap();
         let errno = messages(&rbuf).find_map(|m| m.ok().and_then(|m| m.error()));
         assert_eq!(errno, Some(libc::EBUSY), "update clearing EXPECTED");
+        // ... and an update carrying the master is refused: the create's
+        // bytes without CREATE|EXCL.
+        let mut buf = Vec::new();
+        encode_create(&mut buf, &marked, 78, &Default::default());
+        buf[6..8].copy_from_slice(&1u16.to_ne_bytes());
+        sock.send(&buf).unwrap();
+        sock.recv(&mut rbuf).unwrap();
+        let errno = messages(&rbuf).find_map(|m| m.ok().and_then(|m| m.error()));
+        assert_eq!(errno, Some(libc::EOPNOTSUPP), "update with a master");
         // The orphan's update (master in the flow, not in the kernel)
         // succeeds through the flipped retry.
         let mut orphan2 = orphan.clone();
@@ -904,4 +915,33 @@ fn expectation_event_overrun_is_reported() {
         "first error: {first:?}"
     );
     assert_eq!(overruns, 1);
+}
+
+/// IPv6: a master flow and its expectation written, dumped and listed by
+/// `conntrack -L expect` alike (16-byte addresses and masks).
+#[test]
+fn writer_ipv6_expectation_round_trips() {
+    let ns = Netns::new("v6", "6");
+    let mut master = master_flow();
+    master.orig = tcp("2001:db8::1", 40000, "2001:db8::2", 21);
+    master.reply = master.orig.inverted();
+    let ones6 = ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    let mut e = ftp_expectation(5000, 90);
+    e.master = master.orig;
+    e.tuple = tcp("2001:db8::2", 0, "2001:db8::1", 5000);
+    e.mask.src = ones6;
+    e.mask.dst = ones6;
+    let (m, x) = (master.clone(), e.clone());
+    let (flows, dumped) = ns.run(move || {
+        let mut w = Writer::open().unwrap();
+        assert_eq!(w.apply(&[WriteOp::Create(m)]).failed, 0);
+        let rep = w.apply_expectations(&[ExpectOp::Create(x)]);
+        assert_eq!((rep.ok, rep.failed), (1, 0), "{rep:?}");
+        (dump_table().unwrap(), dump_expectations().unwrap())
+    });
+    let got = flows.iter().find(|f| f.orig == master.orig).unwrap();
+    assert_eq!(got.seq_adj, master.seq_adj);
+    assert_eq!(dumped.len(), 1, "{dumped:?}");
+    assert!(dumped[0].same_state(&e), "{:?} vs {e:?}", dumped[0]);
+    assert_eq!(conntrack_expect(&ns), vec![expect_text(&e)]);
 }
