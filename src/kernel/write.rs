@@ -13,9 +13,10 @@
 //! Must not: decide timeouts or which flows to write (callers do), or
 //! filter events (callers compare event port ids with [`Writer::portid`]).
 //!
-//! Acknowledgement scheme: requests carry no NLM_F_ACK, so the kernel only
-//! answers the ones that fail (NLMSG_ERROR with the request's seq; with
-//! NETLINK_CAP_ACK the echo is just the header). Each send ends with an
+//! Acknowledgement scheme: flow requests carry no NLM_F_ACK, so the kernel
+//! only answers the ones that fail (NLMSG_ERROR with the request's seq; with
+//! NETLINK_CAP_ACK the echo is just the header). Expectation requests
+//! (`expect_write`) carry it: their ACK reads as success. Each send ends with an
 //! NLMSG_NOOP barrier that does carry NLM_F_ACK; the kernel handles the
 //! messages of one send in order before `send` returns, so once the
 //! barrier's ACK is read every error of that send has been read too.
