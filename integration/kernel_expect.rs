@@ -846,6 +846,19 @@ fn writer_creates_masters_expectations_and_related_flows() {
         assert_eq!(got.master, None, "orphan created without master");
         assert!(got.status & status::EXPECTED == 0);
 
+        // A RELATED flow before its master in one batch: attached all the
+        // same (it is tried again after the rest of the batch).
+        let mut master3 = master_flow();
+        master3.orig = tcp("198.18.0.1", 40003, "198.18.0.2", 21);
+        master3.reply = master3.orig.inverted();
+        let mut early = Flow::new(tcp("198.18.0.2", 20, "198.18.0.1", 6003));
+        early.timeout = 300;
+        early.master = Some(master3.orig);
+        let rep = w.apply(&[WriteOp::Create(early.clone()), WriteOp::Create(master3)]);
+        assert_eq!((rep.ok, rep.failed), (2, 0), "{rep:?}");
+        let got = get_flow(&early.key()).unwrap().expect("early flow");
+        assert_eq!(got.master, early.master, "attached after its master");
+
         // An update of the RELATED flow keeps EXPECTED (the kernel refuses
         // any change of it) ...
         let mut marked = related.clone();
