@@ -4,7 +4,7 @@
 #![cfg(target_endian = "little")]
 
 use super::*;
-use crate::flow::{proto, status, Flow, ProtoState, Tuple, L4};
+use crate::flow::{proto, status, Flow, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
 use proptest::prelude::*;
 
 fn t(src: &str, dst: &str, p: u8, l4: L4) -> Tuple {
@@ -664,4 +664,210 @@ proptest! {
         encode_create(&mut buf, &f, 1, &CreateOptions::default());
         prop_assert_eq!(decode_flow(payload(&buf)).unwrap(), as_sent(&f));
     }
+}
+
+/// An FTP data connection 198.18.0.2:20 -> 198.18.0.1:5000, RELATED to the
+/// control connection 198.18.0.1:40000 -> 198.18.0.2:21, with a sequence
+/// adjustment (offsets +4 / -4 as the kernel's u32).
+fn related_flow() -> Flow {
+    let mut f = Flow::new(t(
+        "198.18.0.2",
+        "198.18.0.1",
+        proto::TCP,
+        L4::Ports { src: 20, dst: 5000 },
+    ));
+    f.timeout = 60;
+    f.status = status::EXPECTED | status::SEEN_REPLY;
+    f.master = Some(t(
+        "198.18.0.1",
+        "198.18.0.2",
+        proto::TCP,
+        L4::Ports {
+            src: 40000,
+            dst: 21,
+        },
+    ));
+    f.seq_adj = Some(SeqAdj {
+        orig: SeqAdjDir {
+            correction_pos: 0x01020304,
+            offset_before: 0,
+            offset_after: 4,
+        },
+        reply: SeqAdjDir {
+            correction_pos: 0x0a0b0c0d,
+            offset_before: 0,
+            offset_after: 0xffff_fffc,
+        },
+    });
+    f
+}
+
+fn tcp_tuple_nest(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    nest(
+        kind,
+        &[
+            nest(1, &[nla(1, &src), nla(2, &dst)]),
+            nest(
+                2,
+                &[
+                    nla(1, &[6]),
+                    nla(2, &sport.to_be_bytes()),
+                    nla(3, &dport.to_be_bytes()),
+                ],
+            ),
+        ],
+    )
+}
+
+fn seq_adj_nests() -> Vec<Vec<u8>> {
+    vec![
+        // CTA_SEQ_ADJ_ORIG (15): CORRECTION_POS, OFFSET_BEFORE, OFFSET_AFTER
+        nest(
+            15,
+            &[
+                nla(1, &[1, 2, 3, 4]),
+                nla(2, &[0, 0, 0, 0]),
+                nla(3, &[0, 0, 0, 4]),
+            ],
+        ),
+        // CTA_SEQ_ADJ_REPLY (16)
+        nest(
+            16,
+            &[
+                nla(1, &[0x0a, 0x0b, 0x0c, 0x0d]),
+                nla(2, &[0, 0, 0, 0]),
+                nla(3, &[0xff, 0xff, 0xff, 0xfc]),
+            ],
+        ),
+    ]
+}
+
+/// A RELATED flow: EXPECTED is not sent (the kernel sets it), the master
+/// goes in CTA_TUPLE_MASTER (14) after the rest, then the sequence
+/// adjustment in both directions; without the master on the writer's
+/// fallback.
+#[test]
+fn golden_create_related_with_seq_adj() {
+    let f = related_flow();
+    let master = tcp_tuple_nest(14, [198, 18, 0, 1], [198, 18, 0, 2], 40000, 21);
+    let mut attrs = vec![
+        tcp_tuple_nest(1, [198, 18, 0, 2], [198, 18, 0, 1], 20, 5000),
+        tcp_tuple_nest(2, [198, 18, 0, 1], [198, 18, 0, 2], 5000, 20),
+        nla(3, &[0, 0, 0, 0x0a]), // SEEN_REPLY|CONFIRMED, no EXPECTED
+        nla(7, &[0, 0, 0, 60]),
+        nla(8, &[0, 0, 0, 0]),
+        master,
+    ];
+    attrs.extend(seq_adj_nests());
+    let mut buf = Vec::new();
+    encode_create(&mut buf, &f, 3, &CreateOptions::default());
+    assert_eq!(buf, msg(CREATE, 2, 3, &attrs));
+
+    let mut detached = Vec::new();
+    encode_create_as(&mut detached, &f, 3, &CreateOptions::default(), false);
+    attrs.remove(5);
+    assert_eq!(detached, msg(CREATE, 2, 3, &attrs));
+}
+
+/// An update never carries the master (the kernel refuses it with
+/// EOPNOTSUPP) but does carry the sequence adjustment, and sends EXPECTED
+/// for a flow with a master (the kernel refuses a change of it with EBUSY).
+#[test]
+fn golden_update_related() {
+    let f = related_flow();
+    let mut attrs = vec![
+        tcp_tuple_nest(1, [198, 18, 0, 2], [198, 18, 0, 1], 20, 5000),
+        nla(3, &[0, 0, 0, 0x0b]), // EXPECTED|SEEN_REPLY|CONFIRMED
+        nla(7, &[0, 0, 0, 60]),
+        nla(8, &[0, 0, 0, 0]),
+    ];
+    attrs.extend(seq_adj_nests());
+    let mut buf = Vec::new();
+    encode_update(&mut buf, &f, 4);
+    assert_eq!(buf, msg(0x0001, 2, 4, &attrs));
+
+    let mut without = Vec::new();
+    encode_update_as(&mut without, &f, 4, false);
+    attrs[1] = nla(3, &[0, 0, 0, 0x0a]);
+    assert_eq!(without, msg(0x0001, 2, 4, &attrs));
+    // A flow without master sends no EXPECTED, whatever its status says.
+    let mut plain = f.clone();
+    plain.master = None;
+    plain.seq_adj = None;
+    let mut buf = Vec::new();
+    encode_update(&mut buf, &plain, 4);
+    assert_eq!(buf, msg(0x0001, 2, 4, &attrs[..4]));
+}
+
+#[test]
+fn related_flow_round_trips_and_partial_seq_adj_decodes() {
+    let f = related_flow();
+    let mut buf = Vec::new();
+    encode_create(&mut buf, &f, 1, &CreateOptions::default());
+    let got = decode_flow(payload(&buf)).unwrap();
+    assert_eq!(got.master, f.master);
+    assert_eq!(got.seq_adj, f.seq_adj);
+    // Only the original direction: the reply direction reads as zeros.
+    let mut p = vec![2, 0, 0, 0];
+    p.extend(tcp_tuple_nest(1, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2));
+    p.extend(seq_adj_nests().remove(0));
+    let got = decode_flow(&p).unwrap();
+    assert_eq!(
+        got.seq_adj,
+        Some(SeqAdj {
+            orig: SeqAdjDir {
+                correction_pos: 0x01020304,
+                offset_before: 0,
+                offset_after: 4
+            },
+            reply: SeqAdjDir::default(),
+        })
+    );
+    assert_eq!(got.master, None);
+}
+
+#[test]
+fn bad_master_or_seq_adj_is_an_error_naming_it() {
+    let orig = tcp_tuple_nest(1, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2);
+    // A sequence adjustment without OFFSET_AFTER.
+    let mut p = vec![2, 0, 0, 0];
+    p.extend(orig.clone());
+    p.extend(nest(16, &[nla(1, &[0, 0, 0, 1]), nla(2, &[0, 0, 0, 0])]));
+    assert_eq!(
+        decode_flow(&p),
+        Err(CodecError::Missing("CTA_SEQ_ADJ_REPLY"))
+    );
+    // A short value.
+    let mut p = vec![2, 0, 0, 0];
+    p.extend(orig.clone());
+    p.extend(nest(
+        15,
+        &[nla(1, &[0, 1]), nla(2, &[0; 4]), nla(3, &[0; 4])],
+    ));
+    assert_eq!(
+        decode_flow(&p),
+        Err(CodecError::Invalid("CTA_SEQ_ADJ_ORIG"))
+    );
+    // A master tuple without addresses.
+    let mut p = vec![2, 0, 0, 0];
+    p.extend(orig.clone());
+    p.extend(nest(14, &[nest(2, &[nla(1, &[6])])]));
+    assert_eq!(
+        decode_flow(&p),
+        Err(CodecError::Missing("CTA_TUPLE_MASTER"))
+    );
+    // An IPv6 master of an IPv4 flow.
+    let mut p = vec![2, 0, 0, 0];
+    p.extend(orig);
+    p.extend(nest(
+        14,
+        &[
+            nest(1, &[nla(3, &v6("2001:db8::1")), nla(4, &v6("2001:db8::2"))]),
+            nest(2, &[nla(1, &[6]), nla(2, &[0, 1]), nla(3, &[0, 2])]),
+        ],
+    ));
+    assert_eq!(
+        decode_flow(&p),
+        Err(CodecError::Invalid("CTA_TUPLE_MASTER"))
+    );
 }

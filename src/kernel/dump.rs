@@ -1,17 +1,21 @@
 //! Table dumps: read the whole conntrack table (IPv4 and IPv6, every zone)
-//! into flows, and every expectation into expectations.
+//! into flows, and every expectation into expectations; and reads of one
+//! flow by key.
 //!
-//! Owns: the dump request/response loop, restarts after an interrupted dump.
+//! Owns: the dump request/response loop, restarts after an interrupted dump,
+//! the get request/response.
 //! Must not: filter, cache or write flows or expectations.
 
-use super::codec::{ct_msg_type, decode_flow, encode_dump_request, CodecError, IPCTNL_MSG_CT_NEW};
+use super::codec::{
+    ct_msg_type, decode_flow, encode_dump_request, encode_get, CodecError, IPCTNL_MSG_CT_NEW,
+};
 use super::expect_codec::{
     decode_expectation, encode_expect_dump_request, exp_msg_type, IPCTNL_MSG_EXP_NEW,
 };
 use super::socket::{messages, NlSocket, NLM_F_DUMP_INTR};
 use super::KernelError;
 use crate::expect::Expectation;
-use crate::flow::Flow;
+use crate::flow::{Flow, FlowKey};
 
 /// What one kind of dump sends and reads back.
 struct DumpKind<T> {
@@ -47,6 +51,41 @@ pub fn dump_expectations() -> Result<Vec<Expectation>, KernelError> {
         msg_type: exp_msg_type(IPCTNL_MSG_EXP_NEW),
         decode: decode_expectation,
     })
+}
+
+/// Read one flow by key (IPCTNL_MSG_CT_GET); `None` when the table lacks
+/// it. The kernel sends no event when a helper changes a flow's sequence
+/// adjustment (an FTP PORT rewritten under NAT): read the master again
+/// after its helper's expectation appears.
+pub fn get_flow(key: &FlowKey) -> Result<Option<Flow>, KernelError> {
+    let sock = NlSocket::open()?;
+    let mut req = Vec::with_capacity(128);
+    encode_get(&mut req, key, 1);
+    sock.send(&req)?;
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    // Bounded: the answer is one message (the flow or an error).
+    for _ in 0..8 {
+        sock.recv(&mut buf)
+            .map_err(|e| KernelError::io("recv get", e))?;
+        for m in messages(&buf).map_while(Result::ok) {
+            if m.seq != 1 {
+                continue;
+            }
+            match m.error() {
+                Some(libc::ENOENT) => return Ok(None),
+                Some(0) => continue,
+                Some(errno) => return Err(KernelError::Refused { what: "get", errno }),
+                None => {}
+            }
+            if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
+                return Ok(Some(decode_flow(m.payload)?));
+            }
+        }
+    }
+    Err(KernelError::io(
+        "recv get",
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "no answer to a get"),
+    ))
 }
 
 fn dump<T>(kind: &DumpKind<T>) -> Result<Vec<T>, KernelError> {

@@ -62,12 +62,10 @@ const CTA_EXPECT_FN: u16 = 11;
 const CTA_EXPECT_NAT_DIR: u16 = 1;
 const CTA_EXPECT_NAT_TUPLE: u16 = 2;
 
-/// Longest helper or expectfn name the kernel takes (NF_CT_HELPER_NAME_LEN
-/// is 16 with the NUL).
-const NAME_MAX: usize = 15;
-
+/// A NUL-terminated name, sent as given: the kernel refuses a helper name
+/// of more than 15 bytes (and looks expectfn names up whole).
 fn put_string(buf: &mut Vec<u8>, kind: u16, s: &str) {
-    let mut v: Vec<u8> = s.as_bytes().iter().copied().take(NAME_MAX).collect();
+    let mut v = s.as_bytes().to_vec();
     v.push(0);
     put_attr(buf, kind, &v);
 }

@@ -13,9 +13,10 @@
 //! Must not: decide timeouts or which flows to write (callers do), or
 //! filter events (callers compare event port ids with [`Writer::portid`]).
 //!
-//! Acknowledgement scheme: requests carry no NLM_F_ACK, so the kernel only
-//! answers the ones that fail (NLMSG_ERROR with the request's seq; with
-//! NETLINK_CAP_ACK the echo is just the header). Each send ends with an
+//! Acknowledgement scheme: flow requests carry no NLM_F_ACK, so the kernel
+//! only answers the ones that fail (NLMSG_ERROR with the request's seq; with
+//! NETLINK_CAP_ACK the echo is just the header). Expectation requests
+//! (`expect_write`) carry it: their ACK reads as success. Each send ends with an
 //! NLMSG_NOOP barrier that does carry NLM_F_ACK; the kernel handles the
 //! messages of one send in order before `send` returns, so once the
 //! barrier's ACK is read every error of that send has been read too.
@@ -430,5 +431,53 @@ fn verb(r: &Req) -> &'static str {
         Req::Create { .. } => "create",
         Req::Update { .. } => "update",
         Req::Delete(_) => "delete",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::test_flows::udp;
+
+    fn create(flow: &Flow) -> Unit<'_> {
+        Unit::new(Req::Create { flow, master: true })
+    }
+
+    #[test]
+    fn create_fallbacks() {
+        let plain = udp(1);
+        let mut related = udp(2);
+        related.master = Some(udp(3).orig);
+        // EEXIST: delete + create, once.
+        let again = create(&plain).next(libc::EEXIST).unwrap().unwrap();
+        assert!(again.pre_delete);
+        assert_eq!(again.next(libc::EEXIST).err(), Some(libc::EEXIST));
+        // ENOENT without a master is a failure.
+        assert_eq!(create(&plain).next(libc::ENOENT).err(), Some(libc::ENOENT));
+        // With a master: once more as is, then without the master, then fail.
+        let wait = create(&related).next(libc::ENOENT).unwrap().unwrap();
+        assert!(matches!(wait.req, Req::Create { master: true, .. }));
+        let detach = wait.next(libc::ENOENT).unwrap().unwrap();
+        assert!(matches!(detach.req, Req::Create { master: false, .. }));
+        assert_eq!(detach.next(libc::ENOENT).err(), Some(libc::ENOENT));
+        assert!(detach.next(0).unwrap().is_none());
+    }
+
+    #[test]
+    fn update_and_delete_fallbacks() {
+        let f = udp(1);
+        let update = Unit::new(Req::Update {
+            flow: &f,
+            expected: false,
+        });
+        let created = update.next(libc::ENOENT).unwrap().unwrap();
+        assert!(matches!(created.req, Req::Create { master: true, .. }));
+        let flipped = update.next(libc::EBUSY).unwrap().unwrap();
+        assert!(matches!(flipped.req, Req::Update { expected: true, .. }));
+        assert_eq!(flipped.next(libc::EBUSY).err(), Some(libc::EBUSY));
+        assert_eq!(update.next(libc::EPERM).err(), Some(libc::EPERM));
+        let delete = Unit::new(Req::Delete(f.key()));
+        assert!(delete.next(libc::ENOENT).unwrap().is_none());
+        assert_eq!(delete.next(libc::EINVAL).err(), Some(libc::EINVAL));
     }
 }

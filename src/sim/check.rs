@@ -12,6 +12,7 @@ use std::fmt;
 
 /// One way the views disagree.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Difference {
     /// `owner` has the flow; `viewer`'s external view of it does not.
     Missing { owner: u32, viewer: u32, flow: Flow },
