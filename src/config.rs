@@ -1357,7 +1357,11 @@ fn links_config(
                 Some(ids)
             }
         };
-        let protocol = match l.protocol.as_ref().map(|p| (p.span().start, p.get_ref().as_str())) {
+        let protocol = match l
+            .protocol
+            .as_ref()
+            .map(|p| (p.span().start, p.get_ref().as_str()))
+        {
             None | Some((_, "ctsync")) => {
                 if let Some(v) = &l.conntrackd_version {
                     return cx.invalid(

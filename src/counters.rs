@@ -239,6 +239,8 @@ pub struct StatsSnapshot {
     pub table: Option<TableUse>,
     /// The expectation caches (`-s expect`), and the expectation commits.
     pub expectations: ExpectBlock,
+    /// The link that speaks conntrackd's protocol, if one does.
+    pub conntrackd_link: Option<CdLinkBlock>,
 }
 
 /// `-s expect`: the expectation caches in the cache block's layout, and
@@ -271,4 +273,25 @@ impl StatsSnapshot {
             .filter(|(_, n)| *n > 0)
             .collect()
     }
+}
+
+/// `-s --json`: the conntrackd link's counters.
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdLinkBlock {
+    pub peer_node_id: u32,
+    pub mode: &'static str,
+    pub handshake_done: bool,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub messages_received: u64,
+    pub malformed: u64,
+    /// Refused messages by reason (conntrackd's `-s network` counters).
+    pub malformed_by_reason: Vec<(String, u64)>,
+    pub invalid_changes: u64,
+    pub lost: u64,
+    pub before: u64,
+    pub resend_queue: u64,
+    pub send_errors: u64,
+    pub foreign_source: u64,
 }

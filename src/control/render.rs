@@ -290,6 +290,7 @@ pub fn render_stats(snap: &StatsSnapshot, section: StatsSection) -> String {
             cache_block(&mut s, "internal", &snap.internal);
             cache_block(&mut s, "external", &snap.external);
             active_link_block(&mut s, snap);
+            conntrackd_link_block(&mut s, snap);
             let _ = write!(
                 s,
                 "message tracking:\n{:>20} Malformed msgs {:>20} Lost msgs\n\n",
@@ -457,6 +458,29 @@ fn cache_detail(s: &mut String, name: &str, c: &CacheBlock) {
         c.counts.update_failed,
         c.counts.destroyed,
         c.counts.destroy_failed
+    );
+}
+
+/// The link that speaks conntrackd's protocol, in the layout of its
+/// traffic block.
+fn conntrackd_link_block(s: &mut String, snap: &StatsSnapshot) {
+    let Some(c) = &snap.conntrackd_link else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "conntrackd link (mode={}, peer node id {}):\n\
+         {:>20} Bytes sent {:>20} Pckts sent\n\
+         {:>20} Pckts recv {:>20} Msgs recv\n\
+         {:>20} Malformed msgs {:>16} Lost msgs\n\n",
+        c.mode,
+        c.peer_node_id,
+        c.bytes_sent,
+        c.datagrams_sent,
+        c.datagrams_received,
+        c.messages_received,
+        c.malformed + c.invalid_changes,
+        c.lost
     );
 }
 

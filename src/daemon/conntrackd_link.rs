@@ -15,11 +15,11 @@
 use super::Daemon;
 use crate::config::{Config, ConntrackdVersion, LinkConfig, LinkProtocol, SyncMode};
 use crate::conntrackd_wire::{CdConfig, CdMode, CdNode, CdStats, Codec, Object, Op, PeerLevel};
+use crate::counters::CdLinkBlock;
 use crate::expect::{ExpectKey, Expectation};
 use crate::flow::{Flow, FlowKey};
 use crate::transport::{self, Link, Received};
 use crate::wire::{Message, WireFlow, WireKey};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// The node id a conntrackd peer's flows are kept under (its protocol has
@@ -36,27 +36,6 @@ pub(super) struct CdLink {
     pub invalid_changes: u64,
     pub send_errors: u64,
     /// Datagrams from an address other than the configured peer's.
-    pub foreign_source: u64,
-}
-
-/// `-s --json`: the conntrackd link's counters.
-#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct CdLinkBlock {
-    pub peer_node_id: u32,
-    pub mode: &'static str,
-    pub handshake_done: bool,
-    pub datagrams_sent: u64,
-    pub bytes_sent: u64,
-    pub datagrams_received: u64,
-    pub messages_received: u64,
-    pub malformed: u64,
-    /// Refused messages by reason (conntrackd's `-s network` counters).
-    pub malformed_by_reason: Vec<(String, u64)>,
-    pub invalid_changes: u64,
-    pub lost: u64,
-    pub before: u64,
-    pub resend_queue: u64,
-    pub send_errors: u64,
     pub foreign_source: u64,
 }
 

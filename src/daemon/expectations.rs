@@ -31,6 +31,12 @@ const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most times warm standby retries writing one expectation whose master is
 /// not in the table yet (it arrives in a later batch).
 const MIRROR_RETRIES: u8 = 20;
+/// How long an expectation made by its connection's first packet waits
+/// for that connection's event before it is dropped (the master is not
+/// ours: filtered out, or another helper's).
+const MASTER_WAIT_MS: u64 = 2_000;
+/// Most expectations waiting for their master at once.
+const MAX_WAITING: usize = 4096;
 /// How long failed creates wait before they are tried again.
 const MIRROR_RETRY_DELAY: Duration = Duration::from_millis(250);
 
@@ -54,6 +60,8 @@ pub(super) struct ExpectState {
     retry_at: Option<Instant>,
     /// A batch is on the worker, with the retry budgets of its retries.
     in_flight: Option<Vec<(ExpectKey, u8)>>,
+    /// Expectations whose master is not ours yet, and until when they wait.
+    waiting: Vec<(Expectation, u64)>,
 }
 
 /// Subscribe to expectation events and read them on a thread of their own.
@@ -132,17 +140,90 @@ impl Daemon {
         if self.origins.ignored.contains(&event.portid) {
             return;
         }
-        let now = self.now_ms();
         let own_write = self.origins.own.contains(&event.portid);
+        let e = event.expect;
         match event.kind {
+            EventKind::New | EventKind::Update if own_write => {
+                let now = self.now_ms();
+                self.node.local_expect_upsert(e, now, false);
+            }
             EventKind::New | EventKind::Update => {
-                if own_write || self.expectation_is_ours(&event.expect) {
-                    self.node.local_expect_upsert(event.expect, now, !own_write);
+                if !self.config.sync.expectations.takes(e.helper.as_deref()) {
+                    return;
+                }
+                if self.expectation_is_ours(&e) {
+                    self.refresh_master(&e);
+                    self.replicate_expectation(e);
+                } else if self.expect_state.waiting.len() < MAX_WAITING {
+                    // Made by its connection's first packet (TFTP's read
+                    // request, SIP's INVITE): the master's own event comes
+                    // right after; wait for it.
+                    let until = self.now_ms() + MASTER_WAIT_MS;
+                    self.expect_state.waiting.push((e, until));
                 }
             }
             EventKind::Destroy => {
-                self.node
-                    .local_expect_delete(&event.expect.key(), now, !own_write);
+                let key = e.key();
+                self.expect_state.waiting.retain(|(w, _)| w.key() != key);
+                if !own_write && self.node.internal_expectations().contains(&key) {
+                    self.cd_expect_gone(&key);
+                }
+                let now = self.now_ms();
+                let replicate = !own_write && self.ctsync_links;
+                self.node.local_expect_delete(&key, now, replicate);
+            }
+        }
+    }
+
+    fn replicate_expectation(&mut self, e: Expectation) {
+        let now = self.now_ms();
+        self.cd_expect(&e);
+        let replicate = self.ctsync_links;
+        self.node.local_expect_upsert(e, now, replicate);
+    }
+
+    /// The helper that made `e` may have rewritten its master's payload
+    /// under NAT (an FTP PORT), and the kernel reports the new sequence
+    /// adjustment in no event: read the master now and replicate what
+    /// changed.
+    fn refresh_master(&mut self, e: &Expectation) {
+        let key = FlowKey {
+            zone: e.zone,
+            orig: e.master,
+        };
+        match crate::kernel::get_flow(&key) {
+            Ok(Some(mut flow)) => {
+                if let Some(cached) = self.node.internal().flow(&key) {
+                    flow.fill_from_previous(&cached);
+                    if cached.same_state(&flow) {
+                        return;
+                    }
+                }
+                if self.filter.accepts(&flow) {
+                    let now = self.now_ms();
+                    self.cd_flow(&flow);
+                    let replicate = self.ctsync_links;
+                    self.node.local_upsert(flow, now, replicate);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => tracing::debug!(%err, "cannot read an expectation's master"),
+        }
+    }
+
+    /// Expectations waiting for their master: those whose master is ours
+    /// now are replicated, those that waited too long are dropped.
+    pub(super) fn settle_waiting_expectations(&mut self) {
+        if self.expect_state.waiting.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let waiting = std::mem::take(&mut self.expect_state.waiting);
+        for (e, until) in waiting {
+            if self.expectation_is_ours(&e) {
+                self.replicate_expectation(e);
+            } else if now < until {
+                self.expect_state.waiting.push((e, until));
             }
         }
     }

@@ -622,6 +622,7 @@ impl Daemon {
                 for event in events {
                     self.apply_event(event);
                 }
+                self.settle_waiting_expectations();
             }
             KernelFeed::Overrun { buffer_size } => {
                 self.kernel_counters.overruns += 1;
@@ -684,6 +685,7 @@ impl Daemon {
     }
 
     fn on_timers(&mut self) {
+        self.settle_waiting_expectations();
         let now = Instant::now();
         if self.timers.link_check_at <= now {
             self.timers.link_check_at = now + LINK_CHECK_INTERVAL;

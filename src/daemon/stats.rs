@@ -96,6 +96,7 @@ impl Daemon {
             commit_failed: self.commit_counters.expectations_failed,
         };
         StatsSnapshot {
+            conntrackd_link: self.cd.as_ref().map(|cd| cd.block()),
             expectations,
             uptime_s: self.started.elapsed().as_secs(),
             internal,

@@ -18,7 +18,7 @@
 //! the helper the *expected* connection gets (EOPNOTSUPP if unknown), while
 //! dumps report the *master's* helper there, so an expectation written back
 //! as dumped gives its connection the master's helper, as conntrackd's
-//! commit does; CTA_EXPECT_FN is looked up by name (EINVAL if unknown);
+//! commit does (ours sends name and class only for a class above 0); CTA_EXPECT_FN is looked up by name (EINVAL if unknown);
 //! CTA_EXPECT_NAT needs both its direction and a complete tuple. An
 //! existing expectation (found by the expected tuple) makes a create with
 //! NLM_F_EXCL fail with EEXIST. Dumps and events never carry
@@ -99,9 +99,18 @@ pub fn encode_expect_create(buf: &mut Vec<u8>, e: &Expectation, seq: u32) {
     put_attr(buf, CTA_EXPECT_TIMEOUT, &e.timeout.max(1).to_be_bytes());
     put_zone(buf, e.zone);
     put_attr(buf, CTA_EXPECT_FLAGS, &e.flags.to_be_bytes());
-    put_attr(buf, CTA_EXPECT_CLASS, &e.class.to_be_bytes());
-    if let Some(h) = &e.helper {
-        put_string(buf, CTA_EXPECT_HELP_NAME, h);
+    // The helper name is what the *expected* connection gets, and dumps
+    // report the master's there: sent back, an FTP data connection would
+    // carry the FTP helper. The kernel takes a class only with a helper
+    // name, though, and a SIP call's media expectations (class 1 and 2)
+    // would all collide in class 0. So: class and name for a class above
+    // 0 (its connection then carries the master's helper, which finds
+    // nothing to parse in media), neither for class 0.
+    if e.class != 0 {
+        put_attr(buf, CTA_EXPECT_CLASS, &e.class.to_be_bytes());
+        if let Some(h) = &e.helper {
+            put_string(buf, CTA_EXPECT_HELP_NAME, h);
+        }
     }
     if let Some(nat) = &e.nat {
         let n = nest_start(buf, CTA_EXPECT_NAT);
