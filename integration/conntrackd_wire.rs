@@ -20,6 +20,9 @@
 //!   ct` commits the flows into its namespace's kernel, where they equal
 //!   what we sent (NAT, mark, zone, helper), and `-c expect` the
 //!   expectation, which `conntrack -L expect` then shows.
+//! - FTFW restarts: conntrackd restarted with `StartupResync on` gets our
+//!   bulk; our node restarted with lower sequence numbers is taken thanks
+//!   to HELLO and gets conntrackd's bulk on its RESYNC.
 //!
 //! Owns: two namespaces per test (conntrackd's and ours) joined by a veth
 //! pair, conntrackd's process and files; all removed on drop, even when a
@@ -136,6 +139,20 @@ impl Link {
             wait_until(Duration::from_secs(10), || ctl.exists()),
             "conntrackd did not start: {}",
             std::fs::read_to_string(self.dir.join("conntrackd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stop conntrackd (SIGTERM) and wait until it is gone.
+    fn stop_conntrackd(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            reap(&mut c, Duration::from_secs(10));
+        }
+        let ctl = self.dir.join("conntrackd.ctl");
+        assert!(
+            wait_until(Duration::from_secs(10), || !ctl.exists()),
+            "conntrackd left its socket"
         );
     }
 
@@ -936,4 +953,95 @@ fn ours_alarm_to_conntrackd() {
         "Mode ALARM { RefreshTime 2 CacheTimeout 10 }",
         0,
     );
+}
+
+/// A restart of either side in FTFW: the restarted one says HELLO (so its
+/// new, lower or higher, sequence numbers are taken) and asks for a resync
+/// (conntrackd: `StartupResync on`; ours: `request_resync`), which the other
+/// answers with a bulk of everything it holds.
+#[test]
+fn ftfw_restart_of_either_side_resyncs() {
+    let mut link = Link::new("Mode FTFW { StartupResync on }");
+    link.start_conntrackd();
+    let mut us = Us::new(&link, CdMode::Ftfw);
+    assert!(us.pump_until(Duration::from_secs(10), |u| u.node.handshake_done()));
+    let ours: Vec<Flow> = our_flows().into_iter().skip(5).take(10).collect();
+    let now = us.now();
+    for f in &ours {
+        us.node.local_flow(f.clone(), now);
+    }
+    let mut ext = String::new();
+    let mut has_ours = |us: &mut Us, link: &Link, what: &str| {
+        let ok = us.pump_until(Duration::from_secs(20), |_| {
+            ext = link.cd(&["-e", "ct"]);
+            ours.iter().all(|f| external_has(&ext, f))
+        });
+        assert!(ok, "{what}: conntrackd -e lacks our flows:\n{ext}");
+    };
+    has_ours(&mut us, &link, "first sync");
+    link.in_cd(
+        "conntrack",
+        &[
+            "-I",
+            "-s",
+            "198.18.1.1",
+            "-d",
+            "198.18.2.2",
+            "-p",
+            "tcp",
+            "--sport",
+            "1",
+            "--dport",
+            "2",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "120",
+            "-u",
+            "ASSURED,SEEN_REPLY",
+        ],
+    );
+    let theirs = Flow::new(ports("198.18.1.1", 1, "198.18.2.2", 2, proto::TCP)).key();
+    assert!(us.pump_until(Duration::from_secs(10), |u| u.flow(&theirs).is_some()));
+
+    // conntrackd restarts: its external cache is empty, StartupResync asks
+    // us, and our bulk refills it.
+    link.stop_conntrackd();
+    us.pump(Duration::from_millis(300));
+    link.start_conntrackd();
+    let hellos = us.node.stats().hellos;
+    has_ours(&mut us, &link, "after conntrackd's restart");
+    assert!(us.node.stats().resync_requests >= 1);
+    assert!(
+        us.node.stats().hellos > hellos,
+        "no HELLO from the restarted conntrackd"
+    );
+
+    // We restart: a new node whose sequence numbers start lower than the
+    // old one's last (the Unix time, a few seconds on, against hundreds of
+    // messages sent). conntrackd takes them thanks to HELLO, and our
+    // resync request brings its table.
+    let sent_before = us.node.stats().messages_sent;
+    assert!(
+        sent_before > 20,
+        "too few messages to make the restart go backwards"
+    );
+    drop(us);
+    let mut us = Us::new(&link, CdMode::Ftfw);
+    us.node.request_resync();
+    assert!(
+        us.pump_until(Duration::from_secs(15), |u| u.flow(&theirs).is_some()),
+        "no bulk from conntrackd after our restart: {:?}",
+        us.node.stats()
+    );
+    let mut fresh = Flow::new(ports("198.18.12.1", 7, "198.18.13.1", 8, proto::UDP));
+    fresh.timeout = 100;
+    fresh.status = 0x08;
+    let now = us.now();
+    us.node.local_flow(fresh.clone(), now);
+    let ok = us.pump_until(Duration::from_secs(15), |_| {
+        ext = link.cd(&["-e", "ct"]);
+        external_has(&ext, &fresh)
+    });
+    assert!(ok, "conntrackd dropped our restarted node's flow:\n{ext}");
 }
