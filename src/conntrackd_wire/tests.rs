@@ -969,3 +969,34 @@ fn ftfw_peer_restart_with_hello_is_accepted() {
     assert_eq!(p.ext_b.len(), 1);
     assert!(p.b.stats().hellos >= 2);
 }
+
+#[test]
+fn resend_queue_is_bounded_and_evicts_the_oldest() {
+    let mut n = CdNode::new(
+        CdConfig {
+            resend_queue_size: 10,
+            ..CdConfig::default()
+        },
+        1,
+        0,
+    );
+    for i in 0..30u16 {
+        n.local_flow(captured_flow_port(i), 0);
+    }
+    for i in 0..5u16 {
+        n.local_flow_gone(&captured_flow_port(i).key(), 0);
+    }
+    let _ = n.poll_transmit(0);
+    assert_eq!(n.resend_queue_len(), 10);
+    assert_eq!(n.stats().rs_overflow, 20);
+    // The five deletes were among the evicted: their objects are gone.
+    assert_eq!(n.internal_len(), 25);
+    // A NACK of an evicted range resends nothing: only what is still held.
+    let nack = Control::Nack { from: 1, to: 40 }.encode(77, 0);
+    n.on_datagram(&nack, 10);
+    let out = n.poll_transmit(10);
+    let msgs: usize = out.iter().map(|d| split(d).len()).sum();
+    // (The NACK is the first message heard: no gap, no NACK of ours.)
+    assert_eq!(msgs, 10, "{out:02x?}");
+    assert_eq!(n.stats().nacked, 10);
+}
