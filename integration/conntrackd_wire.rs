@@ -4,8 +4,9 @@
 //!
 //! - conntrackd → ours (NOTRACK, FTFW, ALARM): flows written with
 //!   `conntrack -I` (plain, SNAT with a port, DNAT with a port, ICMP under
-//!   SNAT, IPv6 in a zone, a mark), an FTP control connection with its
-//!   helper and an expectation of it reach our receiver, which answers
+//!   SNAT, IPv6 in a zone, a mark), a labelled flow and an FTP control
+//!   connection with its helper (both written with ctsync's kernel writer)
+//!   and an expectation of it reach our receiver, which answers
 //!   FTFW's hello and acks with its state machine; each decoded flow equals
 //!   what the kernel of conntrackd's namespace holds, the expectation
 //!   equals `conntrack -L expect`'s, the plain flow's message is §3.8's
@@ -18,7 +19,7 @@
 //!   and `-e expect`; an update and a deletion follow; after `-f external`,
 //!   `conntrackd -n` (ALARM: our refresh) brings them back; `conntrackd -c
 //!   ct` commits the flows into its namespace's kernel, where they equal
-//!   what we sent (NAT, mark, zone, helper), and `-c expect` the
+//!   what we sent (NAT, mark, zone, helper, labels), and `-c expect` the
 //!   expectation, which `conntrack -L expect` then shows.
 //! - FTFW restarts: conntrackd restarted with `StartupResync on` gets our
 //!   bulk; our node restarted with lower sequence numbers is taken thanks
@@ -106,6 +107,14 @@ impl Link {
             must("ip", &["-n", ns, "link", "set", dev, "up"]);
             must("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+        // Connection labels need the kernel's labels extension, which it
+        // attaches only once a ruleset uses labels.
+        let nft = |rule: &str| {
+            must("ip", &["netns", "exec", &link.ns_cd, "nft", rule]);
+        };
+        nft("add table inet cdwlabels");
+        nft("add chain inet cdwlabels pre { type filter hook prerouting priority 0; }");
+        nft("add rule inet cdwlabels pre ct label set 127");
         let d = link.dir.display();
         let conf = format!(
             "General {{\n HashSize 8192\n HashLimit 65536\n Syslog off\n LogFile {d}/conntrackd.log\n \
@@ -351,6 +360,19 @@ fn kernel_flows(link: &Link) -> Vec<Flow> {
         .collect()
 }
 
+/// A UDP flow with labels 0, 7 and 127 and a mark.
+fn labelled() -> Flow {
+    let mut f = Flow::new(ports("198.18.1.8", 5, "198.18.2.8", 6, proto::UDP));
+    let mut labels = vec![0u8; 16];
+    labels[0] = 0x81;
+    labels[15] = 0x80;
+    f.labels = Some(labels);
+    f.mark = 4;
+    f.status = 0x08;
+    f.timeout = 60;
+    f
+}
+
 /// The `conntrack -I` flows of the conntrackd → ours tests.
 const INSERTS: &[&str] = &[
     "-s 198.18.1.1 -d 198.18.2.2 -p tcp --sport 1234 --dport 80 --state ESTABLISHED -t 120 -u ASSURED,SEEN_REPLY -m 5",
@@ -390,7 +412,8 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     master.status = 0x0e;
     master.timeout = 120;
     master.helper = Some("ftp".into());
-    lab::create_in(&link.ns_cd, vec![master]);
+    // And a flow with labels (`conntrack -I -l` needs a connlabel.conf).
+    lab::create_in(&link.ns_cd, vec![master, labelled()]);
     link.in_cd(
         "conntrack",
         &[
@@ -428,7 +451,11 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     );
     let kernel_exp = link.in_cd("conntrack", &["-L", "expect"]);
     let kernel = kernel_flows(&link);
-    assert_eq!(kernel.len(), INSERTS.len() + 1, "{kernel:#?}");
+    assert_eq!(kernel.len(), INSERTS.len() + 2, "{kernel:#?}");
+    assert!(
+        kernel.iter().any(|k| k.labels.is_some()),
+        "no labelled flow"
+    );
     let all_there = us.pump_until(Duration::from_secs(15), |u| {
         kernel.iter().all(|k| u.flow(&k.key()).is_some())
             && u.ext.keys().any(|k| matches!(k, Key::Expect(_)))
@@ -535,15 +562,15 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     us.ext.clear();
     us.node.request_resync();
     let resynced = us.pump_until(Duration::from_secs(15), |u| {
-        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.ext.len() == INSERTS.len() + 1
+        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.ext.len() == INSERTS.len() + 2
     });
     assert!(
         resynced,
         "no bulk from conntrackd after our RESYNC: {:#?}",
         us.ext
     );
-    // The flows left, the FTP master and its expectation.
-    assert_eq!(us.ext.len(), INSERTS.len() - 1 + 2, "{:#?}", us.ext);
+    // The flows left, the FTP master, the labelled flow and the expectation.
+    assert_eq!(us.ext.len(), INSERTS.len() - 1 + 3, "{:#?}", us.ext);
 
     if mode == CdMode::Ftfw {
         // Our acks empty conntrackd's resend queue.
@@ -759,7 +786,7 @@ fn our_flows() -> Vec<Flow> {
     v6.mark = 3;
     v6.status = 0x08;
     v6.timeout = 300;
-    let mut all = vec![plain, snat, dnat, icmp, v6];
+    let mut all = vec![plain, snat, dnat, icmp, v6, labelled()];
     // Enough messages that the loss hits data, not only acks.
     for i in 0..200u16 {
         let mut f = Flow::new(ports(
@@ -917,6 +944,7 @@ fn ours_to_conntrackd(mode: CdMode, mode_block: &str, loss: u32) {
         assert_eq!((k.mark, k.zone), (f.mark, f.zone));
         assert_eq!(k.state.name(), f.state.name());
         assert_eq!(k.helper, f.helper);
+        assert_eq!(k.labels, f.labels, "labels of {:?}", f.orig);
     }
     assert_eq!(kernel.len(), flows.len(), "only what we sent is committed");
     // Then the expectation (flows first, as conntrackd commits them).
