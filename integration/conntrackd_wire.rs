@@ -1073,3 +1073,33 @@ fn ftfw_restart_of_either_side_resyncs() {
     });
     assert!(ok, "conntrackd dropped our restarted node's flow:\n{ext}");
 }
+
+/// The negative control of `conntrackd_ftfw_to_ours`' resend-queue check: a
+/// receiver that decodes but never answers leaves conntrackd's messages
+/// in its resend queue.
+#[test]
+fn without_our_acks_conntrackd_keeps_its_messages() {
+    let mut link = Link::new("Mode FTFW { }");
+    link.start_conntrackd();
+    let sock = link.our_socket();
+    for args in &INSERTS[..2] {
+        let mut a = vec!["-I"];
+        a.extend(args.split_whitespace());
+        link.in_cd("conntrack", &a);
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut heard = 0;
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if sock.recv_from(&mut buf).is_ok() {
+            heard += 1;
+        }
+    }
+    assert!(heard > 0, "conntrackd sent nothing");
+    let len = rsqueue_len(&link);
+    assert!(
+        len.is_some_and(|n| n >= 2),
+        "resend queue without acks: {}",
+        link.cd(&["-s", "rsqueue"])
+    );
+}
