@@ -4,8 +4,9 @@
 //!
 //! - conntrackd → ours (NOTRACK, FTFW, ALARM): flows written with
 //!   `conntrack -I` (plain, SNAT with a port, DNAT with a port, ICMP under
-//!   SNAT, IPv6 in a zone, a mark), an FTP control connection with its
-//!   helper and an expectation of it reach our receiver, which answers
+//!   SNAT, IPv6 in a zone, a mark), a labelled flow and an FTP control
+//!   connection with its helper (both written with ctsync's kernel writer)
+//!   and an expectation of it reach our receiver, which answers
 //!   FTFW's hello and acks with its state machine; each decoded flow equals
 //!   what the kernel of conntrackd's namespace holds, the expectation
 //!   equals `conntrack -L expect`'s, the plain flow's message is §3.8's
@@ -14,12 +15,15 @@
 //!   conntrackd's resend queue empties (our acks count). Malformed
 //!   datagrams sent to our receiver are counted by reason and it goes on.
 //! - ours → conntrackd (FTFW with 20% loss each way, NOTRACK, ALARM):
-//!   205 flows and an expectation our node sends appear in `conntrackd -e`
+//!   206 flows and an expectation our node sends appear in `conntrackd -e`
 //!   and `-e expect`; an update and a deletion follow; after `-f external`,
 //!   `conntrackd -n` (ALARM: our refresh) brings them back; `conntrackd -c
 //!   ct` commits the flows into its namespace's kernel, where they equal
-//!   what we sent (NAT, mark, zone, helper), and `-c expect` the
+//!   what we sent (NAT, mark, zone, helper, labels), and `-c expect` the
 //!   expectation, which `conntrack -L expect` then shows.
+//! - FTFW restarts: conntrackd restarted with `StartupResync on` gets our
+//!   bulk; our node restarted with lower sequence numbers is taken thanks
+//!   to HELLO and gets conntrackd's bulk on its RESYNC.
 //!
 //! Owns: two namespaces per test (conntrackd's and ours) joined by a veth
 //! pair, conntrackd's process and files; all removed on drop, even when a
@@ -103,6 +107,14 @@ impl Link {
             must("ip", &["-n", ns, "link", "set", dev, "up"]);
             must("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+        // Connection labels need the kernel's labels extension, which it
+        // attaches only once a ruleset uses labels.
+        let nft = |rule: &str| {
+            must("ip", &["netns", "exec", &link.ns_cd, "nft", rule]);
+        };
+        nft("add table inet cdwlabels");
+        nft("add chain inet cdwlabels pre { type filter hook prerouting priority 0; }");
+        nft("add rule inet cdwlabels pre ct label set 127");
         let d = link.dir.display();
         let conf = format!(
             "General {{\n HashSize 8192\n HashLimit 65536\n Syslog off\n LogFile {d}/conntrackd.log\n \
@@ -136,6 +148,20 @@ impl Link {
             wait_until(Duration::from_secs(10), || ctl.exists()),
             "conntrackd did not start: {}",
             std::fs::read_to_string(self.dir.join("conntrackd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stop conntrackd (SIGTERM) and wait until it is gone.
+    fn stop_conntrackd(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            reap(&mut c, Duration::from_secs(10));
+        }
+        let ctl = self.dir.join("conntrackd.ctl");
+        assert!(
+            wait_until(Duration::from_secs(10), || !ctl.exists()),
+            "conntrackd left its socket"
         );
     }
 
@@ -334,6 +360,19 @@ fn kernel_flows(link: &Link) -> Vec<Flow> {
         .collect()
 }
 
+/// A UDP flow with labels 0, 7 and 127 and a mark.
+fn labelled() -> Flow {
+    let mut f = Flow::new(ports("198.18.1.8", 5, "198.18.2.8", 6, proto::UDP));
+    let mut labels = vec![0u8; 16];
+    labels[0] = 0x81;
+    labels[15] = 0x80;
+    f.labels = Some(labels);
+    f.mark = 4;
+    f.status = 0x08;
+    f.timeout = 60;
+    f
+}
+
 /// The `conntrack -I` flows of the conntrackd → ours tests.
 const INSERTS: &[&str] = &[
     "-s 198.18.1.1 -d 198.18.2.2 -p tcp --sport 1234 --dport 80 --state ESTABLISHED -t 120 -u ASSURED,SEEN_REPLY -m 5",
@@ -373,7 +412,8 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     master.status = 0x0e;
     master.timeout = 120;
     master.helper = Some("ftp".into());
-    lab::create_in(&link.ns_cd, vec![master]);
+    // And a flow with labels (`conntrack -I -l` needs a connlabel.conf).
+    lab::create_in(&link.ns_cd, vec![master, labelled()]);
     link.in_cd(
         "conntrack",
         &[
@@ -411,7 +451,11 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     );
     let kernel_exp = link.in_cd("conntrack", &["-L", "expect"]);
     let kernel = kernel_flows(&link);
-    assert_eq!(kernel.len(), INSERTS.len() + 1, "{kernel:#?}");
+    assert_eq!(kernel.len(), INSERTS.len() + 2, "{kernel:#?}");
+    assert!(
+        kernel.iter().any(|k| k.labels.is_some()),
+        "no labelled flow"
+    );
     let all_there = us.pump_until(Duration::from_secs(15), |u| {
         kernel.iter().all(|k| u.flow(&k.key()).is_some())
             && u.ext.keys().any(|k| matches!(k, Key::Expect(_)))
@@ -518,15 +562,15 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
     us.ext.clear();
     us.node.request_resync();
     let resynced = us.pump_until(Duration::from_secs(15), |u| {
-        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.ext.len() == INSERTS.len() + 1
+        u.flow(&plain.key()).is_some_and(|f| f.mark == 9) && u.ext.len() == INSERTS.len() + 2
     });
     assert!(
         resynced,
         "no bulk from conntrackd after our RESYNC: {:#?}",
         us.ext
     );
-    // The flows left, the FTP master and its expectation.
-    assert_eq!(us.ext.len(), INSERTS.len() - 1 + 2, "{:#?}", us.ext);
+    // The flows left, the FTP master, the labelled flow and the expectation.
+    assert_eq!(us.ext.len(), INSERTS.len() - 1 + 3, "{:#?}", us.ext);
 
     if mode == CdMode::Ftfw {
         // Our acks empty conntrackd's resend queue.
@@ -574,7 +618,7 @@ fn section_3_8_bytes(f: &Flow) -> Vec<u8> {
 }
 
 #[test]
-fn conntrackd_notrack_to_ours_and_malformed_datagrams_are_counted() {
+fn conntrackd_notrack_to_ours() {
     conntrackd_to_ours(CdMode::Notrack, "Mode NOTRACK { }");
 }
 
@@ -742,7 +786,7 @@ fn our_flows() -> Vec<Flow> {
     v6.mark = 3;
     v6.status = 0x08;
     v6.timeout = 300;
-    let mut all = vec![plain, snat, dnat, icmp, v6];
+    let mut all = vec![plain, snat, dnat, icmp, v6, labelled()];
     // Enough messages that the loss hits data, not only acks.
     for i in 0..200u16 {
         let mut f = Flow::new(ports(
@@ -900,6 +944,7 @@ fn ours_to_conntrackd(mode: CdMode, mode_block: &str, loss: u32) {
         assert_eq!((k.mark, k.zone), (f.mark, f.zone));
         assert_eq!(k.state.name(), f.state.name());
         assert_eq!(k.helper, f.helper);
+        assert_eq!(k.labels, f.labels, "labels of {:?}", f.orig);
     }
     assert_eq!(kernel.len(), flows.len(), "only what we sent is committed");
     // Then the expectation (flows first, as conntrackd commits them).
@@ -935,5 +980,126 @@ fn ours_alarm_to_conntrackd() {
         CdMode::Alarm,
         "Mode ALARM { RefreshTime 2 CacheTimeout 10 }",
         0,
+    );
+}
+
+/// A restart of either side in FTFW: the restarted one says HELLO (so its
+/// new, lower or higher, sequence numbers are taken) and asks for a resync
+/// (conntrackd: `StartupResync on`; ours: `request_resync`), which the other
+/// answers with a bulk of everything it holds.
+#[test]
+fn ftfw_restart_of_either_side_resyncs() {
+    let mut link = Link::new("Mode FTFW { StartupResync on }");
+    link.start_conntrackd();
+    let mut us = Us::new(&link, CdMode::Ftfw);
+    assert!(us.pump_until(Duration::from_secs(10), |u| u.node.handshake_done()));
+    let ours: Vec<Flow> = our_flows().into_iter().skip(5).take(10).collect();
+    let now = us.now();
+    for f in &ours {
+        us.node.local_flow(f.clone(), now);
+    }
+    let mut ext = String::new();
+    let mut has_ours = |us: &mut Us, link: &Link, what: &str| {
+        let ok = us.pump_until(Duration::from_secs(20), |_| {
+            ext = link.cd(&["-e", "ct"]);
+            ours.iter().all(|f| external_has(&ext, f))
+        });
+        assert!(ok, "{what}: conntrackd -e lacks our flows:\n{ext}");
+    };
+    has_ours(&mut us, &link, "first sync");
+    link.in_cd(
+        "conntrack",
+        &[
+            "-I",
+            "-s",
+            "198.18.1.1",
+            "-d",
+            "198.18.2.2",
+            "-p",
+            "tcp",
+            "--sport",
+            "1",
+            "--dport",
+            "2",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "120",
+            "-u",
+            "ASSURED,SEEN_REPLY",
+        ],
+    );
+    let theirs = Flow::new(ports("198.18.1.1", 1, "198.18.2.2", 2, proto::TCP)).key();
+    assert!(us.pump_until(Duration::from_secs(10), |u| u.flow(&theirs).is_some()));
+
+    // conntrackd restarts: its external cache is empty, StartupResync asks
+    // us, and our bulk refills it.
+    link.stop_conntrackd();
+    us.pump(Duration::from_millis(300));
+    link.start_conntrackd();
+    let hellos = us.node.stats().hellos;
+    has_ours(&mut us, &link, "after conntrackd's restart");
+    assert!(us.node.stats().resync_requests >= 1);
+    assert!(
+        us.node.stats().hellos > hellos,
+        "no HELLO from the restarted conntrackd"
+    );
+
+    // We restart: a new node whose sequence numbers start lower than the
+    // old one's last (the Unix time, a few seconds on, against hundreds of
+    // messages sent). conntrackd takes them thanks to HELLO, and our
+    // resync request brings its table.
+    let sent_before = us.node.stats().messages_sent;
+    assert!(
+        sent_before > 20,
+        "too few messages to make the restart go backwards"
+    );
+    drop(us);
+    let mut us = Us::new(&link, CdMode::Ftfw);
+    us.node.request_resync();
+    assert!(
+        us.pump_until(Duration::from_secs(15), |u| u.flow(&theirs).is_some()),
+        "no bulk from conntrackd after our restart: {:?}",
+        us.node.stats()
+    );
+    let mut fresh = Flow::new(ports("198.18.12.1", 7, "198.18.13.1", 8, proto::UDP));
+    fresh.timeout = 100;
+    fresh.status = 0x08;
+    let now = us.now();
+    us.node.local_flow(fresh.clone(), now);
+    let ok = us.pump_until(Duration::from_secs(15), |_| {
+        ext = link.cd(&["-e", "ct"]);
+        external_has(&ext, &fresh)
+    });
+    assert!(ok, "conntrackd dropped our restarted node's flow:\n{ext}");
+}
+
+/// The negative control of `conntrackd_ftfw_to_ours`' resend-queue check: a
+/// receiver that decodes but never answers leaves conntrackd's messages
+/// in its resend queue.
+#[test]
+fn without_our_acks_conntrackd_keeps_its_messages() {
+    let mut link = Link::new("Mode FTFW { }");
+    link.start_conntrackd();
+    let sock = link.our_socket();
+    for args in &INSERTS[..2] {
+        let mut a = vec!["-I"];
+        a.extend(args.split_whitespace());
+        link.in_cd("conntrack", &a);
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut heard = 0;
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if sock.recv_from(&mut buf).is_ok() {
+            heard += 1;
+        }
+    }
+    assert!(heard > 0, "conntrackd sent nothing");
+    let len = rsqueue_len(&link);
+    assert!(
+        len.is_some_and(|n| n >= 2),
+        "resend queue without acks: {}",
+        link.cd(&["-s", "rsqueue"])
     );
 }

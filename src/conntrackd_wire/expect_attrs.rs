@@ -6,12 +6,12 @@
 //! messages, keep state, or trust its input. conntrackd carries no zone
 //! for expectations (decoded ones are in zone 0) and no IPv6 NAT.
 
-use super::flow_attrs::{cstr, has_port_builder, Codec};
+use super::flow_attrs::{cstr, has_port_builder, pair, Codec};
 use super::header::Reject;
 use super::tlv::{walk, Builder, Size};
 use crate::expect::{ExpectNat, Expectation};
 use crate::flow::{Tuple, L4};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Expectation attribute ids (`NTA_EXP_*`).
 pub mod exp {
@@ -225,22 +225,6 @@ pub fn exp_attr_size(id: u16) -> Option<Size> {
         exp::FN => Size::Max(32),
         _ => return None,
     })
-}
-
-fn pair(p: &[u8]) -> Result<(IpAddr, IpAddr), Reject> {
-    match p.len() {
-        8 => {
-            let a: [u8; 4] = p[..4].try_into().map_err(|_| Reject::MalformedPayload)?;
-            let b: [u8; 4] = p[4..].try_into().map_err(|_| Reject::MalformedPayload)?;
-            Ok((Ipv4Addr::from(a).into(), Ipv4Addr::from(b).into()))
-        }
-        32 => {
-            let a: [u8; 16] = p[..16].try_into().map_err(|_| Reject::MalformedPayload)?;
-            let b: [u8; 16] = p[16..].try_into().map_err(|_| Reject::MalformedPayload)?;
-            Ok((Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into()))
-        }
-        _ => Err(Reject::MalformedPayload),
-    }
 }
 
 fn ports(p: &[u8]) -> Result<(u16, u16), Reject> {

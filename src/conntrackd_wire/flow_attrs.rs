@@ -499,7 +499,8 @@ impl FlowParts {
     }
 }
 
-fn pair(p: &[u8]) -> Result<(IpAddr, IpAddr), Reject> {
+/// An address pair attribute (8 or 32 bytes): source, destination.
+pub(crate) fn pair(p: &[u8]) -> Result<(IpAddr, IpAddr), Reject> {
     match p.len() {
         8 => {
             let a: [u8; 4] = p[..4].try_into().map_err(|_| Reject::MalformedPayload)?;

@@ -197,6 +197,94 @@ fn golden_control_messages() {
 
 use header::flags;
 
+/// Messages captured from Debian's conntrackd 1.4.7 (NOTRACK, x86) for
+/// flows made with `conntrack -I`; seq as sent.
+const REAL_ICMP_SNAT: &str = "10 00 00 74 6b 0c fe 6c 00 0c 00 00 c6 12 01 05 c6 12 02 02 \
+    00 08 00 05 00 00 01 98 00 05 00 02 01 00 00 00 00 05 00 16 08 00 00 00 \
+    00 05 00 17 00 00 00 00 00 06 00 18 4d 00 00 00 00 08 00 06 00 00 00 1e \
+    00 08 00 07 00 00 00 00 00 08 00 0c c6 13 00 02 00 06 00 0e 00 00 00 00 \
+    00 06 00 0f 00 00 00 00 00 10 00 1f 00 00 00 00 00 00 00 00 00 00 00 00";
+const REAL_UDP_DNAT: &str = "10 00 00 5c 6b 0c fe 6b 00 0c 00 00 c6 12 01 04 c6 12 02 02 \
+    00 08 00 05 00 00 01 a8 00 05 00 02 11 00 00 00 00 08 00 03 00 35 14 e9 \
+    00 08 00 06 00 00 00 78 00 08 00 07 00 00 00 00 00 08 00 0d c6 12 09 09 \
+    00 06 00 0f 4e 15 00 00 00 10 00 1f 00 00 00 00 00 00 00 00 00 00 00 00";
+const REAL_V6_ZONE: &str = "10 00 00 6c 6b 0c fe 6d 00 24 00 01 20 01 0d b8 00 00 00 00 \
+    00 00 00 00 00 00 00 01 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 02 \
+    00 08 00 05 00 00 00 08 00 05 00 02 11 00 00 00 00 08 00 03 03 e8 07 d0 \
+    00 08 00 06 00 00 00 3c 00 08 00 07 00 00 00 00 00 10 00 1f 00 00 00 00 \
+    00 00 00 00 00 00 00 00 00 06 00 20 00 07 00 00";
+
+fn decode_one(text: &str) -> Flow {
+    let bytes = hex(text);
+    let Piece::Message(h, msg) = split(&bytes)[0] else {
+        panic!()
+    };
+    assert_eq!(usize::from(h.len), bytes.len());
+    match decode_data(&Codec::default(), &h, msg).unwrap().object {
+        Object::Flow(f) => f,
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn real_icmp_snat_ignores_conntrackds_junk_port_translations() {
+    // conntrackd compares ICMP's raw 16-bit tuple fields as if they were
+    // ports, and sends SPAT/DPAT 0 for every ICMP flow under NAT.
+    let f = decode_one(REAL_ICMP_SNAT);
+    let mut want = Flow::new(Tuple {
+        src: ip("198.18.1.5"),
+        dst: ip("198.18.2.2"),
+        proto: proto::ICMP,
+        l4: L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: 77,
+        },
+    });
+    want.reply.dst = ip("198.19.0.2");
+    want.status = 0x198;
+    want.timeout = 30;
+    assert_eq!(f, want);
+}
+
+#[test]
+fn real_udp_dnat_and_ipv6_zone_decode() {
+    let f = decode_one(REAL_UDP_DNAT);
+    assert_eq!(
+        f.reply,
+        ports_tuple("198.18.9.9", 5454, "198.18.1.4", 53, proto::UDP)
+    );
+    assert_eq!((f.status, f.timeout), (0x1a8, 120));
+    let g = decode_one(REAL_V6_ZONE);
+    assert_eq!(g.zone, 7);
+    assert_eq!(
+        g.orig,
+        ports_tuple("2001:db8::1", 1000, "2001:db8::2", 2000, proto::UDP)
+    );
+    assert!(!g.has_nat());
+    // Our encoder gives the same bytes, less SYNPROXY and with our seq.
+    let mut ours = encode_with_seq(&Codec::default(), Op::New, &Object::Flow(g), 0x6b0c_fe6d);
+    let mut real = hex(REAL_V6_ZONE);
+    let syn = real
+        .windows(4)
+        .position(|w| w == [0, 0x10, 0, 0x1f])
+        .unwrap();
+    real.drain(syn..syn + 16);
+    let (rl, ol) = (real.len() as u16, ours.len() as u16);
+    real[2..4].copy_from_slice(&rl.to_be_bytes());
+    ours[2..4].copy_from_slice(&ol.to_be_bytes());
+    assert_eq!(ours, real);
+}
+
+fn ports_tuple(src: &str, sp: u16, dst: &str, dp: u16, p: u8) -> Tuple {
+    Tuple {
+        src: ip(src),
+        dst: ip(dst),
+        proto: p,
+        l4: L4::Ports { src: sp, dst: dp },
+    }
+}
+
 #[test]
 fn peer_level_leaves_out_what_the_peer_refuses() {
     let mut f = Flow::new(tcp_tuple("198.18.0.1", 1, "198.18.0.2", 2));
@@ -880,4 +968,35 @@ fn ftfw_peer_restart_with_hello_is_accepted() {
     }
     assert_eq!(p.ext_b.len(), 1);
     assert!(p.b.stats().hellos >= 2);
+}
+
+#[test]
+fn resend_queue_is_bounded_and_evicts_the_oldest() {
+    let mut n = CdNode::new(
+        CdConfig {
+            resend_queue_size: 10,
+            ..CdConfig::default()
+        },
+        1,
+        0,
+    );
+    for i in 0..30u16 {
+        n.local_flow(captured_flow_port(i), 0);
+    }
+    for i in 0..5u16 {
+        n.local_flow_gone(&captured_flow_port(i).key(), 0);
+    }
+    let _ = n.poll_transmit(0);
+    assert_eq!(n.resend_queue_len(), 10);
+    assert_eq!(n.stats().rs_overflow, 20);
+    // The five deletes were among the evicted: their objects are gone.
+    assert_eq!(n.internal_len(), 25);
+    // A NACK of an evicted range resends nothing: only what is still held.
+    let nack = Control::Nack { from: 1, to: 40 }.encode(77, 0);
+    n.on_datagram(&nack, 10);
+    let out = n.poll_transmit(10);
+    let msgs: usize = out.iter().map(|d| split(d).len()).sum();
+    // (The NACK is the first message heard: no gap, no NACK of ours.)
+    assert_eq!(msgs, 10, "{out:02x?}");
+    assert_eq!(n.stats().nacked, 10);
 }
