@@ -507,6 +507,23 @@ fn journey(j: Journey) -> Outcome {
         // Nothing to wait for: give a wrongly replicated expectation time to arrive.
         std::thread::sleep(Duration::from_secs(1));
     }
+    let mut violations = Vec::new();
+    // Warm standby writes what it receives into the standby's kernel: fwb's
+    // table holds fwa's expectations before anything fails.
+    if j.mode == Mode::WarmStandby && j.expectation_sync {
+        let mut standby = Vec::new();
+        let written = lab::wait_until(Duration::from_secs(10), || {
+            standby = kernel_expect(&lab, 1);
+            keys(&standby) == keys(&kernel_expect(&lab, 0))
+        });
+        if !written {
+            violations.push(format!(
+                "warm standby: fwb's kernel expectations before the crash differ from fwa's:\nfwa:\n  {}\nfwb:\n  {}",
+                show(&kernel_expect(&lab, 0)),
+                show(&standby)
+            ));
+        }
+    }
 
     // Fail over: fwa crashes with its expectations pending.
     let fwa_before = kernel_expect(&lab, 0);
@@ -529,7 +546,6 @@ fn journey(j: Journey) -> Outcome {
         "fwb MASTER {:.3}s after the crash; -c returned",
         wall_diff(master.wall, t0)
     );
-    let mut violations = Vec::new();
 
     // The new primary's expectations equal the old one's (timeouts aside).
     let mut fwb_expect = Vec::new();
@@ -541,8 +557,8 @@ fn journey(j: Journey) -> Outcome {
         if !same {
             violations.push(format!(
                 "fwb's conntrack -L expect differs from fwa's before the crash:\nfwa:\n  {}\nfwb:\n  {}",
-                fwa_before.iter().map(|e| e.line.as_str()).collect::<Vec<_>>().join("\n  "),
-                fwb_expect.iter().map(|e| e.line.as_str()).collect::<Vec<_>>().join("\n  ")
+                show(&fwa_before),
+                show(&fwb_expect)
             ));
         }
         for b in &fwb_expect {
