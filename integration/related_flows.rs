@@ -892,8 +892,9 @@ fn commit_without_expectation_sync_drops_related_flows() {
 
 /// The same ruleset without the `ct helper` rules: the firewall makes no
 /// expectation and drops the passive data connection as a new flow; the
-/// control connection is unharmed. (With them, `journey` asserts fwa's
-/// expectations.)
+/// control connection is unharmed. Then, on the same firewall, the ruleset
+/// with them: an expectation, and the same transfer goes through. So the
+/// `ct helper` rules, and nothing else, admit the data connections.
 #[test]
 fn without_helper_rules_there_is_no_expectation() {
     let mut lab = FailoverLab::new(
@@ -921,25 +922,26 @@ fn without_helper_rules_there_is_no_expectation() {
         &lab.dir,
     );
     server.expect("READY", STEP);
+    let passive = |name: &str| {
+        Script::spawn(
+            name,
+            &lab.cl,
+            "ftp_client.py",
+            &[SERVER, "passive", "pasv1.bin", "pasv2.bin"],
+            &lab.dir,
+        )
+    };
+
+    // Without: no expectation, the data connection is a new flow, dropped.
     let before = lab.counters(0);
-    let mut client = Script::spawn(
-        "ftp-passive",
-        &lab.cl,
-        "ftp_client.py",
-        &[SERVER, "passive", "pasv1.bin", "pasv2.bin"],
-        &lab.dir,
-    );
+    let mut client = passive("ftp-unassigned");
     client.expect("PENDING", STEP);
     std::thread::sleep(Duration::from_millis(500));
     let table = kernel_expect(&lab, 0);
     assert!(
         table.is_empty(),
-        "expectations without a ct helper rule:\n{}",
-        table
-            .iter()
-            .map(|e| e.line.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        "expectations without a ct helper rule:\n  {}",
+        show(&table)
     );
     client.send("GO");
     let data = client.wait("DATA1", Duration::from_secs(20));
@@ -958,4 +960,47 @@ fn without_helper_rules_there_is_no_expectation() {
         grew("fwd_new_lan"),
         "fwa did not count the dropped data connection: {before:?} -> {after:?}"
     );
+
+    // With: the same ruleset plus the ct helper rules.
+    let rules = lab.a.path("fw-helpers.nft");
+    std::fs::write(&rules, failover::related_ruleset(true)).expect("write the ruleset");
+    lab::must(
+        "ip",
+        &[
+            "netns", "exec", &lab.a.ns, "nft", "delete", "table", "inet", "fw",
+        ],
+    );
+    lab::must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.a.ns,
+            "nft",
+            "-f",
+            failover::path_str(&rules),
+        ],
+    );
+    let mut client = passive("ftp-assigned");
+    let pending = client.expect("PENDING", STEP);
+    let port = pending.num("data_port") as u16;
+    let made = lab::wait_until(Duration::from_secs(5), || {
+        kernel_expect(&lab, 0)
+            .iter()
+            .any(|e| e.helper.as_deref() == Some("ftp") && e.tuple.3 == port)
+    });
+    assert!(
+        made,
+        "no ftp expectation for port {port} with the ct helper rules:\n  {}",
+        show(&kernel_expect(&lab, 0))
+    );
+    client.send("GO");
+    let data = client.expect("DATA1", Duration::from_secs(20));
+    assert_eq!(
+        data.get("sha256"),
+        Some(files.sha["pasv1.bin"].as_str()),
+        "{}",
+        data.text
+    );
+    client.expect("QUIT", Duration::from_secs(20));
 }

@@ -8,6 +8,10 @@
 //! the control commands). The daemon is ctsyncd (commit mode or warm
 //! standby) or, as the benchmark's baseline, conntrackd 1.4.7 itself with a
 //! conntrackd.conf equivalent to the ctsyncd one (`Mode::Conntrackd`).
+//! `Options::helpers` swaps in the related-flows ruleset (the kernel's ftp,
+//! tftp and sip helpers assigned by nftables, new LAN flows only to their
+//! control ports) and `Options::expectation_sync` turns on expectation sync
+//! in either daemon (integration/related_flows.rs).
 //!
 //! Owns: its namespaces (`ctf{pid}-{n}-*`, unique per lab), the processes
 //! in them, and its temp directory; Drop kills those processes by pid and
@@ -982,7 +986,8 @@ port = 3780
     /// the benchmark gives ctsyncd (8 MiB, growing to 64 MiB), and caches
     /// sized for `Options::capacity` (HashLimit twice that, as conntrackd's
     /// manual asks, since dead entries awaiting acknowledgement count), and
-    /// a resend queue that holds a whole bulk of that many flows.
+    /// a resend queue that holds a whole bulk of that many flows; with
+    /// `Options::expectation_sync`, `Options { ExpectationSync on }`.
     fn conntrackd_config(&self, fw: &Fw, peer: &Fw) -> String {
         let capacity = self.opts.capacity as u64;
         let hash_size = capacity.next_power_of_two().clamp(65_536, 4_194_304);
