@@ -8,6 +8,10 @@
 //! the control commands). The daemon is ctsyncd (commit mode or warm
 //! standby) or, as the benchmark's baseline, conntrackd 1.4.7 itself with a
 //! conntrackd.conf equivalent to the ctsyncd one (`Mode::Conntrackd`).
+//! `Options::helpers` swaps in the related-flows ruleset (the kernel's ftp,
+//! tftp and sip helpers assigned by nftables, new LAN flows only to their
+//! control ports) and `Options::expectation_sync` turns on expectation sync
+//! in either daemon (integration/related_flows.rs).
 //!
 //! Owns: its namespaces (`ctf{pid}-{n}-*`, unique per lab), the processes
 //! in them, and its temp directory; Drop kills those processes by pid and
@@ -464,7 +468,40 @@ pub struct Options {
     /// ctsyncd: a key file line (`<id> <base64>`); both firewalls get it
     /// (mode 0600) and `[auth] key_file`, so every sync datagram is sealed.
     pub sync_key: Option<String>,
+    /// The forward ruleset: the lab's own, or the related-flows one with or
+    /// without its `ct helper` assignments.
+    pub helpers: Helpers,
+    /// The daemons replicate expectations: conntrackd's `Sync { Options {
+    /// ExpectationSync on } }`, ctsyncd's `[sync] expectations = "all"`.
+    pub expectation_sync: bool,
 }
+
+/// Which ruleset the firewalls load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Helpers {
+    /// `RULESET`: any new flow from the LAN is accepted.
+    Off,
+    /// `related_ruleset(true)`: new LAN flows only to the control ports
+    /// (tcp/21, udp/69, udp/5060), each assigned its kernel helper (ftp,
+    /// tftp, sip) by an nftables `ct helper` object; anything else must be
+    /// established or RELATED.
+    Assigned,
+    /// `related_ruleset(false)`: the same filter without the `ct helper`
+    /// assignments (the sanity control: no helper, no expectation).
+    Unassigned,
+}
+
+/// The kernel modules the related-flows ruleset needs (built in on some
+/// kernels: a failed modprobe is not an error, a missing helper makes nft
+/// refuse the ruleset).
+pub const HELPER_MODULES: [&str; 6] = [
+    "nf_conntrack_ftp",
+    "nf_nat_ftp",
+    "nf_conntrack_tftp",
+    "nf_nat_tftp",
+    "nf_conntrack_sip",
+    "nf_nat_sip",
+];
 
 impl Default for Options {
     fn default() -> Self {
@@ -474,6 +511,8 @@ impl Default for Options {
             reconcile_interval_s: 5,
             capacity: 0,
             sync_key: None,
+            helpers: Helpers::Off,
+            expectation_sync: false,
         }
     }
 }
@@ -573,6 +612,70 @@ pub const RULESET: &str = r#"table inet fw {
 }
 "#;
 
+/// The related-flows ruleset: `RULESET`'s input, output and NAT chains, a
+/// forward chain that accepts new flows from the LAN only to the control
+/// ports (so a data connection the firewall does not expect is dropped:
+/// `fwd_new_lan` when it comes from the LAN, `in_drop` when it comes from
+/// the WAN to the SNAT address), a `fwd_related` counter for the first
+/// packets of expected flows, and with `assign` the `ct helper` objects
+/// that attach the kernel's ftp, tftp and sip helpers to the control flows.
+pub fn related_ruleset(assign: bool) -> String {
+    let helpers = if assign {
+        r#"
+    ct helper ftp-21 {
+        type "ftp" protocol tcp
+        l3proto inet
+    }
+    ct helper tftp-69 {
+        type "tftp" protocol udp
+        l3proto inet
+    }
+    ct helper sip-5060 {
+        type "sip" protocol udp
+        l3proto inet
+    }
+
+    chain helpers {
+        type filter hook prerouting priority filter; policy accept;
+        iifname "lan0" tcp dport 21 ct state new ct helper set "ftp-21"
+        iifname "lan0" udp dport 69 ct state new ct helper set "tftp-69"
+        iifname "lan0" udp dport 5060 ct state new ct helper set "sip-5060"
+    }
+"#
+    } else {
+        ""
+    };
+    let forward = r#"    chain forward {
+        type filter hook forward priority filter; policy drop;
+        tcp flags & rst == rst counter name "fwd_rst"
+        ct state invalid counter name "fwd_invalid" drop
+        ct state related counter name "fwd_related" accept
+        ct state established accept
+        iifname "lan0" oifname "wan0" tcp dport 21 tcp flags & (fin|syn|rst|ack) == syn ct state new accept
+        iifname "lan0" oifname "wan0" udp dport { 69, 5060 } ct state new accept
+        iifname "lan0" oifname "wan0" meta l4proto { icmp, ipv6-icmp } ct state new accept
+        iifname "lan0" ct state new counter name "fwd_new_lan" drop
+        iifname "wan0" ct state new counter name "fwd_new_wan" drop
+        counter name "fwd_drop" drop
+    }
+"#;
+    let start = RULESET
+        .find("    chain forward {")
+        .expect("RULESET has a forward chain");
+    let end = start
+        + RULESET[start..]
+            .find("    }\n")
+            .expect("the forward chain ends")
+        + "    }\n".len();
+    let counters = "    counter fwd_related { }\n    counter fwd_new_lan { }\n";
+    let head = RULESET[..start].replacen(
+        "    counter out_rst { }\n",
+        &format!("    counter out_rst {{ }}\n{counters}{helpers}"),
+        1,
+    );
+    format!("{head}{forward}{}", &RULESET[end..])
+}
+
 fn sysctl(ns: &str, key: &str, value: &str) {
     must(
         "ip",
@@ -621,6 +724,11 @@ impl FailoverLab {
         require_tools(mode);
         for module in ["nf_conntrack", "nf_nat", "br_netfilter"] {
             let _ = Command::new("modprobe").arg(module).output();
+        }
+        if opts.helpers != Helpers::Off {
+            for module in HELPER_MODULES {
+                let _ = Command::new("modprobe").arg(module).output();
+            }
         }
         let id = format!(
             "ctf{}-{}",
@@ -772,7 +880,12 @@ impl FailoverLab {
             ipn(ns, &["link", "set", dev, "up"]);
         }
         let rules = fw.path("fw.nft");
-        std::fs::write(&rules, RULESET).expect("write the ruleset");
+        let ruleset = match self.opts.helpers {
+            Helpers::Off => RULESET.to_string(),
+            Helpers::Assigned => related_ruleset(true),
+            Helpers::Unassigned => related_ruleset(false),
+        };
+        std::fs::write(&rules, ruleset).expect("write the ruleset");
         must("ip", &["netns", "exec", ns, "nft", "-f", path_str(&rules)]);
         sysctl(ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "0");
         sysctl(ns, "net.netfilter.nf_conntrack_tcp_loose", "0");
@@ -814,7 +927,7 @@ socket = "{socket}"
 mode = "ftfw"
 purge_timeout_s = {purge}
 warm_standby = {warm}
-
+{expectations}
 [kernel]
 reconcile_interval_s = {reconcile}
 
@@ -835,6 +948,11 @@ local = "{local}"
 peer = "{remote}"
 port = 3780
 "#,
+            expectations = if self.opts.expectation_sync {
+                "expectations = \"all\"\n"
+            } else {
+                ""
+            },
             auth = match self.opts.sync_key {
                 Some(_) => format!(
                     "[auth]\nkey_file = \"{}\"\ncluster = \"failover-lab\"\n",
@@ -868,7 +986,8 @@ port = 3780
     /// the benchmark gives ctsyncd (8 MiB, growing to 64 MiB), and caches
     /// sized for `Options::capacity` (HashLimit twice that, as conntrackd's
     /// manual asks, since dead entries awaiting acknowledgement count), and
-    /// a resend queue that holds a whole bulk of that many flows.
+    /// a resend queue that holds a whole bulk of that many flows; with
+    /// `Options::expectation_sync`, `Options { ExpectationSync on }`.
     fn conntrackd_config(&self, fw: &Fw, peer: &Fw) -> String {
         let capacity = self.opts.capacity as u64;
         let hash_size = capacity.next_power_of_two().clamp(65_536, 4_194_304);
@@ -928,7 +1047,13 @@ port = 3780
              \t\tRcvSocketBuffer {sock_buf}\n\
              \t\tChecksum on\n\
              \t}}\n\
+             {options}\
              }}\n",
+            options = if self.opts.expectation_sync {
+                "\tOptions {\n\t\tExpectationSync on\n\t}\n"
+            } else {
+                ""
+            },
             name = fw.name,
             lock = fw.lock().display(),
             socket = fw.path("conntrackd.sock").display(),
