@@ -7,6 +7,7 @@
 //! config: `Config::parse` either returns a config the daemon can run with or
 //! an error.
 
+use crate::conntrackd_wire::PeerLevel;
 use crate::expect::ExpectPolicy;
 use crate::filter::{protocol_by_name, tcp_state_by_name, Cidr, FilterConfig, Policy, RuleSet};
 use serde::{Deserialize, Serialize};
@@ -220,53 +221,11 @@ pub struct LinkConfig {
 pub enum LinkProtocol {
     Ctsync,
     /// conntrackd's sync protocol, as the conntrackd version given speaks
-    /// it (`conntrackd_version`, "1.4.7" by default).
-    Conntrackd(ConntrackdVersion),
+    /// it (`conntrackd_version`, "1.4.7" by default: which attributes the
+    /// peer understands, how 1.4.6 and older write NAT addresses).
+    Conntrackd(PeerLevel),
 }
 
-/// The conntrackd releases whose wire protocol differs (which attributes
-/// a peer understands; how 1.4.6 and older write NAT addresses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ConntrackdVersion {
-    /// 1.2.0 to 1.4.1.
-    V1_4_1,
-    /// 1.4.2 and 1.4.3 (labels).
-    V1_4_2,
-    /// 1.4.4 (IPv6 NAT).
-    V1_4_4,
-    /// 1.4.5 and 1.4.6 (synproxy).
-    V1_4_5,
-    /// 1.4.7 and later (zones).
-    V1_4_7,
-}
-
-impl ConntrackdVersion {
-    /// "1.4.7" and the like; `None` for a version whose protocol is not
-    /// known (before 1.2.0, or not a version).
-    pub fn parse(s: &str) -> Option<ConntrackdVersion> {
-        let mut parts = s.split('.').map(str::parse::<u32>);
-        let (Some(Ok(major)), Some(Ok(minor)), patch) = (parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
-        let patch = match patch {
-            None => 0,
-            Some(Ok(p)) => p,
-            Some(Err(_)) => return None,
-        };
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(match (major, minor, patch) {
-            (1, 2..=3, _) | (1, 4, 0..=1) => ConntrackdVersion::V1_4_1,
-            (1, 4, 2..=3) => ConntrackdVersion::V1_4_2,
-            (1, 4, 4) => ConntrackdVersion::V1_4_4,
-            (1, 4, 5..=6) => ConntrackdVersion::V1_4_5,
-            (1, 4, _) | (1, 5.., _) => ConntrackdVersion::V1_4_7,
-            _ => return None,
-        })
-    }
-}
 
 impl LinkConfig {
     /// Where datagrams on this link are sent: the peer or the group.
@@ -1391,14 +1350,14 @@ fn links_config(
                     );
                 }
                 let version = match &l.conntrackd_version {
-                    None => ConntrackdVersion::V1_4_7,
-                    Some(v) => ConntrackdVersion::parse(v.get_ref()).map_or_else(
+                    None => PeerLevel::V1_4_7,
+                    Some(v) => PeerLevel::parse(v.get_ref()).map_or_else(
                         || {
                             cx.invalid(
                                 v.span().start,
                                 &k("conntrackd_version"),
                                 format!(
-                                    "\"{}\" is not a conntrackd version this protocol knows (1.2.0 or later, such as \"1.4.7\")",
+                                    "\"{}\" is not a conntrackd 1.4 version (such as \"1.4.7\")",
                                     v.get_ref()
                                 ),
                             )

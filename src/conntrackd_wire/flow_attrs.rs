@@ -59,7 +59,7 @@ const MAX_LABELS_LEN: u16 = 1028;
 /// What version of conntrackd the peer runs, as far as the attributes it
 /// accepts go (§3.9): a receiver refuses a whole message with an id at or
 /// above its `NTA_MAX`, so newer attributes are left out for older peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub enum PeerLevel {
     /// ≤ 1.4.1: up to HELPER_NAME.
     V1_4_1,

@@ -13,7 +13,7 @@
 //! (`crate::conntrackd_wire` does).
 
 use super::Daemon;
-use crate::config::{Config, ConntrackdVersion, LinkConfig, LinkProtocol, SyncMode};
+use crate::config::{Config, LinkConfig, LinkProtocol, SyncMode};
 use crate::conntrackd_wire::{CdConfig, CdMode, CdNode, CdStats, Codec, Object, Op, PeerLevel};
 use crate::counters::CdLinkBlock;
 use crate::expect::{ExpectKey, Expectation};
@@ -39,16 +39,6 @@ pub(super) struct CdLink {
     pub foreign_source: u64,
 }
 
-fn level(v: ConntrackdVersion) -> PeerLevel {
-    match v {
-        ConntrackdVersion::V1_4_1 => PeerLevel::V1_4_1,
-        ConntrackdVersion::V1_4_2 => PeerLevel::V1_4_2,
-        ConntrackdVersion::V1_4_4 => PeerLevel::V1_4_4,
-        ConntrackdVersion::V1_4_5 => PeerLevel::V1_4_5,
-        ConntrackdVersion::V1_4_7 => PeerLevel::V1_4_7,
-    }
-}
-
 fn mode_name(m: CdMode) -> &'static str {
     match m {
         CdMode::Ftfw => "ftfw",
@@ -58,7 +48,7 @@ fn mode_name(m: CdMode) -> &'static str {
 }
 
 /// The configured conntrackd link, if any.
-pub(super) fn configured(config: &Config) -> Option<(usize, &LinkConfig, ConntrackdVersion)> {
+pub(super) fn configured(config: &Config) -> Option<(usize, &LinkConfig, PeerLevel)> {
     config
         .links
         .iter()
@@ -92,7 +82,7 @@ pub(super) fn open(
     let cfg = CdConfig {
         mode,
         codec: Codec {
-            level: level(version),
+            level: version,
             // As conntrackd: no timeout on the wire with a CommitTimeout.
             send_timeout: config.kernel.commit_timeout.is_none(),
             tcp_window_tracking: config.kernel.tcp_window_tracking,
