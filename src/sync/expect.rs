@@ -248,7 +248,8 @@ impl ExpectViews {
                 }
             }
             Message::ExpectDelete(key) => {
-                if view.cache.remove(&key).is_some() && self.record {
+                let removed = view.cache.remove(&key).is_some();
+                if removed && self.record {
                     self.applied.push(AppliedExpect::Delete(*key));
                 }
             }
