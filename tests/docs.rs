@@ -138,7 +138,7 @@ fn bash_completion_completes_commands_flags_and_sections() {
     sections.sort();
     assert_eq!(
         sections,
-        ["cache", "link", "network", "process", "queue", "rsqueue", "runtime"]
+        ["cache", "expect", "link", "network", "process", "queue", "rsqueue", "runtime"]
     );
     assert_eq!(complete(&["ctsyncd", "--js"]), ["--json"]);
     assert_eq!(complete(&["ctsyncd", "dump", "ext"]), ["external"]);
