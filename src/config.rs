@@ -226,7 +226,6 @@ pub enum LinkProtocol {
     Conntrackd(PeerLevel),
 }
 
-
 impl LinkConfig {
     /// Where datagrams on this link are sent: the peer or the group.
     pub fn remote(&self) -> Option<IpAddr> {

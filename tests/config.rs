@@ -1036,22 +1036,55 @@ fn a_link_may_speak_conntrackds_protocol_alone_and_without_keys() {
     use ctsync::conntrackd_wire::PeerLevel;
     let link = |extra: &str| GOOD.replace("port = 3780", &format!("port = 3780\n{extra}"));
     let c = Config::parse(&link("protocol = \"conntrackd\""), "ctsyncd.toml").unwrap();
-    assert_eq!(c.links[0].protocol, LinkProtocol::Conntrackd(PeerLevel::V1_4_7));
+    assert_eq!(
+        c.links[0].protocol,
+        LinkProtocol::Conntrackd(PeerLevel::V1_4_7)
+    );
     let c = Config::parse(
         &link("protocol = \"conntrackd\"\nconntrackd_version = \"1.4.6\""),
         "ctsyncd.toml",
     )
     .unwrap();
-    assert_eq!(c.links[0].protocol, LinkProtocol::Conntrackd(PeerLevel::V1_4_5));
-    assert_eq!(Config::parse(GOOD, "x").unwrap().links[0].protocol, LinkProtocol::Ctsync);
+    assert_eq!(
+        c.links[0].protocol,
+        LinkProtocol::Conntrackd(PeerLevel::V1_4_5)
+    );
+    assert_eq!(
+        Config::parse(GOOD, "x").unwrap().links[0].protocol,
+        LinkProtocol::Ctsync
+    );
     let second = "\n[[link]]\ntransport = \"udp\"\ninterface = \"sync1\"\nlocal = \"198.18.1.1\"\npeer = \"198.18.1.2\"\nport = 3781\nprotocol = \"conntrackd\"\n";
     for (text, key, why) in [
-        (link("protocol = \"tcp\""), "link[0].protocol", "is not one of"),
-        (link("protocol = \"conntrackd\"\nnode_ids = [2]"), "link[0].node_ids", "no node ids"),
-        (link("conntrackd_version = \"1.4.7\""), "link[0].conntrackd_version", "only for a link"),
-        (link("protocol = \"conntrackd\"\nconntrackd_version = \"0.9\""), "link[0].conntrackd_version", "not a conntrackd 1.4 version"),
-        (link("protocol = \"conntrackd\"") + second, "link[1].protocol", "only one link"),
-        (link("protocol = \"conntrackd\"") + "[auth]\nkey_file = \"/etc/ctsyncd/sync.key\"\n", "link[0].protocol", "no authentication"),
+        (
+            link("protocol = \"tcp\""),
+            "link[0].protocol",
+            "is not one of",
+        ),
+        (
+            link("protocol = \"conntrackd\"\nnode_ids = [2]"),
+            "link[0].node_ids",
+            "no node ids",
+        ),
+        (
+            link("conntrackd_version = \"1.4.7\""),
+            "link[0].conntrackd_version",
+            "only for a link",
+        ),
+        (
+            link("protocol = \"conntrackd\"\nconntrackd_version = \"0.9\""),
+            "link[0].conntrackd_version",
+            "not a conntrackd 1.4 version",
+        ),
+        (
+            link("protocol = \"conntrackd\"") + second,
+            "link[1].protocol",
+            "only one link",
+        ),
+        (
+            link("protocol = \"conntrackd\"") + "[auth]\nkey_file = \"/etc/ctsyncd/sync.key\"\n",
+            "link[0].protocol",
+            "no authentication",
+        ),
     ] {
         let e = err(&text).to_string();
         assert!(e.contains(key) && e.contains(why), "{key}: {e}");

@@ -209,32 +209,59 @@ pub(crate) fn decode_datagram(
     out: &mut Vec<KernelEvent>,
     decode_errors: &mut u64,
 ) {
-    for m in messages(datagram) {
+    let types = (
+        ct_msg_type(IPCTNL_MSG_CT_NEW),
+        ct_msg_type(IPCTNL_MSG_CT_DELETE),
+    );
+    out.extend(decode_events(
+        datagram,
+        types,
+        decode_errors,
+        |kind, payload, portid| decode_flow(payload).map(|flow| KernelEvent { kind, flow, portid }),
+    ));
+}
+
+/// The events of one netlink datagram: messages of the `(new, delete)`
+/// types, told apart as NEW (CREATE|EXCL), UPDATE and DESTROY, decoded by
+/// `decode`; what does not decode is counted and skipped. Flow and
+/// expectation events share it.
+pub(crate) fn decode_events<'a, E, D>(
+    datagram: &'a [u8],
+    (new, delete): (u16, u16),
+    decode_errors: &'a mut u64,
+    decode: D,
+) -> impl Iterator<Item = E> + 'a
+where
+    D: Fn(EventKind, &[u8], u32) -> Result<E, super::CodecError> + 'a,
+{
+    let mut stop = false;
+    messages(datagram).filter_map(move |m| {
+        if stop {
+            return None;
+        }
         let Ok(m) = m else {
             *decode_errors += 1;
-            break;
+            stop = true;
+            return None;
         };
-        let kind = if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
+        let kind = if m.kind == new {
             if m.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
                 EventKind::New
             } else {
                 EventKind::Update
             }
-        } else if m.kind == ct_msg_type(IPCTNL_MSG_CT_DELETE) {
+        } else if m.kind == delete {
             EventKind::Destroy
         } else {
-            continue;
+            return None;
         };
-        match decode_flow(m.payload) {
-            Ok(flow) => out.push(KernelEvent {
-                kind,
-                flow,
-                portid: m.pid,
-            }),
+        match decode(kind, m.payload, m.pid) {
+            Ok(event) => Some(event),
             Err(e) => {
                 *decode_errors += 1;
-                tracing::debug!(error = %e, "undecodable conntrack event");
+                tracing::debug!(error = %e, "undecodable ctnetlink event");
+                None
             }
         }
-    }
+    })
 }

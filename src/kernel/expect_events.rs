@@ -14,10 +14,11 @@
 //! should see. A DESTROY follows the expected connection's arrival, a
 //! timeout, a delete or the master's end.
 
+use super::events::decode_events;
 use super::expect_codec::{
     decode_expectation, exp_msg_type, IPCTNL_MSG_EXP_DELETE, IPCTNL_MSG_EXP_NEW,
 };
-use super::socket::{messages, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL};
+use super::socket::{NlSocket, RecvBatch};
 use super::{EventKind, KernelError};
 use crate::expect::Expectation;
 use std::os::fd::{AsRawFd, RawFd};
@@ -147,32 +148,20 @@ pub(crate) fn decode_datagram(
     out: &mut Vec<ExpectEvent>,
     decode_errors: &mut u64,
 ) {
-    for m in messages(datagram) {
-        let Ok(m) = m else {
-            *decode_errors += 1;
-            break;
-        };
-        let kind = if m.kind == exp_msg_type(IPCTNL_MSG_EXP_NEW) {
-            if m.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 {
-                EventKind::New
-            } else {
-                EventKind::Update
-            }
-        } else if m.kind == exp_msg_type(IPCTNL_MSG_EXP_DELETE) {
-            EventKind::Destroy
-        } else {
-            continue;
-        };
-        match decode_expectation(m.payload) {
-            Ok(expect) => out.push(ExpectEvent {
+    let types = (
+        exp_msg_type(IPCTNL_MSG_EXP_NEW),
+        exp_msg_type(IPCTNL_MSG_EXP_DELETE),
+    );
+    out.extend(decode_events(
+        datagram,
+        types,
+        decode_errors,
+        |kind, payload, portid| {
+            decode_expectation(payload).map(|expect| ExpectEvent {
                 kind,
                 expect,
-                portid: m.pid,
-            }),
-            Err(e) => {
-                *decode_errors += 1;
-                tracing::debug!(error = %e, "undecodable expectation event");
-            }
-        }
-    }
+                portid,
+            })
+        },
+    ));
 }
