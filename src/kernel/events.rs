@@ -6,7 +6,7 @@
 //! Must not: resync after an overrun (the caller dumps), filter or cache.
 
 use super::codec::{ct_msg_type, decode_flow, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW};
-use super::socket::{messages, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL};
+use super::socket::{messages, read_queued, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL};
 use super::{EventKind, KernelError, KernelEvent};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -74,22 +74,16 @@ impl EventSocket {
     /// batch), possibly nothing. Many datagrams per system call.
     pub fn recv_queued(&mut self, out: &mut Vec<KernelEvent>) -> Result<(), KernelError> {
         let limit = out.len() + RECV_BATCH;
-        while out.len() < limit {
-            match self.sock.try_recv_batch(&mut self.batch) {
-                Ok(n) => {
-                    for datagram in self.batch.datagrams() {
-                        decode_datagram(datagram, out, &mut self.decode_errors);
-                    }
-                    if n < RECV_SLOTS {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // Report the overrun with what was read before it.
-                Err(e) => return Err(self.failed(e)),
-            }
-        }
-        Ok(())
+        let errors = &mut self.decode_errors;
+        // Reports the overrun with what was read before it.
+        read_queued(
+            &self.sock,
+            &mut self.batch,
+            out,
+            |out| out.len() < limit,
+            |out, datagram| decode_datagram(datagram, out, errors),
+        )
+        .map_err(|e| self.failed(e))
     }
 
     /// A receive error: on ENOBUFS count the overrun and grow the buffer.

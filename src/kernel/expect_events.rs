@@ -18,7 +18,7 @@ use super::events::decode_events;
 use super::expect_codec::{
     decode_expectation, exp_msg_type, IPCTNL_MSG_EXP_DELETE, IPCTNL_MSG_EXP_NEW,
 };
-use super::socket::{NlSocket, RecvBatch};
+use super::socket::{read_queued, NlSocket, RecvBatch};
 use super::{EventKind, KernelError};
 use crate::expect::Expectation;
 use std::os::fd::{AsRawFd, RawFd};
@@ -83,21 +83,15 @@ impl ExpectEventSocket {
         }
         decode_datagram(&self.buf, out, &mut self.decode_errors);
         let limit = out.len() + RECV_BATCH;
-        while out.len() < limit {
-            match self.sock.try_recv_batch(&mut self.batch) {
-                Ok(n) => {
-                    for datagram in self.batch.datagrams() {
-                        decode_datagram(datagram, out, &mut self.decode_errors);
-                    }
-                    if n < RECV_SLOTS {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(self.failed(e)),
-            }
-        }
-        Ok(())
+        let errors = &mut self.decode_errors;
+        read_queued(
+            &self.sock,
+            &mut self.batch,
+            out,
+            |out| out.len() < limit,
+            |out, datagram| decode_datagram(datagram, out, errors),
+        )
+        .map_err(|e| self.failed(e))
     }
 
     fn failed(&mut self, e: std::io::Error) -> KernelError {

@@ -73,6 +73,11 @@ impl RecvBatch {
         }
     }
 
+    /// How many datagrams one call can receive.
+    pub fn slots(&self) -> usize {
+        self.headers.len()
+    }
+
     /// The datagrams the last `try_recv_batch` received.
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.headers[..self.received]
@@ -83,6 +88,34 @@ impl RecvBatch {
                 &self.bufs[i * RECV_SLOT_LEN..i * RECV_SLOT_LEN + len]
             })
     }
+}
+
+/// Read what is queued on `sock` without blocking, many datagrams per
+/// system call, handing each to `each` with `out`, while `more(out)` holds
+/// and until a call comes back short or finds nothing. Any error but
+/// WouldBlock is returned, after what was read before it was handed over.
+pub fn read_queued<T>(
+    sock: &NlSocket,
+    batch: &mut RecvBatch,
+    out: &mut T,
+    more: impl Fn(&T) -> bool,
+    mut each: impl FnMut(&mut T, &[u8]),
+) -> Result<(), std::io::Error> {
+    while more(out) {
+        match sock.try_recv_batch(batch) {
+            Ok(n) => {
+                for datagram in batch.datagrams() {
+                    each(out, datagram);
+                }
+                if n < batch.slots() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A bound NETLINK_NETFILTER socket.
