@@ -191,6 +191,13 @@ impl Daemon {
             zone: e.zone,
             orig: e.master,
         };
+        // Only a TCP master under NAT can have had its payload rewritten:
+        // spare the kernel a request for every other expectation.
+        let rewritable = e.master.proto == crate::flow::proto::TCP
+            && self.node.internal().flow(&key).is_some_and(|f| f.has_nat());
+        if !rewritable {
+            return;
+        }
         match crate::kernel::get_flow(&key) {
             Ok(Some(mut flow)) => {
                 if let Some(cached) = self.node.internal().flow(&key) {
