@@ -7,7 +7,8 @@
 //! warm standby driven by our ctsync-notify.sh), against three failures, a
 //! failback, and a negative control that must break connections.
 //!
-//! Owns: the journey (ha-failover.md §4.8) and its verdicts.
+//! Owns: the journeys (ha-failover.md §4.8); their verdicts are
+//! failover/verdict.rs's.
 //! Must not: build namespaces or start processes itself (the lab does),
 //! or weaken a check to make a run pass. Needs root, keepalived, conntrackd's
 //! example scripts, conntrack and nft; panics with a message if one is missing.

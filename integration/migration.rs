@@ -33,8 +33,8 @@ mod failover;
 
 use failover::traffic::{FlowInfo, Traffic};
 use failover::verdict::{
-    assert_survived, hand_over, json_is, judge, print_metrics, secs, spec, wait_external_complete,
-    After,
+    assert_survived, hand_over, json_is, judge, kernel_holds, print_metrics, secs, spec,
+    wait_external_complete, After,
 };
 use failover::{FailoverLab, Failure, Mode, Options};
 use std::time::{Duration, Instant};
@@ -257,6 +257,12 @@ fn rolling_migration_from_conntrackd_keeps_connections() {
     );
     eprintln!("step 4 window: fwa (ctsync) holds 0 of fwb's (conntrackd protocol) flows");
     run_ctsyncd(&mut lab, 1, &with_key(&converted_b, &key_b));
+    // A daemon restart leaves the primary's kernel table alone.
+    assert_eq!(
+        kernel_holds(&lab, 1, &flows),
+        flows.len(),
+        "fwb's kernel lost test flows when its daemon restarted"
+    );
     let since = lab.a.timing().len();
     lab.run_notify(0, "backup");
     settle_backup(&lab, 0, since, &flows);
