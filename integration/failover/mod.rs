@@ -23,11 +23,11 @@
 #![allow(dead_code)]
 
 pub mod traffic;
+pub mod verdict;
 
 use crate::lab::{ctsyncd_bin, has_tool, must, reap, run, wait_until};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -293,7 +293,8 @@ impl Fw {
         s.push_str(&self.log_tail("vrrp-events.log", 20));
         s.push_str(&self.log_tail("ctl-timing.log", 40));
         s.push_str(&self.log_tail("daemon.log", 30));
-        if self.mode == Mode::Conntrackd {
+        // conntrackd's LogFile, which a converted ctsyncd config keeps.
+        if self.path("conntrackd.log").exists() {
             s.push_str(&self.log_tail("conntrackd.log", 30));
         }
         s
@@ -1071,7 +1072,7 @@ port = 3780
     /// The daemon's config, keepalived's config and the scripts of one firewall.
     fn write_glue(&self, fw: &Fw) {
         let peer = self.fw(1 - fw.idx);
-        let config = match self.mode {
+        let config = match fw.mode {
             Mode::Commit | Mode::WarmStandby => self.ctsyncd_config(fw, peer),
             Mode::Conntrackd => self.conntrackd_config(fw, peer),
         };
@@ -1090,7 +1091,14 @@ port = 3780
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
             writeln!(file, "{key}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         }
+        let script = self.write_scripts(fw);
+        self.write_keepalived_conf(fw, peer, &script);
+    }
 
+    /// The timing wrapper around `fw`'s daemon binary, the VRRP event log
+    /// script, and the notify script keepalived runs (for `fw.mode`);
+    /// returns the notify script's path.
+    fn write_scripts(&self, fw: &Fw) -> PathBuf {
         // The timing wrapper around the real binary.
         let timing = fw.path("ctl-timing.log");
         write_script(
@@ -1103,7 +1111,7 @@ port = 3780
                  echo \"$(date +%s.%N) end rc=$rc $*\" >> {log}\n\
                  exit $rc\n",
                 log = timing.display(),
-                bin = self.mode.bin().display()
+                bin = fw.mode.bin().display()
             ),
         );
         // The generic notify: a timestamped line per VRRP event.
@@ -1114,7 +1122,7 @@ port = 3780
                 fw.path("vrrp-events.log").display()
             ),
         );
-        let script = match self.mode {
+        match fw.mode {
             Mode::Commit | Mode::Conntrackd => {
                 let copy = fw.path("primary-backup.sh");
                 std::fs::copy(PRIMARY_BACKUP_EXAMPLE, &copy)
@@ -1183,7 +1191,11 @@ port = 3780
                 );
                 wrapper
             }
-        };
+        }
+    }
+
+    /// keepalived's configuration for `fw`, its notify script `script`.
+    fn write_keepalived_conf(&self, fw: &Fw, peer: &Fw, script: &Path) {
         let s = script.display();
         let instance =
             |vi: &str, dev: &str, vrid: u32, src: String, dst: String, vip4: &str, vip6: &str| {
@@ -1266,7 +1278,11 @@ vrrp_sync_group G1 {{
     pub fn start_daemon(&mut self, idx: usize) {
         let fw = self.fw_mut(idx);
         assert!(fw.daemon.is_none(), "{}: daemon already started", fw.name);
-        let log = File::create(fw.path("daemon.log")).expect("create the daemon log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(fw.path("daemon.log"))
+            .expect("open the daemon log");
         let err = log.try_clone().expect("clone the log handle");
         let child = Command::new("ip")
             .args(["netns", "exec", &fw.ns])
@@ -1285,6 +1301,72 @@ vrrp_sync_group G1 {{
             "{}: {} did not answer{}",
             fw.name,
             fw.mode.daemon(),
+            fw.diagnostics()
+        );
+    }
+
+    /// Stop `idx`'s daemon as an operator does (`-k` through its client),
+    /// wait until no process of that daemon is left in the namespace (it
+    /// may have been started by the notify script, not by the lab), and
+    /// reap the lab's child if it started one. Bounded; SIGKILL at the end.
+    pub fn stop_daemon(&mut self, idx: usize) {
+        let fw = self.fw(idx);
+        let _ = fw.ctl(&["-k"]);
+        let name = fw.mode.daemon();
+        let running = |ns: &str| -> Vec<i32> {
+            netns_pids(ns)
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == name)
+                })
+                .collect()
+        };
+        let ns = fw.ns.clone();
+        if !wait_until(Duration::from_secs(10), || running(&ns).is_empty()) {
+            for p in running(&ns) {
+                signal(p, libc::SIGKILL);
+            }
+        }
+        let fw = self.fw_mut(idx);
+        if let Some(mut child) = fw.daemon.take() {
+            reap(&mut child, Duration::from_secs(5));
+        }
+        assert!(
+            !self.fw(idx).daemon_answers(),
+            "{}: {name} still answers after -k",
+            self.fw(idx).name
+        );
+    }
+
+    /// Let `idx` run another daemon from now on (a rolling migration):
+    /// `fw.mode` becomes `mode`, and the timing wrapper and the notify
+    /// script keepalived runs are rewritten for it (keepalived reads the
+    /// script anew at each transition, so it need not restart). The
+    /// daemon's configuration is the caller's to write (`Fw::config`).
+    pub fn switch_daemon(&mut self, idx: usize, mode: Mode) {
+        self.fw_mut(idx).mode = mode;
+        self.write_scripts(self.fw(idx));
+    }
+
+    /// Run `idx`'s notify script for `state` ("primary", "backup",
+    /// "fault") by hand in its namespace, as an operator re-runs the glue
+    /// after replacing the daemon under a running keepalived; it must
+    /// exit 0.
+    pub fn run_notify(&self, idx: usize, state: &str) {
+        let fw = self.fw(idx);
+        let script = match fw.mode {
+            Mode::Commit | Mode::Conntrackd => fw.path("primary-backup.sh"),
+            Mode::WarmStandby => fw.path("notify.sh"),
+        };
+        let out = run("ip", &["netns", "exec", &fw.ns, path_str(&script), state]);
+        assert!(
+            out.status.success(),
+            "{}: {} {state} failed ({}): {}{}",
+            fw.name,
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
             fw.diagnostics()
         );
     }

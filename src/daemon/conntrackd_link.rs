@@ -195,6 +195,27 @@ impl Daemon {
     /// Start-up: the conntrackd peer learns our table, and is asked for
     /// its own (conntrackd's StartupResync).
     pub(super) fn cd_start(&mut self) {
+        self.cd_refill();
+        if let Some(cd) = &mut self.cd {
+            cd.node.request_resync();
+        }
+    }
+
+    /// `-B`: every flow and expectation of the internal cache goes to the
+    /// conntrackd peer. The link's own record of what it sent cannot
+    /// answer this alone: `-f` empties it and `-R` refills only the
+    /// internal cache, so after the glue's `-c`, `-f`, `-R`, `-B` on a new
+    /// primary that record was empty and the bulk sent nothing.
+    pub(super) fn cd_bulk(&mut self) {
+        self.cd_refill();
+        if let Some(cd) = &mut self.cd {
+            cd.node.send_bulk();
+        }
+    }
+
+    /// Queue every flow and expectation of the internal cache for the
+    /// conntrackd peer (each once: the link's queue holds a key once).
+    fn cd_refill(&mut self) {
         let now = self.now_ms();
         let Some(cd) = &mut self.cd else {
             return;
@@ -205,7 +226,6 @@ impl Daemon {
         for entry in self.node.internal_expectations().iter() {
             cd.node.local_expect(entry.expect.clone(), now);
         }
-        cd.node.request_resync();
     }
 
     /// A datagram on the conntrackd link.
@@ -218,6 +238,7 @@ impl Daemon {
             cd.foreign_source += 1;
             return;
         }
+        let resyncs = cd.node.stats().resync_requests;
         let changes = cd.node.on_datagram(&received.bytes, now);
         let mut msgs = Vec::with_capacity(changes.len());
         for change in changes {
@@ -227,6 +248,12 @@ impl Daemon {
             }
         }
         let peer = cd.peer_id;
+        // The peer asked for a resync (its `-n`, or its start): the link
+        // answered from its own record; the internal cache completes it
+        // (see `cd_bulk`).
+        if cd.node.stats().resync_requests != resyncs {
+            self.cd_refill();
+        }
         if !msgs.is_empty() {
             self.node.apply_foreign(peer, msgs, now);
         }

@@ -101,9 +101,7 @@ impl Daemon {
             Request::SendBulk => {
                 tracing::info!("sending bulk update");
                 self.node.send_bulk(now);
-                if let Some(cd) = &mut self.cd {
-                    cd.node.send_bulk();
-                }
+                self.cd_bulk();
                 success(String::new())
             }
             Request::ResetTimers => {
