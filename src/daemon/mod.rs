@@ -906,7 +906,11 @@ impl Daemon {
             (true, false) => Replicate::Differences,
             (true, true) => Replicate::DifferencesButPeerFlows,
         };
-        let run = self.node.reconcile_begin(self.now_ms(), replicate);
+        let mut run = self.node.reconcile_begin(self.now_ms(), replicate);
+        if self.cd.is_some() {
+            // What the re-read finds for peers, the conntrackd peer needs too.
+            run.keep_keys();
+        }
         self.table_read = TableReadState::Comparing {
             replay,
             run,
@@ -942,6 +946,8 @@ impl Daemon {
             return;
         }
         let report = self.node.reconcile_finish(run, now);
+        let reconciled = self.node.take_reconciled();
+        self.cd_follow(reconciled);
         let duration_ms = self
             .table_read_started
             .take()
