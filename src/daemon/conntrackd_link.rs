@@ -195,6 +195,37 @@ impl Daemon {
         }
     }
 
+    /// After a re-read that replicates what it found (an overrun's heal, or
+    /// the periodic re-read): the sync core sent the differences to the
+    /// ctsync links; the conntrackd peer gets them here. Our flows whose
+    /// state differs from what the peer was last sent go out as updates,
+    /// those no longer in the internal cache as deletes. A peer's flow
+    /// committed into our kernel is not sent back (as for its events).
+    pub(super) fn cd_catch_up(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        let internal = self.node.internal();
+        for flow in internal.flows() {
+            let key = flow.key();
+            if cd
+                .node
+                .flow(&key)
+                .is_some_and(|sent| sent.same_state(&flow))
+                || self.node.peer_flow(&key).is_some()
+            {
+                continue;
+            }
+            cd.node.local_flow(flow, now);
+        }
+        for key in cd.node.flow_keys() {
+            if internal.flow(&key).is_none() {
+                cd.node.local_flow_gone(&key, now);
+            }
+        }
+    }
+
     /// Start-up: the conntrackd peer learns our table, and is asked for
     /// its own (conntrackd's StartupResync).
     pub(super) fn cd_start(&mut self) {

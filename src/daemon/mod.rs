@@ -153,6 +153,9 @@ enum TableReadState {
         run: Reconciling,
         rest: std::vec::IntoIter<Flow>,
         clients: Vec<oneshot::Sender<Reply>>,
+        /// A re-read that replicates what it finds (an overrun's heal or
+        /// the periodic re-read), not `-R`.
+        heal: bool,
     },
 }
 
@@ -912,6 +915,7 @@ impl Daemon {
             run,
             rest: read.accepted.into_iter(),
             clients,
+            heal,
         };
         self.compare_table_chunk();
     }
@@ -925,6 +929,7 @@ impl Daemon {
             mut run,
             mut rest,
             clients,
+            heal,
         } = std::mem::replace(&mut self.table_read, TableReadState::Idle)
         else {
             return;
@@ -938,10 +943,14 @@ impl Daemon {
                 run,
                 rest,
                 clients,
+                heal,
             };
             return;
         }
         let report = self.node.reconcile_finish(run, now);
+        if heal {
+            self.cd_catch_up();
+        }
         let duration_ms = self
             .table_read_started
             .take()
