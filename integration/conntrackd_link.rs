@@ -20,6 +20,9 @@
 //!   `StartupResync on` gets our table, a restarted ctsyncd asks and gets
 //!   conntrackd's.
 //! - 20% loss each way in FTFW (after the handshake) converges.
+//! - flows whose events an overrun lost, found by the re-read that heals
+//!   it, reach conntrackd too; the periodic re-reads after that resend
+//!   nothing.
 //! - malformed datagrams sent to ctsyncd's conntrackd link are counted by
 //!   reason in `-s --json` (`conntrackd_link.malformed_by_reason`) and the
 //!   daemon goes on.
@@ -89,6 +92,8 @@ struct Setup {
     our_mode: &'static str,
     /// ctsyncd's link protocol ("conntrackd"; "ctsync" for the control).
     protocol: &'static str,
+    /// ctsyncd's `[kernel] reconcile_interval_s` (0: events only).
+    reread_s: u32,
 }
 
 impl Setup {
@@ -97,6 +102,7 @@ impl Setup {
             cd_mode,
             our_mode,
             protocol: "conntrackd",
+            reread_s: 0,
         }
     }
 }
@@ -160,13 +166,14 @@ impl Pair {
         std::fs::write(&pair.conf, conf).unwrap();
         let toml = format!(
             "node_id = 1\nsocket = \"{sock}\"\n\n[sync]\nmode = \"{mode}\"\nexpectations = \"all\"\n\
-             alarm_refresh_s = 2\nalarm_timeout_s = 10\n\n[kernel]\nreconcile_interval_s = 0\n\n\
+             alarm_refresh_s = 2\nalarm_timeout_s = 10\n\n[kernel]\nreconcile_interval_s = {reread}\n\n\
              [filter]\naddress = {{ policy = \"ignore\", list = [\"198.18.{net}.0/24\"] }}\n\n\
              [[link]]\ntransport = \"udp\"\ninterface = \"{vu}\"\nlocal = \"198.18.{net}.2\"\n\
              peer = \"198.18.{net}.1\"\nport = {PORT}\nprotocol = \"{protocol}\"\n",
             sock = pair.us.socket.display(),
             mode = setup.our_mode,
             protocol = setup.protocol,
+            reread = setup.reread_s,
         );
         std::fs::write(&pair.us.config, toml).unwrap();
         pair
@@ -950,6 +957,7 @@ fn on_ctsyncs_own_protocol_nothing_crosses() {
         cd_mode: "Mode NOTRACK { }",
         our_mode: "notrack",
         protocol: "ctsync",
+        reread_s: 0,
     });
     pair.start_conntrackd();
     pair.us.start();
@@ -973,5 +981,85 @@ fn on_ctsyncs_own_protocol_nothing_crosses() {
         "a flow crossed: conntrackd -e {}\nctsyncd -e {:?}",
         pair.cd(&["-e", "ct"]),
         pair.our_external()
+    );
+}
+
+/// Flows whose events the kernel could not deliver (ctsyncd stopped
+/// while thousands are made; its event socket overruns) are found by the
+/// re-read that heals the overrun, which must tell the conntrackd peer
+/// too, not only ctsync's own links.
+#[test]
+fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
+    // FTFW: a burst of thousands of messages overflows a socket buffer
+    // now and then, which NOTRACK never repairs.
+    let mut pair = Pair::new(&Setup {
+        reread_s: 2,
+        ..Setup::new("Mode FTFW { }", "ftfw")
+    });
+    let toml = std::fs::read_to_string(&pair.us.config).unwrap().replace(
+        "[kernel]\n",
+        "[kernel]\nnetlink_buffer = 65536\nnetlink_buffer_max = 65536\n",
+    );
+    std::fs::write(&pair.us.config, toml).unwrap();
+    pair.start();
+    const N: usize = 3000;
+    let flows: Vec<Flow> = (0..N)
+        .map(|i| {
+            let mut f = Flow::new(Tuple {
+                src: IpAddr::from([198, 18, 3, (i / 250) as u8 + 1]),
+                dst: IpAddr::from([198, 18, 4, 1]),
+                proto: proto::UDP,
+                l4: L4::Ports {
+                    src: 10_000 + i as u16,
+                    dst: 53,
+                },
+            });
+            f.status = status::CONFIRMED;
+            f.timeout = 600;
+            f
+        })
+        .collect();
+    let pid = pair.us.pid().expect("ctsyncd runs").to_string();
+    must("kill", &["-STOP", &pid]);
+    lab::create_in(&pair.us.ns, flows);
+    must("kill", &["-CONT", &pid]);
+    assert!(
+        wait_until(WAIT, || pair.us.cache_json("-i").len() == N),
+        "ctsyncd -i has {} of {N}",
+        pair.us.cache_json("-i").len()
+    );
+    let stats = pair.stats();
+    assert!(
+        stats["kernel"]["overruns"].as_u64().unwrap_or(0) > 0,
+        "no overrun: the test proves nothing: {}",
+        stats["kernel"]
+    );
+    let in_cd = |pair: &Pair| {
+        pair.cd(&["-e", "ct"])
+            .lines()
+            .filter(|l| l.contains("src=198.18.3."))
+            .count()
+    };
+    assert!(
+        wait_until(WAIT, || in_cd(&pair) == N),
+        "conntrackd -e has {} of {N}",
+        in_cd(&pair)
+    );
+    // The periodic re-reads after that find nothing new: they send the
+    // peer nothing but FTFW's acks (about one datagram a second).
+    let sent = |pair: &Pair| {
+        let s = pair.stats();
+        (
+            s["conntrackd_link"]["datagrams_sent"].as_u64().unwrap_or(0),
+            s["kernel"]["table_reads"].as_u64().unwrap_or(0),
+        )
+    };
+    let (d0, r0) = sent(&pair);
+    std::thread::sleep(Duration::from_secs(5));
+    let (d1, r1) = sent(&pair);
+    assert!(r1 >= r0 + 2, "no periodic re-read ran: {r0} -> {r1}");
+    assert!(
+        d1 - d0 < 15,
+        "the re-reads resent flows: {d0} -> {d1} datagrams"
     );
 }
