@@ -133,6 +133,16 @@ fn message_of(op: Op, object: Object) -> Option<Message> {
     Some(msg)
 }
 
+/// Two states of one expectation, its timeout (which only counts down)
+/// aside.
+fn same_but_timeout(a: &Expectation, b: &Expectation) -> bool {
+    let timeless = |e: &Expectation| Expectation {
+        timeout: 0,
+        ..e.clone()
+    };
+    timeless(a) == timeless(b)
+}
+
 impl CdLink {
     pub fn block(&self) -> CdLinkBlock {
         let s: CdStats = self.node.stats();
@@ -222,6 +232,36 @@ impl Daemon {
         for key in cd.node.flow_keys() {
             if internal.flow(&key).is_none() {
                 cd.node.local_flow_gone(&key, now);
+            }
+        }
+    }
+
+    /// `cd_catch_up` for the expectations, after a re-read of them that
+    /// replicates what it found.
+    pub(super) fn cd_catch_up_expectations(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        let internal = self.node.internal_expectations();
+        for entry in internal.iter() {
+            let e = &entry.expect;
+            let key = e.key();
+            let sent_same = cd
+                .node
+                .expectation(&key)
+                .is_some_and(|sent| same_but_timeout(sent, e));
+            let a_peers = self
+                .node
+                .external_expectations()
+                .any(|(_, cache)| cache.contains(&key));
+            if !sent_same && !a_peers {
+                cd.node.local_expect(e.clone(), now);
+            }
+        }
+        for key in cd.node.expectation_keys() {
+            if !internal.contains(&key) {
+                cd.node.local_expect_gone(&key, now);
             }
         }
     }
