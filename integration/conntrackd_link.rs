@@ -20,9 +20,9 @@
 //!   `StartupResync on` gets our table, a restarted ctsyncd asks and gets
 //!   conntrackd's.
 //! - 20% loss each way in FTFW (after the handshake) converges.
-//! - flows whose events an overrun lost, found by the re-read that heals
-//!   it, reach conntrackd too; the periodic re-reads after that resend
-//!   nothing.
+//! - flows (and an expectation) whose events an overrun lost, found by
+//!   the re-reads that heal it, reach conntrackd too; the periodic
+//!   re-reads after that resend nothing.
 //! - malformed datagrams sent to ctsyncd's conntrackd link are counted by
 //!   reason in `-s --json` (`conntrackd_link.malformed_by_reason`) and the
 //!   daemon goes on.
@@ -1003,6 +1003,7 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
     std::fs::write(&pair.us.config, toml).unwrap();
     pair.start();
     const N: usize = 3000;
+    const M: u16 = 1000;
     let flows: Vec<Flow> = (0..N)
         .map(|i| {
             let mut f = Flow::new(Tuple {
@@ -1022,9 +1023,42 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
     let pid = pair.us.pid().expect("ctsyncd runs").to_string();
     must("kill", &["-STOP", &pid]);
     lab::create_in(&pair.us.ns, flows);
+    // FTP masters and their expectations after the flood that overruns
+    // the event sockets: their events are lost too.
+    let masters: Vec<Flow> = (0..M)
+        .map(|i| {
+            let mut f = ftp_master(US.0, US.1);
+            f.orig.l4 = L4::Ports {
+                src: 30_000 + i,
+                dst: 21,
+            };
+            f.reply.l4 = L4::Ports {
+                src: 21,
+                dst: 30_000 + i,
+            };
+            f
+        })
+        .collect();
+    let expectations: Vec<ExpectOp> = masters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut e = ftp_expectation(US.0, US.1, 50_000 + i as u16);
+            e.master = m.orig;
+            ExpectOp::Create(e)
+        })
+        .collect();
+    lab::create_in(&pair.us.ns, masters);
+    let report = in_netns(&pair.us.ns, move || {
+        Writer::open()
+            .expect("writer")
+            .apply_expectations(&expectations)
+    });
+    assert_eq!(report.failed, 0, "{:?}", report.first_errors);
     must("kill", &["-CONT", &pid]);
     assert!(
-        wait_until(WAIT, || pair.us.cache_json("-i").len() == N),
+        wait_until(WAIT, || pair.us.cache_json("-i").len()
+            == N + usize::from(M)),
         "ctsyncd -i has {} of {N}",
         pair.us.cache_json("-i").len()
     );
@@ -1040,10 +1074,33 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
             .filter(|l| l.contains("src=198.18.3."))
             .count()
     };
+    let all = N + usize::from(M);
     assert!(
-        wait_until(WAIT, || in_cd(&pair) == N),
-        "conntrackd -e has {} of {N}",
-        in_cd(&pair)
+        wait_until(WAIT, || in_cd(&pair) == all),
+        "conntrackd -e has {} of {all}",
+        in_cd(&pair),
+    );
+    let ours_expected = |pair: &Pair| {
+        let v: Vec<Value> =
+            serde_json::from_str(&pair.us.ctl_ok(&["-i", "expect", "--json"])).unwrap();
+        v.len()
+    };
+    assert!(
+        wait_until(WAIT, || ours_expected(&pair) == usize::from(M)),
+        "ctsyncd -i expect has {} of {M}",
+        ours_expected(&pair)
+    );
+    let cd_expected = |pair: &Pair| {
+        pair.cd(&["-e", "expect"])
+            .lines()
+            .filter(|l| l.contains("helper=ftp"))
+            .count()
+    };
+    assert!(
+        wait_until(WAIT, || cd_expected(&pair) == usize::from(M)),
+        "conntrackd -e expect has {} of {M}; ctsyncd: {}",
+        cd_expected(&pair),
+        pair.stats()["kernel"]
     );
     // The periodic re-reads after that find nothing new: they send the
     // peer nothing but FTFW's acks (about one datagram a second).
