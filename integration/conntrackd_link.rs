@@ -16,6 +16,9 @@
 //!   which both kernels hold the same flows (`conntrack -L`, NAT
 //!   included, timeouts aside) and the same expectations (`conntrack -L
 //!   expect`); a mark change and a deletion on each side follow.
+//! - warm standby writes conntrackd's flows and expectation into
+//!   ctsyncd's kernel without a commit, equal to conntrackd's kernel; a
+//!   deletion follows.
 //! - a restart of either side resyncs (FTFW): conntrackd with
 //!   `StartupResync on` gets our table, a restarted ctsyncd asks and gets
 //!   conntrackd's.
@@ -94,6 +97,8 @@ struct Setup {
     protocol: &'static str,
     /// ctsyncd's `[kernel] reconcile_interval_s` (0: events only).
     reread_s: u32,
+    /// Extra lines for ctsyncd's `[sync]`.
+    sync_extra: &'static str,
 }
 
 impl Setup {
@@ -103,6 +108,7 @@ impl Setup {
             our_mode,
             protocol: "conntrackd",
             reread_s: 0,
+            sync_extra: "",
         }
     }
 }
@@ -166,7 +172,7 @@ impl Pair {
         std::fs::write(&pair.conf, conf).unwrap();
         let toml = format!(
             "node_id = 1\nsocket = \"{sock}\"\n\n[sync]\nmode = \"{mode}\"\nexpectations = \"all\"\n\
-             alarm_refresh_s = 2\nalarm_timeout_s = 10\n\n[kernel]\nreconcile_interval_s = {reread}\n\n\
+             alarm_refresh_s = 2\nalarm_timeout_s = 10\n{extra}\n\n[kernel]\nreconcile_interval_s = {reread}\n\n\
              [filter]\naddress = {{ policy = \"ignore\", list = [\"198.18.{net}.0/24\"] }}\n\n\
              [[link]]\ntransport = \"udp\"\ninterface = \"{vu}\"\nlocal = \"198.18.{net}.2\"\n\
              peer = \"198.18.{net}.1\"\nport = {PORT}\nprotocol = \"{protocol}\"\n",
@@ -174,6 +180,7 @@ impl Pair {
             mode = setup.our_mode,
             protocol = setup.protocol,
             reread = setup.reread_s,
+            extra = setup.sync_extra,
         );
         std::fs::write(&pair.us.config, toml).unwrap();
         pair
@@ -958,6 +965,7 @@ fn on_ctsyncs_own_protocol_nothing_crosses() {
         our_mode: "notrack",
         protocol: "ctsync",
         reread_s: 0,
+        sync_extra: "",
     });
     pair.start_conntrackd();
     pair.us.start();
@@ -1119,4 +1127,39 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
         d1 - d0 < 15,
         "the re-reads resent flows: {d0} -> {d1} datagrams"
     );
+}
+
+/// Warm standby on the conntrackd link: conntrackd's flows (NAT, mark,
+/// IPv6 in a zone) and its FTP master and expectation are written into
+/// ctsyncd's kernel as they arrive, without a commit; a deletion follows.
+#[test]
+fn warm_standby_writes_conntrackds_flows_and_expectation() {
+    let mut pair = Pair::new(&Setup {
+        sync_extra: "warm_standby = true",
+        ..Setup::new("Mode FTFW { }", "ftfw")
+    });
+    pair.start();
+    let (cd_ns, us_ns) = (pair.ns_cd.clone(), pair.us.ns.clone());
+    make_side(&pair, &cd_ns, CD, 50004, || {});
+    let in_cd = pair.kernel(&cd_ns);
+    assert_eq!(in_cd.len(), 6, "{in_cd:#?}");
+    assert!(
+        wait_until(WAIT, || pair.kernel(&us_ns) == in_cd),
+        "ctsyncd's kernel {:#?}\nconntrackd's {in_cd:#?}",
+        pair.kernel(&us_ns)
+    );
+    assert!(
+        wait_until(WAIT, || kernel_expectations(&us_ns)
+            == kernel_expectations(&cd_ns)),
+        "ctsyncd's expectations {:?}, conntrackd's {:?}",
+        kernel_expectations(&us_ns),
+        kernel_expectations(&cd_ns)
+    );
+    conntrack_i_like(&pair, &cd_ns, &["-D", "-s", "198.18.1.3", "-p", "udp"]);
+    assert!(
+        wait_until(WAIT, || pair.kernel(&us_ns) == pair.kernel(&cd_ns)),
+        "the deletion: ctsyncd's kernel {:#?}",
+        pair.kernel(&us_ns)
+    );
+    assert_eq!(pair.kernel(&us_ns).len(), 5);
 }
