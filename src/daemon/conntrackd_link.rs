@@ -358,4 +358,15 @@ mod tests {
         };
         assert_eq!(message_of(Op::Update, Object::Flow(bad)), None);
     }
+
+    #[test]
+    fn an_expectation_counting_down_is_the_same_one_changed_is_not() {
+        let a = ftp(1);
+        let mut older = a.clone();
+        older.timeout += 30;
+        assert!(same_but_timeout(&a, &older));
+        let mut other = a.clone();
+        other.flags ^= 1;
+        assert!(!same_but_timeout(&a, &other));
+    }
 }
