@@ -120,7 +120,7 @@ impl Pair {
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id() % 100_000;
-        let tag = format!("cdl{pid}{n}");
+        let tag = format!("cdl{pid}x{n}");
         let dir = std::env::temp_dir().join(format!("ctsync-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -1028,8 +1028,9 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
             f
         })
         .collect();
-    let pid = pair.us.pid().expect("ctsyncd runs").to_string();
-    must("kill", &["-STOP", &pid]);
+    let pid = pair.us.pid().expect("ctsyncd runs") as i32;
+    // SAFETY: signalling the daemon we started, by its pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
     lab::create_in(&pair.us.ns, flows);
     // FTP masters and their expectations after the flood that overruns
     // the event sockets: their events are lost too.
@@ -1063,7 +1064,8 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
             .apply_expectations(&expectations)
     });
     assert_eq!(report.failed, 0, "{:?}", report.first_errors);
-    must("kill", &["-CONT", &pid]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(
         wait_until(WAIT, || pair.us.cache_json("-i").len()
             == N + usize::from(M)),
