@@ -291,6 +291,13 @@ pub struct CdLinkBlock {
     pub invalid_changes: u64,
     pub lost: u64,
     pub before: u64,
+    /// Messages received with HELLO (the peer is new or restarted, and says
+    /// so until our HELLO_BACK reaches it).
+    pub hellos_received: u64,
+    /// Objects and controls resent because the peer nacked them (FTFW).
+    pub resent_on_nack: u64,
+    /// Resyncs the peer asked for (its `-n` or StartupResync).
+    pub resync_requests: u64,
     pub resend_queue: u64,
     pub send_errors: u64,
     pub foreign_source: u64,

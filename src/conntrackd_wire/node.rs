@@ -203,6 +203,50 @@ impl CdNode {
         self.objects.len()
     }
 
+    /// The flow last sent for `key`, unless it is gone (dead).
+    pub fn flow(&self, key: &FlowKey) -> Option<&Flow> {
+        match self.objects.get(&Key::Flow(*key)) {
+            Some(Entry {
+                object: Object::Flow(f),
+                status,
+            }) if *status != Status::Dead => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The keys of the flows held and not gone.
+    pub fn flow_keys(&self) -> Vec<FlowKey> {
+        self.objects
+            .iter()
+            .filter_map(|(k, e)| match k {
+                Key::Flow(fk) if e.status != Status::Dead => Some(*fk),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The expectation last sent for `key`, unless it is gone (dead).
+    pub fn expectation(&self, key: &ExpectKey) -> Option<&Expectation> {
+        match self.objects.get(&Key::Expect(*key)) {
+            Some(Entry {
+                object: Object::Expect(e),
+                status,
+            }) if *status != Status::Dead => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The keys of the expectations held and not gone.
+    pub fn expectation_keys(&self) -> Vec<ExpectKey> {
+        self.objects
+            .iter()
+            .filter_map(|(k, e)| match k {
+                Key::Expect(ek) if e.status != Status::Dead => Some(*ek),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Entries waiting in the resend queue (FTFW).
     pub fn resend_queue_len(&self) -> usize {
         self.rs_live

@@ -1000,3 +1000,34 @@ fn resend_queue_is_bounded_and_evicts_the_oldest() {
     assert_eq!(msgs, 10, "{out:02x?}");
     assert_eq!(n.stats().nacked, 10);
 }
+
+/// What the daemon's re-read catch-up reads: the flow and expectation last
+/// sent, and the keys held, without those gone (dead, awaiting the ack of
+/// their DEL).
+#[test]
+fn the_node_says_what_it_last_sent_and_forgets_the_gone() {
+    let mut n = CdNode::new(
+        CdConfig {
+            mode: CdMode::Ftfw,
+            ..CdConfig::default()
+        },
+        5,
+        0,
+    );
+    let mut f = Flow::new(ports_tuple("198.18.1.1", 1, "198.18.2.2", 2, proto::UDP));
+    f.mark = 3;
+    let e = crate::expect::test_expectations::ftp(50_000);
+    n.local_flow(f.clone(), 0);
+    n.local_expect(e.clone(), 0);
+    assert_eq!(n.flow(&f.key()), Some(&f));
+    assert_eq!(n.flow_keys(), vec![f.key()]);
+    assert_eq!(n.expectation(&e.key()), Some(&e));
+    assert_eq!(n.expectation_keys(), vec![e.key()]);
+    let _ = n.poll_transmit(0);
+    n.local_flow_gone(&f.key(), 1);
+    n.local_expect_gone(&e.key(), 1);
+    assert_eq!(n.flow(&f.key()), None);
+    assert!(n.flow_keys().is_empty());
+    assert_eq!(n.expectation(&e.key()), None);
+    assert!(n.expectation_keys().is_empty());
+}

@@ -133,6 +133,16 @@ fn message_of(op: Op, object: Object) -> Option<Message> {
     Some(msg)
 }
 
+/// Two states of one expectation, its timeout (which only counts down)
+/// aside.
+fn same_but_timeout(a: &Expectation, b: &Expectation) -> bool {
+    let timeless = |e: &Expectation| Expectation {
+        timeout: 0,
+        ..e.clone()
+    };
+    timeless(a) == timeless(b)
+}
+
 impl CdLink {
     pub fn block(&self) -> CdLinkBlock {
         let s: CdStats = self.node.stats();
@@ -155,6 +165,9 @@ impl CdLink {
             invalid_changes: self.invalid_changes,
             lost: s.lost,
             before: s.before,
+            hellos_received: s.hellos,
+            resent_on_nack: s.nacked,
+            resync_requests: s.resync_requests,
             resend_queue: self.node.resend_queue_len() as u64,
             send_errors: self.send_errors,
             foreign_source: self.foreign_source,
@@ -189,6 +202,67 @@ impl Daemon {
         let now = self.now_ms();
         if let Some(cd) = &mut self.cd {
             cd.node.local_expect_gone(key, now);
+        }
+    }
+
+    /// After a re-read that replicates what it found (an overrun's heal, or
+    /// the periodic re-read): the sync core sent the differences to the
+    /// ctsync links; the conntrackd peer gets them here. Our flows whose
+    /// state differs from what the peer was last sent go out as updates,
+    /// those no longer in the internal cache as deletes. A peer's flow
+    /// committed into our kernel is not sent back (as for its events).
+    pub(super) fn cd_catch_up(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        let internal = self.node.internal();
+        for flow in internal.flows() {
+            let key = flow.key();
+            if cd
+                .node
+                .flow(&key)
+                .is_some_and(|sent| sent.same_state(&flow))
+                || self.node.peer_flow(&key).is_some()
+            {
+                continue;
+            }
+            cd.node.local_flow(flow, now);
+        }
+        for key in cd.node.flow_keys() {
+            if internal.flow(&key).is_none() {
+                cd.node.local_flow_gone(&key, now);
+            }
+        }
+    }
+
+    /// `cd_catch_up` for the expectations, after a re-read of them that
+    /// replicates what it found.
+    pub(super) fn cd_catch_up_expectations(&mut self) {
+        let now = self.now_ms();
+        let Some(cd) = &mut self.cd else {
+            return;
+        };
+        let internal = self.node.internal_expectations();
+        for entry in internal.iter() {
+            let e = &entry.expect;
+            let key = e.key();
+            let sent_same = cd
+                .node
+                .expectation(&key)
+                .is_some_and(|sent| same_but_timeout(sent, e));
+            let a_peers = self
+                .node
+                .external_expectations()
+                .any(|(_, cache)| cache.contains(&key));
+            if !sent_same && !a_peers {
+                cd.node.local_expect(e.clone(), now);
+            }
+        }
+        for key in cd.node.expectation_keys() {
+            if !internal.contains(&key) {
+                cd.node.local_expect_gone(&key, now);
+            }
         }
     }
 
@@ -325,5 +399,16 @@ mod tests {
             id: 1,
         };
         assert_eq!(message_of(Op::Update, Object::Flow(bad)), None);
+    }
+
+    #[test]
+    fn an_expectation_counting_down_is_the_same_one_changed_is_not() {
+        let a = ftp(1);
+        let mut older = a.clone();
+        older.timeout += 30;
+        assert!(same_but_timeout(&a, &older));
+        let mut other = a.clone();
+        other.flags ^= 1;
+        assert!(!same_but_timeout(&a, &other));
     }
 }

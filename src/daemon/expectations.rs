@@ -265,6 +265,9 @@ impl Daemon {
                     .collect();
                 let now = self.now_ms();
                 let r = self.node.reconcile_expectations(ours, now, replicate);
+                if replicate {
+                    self.cd_catch_up_expectations();
+                }
                 if r.added + r.changed + r.removed > 0 {
                     tracing::info!(
                         added = r.added,

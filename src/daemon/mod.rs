@@ -153,6 +153,9 @@ enum TableReadState {
         run: Reconciling,
         rest: std::vec::IntoIter<Flow>,
         clients: Vec<oneshot::Sender<Reply>>,
+        /// A re-read that replicates what it finds (an overrun's heal or
+        /// the periodic re-read), not `-R`.
+        heal: bool,
     },
 }
 
@@ -906,16 +909,13 @@ impl Daemon {
             (true, false) => Replicate::Differences,
             (true, true) => Replicate::DifferencesButPeerFlows,
         };
-        let mut run = self.node.reconcile_begin(self.now_ms(), replicate);
-        if self.cd.is_some() {
-            // What the re-read finds for peers, the conntrackd peer needs too.
-            run.keep_keys();
-        }
+        let run = self.node.reconcile_begin(self.now_ms(), replicate);
         self.table_read = TableReadState::Comparing {
             replay,
             run,
             rest: read.accepted.into_iter(),
             clients,
+            heal,
         };
         self.compare_table_chunk();
     }
@@ -929,6 +929,7 @@ impl Daemon {
             mut run,
             mut rest,
             clients,
+            heal,
         } = std::mem::replace(&mut self.table_read, TableReadState::Idle)
         else {
             return;
@@ -942,12 +943,14 @@ impl Daemon {
                 run,
                 rest,
                 clients,
+                heal,
             };
             return;
         }
         let report = self.node.reconcile_finish(run, now);
-        let reconciled = self.node.take_reconciled();
-        self.cd_follow(reconciled);
+        if heal {
+            self.cd_catch_up();
+        }
         let duration_ms = self
             .table_read_started
             .take()
