@@ -287,21 +287,6 @@ impl Daemon {
         }
     }
 
-    /// A table re-read's findings (the keys it queued for ctsync peers),
-    /// for the conntrackd peer too: the flows as cached now, or their end.
-    pub(super) fn cd_follow(&mut self, keys: Vec<FlowKey>) {
-        let now = self.now_ms();
-        let Some(cd) = &mut self.cd else {
-            return;
-        };
-        for key in keys {
-            match self.node.internal().flow(&key) {
-                Some(flow) => cd.node.local_flow(flow, now),
-                None => cd.node.local_flow_gone(&key, now),
-            }
-        }
-    }
-
     /// Queue every flow and expectation of the internal cache for the
     /// conntrackd peer (each once: the link's queue holds a key once).
     fn cd_refill(&mut self) {

@@ -24,16 +24,6 @@ pub struct Reconciling {
     generation: u32,
     replicate: Replicate,
     report: ReconcileReport,
-    /// The keys queued for sending, when the caller wants them too.
-    queued: Option<Vec<FlowKey>>,
-}
-
-impl Reconciling {
-    /// Also list the keys this reconcile queues for peers (see
-    /// `Node::take_reconciled`).
-    pub fn keep_keys(&mut self) {
-        self.queued = Some(Vec::new());
-    }
 }
 
 #[derive(Debug)]
@@ -41,17 +31,11 @@ pub(crate) struct Local {
     pub cache: FlowCache,
     /// ALARM: the walk that re-sends every flow once per period.
     pub refresh: Option<RefreshCursor>,
-    /// The keys the last reconcile queued, when `Reconciling::keep_keys`.
-    pub reconciled: Vec<FlowKey>,
 }
 
 impl Local {
     pub fn new(cache: FlowCache, refresh: Option<RefreshCursor>) -> Local {
-        Local {
-            cache,
-            refresh,
-            reconciled: Vec::new(),
-        }
+        Local { cache, refresh }
     }
 
     /// Cache one of our flows; with `replicate`, queue it if it changed
@@ -114,7 +98,6 @@ impl Local {
             generation: self.cache.begin_generation(),
             replicate,
             report: ReconcileReport::default(),
-            queued: None,
         }
     }
 
@@ -141,27 +124,18 @@ impl Local {
                 Replicate::Differences => true,
                 Replicate::DifferencesButPeerFlows => !holds_peer_flow(&flow.key()),
             };
-            let key = flow.key();
             if confirm == Confirm::Refreshed {
+                let key = flow.key();
                 if self.cache.refresh(flow, now_ms, send) {
                     tx.queue.push_key(key);
                 }
                 report.refreshed += 1;
-                if send {
-                    run.queued.iter_mut().for_each(|q| q.push(key));
-                }
                 continue;
             }
             match self.upsert(flow, now_ms, send, tx) {
                 Upsert::Created => report.added += 1,
                 Upsert::Updated => report.changed += 1,
-                Upsert::Unchanged => {
-                    report.unchanged += 1;
-                    continue;
-                }
-            }
-            if send {
-                run.queued.iter_mut().for_each(|q| q.push(key));
+                Upsert::Unchanged => report.unchanged += 1,
             }
         }
     }
@@ -172,7 +146,6 @@ impl Local {
             generation,
             replicate,
             mut report,
-            mut queued,
         } = run;
         let mut gone = self.cache.sweep_older_than(generation);
         // The cache's iteration order is random per process; sending in key
@@ -185,10 +158,8 @@ impl Local {
             report.removed += 1;
             if replicate != Replicate::Nothing {
                 tx.enqueue(&mut self.cache, key);
-                queued.iter_mut().for_each(|q| q.push(key));
             }
         }
-        self.reconciled = queued.unwrap_or_default();
         report
     }
 
@@ -285,33 +256,5 @@ mod tests {
         );
         assert!(!l.cache.contains(&udp(9).key()));
         assert_eq!(l.cache.len(), 9);
-    }
-
-    #[test]
-    fn a_reconcile_lists_the_keys_it_queued_when_asked() {
-        let (mut l, mut tx) = local();
-        l.upsert(udp(1), 0, false, &mut tx);
-        l.upsert(udp(2), 0, false, &mut tx);
-        let mut changed = udp(2);
-        changed.mark = 7;
-        let mut run = l.reconcile_begin(Replicate::Differences);
-        run.keep_keys();
-        l.reconcile_chunk(&mut run, vec![changed, udp(3)], 1, |_| false, &mut tx);
-        l.reconcile_finish(run, &mut tx);
-        let mut keys = std::mem::take(&mut l.reconciled);
-        keys.sort();
-        let mut want = vec![udp(2).key(), udp(3).key(), udp(1).key()];
-        want.sort();
-        assert_eq!(keys, want, "changed, added, gone");
-        // Not asked: nothing kept; a plain re-read (start-up, -R) keeps none.
-        let mut run = l.reconcile_begin(Replicate::Differences);
-        l.reconcile_chunk(&mut run, vec![udp(4)], 2, |_| false, &mut tx);
-        l.reconcile_finish(run, &mut tx);
-        assert!(l.reconciled.is_empty());
-        let mut run = l.reconcile_begin(Replicate::Nothing);
-        run.keep_keys();
-        l.reconcile_chunk(&mut run, vec![udp(5)], 3, |_| false, &mut tx);
-        l.reconcile_finish(run, &mut tx);
-        assert!(l.reconciled.is_empty());
     }
 }

@@ -398,14 +398,6 @@ impl Node {
         self.local.reconcile_finish(run, &mut self.tx)
     }
 
-    /// The keys the last finished reconcile queued for peers (added,
-    /// changed, refreshed, gone), if it was asked to keep them
-    /// (`Reconciling::keep_keys`): what another protocol's link must hear
-    /// of too.
-    pub fn take_reconciled(&mut self) -> Vec<FlowKey> {
-        std::mem::take(&mut self.local.reconciled)
-    }
-
     /// Forget our flows (`-f internal`); nothing is sent, pending keys are
     /// dropped (they would otherwise go out as deletes).
     pub fn flush_internal(&mut self) {
