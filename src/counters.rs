@@ -253,6 +253,8 @@ pub struct ExpectBlock {
     pub external: CacheBlock,
     pub committed: u64,
     pub commit_failed: u64,
+    /// Peers' expectations refused because the peer's view was full.
+    pub refused_full: u64,
 }
 
 impl StatsSnapshot {

@@ -127,6 +127,14 @@ impl ExpectCache {
         self.digest = 0;
     }
 
+    /// `digest` over the entries upserted since `generation` began only.
+    pub fn digest_of_generation(&self, generation: u32) -> (u64, u64) {
+        self.map
+            .values()
+            .filter(|e| e.generation == generation)
+            .fold((0, 0), |(n, h), e| (n + 1, h ^ state_hash(&e.expect)))
+    }
+
     /// Start a new generation: entries upserted from now on carry it.
     pub fn begin_generation(&mut self) -> u32 {
         self.generation = self.generation.wrapping_add(1);

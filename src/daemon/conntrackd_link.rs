@@ -37,7 +37,13 @@ pub(super) struct CdLink {
     pub send_errors: u64,
     /// Datagrams from an address other than the configured peer's.
     pub foreign_source: u64,
+    /// When the peer's last resync request refilled the link from the
+    /// internal cache (a walk of the whole table: at most once a second).
+    refilled_ms: Option<u64>,
 }
+
+/// Least time between two refills for the peer's resync requests.
+const REFILL_EVERY_MS: u64 = 1000;
 
 fn mode_name(m: CdMode) -> &'static str {
     match m {
@@ -110,6 +116,7 @@ pub(super) fn open(
         invalid_changes: 0,
         send_errors: 0,
         foreign_source: 0,
+        refilled_ms: None,
     }))
 }
 
@@ -325,7 +332,11 @@ impl Daemon {
         // The peer asked for a resync (its `-n`, or its start): the link
         // answered from its own record; the internal cache completes it
         // (see `cd_bulk`).
-        if cd.node.stats().resync_requests != resyncs {
+        let due = cd
+            .refilled_ms
+            .is_none_or(|at| now >= at.saturating_add(REFILL_EVERY_MS));
+        if cd.node.stats().resync_requests != resyncs && due {
+            cd.refilled_ms = Some(now);
             self.cd_refill();
         }
         if !msgs.is_empty() {

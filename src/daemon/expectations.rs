@@ -5,8 +5,10 @@
 //!
 //! An expectation is replicated when `[sync] expectations` takes its helper
 //! and its master flow is in the internal cache (ours and replicated), as
-//! conntrackd does. Our writer's creations (a commit's) are cached as ours
-//! but not sent back; warm standby's injector's are not ours at all.
+//! conntrackd does. Our writer's creations (a commit's) and warm standby's
+//! injector's are a peer's, not ours: neither cached nor sent, and a
+//! re-read leaves out what a peer's view holds (after `-f`, `-R` makes
+//! them ours, as for flows).
 //!
 //! Owns: `ExpectState` (the mirror's retries) and the expectation paths of
 //! `Daemon`. Must not: write to the kernel on the owner (the kernel worker
@@ -17,7 +19,7 @@ use super::{failure, success, Daemon};
 use crate::control::{self, Reply};
 use crate::expect::{ExpectKey, Expectation};
 use crate::expect_cache::ExpectEntry;
-use crate::flow::FlowKey;
+use crate::flow::{Flow, FlowKey};
 use crate::kernel::{EventKind, ExpectEvent, ExpectEventSocket, ExpectOp, ExpectWriteReport};
 use crate::sync::AppliedExpect;
 use serde::Serialize;
@@ -25,6 +27,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// The timeout an expectation sent without one is written with.
+const UNKNOWN_TIMEOUT_S: u32 = 60;
+/// How long the reader waits after a failed read before reading again.
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// How long the reader waits for events before looking whether the
 /// daemon still listens.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
@@ -89,8 +95,13 @@ pub(super) fn spawn_reader(
                     }
                     Err(e) => ExpectFeed::Failed(e.to_string()),
                 };
+                let failed = matches!(item, ExpectFeed::Failed(_));
                 if feed.blocking_send(item).is_err() {
                     return;
+                }
+                if failed {
+                    // Whatever failed may fail again at once: not a busy loop.
+                    std::thread::sleep(FAILURE_PAUSE);
                 }
             }
         });
@@ -137,20 +148,18 @@ impl Daemon {
     }
 
     fn apply_expect_event(&mut self, event: ExpectEvent) {
-        if self.origins.ignored.contains(&event.portid) {
+        if self.origins.ignored.contains(&event.portid) || self.origins.own.contains(&event.portid)
+        {
             return;
         }
-        let own_write = self.origins.own.contains(&event.portid);
         let e = event.expect;
         match event.kind {
-            EventKind::New | EventKind::Update if own_write => {
-                let now = self.now_ms();
-                self.node.local_expect_upsert(e, now, false);
-            }
             EventKind::New | EventKind::Update => {
                 if !self.config.sync.expectations.takes(e.helper.as_deref()) {
                     return;
                 }
+                let key = e.key();
+                self.expect_state.waiting.retain(|(w, _)| w.key() != key);
                 if self.expectation_is_ours(&e) {
                     self.refresh_master(&e);
                     self.replicate_expectation(e);
@@ -165,11 +174,11 @@ impl Daemon {
             EventKind::Destroy => {
                 let key = e.key();
                 self.expect_state.waiting.retain(|(w, _)| w.key() != key);
-                if !own_write && self.node.internal_expectations().contains(&key) {
+                if self.node.internal_expectations().contains(&key) {
                     self.cd_expect_gone(&key);
                 }
                 let now = self.now_ms();
-                let replicate = !own_write && self.ctsync_links;
+                let replicate = self.ctsync_links;
                 self.node.local_expect_delete(&key, now, replicate);
             }
         }
@@ -180,6 +189,15 @@ impl Daemon {
         self.cd_expect(&e);
         let replicate = self.ctsync_links;
         self.node.local_expect_upsert(e, now, replicate);
+    }
+
+    /// A local flow change for every peer: ctsync's (when a link speaks
+    /// it) and the conntrackd link's.
+    pub(super) fn replicate_flow(&mut self, flow: Flow) {
+        let now = self.now_ms();
+        self.cd_flow(&flow);
+        let replicate = self.ctsync_links;
+        self.node.local_upsert(flow, now, replicate);
     }
 
     /// The helper that made `e` may have rewritten its master's payload
@@ -207,10 +225,7 @@ impl Daemon {
                     }
                 }
                 if self.filter.accepts(&flow) {
-                    let now = self.now_ms();
-                    self.cd_flow(&flow);
-                    let replicate = self.ctsync_links;
-                    self.node.local_upsert(flow, now, replicate);
+                    self.replicate_flow(flow);
                 }
             }
             Ok(None) => {}
@@ -228,6 +243,7 @@ impl Daemon {
         let waiting = std::mem::take(&mut self.expect_state.waiting);
         for (e, until) in waiting {
             if self.expectation_is_ours(&e) {
+                self.refresh_master(&e);
                 self.replicate_expectation(e);
             } else if now < until {
                 self.expect_state.waiting.push((e, until));
@@ -259,9 +275,18 @@ impl Daemon {
     ) {
         let reply = match result {
             Ok(all) => {
+                // A peer's expectation written here (a commit's, warm
+                // standby's) is the peer's while its view holds it.
                 let ours: Vec<Expectation> = all
                     .into_iter()
                     .filter(|e| self.expectation_is_ours(e))
+                    .filter(|e| {
+                        let key = e.key();
+                        !self
+                            .node
+                            .external_expectations()
+                            .any(|(_, c)| c.contains(&key))
+                    })
                     .collect();
                 let now = self.now_ms();
                 let r = self.node.reconcile_expectations(ours, now, replicate);
@@ -388,8 +413,26 @@ impl Daemon {
                 state.retry.push((*key, left - 1));
             }
         }
-        if !state.retry.is_empty() {
+        // A retry waits its delay once; later batches do not push it back.
+        if state.retry.is_empty() {
+            state.retry_at = None;
+        } else if state.retry_at.is_none_or(|at| at <= Instant::now()) {
             state.retry_at = Some(Instant::now() + MIRROR_RETRY_DELAY);
+        }
+    }
+
+    /// `-f`: what waits to be written (the peers') or replicated (ours)
+    /// goes with the caches it came from.
+    pub(super) fn forget_pending_expectations(&mut self, which: crate::control::CacheSel) {
+        use crate::control::CacheSel;
+        let state = &mut self.expect_state;
+        if which != CacheSel::Internal {
+            state.pending.clear();
+            state.retry.clear();
+            state.retry_at = None;
+        }
+        if which != CacheSel::External {
+            state.waiting.clear();
         }
     }
 
@@ -440,13 +483,17 @@ impl Daemon {
 /// commit timeout instead, if any); `None` once it ran out.
 fn aged(entry: &ExpectEntry, now_ms: u64, configured: Option<u32>) -> Option<Expectation> {
     let mut e = entry.expect.clone();
-    if let Some(t) = configured {
-        e.timeout = t;
+    if e.timeout == 0 {
+        // Sent without one (a conntrackd peer with CommitTimeout).
+        e.timeout = configured.unwrap_or(UNKNOWN_TIMEOUT_S);
         return Some(e);
     }
     let elapsed = now_ms.saturating_sub(entry.updated_ms) / 1000;
     let left = u64::from(e.timeout).checked_sub(elapsed)?;
     e.timeout = u32::try_from(left).ok().filter(|t| *t > 0)?;
+    if let Some(t) = configured {
+        e.timeout = t;
+    }
     Some(e)
 }
 
@@ -509,6 +556,7 @@ mod tests {
         let entry = c.get(&ftp(1).key()).unwrap();
         assert_eq!(aged(entry, 70_000, None).map(|e| e.timeout), Some(240));
         assert_eq!(aged(entry, 310_000, None), None, "300 s ran out");
-        assert_eq!(aged(entry, 900_000, Some(60)).map(|e| e.timeout), Some(60));
+        assert_eq!(aged(entry, 70_000, Some(60)).map(|e| e.timeout), Some(60));
+        assert_eq!(aged(entry, 900_000, Some(60)), None, "ran out before");
     }
 }

@@ -655,13 +655,14 @@ impl Daemon {
                 self.kernel_counters.events_filtered += 1;
                 self.restore_mirrored(&key);
             }
-            Route::Upsert { flow, replicate } => {
-                if replicate {
-                    self.cd_flow(&flow);
-                }
-                self.node
-                    .local_upsert(flow, now, replicate && self.ctsync_links);
-            }
+            Route::Upsert {
+                flow,
+                replicate: true,
+            } => self.replicate_flow(flow),
+            Route::Upsert {
+                flow,
+                replicate: false,
+            } => self.node.local_upsert(flow, now, false),
             Route::Delete { key, replicate } => {
                 if replicate {
                     self.cd_flow_gone(&key);
@@ -806,15 +807,11 @@ impl Daemon {
         self.table_read = TableReadState::Running { replay: Vec::new() };
         self.table_read_started = Some(Instant::now());
         self.kernel_counters.table_reads += 1;
-        // The expectations are re-read with the flows (a `-R` caches them
-        // without sending, as it does the flows).
-        let heal = matches!(purpose, DumpPurpose::Heal);
         self.submit(Job::Dump {
             purpose,
             filter: self.filter.clone(),
             mirror,
         });
-        self.read_expectations(heal, Vec::new());
     }
 
     async fn transmit(&mut self) {
@@ -963,7 +960,10 @@ impl Daemon {
         for event in replay {
             self.apply_event(event);
         }
-        self.table_read_answered(clients, success(String::new()));
+        // The expectations now, against the whole table (one is ours when
+        // its master is); `-R`'s clients hear back once they are in too.
+        self.read_expectations(heal, clients);
+        self.table_read_answered(Vec::new(), success(String::new()));
     }
 
     /// A table read is over: answer who waited, and start the next one

@@ -44,6 +44,7 @@ impl Daemon {
                     failure("ignoring flush command, commit still in progress".into())
                 } else {
                     tracing::info!(?which, "flushing caches");
+                    self.forget_pending_expectations(which);
                     if which != CacheSel::External {
                         self.node.flush_internal();
                         if let Some(cd) = &mut self.cd {

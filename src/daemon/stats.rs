@@ -94,6 +94,7 @@ impl Daemon {
             external: expect_external,
             committed: self.commit_counters.expectations_ok,
             commit_failed: self.commit_counters.expectations_failed,
+            refused_full: self.node.expectations_refused(),
         };
         StatsSnapshot {
             conntrackd_link: self.cd.as_ref().map(|cd| cd.block()),

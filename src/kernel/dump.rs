@@ -29,6 +29,8 @@ struct DumpKind<T> {
 const MAX_DUMP_RESTARTS: u32 = 5;
 /// Receive buffer for one dump datagram (the kernel sends at most ~32 KiB).
 const RECV_BUF: usize = 256 * 1024;
+/// How long `get_flow` waits for the kernel's answer.
+const GET_TIMEOUT_MS: u64 = 200;
 
 /// Dump the conntrack table of the calling thread's network namespace.
 /// Flows the codec cannot decode are skipped (and logged).
@@ -59,6 +61,9 @@ pub fn dump_expectations() -> Result<Vec<Expectation>, KernelError> {
 /// after its helper's expectation appears.
 pub fn get_flow(key: &FlowKey) -> Result<Option<Flow>, KernelError> {
     let sock = NlSocket::open()?;
+    // The kernel answers at once; never wait long for it (the daemon asks
+    // from its main loop).
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(GET_TIMEOUT_MS)))?;
     let mut req = Vec::with_capacity(128);
     encode_get(&mut req, key, 1);
     sock.send(&req)?;

@@ -6,7 +6,8 @@
 //! own, after the flow data of the same poll: a master flow queued before
 //! its expectation reaches the peer first. Their anti-entropy is a bulk of
 //! all of them (they are few): `ExpectBulkBegin`, every expectation,
-//! `ExpectBulkEnd`, after which the receiver drops what the bulk did not
+//! `ExpectBulkEnd` with the sender's digest, after which a receiver that
+//! got them all (what the bulk stamped adds up) drops what it did not
 //! carry. A bulk goes with every full flow bulk, when a peer's
 //! `ExpectDigest` (sent with the flow digests) differs, and in ALARM mode
 //! once per refresh period.
@@ -59,11 +60,47 @@ pub(crate) struct ExpectTx {
     next_bulk: u32,
     /// ALARM: when the last refresh bulk was queued.
     refreshed_ms: u64,
+    /// When the queue last became non-empty.
+    waiting_since: Option<u64>,
 }
 
+/// Expectations wait for the flows queued before them (their masters) at
+/// most this long, so a busy flow queue cannot starve them.
+pub(crate) const EXPECT_HOLD_MS: u64 = 100;
+
 impl ExpectTx {
+    #[cfg(test)]
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// When what is queued may leave: at once when no flow waits before
+    /// it (`flows_queued` false), else once it has waited `EXPECT_HOLD_MS`
+    /// (`None`: nothing queued).
+    pub fn ready_at(&mut self, now: u64, flows_queued: bool) -> Option<u64> {
+        if self.queue.is_empty() {
+            self.waiting_since = None;
+            return None;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        Some(if flows_queued {
+            since.saturating_add(EXPECT_HOLD_MS)
+        } else {
+            now
+        })
+    }
+
+    /// `ready_at` without noting anything (for a deadline).
+    pub fn ready_at_peek(&self, now: u64, flows_queued: bool) -> Option<u64> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let since = self.waiting_since.unwrap_or(now);
+        Some(if flows_queued {
+            since.saturating_add(EXPECT_HOLD_MS)
+        } else {
+            now
+        })
     }
 
     fn push_key(&mut self, key: ExpectKey) {
@@ -130,9 +167,11 @@ impl ExpectTx {
         self.next_bulk = self.next_bulk.wrapping_add(1);
         let id = self.next_bulk;
         self.queue.push_back(Out::BulkBegin(id));
-        let keys: Vec<ExpectKey> = self.cache.keys().copied().collect();
-        for key in keys {
-            self.push_key(key);
+        // Every key, also one queued before the bulk (its place ahead of
+        // the bulk would leave it unstamped, and swept).
+        for key in self.cache.keys() {
+            self.queued.insert(*key);
+            self.queue.push_back(Out::Key(*key));
         }
         self.queue.push_back(Out::BulkEnd(id));
     }
@@ -158,6 +197,7 @@ impl ExpectTx {
 
     /// Everything queued, as messages, in order (emptying the queue).
     pub fn take_messages(&mut self) -> Vec<Message> {
+        self.waiting_since = None;
         let mut out = Vec::with_capacity(self.queue.len());
         while let Some(item) = self.queue.pop_front() {
             out.push(match item {
@@ -169,7 +209,12 @@ impl ExpectTx {
                     }
                 }
                 Out::BulkBegin(id) => Message::ExpectBulkBegin { id },
-                Out::BulkEnd(id) => Message::ExpectBulkEnd { id },
+                Out::BulkEnd(id) => {
+                    // The bulk's keys went out just before, in this call:
+                    // the cache is what they carried.
+                    let (count, hash) = self.cache.digest();
+                    Message::ExpectBulkEnd { id, count, hash }
+                }
                 Out::Digest => {
                     let (count, hash) = self.cache.digest();
                     Message::ExpectDigest { count, hash }
@@ -205,7 +250,18 @@ pub(crate) struct ExpectViews {
     pub views: BTreeMap<u32, ExpectView>,
     pub applied: Vec<AppliedExpect>,
     pub record: bool,
+    /// Expectations refused because their peer's view was full.
+    pub refused_full: u64,
+    expired_ms: u64,
 }
+
+/// Most expectations one peer's view holds: the kernel's own limit
+/// (`nf_conntrack_expect_max`) is a few thousand by default; a peer (or a
+/// forger on an unauthenticated conntrackd link) sending more is refused.
+pub(crate) const MAX_EXPECTATIONS_PER_PEER: usize = 65_536;
+/// An expectation outlives its timeout by this much before it is dropped
+/// (its sender's refresh or delete may be on the way).
+const EXPIRY_SLACK_MS: u64 = 10_000;
 
 impl ExpectViews {
     pub fn new(record: bool) -> ExpectViews {
@@ -220,6 +276,40 @@ impl ExpectViews {
         for v in self.views.values_mut() {
             v.cache.clear();
             v.bulk = None;
+            v.asked_ms = None;
+        }
+        // Nothing flushed is mirrored any more.
+        self.applied.clear();
+    }
+
+    /// Drop the peers' expectations whose timeout ran out (their delete
+    /// was lost, or the peer is gone), at most once per second.
+    pub fn expire(&mut self, now: u64) {
+        if now < self.expired_ms.saturating_add(1000) {
+            return;
+        }
+        self.expired_ms = now;
+        for v in self.views.values_mut() {
+            let gone: Vec<ExpectKey> = v
+                .cache
+                .iter()
+                // A timeout of 0 is unknown (a conntrackd peer with
+                // CommitTimeout sends none): never expired here.
+                .filter(|e| e.expect.timeout > 0)
+                .filter(|e| {
+                    let ends = e
+                        .updated_ms
+                        .saturating_add(u64::from(e.expect.timeout) * 1000);
+                    now > ends.saturating_add(EXPIRY_SLACK_MS)
+                })
+                .map(|e| e.expect.key())
+                .collect();
+            for key in gone {
+                v.cache.remove(&key);
+                if self.record {
+                    self.applied.push(AppliedExpect::Delete(key));
+                }
+            }
         }
     }
 
@@ -237,6 +327,10 @@ impl ExpectViews {
         match msg {
             Message::ExpectUpsert(e) => {
                 let e = *e;
+                if view.cache.len() >= MAX_EXPECTATIONS_PER_PEER && !view.cache.contains(&e.key()) {
+                    self.refused_full += 1;
+                    return None;
+                }
                 let copy = self.record.then(|| e.clone());
                 let what = view.cache.upsert(e, now, view.bulk.is_none());
                 if let Some(e) = copy {
@@ -256,31 +350,33 @@ impl ExpectViews {
             Message::ExpectBulkBegin { id } => {
                 view.bulk = Some((id, view.cache.begin_generation()));
             }
-            Message::ExpectBulkEnd { id } => {
-                // Only a bulk whose beginning we saw proves what is gone.
-                if let Some((begun, generation)) = view.bulk.take() {
-                    if begun == id {
-                        let gone = view.cache.sweep_older_than(generation);
-                        if self.record {
-                            self.applied
-                                .extend(gone.into_iter().map(AppliedExpect::Delete));
-                        }
-                        view.asked_ms = None;
-                    }
+            Message::ExpectBulkEnd { id, count, hash } => {
+                // Only a bulk whose beginning we saw and whose every
+                // expectation arrived (what it stamped adds up to the
+                // sender's digest) proves what is gone; a lossy one asks
+                // again.
+                let Some((begun, generation)) = view.bulk.take() else {
+                    return None;
+                };
+                if begun != id {
+                    return None;
                 }
+                if view.cache.digest_of_generation(generation) != (count, hash) {
+                    return ask_again(view, sender, now, retry_ms);
+                }
+                let gone = view.cache.sweep_older_than(generation);
+                if self.record {
+                    self.applied
+                        .extend(gone.into_iter().map(AppliedExpect::Delete));
+                }
+                view.asked_ms = None;
             }
             Message::ExpectDigest { count, hash } => {
                 // A digest follows the end of any bulk queued before it:
                 // a bulk still open here lost its end.
                 view.bulk = None;
                 if view.cache.digest() != (count, hash) {
-                    let due = view
-                        .asked_ms
-                        .is_none_or(|at| now >= at.saturating_add(retry_ms));
-                    if due {
-                        view.asked_ms = Some(now);
-                        return Some(ExpectEffect::AskBulk(sender));
-                    }
+                    return ask_again(view, sender, now, retry_ms);
                 }
             }
             Message::ExpectResyncRequest { node } if node == node_id => {
@@ -290,6 +386,19 @@ impl ExpectViews {
         }
         None
     }
+}
+
+/// Ask `sender` for a bulk of its expectations, at most once per
+/// `retry_ms`.
+fn ask_again(view: &mut ExpectView, sender: u32, now: u64, retry_ms: u64) -> Option<ExpectEffect> {
+    let due = view
+        .asked_ms
+        .is_none_or(|at| now >= at.saturating_add(retry_ms));
+    if !due {
+        return None;
+    }
+    view.asked_ms = Some(now);
+    Some(ExpectEffect::AskBulk(sender))
 }
 
 /// Whether a message is one of this part's.
@@ -383,11 +492,66 @@ mod tests {
     fn an_end_without_its_beginning_sweeps_nothing() {
         let mut rx = ExpectViews::new(false);
         rx.apply(1, Message::ExpectUpsert(Box::new(ftp(1))), 2, 0, 100);
-        rx.apply(1, Message::ExpectBulkEnd { id: 4 }, 2, 0, 100);
+        rx.apply(
+            1,
+            Message::ExpectBulkEnd {
+                id: 4,
+                count: 0,
+                hash: 0,
+            },
+            2,
+            0,
+            100,
+        );
         assert_eq!(view(&rx), vec![ftp(1).key()]);
         rx.apply(1, Message::ExpectBulkBegin { id: 5 }, 2, 0, 100);
-        rx.apply(1, Message::ExpectBulkEnd { id: 4 }, 2, 0, 100);
+        rx.apply(
+            1,
+            Message::ExpectBulkEnd {
+                id: 4,
+                count: 0,
+                hash: 0,
+            },
+            2,
+            0,
+            100,
+        );
         assert_eq!(view(&rx), vec![ftp(1).key()], "another bulk's end");
+    }
+
+    #[test]
+    fn a_bulk_that_lost_an_expectation_sweeps_nothing_and_asks_again() {
+        let (mut tx, mut rx) = (ExpectTx::default(), ExpectViews::new(false));
+        for p in 1..=3 {
+            tx.upsert(ftp(p), 0, true);
+        }
+        deliver(&mut tx, &mut rx, 0);
+        tx.queue_bulk();
+        let msgs = tx.take_messages();
+        // ftp(2)'s datagram is lost (NOTRACK).
+        let lost = Message::ExpectUpsert(Box::new(ftp(2)));
+        let effects: Vec<_> = msgs
+            .into_iter()
+            .filter(|m| *m != lost)
+            .filter_map(|m| rx.apply(1, m, 2, 10, 100))
+            .collect();
+        assert_eq!(effects, vec![ExpectEffect::AskBulk(1)]);
+        assert_eq!(view(&rx).len(), 3, "nothing swept");
+        // A queued change ahead of a bulk is carried by the bulk too.
+        let mut changed = ftp(1);
+        changed.class = 1;
+        tx.upsert(changed, 20, true);
+        tx.queue_bulk();
+        let msgs = tx.take_messages();
+        let ups = msgs
+            .iter()
+            .filter(|m| matches!(m, Message::ExpectUpsert(e) if e.key() == ftp(1).key()))
+            .count();
+        assert_eq!(ups, 2, "{msgs:?}");
+        for m in msgs {
+            rx.apply(1, m, 2, 30, 100);
+        }
+        assert_eq!(rx.views[&1].cache.digest(), tx.cache.digest());
     }
 
     #[test]

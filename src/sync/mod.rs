@@ -551,6 +551,12 @@ impl Node {
             .map(|(id, v)| (*id, &v.cache))
     }
 
+    /// Expectations refused because their peer's view was full
+    /// (`MAX_EXPECTATIONS_PER_PEER`).
+    pub fn expectations_refused(&self) -> u64 {
+        self.views.expects.refused_full
+    }
+
     /// The changes made to the peers' expectations since the last call
     /// (empty unless `record_applied`): what warm standby mirrors.
     pub fn take_applied_expectations(&mut self) -> Vec<AppliedExpect> {

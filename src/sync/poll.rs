@@ -172,6 +172,7 @@ impl Node {
         }
 
         self.send_expectations(&mut out, &links);
+        self.views.expects.expire(now);
 
         // ALARM: peers' flows not refreshed in time expire.
         if let Some(expiry) = self.expiry.as_mut() {
@@ -244,7 +245,12 @@ impl Node {
                 .alarm_refresh(self.now, self.cfg.alarm_refresh_ms);
         }
         let ftfw = self.cfg.mode == Mode::Ftfw;
-        if self.expects.is_idle() || (ftfw && self.tx.resend.len() >= self.cfg.window) {
+        let flows_queued = !self.tx.queue.is_empty();
+        let due = self
+            .expects
+            .ready_at(self.now, flows_queued)
+            .is_some_and(|at| at <= self.now);
+        if !due || (ftfw && self.tx.resend.len() >= self.cfg.window) {
             return;
         }
         let msgs = self.expects.take_messages();
@@ -277,8 +283,12 @@ impl Node {
             at(d);
         }
         if self.cfg.expectations {
-            if !self.expects.is_idle() && window_open {
-                at(self.now);
+            if let Some(ready) = self
+                .expects
+                .ready_at_peek(self.now, !self.tx.queue.is_empty())
+                .filter(|_| window_open)
+            {
+                at(ready);
             }
             if self.cfg.mode == Mode::Alarm {
                 at(self.expects.alarm_due(self.cfg.alarm_refresh_ms));

@@ -130,6 +130,11 @@ pub enum Message {
     /// expectations the bulk did not carry.
     ExpectBulkEnd {
         id: u32,
+        /// The sender's expectations when the bulk ended
+        /// (`ExpectCache::digest`): a receiver sweeps only a bulk that
+        /// delivered them all.
+        count: u64,
+        hash: u64,
     },
     /// Anti-entropy: the sender's expectations, as they stand after every
     /// data message before this one (`ExpectCache::digest`).
@@ -620,6 +625,9 @@ impl WireFlow {
         if let WireTail::Related(rel) = &self.tail {
             if let Some(m) = &rel.master {
                 m.tuple.validate(m.proto)?;
+                if m.tuple.is_v6() != self.orig.is_v6() {
+                    return Err(WireError::BadFlow("master of another address family"));
+                }
             }
         }
         if let Some(reply) = self.tail.reply() {
