@@ -555,6 +555,52 @@ mod tests {
     }
 
     #[test]
+    fn views_expire_what_outlived_its_timeout_and_are_bounded() {
+        let mut rx = ExpectViews::new(true);
+        let mut short = ftp(1);
+        short.timeout = 5;
+        let mut unknown = ftp(2);
+        unknown.timeout = 0;
+        rx.apply(1, Message::ExpectUpsert(Box::new(short)), 2, 0, 100);
+        rx.apply(1, Message::ExpectUpsert(Box::new(unknown)), 2, 0, 100);
+        rx.expire(14_000);
+        assert_eq!(view(&rx).len(), 2, "within timeout + slack");
+        rx.expire(16_000);
+        assert_eq!(
+            view(&rx),
+            vec![ftp(2).key()],
+            "a timeout of 0 never expires"
+        );
+        assert_eq!(
+            rx.applied.last(),
+            Some(&AppliedExpect::Delete(ftp(1).key()))
+        );
+        for p in 0..=MAX_EXPECTATIONS_PER_PEER {
+            let e = ftp(10_000 + (p % 50_000) as u16);
+            let mut e = e;
+            e.tuple.l4 = crate::flow::L4::Ports {
+                src: (p / 50_000) as u16,
+                dst: (p % 50_000) as u16,
+            };
+            rx.apply(1, Message::ExpectUpsert(Box::new(e)), 2, 0, 100);
+        }
+        assert_eq!(rx.views[&1].cache.len(), MAX_EXPECTATIONS_PER_PEER);
+        assert!(rx.refused_full > 0);
+    }
+
+    #[test]
+    fn expectations_wait_for_queued_flows_a_little() {
+        let mut tx = ExpectTx::default();
+        assert_eq!(tx.ready_at(0, true), None, "nothing queued");
+        tx.upsert(ftp(1), 0, true);
+        assert_eq!(tx.ready_at(10, false), Some(10), "no flow ahead: now");
+        assert_eq!(tx.ready_at(20, true), Some(10 + EXPECT_HOLD_MS));
+        tx.take_messages();
+        tx.upsert(ftp(2), 0, true);
+        assert_eq!(tx.ready_at(500, true), Some(500 + EXPECT_HOLD_MS));
+    }
+
+    #[test]
     fn requests_for_another_node_are_not_ours() {
         let mut rx = ExpectViews::new(false);
         let ask = |node| Message::ExpectResyncRequest { node };
