@@ -355,9 +355,7 @@ impl ExpectViews {
                 // expectation arrived (what it stamped adds up to the
                 // sender's digest) proves what is gone; a lossy one asks
                 // again.
-                let Some((begun, generation)) = view.bulk.take() else {
-                    return None;
-                };
+                let (begun, generation) = view.bulk.take()?;
                 if begun != id {
                     return None;
                 }
