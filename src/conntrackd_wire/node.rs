@@ -191,6 +191,11 @@ impl CdNode {
         &self.cfg
     }
 
+    /// The peer's resync requests so far (without copying `stats`).
+    pub fn resync_requests(&self) -> u64 {
+        self.stats.resync_requests
+    }
+
     pub fn stats(&self) -> CdStats {
         let mut s = self.stats.clone();
         s.lost = self.rx.lost;

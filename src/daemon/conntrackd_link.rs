@@ -319,7 +319,7 @@ impl Daemon {
             cd.foreign_source += 1;
             return;
         }
-        let resyncs = cd.node.stats().resync_requests;
+        let resyncs = cd.node.resync_requests();
         let changes = cd.node.on_datagram(&received.bytes, now);
         let mut msgs = Vec::with_capacity(changes.len());
         for change in changes {
@@ -335,7 +335,7 @@ impl Daemon {
         let due = cd
             .refilled_ms
             .is_none_or(|at| now >= at.saturating_add(REFILL_EVERY_MS));
-        if cd.node.stats().resync_requests != resyncs && due {
+        if cd.node.resync_requests() != resyncs && due {
             cd.refilled_ms = Some(now);
             self.cd_refill();
         }

@@ -355,16 +355,18 @@ impl Daemon {
         }
         let now = self.now_ms();
         let mut ops = std::mem::take(&mut self.expect_state.pending);
+        for op in &mut ops {
+            if let ExpectOp::Create(e) = op {
+                if let Some(fresh) = self.peer_expectation_now(&e.key(), now) {
+                    *e = fresh;
+                }
+            }
+        }
         let mut budgets = Vec::new();
         if retry_due {
             for (key, left) in std::mem::take(&mut self.expect_state.retry) {
                 // Still the peer's, with the time it has left.
-                let fresh = self
-                    .node
-                    .external_expectations()
-                    .find_map(|(_, c)| c.get(&key))
-                    .and_then(|entry| aged(entry, now, None));
-                if let Some(e) = fresh {
+                if let Some(e) = self.peer_expectation_now(&key, now) {
                     ops.push(ExpectOp::Create(e));
                     budgets.push((key, left));
                 }
@@ -373,20 +375,17 @@ impl Daemon {
         if ops.is_empty() {
             return;
         }
-        for op in &mut ops {
-            if let ExpectOp::Create(e) = op {
-                let fresh = self
-                    .node
-                    .external_expectations()
-                    .find_map(|(_, c)| c.get(&e.key()))
-                    .and_then(|entry| aged(entry, now, None));
-                if let Some(fresh) = fresh {
-                    *e = fresh;
-                }
-            }
-        }
         self.expect_state.in_flight = Some(budgets);
         self.submit(Job::InjectExpectations(ops));
+    }
+
+    /// A peer's expectation with the time it has left `now` (`None`: no
+    /// peer holds it, or it ran out).
+    fn peer_expectation_now(&self, key: &ExpectKey, now: u64) -> Option<Expectation> {
+        self.node
+            .external_expectations()
+            .find_map(|(_, c)| c.get(key))
+            .and_then(|entry| aged(entry, now, None))
     }
 
     pub(super) fn expectations_mirrored(&mut self, report: ExpectWriteReport, ops: Vec<ExpectOp>) {
