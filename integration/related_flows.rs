@@ -697,16 +697,6 @@ fn journey(j: Journey) -> Outcome {
 fn assert_related_flows_survived(o: &Outcome) {
     let mut v = o.violations.clone();
     for (name, err) in &o.failures {
-        // Known open defect (README "Status and known limits"): the second
-        // passive transfer on a control connection that crossed the
-        // failover (a new expectation made by the new primary's own
-        // helper) sometimes times out, in commit mode and warm standby
-        // alike. The first transfer, the one the replicated expectation
-        // carries, must always work; the second is reported, not judged.
-        if *name == "ftp passive" && err.contains("stage=data2") {
-            eprintln!("KNOWN DEFECT, not judged: {name}: {err}");
-            continue;
-        }
         v.push(format!("{name}: {err}"));
     }
     // One RELATED first packet per data connection at least (four FTP

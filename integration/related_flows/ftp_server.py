@@ -40,6 +40,14 @@ class DeferredActiveDTP(ActiveDTP):
             raise socket.error(err)
         handler = self.cmd_channel.dtp_handler(self.socket, self.cmd_channel)
         self.cmd_channel.data_channel = handler
+        # The socket now belongs to the handler. pyftpdlib keeps this
+        # connector as the session's _dtp_connector and closes it on the
+        # next PORT or RETR; its close() unregisters the fd *number* it
+        # cached, which by then may be another session's new PASV listener
+        # (the kernel reuses the lowest free fd): that listener would never
+        # accept. Forget the connector and its fd so it cannot do that.
+        self.cmd_channel._dtp_connector = None
+        self._fileno = None
         self.cmd_channel._on_dtp_connection()
 
 
