@@ -15,6 +15,9 @@ use std::collections::BTreeSet;
 /// Rows measured on one system only.
 const CTSYNCD_ONLY: &[&str] = &[
     "raw_writer_rate",
+    "raw_writer_threads",
+    "raw_writer_batch_kib",
+    "raw_writer_no_extension_rate",
     "warm_kernel_complete_s",
     "warm_vs_burst",
     "warm_commit_ms",
@@ -34,6 +37,7 @@ const MAY_BE_ZERO: &[&str] = &[
     "commit_cpu_s",
     "cpu_per_100k",
     "cpu_per_100k_keys",
+    "cpu_per_100k_mix",
     "cpu_keys_vs_plain",
 ];
 
@@ -133,10 +137,23 @@ fn the_command_line_is_parsed_and_checked() {
         [Workload::Raw, Workload::Commit].into_iter().collect()
     );
     assert_eq!(cli.json, std::path::PathBuf::from("x.json"));
+    assert_eq!(cli.config.reps, 3);
+    assert!(cli.config.with_conntrackd);
+    let cli = bench::Cli::parse(args("--reps 5 --ctsyncd-only")).expect("valid arguments");
+    assert_eq!(cli.config.reps, 5);
+    assert!(!cli.config.with_conntrackd);
     let default = bench::Cli::parse(Vec::new()).expect("no arguments");
     assert_eq!(default.config.flows, 1_000_000);
     assert_eq!(default.config.only.len(), Workload::ALL.len());
-    for bad in ["--flows 0", "--only nope", "--flows", "--fast", "--only ,"] {
+    for bad in [
+        "--flows 0",
+        "--only nope",
+        "--flows",
+        "--fast",
+        "--only ,",
+        "--reps 0",
+        "--reps",
+    ] {
         assert!(bench::Cli::parse(args(bad)).is_err(), "{bad}");
     }
 }
@@ -159,7 +176,10 @@ fn conntrackd_stats_give_both_caches_active_counts() {
 
 #[test]
 fn numbers_ratios_and_targets_read_right() {
-    use bench::report::{fmt_num, Row, Target};
+    use bench::report::{fmt_num, median, Row, Target};
+    assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    assert!(median(&mut []).is_nan());
     assert_eq!(fmt_num(1_234_567.4), "1,234,567");
     assert_eq!(fmt_num(999.6), "1,000");
     assert_eq!(fmt_num(123.4), "123");
@@ -196,4 +216,43 @@ fn numbers_ratios_and_targets_read_right() {
         Target::CtsyncdBelow(100.0),
     );
     assert_eq!(r.met, Some(false));
+}
+
+/// The kernel refuses a flow whose original or reply tuple another flow
+/// already holds in either direction, and the daemons ignore flows of
+/// the lab's link addresses: the mix at its largest size has neither.
+#[test]
+fn the_mix_has_unique_tuples_clear_of_the_lab_addresses() {
+    let flows = bench::kernel::mix_flows(1 << 22, 2);
+    let mut seen = std::collections::HashSet::new();
+    for f in &flows {
+        assert!(seen.insert((f.zone, f.orig)), "twice: {:?}", f.orig);
+        assert!(seen.insert((f.zone, f.reply)), "twice: {:?}", f.reply);
+    }
+    let lab: Vec<std::net::IpAddr> = ["198.18.0.1", "198.18.0.2", "198.18.1.1", "198.18.1.2"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    for f in &flows {
+        assert!(
+            !lab.contains(&f.orig.src) && !lab.contains(&f.orig.dst),
+            "{:?}",
+            f.orig
+        );
+    }
+    // The mix is a mix: every protocol, NAT, marks, zones and labels.
+    let has = |p: &dyn Fn(&ctsync::flow::Flow) -> bool| flows.iter().filter(|f| p(f)).count();
+    let n = flows.len();
+    assert!(has(&|f| f.orig.src.is_ipv6()) * 4 == n);
+    for proto in [1, 6, 17, 47, 58] {
+        assert!(has(&|f| f.orig.proto == proto) > n / 50, "protocol {proto}");
+    }
+    let nat = has(&|f| f.reply != f.orig.inverted());
+    assert!(
+        nat * 100 > n * 32 && nat * 100 < n * 35,
+        "{nat} of {n} NATed"
+    );
+    assert!(has(&|f| f.mark != 0) * 4 == n);
+    assert!(has(&|f| f.zone == 1) > n / 11);
+    assert!(has(&|f| f.labels.is_some()) * 8 == n);
 }

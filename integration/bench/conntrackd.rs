@@ -36,7 +36,7 @@ pub fn config_text(dir: &Path, name: &str, local: &str, peer: &str, hash_limit: 
          \tNetlinkBufferSize 8388608\n\
          \tNetlinkBufferSizeMaxGrowth 67108864\n\
          \tFilter From Kernelspace {{\n\
-         \t\tProtocol Accept {{ TCP UDP ICMP IPv6-ICMP SCTP }}\n\
+         \t\tProtocol Accept {{ TCP UDP ICMP IPv6-ICMP SCTP GRE }}\n\
          \t\tAddress Ignore {{\n\
          \t\t\tIPv4_address 127.0.0.1\n\
          \t\t\tIPv4_address 198.18.0.0/24\n\
@@ -254,5 +254,9 @@ impl System for Conntrackd {
     fn after_restart(&self, side: Side) -> Result<(), BenchError> {
         // As the Pacemaker agent does: ask the peer for its whole table.
         self.daemon(side).client(&["-n"]).map(|_| ())
+    }
+
+    fn reread(&self, side: Side) -> Result<(), BenchError> {
+        self.daemon(side).client(&["-R"]).map(|_| ())
     }
 }

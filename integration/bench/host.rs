@@ -109,15 +109,23 @@ impl Drop for ConntrackSysctls {
 
 /// Resident memory of a process, bytes (`VmRSS` in /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
+/// The most resident memory a process has had, bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> Result<u64, BenchError> {
+    status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
+}
+
+fn status_kb(pid: u32, field: &str) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| BenchError::Command(format!("read {path}: {e}")))?;
     text.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| BenchError::Parse(format!("no VmRSS in {path}")))
+        .ok_or_else(|| BenchError::Parse(format!("no {field} in {path}")))
 }
 
 /// User plus system CPU time of a process, seconds (/proc/PID/stat).

@@ -1,4 +1,5 @@
-//! The kernel tables the benchmark writes and reads: its flow sets, timed
+//! The kernel tables the benchmark writes and reads: its flow sets (pure
+//! IPv4 TCP, and a firewall's mix), timed
 //! batched writes into a namespace with ctsync's `Writer`, counting and
 //! flushing a namespace's table with `conntrack`, and the raw writer
 //! ceiling in a namespace of its own.
@@ -10,6 +11,7 @@ use crate::lab::in_netns;
 use ctsync::flow::{proto, status, Flow, ProtoState, Tuple, L4};
 use ctsync::kernel::write::{CreateOptions, WriteOp, WriteReport, Writer};
 use std::net::IpAddr;
+use std::net::Ipv6Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,219 @@ pub fn tcp_flows(n: usize, salt: u8) -> Vec<Flow> {
             f
         })
         .collect()
+}
+
+/// Which flows a run's phases write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowSet {
+    /// [`tcp_flows`]: ctsync's best case for bytes and memory.
+    Tcp4,
+    /// [`mix_flows`]: what a firewall holds.
+    Mix,
+}
+
+impl FlowSet {
+    pub fn flows(self, n: usize, salt: u8) -> Vec<Flow> {
+        match self {
+            FlowSet::Tcp4 => tcp_flows(n, salt),
+            FlowSet::Mix => mix_flows(n, salt),
+        }
+    }
+}
+
+/// `n` distinct flows of a firewall's mix: a quarter IPv6; of the flows
+/// per address family half TCP ESTABLISHED, 30% UDP, 10% ICMP echo and
+/// 10% GRE (IPv4; UDP on IPv6); a third (of all flows) TCP or UDP with
+/// SNAT or DNAT and a changed port; one in four with a mark, one in ten
+/// in zone 1, one in eight with labels. Sources from 198.18.128.0/17 and
+/// 2001:db8:1<salt>::/48 (clear of the lab's link addresses, which the
+/// daemons ignore), destinations 198.19.(200 + salt).1-8 and
+/// 2001:db8:ff<salt>::1-8, so different salts never collide; SNAT to
+/// 198.19.64.0/18 or 2001:db8:fe00::/48, DNAT to 198.19.10.1-16 or
+/// 2001:db8:fd00::1-16. At most 2^22 flows. The namespaces need labels
+/// enabled ([`enable_labels`]).
+pub fn mix_flows(n: usize, salt: u8) -> Vec<Flow> {
+    debug_assert!(n <= 1 << 22, "mix_flows: at most 2^22 flows");
+    (0..n).map(|i| mix_flow(i, salt)).collect()
+}
+
+fn mix_flow(i: usize, salt: u8) -> Flow {
+    let v6 = i % 4 == 3;
+    let kind = (i / 4) % 20;
+    let proto = match kind {
+        0..=9 => proto::TCP,
+        10..=15 => proto::UDP,
+        16 | 17 => {
+            if v6 {
+                proto::ICMPV6
+            } else {
+                proto::ICMP
+            }
+        }
+        _ if v6 => proto::UDP,
+        _ => proto::GRE,
+    };
+    let (src, dst) = if v6 {
+        let base = u128::from(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0x100 | u16::from(salt),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ));
+        (
+            IpAddr::from(Ipv6Addr::from(base + i as u128 + 1)),
+            IpAddr::from(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xff00 | u16::from(salt),
+                0,
+                0,
+                0,
+                0,
+                1 + (i % 8) as u16,
+            )),
+        )
+    } else {
+        (
+            IpAddr::from([198, 18, 128 | ((i >> 8) & 0x7f) as u8, i as u8]),
+            IpAddr::from([198, 19, 200u8.wrapping_add(salt), 1 + (i % 8) as u8]),
+        )
+    };
+    // Bits 15-22 of i (IPv4 sources take bits 0-14), so (source, port)
+    // is unique up to 2^23 flows.
+    let high = ((i >> 15) & 0xff) as u16;
+    let l4 = match proto {
+        proto::TCP => L4::Ports {
+            src: 1024 + high,
+            dst: [443, 80, 22, 25][i % 4],
+        },
+        proto::UDP => L4::Ports {
+            src: 1024 + high,
+            dst: [53, 123, 443, 4500][i % 4],
+        },
+        proto::ICMP => L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: high,
+        },
+        proto::ICMPV6 => L4::Icmp {
+            kind: 128,
+            code: 0,
+            id: high,
+        },
+        _ => L4::Ports {
+            src: high,
+            dst: 0x100,
+        },
+    };
+    let orig = Tuple {
+        src,
+        dst,
+        proto,
+        l4,
+    };
+    let mut f = Flow::new(orig);
+    f.timeout = 7_200;
+    f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+    if proto == proto::TCP {
+        f.state = ProtoState::Tcp {
+            state: 3,
+            wscale_orig: 7,
+            wscale_reply: 7,
+            flags_orig: 0,
+            flags_reply: 0,
+        };
+    }
+    // A third of all flows: 5 in 12 of the TCP and UDP ones (80%).
+    if matches!(proto, proto::TCP | proto::UDP) && i % 12 < 5 {
+        if let L4::Ports {
+            src: sport,
+            dst: dport,
+        } = l4
+        {
+            let mut reply = orig.inverted();
+            if i % 2 == 0 {
+                // SNAT to one of the firewall's addresses and another
+                // source port: bits 8-21 of i pick the address, bits 0-7
+                // the port, so reply tuples stay unique up to 2^22 flows.
+                reply.dst = if v6 {
+                    let base = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0xfe00, 0, 0, 0, 0, 0));
+                    IpAddr::from(Ipv6Addr::from(base + (i >> 8) as u128 + 1))
+                } else {
+                    IpAddr::from([198, 19, 64 | ((i >> 16) & 0x3f) as u8, (i >> 8) as u8])
+                };
+                reply.l4 = L4::Ports {
+                    src: dport,
+                    dst: 10_000 + (i & 0xff) as u16,
+                };
+            } else {
+                // DNAT to a server behind, another destination port.
+                reply.src = if v6 {
+                    IpAddr::from(Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        0xfd00,
+                        0,
+                        0,
+                        0,
+                        0,
+                        1 + (i % 16) as u16,
+                    ))
+                } else {
+                    IpAddr::from([198, 19, 10, 1 + (i % 16) as u8])
+                };
+                reply.l4 = L4::Ports {
+                    src: 8_000 + (i % 100) as u16,
+                    dst: sport,
+                };
+            }
+            f.reply = reply;
+        }
+    }
+    if i % 4 == 1 {
+        f.mark = 0x100 + (i % 256) as u32;
+    }
+    if i % 10 == 7 {
+        f.zone = 1;
+    }
+    if i % 8 == 2 {
+        let mut labels = vec![0u8; 16];
+        labels[(i / 8) % 16] = 1 << (i % 8);
+        f.labels = Some(labels);
+    }
+    f
+}
+
+/// Let flows carry labels in namespace `ns`: the kernel attaches the
+/// labels extension only once a ruleset uses labels.
+pub fn enable_labels(ns: &str) -> Result<(), BenchError> {
+    let rules = "table inet ctsbench {\n  chain pre {\n    type filter hook prerouting priority 0;\n    ct label 127 counter\n  }\n}\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(rules.as_bytes())
+            .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
+    if !out.status.success() {
+        return Err(BenchError::Command(format!(
+            "nft (labels) in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Create `flows` in namespace `ns` at full speed; returns the writer's
@@ -137,19 +352,4 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
-}
-
-/// The ceiling: `n` creates into an empty namespace nobody listens to;
-/// flows per second.
-pub fn raw_writer_rate(n: usize) -> Result<f64, BenchError> {
-    let ns = Netns::new("raw")?;
-    let (report, took) = timed_create(&ns.name, tcp_flows(n, 0))?;
-    check_report("raw writer", &report)?;
-    let count = kernel_count(&ns.name)?;
-    if count != n as u64 {
-        return Err(BenchError::Kernel(format!(
-            "raw writer: the table holds {count} of {n} flows"
-        )));
-    }
-    Ok(n as f64 / took.as_secs_f64())
 }

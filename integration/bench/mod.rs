@@ -12,6 +12,7 @@
 // Shared by two targets that each use a different part.
 #![allow(dead_code)]
 
+pub mod ceiling;
 pub mod conntrackd;
 pub mod host;
 pub mod kernel;
@@ -21,9 +22,10 @@ pub mod system;
 
 use conntrackd::Conntrackd;
 use ctsync::kernel::write::WriteOp;
-use host::{cpu_seconds, rss_bytes, settle, ConntrackSysctls, Machine};
+use host::{cpu_seconds, peak_rss_bytes, rss_bytes, settle, ConntrackSysctls, Machine};
 use kernel::{
-    apply, check_report, kernel_count, kernel_flush, raw_writer_rate, tcp_flows, timed_create,
+    apply, check_report, enable_labels, kernel_count, kernel_flush, tcp_flows, timed_create,
+    FlowSet,
 };
 use link_bytes::LinkCounter;
 use report::{Report, Row, Target};
@@ -65,10 +67,11 @@ pub enum Workload {
     Warm,
     Dump,
     Auth,
+    Mix,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Raw,
         Workload::Commit,
         Workload::Burst,
@@ -79,6 +82,7 @@ impl Workload {
         Workload::Warm,
         Workload::Dump,
         Workload::Auth,
+        Workload::Mix,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Workload {
             Workload::Warm => "warm",
             Workload::Dump => "dump",
             Workload::Auth => "auth",
+            Workload::Mix => "mix",
         }
     }
 
@@ -107,13 +112,23 @@ pub struct BenchConfig {
     /// N: flows per burst, commit and resync.
     pub flows: usize,
     pub only: BTreeSet<Workload>,
-    /// Set nf_conntrack_buckets to 1,048,576 for the run (global; put back
-    /// afterwards). nf_conntrack_max is raised to 2.2 × N when lower either way.
+    /// Set nf_conntrack_buckets to N rounded up to a power of two, at least
+    /// 1,048,576, for the run (global; put back afterwards).
+    /// nf_conntrack_max is raised to 2.2 × N when lower either way.
     pub tune_kernel: bool,
     /// How long the idle traffic of the sync link is measured.
     pub idle: Duration,
     /// K: creates, updates and deletes per bytes-on-the-link phase (at most N).
     pub bytes_k: usize,
+    /// Measure conntrackd too (`--ctsyncd-only` turns it off).
+    pub with_conntrackd: bool,
+    /// The flows the phases write (the mix workload runs bytes, CPU and
+    /// memory again with `FlowSet::Mix`).
+    pub flow_set: FlowSet,
+    /// Repetitions of each system's phases (the two systems alternate
+    /// which goes first) and of the raw writer's fastest shape; the table
+    /// shows medians.
+    pub reps: usize,
 }
 
 impl BenchConfig {
@@ -125,6 +140,9 @@ impl BenchConfig {
             tune_kernel: true,
             idle: Duration::from_secs(6),
             bytes_k: 50_000,
+            with_conntrackd: true,
+            reps: 3,
+            flow_set: FlowSet::Tcp4,
         }
     }
 
@@ -133,6 +151,7 @@ impl BenchConfig {
         BenchConfig {
             tune_kernel: false,
             idle: Duration::from_secs(3),
+            reps: 1,
             ..BenchConfig::full(flows)
         }
     }
@@ -166,16 +185,20 @@ pub struct Cli {
     pub json: PathBuf,
 }
 
-pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST]\n\
+pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST] [--reps R] [--ctsyncd-only]\n\
     \x20 --flows N    flows per burst, commit and resync (default 1,000,000)\n\
     \x20 --json PATH  where to write the JSON (default target/bench/compare.json)\n\
-    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump,auth";
+    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump,auth,mix\n\
+    \x20 --reps R     repetitions, the systems' order alternating; medians shown (default 3)\n\
+    \x20 --ctsyncd-only  leave conntrackd out (its columns read n/a)";
 
 impl Cli {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, BenchError> {
         let mut flows = 1_000_000usize;
         let mut json = PathBuf::from("target/bench/compare.json");
         let mut only: Option<BTreeSet<Workload>> = None;
+        let mut with_conntrackd = true;
+        let mut reps = 3usize;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| {
@@ -192,6 +215,13 @@ impl Cli {
                     })?;
                 }
                 "--json" => json = PathBuf::from(value("--json")?),
+                "--ctsyncd-only" => with_conntrackd = false,
+                "--reps" => {
+                    let v = value("--reps")?;
+                    reps = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        BenchError::Usage(format!("--reps {v}: not a positive number"))
+                    })?;
+                }
                 "--only" => {
                     let list = value("--only")?;
                     let mut set = BTreeSet::new();
@@ -209,6 +239,8 @@ impl Cli {
             }
         }
         let mut config = BenchConfig::full(flows);
+        config.with_conntrackd = with_conntrackd;
+        config.reps = reps;
         if let Some(set) = only {
             config.only = set;
         }
@@ -259,10 +291,39 @@ pub struct Figures {
     pub cpu_per_100k: Option<f64>,
     pub rss_a: Option<f64>,
     pub rss_b: Option<f64>,
+    /// A's peak RSS (its whole life, through a `-R` of its full table),
+    /// per flow of its internal cache.
+    pub rss_peak_a: Option<f64>,
     pub resync_s: Option<f64>,
     pub bytes_new: Option<f64>,
     pub bytes_update: Option<f64>,
     pub bytes_delete: Option<f64>,
+}
+
+impl Figures {
+    /// Each figure's median over `runs` (a figure a run lacks is left out).
+    fn median(runs: &[Figures]) -> Figures {
+        let m = |get: fn(&Figures) -> Option<f64>| {
+            let mut v: Vec<f64> = runs.iter().filter_map(get).collect();
+            (!v.is_empty()).then(|| report::median(&mut v))
+        };
+        Figures {
+            commit_s: m(|f| f.commit_s),
+            commit_rate: m(|f| f.commit_rate),
+            commit_cpu_s: m(|f| f.commit_cpu_s),
+            burst_s: m(|f| f.burst_s),
+            burst_complete_s: m(|f| f.burst_complete_s),
+            burst_lost: m(|f| f.burst_lost),
+            cpu_per_100k: m(|f| f.cpu_per_100k),
+            rss_a: m(|f| f.rss_a),
+            rss_b: m(|f| f.rss_b),
+            rss_peak_a: m(|f| f.rss_peak_a),
+            resync_s: m(|f| f.resync_s),
+            bytes_new: m(|f| f.bytes_new),
+            bytes_update: m(|f| f.bytes_update),
+            bytes_delete: m(|f| f.bytes_delete),
+        }
+    }
 }
 
 /// ctsyncd's warm standby figures.
@@ -320,7 +381,7 @@ fn bytes_phase(sys: &dyn System, cfg: &BenchConfig) -> Result<[f64; 3], BenchErr
     let counter = LinkCounter::install(sys.ns(Side::A))?;
     let idle = counter.idle_rate(cfg.idle)?;
     progress(&format!("{name}: sync link idle traffic {idle:.0} B/s"));
-    let flows = tcp_flows(k, 2);
+    let flows = cfg.flow_set.flows(k, 2);
     let settle = Duration::from_secs(60);
     let mut out = [0.0; 3];
     for (i, what) in ["creates", "updates", "deletes"].into_iter().enumerate() {
@@ -368,11 +429,11 @@ struct Burst {
 }
 
 /// N creates at full speed in A; B's external cache polled until complete.
-fn burst_phase(sys: &dyn System, n: usize) -> Result<Burst, BenchError> {
+fn burst_phase(sys: &dyn System, set: FlowSet, n: usize) -> Result<Burst, BenchError> {
     let name = sys.name();
     let pid_a = pid(sys, Side::A)?;
     let cpu_before = cpu_seconds(pid_a)?;
-    let (report, took) = timed_create(sys.ns(Side::A), tcp_flows(n, 1))?;
+    let (report, took) = timed_create(sys.ns(Side::A), set.flows(n, 1))?;
     let end = Instant::now();
     check_report("burst", &report)?;
     progress(&format!(
@@ -403,6 +464,23 @@ fn burst_phase(sys: &dyn System, n: usize) -> Result<Burst, BenchError> {
 }
 
 /// Resident memory per cached flow on A (internal) and B (external).
+/// `-R` on A with its whole table cached, then A's peak RSS per flow
+/// (`VmHWM`: the most it ever held, so the burst's peak counts too).
+fn reread_peak(sys: &dyn System) -> Result<f64, BenchError> {
+    let pid_a = pid(sys, Side::A)?;
+    let started = Instant::now();
+    sys.reread(Side::A)?;
+    let peak = peak_rss_bytes(pid_a)?;
+    let n = sys.internal_active(Side::A)?.max(1);
+    progress(&format!(
+        "{}: -R of A's {n} flows took {:.2} s; A's peak RSS {} MiB",
+        sys.name(),
+        started.elapsed().as_secs_f64(),
+        peak >> 20
+    ));
+    Ok(peak as f64 / n as f64)
+}
+
 fn memory_phase(sys: &dyn System, rss0: (u64, u64)) -> Result<(f64, f64), BenchError> {
     let a = rss_bytes(pid(sys, Side::A)?)?;
     let b = rss_bytes(pid(sys, Side::B)?)?;
@@ -502,7 +580,23 @@ fn resync_phase(sys: &mut dyn System, n: usize) -> Result<f64, BenchError> {
 fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> Figures {
     let name = sys.name();
     let mut f = Figures::default();
-    progress(&format!("{name}: starting A and B"));
+    if cfg.flow_set == FlowSet::Mix {
+        for side in [Side::A, Side::B] {
+            if keep(
+                notes,
+                &format!("{name}: labels"),
+                enable_labels(sys.ns(side)),
+            )
+            .is_none()
+            {
+                return f;
+            }
+        }
+    }
+    progress(&format!(
+        "{name}: starting A and B ({:?} flows)",
+        cfg.flow_set
+    ));
     let started = sys.start(Side::A).and_then(|_| sys.start(Side::B));
     if keep(notes, &format!("{name}: start"), started).is_none() {
         return f;
@@ -530,7 +624,7 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
     let Some(burst) = keep(
         notes,
         &format!("{name}: burst"),
-        burst_phase(sys, cfg.flows),
+        burst_phase(sys, cfg.flow_set, cfg.flows),
     ) else {
         return f;
     };
@@ -550,6 +644,7 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
             f.rss_a = Some(a);
             f.rss_b = Some(b);
         }
+        f.rss_peak_a = keep(notes, &format!("{name}: re-read"), reread_peak(sys));
     }
     if cfg.wants(Workload::Resync) {
         progress(&format!("{name}: cold resync of B"));
@@ -752,7 +847,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 fn rows(
     cfg: &BenchConfig,
-    raw: Option<f64>,
+    raw: Option<&ceiling::Ceiling>,
     c: &Figures,
     d: &Figures,
     w: &Warm,
@@ -763,8 +858,32 @@ fn rows(
     if cfg.wants(Workload::Raw) || cfg.wants(Workload::Commit) {
         rows.push(Row::new(
             "raw_writer_rate",
-            "raw batched writer, empty table, no listener (flows/s)",
-            raw,
+            "raw writer ceiling: fastest shape, empty table, every flow with the event extension (flows/s)",
+            raw.map(|c| c.best.flows_per_s),
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "raw_writer_threads",
+            "raw writer ceiling: its threads (one socket each)",
+            raw.map(|c| c.best.shape.threads as f64),
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "raw_writer_batch_kib",
+            "raw writer ceiling: KiB per send",
+            raw.map(|c| (c.best.shape.batch_bytes >> 10) as f64),
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "raw_writer_no_extension_rate",
+            "the same shape without the event extension (a fresh namespace; flows/s)",
+            raw.map(|c| c.without_extension),
             None,
             false,
             Target::None,
@@ -789,11 +908,11 @@ fn rows(
         ));
         rows.push(Row::new(
             "commit_vs_raw",
-            "commit rate ÷ raw writer, empty table",
-            ratio(c.commit_rate, raw),
-            ratio(d.commit_rate, raw),
+            "commit rate ÷ raw writer ceiling",
+            ratio(c.commit_rate, raw.map(|c| c.best.flows_per_s)),
+            ratio(d.commit_rate, raw.map(|c| c.best.flows_per_s)),
             false,
-            Target::CtsyncdAtLeast(0.85),
+            Target::CtsyncdAtLeast(1.0),
         ));
         rows.push(Row::new(
             "commit_cpu_s",
@@ -883,6 +1002,14 @@ fn rows(
             true,
             Target::RatioAtMost(0.35),
         ));
+        rows.push(Row::new(
+            "rss_peak_per_flow_a",
+            "A's peak RSS per flow, through a -R of its table (bytes)",
+            c.rss_peak_a,
+            d.rss_peak_a,
+            true,
+            Target::RatioAtMost(0.35),
+        ));
     }
     if cfg.wants(Workload::Cpu) {
         rows.push(Row::new(
@@ -957,12 +1084,50 @@ fn rows(
     rows
 }
 
+/// Both systems' phases `cfg.reps` times, which goes first alternating;
+/// each figure's median.
+fn compare(cfg: &BenchConfig, notes: &mut Vec<String>) -> (Figures, Figures) {
+    let n = cfg.flows;
+    let mut cts_runs = Vec::new();
+    let mut ctd_runs = Vec::new();
+    for rep in 0..cfg.reps {
+        let ctsyncd_first = rep % 2 == 0;
+        for ctsyncd in [ctsyncd_first, !ctsyncd_first] {
+            progress(&format!(
+                "repetition {} of {}: {}",
+                rep + 1,
+                cfg.reps,
+                if ctsyncd { "ctsyncd" } else { "conntrackd" }
+            ));
+            if ctsyncd {
+                let mut sys = Ctsyncd::new("");
+                cts_runs.push(measure(&mut sys, cfg, notes));
+                wind_down(&mut sys);
+            } else if cfg.with_conntrackd {
+                match Conntrackd::new(n) {
+                    Ok(mut sys) => {
+                        ctd_runs.push(measure(&mut sys, cfg, notes));
+                        wind_down(&mut sys);
+                    }
+                    Err(e) => notes.push(format!("conntrackd: {e}")),
+                }
+            }
+        }
+    }
+    if !cfg.with_conntrackd {
+        notes.push("conntrackd: not measured (--ctsyncd-only)".into());
+    }
+    (Figures::median(&cts_runs), Figures::median(&ctd_runs))
+}
+
 /// Run the benchmark.
 pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let n = cfg.flows;
     progress(&format!("N = {n}; workloads {:?}", cfg.only));
     let min_max = (n as f64 * 2.2).ceil() as u64;
-    let _sysctls = ConntrackSysctls::apply(cfg.tune_kernel.then_some(1_048_576), min_max)?;
+    // One bucket per flow at least (1,048,576 up to N = 1,000,000).
+    let buckets = (n as u64).next_power_of_two().max(1_048_576);
+    let _sysctls = ConntrackSysctls::apply(cfg.tune_kernel.then_some(buckets), min_max)?;
     let machine = Machine::probe();
     progress(&format!(
         "{} cores ({}), kernel {}, nf_conntrack_buckets {}, nf_conntrack_max {}",
@@ -973,18 +1138,22 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         machine.nf_conntrack_max
     ));
     let mut notes = Vec::new();
-    let raw = if cfg.wants(Workload::Raw) {
-        progress(&format!("raw writer: {n} creates into an empty namespace"));
-        let r = keep(&mut notes, "raw writer", raw_writer_rate(n));
-        if let Some(rate) = r {
-            progress(&format!("raw writer: {rate:.0} flows/s"));
-        }
-        r
+    let ceiling = if cfg.wants(Workload::Raw) {
+        progress(&format!(
+            "raw writer: {n} creates into an empty namespace, {} shapes",
+            ceiling::SHAPES.len()
+        ));
+        keep(
+            &mut notes,
+            "raw writer",
+            ceiling::raw_writer_ceiling(&tcp_flows(n, 0), cfg.reps),
+        )
     } else {
         None
     };
     let mut all = cfg.only.clone();
     all.remove(&Workload::Raw);
+    all.remove(&Workload::Mix);
     all.remove(&Workload::Warm);
     all.remove(&Workload::Dump);
     if all.remove(&Workload::Auth) {
@@ -993,24 +1162,20 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let (cts, ctd) = if all.is_empty() {
         (Figures::default(), Figures::default())
     } else {
-        let cts = {
-            let mut sys = Ctsyncd::new("");
-            let f = measure(&mut sys, cfg, &mut notes);
-            wind_down(&mut sys);
-            f
+        compare(cfg, &mut notes)
+    };
+    let mix = if cfg.wants(Workload::Mix) {
+        progress("the firewall mix: bytes, CPU and memory");
+        let sub = BenchConfig {
+            only: [Workload::Bytes, Workload::Cpu, Workload::Memory]
+                .into_iter()
+                .collect(),
+            flow_set: FlowSet::Mix,
+            ..cfg.clone()
         };
-        let ctd = match Conntrackd::new(n) {
-            Ok(mut sys) => {
-                let f = measure(&mut sys, cfg, &mut notes);
-                wind_down(&mut sys);
-                f
-            }
-            Err(e) => {
-                notes.push(format!("conntrackd: {e}"));
-                Figures::default()
-            }
-        };
-        (cts, ctd)
+        Some(compare(&sub, &mut notes))
+    } else {
+        None
     };
     let warm = if cfg.wants(Workload::Warm) {
         progress("warm standby (ctsyncd)");
@@ -1030,9 +1195,12 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     } else {
         WithKeys::default()
     };
-    let mut rows = rows(cfg, raw, &cts, &ctd, &warm, &dump);
+    let mut rows = rows(cfg, ceiling.as_ref(), &cts, &ctd, &warm, &dump);
     if cfg.wants(Workload::Auth) {
         rows.extend(keyed_rows(&cts, &ctd, &keyed));
+    }
+    if let Some((c, d)) = &mix {
+        rows.extend(mix_rows(c, d));
     }
     Ok(Report {
         flows: n,
@@ -1040,6 +1208,68 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         rows,
         notes,
     })
+}
+
+/// The firewall mix's rows, with issue 13's targets.
+fn mix_rows(c: &Figures, d: &Figures) -> Vec<Row> {
+    vec![
+        Row::new(
+            "bytes_new_mix",
+            "mix: sync link bytes per new flow",
+            c.bytes_new,
+            d.bytes_new,
+            true,
+            Target::RatioAtMost(0.45),
+        ),
+        Row::new(
+            "bytes_update_mix",
+            "mix: sync link bytes per update",
+            c.bytes_update,
+            d.bytes_update,
+            true,
+            Target::None,
+        ),
+        Row::new(
+            "bytes_delete_mix",
+            "mix: sync link bytes per delete",
+            c.bytes_delete,
+            d.bytes_delete,
+            true,
+            Target::None,
+        ),
+        Row::new(
+            "rss_a_mix",
+            "mix: RSS per cached flow, A internal (bytes)",
+            c.rss_a,
+            d.rss_a,
+            true,
+            Target::RatioAtMost(0.35),
+        ),
+        Row::new(
+            "rss_b_mix",
+            "mix: RSS per cached flow, B external (bytes)",
+            c.rss_b,
+            d.rss_b,
+            true,
+            Target::RatioAtMost(0.35),
+        ),
+        Row::new(
+            "rss_peak_a_mix",
+            "mix: A's peak RSS per flow, through a -R of its table (bytes)",
+            c.rss_peak_a,
+            d.rss_peak_a,
+            true,
+            Target::RatioAtMost(0.35),
+        ),
+        Row::new(
+            "cpu_per_100k_mix",
+            "mix: A's daemon CPU per 100,000 replicated events (s)",
+            c.cpu_per_100k,
+            d.cpu_per_100k,
+            true,
+            Target::RatioAtMost(0.5),
+        ),
+    ]
 }
 
 /// The bytes and CPU phases on a ctsyncd pair with keys.

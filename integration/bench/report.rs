@@ -8,6 +8,17 @@ use super::host::Machine;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// NaN for none.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// How a row's target is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Target {

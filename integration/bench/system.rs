@@ -37,6 +37,9 @@ pub trait System {
     fn commit(&self, side: Side) -> Result<(), BenchError>;
     /// What an HA agent runs after starting a backup daemon empty.
     fn after_restart(&self, side: Side) -> Result<(), BenchError>;
+    /// `-R`: re-read the kernel table into the internal cache; returns
+    /// when the daemon says it is done.
+    fn reread(&self, side: Side) -> Result<(), BenchError>;
 }
 
 /// ctsyncd in the lab, with the lab's TOML.
@@ -174,5 +177,9 @@ impl System for Ctsyncd {
     fn after_restart(&self, _side: Side) -> Result<(), BenchError> {
         // A restarted ctsyncd resyncs with its peers by itself.
         Ok(())
+    }
+
+    fn reread(&self, side: Side) -> Result<(), BenchError> {
+        self.client(side, &["-R"]).map(|_| ())
     }
 }

@@ -128,6 +128,25 @@ impl CommitSource {
         Self::sorted(ranked)
     }
 
+    /// Every flow whose key `keep` accepts, by the second of its last
+    /// change, most recent first (within a second in no set order), ranked
+    /// when first asked for and decoded one at a time as the iterator is
+    /// advanced: a commit's encoder takes them while the kernel inserts
+    /// the flows before them.
+    pub(super) fn recent_first_lazy<'a>(
+        &'a self,
+        keep: impl Fn(&FlowKey) -> bool + Send + 'a,
+    ) -> impl Iterator<Item = Flow> + Send + 'a {
+        std::iter::once(())
+            .flat_map(move |()| {
+                let mut entries: Vec<FrozenEntry<'a>> = self.entries().collect();
+                entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.updated_ms()));
+                entries
+            })
+            .filter(move |e| keep(&e.key()))
+            .map(move |e| self.decoded(&e).1)
+    }
+
     /// Every flow whose key `keep` accepts, most recently active first.
     pub(super) fn ordered(&self, keep: impl Fn(&FlowKey) -> bool) -> Vec<Flow> {
         let mut ranked = Vec::with_capacity(self.len());
@@ -220,5 +239,7 @@ mod tests {
         let rest = src.ordered(|k| !first.contains(k));
         assert_eq!(ports(&rest), vec![2, 1]);
         assert!(rest.iter().all(|f| f.timeout == 300));
+        let lazy: Vec<Flow> = src.recent_first_lazy(|k| !first.contains(k)).collect();
+        assert_eq!(lazy, rest);
     }
 }

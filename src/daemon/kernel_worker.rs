@@ -23,20 +23,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most writer sockets (and threads) one commit uses.
-const MAX_COMMIT_WRITERS: usize = 4;
 /// Errors a merged write report keeps.
 const MAX_REPORTED_ERRORS: usize = 10;
-/// Commits this large use several writer sockets (and run with kernel
-/// events paused, see the owner).
+/// Commits this large run with kernel events paused (see the owner).
 pub(super) const QUIET_COMMIT_MIN: usize = 10_000;
-/// Flows per commit step (the progress a terminal sees moves by this much).
-const COMMIT_CHUNK: usize = 50_000;
-/// Flows written by the first step of a commit: small, so that the most
-/// recently active flows (the commit set is sorted that way) are in the
-/// kernel within milliseconds.
-const FIRST_COMMIT_STEP: usize = 2048;
-
 /// A commit: the peers' flows frozen when it began, and how to write them;
 /// then the peers' expectations (their timeouts aged already), once every
 /// flow is in, since an expectation needs its master in the table.
@@ -251,7 +241,7 @@ fn commit_flows(
     match plan {
         CommitPlan::OnlyMissing(missing) => {
             let flows = source.ordered(|k| missing.contains(k));
-            Ok(write_in_parallel(writer, &flows, options, progress))
+            Ok(write_flows(writer, flows.into_iter(), options, progress))
         }
         CommitPlan::Verify(missing) => {
             // Write the flows known to be missing first, then read the
@@ -260,106 +250,46 @@ fn commit_flows(
             // expiry, a failed batch, another program). Flows found in
             // place count as done.
             let first = source.ordered(|k| missing.contains(k));
-            let mut report = write_in_parallel(writer, &first, options, progress);
+            let mut report = write_flows(writer, first.into_iter(), options, progress);
             let rest = source.ordered(|k| !missing.contains(k));
             let (todo, in_place) = missing_from_table(rest)
                 .map_err(|e| format!("cannot read the kernel table: {e}"))?;
             progress.fetch_add(in_place as u64, Ordering::Relaxed);
             merge_report(
                 &mut report,
-                write_in_parallel(writer, &todo, options, progress),
+                write_flows(writer, todo.into_iter(), options, progress),
             );
             Ok(report)
         }
         CommitPlan::RecentFirst => {
             // The most recently active flows go in at once; the rest is
-            // decoded and sorted on another thread meanwhile.
+            // ranked and decoded by the writer's encoder as it goes.
             let urgent = source.most_recent(URGENT_COMMIT);
             let urgent_keys: HashSet<FlowKey> = urgent.iter().map(Flow::key).collect();
-            std::thread::scope(|scope| {
-                let rest = scope.spawn(|| source.ordered(|k| !urgent_keys.contains(k)));
-                let mut report = write_in_parallel(writer, &urgent, options, progress);
-                match rest.join() {
-                    Ok(rest) => merge_report(
-                        &mut report,
-                        write_in_parallel(writer, &rest, options, progress),
-                    ),
-                    Err(_) => {
-                        report.failed += 1;
-                        report
-                            .first_errors
-                            .push("gathering the rest of the commit failed".into());
-                    }
-                }
-                Ok(report)
-            })
+            let rest = source.recent_first_lazy(move |k| !urgent_keys.contains(k));
+            Ok(write_flows(
+                writer,
+                urgent.into_iter().chain(rest),
+                options,
+                progress,
+            ))
         }
     }
 }
 
-/// The steps of a commit, in order: a small first one, then
-/// `COMMIT_CHUNK`-sized ones.
-fn commit_steps(len: usize) -> Vec<std::ops::Range<usize>> {
-    let mut steps = Vec::new();
-    let mut at = 0;
-    let mut size = FIRST_COMMIT_STEP;
-    while at < len {
-        let end = (at + size).min(len);
-        steps.push(at..end);
-        at = end;
-        size = COMMIT_CHUNK;
-    }
-    steps
-}
-
-/// Write `flows` with one writer per core for a large commit (the kernel
-/// inserts on several CPUs at once; our events are paused meanwhile, so
-/// the extra sockets' port ids need not be known). The writers take the
-/// steps in order, so the flows at the front (the most recently active)
-/// go in first; each step advances `progress`.
-fn write_in_parallel(
+/// Write `flows` through one socket, pipelined (ctnetlink makes one create
+/// at a time whatever the number of sockets: a second writer only spins on
+/// its lock, measured at twice the CPU for no gain); the flows at the front
+/// (the most recently active) go in first, and `progress` advances with
+/// each send.
+fn write_flows(
     writer: &mut Writer,
-    flows: &[Flow],
+    flows: impl Iterator<Item = Flow> + Send,
     options: &CreateOptions,
     progress: &AtomicU64,
 ) -> WriteReport {
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_COMMIT_WRITERS);
-    let mut extra: Vec<Writer> = if flows.len() >= QUIET_COMMIT_MIN {
-        (1..cores).filter_map(|_| Writer::open().ok()).collect()
-    } else {
-        Vec::new()
-    };
-    let steps = commit_steps(flows.len());
-    let next_step = AtomicU64::new(0);
-    let write = |writer: &mut Writer| {
-        let mut report = WriteReport::default();
-        loop {
-            let i = next_step.fetch_add(1, Ordering::Relaxed) as usize;
-            let Some(step) = steps.get(i).and_then(|r| flows.get(r.clone())) else {
-                break;
-            };
-            merge_report(&mut report, writer.create_all(step, options));
-            progress.fetch_add(step.len() as u64, Ordering::Relaxed);
-        }
-        report
-    };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = extra.iter_mut().map(|w| scope.spawn(|| write(w))).collect();
-        let mut report = write(writer);
-        for handle in handles {
-            match handle.join() {
-                Ok(part) => merge_report(&mut report, part),
-                Err(_) => {
-                    report.failed += 1;
-                    report
-                        .first_errors
-                        .push("a commit writer thread panicked".into());
-                }
-            }
-        }
-        report
+    writer.create_bulk(flows, options, &|sent| {
+        progress.fetch_add(sent as u64, Ordering::Relaxed);
     })
 }
 
@@ -375,18 +305,6 @@ fn merge_report(into: &mut WriteReport, part: WriteReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commit_steps_start_small_and_cover_everything_once() {
-        assert!(commit_steps(0).is_empty());
-        assert_eq!(commit_steps(10), vec![0..10]);
-        let steps = commit_steps(FIRST_COMMIT_STEP + 2 * COMMIT_CHUNK + 5);
-        assert_eq!(steps.len(), 4);
-        assert_eq!(steps[0], 0..FIRST_COMMIT_STEP);
-        assert_eq!(steps[1].len(), COMMIT_CHUNK);
-        assert_eq!(steps[3].len(), 5);
-        assert!(steps.windows(2).all(|w| w[0].end == w[1].start));
-    }
 
     #[test]
     fn merged_reports_add_up_and_keep_few_errors() {

@@ -159,6 +159,45 @@ impl NlSocket {
         self.rcvbuf()
     }
 
+    /// Ask for a send buffer of `bytes` (halved, as for the receive buffer):
+    /// SO_SNDBUFFORCE, or SO_SNDBUF (capped by `wmem_max`) if that is not
+    /// permitted. Returns the size the kernel reports back, which bounds
+    /// one `send`.
+    pub fn set_sndbuf(&self, bytes: usize) -> Result<usize, KernelError> {
+        let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+        if setsockopt_int(
+            self.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            half,
+        )
+        .is_err()
+        {
+            setsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, half)
+                .map_err(|e| KernelError::io("setsockopt SO_SNDBUF", e))?;
+        }
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are valid locals that outlive the call, len
+        // holds value's size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::addr_of_mut!(value).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(KernelError::io(
+                "getsockopt SO_SNDBUF",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(usize::try_from(value).unwrap_or(0))
+    }
+
     /// The receive buffer size the kernel reports.
     pub fn rcvbuf(&self) -> Result<usize, KernelError> {
         self.sock

@@ -1155,10 +1155,7 @@ fn the_largest_valid_flow_fits_the_smallest_payload() {
     f.labels = Some(vec![0xff; crate::wire::MAX_LABELS_LEN]);
     f.reply.src = v6(3);
     let wf = WireFlow::from(&f);
-    assert!(
-        wf.tail.reply().is_some(),
-        "NAT: the reply tuple travels too"
-    );
+    assert!(wf.tail.has_reply(), "NAT: the reply tuple travels too");
     let msg = Message::Upsert(wf);
     let one = crate::wire::encode_datagram(&Header::default(), &[msg]);
     assert!(decode_datagram(&one).is_ok());

@@ -12,8 +12,8 @@
 
 use super::header::WireError;
 use super::message::{
-    WireAddrs, WireFlow, WireKey, WireL4, WireMaster, WireRelated, WireSeqAdj, WireState, WireTail,
-    WireTuple,
+    WireAddrs, WireEnd, WireFlow, WireKey, WireL4, WireMaster, WireRelated, WireSeqAdj, WireState,
+    WireTail, WireTuple,
 };
 
 /// Longest encoding of a key (`put_key_prefix`): an IPv6 ICMP tuple and a
@@ -173,8 +173,31 @@ pub fn put_flow(out: &mut Vec<u8>, flow: &WireFlow) -> usize {
             out.push(2);
             put_related(out, rel);
         }
+        WireTail::SnatTo(end) => {
+            out.push(3);
+            put_end(out, end);
+        }
+        WireTail::DnatTo(end) => {
+            out.push(4);
+            put_end(out, end);
+        }
     }
     key_len
+}
+
+fn put_end(out: &mut Vec<u8>, end: &WireEnd) {
+    match end {
+        WireEnd::V4 { addr, port } => {
+            out.push(0);
+            out.extend_from_slice(addr);
+            out.extend_from_slice(port);
+        }
+        WireEnd::V6 { addr, port } => {
+            out.push(1);
+            out.extend_from_slice(addr);
+            out.extend_from_slice(port);
+        }
+    }
 }
 
 fn put_related(out: &mut Vec<u8>, rel: &WireRelated) {
@@ -391,6 +414,8 @@ impl<'a> Reader<'a> {
             0 => WireTail::Plain,
             1 => WireTail::Nat(self.tuple()?),
             2 => WireTail::Related(Box::new(self.related()?)),
+            3 => WireTail::SnatTo(self.end()?),
+            4 => WireTail::DnatTo(self.end()?),
             _ => return Err(bad("invalid flow tail")),
         };
         Ok(WireFlow {
@@ -404,6 +429,20 @@ impl<'a> Reader<'a> {
             labels,
             helper,
             tail,
+        })
+    }
+
+    fn end(&mut self) -> Result<WireEnd, WireError> {
+        Ok(match self.variant()? {
+            0 => WireEnd::V4 {
+                addr: self.array()?,
+                port: self.array()?,
+            },
+            1 => WireEnd::V6 {
+                addr: self.array()?,
+                port: self.array()?,
+            },
+            _ => return Err(bad("invalid address family")),
         })
     }
 

@@ -100,9 +100,9 @@ fn golden_datagram_bytes() {
         0x78, 0x00,
         0x01, 3, 7, 7, 0, 0,
         0x00, 0x00,
-        0x01,                                // reply Some
-        0x00, 198, 18, 0, 2, 198, 19, 0, 1,  // reply V4 src dst
-        0x00, 0x00, 0x50, 0x13, 0x88,        // Ports 80 -> 5000
+        0x03,                                // SnatTo: only the reply's destination
+        0x00, 198, 19, 0, 1,                 // V4 198.19.0.1
+        0x13, 0x88,                          // port 5000
     ]);
     #[rustfmt::skip]
     body.extend_from_slice(&[
@@ -342,7 +342,8 @@ pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
     family_proto.prop_flat_map(|(v6, p)| {
         (
             tuple(v6, p),
-            proptest::option::of(tuple(v6, p)),
+            // No NAT, any reply tuple, SNAT or DNAT of one end.
+            (0u8..4, tuple(v6, p), addr_pair(v6), any::<u16>()),
             any::<(u16, u32, u32, u32)>(),
             proto_state(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=16)),
@@ -353,8 +354,18 @@ pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
             .prop_map(
                 |(orig, nat, (zone, st, timeout, mark), state, labels, helper, master, adj)| {
                     let mut f = Flow::new(orig);
-                    if let Some(reply) = nat {
-                        f.reply = reply;
+                    let (kind, any_reply, (addr, _), port) = nat;
+                    match (kind, f.reply.l4) {
+                        (1, _) => f.reply = any_reply,
+                        (2, L4::Ports { src, .. }) => {
+                            f.reply.dst = addr;
+                            f.reply.l4 = L4::Ports { src, dst: port };
+                        }
+                        (3, L4::Ports { dst, .. }) => {
+                            f.reply.src = addr;
+                            f.reply.l4 = L4::Ports { src: port, dst };
+                        }
+                        _ => {}
                     }
                     f.zone = zone;
                     f.status = st;
@@ -382,6 +393,58 @@ pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
     })
 }
 
+/// SNAT and DNAT of one end travel as that end only; NAT of both ends,
+/// or of an ICMP id, as the whole reply tuple; all come back equal.
+#[test]
+fn one_ended_nat_travels_as_that_end() {
+    let mut snat = tcp_flow();
+    snat.reply.dst = "198.19.255.1".parse().unwrap_or(snat.reply.dst);
+    if let L4::Ports { src, .. } = snat.reply.l4 {
+        snat.reply.l4 = L4::Ports { src, dst: 61_000 };
+    }
+    let mut dnat = tcp_flow();
+    dnat.reply.src = "198.18.254.9".parse().unwrap_or(dnat.reply.src);
+    if let L4::Ports { dst, .. } = dnat.reply.l4 {
+        dnat.reply.l4 = L4::Ports { src: 8080, dst };
+    }
+    let mut both = snat.clone();
+    both.reply.src = dnat.reply.src;
+    let plain = tcp_flow();
+    let size = |f: &Flow| encode_message(&Message::Upsert(WireFlow::from(f))).len();
+    assert!(matches!(WireFlow::from(&snat).tail, WireTail::SnatTo(_)));
+    assert!(matches!(WireFlow::from(&dnat).tail, WireTail::DnatTo(_)));
+    assert!(matches!(WireFlow::from(&both).tail, WireTail::Nat(_)));
+    assert_eq!(size(&snat), size(&plain) + 7);
+    assert_eq!(size(&dnat), size(&plain) + 7);
+    assert_eq!(size(&both), size(&plain) + 14);
+    for f in [&snat, &dnat, &both] {
+        let dgram = encode_datagram(&header(), &[Message::Upsert(WireFlow::from(f))]);
+        let (_, msgs) = decode_datagram(&dgram).unwrap();
+        match &msgs[..] {
+            [Message::Upsert(w)] => assert_eq!(&w.clone().into_flow(), f),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A one-ended tail on a flow without ports, or of the other family,
+    // is refused.
+    let mut icmp = WireFlow::from(&snat);
+    icmp.proto = proto::ICMP;
+    icmp.orig.l4 = WireL4::Icmp {
+        kind: 8,
+        code: 0,
+        id: [0, 1],
+    };
+    let mut v6 = WireFlow::from(&snat);
+    v6.tail = WireTail::SnatTo(WireEnd::V6 {
+        addr: [0x20; 16],
+        port: [0, 1],
+    });
+    for bad in [icmp, v6] {
+        let dgram = encode_datagram(&header(), &[Message::Upsert(bad)]);
+        assert_eq!(reason(&dgram), "bad_flow");
+    }
+}
+
 proptest! {
     #[test]
     fn flows_round_trip(flows in proptest::collection::vec(arb_flow(), 1..20), seq in any::<u32>()) {
@@ -399,7 +462,7 @@ proptest! {
         for (m, f) in back.into_iter().zip(&flows) {
             match m {
                 Message::Upsert(w) => {
-                    prop_assert_eq!(w.tail.reply().is_some(), f.has_nat());
+                    prop_assert_eq!(w.tail.has_reply(), f.has_nat());
                     prop_assert_eq!(w.key(), f.key());
                     prop_assert_eq!(&w.into_flow(), f);
                 }
