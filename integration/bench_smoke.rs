@@ -18,6 +18,12 @@ const CTSYNCD_ONLY: &[&str] = &[
     "raw_writer_threads",
     "raw_writer_batch_kib",
     "raw_writer_no_extension_rate",
+    "lat_warm_steady_p50_ms",
+    "lat_warm_steady_p99_ms",
+    "lat_warm_steady_max_ms",
+    "lat_warm_burst_p50_ms",
+    "lat_warm_burst_p99_ms",
+    "lat_warm_burst_max_ms",
     "warm_kernel_complete_s",
     "warm_vs_burst",
     "warm_commit_ms",
@@ -28,7 +34,17 @@ const CTSYNCD_ONLY: &[&str] = &[
     "cpu_keys_vs_plain",
 ];
 /// Rows that are "n/a" while the build rejects `[sync] warm_standby`.
-const WARM: &[&str] = &["warm_kernel_complete_s", "warm_vs_burst", "warm_commit_ms"];
+const WARM: &[&str] = &[
+    "warm_kernel_complete_s",
+    "warm_vs_burst",
+    "warm_commit_ms",
+    "lat_warm_steady_p50_ms",
+    "lat_warm_steady_p99_ms",
+    "lat_warm_steady_max_ms",
+    "lat_warm_burst_p50_ms",
+    "lat_warm_burst_p99_ms",
+    "lat_warm_burst_max_ms",
+];
 /// Rows whose figure may be zero.
 /// (CPU time is counted in clock ticks of 10 ms: at 5,000 flows A's daemon
 /// may use less than one for the burst, B's for the commit.)
@@ -156,6 +172,25 @@ fn the_command_line_is_parsed_and_checked() {
     ] {
         assert!(bench::Cli::parse(args(bad)).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn each_flow_is_dated_by_its_batch_and_the_first_sample_counting_it() {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let ms = |x: u64| t0 + Duration::from_millis(x);
+    // Two batches of two flows at 0 and 10 ms; the count (from 5) reaches
+    // 6 at 3 ms, 7 at 4 ms and 9 at 15 ms: 3, 4, 5 and 5 ms.
+    let starts = [ms(0), ms(10)];
+    let samples = [(ms(1), 5), (ms(3), 6), (ms(4), 7), (ms(12), 7), (ms(15), 9)];
+    let l = bench::latency::latencies(&starts, 2, &samples, 5, 4);
+    assert_eq!(l.missing, 0);
+    assert!((l.p50_ms - 4.0).abs() < 1e-9, "{l:?}");
+    assert!((l.p99_ms - 5.0).abs() < 1e-9, "{l:?}");
+    assert!((l.max_ms - 5.0).abs() < 1e-9, "{l:?}");
+    // Flows never counted are missing.
+    let l = bench::latency::latencies(&starts, 2, &samples[..4], 5, 4);
+    assert_eq!(l.missing, 2);
 }
 
 #[test]

@@ -259,4 +259,12 @@ impl System for Conntrackd {
     fn reread(&self, side: Side) -> Result<(), BenchError> {
         self.daemon(side).client(&["-R"]).map(|_| ())
     }
+
+    fn control_socket(&self, side: Side) -> PathBuf {
+        let name = match side {
+            Side::A => "a",
+            Side::B => "b",
+        };
+        self.lab.dir.join(format!("ctd-{name}.sock"))
+    }
 }

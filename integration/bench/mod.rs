@@ -16,6 +16,7 @@ pub mod ceiling;
 pub mod conntrackd;
 pub mod host;
 pub mod kernel;
+pub mod latency;
 pub mod link_bytes;
 pub mod report;
 pub mod system;
@@ -68,10 +69,11 @@ pub enum Workload {
     Dump,
     Auth,
     Mix,
+    Latency,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 12] = [
         Workload::Raw,
         Workload::Commit,
         Workload::Burst,
@@ -83,6 +85,7 @@ impl Workload {
         Workload::Dump,
         Workload::Auth,
         Workload::Mix,
+        Workload::Latency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +101,7 @@ impl Workload {
             Workload::Dump => "dump",
             Workload::Auth => "auth",
             Workload::Mix => "mix",
+            Workload::Latency => "latency",
         }
     }
 
@@ -188,7 +192,7 @@ pub struct Cli {
 pub const USAGE: &str = "usage: integration/bench/run [--flows N] [--json PATH] [--only LIST] [--reps R] [--ctsyncd-only]\n\
     \x20 --flows N    flows per burst, commit and resync (default 1,000,000)\n\
     \x20 --json PATH  where to write the JSON (default target/bench/compare.json)\n\
-    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump,auth,mix\n\
+    \x20 --only LIST  comma-separated subset of: raw,commit,burst,resync,bytes,memory,cpu,warm,dump,auth,mix,latency\n\
     \x20 --reps R     repetitions, the systems' order alternating; medians shown (default 3)\n\
     \x20 --ctsyncd-only  leave conntrackd out (its columns read n/a)";
 
@@ -298,6 +302,9 @@ pub struct Figures {
     pub bytes_new: Option<f64>,
     pub bytes_update: Option<f64>,
     pub bytes_delete: Option<f64>,
+    /// Replication latency to B's external cache (ms): steady rate, burst.
+    pub steady: Option<latency::Latencies>,
+    pub burst_latency: Option<latency::Latencies>,
 }
 
 impl Figures {
@@ -322,6 +329,8 @@ impl Figures {
             bytes_new: m(|f| f.bytes_new),
             bytes_update: m(|f| f.bytes_update),
             bytes_delete: m(|f| f.bytes_delete),
+            steady: latency::Latencies::median(runs.iter().filter_map(|f| f.steady)),
+            burst_latency: latency::Latencies::median(runs.iter().filter_map(|f| f.burst_latency)),
         }
     }
 }
@@ -464,6 +473,76 @@ fn burst_phase(sys: &dyn System, set: FlowSet, n: usize) -> Result<Burst, BenchE
 }
 
 /// Resident memory per cached flow on A (internal) and B (external).
+/// The steady rate of the latency phase, flows (events) a second, and for
+/// how long it runs at most.
+const STEADY_RATE: usize = 50_000;
+const STEADY_FOR: Duration = Duration::from_secs(10);
+
+/// Latency to `probe` under a steady `STEADY_RATE` (for `STEADY_FOR`, at
+/// most N flows), then during a burst of N.
+fn latency_phases(
+    ns_a: &str,
+    probe: latency::Probe,
+    cfg: &BenchConfig,
+    name: &str,
+    notes: &mut Vec<String>,
+) -> (Option<latency::Latencies>, Option<latency::Latencies>) {
+    let n = cfg.flows;
+    let steady_n = n.min(STEADY_RATE * STEADY_FOR.as_secs() as usize);
+    let mut run = |what: &str, flows, pace| {
+        let r = latency::measure(ns_a, flows, pace, probe.clone(), completion_bound(n));
+        let l = keep(notes, &format!("{name}: latency, {what}"), r)?;
+        progress(&format!(
+            "{name}: latency, {what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            if l.missing > 0 {
+                format!(", {} flows never arrived", l.missing)
+            } else {
+                String::new()
+            }
+        ));
+        if l.missing > 0 {
+            notes.push(format!(
+                "{name}: latency, {what}: {} flows had not arrived {} s later",
+                l.missing,
+                completion_bound(n).as_secs()
+            ));
+        }
+        Some(l)
+    };
+    let steady = run(
+        &format!("{steady_n} flows at {STEADY_RATE}/s"),
+        tcp_flows(steady_n, 20),
+        latency::Pace::steady(STEADY_RATE),
+    );
+    let burst = run(
+        &format!("burst of {n}"),
+        tcp_flows(n, 21),
+        latency::Pace::burst(),
+    );
+    (steady, burst)
+}
+
+/// ctsyncd with warm standby: latency to B's kernel, steady and burst.
+fn warm_latency_phase(
+    cfg: &BenchConfig,
+    notes: &mut Vec<String>,
+) -> (Option<latency::Latencies>, Option<latency::Latencies>) {
+    let mut sys = Ctsyncd::new("warm_standby = true");
+    let started = sys.start(Side::A).and_then(|_| sys.start(Side::B));
+    if keep(notes, "warm standby latency: start", started).is_none() {
+        wind_down(&mut sys);
+        return (None, None);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let probe = latency::Probe::Kernel(sys.ns(Side::B).to_string());
+    let out = latency_phases(sys.ns(Side::A), probe, cfg, "ctsyncd warm standby", notes);
+    wind_down(&mut sys);
+    out
+}
+
 /// `-R` on A with its whole table cached, then A's peak RSS per flow
 /// (`VmHWM`: the most it ever held, so the burst's peak counts too).
 fn reread_peak(sys: &dyn System) -> Result<f64, BenchError> {
@@ -607,6 +686,12 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
         (Some(a), Some(b)) => (rss_bytes(a).unwrap_or(0), rss_bytes(b).unwrap_or(0)),
         _ => (0, 0),
     };
+    if cfg.wants(Workload::Latency) {
+        let probe = latency::Probe::External(sys.control_socket(Side::B));
+        let (steady, burst) = latency_phases(sys.ns(Side::A), probe, cfg, name, notes);
+        f.steady = steady;
+        f.burst_latency = burst;
+    }
     if cfg.wants(Workload::Bytes) {
         progress(&format!("{name}: bytes on the sync link"));
         if let Some([new, update, delete]) =
@@ -1154,6 +1239,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let mut all = cfg.only.clone();
     all.remove(&Workload::Raw);
     all.remove(&Workload::Mix);
+    all.remove(&Workload::Latency);
     all.remove(&Workload::Warm);
     all.remove(&Workload::Dump);
     if all.remove(&Workload::Auth) {
@@ -1162,7 +1248,30 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let (cts, ctd) = if all.is_empty() {
         (Figures::default(), Figures::default())
     } else {
-        compare(cfg, &mut notes)
+        // The mix and the latency phases run in passes of their own.
+        let main = BenchConfig {
+            only: cfg
+                .only
+                .iter()
+                .copied()
+                .filter(|w| !matches!(w, Workload::Mix | Workload::Latency))
+                .collect(),
+            ..cfg.clone()
+        };
+        compare(&main, &mut notes)
+    };
+    let latency = if cfg.wants(Workload::Latency) {
+        progress("replication latency: steady rate and burst");
+        let sub = BenchConfig {
+            only: [Workload::Latency].into_iter().collect(),
+            ..cfg.clone()
+        };
+        let (c, d) = compare(&sub, &mut notes);
+        progress("replication latency to B's kernel (ctsyncd, warm standby)");
+        let warm = warm_latency_phase(cfg, &mut notes);
+        Some((c, d, warm))
+    } else {
+        None
     };
     let mix = if cfg.wants(Workload::Mix) {
         progress("the firewall mix: bytes, CPU and memory");
@@ -1202,12 +1311,91 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     if let Some((c, d)) = &mix {
         rows.extend(mix_rows(c, d));
     }
+    if let Some((c, d, warm)) = &latency {
+        rows.extend(latency_rows(c, d, warm));
+    }
     Ok(Report {
         flows: n,
         machine,
         rows,
         notes,
     })
+}
+
+/// One figure of a phase's latencies.
+type LatencyFigure = fn(&latency::Latencies) -> f64;
+
+/// The replication latency rows (ms): to B's external cache for both
+/// systems, to B's kernel with warm standby.
+fn latency_rows(
+    c: &Figures,
+    d: &Figures,
+    warm: &(Option<latency::Latencies>, Option<latency::Latencies>),
+) -> Vec<Row> {
+    let steady = format!("{} flows/s", report::fmt_num(STEADY_RATE as f64));
+    let mut rows = Vec::new();
+    let mut three = |key: [&'static str; 3],
+                     what: &str,
+                     a: Option<latency::Latencies>,
+                     b: Option<latency::Latencies>,
+                     p99: Target| {
+        let parts: [(&str, LatencyFigure, Target); 3] = [
+            ("p50", |l| l.p50_ms, Target::None),
+            ("p99", |l| l.p99_ms, p99),
+            ("max", |l| l.max_ms, Target::None),
+        ];
+        for (k, (name, get, target)) in key.into_iter().zip(parts) {
+            rows.push(Row::new(
+                k,
+                format!("latency {what}, {name} (ms)"),
+                a.as_ref().map(get),
+                b.as_ref().map(get),
+                true,
+                target,
+            ));
+        }
+    };
+    three(
+        [
+            "lat_steady_p50_ms",
+            "lat_steady_p99_ms",
+            "lat_steady_max_ms",
+        ],
+        &format!("to B's external cache at {steady}"),
+        c.steady,
+        d.steady,
+        Target::CtsyncdBelow(10.0),
+    );
+    three(
+        ["lat_burst_p50_ms", "lat_burst_p99_ms", "lat_burst_max_ms"],
+        "to B's external cache during the burst",
+        c.burst_latency,
+        d.burst_latency,
+        Target::None,
+    );
+    three(
+        [
+            "lat_warm_steady_p50_ms",
+            "lat_warm_steady_p99_ms",
+            "lat_warm_steady_max_ms",
+        ],
+        &format!("to B's kernel (warm standby) at {steady}"),
+        warm.0,
+        None,
+        Target::CtsyncdBelow(10.0),
+    );
+    three(
+        [
+            "lat_warm_burst_p50_ms",
+            "lat_warm_burst_p99_ms",
+            "lat_warm_burst_max_ms",
+        ],
+        "to B's kernel (warm standby) during the burst",
+        warm.1,
+        None,
+        Target::None,
+    );
+    rows
 }
 
 /// The firewall mix's rows, with issue 13's targets.

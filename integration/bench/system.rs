@@ -40,6 +40,9 @@ pub trait System {
     /// `-R`: re-read the kernel table into the internal cache; returns
     /// when the daemon says it is done.
     fn reread(&self, side: Side) -> Result<(), BenchError>;
+    /// The control socket (both daemons answer conntrackd's native
+    /// requests on it).
+    fn control_socket(&self, side: Side) -> std::path::PathBuf;
 }
 
 /// ctsyncd in the lab, with the lab's TOML.
@@ -181,5 +184,9 @@ impl System for Ctsyncd {
 
     fn reread(&self, side: Side) -> Result<(), BenchError> {
         self.client(side, &["-R"]).map(|_| ())
+    }
+
+    fn control_socket(&self, side: Side) -> std::path::PathBuf {
+        self.node(side).socket.clone()
     }
 }

@@ -14,9 +14,10 @@ use crate::control::Reply;
 use crate::expect::Expectation;
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
-use crate::kernel::dump::{dump_expectations, dump_table};
+use crate::kernel::dump::{dump_expectations, dump_table, dump_table_compact};
 use crate::kernel::write::{missing_from_table, CreateOptions, WriteOp, WriteReport, Writer};
 use crate::kernel::{ExpectOp, ExpectWriteReport};
+use crate::wire::FlowList;
 use foldhash::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,8 +86,8 @@ pub(super) enum Job {
 
 /// A table read, sorted out.
 pub(super) struct TableRead {
-    /// The flows the filter accepts.
-    pub accepted: Vec<Flow>,
+    /// The flows the filter accepts, in their wire encoding.
+    pub accepted: FlowList,
     /// Peer flows (as frozen) that the table lacks.
     pub lost: Option<Vec<FlowKey>>,
 }
@@ -164,11 +165,23 @@ fn run_job(
             filter,
             mirror,
         } => {
-            let read = dump_table().map_err(|e| e.to_string()).map(|table| {
-                let lost = mirror.map(|peers| lost_from_table(&peers, &table));
-                let accepted = table.into_iter().filter(|f| filter.accepts(f)).collect();
-                TableRead { accepted, lost }
-            });
+            let read = match mirror {
+                // The common case: keep only the accepted flows, compact.
+                None => {
+                    dump_table_compact(&|f: &Flow| filter.accepts(f)).map(|accepted| TableRead {
+                        accepted,
+                        lost: None,
+                    })
+                }
+                // Warm standby with a mirror that may have holes: the
+                // whole table is compared with the peers' flows.
+                Some(peers) => dump_table().map(|table| {
+                    let lost = Some(lost_from_table(&peers, &table));
+                    let accepted = table.into_iter().filter(|f| filter.accepts(f)).collect();
+                    TableRead { accepted, lost }
+                }),
+            }
+            .map_err(|e| e.to_string());
             Done::Dump(read, purpose)
         }
         Job::Inject(ops) => {

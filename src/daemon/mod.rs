@@ -151,7 +151,7 @@ enum TableReadState {
     Comparing {
         replay: Vec<KernelEvent>,
         run: Reconciling,
-        rest: std::vec::IntoIter<Flow>,
+        rest: crate::wire::flow_list::FlowListIter,
         clients: Vec<oneshot::Sender<Reply>>,
         /// A re-read that replicates what it finds (an overrun's heal or
         /// the periodic re-read), not `-R`.

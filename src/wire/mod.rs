@@ -1,13 +1,16 @@
 //! The sync protocol's bytes: every encoding and decoding of a datagram.
 //!
 //! Owns: the fixed header (`header`), the bincode body (`message`), whole
-//! datagrams, and the `Packer` that fills datagrams up to the path MTU.
+//! datagrams, the `Packer` that fills datagrams up to the path MTU, and
+//! lists of flows kept in their wire encoding (`flow_list`).
 //! Must not: keep replication state, do I/O, or read the clock.
 
 pub mod compact;
+pub mod flow_list;
 pub mod header;
 pub mod message;
 
+pub use flow_list::FlowList;
 pub use header::{
     flags, Header, WireError, AUTH_OVERHEAD, AUTH_PREFIX_LEN, HEADER_LEN, MAGIC, MAX_BODY,
     MAX_DATAGRAM, TAG_LEN, VERSION,
