@@ -21,7 +21,6 @@ use crate::lab::in_netns;
 use ctsync::flow::Flow;
 use ctsync::kernel::codec::{encode_create, CreateOptions};
 use ctsync::kernel::socket::{messages, NlSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -108,27 +107,6 @@ fn encode_batches(flows: &[Flow], batch_bytes: usize) -> Vec<Vec<u8>> {
     batches
 }
 
-fn set_sndbuf(sock: &NlSocket, bytes: usize) -> Result<(), BenchError> {
-    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: val is a valid c_int that outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            std::ptr::addr_of!(val).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(BenchError::Kernel(format!(
-            "SO_SNDBUFFORCE {bytes}: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
 /// Failures the kernel queued on `sock` (it answers only failed requests).
 fn reported_failures(sock: &NlSocket) -> Result<usize, BenchError> {
     sock.set_nonblocking(true)
@@ -160,7 +138,8 @@ fn write_batches(ns: &str, batches: Vec<Vec<u8>>, threads: usize) -> Result<Dura
                     .map_err(|e| BenchError::Kernel(e.to_string()))?;
                 sock.set_cap_ack(true)
                     .map_err(|e| BenchError::Kernel(e.to_string()))?;
-                set_sndbuf(&sock, 4 << 20)?;
+                sock.set_sndbuf(4 << 20)
+                    .map_err(|e| BenchError::Kernel(e.to_string()))?;
                 Ok(sock)
             })
             .collect::<Result<Vec<_>, BenchError>>()?;

@@ -15,6 +15,23 @@ use std::net::Ipv6Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// TCP ESTABLISHED, window scale 7 both ways.
+const ESTABLISHED: ProtoState = ProtoState::Tcp {
+    state: 3,
+    wscale_orig: 7,
+    wscale_reply: 7,
+    flags_orig: 0,
+    flags_reply: 0,
+};
+
+/// Seen both ways and assured, with a timeout long enough that nothing
+/// expires during a run.
+fn long_lived(mut f: Flow) -> Flow {
+    f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+    f.timeout = 7_200;
+    f
+}
+
 /// `n` distinct IPv4 TCP ESTABLISHED flows without NAT: sources from
 /// 198.19.0.0/16 (the port tells blocks of 65,536 apart), destination
 /// 198.18.(100 + salt).1:443, so different salts never collide.
@@ -30,17 +47,8 @@ pub fn tcp_flows(n: usize, salt: u8) -> Vec<Flow> {
                     dst: 443,
                 },
             };
-            let mut f = Flow::new(orig);
-            f.state = ProtoState::Tcp {
-                state: 3,
-                wscale_orig: 7,
-                wscale_reply: 7,
-                flags_orig: 0,
-                flags_reply: 0,
-            };
-            f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
-            // Long enough that nothing expires during a run.
-            f.timeout = 7_200;
+            let mut f = long_lived(Flow::new(orig));
+            f.state = ESTABLISHED;
             f
         })
         .collect()
@@ -159,17 +167,9 @@ fn mix_flow(i: usize, salt: u8) -> Flow {
         proto,
         l4,
     };
-    let mut f = Flow::new(orig);
-    f.timeout = 7_200;
-    f.status = status::SEEN_REPLY | status::ASSURED | status::CONFIRMED;
+    let mut f = long_lived(Flow::new(orig));
     if proto == proto::TCP {
-        f.state = ProtoState::Tcp {
-            state: 3,
-            wscale_orig: 7,
-            wscale_reply: 7,
-            flags_orig: 0,
-            flags_reply: 0,
-        };
+        f.state = ESTABLISHED;
     }
     // A third of all flows: 5 in 12 of the TCP and UDP ones (80%).
     if matches!(proto, proto::TCP | proto::UDP) && i % 12 < 5 {

@@ -59,9 +59,13 @@ const MAX_HELD_EVENTS: usize = 1 << 18;
 
 /// Fewer events than this in a batch: the reader pauses `COALESCE`.
 const THIN_BATCH: usize = 512;
-/// At 150k events/s, 2 ms is 300 events (well under 1 MB of socket
-/// buffer); the sync core holds datagrams for `batch_delay_ms` anyway.
-const COALESCE: Duration = Duration::from_millis(2);
+/// Every flow waits up to this long before the daemon sees it, so it sets
+/// the replication latency at moderate rates: measured at 50,000 events/s
+/// (1M flows, 2 cores), 2 ms gave p50 2.3 ms and p99 4.4 ms to the peer's
+/// cache, 1 ms 1.6/3.3, 0.5 ms 1.0/2.4 (conntrackd: 1.0/1.7), for about
+/// 5% more CPU per event in a burst than 2 ms. At 150k events/s, 0.5 ms is
+/// 75 events, far under the socket buffer.
+const COALESCE: Duration = Duration::from_micros(500);
 
 /// Read events and hand them to the daemon's loop. When the loop's channel
 /// is full (a long pass over the cache, say), keep reading into memory

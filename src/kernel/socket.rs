@@ -144,19 +144,25 @@ impl NlSocket {
     /// so half is asked for): SO_RCVBUFFORCE, or SO_RCVBUF if that is not
     /// permitted. Returns the size the kernel reports back.
     pub fn set_rcvbuf(&self, bytes: usize) -> Result<usize, KernelError> {
-        let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
-        if setsockopt_int(
-            self.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            half,
-        )
-        .is_err()
-        {
-            setsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, half)
-                .map_err(|e| KernelError::io("setsockopt SO_RCVBUF", e))?;
-        }
+        self.set_buffer(bytes, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF")?;
         self.rcvbuf()
+    }
+
+    /// Set a buffer size with the FORCE option (root or CAP_NET_ADMIN),
+    /// else the plain one; half of `bytes`, as the kernel doubles it.
+    fn set_buffer(
+        &self,
+        bytes: usize,
+        force: libc::c_int,
+        plain: libc::c_int,
+        what: &'static str,
+    ) -> Result<(), KernelError> {
+        let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+        if setsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, force, half).is_err() {
+            setsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, plain, half)
+                .map_err(|e| KernelError::io(what, e))?;
+        }
+        Ok(())
     }
 
     /// Ask for a send buffer of `bytes` (halved, as for the receive buffer):
@@ -164,18 +170,7 @@ impl NlSocket {
     /// permitted. Returns the size the kernel reports back, which bounds
     /// one `send`.
     pub fn set_sndbuf(&self, bytes: usize) -> Result<usize, KernelError> {
-        let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
-        if setsockopt_int(
-            self.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            half,
-        )
-        .is_err()
-        {
-            setsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, half)
-                .map_err(|e| KernelError::io("setsockopt SO_SNDBUF", e))?;
-        }
+        self.set_buffer(bytes, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF")?;
         let mut value: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: value and len are valid locals that outlive the call, len
