@@ -62,7 +62,7 @@ const THIN_BATCH: usize = 512;
 /// Every flow waits up to this long before the daemon sees it, so it sets
 /// the replication latency at moderate rates: measured at 50,000 events/s
 /// (1M flows, 2 cores), 2 ms gave p50 2.3 ms and p99 4.4 ms to the peer's
-/// cache, 1 ms 1.6/3.3, 0.5 ms 1.0/2.4 (conntrackd: 1.0/1.7), for about
+/// cache, 1 ms 1.6/3.3, 0.5 ms 1.0/3.3 (conntrackd: 0.9/1.7), for about
 /// 5% more CPU per event in a burst than 2 ms. At 150k events/s, 0.5 ms is
 /// 75 events, far under the socket buffer.
 const COALESCE: Duration = Duration::from_micros(500);
