@@ -15,7 +15,7 @@
 //! Must not: know about either daemon, or use the `Writer` the commit uses
 //! (its fallbacks and per-send barrier are what the ceiling leaves out).
 
-use super::kernel::{kernel_count, Netns};
+use super::kernel::{kernel_count, run_in, Netns};
 use super::BenchError;
 use crate::lab::in_netns;
 use ctsync::flow::Flow;
@@ -78,10 +78,10 @@ pub struct CeilingRun {
     pub flows_per_s: f64,
 }
 
-/// Every shape's rate; `best` is the ceiling.
+/// The ceiling: the fastest shape and its median rate, and the same shape
+/// without the event extension.
 #[derive(Clone, Debug)]
 pub struct Ceiling {
-    pub runs: Vec<CeilingRun>,
     /// The fastest shape and its median rate.
     pub best: CeilingRun,
     /// That shape into a namespace at its default `nf_conntrack_events`.
@@ -193,21 +193,6 @@ pub enum Events {
     OnlyWithListener,
 }
 
-fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<(), BenchError> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
-        .arg(format!("{key}={value}"))
-        .output()
-        .map_err(|e| BenchError::Command(format!("sysctl {key} in {ns}: {e}")))?;
-    if !out.status.success() {
-        return Err(BenchError::Command(format!(
-            "sysctl {key}={value} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 /// Measure one shape: `flows` into a fresh namespace.
 pub fn measure_shape(
     flows: &[Flow],
@@ -217,7 +202,11 @@ pub fn measure_shape(
     let batches = encode_batches(flows, shape.batch_bytes);
     let ns = Netns::new("raw")?;
     if events == Events::EveryFlow {
-        sysctl_in(&ns.name, "net.netfilter.nf_conntrack_events", "1")?;
+        run_in(
+            &ns.name,
+            "sysctl",
+            &["-q", "-w", "net.netfilter.nf_conntrack_events=1"],
+        )?;
     }
     let took = write_batches(&ns.name, batches, shape.threads)?;
     let count = kernel_count(&ns.name)?;
@@ -274,7 +263,6 @@ pub fn raw_writer_ceiling(flows: &[Flow], reps: usize) -> Result<Ceiling, BenchE
         without.flows_per_s
     ));
     Ok(Ceiling {
-        runs,
         best: CeilingRun {
             shape: fastest.shape,
             flows_per_s: median,

@@ -234,27 +234,12 @@ fn mix_flow(i: usize, salt: u8) -> Flow {
 /// Let flows carry labels in namespace `ns`: the kernel attaches the
 /// labels extension only once a ruleset uses labels.
 pub fn enable_labels(ns: &str) -> Result<(), BenchError> {
-    let rules = "table inet ctsbench {\n  chain pre {\n    type filter hook prerouting priority 0;\n    ct label 127 counter\n  }\n}\n";
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(rules.as_bytes())
-            .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| BenchError::Command(format!("nft in {ns}: {e}")))?;
-    if !out.status.success() {
-        return Err(BenchError::Command(format!(
-            "nft (labels) in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    for rule in [
+        "add table inet ctsbench",
+        "add chain inet ctsbench pre { type filter hook prerouting priority 0; }",
+        "add rule inet ctsbench pre ct label 127 counter",
+    ] {
+        run_in(ns, "nft", &[rule])?;
     }
     Ok(())
 }
@@ -290,19 +275,25 @@ pub fn check_report(what: &str, report: &WriteReport) -> Result<(), BenchError> 
     }
 }
 
-fn conntrack_in(ns: &str, args: &[&str]) -> Result<String, BenchError> {
+/// Run `cmd args` in namespace `ns`; its standard output, or an error
+/// with its standard error when it fails.
+pub fn run_in(ns: &str, cmd: &str, args: &[&str]) -> Result<String, BenchError> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "conntrack"])
+        .args(["netns", "exec", ns, cmd])
         .args(args)
         .output()
-        .map_err(|e| BenchError::Command(format!("conntrack {args:?} in {ns}: {e}")))?;
+        .map_err(|e| BenchError::Command(format!("{cmd} {args:?} in {ns}: {e}")))?;
     if !out.status.success() {
         return Err(BenchError::Command(format!(
-            "conntrack {args:?} in {ns}: {}",
+            "{cmd} {args:?} in {ns}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn conntrack_in(ns: &str, args: &[&str]) -> Result<String, BenchError> {
+    run_in(ns, "conntrack", args)
 }
 
 /// Flows in a namespace's kernel table (`conntrack -C`).

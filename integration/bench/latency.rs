@@ -123,39 +123,42 @@ fn paced_create(ns: &str, flows: Vec<Flow>, pace: Pace) -> Result<Vec<Instant>, 
     })
 }
 
-fn read_count(probe: &Probe) -> Result<u64, BenchError> {
-    match probe {
-        Probe::External(socket) => {
-            let mut s = UnixStream::connect(socket)
-                .map_err(|e| BenchError::Command(format!("{}: {e}", socket.display())))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .map_err(|e| BenchError::Io(e.to_string()))?;
-            // conntrackd's native STATS request.
-            s.write_all(&21i32.to_ne_bytes())
-                .map_err(|e| BenchError::Io(e.to_string()))?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)
-                .map_err(|e| BenchError::Io(e.to_string()))?;
-            parse_active(&text, "external")
-        }
-        Probe::Kernel(_) => {
-            let text = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
-                .map_err(|e| BenchError::Io(format!("nf_conntrack_count: {e}")))?;
-            text.trim()
-                .parse()
-                .map_err(|_| BenchError::Parse(format!("nf_conntrack_count: {text:?}")))
-        }
-    }
+/// B's external cache count, asked through its control socket.
+fn external_count(socket: &std::path::Path) -> Result<u64, BenchError> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| BenchError::Command(format!("{}: {e}", socket.display())))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| BenchError::Io(e.to_string()))?;
+    // conntrackd's native STATS request.
+    s.write_all(&21i32.to_ne_bytes())
+        .map_err(|e| BenchError::Io(e.to_string()))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| BenchError::Io(e.to_string()))?;
+    parse_active(&text, "external")
+}
+
+/// The kernel table's count in the calling thread's namespace.
+fn kernel_count_here() -> Result<u64, BenchError> {
+    let text = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .map_err(|e| BenchError::Io(format!("nf_conntrack_count: {e}")))?;
+    text.trim()
+        .parse()
+        .map_err(|_| BenchError::Parse(format!("nf_conntrack_count: {text:?}")))
 }
 
 /// Sample `probe` about every millisecond until `stop`; (time, count).
 fn sample(probe: Probe, stop: Arc<AtomicBool>) -> Result<Vec<(Instant, u64)>, BenchError> {
-    if let Probe::Kernel(ns) = &probe {
-        enter_netns(ns);
-    }
+    let read: Box<dyn Fn() -> Result<u64, BenchError>> = match probe {
+        Probe::External(socket) => Box::new(move || external_count(&socket)),
+        Probe::Kernel(ns) => {
+            enter_netns(&ns);
+            Box::new(kernel_count_here)
+        }
+    };
     let mut samples = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let count = read_count(&probe)?;
+        let count = read()?;
         samples.push((Instant::now(), count));
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -198,8 +201,8 @@ pub fn measure(
 /// `probe`'s count now, from any thread.
 fn count_now(probe: &Probe) -> Result<u64, BenchError> {
     match probe {
-        Probe::External(_) => read_count(probe),
-        Probe::Kernel(ns) => crate::lab::in_netns(ns, || read_count(&Probe::Kernel(String::new()))),
+        Probe::External(socket) => external_count(socket),
+        Probe::Kernel(ns) => crate::lab::in_netns(ns, kernel_count_here),
     }
 }
 

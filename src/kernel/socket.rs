@@ -171,26 +171,9 @@ impl NlSocket {
     /// one `send`.
     pub fn set_sndbuf(&self, bytes: usize) -> Result<usize, KernelError> {
         self.set_buffer(bytes, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF")?;
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are valid locals that outlive the call, len
-        // holds value's size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                std::ptr::addr_of_mut!(value).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(KernelError::io(
-                "getsockopt SO_SNDBUF",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(usize::try_from(value).unwrap_or(0))
+        let size = getsockopt_int(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF)
+            .map_err(|e| KernelError::io("getsockopt SO_SNDBUF", e))?;
+        Ok(usize::try_from(size).unwrap_or(0))
     }
 
     /// The receive buffer size the kernel reports.
@@ -350,6 +333,27 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> std::
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid locals that outlive the call; len
+    // holds value's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::addr_of_mut!(value).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(value)
     }
 }
 

@@ -302,7 +302,11 @@ impl Writer {
                 on_sent(count);
                 let _ = free_tx.send(batch);
             }
+            // After a failed send the encoder may be waiting for a free
+            // buffer or for room in the full queue: hang up both ways so
+            // it returns.
             drop(full_rx);
+            drop(free_tx);
             let requests = encoder.join().unwrap_or(0);
             (result, requests)
         });
