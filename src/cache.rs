@@ -471,6 +471,28 @@ impl FlowCache {
         frozen
     }
 
+    /// Each entry's second of last change and the bytes its frozen copy
+    /// takes, in the table's order, without touching the heap: what a
+    /// caller needs to plan a `freeze_into`.
+    pub fn freeze_plan(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.table
+            .iter()
+            .map(|s| (s.updated_s & !QUEUED, FROZEN_HEADER + s.bytes.len()))
+    }
+
+    /// `freeze` into several copies: each entry, in the table's order, goes
+    /// into `out[pick(second of its last change)]`, or nowhere when `pick`
+    /// says `None` (or names no copy). Two calls on an unchanged cache
+    /// visit the entries in the same order, so a stateful `pick` can split
+    /// the cache across calls.
+    pub fn freeze_into(&self, out: &mut [FrozenCache], mut pick: impl FnMut(u32) -> Option<usize>) {
+        for slot in self.table.iter() {
+            if let Some(copy) = pick(slot.updated_s & !QUEUED).and_then(|i| out.get_mut(i)) {
+                copy.push(slot);
+            }
+        }
+    }
+
     /// `freeze` restricted to `keys` (those cached), found by lookup: for
     /// a few flows out of many.
     pub fn freeze_keys<'a>(&self, keys: impl IntoIterator<Item = &'a FlowKey>) -> FrozenCache {
@@ -790,8 +812,13 @@ pub struct FrozenEntry<'a> {
     slot: &'a [u8],
 }
 
+/// Bytes a frozen entry takes before its slot's bytes: its second and
+/// the slot's length.
+const FROZEN_HEADER: usize = 8;
+
 impl FrozenCache {
-    fn with_capacity(bytes: usize) -> FrozenCache {
+    /// An empty copy with room for `bytes` (see `FlowCache::freeze_plan`).
+    pub fn with_capacity(bytes: usize) -> FrozenCache {
         FrozenCache {
             bytes: Vec::with_capacity(bytes),
             len: 0,
@@ -820,13 +847,34 @@ impl FrozenCache {
     pub fn entries(&self) -> impl Iterator<Item = FrozenEntry<'_>> + '_ {
         let mut rest = self.bytes.as_slice();
         std::iter::from_fn(move || {
-            let (head, tail) = rest.split_at_checked(8)?;
-            let updated_s = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            let (slot, tail) = tail.split_at_checked(usize::try_from(len).ok()?)?;
+            let (entry, tail) = Self::entry_at(rest)?;
             rest = tail;
-            Some(FrozenEntry { updated_s, slot })
+            Some(entry)
         })
+    }
+
+    /// The entries, each mapped by `f`, the copy owned by the iterator: for
+    /// a consumer that outlives whoever handed the copy over.
+    pub fn into_mapped<T>(
+        self,
+        mut f: impl FnMut(FrozenEntry<'_>) -> T,
+    ) -> impl Iterator<Item = T> {
+        let mut offset = 0;
+        std::iter::from_fn(move || {
+            let rest = self.bytes.get(offset..)?;
+            let (entry, tail) = Self::entry_at(rest)?;
+            offset = self.bytes.len() - tail.len();
+            Some(f(entry))
+        })
+    }
+
+    /// The entry at the start of `bytes`, and what follows it.
+    fn entry_at(bytes: &[u8]) -> Option<(FrozenEntry<'_>, &[u8])> {
+        let (head, tail) = bytes.split_at_checked(FROZEN_HEADER)?;
+        let updated_s = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let (slot, tail) = tail.split_at_checked(usize::try_from(len).ok()?)?;
+        Some((FrozenEntry { updated_s, slot }, tail))
     }
 }
 

@@ -7,16 +7,23 @@
 //! Must not: touch the kernel (the kernel worker writes) or the live
 //! caches (it reads frozen copies, on the worker's thread).
 
-use crate::cache::{FrozenCache, FrozenEntry};
+use crate::cache::{FlowCache, FrozenCache, FrozenEntry};
 use crate::flow::{Flow, FlowKey};
 use foldhash::HashSet;
+use std::sync::mpsc::Receiver;
 
 /// conntrackd's floor for a commit timeout whose estimate ran out.
 pub(super) const COMMIT_TIMEOUT_FLOOR: u32 = 60;
 
-/// Flows the first step of a commit without warm standby writes before
-/// the rest is gathered: the most recently active ones.
-pub(super) const URGENT_COMMIT: usize = 16_384;
+/// Flows the first step of a commit without warm standby writes while
+/// the rest is copied: the most recently active ones. About 65 ms of
+/// writing, longer than copying a million flows takes.
+pub(super) const URGENT_COMMIT: usize = 32_768;
+
+/// Age classes of the rest of such a commit: an entry last changed `age`
+/// seconds ago is in class `bits(age)` (0 s; 1 s; 2-3 s; 4-7 s; ...), and
+/// the classes go in youngest first.
+const AGE_CLASSES: usize = 33;
 
 /// How a commit proceeds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,10 +62,120 @@ impl CommitPlan {
 /// The peers' flows to commit, frozen when the commit began.
 pub(super) struct CommitSource {
     pub caches: Vec<FrozenCache>,
+    /// The rest of a commit most recently active first (`caches` holding
+    /// the most recent flows): the owner copies it while the worker
+    /// writes those, and sends it here by age class, youngest first.
+    pub later: Option<Receiver<Vec<FrozenCache>>>,
     /// The owner's clock when the caches were frozen.
     pub now_ms: u64,
     /// `[kernel] commit_timeout`: every written flow gets it.
     pub configured_timeout: Option<u32>,
+}
+
+/// How the owner splits its peers' caches for a commit most recently
+/// active first: the `limit` most recently changed entries are copied
+/// before the commit starts (`freeze_recent`), the rest while it writes
+/// those (`freeze_rest`), by age class. The caches must not change in
+/// between: both walk them in the same order.
+pub(super) struct RecentSplit {
+    /// Entries changed after this second are recent...
+    cut_s: u32,
+    /// ...and, per cache, this many of its entries of that second, the
+    /// first in its order.
+    at_cut: Vec<usize>,
+    /// The owner's clock in seconds, for the age classes.
+    now_s: u32,
+    /// Bytes each age class takes frozen (recent entries included).
+    class_bytes: [usize; AGE_CLASSES],
+}
+
+/// The age class of an entry last changed at `stamp_s`.
+fn age_class(now_s: u32, stamp_s: u32) -> usize {
+    (u32::BITS - now_s.saturating_sub(stamp_s).leading_zeros()) as usize
+}
+
+impl RecentSplit {
+    /// Copy the `limit` most recently changed entries of `caches` (by the
+    /// second of their last change) into one frozen cache; returns it and
+    /// the split that `freeze_rest` follows. Reads every entry's stamp
+    /// in place, copies only the recent ones.
+    pub(super) fn freeze_recent(
+        caches: &[&FlowCache],
+        limit: usize,
+        now_ms: u64,
+    ) -> (FrozenCache, RecentSplit) {
+        let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let mut class_bytes = [0; AGE_CLASSES];
+        let mut stamps = Vec::with_capacity(caches.iter().map(|c| c.len()).sum());
+        for cache in caches {
+            for (stamp, bytes) in cache.freeze_plan() {
+                stamps.push(stamp);
+                class_bytes[age_class(now_s, stamp)] += bytes;
+            }
+        }
+        // The cut: the limit-th most recent stamp; of that second only as
+        // many as fill the limit are recent.
+        let (cut_s, mut quota) = if limit == 0 {
+            (u32::MAX, 0)
+        } else if stamps.len() <= limit {
+            (0, usize::MAX)
+        } else {
+            let (_, &mut cut, _) =
+                stamps.select_nth_unstable_by_key(limit - 1, |s| std::cmp::Reverse(*s));
+            let newer = stamps.iter().filter(|&&s| s > cut).count();
+            (cut, limit - newer)
+        };
+        let mut recent = [FrozenCache::with_capacity(limit.min(stamps.len()) * 64)];
+        let mut at_cut = Vec::with_capacity(caches.len());
+        for cache in caches {
+            let mut taken = 0;
+            cache.freeze_into(&mut recent, |stamp| {
+                if stamp > cut_s || (stamp == cut_s && quota > 0) {
+                    if stamp == cut_s {
+                        quota -= 1;
+                        taken += 1;
+                    }
+                    Some(0)
+                } else {
+                    None
+                }
+            });
+            at_cut.push(taken);
+        }
+        let [recent] = recent;
+        let split = RecentSplit {
+            cut_s,
+            at_cut,
+            now_s,
+            class_bytes,
+        };
+        (recent, split)
+    }
+
+    /// Copy every entry of `caches` that `freeze_recent` left, by age
+    /// class, youngest first (empty classes left out).
+    pub(super) fn freeze_rest(&self, caches: &[&FlowCache]) -> Vec<FrozenCache> {
+        let mut classes: Vec<FrozenCache> = self
+            .class_bytes
+            .iter()
+            .map(|&bytes| FrozenCache::with_capacity(bytes))
+            .collect();
+        for (cache, &taken) in caches.iter().zip(&self.at_cut) {
+            let mut skip = taken;
+            cache.freeze_into(&mut classes, |stamp| {
+                if stamp > self.cut_s {
+                    None
+                } else if stamp == self.cut_s && skip > 0 {
+                    skip -= 1;
+                    None
+                } else {
+                    Some(age_class(self.now_s, stamp))
+                }
+            });
+        }
+        classes.retain(|c| !c.is_empty());
+        classes
+    }
 }
 
 /// How recently a peer reported a flow: when it last reported a change (or
@@ -87,6 +204,20 @@ pub(super) fn commit_timeout(
     })
 }
 
+/// A frozen entry decoded into the flow a commit writes, with its
+/// recency.
+fn decode_for_commit(
+    entry: &FrozenEntry<'_>,
+    now_ms: u64,
+    configured: Option<u32>,
+) -> ((u64, u64), Flow) {
+    let entry = entry.entry();
+    let rank = recency(entry.updated_ms, entry.flow.timeout);
+    let mut flow = entry.flow;
+    flow.timeout = commit_timeout(flow.timeout, entry.updated_ms, now_ms, configured);
+    (rank, flow)
+}
+
 impl CommitSource {
     pub(super) fn len(&self) -> usize {
         self.caches.iter().map(FrozenCache::len).sum()
@@ -98,16 +229,7 @@ impl CommitSource {
 
     /// Decode an entry into the flow a commit writes, with its recency.
     fn decoded(&self, entry: &FrozenEntry<'_>) -> ((u64, u64), Flow) {
-        let entry = entry.entry();
-        let rank = recency(entry.updated_ms, entry.flow.timeout);
-        let mut flow = entry.flow;
-        flow.timeout = commit_timeout(
-            flow.timeout,
-            entry.updated_ms,
-            self.now_ms,
-            self.configured_timeout,
-        );
-        (rank, flow)
+        decode_for_commit(entry, self.now_ms, self.configured_timeout)
     }
 
     fn sorted(mut ranked: Vec<((u64, u64), Flow)>) -> Vec<Flow> {
@@ -115,36 +237,32 @@ impl CommitSource {
         ranked.into_iter().map(|(_, flow)| flow).collect()
     }
 
-    /// The `limit` most recently changed flows (by the second of their
-    /// last change), most recent first; only those are decoded.
-    pub(super) fn most_recent(&self, limit: usize) -> Vec<Flow> {
-        let mut stamps: Vec<(u64, FrozenEntry<'_>)> =
-            self.entries().map(|e| (e.updated_ms(), e)).collect();
-        if stamps.len() > limit && limit > 0 {
-            stamps.select_nth_unstable_by_key(limit - 1, |(t, _)| std::cmp::Reverse(*t));
-        }
-        stamps.truncate(limit);
-        let ranked = stamps.iter().map(|(_, e)| self.decoded(e)).collect();
-        Self::sorted(ranked)
+    /// Every flow of `caches` by the second of its last change, most
+    /// recent first (within a second in no set order): ranked at once,
+    /// decoded one at a time as the iterator is advanced.
+    pub(super) fn recent_first(&self) -> impl Iterator<Item = Flow> + Send + '_ {
+        let mut entries: Vec<FrozenEntry<'_>> =
+            self.caches.iter().flat_map(FrozenCache::entries).collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.updated_ms()));
+        let (now_ms, configured) = (self.now_ms, self.configured_timeout);
+        entries
+            .into_iter()
+            .map(move |e| decode_for_commit(&e, now_ms, configured).1)
     }
 
-    /// Every flow whose key `keep` accepts, by the second of its last
-    /// change, most recent first (within a second in no set order), ranked
-    /// when first asked for and decoded one at a time as the iterator is
-    /// advanced: a commit's encoder takes them while the kernel inserts
-    /// the flows before them.
-    pub(super) fn recent_first_lazy<'a>(
-        &'a self,
-        keep: impl Fn(&FlowKey) -> bool + Send + 'a,
-    ) -> impl Iterator<Item = Flow> + Send + 'a {
+    /// The flows the owner sends to `later` (none without it), age class
+    /// by age class, decoded one at a time as the iterator is advanced: a
+    /// commit's encoder waits for them, if it must, once it has taken the
+    /// flows before them, and takes them while the kernel inserts those.
+    pub(super) fn later_flows(&mut self) -> impl Iterator<Item = Flow> + Send + 'static {
+        let later = self.later.take();
+        let (now_ms, configured) = (self.now_ms, self.configured_timeout);
         std::iter::once(())
-            .flat_map(move |()| {
-                let mut entries: Vec<FrozenEntry<'a>> = self.entries().collect();
-                entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.updated_ms()));
-                entries
+            .flat_map(move |()| later.as_ref().and_then(|rx| rx.recv().ok()))
+            .flatten()
+            .flat_map(move |class| {
+                class.into_mapped(move |e| decode_for_commit(&e, now_ms, configured).1)
             })
-            .filter(move |e| keep(&e.key()))
-            .map(move |e| self.decoded(&e).1)
     }
 
     /// Every flow whose key `keep` accepts, most recently active first.
@@ -162,31 +280,45 @@ impl CommitSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::FlowCache;
     use crate::flow::test_flows::udp;
 
-    fn source(flows: &[(u16, u64)], now_ms: u64, configured: Option<u32>) -> CommitSource {
+    /// A cache of UDP flows, each `(source port, last changed at ms)`.
+    fn cache(flows: &[(u16, u64)]) -> FlowCache {
         let mut cache = FlowCache::with_seed(1);
         for &(port, at_ms) in flows {
             let mut f = udp(port);
             f.timeout = 120;
             cache.upsert(f, at_ms);
         }
+        cache
+    }
+
+    fn source(flows: &[(u16, u64)], now_ms: u64, configured: Option<u32>) -> CommitSource {
         CommitSource {
-            caches: vec![cache.freeze()],
+            caches: vec![cache(flows).freeze()],
+            later: None,
             now_ms,
             configured_timeout: configured,
         }
     }
 
-    fn ports(flows: &[Flow]) -> Vec<u16> {
+    fn ports(flows: impl IntoIterator<Item = Flow>) -> Vec<u16> {
         flows
-            .iter()
+            .into_iter()
             .map(|f| match f.orig.l4 {
                 crate::flow::L4::Ports { src, .. } => src,
                 _ => 0,
             })
             .collect()
+    }
+
+    fn frozen_ports(copies: &[FrozenCache]) -> Vec<u16> {
+        ports(
+            copies
+                .iter()
+                .flat_map(FrozenCache::entries)
+                .map(|e| e.entry().flow),
+        )
     }
 
     #[test]
@@ -226,20 +358,94 @@ mod tests {
             None,
         );
         assert_eq!(src.len(), 4);
-        assert_eq!(ports(&src.ordered(|_| true)), vec![2, 3, 4, 1]);
-        assert_eq!(ports(&src.most_recent(2)), vec![2, 3]);
+        assert_eq!(ports(src.ordered(|_| true)), vec![2, 3, 4, 1]);
+        assert_eq!(ports(src.recent_first()), vec![2, 3, 4, 1]);
         let all = src.ordered(|_| true);
         assert_eq!(all[0].timeout, 110, "120 s on the wire, 10 s ago");
     }
 
     #[test]
-    fn the_rest_of_a_commit_leaves_out_what_went_first() {
-        let src = source(&[(1, 1_000), (2, 2_000), (3, 3_000)], 4_000, Some(300));
-        let first: HashSet<FlowKey> = src.most_recent(1).iter().map(Flow::key).collect();
-        let rest = src.ordered(|k| !first.contains(k));
-        assert_eq!(ports(&rest), vec![2, 1]);
-        assert!(rest.iter().all(|f| f.timeout == 300));
-        let lazy: Vec<Flow> = src.recent_first_lazy(|k| !first.contains(k)).collect();
-        assert_eq!(lazy, rest);
+    fn the_split_copies_each_flow_once_the_most_recent_first() {
+        // Two peers; second 30 holds four flows across both, and the cut
+        // falls inside it: 3 newer than 30 s plus 2 of those four.
+        let a = cache(&[
+            (1, 31_000),
+            (2, 30_000),
+            (3, 10_000),
+            (4, 30_500),
+            (5, 33_000),
+        ]);
+        let b = cache(&[(6, 30_000), (7, 32_000), (8, 1_000), (9, 30_900)]);
+        let caches = [&a, &b];
+        let (recent, split) = RecentSplit::freeze_recent(&caches, 5, 40_000);
+        let rest = split.freeze_rest(&caches);
+        let mut recent_ports = frozen_ports(std::slice::from_ref(&recent));
+        let rest_ports = frozen_ports(&rest);
+        assert_eq!(recent_ports.len(), 5);
+        assert_eq!(rest_ports.len(), 4);
+        // The three newer than second 30 are recent; of second 30 two are,
+        // the other two are the youngest of the rest.
+        for newer in [1, 5, 7] {
+            assert!(recent_ports.contains(&newer), "{recent_ports:?}");
+        }
+        assert!(rest_ports[..2].iter().all(|p| [2, 4, 6, 9].contains(p)));
+        // Then by age class: 3 is 30 s old (class 5), 8 is 39 s (class 6).
+        assert_eq!(rest_ports[2..], [3, 8]);
+        recent_ports.extend(&rest_ports);
+        recent_ports.sort_unstable();
+        assert_eq!(
+            recent_ports,
+            (1..=9).collect::<Vec<_>>(),
+            "each flow exactly once"
+        );
+    }
+
+    #[test]
+    fn the_rest_goes_youngest_age_class_first() {
+        // Now 1000 s; ages 0, 1, 3, 100 and 900 s: five classes.
+        let c = cache(&[
+            (1, 100_000),
+            (2, 900_000),
+            (3, 997_000),
+            (4, 999_000),
+            (5, 1_000_000),
+        ]);
+        let (recent, split) = RecentSplit::freeze_recent(&[&c], 0, 1_000_000);
+        assert!(recent.is_empty());
+        let rest = split.freeze_rest(&[&c]);
+        assert_eq!(rest.len(), 5, "one copy per non-empty class");
+        assert_eq!(frozen_ports(&rest), vec![5, 4, 3, 2, 1]);
+        // A limit past the size takes everything now, nothing later.
+        let (recent, split) = RecentSplit::freeze_recent(&[&c], 10, 1_000_000);
+        assert_eq!(recent.len(), 5);
+        assert!(split.freeze_rest(&[&c]).is_empty());
+    }
+
+    #[test]
+    fn a_commit_takes_the_recent_flows_then_what_the_owner_sends_later() {
+        // 2 is 3 s old (age class 2), 1 is 9 s old (class 4).
+        let c = cache(&[(1, 1_000), (2, 7_000), (3, 8_000), (4, 9_000)]);
+        let (recent, split) = RecentSplit::freeze_recent(&[&c], 2, 10_000);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut src = CommitSource {
+            caches: vec![recent],
+            later: Some(rx),
+            now_ms: 10_000,
+            configured_timeout: Some(300),
+        };
+        let rest = src.later_flows();
+        // The owner copies the rest after the commit began.
+        tx.send(split.freeze_rest(&[&c])).unwrap();
+        let flows: Vec<Flow> = src.recent_first().chain(rest).collect();
+        assert!(flows.iter().all(|f| f.timeout == 300));
+        assert_eq!(ports(flows), vec![4, 3, 2, 1]);
+        // An owner that hung up ends the commit after the recent flows.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FrozenCache>>(1);
+        drop(tx);
+        let mut src = CommitSource {
+            later: Some(rx),
+            ..source(&[(1, 1_000)], 10_000, None)
+        };
+        assert_eq!(src.later_flows().count(), 0);
     }
 }

@@ -7,7 +7,7 @@
 //! between jobs beyond its sockets, or decide policy (the owner picks the
 //! commit plan; `commit_plan` orders the flows).
 
-use super::commit_plan::{CommitPlan, CommitSource, URGENT_COMMIT};
+use super::commit_plan::{CommitPlan, CommitSource};
 use super::warm_standby::lost_from_table;
 use crate::cache::FrozenCache;
 use crate::control::Reply;
@@ -275,14 +275,14 @@ fn commit_flows(
             Ok(report)
         }
         CommitPlan::RecentFirst => {
-            // The most recently active flows go in at once; the rest is
-            // ranked and decoded by the writer's encoder as it goes.
-            let urgent = source.most_recent(URGENT_COMMIT);
-            let urgent_keys: HashSet<FlowKey> = urgent.iter().map(Flow::key).collect();
-            let rest = source.recent_first_lazy(move |k| !urgent_keys.contains(k));
+            // The most recently active flows go in at once; the rest, which
+            // the owner copies meanwhile, is decoded by the writer's
+            // encoder as it goes.
+            let mut source = source;
+            let rest = source.later_flows();
             Ok(write_flows(
                 writer,
-                urgent.into_iter().chain(rest),
+                source.recent_first().chain(rest),
                 options,
                 progress,
             ))

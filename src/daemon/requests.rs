@@ -5,10 +5,11 @@
 //! off-thread rendering, and answering the client. Must not: walk a cache
 //! here (freeze it and hand the copy over) or write to the kernel.
 
-use super::commit_plan::{CommitPlan, CommitSource};
+use super::commit_plan::{CommitPlan, CommitSource, RecentSplit, URGENT_COMMIT};
 use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
 use super::views::{self, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
+use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
 use crate::kernel::write::CreateOptions;
 use crate::process;
@@ -175,28 +176,40 @@ impl Daemon {
             Some(warm) => CommitPlan::choose(true, warm.intact(), events_on, || warm.missing()),
             None => CommitPlan::choose(false, false, events_on, Default::default),
         };
-        let peer_caches = self
-            .node
-            .external()
-            .iter()
-            .filter(|(id, _)| tables.flows && peer.is_none_or(|p| p == **id))
-            .map(|(_, cache)| cache);
+        let peer_caches = self.commit_caches(peer, tables);
         // Warm standby with the mirror intact writes a few flows: copy only
-        // those. Otherwise the worker walks every flow: copy them all.
-        let caches = match &plan {
-            CommitPlan::OnlyMissing(missing) => {
-                peer_caches.map(|c| c.freeze_keys(missing)).collect()
-            }
-            CommitPlan::Verify(_) | CommitPlan::RecentFirst => {
-                peer_caches.map(|c| c.freeze()).collect()
+        // those. Verifying walks every flow: copy them all. Otherwise copy
+        // the most recently active flows now and the rest once the worker
+        // writes those.
+        let (caches, split) = match &plan {
+            CommitPlan::OnlyMissing(missing) => (
+                peer_caches.iter().map(|c| c.freeze_keys(missing)).collect(),
+                None,
+            ),
+            CommitPlan::Verify(_) => (peer_caches.iter().map(|c| c.freeze()).collect(), None),
+            CommitPlan::RecentFirst => {
+                let t = Instant::now();
+                let (recent, rest) =
+                    RecentSplit::freeze_recent(&peer_caches, URGENT_COMMIT, now_ms);
+                tracing::debug!(took = ?t.elapsed(), "commit: most recent flows copied");
+                (vec![recent], Some(rest))
             }
         };
+        let (later_tx, later) = split
+            .as_ref()
+            .map(|_| std::sync::mpsc::sync_channel(1))
+            .unzip();
         let source = CommitSource {
             caches,
+            later,
             now_ms,
             configured_timeout: self.config.kernel.commit_timeout,
         };
-        let total = source.len() as u64;
+        let total = if source.later.is_some() {
+            peer_caches.iter().map(|c| c.len()).sum::<usize>() as u64
+        } else {
+            source.len() as u64
+        };
         self.commit_progress.store(0, Ordering::Relaxed);
         self.commit_counters.running = true;
         self.commit_counters.done = 0;
@@ -235,6 +248,25 @@ impl Daemon {
             expectations,
         };
         self.submit(Job::Commit(job, Some(reply)));
+        if let (Some(split), Some(tx)) = (split, later_tx) {
+            // Unchanged since `freeze_recent`: nothing ran in between.
+            let t = Instant::now();
+            let rest = split.freeze_rest(&self.commit_caches(peer, tables));
+            tracing::debug!(took = ?t.elapsed(), "commit: the rest copied");
+            // A commit that failed early has hung up: nothing to do.
+            let _ = tx.send(rest);
+        }
+    }
+
+    /// The peer caches a commit writes: every peer's or one peer's, if it
+    /// writes flows at all; always in the same order.
+    fn commit_caches(&self, peer: Option<u32>, tables: Tables) -> Vec<&FlowCache> {
+        self.node
+            .external()
+            .iter()
+            .filter(|(id, _)| tables.flows && peer.is_none_or(|p| p == **id))
+            .map(|(_, cache)| cache)
+            .collect()
     }
 
     pub(super) fn commit_done(
