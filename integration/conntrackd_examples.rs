@@ -145,6 +145,7 @@ fn build(
             socket: dir.join(format!("{name}.ctl")),
             log: dir.join(format!("{name}.out")),
             daemon: None,
+            unit_binary: None,
         };
         must("ip", &["netns", "add", &node.ns]);
         must("ip", &["-n", &node.ns, "link", "set", "lo", "up"]);

@@ -132,6 +132,7 @@ impl Pair {
             socket: dir.join("ctsyncd.sock"),
             log: dir.join("ctsyncd.log"),
             daemon: None,
+            unit_binary: None,
         };
         let pair = Pair {
             conf: dir.join("conntrackd.conf"),

@@ -286,9 +286,12 @@ fn completion_bound(n: usize) -> Duration {
 pub struct Figures {
     pub commit_s: Option<f64>,
     pub commit_rate: Option<f64>,
-    /// The raw writer into an empty namespace while A holds its N flows:
-    /// the same global conntrack table load the commit meets.
+    /// B's daemon's CPU seconds during the commit.
     pub commit_cpu_s: Option<f64>,
+    /// The ceiling's shape once more right after this commit, every daemon
+    /// stopped, into a fresh namespace (flows/s): what the kernel took at
+    /// the commit's moment, which can differ from the start of the run.
+    pub ceiling_after_commit: Option<f64>,
     pub burst_s: Option<f64>,
     pub burst_complete_s: Option<f64>,
     pub burst_lost: Option<f64>,
@@ -318,6 +321,7 @@ impl Figures {
             commit_s: m(|f| f.commit_s),
             commit_rate: m(|f| f.commit_rate),
             commit_cpu_s: m(|f| f.commit_cpu_s),
+            ceiling_after_commit: m(|f| f.ceiling_after_commit),
             burst_s: m(|f| f.burst_s),
             burst_complete_s: m(|f| f.burst_complete_s),
             burst_lost: m(|f| f.burst_lost),
@@ -1000,6 +1004,22 @@ fn rows(
             Target::CtsyncdAtLeast(1.0),
         ));
         rows.push(Row::new(
+            "raw_after_commit",
+            "raw writer ceiling's shape right after each commit, every daemon stopped (flows/s)",
+            c.ceiling_after_commit,
+            d.ceiling_after_commit,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_vs_raw_after",
+            "commit rate ÷ that rate",
+            ratio(c.commit_rate, c.ceiling_after_commit),
+            ratio(d.commit_rate, d.ceiling_after_commit),
+            false,
+            Target::CtsyncdAtLeast(1.0),
+        ));
+        rows.push(Row::new(
             "commit_cpu_s",
             "B's daemon CPU during the commit (s)",
             c.commit_cpu_s,
@@ -1170,8 +1190,13 @@ fn rows(
 }
 
 /// Both systems' phases `cfg.reps` times, which goes first alternating;
-/// each figure's median.
-fn compare(cfg: &BenchConfig, notes: &mut Vec<String>) -> (Figures, Figures) {
+/// each figure's median. With the raw writer's `ceiling` shape, each
+/// commit is followed by that shape's rate at that moment.
+fn compare(
+    cfg: &BenchConfig,
+    ceiling: Option<ceiling::Shape>,
+    notes: &mut Vec<String>,
+) -> (Figures, Figures) {
     let n = cfg.flows;
     let mut cts_runs = Vec::new();
     let mut ctd_runs = Vec::new();
@@ -1186,13 +1211,17 @@ fn compare(cfg: &BenchConfig, notes: &mut Vec<String>) -> (Figures, Figures) {
             ));
             if ctsyncd {
                 let mut sys = Ctsyncd::new("");
-                cts_runs.push(measure(&mut sys, cfg, notes));
+                let mut f = measure(&mut sys, cfg, notes);
                 wind_down(&mut sys);
+                f.ceiling_after_commit = ceiling_after_commit(&f, ceiling, n, notes);
+                cts_runs.push(f);
             } else if cfg.with_conntrackd {
                 match Conntrackd::new(n) {
                     Ok(mut sys) => {
-                        ctd_runs.push(measure(&mut sys, cfg, notes));
+                        let mut f = measure(&mut sys, cfg, notes);
                         wind_down(&mut sys);
+                        f.ceiling_after_commit = ceiling_after_commit(&f, ceiling, n, notes);
+                        ctd_runs.push(f);
                     }
                     Err(e) => notes.push(format!("conntrackd: {e}")),
                 }
@@ -1203,6 +1232,31 @@ fn compare(cfg: &BenchConfig, notes: &mut Vec<String>) -> (Figures, Figures) {
         notes.push("conntrackd: not measured (--ctsyncd-only)".into());
     }
     (Figures::median(&cts_runs), Figures::median(&ctd_runs))
+}
+
+/// After a repetition that committed (its daemons stopped, so that no
+/// conntrack listener anywhere makes the kernel build events), the
+/// ceiling's `shape` once more into a fresh namespace: flows/s.
+fn ceiling_after_commit(
+    f: &Figures,
+    shape: Option<ceiling::Shape>,
+    n: usize,
+    notes: &mut Vec<String>,
+) -> Option<f64> {
+    let shape = shape?;
+    f.commit_rate?;
+    settle(SETTLE_BOUND);
+    let run = keep(
+        notes,
+        "raw writer after the commit",
+        ceiling::measure_shape(&tcp_flows(n, 0), shape, ceiling::Events::EveryFlow),
+    )?;
+    progress(&format!(
+        "raw writer right after the commit: {:.0} flows/s",
+        run.flows_per_s
+    ));
+    settle(SETTLE_BOUND);
+    Some(run.flows_per_s)
 }
 
 /// Run the benchmark.
@@ -1258,7 +1312,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
                 .collect(),
             ..cfg.clone()
         };
-        compare(&main, &mut notes)
+        compare(&main, ceiling.as_ref().map(|c| c.best.shape), &mut notes)
     };
     let latency = if cfg.wants(Workload::Latency) {
         progress("replication latency: steady rate and burst");
@@ -1266,7 +1320,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
             only: [Workload::Latency].into_iter().collect(),
             ..cfg.clone()
         };
-        let (c, d) = compare(&sub, &mut notes);
+        let (c, d) = compare(&sub, None, &mut notes);
         progress("replication latency to B's kernel (ctsyncd, warm standby)");
         let warm = warm_latency_phase(cfg, &mut notes);
         Some((c, d, warm))
@@ -1282,7 +1336,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
             flow_set: FlowSet::Mix,
             ..cfg.clone()
         };
-        Some(compare(&sub, &mut notes))
+        Some(compare(&sub, None, &mut notes))
     } else {
         None
     };

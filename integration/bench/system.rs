@@ -45,9 +45,13 @@ pub trait System {
     fn control_socket(&self, side: Side) -> std::path::PathBuf;
 }
 
-/// ctsyncd in the lab, with the lab's TOML.
+/// ctsyncd in the lab, with the lab's TOML, run as the shipped unit runs
+/// it: as an unprivileged user with CAP_NET_ADMIN and CAP_SYS_NICE alone
+/// (see `Lab::run_as_unit_user`).
 pub struct Ctsyncd {
     pub lab: Lab,
+    /// Key files the daemons read, handed to their user at the first start.
+    key_files: Vec<std::path::PathBuf>,
 }
 
 impl Ctsyncd {
@@ -61,11 +65,13 @@ impl Ctsyncd {
                 sync_extra: sync_extra.to_string(),
                 ..LabSpec::default()
             }),
+            key_files: Vec::new(),
         }
     }
 
-    /// As `new("")`, with `[auth] key_file`: a fresh key (root's, 0600)
-    /// in the lab's directory.
+    /// As `new("")`, with `[auth] key_file`: a fresh key (mode 0600, handed
+    /// to the daemons' user at their first start) in a directory of its
+    /// own.
     pub fn with_keys() -> Result<Ctsyncd, BenchError> {
         let dir = Ctsyncd::keys_dir();
         std::fs::create_dir_all(&dir).map_err(|e| BenchError::Io(e.to_string()))?;
@@ -89,6 +95,7 @@ impl Ctsyncd {
                 tables: format!("[auth]\nkey_file = \"{}\"\n\n", file.display()),
                 ..LabSpec::default()
             }),
+            key_files: vec![file],
         })
     }
 
@@ -152,6 +159,12 @@ impl System for Ctsyncd {
     }
 
     fn start(&mut self, side: Side) -> Result<(), BenchError> {
+        if self.lab.a.unit_binary.is_none() {
+            let keys: Vec<&std::path::Path> = self.key_files.iter().map(|k| k.as_path()).collect();
+            self.lab
+                .run_as_unit_user(&keys)
+                .map_err(|e| BenchError::Daemon(format!("run as the unit's user: {e}")))?;
+        }
         self.node_mut(side)
             .try_start(START_WITHIN)
             .map_err(BenchError::Daemon)

@@ -89,7 +89,18 @@ pub struct Node {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub daemon: Option<Child>,
+    /// Set by [`Lab::run_as_unit_user`]: the daemon's binary, copied where
+    /// that user reaches it; the daemon then starts as the shipped unit
+    /// runs it.
+    pub unit_binary: Option<PathBuf>,
 }
+
+/// The user a daemon started as the shipped unit runs it has: nobody, as
+/// unprivileged as the unit's own `ctsync` user.
+pub const UNIT_UID: u32 = 65534;
+/// The capabilities the shipped unit (systemd/ctsyncd.service) grants, in
+/// setpriv's spelling.
+pub const UNIT_CAPS: &str = "+net_admin,+sys_nice";
 
 impl Node {
     /// Run `ctsyncd -C <config> args...` as a client; returns the output.
@@ -122,6 +133,35 @@ impl Node {
         run("ip", &all)
     }
 
+    /// The command that starts this node's daemon in its namespace: as
+    /// root, or (see [`Lab::run_as_unit_user`]) as the unit's user with
+    /// the unit's capabilities alone, ambient and bounding, and no new
+    /// privileges.
+    fn daemon_command(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]);
+        match &self.unit_binary {
+            None => {
+                cmd.arg(ctsyncd_bin());
+            }
+            Some(bin) => {
+                cmd.arg("setpriv")
+                    .arg(format!("--reuid={UNIT_UID}"))
+                    .arg(format!("--regid={UNIT_UID}"))
+                    .arg("--clear-groups")
+                    .arg(format!("--inh-caps=-all,{UNIT_CAPS}"))
+                    .arg(format!("--ambient-caps=-all,{UNIT_CAPS}"))
+                    .arg(format!("--bounding-set=-all,{UNIT_CAPS}"))
+                    .arg("--no-new-privs")
+                    .arg(bin);
+            }
+        }
+        cmd.args(["-C", self.config.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Start the daemon in the foreground (as systemd would) and wait until
     /// its control socket answers.
     pub fn start(&mut self) {
@@ -133,13 +173,9 @@ impl Node {
         assert!(self.daemon.is_none(), "{} already running", self.name);
         let log = File::create(&self.log).expect("create daemon log");
         let err = log.try_clone().expect("clone log handle");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(ctsyncd_bin())
-            .args(["-C", self.config.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "info")
+        let child = self
+            .daemon_command()
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
@@ -179,12 +215,8 @@ impl Node {
         let err = log
             .try_clone()
             .map_err(|e| format!("clone log handle: {e}"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(ctsyncd_bin())
-            .args(["-C", self.config.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+        let child = self
+            .daemon_command()
             .stdout(log)
             .stderr(err)
             .spawn()
@@ -427,6 +459,7 @@ impl Lab {
             socket: dir.join(format!("{name}.sock")),
             log: dir.join(format!("{name}.log")),
             daemon: None,
+            unit_binary: None,
         };
         let lab = Lab {
             a: node("a"),
@@ -590,6 +623,50 @@ impl Lab {
         let mut all = vec![&self.a, &self.b];
         all.extend(self.c.as_ref());
         all
+    }
+
+    /// Start every daemon from now on as the shipped unit runs it (see
+    /// [`Node::daemon_command`]): the binary copied into the lab's
+    /// directory, which that user may then enter; the configurations made
+    /// readable, each control socket moved into a directory the user owns;
+    /// `key_files` handed to the user (a key file must be the daemon's
+    /// own, mode 0600).
+    pub fn run_as_unit_user(&mut self, key_files: &[&Path]) -> Result<(), String> {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("lab directory", e))?;
+        let bin = self.dir.join("ctsyncd");
+        std::fs::copy(ctsyncd_bin(), &bin).map_err(|e| io("copy ctsyncd", e))?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("ctsyncd copy", e))?;
+        let run = self.dir.join("run");
+        std::fs::create_dir_all(&run).map_err(|e| io("run directory", e))?;
+        chown(&run, Some(UNIT_UID), Some(UNIT_UID)).map_err(|e| io("chown run", e))?;
+        for key in key_files {
+            chown(key, Some(UNIT_UID), Some(UNIT_UID)).map_err(|e| io("chown key file", e))?;
+            if let Some(dir) = key.parent() {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| io("key directory", e))?;
+            }
+        }
+        for node in self.nodes_mut() {
+            let socket = run.join(format!("{}.sock", node.name));
+            let text = std::fs::read_to_string(&node.config).map_err(|e| io("config", e))?;
+            let moved = text.replace(
+                &format!("socket = \"{}\"", node.socket.display()),
+                &format!("socket = \"{}\"", socket.display()),
+            );
+            if moved == text {
+                return Err(format!("{}: no socket line to move", node.config.display()));
+            }
+            std::fs::write(&node.config, moved).map_err(|e| io("config", e))?;
+            std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| io("config", e))?;
+            node.socket = socket;
+            node.unit_binary = Some(bin.clone());
+        }
+        Ok(())
     }
 
     pub fn nodes_mut(&mut self) -> Vec<&mut Node> {
