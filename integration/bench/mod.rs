@@ -1514,22 +1514,32 @@ fn mix_rows(c: &Figures, d: &Figures) -> Vec<Row> {
     ]
 }
 
-/// The bytes and CPU phases on a ctsyncd pair with keys.
+/// The bytes and CPU phases on a ctsyncd pair with keys, `cfg.reps`
+/// times (a fresh pair and key each time); each figure's median.
 fn keyed_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> WithKeys {
     let sub = BenchConfig {
         only: [Workload::Bytes, Workload::Cpu].into_iter().collect(),
         ..cfg.clone()
     };
-    let mut sys = match Ctsyncd::with_keys() {
-        Ok(sys) => sys,
-        Err(e) => {
-            notes.push(format!("ctsyncd with keys: {e}"));
-            return WithKeys::default();
-        }
-    };
-    let f = measure(&mut sys, &sub, notes);
-    wind_down(&mut sys);
-    sys.remove_keys();
+    let mut runs = Vec::new();
+    for rep in 0..cfg.reps {
+        progress(&format!(
+            "ctsyncd with keys: repetition {} of {}",
+            rep + 1,
+            cfg.reps
+        ));
+        let mut sys = match Ctsyncd::with_keys() {
+            Ok(sys) => sys,
+            Err(e) => {
+                notes.push(format!("ctsyncd with keys: {e}"));
+                break;
+            }
+        };
+        runs.push(measure(&mut sys, &sub, notes));
+        wind_down(&mut sys);
+        sys.remove_keys();
+    }
+    let f = Figures::median(&runs);
     WithKeys {
         cpu_per_100k: f.cpu_per_100k,
         bytes_new: f.bytes_new,
