@@ -426,22 +426,6 @@ impl FlowCache {
         self.table.iter().map(Slot::entry)
     }
 
-    /// Decoded copies of the `k` most recently changed entries (by the
-    /// second of their last change), latest first; only those are decoded.
-    pub fn most_recent(&self, k: usize) -> Vec<CacheEntry> {
-        let mut stamps: Vec<(u32, &Slot)> = self
-            .table
-            .iter()
-            .map(|s| (s.updated_s & !QUEUED, s))
-            .collect();
-        if stamps.len() > k && k > 0 {
-            stamps.select_nth_unstable_by_key(k - 1, |(t, _)| std::cmp::Reverse(*t));
-        }
-        stamps.truncate(k);
-        stamps.sort_unstable_by_key(|(t, _)| std::cmp::Reverse(*t));
-        stamps.into_iter().map(|(_, s)| s.entry()).collect()
-    }
-
     pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
         self.table.iter().map(slot_key)
     }

@@ -1013,7 +1013,7 @@ fn rows(
         ));
         rows.push(Row::new(
             "commit_vs_raw_after",
-            "commit rate ÷ that rate",
+            "median commit rate ÷ median of those rates",
             ratio(c.commit_rate, c.ceiling_after_commit),
             ratio(d.commit_rate, d.ceiling_after_commit),
             false,

@@ -650,17 +650,22 @@ impl Lab {
                     .map_err(|e| io("key directory", e))?;
             }
         }
-        for node in self.nodes_mut() {
+        // Every configuration checked before any is changed.
+        let mut moved = Vec::new();
+        for node in self.nodes() {
             let socket = run.join(format!("{}.sock", node.name));
             let text = std::fs::read_to_string(&node.config).map_err(|e| io("config", e))?;
-            let moved = text.replace(
+            let changed = text.replace(
                 &format!("socket = \"{}\"", node.socket.display()),
                 &format!("socket = \"{}\"", socket.display()),
             );
-            if moved == text {
+            if changed == text {
                 return Err(format!("{}: no socket line to move", node.config.display()));
             }
-            std::fs::write(&node.config, moved).map_err(|e| io("config", e))?;
+            moved.push((changed, socket));
+        }
+        for (node, (text, socket)) in self.nodes_mut().into_iter().zip(moved) {
+            std::fs::write(&node.config, text).map_err(|e| io("config", e))?;
             std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o644))
                 .map_err(|e| io("config", e))?;
             node.socket = socket;

@@ -3,9 +3,11 @@
 //! Owns: the choice between writing only what warm standby knows is
 //! missing, verifying the mirror against the table, and writing every
 //! peer flow most recently active first; the commit timeout of a written
-//! flow; building the ordered flow lists from frozen peer caches.
-//! Must not: touch the kernel (the kernel worker writes) or the live
-//! caches (it reads frozen copies, on the worker's thread).
+//! flow; how the owner splits its live caches into the copies a commit
+//! takes (`RecentSplit`); building the ordered flow lists from those
+//! copies on the worker's thread.
+//! Must not: touch the kernel (the kernel worker writes) or change a
+//! cache (the owner's copies only read them).
 
 use crate::cache::{FlowCache, FrozenCache, FrozenEntry};
 use crate::flow::{Flow, FlowKey};
@@ -17,7 +19,8 @@ pub(super) const COMMIT_TIMEOUT_FLOOR: u32 = 60;
 
 /// Flows the first step of a commit without warm standby writes while
 /// the rest is copied: the most recently active ones. About 65 ms of
-/// writing, longer than copying a million flows takes.
+/// writing, as long as copying the rest of a million flows takes (at four
+/// million the writer waits about 100 ms for the rest).
 pub(super) const URGENT_COMMIT: usize = 32_768;
 
 /// Age classes of the rest of such a commit: an entry last changed `age`
@@ -83,6 +86,9 @@ pub(super) struct RecentSplit {
     /// ...and, per cache, this many of its entries of that second, the
     /// first in its order.
     at_cut: Vec<usize>,
+    /// Each cache's size when split: a cache that changed since cannot be
+    /// split the same way.
+    lens: Vec<usize>,
     /// The owner's clock in seconds, for the age classes.
     now_s: u32,
     /// Bytes each age class takes frozen (recent entries included).
@@ -146,6 +152,7 @@ impl RecentSplit {
         let split = RecentSplit {
             cut_s,
             at_cut,
+            lens: caches.iter().map(|c| c.len()).collect(),
             now_s,
             class_bytes,
         };
@@ -153,8 +160,15 @@ impl RecentSplit {
     }
 
     /// Copy every entry of `caches` that `freeze_recent` left, by age
-    /// class, youngest first (empty classes left out).
+    /// class, youngest first (empty classes left out). Caches that are not
+    /// the ones split, or changed since, are copied whole: a flow written
+    /// twice is deleted and written again, one left out would be lost.
     pub(super) fn freeze_rest(&self, caches: &[&FlowCache]) -> Vec<FrozenCache> {
+        let lens: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        if lens != self.lens {
+            tracing::error!("a commit's caches changed between its copies: copying them whole");
+            return caches.iter().map(|c| c.freeze()).collect();
+        }
         let mut classes: Vec<FrozenCache> = self
             .class_bytes
             .iter()
@@ -419,6 +433,26 @@ mod tests {
         let (recent, split) = RecentSplit::freeze_recent(&[&c], 10, 1_000_000);
         assert_eq!(recent.len(), 5);
         assert!(split.freeze_rest(&[&c]).is_empty());
+    }
+
+    #[test]
+    fn a_cache_changed_between_the_copies_is_copied_whole() {
+        let mut c = cache(&[(1, 1_000), (2, 2_000), (3, 3_000)]);
+        let (recent, split) = RecentSplit::freeze_recent(&[&c], 1, 4_000);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            split
+                .freeze_rest(&[&c])
+                .iter()
+                .map(FrozenCache::len)
+                .sum::<usize>(),
+            2
+        );
+        c.upsert(udp(4), 3_500);
+        let rest = split.freeze_rest(&[&c]);
+        assert_eq!(rest.iter().map(FrozenCache::len).sum::<usize>(), 4);
+        // A different set of caches likewise.
+        assert_eq!(split.freeze_rest(&[&c, &c]).len(), 2);
     }
 
     #[test]

@@ -155,8 +155,9 @@ impl Daemon {
 
     /// Write the external cache (every peer's, or one peer's) into the
     /// kernel: flows, then expectations, as `tables` says; the client hears
-    /// back when it is done. The caches are frozen here; the worker
-    /// decodes, orders and writes them.
+    /// back when it is done. The caches are copied here (without warm
+    /// standby the most recent flows first, the rest once the worker
+    /// writes those, by age); the worker decodes, orders and writes them.
     fn start_commit(
         &mut self,
         peer: Option<u32>,
