@@ -524,12 +524,25 @@ fn conntrackd_to_ours(mode: CdMode, mode_block: &str) {
         })
     );
     // The plain flow's message is §3.8's captured layout: the header, the
-    // attributes in that order and SYNPROXY zeros (addresses and seq aside).
+    // attributes in that order and SYNPROXY zeros (addresses and seq aside;
+    // the timeout is what the kernel had left when conntrackd read it, 120
+    // or a few seconds less on a loaded machine).
     let plain = kernel.iter().find(|f| f.mark == 5).unwrap();
     let want = section_3_8_bytes(plain);
+    let timeout_attr = [0x00, 0x08, 0x00, 0x06, 0x00, 0x00, 0x00, 0x78];
+    let at = want
+        .windows(timeout_attr.len())
+        .position(|w| w == timeout_attr)
+        .expect("§3.8's layout has a timeout attribute")
+        + 4;
     let found = us.raw.iter().any(|d| {
-        d.windows(want.len())
-            .any(|w| w[..4] == want[..4] && w[8..] == want[8..])
+        d.windows(want.len()).any(|w| {
+            let timeout = u32::from_be_bytes([w[at], w[at + 1], w[at + 2], w[at + 3]]);
+            w[..4] == want[..4]
+                && w[8..at] == want[8..at]
+                && (100..=120).contains(&timeout)
+                && w[at + 4..] == want[at + 4..]
+        })
     });
     assert!(
         found,
