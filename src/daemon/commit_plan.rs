@@ -95,6 +95,18 @@ pub(super) struct RecentSplit {
     class_bytes: [usize; AGE_CLASSES],
 }
 
+/// Whether an entry last changed at `stamp_s` is on the recent side of a
+/// cut at `cut_s`: newer than it, or of that second while `left` of those
+/// remain (one is used up). Both copies of a split decide with this, so
+/// they cannot disagree.
+fn is_recent(stamp_s: u32, cut_s: u32, left: &mut usize) -> bool {
+    if stamp_s == cut_s && *left > 0 {
+        *left -= 1;
+        return true;
+    }
+    stamp_s > cut_s
+}
+
 /// The age class of an entry last changed at `stamp_s`.
 fn age_class(now_s: u32, stamp_s: u32) -> usize {
     (u32::BITS - now_s.saturating_sub(stamp_s).leading_zeros()) as usize
@@ -134,19 +146,11 @@ impl RecentSplit {
         let mut recent = [FrozenCache::with_capacity(limit.min(stamps.len()) * 64)];
         let mut at_cut = Vec::with_capacity(caches.len());
         for cache in caches {
-            let mut taken = 0;
+            let before = quota;
             cache.freeze_into(&mut recent, |stamp| {
-                if stamp > cut_s || (stamp == cut_s && quota > 0) {
-                    if stamp == cut_s {
-                        quota -= 1;
-                        taken += 1;
-                    }
-                    Some(0)
-                } else {
-                    None
-                }
+                is_recent(stamp, cut_s, &mut quota).then_some(0)
             });
-            at_cut.push(taken);
+            at_cut.push(before - quota);
         }
         let [recent] = recent;
         let split = RecentSplit {
@@ -175,16 +179,9 @@ impl RecentSplit {
             .map(|&bytes| FrozenCache::with_capacity(bytes))
             .collect();
         for (cache, &taken) in caches.iter().zip(&self.at_cut) {
-            let mut skip = taken;
+            let mut left = taken;
             cache.freeze_into(&mut classes, |stamp| {
-                if stamp > self.cut_s {
-                    None
-                } else if stamp == self.cut_s && skip > 0 {
-                    skip -= 1;
-                    None
-                } else {
-                    Some(age_class(self.now_s, stamp))
-                }
+                (!is_recent(stamp, self.cut_s, &mut left)).then(|| age_class(self.now_s, stamp))
             });
         }
         classes.retain(|c| !c.is_empty());

@@ -246,7 +246,7 @@ fn commit(
 /// The flows of a commit, by its plan.
 fn commit_flows(
     writer: &mut Writer,
-    source: CommitSource,
+    mut source: CommitSource,
     plan: CommitPlan,
     options: &CreateOptions,
     progress: &AtomicU64,
@@ -278,7 +278,6 @@ fn commit_flows(
             // The most recently active flows go in at once; the rest, which
             // the owner copies meanwhile, is decoded by the writer's
             // encoder as it goes.
-            let mut source = source;
             let rest = source.later_flows();
             Ok(write_flows(
                 writer,
