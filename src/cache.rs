@@ -491,7 +491,7 @@ impl FlowCache {
 
     /// Insert or replace a flow; `now_ms` stamps the change.
     pub fn upsert(&mut self, flow: Flow, now_ms: u64) -> Upsert {
-        self.upsert_marking(flow, now_ms, false, false).0
+        self.upsert_marking(&flow, now_ms, false, false).0
     }
 
     /// `upsert` of a flow a peer sent again: even unchanged, it is stamped
@@ -499,13 +499,14 @@ impl FlowCache {
     /// a busy flow reads the same timeout each time). Not for bulks, which
     /// repeat every flow as it was.
     pub fn upsert_reported(&mut self, flow: Flow, now_ms: u64) -> Upsert {
-        self.upsert_marking(flow, now_ms, false, true).0
+        self.upsert_marking(&flow, now_ms, false, true).0
     }
 
-    /// `upsert`, and when the flow changed, `mark_queued` in the same
-    /// lookup: true in the second place when the caller should queue it.
-    pub fn upsert_and_mark_queued(&mut self, flow: Flow, now_ms: u64) -> (Upsert, bool) {
-        self.upsert_marking(flow, now_ms, true, false)
+    /// `upsert`, and with `mark`, when the flow changed, `mark_queued` in
+    /// the same lookup: true in the second place when the caller should
+    /// queue it. By reference: the event path's flow is not moved again.
+    pub fn upsert_and_mark(&mut self, flow: &Flow, now_ms: u64, mark: bool) -> (Upsert, bool) {
+        self.upsert_marking(flow, now_ms, mark, false)
     }
 
     /// Insert or replace; with `mark`, mark a changed flow queued (true in
@@ -514,7 +515,7 @@ impl FlowCache {
     /// marked too): it was reported again.
     fn upsert_marking(
         &mut self,
-        flow: Flow,
+        flow: &Flow,
         now_ms: u64,
         mark: bool,
         stamp_unchanged: bool,
@@ -523,7 +524,7 @@ impl FlowCache {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.push(0);
-        let key_len = compact::put_flow(&mut scratch, &WireFlow::from(&flow));
+        let key_len = compact::put_flow(&mut scratch, &WireFlow::from(flow));
         // A key is at most compact::MAX_KEY_LEN bytes.
         scratch[0] = key_len as u8;
         let key = &scratch[1..1 + key_len];
@@ -544,8 +545,8 @@ impl FlowCache {
                     (Upsert::Unchanged, mark && !was_queued)
                 } else {
                     let old = slot.flow();
-                    if !old.same_state(&flow) {
-                        let change = state_hash(&old) ^ state_hash(&flow);
+                    if !old.same_state(flow) {
+                        let change = state_hash(&old) ^ state_hash(flow);
                         self.digest ^= change;
                         if let Some(sum) = self.ranges.get_mut(range) {
                             sum.1 ^= change;
@@ -566,7 +567,7 @@ impl FlowCache {
                 }
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                let h = state_hash(&flow);
+                let h = state_hash(flow);
                 self.digest ^= h;
                 if let Some(sum) = self.ranges.get_mut(range) {
                     sum.0 += 1;
@@ -696,7 +697,7 @@ impl FlowCache {
     /// refreshed, stamped `now_ms`, in the current generation; with
     /// `mark`, also `mark_queued` it (true: the caller should queue it).
     pub fn refresh(&mut self, flow: Flow, now_ms: u64, mark: bool) -> bool {
-        self.upsert_marking(flow, now_ms, mark, true).1
+        self.upsert_marking(&flow, now_ms, mark, true).1
     }
 
     /// Clear every flow's queued mark (the sender dropped its queue).
@@ -994,25 +995,16 @@ mod tests {
         assert!(c.mark_queued(&flow(1).key()), "queued again after sending");
         // Upsert and mark in one: queue only on a change not yet queued.
         let mut other = flow(3);
+        assert_eq!(c.upsert_and_mark(&other, 0, true), (Upsert::Created, true));
         assert_eq!(
-            c.upsert_and_mark_queued(other.clone(), 0),
-            (Upsert::Created, true)
-        );
-        assert_eq!(
-            c.upsert_and_mark_queued(other.clone(), 0),
+            c.upsert_and_mark(&other, 0, true),
             (Upsert::Unchanged, false)
         );
         other.mark = 1;
-        assert_eq!(
-            c.upsert_and_mark_queued(other.clone(), 0),
-            (Upsert::Updated, false)
-        );
+        assert_eq!(c.upsert_and_mark(&other, 0, true), (Upsert::Updated, false));
         c.take_for_send(&other.key());
         other.mark = 2;
-        assert_eq!(
-            c.upsert_and_mark_queued(other.clone(), 0),
-            (Upsert::Updated, true)
-        );
+        assert_eq!(c.upsert_and_mark(&other, 0, true), (Upsert::Updated, true));
         assert!(!c.mark_queued(&other.key()));
         // A key not cached (a delete) is always queued.
         assert!(c.mark_queued(&flow(2).key()));

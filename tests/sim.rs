@@ -154,7 +154,7 @@ fn the_checker_catches_a_changed_flow_and_a_stale_one() {
     // (and without its kernel knowing either).
     let mut changed = first.clone();
     changed.mark ^= 0x5a5a;
-    node.local_upsert(changed, now, false);
+    node.local_upsert(&changed, now, false);
     node.local_delete(&last.key(), now, false);
     let failure = sim.finish().unwrap_err();
     let d = &failure.differences;

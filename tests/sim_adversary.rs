@@ -193,7 +193,7 @@ fn a_breach_fails_a_keyed_run_with_its_replay_command() {
     flow.zone = forged.zone;
     // Node 2 takes a forged flow as its own (as a view would if a forged
     // upsert got in): it replicates it to the others.
-    sim.node_mut(1).unwrap().local_upsert(flow, now, true);
+    sim.node_mut(1).unwrap().local_upsert(&flow, now, true);
     let failure = match sim.run_to_end() {
         Err(f) => f,
         Ok(()) => sim.finish().unwrap_err(),

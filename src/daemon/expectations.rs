@@ -193,9 +193,9 @@ impl Daemon {
 
     /// A local flow change for every peer: ctsync's (when a link speaks
     /// it) and the conntrackd link's.
-    pub(super) fn replicate_flow(&mut self, flow: Flow) {
+    pub(super) fn replicate_flow(&mut self, flow: &Flow) {
         let now = self.now_ms();
-        self.cd_flow(&flow);
+        self.cd_flow(flow);
         let replicate = self.ctsync_links;
         self.node.local_upsert(flow, now, replicate);
     }
@@ -225,7 +225,7 @@ impl Daemon {
                     }
                 }
                 if self.filter.accepts(&flow) {
-                    self.replicate_flow(flow);
+                    self.replicate_flow(&flow);
                 }
             }
             Ok(None) => {}

@@ -615,14 +615,14 @@ impl Daemon {
 
     fn on_kernel(&mut self, feed: KernelFeed) {
         match feed {
-            KernelFeed::Events(events) => {
+            KernelFeed::Events(mut events) => {
                 self.kernel_counters.events_received += events.len() as u64;
                 if let TableReadState::Running { replay }
                 | TableReadState::Comparing { replay, .. } = &mut self.table_read
                 {
                     replay.extend(events.iter().cloned());
                 }
-                for event in events {
+                for event in &mut events {
                     self.apply_event(event);
                 }
                 self.settle_waiting_expectations();
@@ -647,7 +647,7 @@ impl Daemon {
         }
     }
 
-    fn apply_event(&mut self, event: KernelEvent) {
+    fn apply_event(&mut self, event: &mut KernelEvent) {
         let now = self.now_ms();
         match routing::route(event, &self.origins, &*self, |f| self.filter.accepts(f)) {
             Route::Ignore | Route::Nothing => self.kernel_counters.events_filtered += 1,
@@ -655,14 +655,8 @@ impl Daemon {
                 self.kernel_counters.events_filtered += 1;
                 self.restore_mirrored(&key);
             }
-            Route::Upsert {
-                flow,
-                replicate: true,
-            } => self.replicate_flow(flow),
-            Route::Upsert {
-                flow,
-                replicate: false,
-            } => self.node.local_upsert(flow, now, false),
+            Route::Upsert { replicate: true } => self.replicate_flow(&event.flow),
+            Route::Upsert { replicate: false } => self.node.local_upsert(&event.flow, now, false),
             Route::Delete { key, replicate } => {
                 if replicate {
                     self.cd_flow_gone(&key);
@@ -957,8 +951,8 @@ impl Daemon {
             ?report,
             "internal cache reconciled with the kernel table"
         );
-        for event in replay {
-            self.apply_event(event);
+        for mut event in replay {
+            self.apply_event(&mut event);
         }
         // The expectations now, against the whole table (one is ours when
         // its master is); `-R`'s clients hear back once they are in too.

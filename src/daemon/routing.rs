@@ -28,8 +28,9 @@ pub(super) enum Route {
     /// A mirrored peer's flow left the kernel (expiry, another program, a
     /// flush): the kernel must hold it while the peer does.
     RestoreMirrored(FlowKey),
-    /// Cache it (and replicate unless it is our own write).
-    Upsert { flow: Flow, replicate: bool },
+    /// Cache the event's flow, as completed by [`route`] (and replicate
+    /// it unless it is our own write).
+    Upsert { replicate: bool },
     /// Drop it from the internal cache (and from the peers').
     Delete { key: FlowKey, replicate: bool },
     /// The filter refuses it and it is not cached: nothing to do.
@@ -46,8 +47,11 @@ pub(super) trait KeyFacts {
 }
 
 /// Route one event. `accepts` is the filter's verdict on a complete flow.
+/// An update's flow is completed in place from the cached copy; the event
+/// is borrowed, not moved (a flow is a few hundred bytes, and events come
+/// by the hundred thousand a second).
 pub(super) fn route(
-    event: KernelEvent,
+    event: &mut KernelEvent,
     origins: &EventOrigins,
     facts: &impl KeyFacts,
     accepts: impl Fn(&Flow) -> bool,
@@ -63,7 +67,7 @@ pub(super) fn route(
         };
     }
     let replicate = !origins.own.contains(&event.portid);
-    let mut flow = event.flow;
+    let flow = &mut event.flow;
     match event.kind {
         EventKind::Destroy => return Route::Delete { key, replicate },
         EventKind::Update => {
@@ -75,8 +79,8 @@ pub(super) fn route(
         }
         EventKind::New => {}
     }
-    if accepts(&flow) {
-        Route::Upsert { flow, replicate }
+    if accepts(flow) {
+        Route::Upsert { replicate }
     } else if facts.cached(&key).is_some() {
         // It left the filter (a TCP state no longer accepted, say): the
         // peers drop it too.
@@ -127,20 +131,14 @@ mod tests {
     fn packet_driven_changes_are_cached_and_replicated() {
         let f = udp(1000);
         let r = route(
-            event(EventKind::New, f.clone(), 0),
+            &mut event(EventKind::New, f.clone(), 0),
             &origins(),
             &facts(false, None),
             |_| true,
         );
-        assert_eq!(
-            r,
-            Route::Upsert {
-                flow: f.clone(),
-                replicate: true
-            }
-        );
+        assert_eq!(r, Route::Upsert { replicate: true });
         let r = route(
-            event(EventKind::Destroy, f.clone(), 0),
+            &mut event(EventKind::Destroy, f.clone(), 0),
             &origins(),
             &facts(false, Some(f.clone())),
             |_| true,
@@ -158,25 +156,19 @@ mod tests {
     fn our_own_writes_are_cached_but_not_echoed() {
         let f = udp(1001);
         let r = route(
-            event(EventKind::New, f.clone(), OURS),
+            &mut event(EventKind::New, f.clone(), OURS),
             &origins(),
             &facts(false, None),
             |_| true,
         );
-        assert_eq!(
-            r,
-            Route::Upsert {
-                flow: f,
-                replicate: false
-            }
-        );
+        assert_eq!(r, Route::Upsert { replicate: false });
     }
 
     #[test]
     fn the_injectors_writes_and_mirrored_flows_are_not_ours() {
         let f = udp(1002);
         let r = route(
-            event(EventKind::New, f.clone(), INJECTOR),
+            &mut event(EventKind::New, f.clone(), INJECTOR),
             &origins(),
             &facts(false, None),
             |_| true,
@@ -184,7 +176,7 @@ mod tests {
         assert_eq!(r, Route::Ignore);
         for kind in [EventKind::New, EventKind::Update] {
             let r = route(
-                event(kind, f.clone(), 0),
+                &mut event(kind, f.clone(), 0),
                 &origins(),
                 &facts(true, None),
                 |_| true,
@@ -198,7 +190,7 @@ mod tests {
         let f = udp(1003);
         for portid in [0, OURS, 12345] {
             let r = route(
-                event(EventKind::Destroy, f.clone(), portid),
+                &mut event(EventKind::Destroy, f.clone(), portid),
                 &origins(),
                 &facts(true, None),
                 |_| true,
@@ -213,26 +205,22 @@ mod tests {
         cached.helper = Some("tftp".into());
         let mut partial = cached.clone();
         partial.helper = None;
+        let mut e = event(EventKind::Update, partial, 0);
         let r = route(
-            event(EventKind::Update, partial, 0),
+            &mut e,
             &origins(),
             &facts(false, Some(cached.clone())),
             |f| f.helper.is_some(),
         );
-        assert_eq!(
-            r,
-            Route::Upsert {
-                flow: cached,
-                replicate: true
-            }
-        );
+        assert_eq!(r, Route::Upsert { replicate: true });
+        assert_eq!(e.flow, cached);
     }
 
     #[test]
     fn a_flow_that_leaves_the_filter_is_deleted_only_if_cached() {
         let f = udp(1005);
         let r = route(
-            event(EventKind::Update, f.clone(), 0),
+            &mut event(EventKind::Update, f.clone(), 0),
             &origins(),
             &facts(false, Some(f.clone())),
             |_| false,
@@ -245,7 +233,7 @@ mod tests {
             }
         );
         let r = route(
-            event(EventKind::New, f.clone(), 0),
+            &mut event(EventKind::New, f.clone(), 0),
             &origins(),
             &facts(false, None),
             |_| false,

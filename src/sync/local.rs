@@ -40,13 +40,9 @@ impl Local {
 
     /// Cache one of our flows; with `replicate`, queue it if it changed
     /// (one table probe for both).
-    pub fn upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool, tx: &mut Sender) -> Upsert {
+    pub fn upsert(&mut self, flow: &Flow, now_ms: u64, replicate: bool, tx: &mut Sender) -> Upsert {
         let key = flow.key();
-        let (what, queue) = if replicate {
-            self.cache.upsert_and_mark_queued(flow, now_ms)
-        } else {
-            (self.cache.upsert(flow, now_ms), false)
-        };
+        let (what, queue) = self.cache.upsert_and_mark(flow, now_ms, replicate);
         if what == Upsert::Created {
             if let Some(r) = self.refresh.as_mut() {
                 r.insert(key);
@@ -132,7 +128,7 @@ impl Local {
                 report.refreshed += 1;
                 continue;
             }
-            match self.upsert(flow, now_ms, send, tx) {
+            match self.upsert(&flow, now_ms, send, tx) {
                 Upsert::Created => report.added += 1,
                 Upsert::Updated => report.changed += 1,
                 Upsert::Unchanged => report.unchanged += 1,
@@ -189,13 +185,13 @@ mod tests {
     #[test]
     fn changes_are_queued_once_and_echoes_not_at_all() {
         let (mut l, mut tx) = local();
-        assert_eq!(l.upsert(udp(1), 0, true, &mut tx), Upsert::Created);
-        assert_eq!(l.upsert(udp(1), 0, true, &mut tx), Upsert::Unchanged);
+        assert_eq!(l.upsert(&udp(1), 0, true, &mut tx), Upsert::Created);
+        assert_eq!(l.upsert(&udp(1), 0, true, &mut tx), Upsert::Unchanged);
         let mut changed = udp(1);
         changed.mark = 4;
-        assert_eq!(l.upsert(changed, 0, true, &mut tx), Upsert::Updated);
+        assert_eq!(l.upsert(&changed, 0, true, &mut tx), Upsert::Updated);
         assert_eq!(tx.queue.len(), 1, "coalesced");
-        assert_eq!(l.upsert(udp(2), 0, false, &mut tx), Upsert::Created);
+        assert_eq!(l.upsert(&udp(2), 0, false, &mut tx), Upsert::Created);
         assert_eq!(tx.queue.len(), 1, "our own commit's echo is not sent");
         l.delete(&udp(2).key(), true, &mut tx);
         l.delete(&udp(3).key(), true, &mut tx);
@@ -246,7 +242,7 @@ mod tests {
         // them an event creates flow 20 (newer than the dump).
         let mut run = l.reconcile_begin(Replicate::Differences);
         l.reconcile_chunk(&mut run, kernel[..4].to_vec(), 1_000, |_| false, &mut tx);
-        assert_eq!(l.upsert(udp(20), 1_000, true, &mut tx), Upsert::Created);
+        assert_eq!(l.upsert(&udp(20), 1_000, true, &mut tx), Upsert::Created);
         l.reconcile_chunk(&mut run, kernel[4..8].to_vec(), 1_000, |_| false, &mut tx);
         let r = l.reconcile_finish(run, &mut tx);
         assert_eq!((r.removed, r.unchanged), (2, 8));

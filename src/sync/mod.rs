@@ -336,7 +336,7 @@ impl Node {
 
     /// A kernel NEW/UPDATE. `replicate = false`: our own commit's echo; cache
     /// it without sending.
-    pub fn local_upsert(&mut self, flow: Flow, now_ms: u64, replicate: bool) {
+    pub fn local_upsert(&mut self, flow: &Flow, now_ms: u64, replicate: bool) {
         self.tick(now_ms);
         self.local.upsert(flow, now_ms, replicate, &mut self.tx);
     }

@@ -288,7 +288,7 @@ fn churn(sim: &mut Sim, nodes: &[usize], ops: usize, from: u64, to: u64, slots: 
         if sim.rng.chance(25) {
             sim.node(i).local_delete(&f.key(), now, true);
         } else {
-            sim.node(i).local_upsert(f, now, true);
+            sim.node(i).local_upsert(&f, now, true);
         }
     }
 }
@@ -505,7 +505,7 @@ fn changes_to_a_queued_flow_coalesce_into_one_message() {
     let now = sim.now;
     for mark in 0..100 {
         f.mark = mark;
-        sim.node(0).local_upsert(f.clone(), now, true);
+        sim.node(0).local_upsert(&f, now, true);
     }
     sim.run_until(now + 500);
     let a = sim.nodes[0].as_ref().unwrap().stats();
@@ -525,11 +525,11 @@ fn a_flow_changed_while_queued_during_a_bulk_arrives_in_its_last_state() {
     let mut rng = Rng(5);
     let first = flow_for(&mut rng, 1);
     let now = sim.now;
-    sim.node(0).local_upsert(first.clone(), now, true);
+    sim.node(0).local_upsert(&first, now, true);
     sim.node(0).send_bulk(now);
     let mut last = first.clone();
     last.mark ^= 0x00de_ad00;
-    sim.node(0).local_upsert(last.clone(), now, true);
+    sim.node(0).local_upsert(&last, now, true);
     // Well before the first digest (5 s) could repair anything.
     sim.run_until(now + 500);
     let b = sim.nodes[1].as_ref().unwrap();
@@ -685,7 +685,7 @@ fn late_datagrams_of_a_previous_epoch_are_stale() {
     let mut a_old = Node::new(cfg(1), 900, 0).unwrap();
     let now = 1;
     let mut rng = Rng(4);
-    a_old.local_upsert(flow_for(&mut rng, 0), now, true);
+    a_old.local_upsert(&flow_for(&mut rng, 0), now, true);
     let old: Vec<Transmit> = a_old.poll_transmit(now);
     for t in &old {
         b.on_datagram(&t.bytes, 0, now);
@@ -741,7 +741,7 @@ fn startup_requests_a_resync_and_data_is_compact() {
     let mut rng = Rng(1);
     for _ in 0..100 {
         let f = flow_for(&mut rng, 0);
-        n.local_upsert(f, 1, true);
+        n.local_upsert(&f, 1, true);
     }
     let out = n.poll_transmit(1);
     assert_eq!(out.len(), 1);
@@ -751,7 +751,7 @@ fn startup_requests_a_resync_and_data_is_compact() {
     // Many flows fill datagrams up to max_payload.
     for slot in 0..500 {
         let f = flow_for(&mut rng, slot);
-        n.local_upsert(f, 2, true);
+        n.local_upsert(&f, 2, true);
     }
     let out = n.poll_transmit(2);
     assert!(out.len() > 5);
@@ -776,7 +776,7 @@ fn data_goes_on_the_lowest_link_that_is_up() {
         }
     }
     let mut rng = Rng(2);
-    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 2, true);
     let out = a.poll_transmit(2);
     assert!(!out.is_empty());
     assert!(out.iter().all(|t| t.link == 1));
@@ -801,7 +801,7 @@ fn data_leaves_a_link_whose_interface_went_down_and_returns_later() {
     a.set_link_carrier(0, false);
     assert_eq!(a.active_link(), Some(1));
     let mut rng = Rng(3);
-    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 2, true);
     let out = a.poll_transmit(2);
     assert!(!out.is_empty() && out.iter().all(|t| t.link == 1));
     assert!(!a.stats().links[0].up && a.stats().links[1].up);
@@ -874,14 +874,14 @@ fn rollover_is_a_new_epoch_and_the_old_one_is_stale() {
         out
     };
     deliver(&mut b, &mut a, 0);
-    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    a.local_upsert(&flow_for(&mut rng, 0), 1, true);
     let old = deliver(&mut a, &mut b, 1);
     let (h, _) = decode_datagram(&old.last().unwrap().bytes).unwrap();
     assert_eq!((h.epoch, h.seq), (7, last));
     assert_eq!(b.peers()[0].expected_seq, last + 1);
 
     // The next data goes out in epoch 8 from seq 1, led by a bulk.
-    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 2, true);
     let new = deliver(&mut a, &mut b, 2);
     let (h, msgs) = decode_datagram(&new.last().unwrap().bytes).unwrap();
     assert_eq!((h.epoch, h.seq, h.is_reliable()), (8, 1, true));
@@ -1041,7 +1041,7 @@ fn peers_are_bounded_and_dead_ones_go_quiet_then_forgotten() {
     // Node 2 leaves a flow behind.
     let mut rng = Rng(3);
     let mut n2 = Node::new(cfg(2), 2, 0).unwrap();
-    n2.local_upsert(flow_for(&mut rng, 0), 0, true);
+    n2.local_upsert(&flow_for(&mut rng, 0), 0, true);
     for t in n2.poll_transmit(0) {
         a.on_datagram(&t.bytes, 0, 0);
     }
@@ -1087,9 +1087,9 @@ fn the_epoch_before_a_rollover_is_stale_even_when_first_met_after_it() {
     // B misses A's start-up datagram and its last datagram of epoch 7.
     a.poll_transmit(0);
     a.start_seq_at(a.seq_limit());
-    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    a.local_upsert(&flow_for(&mut rng, 0), 1, true);
     let old = a.poll_transmit(1);
-    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 2, true);
     for t in a.poll_transmit(2) {
         b.on_datagram(&t.bytes, 0, 2);
     }
@@ -1295,10 +1295,10 @@ fn a_digest_waits_for_an_empty_queue() {
     a.on_datagram(&hello(2, 0), 0, 0);
     let interval = a.config().digest_interval_ms;
     let mut rng = Rng(3);
-    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    a.local_upsert(&flow_for(&mut rng, 0), 1, true);
     assert_eq!(digests_in(&a.poll_transmit(1)), 0);
     // The window (1) is full and never acked: the next change waits.
-    a.local_upsert(flow_for(&mut rng, 1), 2, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 2, true);
     let mut t = 2;
     let alive = crate::wire::encode_datagram(
         &Header {
@@ -1539,7 +1539,7 @@ fn alarm_ignores_resync_and_bulk_requests() {
     assert!(a.poll_transmit(0).is_empty(), "no start-up resync request");
     a.on_datagram(&hello(2, 0), 0, 1);
     let mut rng = Rng(1);
-    a.local_upsert(flow_for(&mut rng, 0), 1, true);
+    a.local_upsert(&flow_for(&mut rng, 0), 1, true);
     a.request_resync(1);
     a.send_bulk(1);
     let msgs: Vec<Message> = a
@@ -1576,7 +1576,7 @@ fn recorded_changes_mirror_the_external_cache() {
     pump(&mut a, &mut b, 0);
     let mut rng = Rng(7);
     let f = flow_for(&mut rng, 1);
-    a.local_upsert(f.clone(), 10, true);
+    a.local_upsert(&f, 10, true);
     pump(&mut a, &mut b, 10);
     let applied = b.take_applied();
     assert!(
@@ -1601,7 +1601,7 @@ fn batching_fills_datagrams_and_waits_no_longer_than_the_delay() {
     let _ = a.poll_transmit(0);
     let mut rng = Rng(11);
     // One flow: it waits for company, but no longer than the delay.
-    a.local_upsert(flow_for(&mut rng, 1), 100, true);
+    a.local_upsert(&flow_for(&mut rng, 1), 100, true);
     let sent = |out: &[Transmit]| out.len();
     assert_eq!(sent(&a.poll_transmit(100)), 0, "held for batching");
     assert_eq!(a.next_deadline(), Some(105));
@@ -1613,7 +1613,7 @@ fn batching_fills_datagrams_and_waits_no_longer_than_the_delay() {
     );
     // A datagram's worth arrives: it leaves at once, full.
     for i in 0..200 {
-        a.local_upsert(flow_for(&mut rng, i), 200, true);
+        a.local_upsert(&flow_for(&mut rng, i), 200, true);
     }
     let out = a.poll_transmit(200);
     assert!(!out.is_empty(), "a full queue is not held");
@@ -1644,7 +1644,7 @@ fn churn_alone(alone_queue_max: usize) -> (Sim, Vec<usize>) {
             .collect();
         let now = sim.now;
         for f in &flows {
-            sim.node(0).local_upsert(f.clone(), now, true);
+            sim.node(0).local_upsert(f, now, true);
         }
         sim.run_until(now + 500);
         let now = sim.now;
@@ -1695,8 +1695,8 @@ fn a_reread_sends_flows_whose_timeout_traffic_refreshed() {
     idle.timeout = 100;
     let mut live = flow_for(&mut sim.rng, 5);
     live.timeout = 100;
-    sim.node(0).local_upsert(idle.clone(), 0, true);
-    sim.node(0).local_upsert(live.clone(), 0, true);
+    sim.node(0).local_upsert(&idle, 0, true);
+    sim.node(0).local_upsert(&live, 0, true);
     sim.run_until(2_000);
     assert_all_converged(&sim, 4);
     // 30 s later the idle flow's timeout has counted down; traffic put the
@@ -1756,8 +1756,8 @@ fn a_refresh_with_the_same_bytes_moves_the_stamp_but_a_bulk_does_not() {
     live.timeout = 431_999;
     let mut idle = flow_for(&mut sim.rng, 5);
     idle.timeout = 3_600;
-    sim.node(0).local_upsert(live.clone(), 0, true);
-    sim.node(0).local_upsert(idle.clone(), 0, true);
+    sim.node(0).local_upsert(&live, 0, true);
+    sim.node(0).local_upsert(&idle, 0, true);
     sim.run_until(2_000);
     assert_all_converged(&sim, 6);
     // 60 s on, the re-read finds the busy flow at 431,999 s again.
@@ -1847,7 +1847,7 @@ fn lossy_bulks_and_range_repairs_never_sweep_a_flow_the_sender_has() {
                     if sim.node(0).internal().contains(&key) && sim.rng.chance(50) {
                         sim.node(0).local_delete(&key, now, true);
                     } else {
-                        sim.node(0).local_upsert(f, now, true);
+                        sim.node(0).local_upsert(&f, now, true);
                     }
                 }
                 sim.step();
@@ -1896,7 +1896,7 @@ fn a_full_peer_table_refuses_the_17th_node_id_and_serves_the_others() {
     // A known peer's data still lands.
     let mut rng = Rng(5);
     let mut n2 = Node::new(cfg(2), 2, 0).unwrap();
-    n2.local_upsert(flow_for(&mut rng, 0), 0, true);
+    n2.local_upsert(&flow_for(&mut rng, 0), 0, true);
     for t in n2.poll_transmit(0) {
         a.on_datagram(&t.bytes, 0, 0);
     }
@@ -1932,7 +1932,7 @@ fn a_full_external_cache_refuses_new_flows_and_keeps_the_held_ones_current() {
         let flows: Vec<Flow> = (0..100).map(|s| flow_for(&mut sim.rng, s)).collect();
         let now = sim.now;
         for f in &flows {
-            sim.node(0).local_upsert(f.clone(), now, true);
+            sim.node(0).local_upsert(f, now, true);
         }
         sim.run_until(now + 2_000);
         let refused = sim.nodes[1].as_ref().unwrap().stats().malformed;
@@ -1951,7 +1951,7 @@ fn a_full_external_cache_refuses_new_flows_and_keeps_the_held_ones_current() {
         for f in &flows {
             let mut changed = f.clone();
             changed.mark ^= 0x100;
-            sim.node(0).local_upsert(changed, now, true);
+            sim.node(0).local_upsert(&changed, now, true);
         }
         sim.run_until(now + 2_000);
         assert_eq!(held_flows_are_current(&sim, 0, 1), Ok(50), "{mode:?}");
@@ -2018,7 +2018,7 @@ fn a_send_queue_past_its_bound_is_dropped_and_replaced_by_a_bulk() {
                 .collect();
             let now = sim.now;
             for f in &flows {
-                sim.node(0).local_upsert(f.clone(), now, true);
+                sim.node(0).local_upsert(f, now, true);
             }
             for f in flows.iter().take(1_500) {
                 sim.node(0).local_delete(&f.key(), now, true);

@@ -85,12 +85,12 @@ fn lag_and_unacknowledged_datagrams_show_a_cut_and_clear_after_it() {
     sim.cut.insert((0, 1));
     let now = sim.now;
     sim.node(0)
-        .local_upsert(flow_for(&mut Rng(1), 1001), now, true);
+        .local_upsert(&flow_for(&mut Rng(1), 1001), now, true);
     sim.step();
     sim.cut.clear();
     let now = sim.now;
     sim.node(0)
-        .local_upsert(flow_for(&mut Rng(2), 1002), now, true);
+        .local_upsert(&flow_for(&mut Rng(2), 1002), now, true);
     let mut most_lag = 0;
     for _ in 0..5 {
         sim.step();
