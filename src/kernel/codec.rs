@@ -211,6 +211,14 @@ pub(super) fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {
     nest_end(buf, n);
 }
 
+/// Append a NUL-terminated name, sent as given (the kernel refuses a
+/// helper name of more than 15 bytes, and looks expectfn names up whole).
+pub(super) fn put_string(buf: &mut Vec<u8>, kind: u16, s: &str) {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    put_attr(buf, kind, &v);
+}
+
 /// Append a 32-bit big-endian attribute (status, timeout, mark).
 fn put_be32(buf: &mut Vec<u8>, kind: u16, v: u32) {
     put_attr(buf, kind, &v.to_be_bytes());
@@ -302,6 +310,25 @@ fn put_protoinfo(buf: &mut Vec<u8>, flow: &Flow, liberal: bool) {
     }
 }
 
+/// The flow's NAT as bindings (CTA_NAT_SRC / CTA_NAT_DST, min = max).
+fn put_nat_bindings(buf: &mut Vec<u8>, flow: &Flow) {
+    let nat = flow.nat();
+    if let Some(s) = nat.snat {
+        put_nat(buf, CTA_NAT_SRC, s.addr, s.port);
+    }
+    if let Some(d) = nat.dnat {
+        put_nat(buf, CTA_NAT_DST, d.addr, d.port);
+    }
+}
+
+fn put_helper(buf: &mut Vec<u8>, helper: &Option<String>) {
+    if let Some(h) = helper {
+        let n = nest_start(buf, CTA_HELP);
+        put_string(buf, CTA_HELP_NAME, h);
+        nest_end(buf, n);
+    }
+}
+
 fn put_labels(buf: &mut Vec<u8>, labels: &Option<Vec<u8>>) {
     let Some(l) = labels else { return };
     if l.iter().all(|b| *b == 0) {
@@ -377,20 +404,8 @@ pub(super) fn encode_create_as(
     put_be32(buf, CTA_MARK, flow.mark);
     put_zone(buf, flow.zone);
     put_protoinfo(buf, flow, !opts.tcp_window_tracking);
-    let nat = flow.nat();
-    if let Some(s) = nat.snat {
-        put_nat(buf, CTA_NAT_SRC, s.addr, s.port);
-    }
-    if let Some(d) = nat.dnat {
-        put_nat(buf, CTA_NAT_DST, d.addr, d.port);
-    }
-    if let Some(h) = &flow.helper {
-        let n = nest_start(buf, CTA_HELP);
-        let mut name = h.as_bytes().to_vec();
-        name.push(0);
-        put_attr(buf, CTA_HELP_NAME, &name);
-        nest_end(buf, n);
-    }
+    put_nat_bindings(buf, flow);
+    put_helper(buf, &flow.helper);
     put_labels(buf, &flow.labels);
     if let (Some(m), true) = (&flow.master, with_master) {
         put_tuple(buf, CTA_TUPLE_MASTER, m);

@@ -978,20 +978,8 @@ mod crate_oracle {
         put(buf, &ConntrackAttribute::CtaMark(flow.mark));
         put_zone(buf, flow.zone);
         tcp_protoinfo(buf, flow, !opts.tcp_window_tracking);
-        let nat = flow.nat();
-        if let Some(s) = nat.snat {
-            put_nat(buf, CTA_NAT_SRC, s.addr, s.port);
-        }
-        if let Some(d) = nat.dnat {
-            put_nat(buf, CTA_NAT_DST, d.addr, d.port);
-        }
-        if let Some(h) = &flow.helper {
-            let n = nest_start(buf, CTA_HELP);
-            let mut name = h.as_bytes().to_vec();
-            name.push(0);
-            put_attr(buf, CTA_HELP_NAME, &name);
-            nest_end(buf, n);
-        }
+        put_nat_bindings(buf, flow);
+        put_helper(buf, &flow.helper);
         put_labels(buf, &flow.labels);
         if let (Some(m), true) = (&flow.master, with_master) {
             let n = nest_start(buf, CTA_TUPLE_MASTER);

@@ -26,7 +26,8 @@
 //! says otherwise.
 
 use super::codec::{
-    attrs, be_u32, decode_tuple, family_of, nest_end, nest_start, put_attr, put_tuple, CodecError,
+    attrs, be_u32, decode_tuple, family_of, nest_end, nest_start, put_attr, put_string, put_tuple,
+    CodecError,
 };
 use super::socket::{
     finish_msg, start_msg, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
@@ -61,14 +62,6 @@ const CTA_EXPECT_FN: u16 = 11;
 // enum ctattr_expect_nat.
 const CTA_EXPECT_NAT_DIR: u16 = 1;
 const CTA_EXPECT_NAT_TUPLE: u16 = 2;
-
-/// A NUL-terminated name, sent as given: the kernel refuses a helper name
-/// of more than 15 bytes (and looks expectfn names up whole).
-fn put_string(buf: &mut Vec<u8>, kind: u16, s: &str) {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    put_attr(buf, kind, &v);
-}
 
 fn put_zone(buf: &mut Vec<u8>, zone: u16) {
     if zone != 0 {
