@@ -9,11 +9,11 @@
 //! the caller's clock), or decide what is replicated.
 
 use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
+use crate::sharded_table::ShardedTable;
 use crate::wire::compact::{self, KeyBuf, Reader};
 use crate::wire::{RangeSum, WireFlow, WireKey, RANGES};
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
-use hashbrown::HashTable;
 use serde::Serialize;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -155,7 +155,7 @@ impl Slot {
 /// A cache of flows keyed by zone and original tuple.
 #[derive(Clone, Debug)]
 pub struct FlowCache {
-    table: HashTable<Slot>,
+    table: ShardedTable<Slot>,
     hasher: SeedableRandomState,
     generation: u32,
     stats: CacheStats,
@@ -248,7 +248,7 @@ impl FlowCache {
 
     fn with_hasher(hasher: SeedableRandomState) -> FlowCache {
         FlowCache {
-            table: HashTable::new(),
+            table: ShardedTable::new(),
             hasher,
             generation: 0,
             stats: CacheStats::default(),
@@ -613,8 +613,7 @@ impl FlowCache {
 
     /// Drop every entry (the counters stay).
     pub fn clear(&mut self) {
-        self.table.clear();
-        self.table.shrink_to_fit(|s| s.hash);
+        self.table.clear_and_free();
         self.digest = 0;
         self.ranges = vec![(0, 0); usize::from(RANGES)];
     }

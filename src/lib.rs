@@ -25,6 +25,7 @@ pub mod fuzz_entry;
 pub mod kernel;
 pub mod metrics;
 pub mod process;
+pub mod sharded_table;
 pub mod sim;
 pub mod sync;
 pub mod transport;
