@@ -51,6 +51,7 @@ const WARM: &[&str] = &[
 const MAY_BE_ZERO: &[&str] = &[
     "burst_lost",
     "commit_cpu_s",
+    "commit_user_cpu_s",
     "cpu_per_100k",
     "cpu_per_100k_keys",
     "cpu_per_100k_mix",

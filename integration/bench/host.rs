@@ -130,6 +130,34 @@ fn status_kb(pid: u32, field: &str) -> Result<u64, BenchError> {
 
 /// User plus system CPU time of a process, seconds (/proc/PID/stat).
 pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// A process's CPU time, seconds: in its own code (user) and in the
+/// kernel on its behalf (system: its system calls, a netlink `sendto`
+/// with the kernel's create path among them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// The time used since `earlier`.
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// A process's user and system CPU time (/proc/PID/stat).
+pub fn cpu_times(pid: u32) -> Result<CpuTimes, BenchError> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| BenchError::Command(format!("read {path}: {e}")))?;
@@ -146,11 +174,13 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| BenchError::Parse(format!("{path}: field {}", i + 3)))
     };
-    let ticks = field(11)? + field(12)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Ok(ticks as f64 / hz)
+    Ok(CpuTimes {
+        user: field(11)? as f64 / hz,
+        system: field(12)? as f64 / hz,
+    })
 }
 
 /// Busy and total jiffies of all CPUs (first line of /proc/stat).

@@ -23,7 +23,7 @@ pub mod system;
 
 use conntrackd::Conntrackd;
 use ctsync::kernel::write::WriteOp;
-use host::{cpu_seconds, peak_rss_bytes, rss_bytes, settle, ConntrackSysctls, Machine};
+use host::{cpu_seconds, cpu_times, peak_rss_bytes, rss_bytes, settle, ConntrackSysctls, Machine};
 use kernel::{
     apply, check_report, enable_labels, kernel_count, kernel_flush, tcp_flows, timed_create,
     FlowSet,
@@ -288,6 +288,9 @@ pub struct Figures {
     pub commit_rate: Option<f64>,
     /// B's daemon's CPU seconds during the commit.
     pub commit_cpu_s: Option<f64>,
+    /// Of those, the seconds in its own code (user space): the commit's
+    /// cost that is the daemon's, not the kernel's inserts.
+    pub commit_user_cpu_s: Option<f64>,
     /// The ceiling's shape once more right after this commit, every daemon
     /// stopped, into a fresh namespace (flows/s): what the kernel took at
     /// the commit's moment, which can differ from the start of the run.
@@ -321,6 +324,7 @@ impl Figures {
             commit_s: m(|f| f.commit_s),
             commit_rate: m(|f| f.commit_rate),
             commit_cpu_s: m(|f| f.commit_cpu_s),
+            commit_user_cpu_s: m(|f| f.commit_user_cpu_s),
             ceiling_after_commit: m(|f| f.ceiling_after_commit),
             burst_s: m(|f| f.burst_s),
             burst_complete_s: m(|f| f.burst_complete_s),
@@ -594,8 +598,8 @@ const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// Its ceiling is the raw writer measured into an empty table at the start
 /// of the run (measuring it again here would leave a million flows for the
 /// kernel to free in the background during the commit).
-/// Returns seconds, flows/s and the CPU seconds B's daemon used meanwhile.
-fn commit_phase(sys: &mut dyn System) -> Result<(f64, f64, f64), BenchError> {
+/// Returns seconds, flows/s and the CPU B's daemon used meanwhile.
+fn commit_phase(sys: &mut dyn System) -> Result<(f64, f64, host::CpuTimes), BenchError> {
     let ns = sys.ns(Side::B).to_string();
     let expected = sys.external_active(Side::B)?;
     sys.stop(Side::A);
@@ -616,16 +620,18 @@ fn commit_phase(sys: &mut dyn System) -> Result<(f64, f64, f64), BenchError> {
         waited.as_secs_f64()
     ));
     let pid_b = pid(sys, Side::B)?;
-    let cpu_before = cpu_seconds(pid_b)?;
+    let cpu_before = cpu_times(pid_b)?;
     let started = Instant::now();
     sys.commit(Side::B)?;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid_b)? - cpu_before;
+    let cpu = cpu_times(pid_b)?.since(cpu_before);
     let count = kernel_count(&ns)?;
     progress(&format!(
-        "{}: commit of {expected} flows took {secs:.2} s (B's daemon used {cpu:.2} s CPU); \
-         B's kernel holds {count}",
-        sys.name()
+        "{}: commit of {expected} flows took {secs:.2} s (B's daemon used {:.2} s CPU, \
+         {:.2} s of it in user space); B's kernel holds {count}",
+        sys.name(),
+        cpu.total(),
+        cpu.user
     ));
     if count != expected {
         return Err(BenchError::Kernel(format!(
@@ -755,7 +761,8 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
         {
             f.commit_s = Some(secs);
             f.commit_rate = Some(rate);
-            f.commit_cpu_s = Some(cpu);
+            f.commit_cpu_s = Some(cpu.total());
+            f.commit_user_cpu_s = Some(cpu.user);
         }
     }
     f
@@ -1027,6 +1034,14 @@ fn rows(
             "B's daemon CPU during the commit (s)",
             c.commit_cpu_s,
             d.commit_cpu_s,
+            true,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_user_cpu_s",
+            "of which in the daemon's own code, user space (s)",
+            c.commit_user_cpu_s,
+            d.commit_user_cpu_s,
             true,
             Target::None,
         ));
