@@ -24,7 +24,11 @@ use serde_json::Value;
 
 const N: usize = 2_000;
 /// Rows without a figure for warm standby, whose -c writes nothing.
-const WARM_WRITES_NOTHING: &[&str] = &["commit_rate", "commit_vs_ceiling"];
+const WARM_WRITES_NOTHING: &[&str] = &[
+    "commit_rate",
+    "commit_vs_ceiling",
+    "commit_vs_ceiling_after",
+];
 
 #[test]
 fn the_failover_benchmark_runs_end_to_end_for_every_system() {
@@ -210,4 +214,23 @@ fn conntrackd_text_is_read_into_the_labs_shapes() {
     assert_eq!(flows[0]["orig"]["dport"], 5001);
     assert_eq!(flows[1]["orig"]["dst"], "2001:db8:2::100");
     assert_eq!(flows[1]["orig"]["sport"], 36074);
+}
+
+#[test]
+fn the_commit_is_divided_by_the_faster_ceiling_shape() {
+    use failover_bench::report::Ceiling;
+    let both = |one, per_core| Ceiling {
+        n: 1,
+        one_socket: one,
+        per_core,
+        cores: 2,
+        error: None,
+    };
+    // One socket faster than one per core: the one socket counts (it
+    // once divided by the per-core rate whatever the faster).
+    assert_eq!(both(Some(316.0), Some(302.0)).best(), Some(316.0));
+    assert_eq!(both(Some(302.0), Some(316.0)).best(), Some(316.0));
+    assert_eq!(both(None, Some(302.0)).best(), Some(302.0));
+    assert_eq!(both(Some(316.0), None).best(), Some(316.0));
+    assert_eq!(both(None, None).best(), None);
 }

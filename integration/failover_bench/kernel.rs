@@ -154,6 +154,29 @@ impl ScratchNs {
             ));
         }
         let ns = ScratchNs(name);
+        // Every new flow with the event extension, as on fwb, where the
+        // sync daemon sets nf_conntrack_events = 1 (conntrackd's listening
+        // socket has the same effect under the default 2): a commit's
+        // flows pay for it, so the ceiling does too (3-10%).
+        let out = crate::lab::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.netfilter.nf_conntrack_events=1",
+            ],
+        );
+        if !out.status.success() {
+            return Err(format!(
+                "nf_conntrack_events=1 in {}: {}",
+                ns.0,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
         // The firewalls' ruleset: the same hooks (and NAT) as fwb's kernel.
         let path = std::env::temp_dir().join(format!("{}.nft", ns.0));
         std::fs::write(&path, ruleset).map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -181,7 +204,8 @@ impl Drop for ScratchNs {
 
 /// The kernel's own ceiling for a commit of `flows`: the batched writer
 /// creating them at full speed in a namespace of its own (the firewalls'
-/// ruleset loaded, nobody listening to events), with `sockets` writers on
+/// ruleset loaded, every flow given the event extension as on fwb, nobody
+/// listening to events), with `sockets` writers on
 /// as many threads, each taking an equal share. Flows per second.
 pub fn ceiling(flows: &[Flow], sockets: usize, ruleset: &str) -> Result<f64, String> {
     let ns = ScratchNs::new(&format!("raw{sockets}"), ruleset)?;

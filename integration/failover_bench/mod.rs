@@ -427,8 +427,9 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let mut outcomes = Vec::new();
     let mut ceilings = Vec::new();
     for &n in &cfg.flows {
-        if cfg.ceiling {
-            ceilings.push(measure_ceiling(cfg, n));
+        let ceiling = cfg.ceiling.then(|| measure_ceiling(cfg, n));
+        if let Some(c) = &ceiling {
+            ceilings.push(c.clone());
         }
         for &sys in &cfg.systems {
             // The kernel frees the previous lab's flows in the background.
@@ -470,6 +471,20 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             }
             if let Some(e) = &out.error {
                 progress(&format!("N = {n}, {}: FAILED: {e}", sys.name()));
+            }
+            if let Some(c) = ceiling.as_ref().filter(|_| out.commit_rate().is_some()) {
+                match measure_ceiling_again(cfg, n, c) {
+                    Ok(rate) => {
+                        progress(&format!(
+                            "N = {n}, {}: the kernel's ceiling right after the lab: {rate:.0} flows/s",
+                            sys.name()
+                        ));
+                        out.ceiling_after = Some(rate);
+                    }
+                    Err(e) => out
+                        .notes
+                        .push(format!("the ceiling after the lab failed: {e}")),
+                }
             }
             outcomes.push(out);
         }
@@ -537,6 +552,25 @@ fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
         }
     }
     c
+}
+
+/// The faster shape of `start` once more, its lab gone and the machine
+/// idle again: what the kernel took at the moment of that lab's commit.
+fn measure_ceiling_again(cfg: &Config, n: usize, start: &report::Ceiling) -> Result<f64, String> {
+    let sockets = match (start.one_socket, start.per_core) {
+        (Some(one), Some(per_core)) if per_core > one => start.cores,
+        (None, Some(_)) => start.cores,
+        _ => 1,
+    };
+    let vip4 = crate::failover::VIP4_WAN
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let vip6 = crate::failover::VIP6_WAN
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let flows = kernel::filler_flows(n, vip4, vip6);
+    settle(cfg.settle);
+    kernel::ceiling(&flows, sockets, crate::failover::RULESET)
 }
 
 /// Write the report's JSON to `path` (creating its directory).
