@@ -183,16 +183,15 @@ impl CdLink {
 }
 
 impl Daemon {
-    /// A replicated local change, for the conntrackd peer too.
-    pub(super) fn cd_flow(&mut self, flow: &Flow) {
-        let now = self.now_ms();
+    /// A replicated local change, for the conntrackd peer too (at the
+    /// owner's `now`, milliseconds).
+    pub(super) fn cd_flow(&mut self, flow: &Flow, now: u64) {
         if let Some(cd) = &mut self.cd {
             cd.node.local_flow(flow.clone(), now);
         }
     }
 
-    pub(super) fn cd_flow_gone(&mut self, key: &FlowKey) {
-        let now = self.now_ms();
+    pub(super) fn cd_flow_gone(&mut self, key: &FlowKey, now: u64) {
         if let Some(cd) = &mut self.cd {
             cd.node.local_flow_gone(key, now);
         }

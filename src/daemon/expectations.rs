@@ -192,10 +192,9 @@ impl Daemon {
     }
 
     /// A local flow change for every peer: ctsync's (when a link speaks
-    /// it) and the conntrackd link's.
-    pub(super) fn replicate_flow(&mut self, flow: &Flow) {
-        let now = self.now_ms();
-        self.cd_flow(flow);
+    /// it) and the conntrackd link's, at the owner's `now` (milliseconds).
+    pub(super) fn replicate_flow(&mut self, flow: &Flow, now: u64) {
+        self.cd_flow(flow, now);
         let replicate = self.ctsync_links;
         self.node.local_upsert(flow, now, replicate);
     }
@@ -225,7 +224,8 @@ impl Daemon {
                     }
                 }
                 if self.filter.accepts(&flow) {
-                    self.replicate_flow(&flow);
+                    let now = self.now_ms();
+                    self.replicate_flow(&flow, now);
                 }
             }
             Ok(None) => {}
