@@ -209,22 +209,25 @@ impl Link {
         }
     }
 
-    /// Datagrams the loss rules dropped, both ways.
-    fn dropped(&self) -> u64 {
-        [&self.ns_cd, &self.ns_us]
-            .iter()
-            .map(|ns| {
-                let text = must(
-                    "ip",
-                    &["netns", "exec", ns, "nft", "list", "table", "inet", "loss"],
-                );
-                text.split("packets ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            })
-            .sum()
+    /// Datagrams the loss rules dropped, both ways, and the rules as the
+    /// kernel lists them (for a failure's message).
+    fn dropped(&self) -> (u64, String) {
+        let mut listed = String::new();
+        let mut dropped = 0;
+        for ns in [&self.ns_cd, &self.ns_us] {
+            let text = must(
+                "ip",
+                &["netns", "exec", ns, "nft", "list", "table", "inet", "loss"],
+            );
+            dropped += text
+                .split("packets ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            listed.push_str(&format!("{ns}:\n{text}\n"));
+        }
+        (dropped, listed)
     }
 }
 
@@ -899,7 +902,12 @@ fn ours_to_conntrackd(mode: CdMode, mode_block: &str, loss: u32) {
     });
     assert!(got_exp, "conntrackd -e expect: {exp}");
     if loss > 0 {
-        assert!(link.dropped() > 0, "the loss rules dropped nothing");
+        let (dropped, rules) = link.dropped();
+        assert!(
+            dropped > 0,
+            "the loss rules dropped nothing; our stats {:?}; the rules:\n{rules}",
+            us.node.stats()
+        );
         // conntrackd noticed gaps in our stream and we resent on its NACKs.
         assert!(
             us.node.stats().nacked > 0,
