@@ -230,6 +230,15 @@ fn the_commit_is_divided_by_the_faster_ceiling_shape() {
     // once divided by the per-core rate whatever the faster).
     assert_eq!(both(Some(316.0), Some(302.0)).best(), Some(316.0));
     assert_eq!(both(Some(302.0), Some(316.0)).best(), Some(316.0));
+    // The shape measured again after a lab is that faster one.
+    assert_eq!(
+        both(Some(316.0), Some(302.0)).best_shape(),
+        Some((1, 316.0))
+    );
+    assert_eq!(
+        both(Some(302.0), Some(316.0)).best_shape(),
+        Some((2, 316.0))
+    );
     assert_eq!(both(None, Some(302.0)).best(), Some(302.0));
     assert_eq!(both(Some(316.0), None).best(), Some(316.0));
     assert_eq!(both(None, None).best(), None);

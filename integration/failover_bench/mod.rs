@@ -53,6 +53,7 @@ use crate::bench::host::{settle, ConntrackSysctls, Machine};
 use crate::failover::traffic::{FlowInfo, Kind, Spec, Traffic};
 use crate::failover::{FailoverLab, Failure, Mode, Options, Timing};
 use crate::lab::{run as run_cmd, wait_until};
+use ctsync::flow::Flow;
 use ctsync::kernel::write::WriteOp;
 use host::{busy_now, CpuSnapshot};
 use logs::{commit_log_note, committed_flows, reconciles};
@@ -501,6 +502,17 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     })
 }
 
+/// The N filler flows the labs write into fwa (and the ceiling measures).
+fn filler(n: usize) -> Result<Vec<Flow>, String> {
+    let vip4 = crate::failover::VIP4_WAN
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let vip6 = crate::failover::VIP6_WAN
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok(kernel::filler_flows(n, vip4, vip6))
+}
+
 /// The kernel's ceiling for N filler flows, one socket and one per core.
 fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -509,24 +521,13 @@ fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
         cores,
         ..report::Ceiling::default()
     };
-    let vips: Result<(IpAddr, IpAddr), String> = (|| {
-        Ok((
-            crate::failover::VIP4_WAN
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-            crate::failover::VIP6_WAN
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        ))
-    })();
-    let (vip4, vip6) = match vips {
-        Ok(v) => v,
+    let flows = match filler(n) {
+        Ok(flows) => flows,
         Err(e) => {
             c.error = Some(e);
             return c;
         }
     };
-    let flows = kernel::filler_flows(n, vip4, vip6);
     for sockets in [1, cores] {
         settle(cfg.settle);
         match kernel::ceiling(&flows, sockets, crate::failover::RULESET) {
@@ -557,18 +558,10 @@ fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
 /// The faster shape of `start` once more, its lab gone and the machine
 /// idle again: what the kernel took at the moment of that lab's commit.
 fn measure_ceiling_again(cfg: &Config, n: usize, start: &report::Ceiling) -> Result<f64, String> {
-    let sockets = match (start.one_socket, start.per_core) {
-        (Some(one), Some(per_core)) if per_core > one => start.cores,
-        (None, Some(_)) => start.cores,
-        _ => 1,
-    };
-    let vip4 = crate::failover::VIP4_WAN
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let vip6 = crate::failover::VIP6_WAN
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let flows = kernel::filler_flows(n, vip4, vip6);
+    let (sockets, _) = start
+        .best_shape()
+        .ok_or("no ceiling at the start of the run")?;
+    let flows = filler(n)?;
     settle(cfg.settle);
     kernel::ceiling(&flows, sockets, crate::failover::RULESET)
 }

@@ -196,12 +196,19 @@ pub struct Ceiling {
 }
 
 impl Ceiling {
-    /// The faster of the two shapes: what the kernel can take.
-    pub fn best(&self) -> Option<f64> {
+    /// The faster of the two shapes: its writer sockets and its rate.
+    pub fn best_shape(&self) -> Option<(usize, f64)> {
         match (self.one_socket, self.per_core) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+            (Some(one), Some(per_core)) if per_core > one => Some((self.cores, per_core)),
+            (Some(one), _) => Some((1, one)),
+            (None, Some(per_core)) => Some((self.cores, per_core)),
+            (None, None) => None,
         }
+    }
+
+    /// The faster shape's rate: what the kernel can take.
+    pub fn best(&self) -> Option<f64> {
+        self.best_shape().map(|(_, rate)| rate)
     }
 }
 
