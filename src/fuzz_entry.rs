@@ -166,6 +166,34 @@ fn error_names_a_line(text: &str, e: &crate::config::ConfigError) {
     let _ = (e.to_string(), e.key());
 }
 
+/// A datagram from a conntrackd peer on a link that speaks conntrackd's
+/// protocol, as `CdNode::on_datagram` takes it, into a node of each mode
+/// (the FTFW one keeps sequence and resend state, NOTRACK and ALARM only
+/// decode): whatever it yields, the node must then still poll, and every
+/// flow it decodes must go to the kernel (`encode_create`, as a commit
+/// writes it) and back on conntrackd's wire (`encode_object`).
+pub fn conntrackd_datagram(data: &[u8]) {
+    use crate::conntrackd_wire::{encode_object, CdConfig, CdMode, CdNode, Object};
+    for mode in [CdMode::Ftfw, CdMode::Notrack, CdMode::Alarm] {
+        let cfg = CdConfig {
+            mode,
+            ..CdConfig::default()
+        };
+        let mut node = CdNode::new(cfg, 1_700_000_000, 0);
+        let changes = node.on_datagram(data, 1);
+        let _ = node.poll_transmit(2);
+        let _ = node.on_datagram(data, 3);
+        let _ = node.poll_transmit(2_000);
+        for change in &changes {
+            let _ = encode_object(&cfg.codec, change.op, &change.object);
+            if let Object::Flow(flow) = &change.object {
+                let mut buf = Vec::new();
+                codec::encode_create(&mut buf, flow, 1, &CreateOptions::default());
+            }
+        }
+    }
+}
+
 /// A conntrackd.conf's bytes (`Config::load` recognises the format and
 /// hands the text to `conntrackd_conf::convert`). An error names a line of
 /// the conntrackd.conf; what converts prints TOML (`ctsyncd convert`) that

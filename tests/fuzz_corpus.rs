@@ -25,6 +25,10 @@ const TARGETS: &[(&str, Entry)] = &[
     ("auth_open", ctsync::fuzz_entry::auth_open),
     ("key_file", ctsync::fuzz_entry::key_file),
     ("conntrackd_conf", ctsync::fuzz_entry::conntrackd_conf),
+    (
+        "conntrackd_datagram",
+        ctsync::fuzz_entry::conntrackd_datagram,
+    ),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -642,6 +646,37 @@ General {
             .collect()
     }
 
+    /// conntrackd's wire as our conntrackd link sends it: a NOTRACK node's
+    /// data (every seed flow, new, then updated, then gone) and an FTFW
+    /// node's hello and alive messages.
+    pub fn conntrackd_datagrams() -> Vec<Vec<u8>> {
+        use ctsync::conntrackd_wire::{CdConfig, CdMode, CdNode};
+        let mut out = Vec::new();
+        for mode in [CdMode::Notrack, CdMode::Ftfw] {
+            let cfg = CdConfig {
+                mode,
+                ..CdConfig::default()
+            };
+            let mut node = CdNode::new(cfg, 1_700_000_000, 0);
+            out.extend(node.poll_transmit(0));
+            for f in flows() {
+                node.local_flow(f, 10);
+            }
+            out.extend(node.poll_transmit(10));
+            for mut f in flows() {
+                f.mark ^= 1;
+                node.local_flow(f, 20);
+            }
+            out.extend(node.poll_transmit(20));
+            for f in flows() {
+                node.local_flow_gone(&f.key(), 30);
+            }
+            out.extend(node.poll_transmit(30));
+            out.extend(node.poll_transmit(5_000));
+        }
+        out
+    }
+
     /// Key files: one key, several with a `send` mark, comments, and the
     /// mistakes the parser names.
     pub fn key_files() -> Vec<Vec<u8>> {
@@ -716,7 +751,7 @@ General {
 #[test]
 #[ignore = "writes the seed corpora; run by name"]
 fn write_seeds() {
-    let sets: [(&str, Vec<Vec<u8>>); 8] = [
+    let sets: [(&str, Vec<Vec<u8>>); 9] = [
         ("wire_datagram", seeds::datagrams()),
         ("ctnetlink", seeds::netlink()),
         ("config", seeds::configs()),
@@ -725,6 +760,7 @@ fn write_seeds() {
         ("auth_open", seeds::sealed()),
         ("key_file", seeds::key_files()),
         ("conntrackd_conf", seeds::conntrackd_confs()),
+        ("conntrackd_datagram", seeds::conntrackd_datagrams()),
     ];
     for (name, inputs) in sets {
         let f = target_fn(name).expect("a listed target");
@@ -765,6 +801,23 @@ fn seeds_are_valid_inputs() {
             panic!("{e}\n{text}");
         }
     }
+    // Our own conntrackd-wire datagrams decode into flows again on a
+    // receiving node (NOTRACK's data: the first seeds).
+    let cd = seeds::conntrackd_datagrams();
+    assert!(cd.len() >= 4, "{} conntrackd datagrams", cd.len());
+    let mut rx = ctsync::conntrackd_wire::CdNode::new(
+        ctsync::conntrackd_wire::CdConfig {
+            mode: ctsync::conntrackd_wire::CdMode::Notrack,
+            ..Default::default()
+        },
+        1_700_000_000,
+        0,
+    );
+    let decoded: usize = cd.iter().map(|d| rx.on_datagram(d, 1).len()).sum();
+    assert!(
+        decoded >= 3 * seeds::flows().len(),
+        "only {decoded} changes decoded from the conntrackd seeds"
+    );
     for r in seeds::requests().iter().take(22) {
         assert!(ctsync::control::request::decode_request(r).1.is_ok());
     }
