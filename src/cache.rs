@@ -9,7 +9,7 @@
 //! the caller's clock), or decide what is replicated.
 
 use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
-use crate::sharded_table::ShardedTable;
+use crate::sharded_table::{self, ShardedTable};
 use crate::wire::compact::{self, KeyBuf, Reader};
 use crate::wire::{RangeSum, WireFlow, WireKey, RANGES};
 use foldhash::fast::SeedableRandomState;
@@ -531,8 +531,7 @@ impl FlowCache {
         let hash = self.hasher.hash_one(key);
         let range = range_of_bytes(key);
         let outcome = match self.table.entry(hash, matches(hash, key), |s| s.hash) {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                let slot = slot.get_mut();
+            sharded_table::Entry::Occupied(slot) => {
                 slot.generation = generation;
                 if slot.flow_bytes() == scratch.as_slice() && !stamp_unchanged {
                     // The stamp stays: it says when this state (and this
@@ -566,7 +565,7 @@ impl FlowCache {
                     (Upsert::Updated, mark && !was_queued)
                 }
             }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
+            sharded_table::Entry::Vacant(slot) => {
                 let h = state_hash(flow);
                 self.digest ^= h;
                 if let Some(sum) = self.ranges.get_mut(range) {
@@ -591,9 +590,8 @@ impl FlowCache {
     /// Remove a flow; counts a failed destroy when it was not cached.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         let (bytes, hash) = self.probe(key);
-        match self.table.find_entry(hash, matches(hash, bytes.as_slice())) {
-            Ok(slot) => {
-                let (slot, _) = slot.remove();
+        match self.table.remove(hash, matches(hash, bytes.as_slice())) {
+            Some(slot) => {
                 let flow = slot.flow();
                 let h = state_hash(&flow);
                 self.digest ^= h;
@@ -604,7 +602,7 @@ impl FlowCache {
                 self.stats.destroyed += 1;
                 Some(flow)
             }
-            Err(_) => {
+            None => {
                 self.stats.destroy_failed += 1;
                 None
             }

@@ -8,12 +8,12 @@
 //! slowest insert while growing to a million takes 0.2 ms
 //! (`examples/cache_growth.rs`).
 //!
-//! Owns: which shard an entry lives in, and the shards.
+//! Owns: which shard an entry lives in, the shards, and their count of
+//! entries (kept, not summed: `len` is asked for every flow a peer sends).
 //! Must not: hash (callers pass the hash, as to hashbrown's `HashTable`,
 //! and keep it with the entry for `entry`'s rehash), or know what it
 //! stores.
 
-use hashbrown::hash_table::{AbsentEntry, Entry, OccupiedEntry};
 use hashbrown::HashTable;
 
 /// How many shards: enough that a shard of a 4,000,000-flow table moves
@@ -34,6 +34,27 @@ fn shard_of(hash: u64) -> usize {
 #[derive(Clone, Debug)]
 pub struct ShardedTable<T> {
     shards: Box<[HashTable<T>; SHARDS]>,
+    /// Entries in all shards together.
+    len: usize,
+}
+
+/// What `ShardedTable::entry` found: the entry, or the place for it.
+pub enum Entry<'a, T> {
+    Occupied(&'a mut T),
+    Vacant(VacantEntry<'a, T>),
+}
+
+/// The place for an entry not in the table; `insert` fills it.
+pub struct VacantEntry<'a, T> {
+    slot: hashbrown::hash_table::VacantEntry<'a, T>,
+    len: &'a mut usize,
+}
+
+impl<'a, T> VacantEntry<'a, T> {
+    pub fn insert(self, value: T) -> &'a mut T {
+        *self.len += 1;
+        self.slot.insert(value).into_mut()
+    }
 }
 
 impl<T> Default for ShardedTable<T> {
@@ -47,15 +68,16 @@ impl<T> ShardedTable<T> {
     pub fn new() -> ShardedTable<T> {
         ShardedTable {
             shards: Box::new(std::array::from_fn(|_| HashTable::new())),
+            len: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(HashTable::len).sum()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(HashTable::is_empty)
+        self.len == 0
     }
 
     /// How many entries the shards can hold without growing, together.
@@ -80,23 +102,28 @@ impl<T> ShardedTable<T> {
         self.shards[shard_of(hash)].find_mut(hash, eq)
     }
 
-    /// The entry for `hash` and `eq`; `hasher` gives a stored entry's hash
-    /// when its shard grows.
+    /// The entry for `hash` and `eq`, found or to insert in one probe;
+    /// `hasher` gives a stored entry's hash when its shard grows.
     pub fn entry(
         &mut self,
         hash: u64,
         eq: impl FnMut(&T) -> bool,
         hasher: impl Fn(&T) -> u64,
     ) -> Entry<'_, T> {
-        self.shards[shard_of(hash)].entry(hash, eq, hasher)
+        match self.shards[shard_of(hash)].entry(hash, eq, hasher) {
+            hashbrown::hash_table::Entry::Occupied(found) => Entry::Occupied(found.into_mut()),
+            hashbrown::hash_table::Entry::Vacant(slot) => Entry::Vacant(VacantEntry {
+                slot,
+                len: &mut self.len,
+            }),
+        }
     }
 
-    pub fn find_entry(
-        &mut self,
-        hash: u64,
-        eq: impl FnMut(&T) -> bool,
-    ) -> Result<OccupiedEntry<'_, T>, AbsentEntry<'_, T>> {
-        self.shards[shard_of(hash)].find_entry(hash, eq)
+    /// Take the entry for `hash` and `eq` out, if there is one.
+    pub fn remove(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<T> {
+        let found = self.shards[shard_of(hash)].find_entry(hash, eq).ok()?;
+        self.len -= 1;
+        Some(found.remove().0)
     }
 
     /// Every entry, shard by shard: the same order on every walk of an
@@ -114,6 +141,7 @@ impl<T> ShardedTable<T> {
         for shard in self.shards.iter_mut() {
             shard.retain(&mut keep);
         }
+        self.len = self.shards.iter().map(HashTable::len).sum();
     }
 
     /// Drop every entry and give the memory back.
@@ -121,6 +149,7 @@ impl<T> ShardedTable<T> {
         for shard in self.shards.iter_mut() {
             *shard = HashTable::new();
         }
+        self.len = 0;
     }
 }
 
@@ -141,7 +170,7 @@ mod tests {
     fn insert(table: &mut ShardedTable<(u64, u32, u32)>, key: u32, value: u32) {
         let hash = spread(key);
         match table.entry(hash, |e| e.1 == key, |e| e.0) {
-            Entry::Occupied(mut e) => e.get_mut().2 = value,
+            Entry::Occupied(e) => e.2 = value,
             Entry::Vacant(e) => {
                 e.insert((hash, key, value));
             }
@@ -178,10 +207,7 @@ mod tests {
                         model.insert(k, v);
                     }
                     Op::Remove(k) => {
-                        let removed = table
-                            .find_entry(spread(k), |e| e.1 == k)
-                            .ok()
-                            .map(|e| e.remove().0 .2);
+                        let removed = table.remove(spread(k), |e| e.1 == k).map(|e| e.2);
                         prop_assert_eq!(removed, model.remove(&k));
                     }
                     Op::RetainEven => {
@@ -195,6 +221,7 @@ mod tests {
                 }
                 prop_assert_eq!(table.len(), model.len());
                 prop_assert_eq!(table.is_empty(), model.is_empty());
+                prop_assert_eq!(table.iter().count(), model.len());
             }
             let mut held: Vec<(u32, u32)> = table.iter().map(|e| (e.1, e.2)).collect();
             held.sort_unstable();
