@@ -130,7 +130,7 @@ fn status_kb(pid: u32, field: &str) -> Result<u64, BenchError> {
 
 /// User plus system CPU time of a process, seconds (/proc/PID/stat).
 pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
-    cpu_times(pid).map(|t| t.user + t.system)
+    cpu_times(pid).map(CpuTimes::total)
 }
 
 /// A process's CPU time, seconds: in its own code (user) and in the

@@ -158,25 +158,12 @@ impl ScratchNs {
         // sync daemon sets nf_conntrack_events = 1 (conntrackd's listening
         // socket has the same effect under the default 2): a commit's
         // flows pay for it, so the ceiling does too (3-10%).
-        let out = crate::lab::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns.0,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.netfilter.nf_conntrack_events=1",
-            ],
-        );
-        if !out.status.success() {
-            return Err(format!(
-                "nf_conntrack_events=1 in {}: {}",
-                ns.0,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        crate::bench::kernel::run_in(
+            &ns.0,
+            "sysctl",
+            &["-q", "-w", "net.netfilter.nf_conntrack_events=1"],
+        )
+        .map_err(|e| e.to_string())?;
         // The firewalls' ruleset: the same hooks (and NAT) as fwb's kernel.
         let path = std::env::temp_dir().join(format!("{}.nft", ns.0));
         std::fs::write(&path, ruleset).map_err(|e| format!("write {}: {e}", path.display()))?;
