@@ -506,10 +506,10 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
 fn filler(n: usize) -> Result<Vec<Flow>, String> {
     let vip4 = crate::failover::VIP4_WAN
         .parse()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| format!("VIP: {e}"))?;
     let vip6 = crate::failover::VIP6_WAN
         .parse()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| format!("VIP: {e}"))?;
     Ok(kernel::filler_flows(n, vip4, vip6))
 }
 
@@ -605,13 +605,7 @@ fn run_one(cfg: &Config, n: usize, sys: System, out: &mut Outcome) -> Result<(),
     lab.wait_backup_done(0, 0, Duration::from_secs(10));
 
     // The busy table: N idle flows in fwa's kernel, cached by its daemon.
-    let vip4: IpAddr = crate::failover::VIP4_WAN
-        .parse()
-        .map_err(|e| format!("VIP: {e}"))?;
-    let vip6: IpAddr = crate::failover::VIP6_WAN
-        .parse()
-        .map_err(|e| format!("VIP: {e}"))?;
-    let took = kernel::write_flows(&lab.a.ns, kernel::filler_flows(n, vip4, vip6))?;
+    let took = kernel::write_flows(&lab.a.ns, filler(n)?)?;
     out.fill_s = Some(took.as_secs_f64());
     let filled = Instant::now();
     let cached = poll(sync_bound(n), || {
@@ -754,7 +748,7 @@ fn run_one(cfg: &Config, n: usize, sys: System, out: &mut Outcome) -> Result<(),
         // SAFETY: kill(2) on the daemon the lab started and has not reaped.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         let started = Instant::now();
-        let keys: Vec<WriteOp> = kernel::filler_flows(n, vip4, vip6)
+        let keys: Vec<WriteOp> = filler(n)?
             .iter()
             .map(|f| WriteOp::Delete(f.key()))
             .collect();
