@@ -18,6 +18,8 @@ const CTSYNCD_ONLY: &[&str] = &[
     "raw_writer_threads",
     "raw_writer_batch_kib",
     "raw_writer_no_extension_rate",
+    "commit_first_write_ms",
+    "commit_in_kernel_share",
     "lat_warm_steady_p50_ms",
     "lat_warm_steady_p99_ms",
     "lat_warm_steady_max_ms",

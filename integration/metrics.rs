@@ -253,6 +253,26 @@ fn scrape_passes_promtool_and_agrees_with_stats_and_the_kernel() {
     assert_eq!(json["commit"]["ok"], flows);
     let sum = must_sample(&after, "ctsync_commit_duration_seconds_sum", "");
     assert!(sum > 0.0 && sum < 60.0, "commit took {sum}s");
+    // Its breakdown: the kernel took some of that time, and the first
+    // write went out within it (each rounded down to a microsecond, the
+    // duration's sum too).
+    let last = must_sample(&after, "ctsync_commit_last_duration_seconds", "");
+    let in_kernel = must_sample(&after, "ctsync_commit_last_in_kernel_seconds", "");
+    let first_write = must_sample(&after, "ctsync_commit_last_first_write_seconds", "");
+    assert!(
+        in_kernel > 0.0 && in_kernel <= sum,
+        "in the kernel {in_kernel}s of {sum}s"
+    );
+    assert!(
+        first_write > 0.0 && first_write + in_kernel <= sum + 1e-6,
+        "first write after {first_write}s, {in_kernel}s in the kernel, of {sum}s"
+    );
+    assert!(last <= sum + 0.001, "last {last}s, sum {sum}s");
+    assert_eq!(
+        json["commit"]["last_in_kernel_us"].as_f64(),
+        Some((in_kernel * 1e6).round()),
+        "-s --json and the metric differ"
+    );
     let entries = must_sample(&after, "ctsync_conntrack_entries", "");
     let kernel_now = proc_number(b, "nf_conntrack_count");
     assert!(

@@ -100,8 +100,12 @@ pub struct CommitCounters {
     /// The running (or last) commit's progress.
     pub done: u64,
     pub total: u64,
-    /// How long the last commit took.
+    /// How long the last commit took, from the request to the last write.
     pub last_ms: u64,
+    /// Of that, from the request to its first write into the kernel.
+    pub last_first_write_us: u64,
+    /// Of that, the time the kernel spent taking its writes.
+    pub last_in_kernel_us: u64,
     /// How long each finished commit took.
     pub durations: CommitDurations,
     /// Expectations written, and refused, over every commit.

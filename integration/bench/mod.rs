@@ -291,10 +291,16 @@ pub struct Figures {
     /// Of those, the seconds in its own code (user space): the commit's
     /// cost that is the daemon's, not the kernel's inserts.
     pub commit_user_cpu_s: Option<f64>,
-    /// The ceiling's shape once more right after this commit, every daemon
-    /// stopped, into a fresh namespace (flows/s): what the kernel took at
-    /// the commit's moment, which can differ from the start of the run.
-    pub ceiling_after_commit: Option<f64>,
+    /// The daemon's own account: from the request to its first write,
+    /// and the share of the commit's time the kernel spent taking writes.
+    pub commit_first_write_s: Option<f64>,
+    pub commit_in_kernel_share: Option<f64>,
+    /// The ceiling's shape once more beside this commit (right before its
+    /// repetition or right after the commit, alternately), every daemon
+    /// stopped, into a fresh namespace (flows/s): what the kernel took
+    /// about the commit's moment, which can differ from the start of the
+    /// run.
+    pub ceiling_beside_commit: Option<f64>,
     pub burst_s: Option<f64>,
     pub burst_complete_s: Option<f64>,
     pub burst_lost: Option<f64>,
@@ -325,7 +331,9 @@ impl Figures {
             commit_rate: m(|f| f.commit_rate),
             commit_cpu_s: m(|f| f.commit_cpu_s),
             commit_user_cpu_s: m(|f| f.commit_user_cpu_s),
-            ceiling_after_commit: m(|f| f.ceiling_after_commit),
+            commit_first_write_s: m(|f| f.commit_first_write_s),
+            commit_in_kernel_share: m(|f| f.commit_in_kernel_share),
+            ceiling_beside_commit: m(|f| f.ceiling_beside_commit),
             burst_s: m(|f| f.burst_s),
             burst_complete_s: m(|f| f.burst_complete_s),
             burst_lost: m(|f| f.burst_lost),
@@ -763,6 +771,20 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
             f.commit_rate = Some(rate);
             f.commit_cpu_s = Some(cpu.total());
             f.commit_user_cpu_s = Some(cpu.user);
+            if let Some(Some(clock)) = keep(
+                notes,
+                &format!("{name}: the commit's clock"),
+                sys.commit_clock(Side::B),
+            ) {
+                progress(&format!(
+                    "{name}: its first write {:.1} ms after the request; the kernel took \
+                     its writes {:.3} s of {secs:.3} s",
+                    clock.first_write * 1000.0,
+                    clock.in_kernel
+                ));
+                f.commit_first_write_s = Some(clock.first_write);
+                f.commit_in_kernel_share = Some(clock.in_kernel / secs);
+            }
         }
     }
     f
@@ -1014,18 +1036,18 @@ fn rows(
             Target::CtsyncdAtLeast(1.0),
         ));
         rows.push(Row::new(
-            "raw_after_commit",
-            "raw writer ceiling's shape right after each commit, every daemon stopped (flows/s)",
-            c.ceiling_after_commit,
-            d.ceiling_after_commit,
+            "raw_beside_commit",
+            "raw writer ceiling's shape beside each commit (right before its repetition or right after it, alternately), every daemon stopped (flows/s)",
+            c.ceiling_beside_commit,
+            d.ceiling_beside_commit,
             false,
             Target::None,
         ));
         rows.push(Row::new(
-            "commit_vs_raw_after",
+            "commit_vs_raw_beside",
             "median commit rate ÷ median of those rates",
-            ratio(c.commit_rate, c.ceiling_after_commit),
-            ratio(d.commit_rate, d.ceiling_after_commit),
+            ratio(c.commit_rate, c.ceiling_beside_commit),
+            ratio(d.commit_rate, d.ceiling_beside_commit),
             false,
             Target::CtsyncdAtLeast(1.0),
         ));
@@ -1043,6 +1065,22 @@ fn rows(
             c.commit_user_cpu_s,
             d.commit_user_cpu_s,
             true,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_first_write_ms",
+            "commit: from the request to its first write into the kernel, by the daemon (ms)",
+            c.commit_first_write_s.map(|s| s * 1000.0),
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_in_kernel_share",
+            "commit: the kernel taking its writes, share of the commit's time",
+            c.commit_in_kernel_share,
+            None,
+            false,
             Target::None,
         ));
     }
@@ -1208,8 +1246,11 @@ fn rows(
 }
 
 /// Both systems' phases `cfg.reps` times, which goes first alternating;
-/// each figure's median. With the raw writer's `ceiling` shape, each
-/// commit is followed by that shape's rate at that moment.
+/// each figure's median. With the raw writer's `ceiling` shape, that
+/// shape's rate is taken beside each commit: right after it in the first
+/// repetition, right before the system's repetition in the next, and so on
+/// (the kernel's rate drifts within a run, and a yardstick always taken
+/// after would lean with it).
 fn compare(
     cfg: &BenchConfig,
     ceiling: Option<ceiling::Shape>,
@@ -1220,6 +1261,7 @@ fn compare(
     let mut ctd_runs = Vec::new();
     for rep in 0..cfg.reps {
         let ctsyncd_first = rep % 2 == 0;
+        let ceiling_before = rep % 2 == 1;
         for ctsyncd in [ctsyncd_first, !ctsyncd_first] {
             progress(&format!(
                 "repetition {} of {}: {}",
@@ -1227,22 +1269,35 @@ fn compare(
                 cfg.reps,
                 if ctsyncd { "ctsyncd" } else { "conntrackd" }
             ));
+            let shape = ceiling.filter(|_| cfg.wants(Workload::Commit));
             if ctsyncd {
-                let mut sys = Ctsyncd::new("");
-                let mut f = measure(&mut sys, cfg, notes);
-                wind_down(&mut sys);
-                f.ceiling_after_commit = ceiling_after_commit(&f, ceiling, n, notes);
-                cts_runs.push(f);
+                let f = beside_ceiling(shape, n, ceiling_before, notes, |notes| {
+                    let mut sys = Ctsyncd::new("");
+                    let f = measure(&mut sys, cfg, notes);
+                    wind_down(&mut sys);
+                    f
+                });
+                cts_runs.extend(f);
             } else if cfg.with_conntrackd {
-                match Conntrackd::new(n) {
-                    Ok(mut sys) => {
-                        let mut f = measure(&mut sys, cfg, notes);
-                        wind_down(&mut sys);
-                        f.ceiling_after_commit = ceiling_after_commit(&f, ceiling, n, notes);
-                        ctd_runs.push(f);
-                    }
-                    Err(e) => notes.push(format!("conntrackd: {e}")),
-                }
+                let f =
+                    beside_ceiling(
+                        shape,
+                        n,
+                        ceiling_before,
+                        notes,
+                        |notes| match Conntrackd::new(n) {
+                            Ok(mut sys) => {
+                                let f = measure(&mut sys, cfg, notes);
+                                wind_down(&mut sys);
+                                Some(f)
+                            }
+                            Err(e) => {
+                                notes.push(format!("conntrackd: {e}"));
+                                None
+                            }
+                        },
+                    );
+                ctd_runs.extend(f);
             }
         }
     }
@@ -1252,25 +1307,46 @@ fn compare(
     (Figures::median(&cts_runs), Figures::median(&ctd_runs))
 }
 
-/// After a repetition that committed (its daemons stopped, so that no
-/// conntrack listener anywhere makes the kernel build events), the
-/// ceiling's `shape` once more into a fresh namespace: flows/s.
-fn ceiling_after_commit(
-    f: &Figures,
+/// One system's repetition (`run`), with the ceiling's `shape` measured
+/// beside its commit: right `before` the repetition, or right after it.
+/// Either way no daemon runs then, so that no conntrack listener anywhere
+/// makes the kernel build events. A repetition that did not commit gets
+/// no figure.
+fn beside_ceiling<F: Into<Option<Figures>>>(
     shape: Option<ceiling::Shape>,
     n: usize,
+    before: bool,
+    notes: &mut Vec<String>,
+    run: impl FnOnce(&mut Vec<String>) -> F,
+) -> Option<Figures> {
+    let early = shape
+        .filter(|_| before)
+        .and_then(|s| ceiling_now(s, n, "before the repetition", notes));
+    let mut f = run(notes).into()?;
+    f.ceiling_beside_commit = match (shape, f.commit_rate) {
+        (Some(s), Some(_)) if !before => ceiling_now(s, n, "right after the commit", notes),
+        (Some(_), Some(_)) => early,
+        _ => None,
+    };
+    Some(f)
+}
+
+/// The ceiling's `shape` once more into a fresh namespace, the machine
+/// idle before and after: flows/s.
+fn ceiling_now(
+    shape: ceiling::Shape,
+    n: usize,
+    when: &str,
     notes: &mut Vec<String>,
 ) -> Option<f64> {
-    let shape = shape?;
-    f.commit_rate?;
     settle(SETTLE_BOUND);
     let run = keep(
         notes,
-        "raw writer after the commit",
+        &format!("raw writer {when}"),
         ceiling::measure_shape(&tcp_flows(n, 0), shape, ceiling::Events::EveryFlow),
     )?;
     progress(&format!(
-        "raw writer right after the commit: {:.0} flows/s",
+        "raw writer {when}: {:.0} flows/s",
         run.flows_per_s
     ));
     settle(SETTLE_BOUND);

@@ -35,6 +35,10 @@ pub trait System {
     fn external_active(&self, side: Side) -> Result<u64, BenchError>;
     /// Commit the external cache to the kernel; returns when done.
     fn commit(&self, side: Side) -> Result<(), BenchError>;
+    /// Where the last commit's time went, if the daemon says.
+    fn commit_clock(&self, _side: Side) -> Result<Option<CommitClock>, BenchError> {
+        Ok(None)
+    }
     /// What an HA agent runs after starting a backup daemon empty.
     fn after_restart(&self, side: Side) -> Result<(), BenchError>;
     /// `-R`: re-read the kernel table into the internal cache; returns
@@ -43,6 +47,15 @@ pub trait System {
     /// The control socket (both daemons answer conntrackd's native
     /// requests on it).
     fn control_socket(&self, side: Side) -> std::path::PathBuf;
+}
+
+/// The daemon's account of its last commit (seconds).
+#[derive(Clone, Copy, Debug)]
+pub struct CommitClock {
+    /// From the request to the first write into the kernel.
+    pub first_write: f64,
+    /// The kernel taking the writes.
+    pub in_kernel: f64,
 }
 
 /// ctsyncd in the lab, with the lab's TOML, run as the shipped unit runs
@@ -188,6 +201,20 @@ impl System for Ctsyncd {
 
     fn commit(&self, side: Side) -> Result<(), BenchError> {
         self.client(side, &["-c"]).map(|_| ())
+    }
+
+    fn commit_clock(&self, side: Side) -> Result<Option<CommitClock>, BenchError> {
+        let stats = self.stats(side)?;
+        let us = |key: &str| {
+            stats["commit"][key]
+                .as_f64()
+                .map(|us| us / 1e6)
+                .ok_or_else(|| BenchError::Parse(format!("ctsyncd -s --json: no commit.{key}")))
+        };
+        Ok(Some(CommitClock {
+            first_write: us("last_first_write_us")?,
+            in_kernel: us("last_in_kernel_us")?,
+        }))
     }
 
     fn after_restart(&self, _side: Side) -> Result<(), BenchError> {

@@ -15,7 +15,9 @@ use crate::expect::Expectation;
 use crate::filter::Filter;
 use crate::flow::{Flow, FlowKey};
 use crate::kernel::dump::{dump_expectations, dump_table, dump_table_compact};
-use crate::kernel::write::{missing_from_table, CreateOptions, WriteOp, WriteReport, Writer};
+use crate::kernel::write::{
+    missing_from_table, CreateOptions, WriteClock, WriteOp, WriteReport, Writer,
+};
 use crate::kernel::{ExpectOp, ExpectWriteReport};
 use crate::wire::FlowList;
 use foldhash::HashSet;
@@ -32,16 +34,19 @@ pub(super) const QUIET_COMMIT_MIN: usize = 10_000;
 /// then the peers' expectations (their timeouts aged already), once every
 /// flow is in, since an expectation needs its master in the table.
 pub(super) struct CommitJob {
+    /// When the client asked: a commit's duration counts from here.
+    pub requested: Instant,
     pub source: CommitSource,
     pub plan: CommitPlan,
     pub options: CreateOptions,
     pub expectations: Vec<Expectation>,
 }
 
-/// What a commit wrote.
+/// What a commit wrote, and where the writer's time went.
 pub(super) struct CommitReport {
     pub flows: WriteReport,
     pub expectations: ExpectWriteReport,
+    pub clock: WriteClock,
 }
 
 /// Why the table is being read, and who waits for it.
@@ -142,8 +147,8 @@ fn run_job(
 ) -> Done {
     match job {
         Job::Commit(job, client) => {
-            let started = Instant::now();
-            Done::Commit(commit(writer, job, progress), started, client)
+            let requested = job.requested;
+            Done::Commit(commit(writer, job, progress), requested, client)
         }
         Job::FlushKernel {
             filter,
@@ -225,11 +230,13 @@ fn commit(
     progress: &AtomicU64,
 ) -> Result<CommitReport, String> {
     let CommitJob {
+        requested: _,
         source,
         plan,
         options,
         expectations,
     } = job;
+    writer.take_clock();
     let flows = commit_flows(writer, source, plan, &options, progress)?;
     let ops: Vec<ExpectOp> = expectations.into_iter().map(ExpectOp::Create).collect();
     let expectations = if ops.is_empty() {
@@ -240,6 +247,7 @@ fn commit(
     Ok(CommitReport {
         flows,
         expectations,
+        clock: writer.take_clock(),
     })
 }
 

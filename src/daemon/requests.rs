@@ -7,6 +7,7 @@
 
 use super::commit_plan::{CommitPlan, CommitSource, RecentSplit, URGENT_COMMIT};
 use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
+use super::setup::{micros, millis};
 use super::views::{self, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
 use crate::cache::FlowCache;
@@ -165,6 +166,7 @@ impl Daemon {
         now_ms: u64,
         reply: oneshot::Sender<Reply>,
     ) {
+        let requested = Instant::now();
         if self.commit == CommitPhase::Running {
             let _ = reply.send(failure("commit already in progress".into()));
             return;
@@ -243,6 +245,7 @@ impl Daemon {
             Vec::new()
         };
         let job = CommitJob {
+            requested,
             source,
             plan,
             options,
@@ -273,9 +276,10 @@ impl Daemon {
     pub(super) fn commit_done(
         &mut self,
         result: Result<CommitReport, String>,
-        started: Instant,
+        requested: Instant,
         client: Option<oneshot::Sender<Reply>>,
     ) {
+        let took = requested.elapsed();
         self.commit = CommitPhase::Finished {
             own_writes_until: Instant::now() + OWN_WRITES_MEMORY,
         };
@@ -291,12 +295,21 @@ impl Daemon {
         counters.running = false;
         counters.commits += 1;
         counters.done = self.commit_progress.load(Ordering::Relaxed);
-        counters.last_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        counters.durations.observe(started.elapsed());
+        counters.last_ms = millis(took);
+        counters.durations.observe(took);
+        let clock = match &result {
+            Ok(report) => report.clock,
+            Err(_) => Default::default(),
+        };
+        counters.last_first_write_us = clock
+            .first_send
+            .map_or(0, |at| micros(at.saturating_duration_since(requested)));
+        counters.last_in_kernel_us = micros(clock.in_kernel);
         let reply = match result {
             Ok(CommitReport {
                 flows: report,
                 expectations,
+                clock,
             }) => {
                 counters.expectations_ok += expectations.ok;
                 counters.expectations_failed += expectations.failed;
@@ -320,15 +333,15 @@ impl Daemon {
                         report.failed
                     );
                 }
-                tracing::info!(
-                    "commit has taken {:.6} seconds",
-                    started.elapsed().as_secs_f64()
-                );
+                tracing::info!("commit has taken {:.6} seconds", took.as_secs_f64());
                 tracing::info!(
                     written = report.ok,
                     failed = report.failed,
                     flows = counters.total,
                     duration_ms = counters.last_ms,
+                    first_write_ms = counters.last_first_write_us / 1000,
+                    in_kernel_ms = counters.last_in_kernel_us / 1000,
+                    waiting_for_flows_ms = millis(clock.waiting_for_flows),
                     "commit finished"
                 );
                 if report.failed > 0 && report.ok == 0 {

@@ -28,7 +28,7 @@ use super::socket::{
 };
 use super::{dump_table, errno_name, KernelError};
 use crate::flow::{proto_name, Flow, FlowKey};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes of requests packed into one `send`.
 pub const CHUNK_BYTES: usize = 200 * 1024;
@@ -201,6 +201,31 @@ impl<'a> Unit<'a> {
     }
 }
 
+/// Where a writer's time went since it was last asked
+/// ([`Writer::take_clock`]): what tells a commit slowed by the kernel from
+/// one slowed by ctsync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteClock {
+    /// In `send` and reading the kernel's answers: the kernel inserting.
+    pub in_kernel: Duration,
+    /// A bulk create's sender waiting for its encoder to fill a batch.
+    pub waiting_for_flows: Duration,
+    /// When the first request went out.
+    pub first_send: Option<Instant>,
+}
+
+impl WriteClock {
+    /// Time a send and its answers: `io` runs, and its time counts as the
+    /// kernel's.
+    fn kernel<T>(&mut self, io: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        self.first_send.get_or_insert(started);
+        let out = io();
+        self.in_kernel += started.elapsed();
+        out
+    }
+}
+
 /// Writes flows into the kernel table through its own netlink socket.
 pub struct Writer {
     sock: NlSocket,
@@ -208,6 +233,7 @@ pub struct Writer {
     opts: CreateOptions,
     buf: Vec<u8>,
     rbuf: Vec<u8>,
+    clock: WriteClock,
 }
 
 impl Writer {
@@ -225,7 +251,13 @@ impl Writer {
             opts: CreateOptions::default(),
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
             rbuf: Vec::with_capacity(64 * 1024),
+            clock: WriteClock::default(),
         })
+    }
+
+    /// Where this writer's time went since the last call; starts afresh.
+    pub fn take_clock(&mut self) -> WriteClock {
+        std::mem::take(&mut self.clock)
     }
 
     /// The netlink port id of this writer: the kernel events its writes
@@ -278,14 +310,19 @@ impl Writer {
             let encoder =
                 scope.spawn(move || encode_batches(flows, opts, seq0, chunk, &free_rx, &full_tx));
             let mut result = Ok(());
+            let mut waiting_since = Instant::now();
             for batch in full_rx.iter() {
+                self.clock.waiting_for_flows += waiting_since.elapsed();
                 let count = batch.flows.len();
                 errs.clear();
                 errs.resize(count, 0);
-                result = self
-                    .sock
-                    .send(&batch.buf)
-                    .and_then(|()| self.collect(batch.base, batch.barrier, &mut errs));
+                let mut clock = self.clock;
+                result = clock.kernel(|| {
+                    self.sock
+                        .send(&batch.buf)
+                        .and_then(|()| self.collect(batch.base, batch.barrier, &mut errs))
+                });
+                self.clock = clock;
                 if result.is_err() {
                     // Dropping the receiver stops the encoder.
                     break;
@@ -301,6 +338,7 @@ impl Writer {
                 }
                 on_sent(count);
                 let _ = free_tx.send(batch);
+                waiting_since = Instant::now();
             }
             // After a failed send the encoder may be waiting for a free
             // buffer or for room in the full queue: hang up both ways so
@@ -474,8 +512,13 @@ impl Writer {
             );
             finish_msg(&mut self.buf, b);
             self.seq = barrier.wrapping_add(1);
-            self.sock.send(&self.buf)?;
-            self.collect(base, barrier, errs.get_mut(first..i).unwrap_or_default())?;
+            let mut clock = self.clock;
+            let sent = clock.kernel(|| {
+                self.sock.send(&self.buf)?;
+                self.collect(base, barrier, errs.get_mut(first..i).unwrap_or_default())
+            });
+            self.clock = clock;
+            sent?;
         }
         Ok(errs)
     }

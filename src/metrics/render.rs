@@ -172,6 +172,18 @@ fn commits(e: &mut Exposition, snap: &StatsSnapshot) {
         Kind::Gauge,
         c.last_ms as f64 / 1000.0,
     );
+    e.single(
+        "ctsync_commit_last_first_write_seconds",
+        "Of the last commit, the time from the request to its first write into the kernel.",
+        Kind::Gauge,
+        c.last_first_write_us as f64 / 1e6,
+    );
+    e.single(
+        "ctsync_commit_last_in_kernel_seconds",
+        "Of the last commit, the time the kernel spent taking its writes (the rest is ctsync's).",
+        Kind::Gauge,
+        c.last_in_kernel_us as f64 / 1e6,
+    );
     let d = &c.durations;
     let buckets: Vec<(f64, u64)> = COMMIT_BUCKETS_MS
         .iter()
