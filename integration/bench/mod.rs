@@ -1262,6 +1262,7 @@ fn compare(
     for rep in 0..cfg.reps {
         let ctsyncd_first = rep % 2 == 0;
         let ceiling_before = rep % 2 == 1;
+        let shape = ceiling.filter(|_| cfg.wants(Workload::Commit));
         for ctsyncd in [ctsyncd_first, !ctsyncd_first] {
             progress(&format!(
                 "repetition {} of {}: {}",
@@ -1269,13 +1270,12 @@ fn compare(
                 cfg.reps,
                 if ctsyncd { "ctsyncd" } else { "conntrackd" }
             ));
-            let shape = ceiling.filter(|_| cfg.wants(Workload::Commit));
             if ctsyncd {
                 let f = beside_ceiling(shape, n, ceiling_before, notes, |notes| {
                     let mut sys = Ctsyncd::new("");
                     let f = measure(&mut sys, cfg, notes);
                     wind_down(&mut sys);
-                    f
+                    Some(f)
                 });
                 cts_runs.extend(f);
             } else if cfg.with_conntrackd {
@@ -1307,22 +1307,22 @@ fn compare(
     (Figures::median(&cts_runs), Figures::median(&ctd_runs))
 }
 
-/// One system's repetition (`run`), with the ceiling's `shape` measured
-/// beside its commit: right `before` the repetition, or right after it.
-/// Either way no daemon runs then, so that no conntrack listener anywhere
-/// makes the kernel build events. A repetition that did not commit gets
-/// no figure.
-fn beside_ceiling<F: Into<Option<Figures>>>(
+/// One system's repetition (`run`; `None` when the system could not be
+/// set up), with the ceiling's `shape` measured beside its commit: right
+/// `before` the repetition, or right after it. Either way no daemon runs
+/// then, so that no conntrack listener anywhere makes the kernel build
+/// events. A repetition that did not commit gets no figure.
+fn beside_ceiling(
     shape: Option<ceiling::Shape>,
     n: usize,
     before: bool,
     notes: &mut Vec<String>,
-    run: impl FnOnce(&mut Vec<String>) -> F,
+    run: impl FnOnce(&mut Vec<String>) -> Option<Figures>,
 ) -> Option<Figures> {
     let early = shape
         .filter(|_| before)
         .and_then(|s| ceiling_now(s, n, "before the repetition", notes));
-    let mut f = run(notes).into()?;
+    let mut f = run(notes)?;
     f.ceiling_beside_commit = match (shape, f.commit_rate) {
         (Some(s), Some(_)) if !before => ceiling_now(s, n, "right after the commit", notes),
         (Some(_), Some(_)) => early,

@@ -297,10 +297,7 @@ impl Daemon {
         counters.done = self.commit_progress.load(Ordering::Relaxed);
         counters.last_ms = millis(took);
         counters.durations.observe(took);
-        let clock = match &result {
-            Ok(report) => report.clock,
-            Err(_) => Default::default(),
-        };
+        let clock = result.as_ref().map(|r| r.clock).unwrap_or_default();
         counters.last_first_write_us = clock
             .first_send
             .map_or(0, |at| micros(at.saturating_duration_since(requested)));
@@ -309,7 +306,7 @@ impl Daemon {
             Ok(CommitReport {
                 flows: report,
                 expectations,
-                clock,
+                clock: _,
             }) => {
                 counters.expectations_ok += expectations.ok;
                 counters.expectations_failed += expectations.failed;

@@ -215,14 +215,17 @@ pub struct WriteClock {
 }
 
 impl WriteClock {
-    /// Time a send and its answers: `io` runs, and its time counts as the
-    /// kernel's.
-    fn kernel<T>(&mut self, io: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
-        self.first_send.get_or_insert(started);
-        let out = io();
+    /// A send begins: returns when, for [`WriteClock::sent`].
+    fn sending(&mut self) -> Instant {
+        let now = Instant::now();
+        self.first_send.get_or_insert(now);
+        now
+    }
+
+    /// The send begun at `started` and its answers are done: that time
+    /// was the kernel's.
+    fn sent(&mut self, started: Instant) {
         self.in_kernel += started.elapsed();
-        out
     }
 }
 
@@ -316,13 +319,12 @@ impl Writer {
                 let count = batch.flows.len();
                 errs.clear();
                 errs.resize(count, 0);
-                let mut clock = self.clock;
-                result = clock.kernel(|| {
-                    self.sock
-                        .send(&batch.buf)
-                        .and_then(|()| self.collect(batch.base, batch.barrier, &mut errs))
-                });
-                self.clock = clock;
+                let started = self.clock.sending();
+                result = self
+                    .sock
+                    .send(&batch.buf)
+                    .and_then(|()| self.collect(batch.base, batch.barrier, &mut errs));
+                self.clock.sent(started);
                 if result.is_err() {
                     // Dropping the receiver stops the encoder.
                     break;
@@ -512,12 +514,11 @@ impl Writer {
             );
             finish_msg(&mut self.buf, b);
             self.seq = barrier.wrapping_add(1);
-            let mut clock = self.clock;
-            let sent = clock.kernel(|| {
-                self.sock.send(&self.buf)?;
+            let started = self.clock.sending();
+            let sent = self.sock.send(&self.buf).and_then(|()| {
                 self.collect(base, barrier, errs.get_mut(first..i).unwrap_or_default())
             });
-            self.clock = clock;
+            self.clock.sent(started);
             sent?;
         }
         Ok(errs)
