@@ -9,7 +9,7 @@
 //! the caller's clock), or decide what is replicated.
 
 use crate::flow::{Flow, FlowKey, ProtoState, Tuple, L4};
-use crate::sharded_table::{self, ShardedTable};
+use crate::sharded_table::{self, Part, ShardedTable};
 use crate::wire::compact::{self, KeyBuf, Reader};
 use crate::wire::{RangeSum, WireFlow, WireKey, RANGES};
 use foldhash::fast::SeedableRandomState;
@@ -458,9 +458,10 @@ impl FlowCache {
     /// Each entry's second of last change and the bytes its frozen copy
     /// takes, in the table's order, without touching the heap: what a
     /// caller needs to plan a `freeze_into`.
-    pub fn freeze_plan(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+    /// Only the entries of `part` of the table (`Part::WHOLE` for all).
+    pub fn freeze_plan(&self, part: Part) -> impl Iterator<Item = (u32, usize)> + '_ {
         self.table
-            .iter()
+            .iter_part(part)
             .map(|s| (s.updated_s & !QUEUED, FROZEN_HEADER + s.bytes.len()))
     }
 
@@ -468,9 +469,16 @@ impl FlowCache {
     /// into `out[pick(second of its last change)]`, or nowhere when `pick`
     /// says `None` (or names no copy). Two calls on an unchanged cache
     /// visit the entries in the same order, so a stateful `pick` can split
-    /// the cache across calls.
-    pub fn freeze_into(&self, out: &mut [FrozenCache], mut pick: impl FnMut(u32) -> Option<usize>) {
-        for slot in self.table.iter() {
+    /// the cache across calls. Only the entries of `part` of the table
+    /// (`Part::WHOLE` for all); the parts of a split, one after another,
+    /// visit the entries in the whole's order.
+    pub fn freeze_into(
+        &self,
+        part: Part,
+        out: &mut [FrozenCache],
+        mut pick: impl FnMut(u32) -> Option<usize>,
+    ) {
+        for slot in self.table.iter_part(part) {
             if let Some(copy) = pick(slot.updated_s & !QUEUED).and_then(|i| out.get_mut(i)) {
                 copy.push(slot);
             }

@@ -8,8 +8,9 @@
 //! slowest insert while growing to a million takes 0.2 ms
 //! (`examples/cache_growth.rs`).
 //!
-//! Owns: which shard an entry lives in, the shards, and their count of
-//! entries (kept, not summed: `len` is asked for every flow a peer sends).
+//! Owns: which shard an entry lives in, the shards, their count of
+//! entries (kept, not summed: `len` is asked for every flow a peer sends),
+//! and the split of the shards into `Part`s that several threads read.
 //! Must not: hash (callers pass the hash, as to hashbrown's `HashTable`,
 //! and keep it with the entry for `entry`'s rehash), or know what it
 //! stores.
@@ -28,6 +29,29 @@ const SHARD_SHIFT: u32 = 48;
 
 fn shard_of(hash: u64) -> usize {
     (hash >> SHARD_SHIFT) as usize % SHARDS
+}
+
+/// Part `index` of `of` runs of shards of equal length, in order: what
+/// one of several threads reading a table walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Part {
+    /// The whole table, as one part.
+    pub const WHOLE: Part = Part { index: 0, of: 1 };
+
+    /// The parts of a split into `of`.
+    pub fn all(of: usize) -> impl Iterator<Item = Part> {
+        (0..of).map(move |index| Part { index, of })
+    }
+
+    fn shards(self) -> std::ops::Range<usize> {
+        let of = self.of.max(1);
+        SHARDS * self.index / of..SHARDS * (self.index + 1) / of
+    }
 }
 
 /// A hash table of `T` in `SHARDS` shards (see the module's doc).
@@ -130,6 +154,16 @@ impl<T> ShardedTable<T> {
     /// unchanged table.
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.shards.iter().flat_map(HashTable::iter)
+    }
+
+    /// The entries of one `part` of the shards: walking the parts of a
+    /// split one after another visits what `iter` visits, in its order.
+    pub fn iter_part(&self, part: Part) -> impl Iterator<Item = &T> + '_ {
+        self.shards
+            .get(part.shards())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(HashTable::iter)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
@@ -262,6 +296,25 @@ mod tests {
             "one insert grew the table by {largest_step}"
         );
         assert_eq!(table.len(), 300_000);
+    }
+
+    #[test]
+    fn the_parts_of_a_split_walk_the_table_in_its_order() {
+        let mut table = ShardedTable::new();
+        for key in 0..5_000u32 {
+            insert(&mut table, key, key);
+        }
+        let whole: Vec<u32> = table.iter().map(|e| e.1).collect();
+        for of in [1, 2, 3, 7] {
+            let parts: Vec<u32> = Part::all(of)
+                .flat_map(|part| table.iter_part(part).map(|e| e.1))
+                .collect();
+            assert_eq!(parts, whole, "{of} parts");
+        }
+        // Each part of two holds some of the entries, not all.
+        let first = table.iter_part(Part { index: 0, of: 2 }).count();
+        assert!(first > 0 && first < whole.len());
+        assert_eq!(table.iter_part(Part { index: 2, of: 2 }).count(), 0);
     }
 
     #[test]

@@ -295,12 +295,14 @@ pub struct Figures {
     /// and the share of the commit's time the kernel spent taking writes.
     pub commit_first_write_s: Option<f64>,
     pub commit_in_kernel_share: Option<f64>,
-    /// The ceiling's shape once more beside this commit (right before its
-    /// repetition or right after the commit, alternately), every daemon
-    /// stopped, into a fresh namespace (flows/s): what the kernel took
-    /// about the commit's moment, which can differ from the start of the
-    /// run.
+    /// The ceiling's shape once more around this commit, every daemon
+    /// stopped, into a fresh namespace: the geometric mean of its rate
+    /// right before the repetition and right after the commit (flows/s),
+    /// what the kernel took about the commit's moment, which can differ
+    /// from the start of the run.
     pub ceiling_beside_commit: Option<f64>,
+    /// This commit's rate ÷ that rate.
+    pub commit_vs_beside: Option<f64>,
     pub burst_s: Option<f64>,
     pub burst_complete_s: Option<f64>,
     pub burst_lost: Option<f64>,
@@ -334,6 +336,7 @@ impl Figures {
             commit_first_write_s: m(|f| f.commit_first_write_s),
             commit_in_kernel_share: m(|f| f.commit_in_kernel_share),
             ceiling_beside_commit: m(|f| f.ceiling_beside_commit),
+            commit_vs_beside: m(|f| f.commit_vs_beside),
             burst_s: m(|f| f.burst_s),
             burst_complete_s: m(|f| f.burst_complete_s),
             burst_lost: m(|f| f.burst_lost),
@@ -1037,7 +1040,7 @@ fn rows(
         ));
         rows.push(Row::new(
             "raw_beside_commit",
-            "raw writer ceiling's shape beside each commit (right before its repetition or right after it, alternately), every daemon stopped (flows/s)",
+            "raw writer ceiling's shape around each commit (geometric mean of right before its repetition and right after it), every daemon stopped (flows/s)",
             c.ceiling_beside_commit,
             d.ceiling_beside_commit,
             false,
@@ -1045,9 +1048,9 @@ fn rows(
         ));
         rows.push(Row::new(
             "commit_vs_raw_beside",
-            "median commit rate ÷ median of those rates",
-            ratio(c.commit_rate, c.ceiling_beside_commit),
-            ratio(d.commit_rate, d.ceiling_beside_commit),
+            "each commit's rate ÷ that rate around it (median)",
+            c.commit_vs_beside,
+            d.commit_vs_beside,
             false,
             Target::CtsyncdAtLeast(1.0),
         ));
@@ -1247,10 +1250,9 @@ fn rows(
 
 /// Both systems' phases `cfg.reps` times, which goes first alternating;
 /// each figure's median. With the raw writer's `ceiling` shape, that
-/// shape's rate is taken beside each commit: right after it in the first
-/// repetition, right before the system's repetition in the next, and so on
-/// (the kernel's rate drifts within a run, and a yardstick always taken
-/// after would lean with it).
+/// shape's rate is taken around each commit: right before the system's
+/// repetition and right after its commit (the kernel's rate drifts within
+/// a run, and a yardstick taken only on one side would lean with it).
 fn compare(
     cfg: &BenchConfig,
     ceiling: Option<ceiling::Shape>,
@@ -1261,7 +1263,6 @@ fn compare(
     let mut ctd_runs = Vec::new();
     for rep in 0..cfg.reps {
         let ctsyncd_first = rep % 2 == 0;
-        let ceiling_before = rep % 2 == 1;
         let shape = ceiling.filter(|_| cfg.wants(Workload::Commit));
         for ctsyncd in [ctsyncd_first, !ctsyncd_first] {
             progress(&format!(
@@ -1271,7 +1272,7 @@ fn compare(
                 if ctsyncd { "ctsyncd" } else { "conntrackd" }
             ));
             if ctsyncd {
-                let f = beside_ceiling(shape, n, ceiling_before, notes, |notes| {
+                let f = around_ceiling(shape, n, notes, |notes| {
                     let mut sys = Ctsyncd::new("");
                     let f = measure(&mut sys, cfg, notes);
                     wind_down(&mut sys);
@@ -1279,24 +1280,17 @@ fn compare(
                 });
                 cts_runs.extend(f);
             } else if cfg.with_conntrackd {
-                let f =
-                    beside_ceiling(
-                        shape,
-                        n,
-                        ceiling_before,
-                        notes,
-                        |notes| match Conntrackd::new(n) {
-                            Ok(mut sys) => {
-                                let f = measure(&mut sys, cfg, notes);
-                                wind_down(&mut sys);
-                                Some(f)
-                            }
-                            Err(e) => {
-                                notes.push(format!("conntrackd: {e}"));
-                                None
-                            }
-                        },
-                    );
+                let f = around_ceiling(shape, n, notes, |notes| match Conntrackd::new(n) {
+                    Ok(mut sys) => {
+                        let f = measure(&mut sys, cfg, notes);
+                        wind_down(&mut sys);
+                        Some(f)
+                    }
+                    Err(e) => {
+                        notes.push(format!("conntrackd: {e}"));
+                        None
+                    }
+                });
                 ctd_runs.extend(f);
             }
         }
@@ -1308,26 +1302,30 @@ fn compare(
 }
 
 /// One system's repetition (`run`; `None` when the system could not be
-/// set up), with the ceiling's `shape` measured beside its commit: right
-/// `before` the repetition, or right after it. Either way no daemon runs
-/// then, so that no conntrack listener anywhere makes the kernel build
-/// events. A repetition that did not commit gets no figure.
-fn beside_ceiling(
+/// set up), with the ceiling's `shape` measured around its commit: right
+/// before the repetition and right after it; the figure is the geometric
+/// mean of the two (or the one measured, if the other failed). Either way
+/// no daemon runs then, so that no conntrack listener anywhere makes the
+/// kernel build events. A repetition that did not commit gets no figure.
+fn around_ceiling(
     shape: Option<ceiling::Shape>,
     n: usize,
-    before: bool,
     notes: &mut Vec<String>,
     run: impl FnOnce(&mut Vec<String>) -> Option<Figures>,
 ) -> Option<Figures> {
-    let early = shape
-        .filter(|_| before)
-        .and_then(|s| ceiling_now(s, n, "before the repetition", notes));
+    let before = shape.and_then(|s| ceiling_now(s, n, "before the repetition", notes));
     let mut f = run(notes)?;
     f.ceiling_beside_commit = match (shape, f.commit_rate) {
-        (Some(s), Some(_)) if !before => ceiling_now(s, n, "right after the commit", notes),
-        (Some(_), Some(_)) => early,
+        (Some(s), Some(_)) => {
+            let after = ceiling_now(s, n, "right after the commit", notes);
+            match (before, after) {
+                (Some(b), Some(a)) => Some((b * a).sqrt()),
+                (one, other) => one.or(other),
+            }
+        }
         _ => None,
     };
+    f.commit_vs_beside = ratio(f.commit_rate, f.ceiling_beside_commit);
     Some(f)
 }
 

@@ -157,7 +157,10 @@ impl Node {
             }
         }
         cmd.args(["-C", self.config.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CTSYNC_LAB_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null());
         cmd
     }
@@ -698,7 +701,7 @@ impl Drop for Lab {
         for ns in spaces {
             let _ = run("ip", &["netns", "del", &ns]);
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("CTSYNC_KEEP_LAB").is_some() {
             eprintln!("lab files kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -3,30 +3,18 @@
 //! Owns: the choice between writing only what warm standby knows is
 //! missing, verifying the mirror against the table, and writing every
 //! peer flow most recently active first; the commit timeout of a written
-//! flow; how the owner splits its live caches into the copies a commit
-//! takes (`RecentSplit`); building the ordered flow lists from those
-//! copies on the worker's thread.
+//! flow; building the ordered flow lists from the copies the owner takes
+//! (`recent_split`) on the worker's thread.
 //! Must not: touch the kernel (the kernel worker writes) or change a
 //! cache (the owner's copies only read them).
 
-use crate::cache::{FlowCache, FrozenCache, FrozenEntry};
+use crate::cache::{FrozenCache, FrozenEntry};
 use crate::flow::{Flow, FlowKey};
 use foldhash::HashSet;
 use std::sync::mpsc::Receiver;
 
 /// conntrackd's floor for a commit timeout whose estimate ran out.
 pub(super) const COMMIT_TIMEOUT_FLOOR: u32 = 60;
-
-/// Flows the first step of a commit without warm standby writes while
-/// the rest is copied: the most recently active ones. About 65 ms of
-/// writing, as long as copying the rest of a million flows takes (at four
-/// million the writer waits about 100 ms for the rest).
-pub(super) const URGENT_COMMIT: usize = 32_768;
-
-/// Age classes of the rest of such a commit: an entry last changed `age`
-/// seconds ago is in class `bits(age)` (0 s; 1 s; 2-3 s; 4-7 s; ...), and
-/// the classes go in youngest first.
-const AGE_CLASSES: usize = 33;
 
 /// How a commit proceeds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,120 +61,6 @@ pub(super) struct CommitSource {
     pub now_ms: u64,
     /// `[kernel] commit_timeout`: every written flow gets it.
     pub configured_timeout: Option<u32>,
-}
-
-/// How the owner splits its peers' caches for a commit most recently
-/// active first: the `limit` most recently changed entries are copied
-/// before the commit starts (`freeze_recent`), the rest while it writes
-/// those (`freeze_rest`), by age class. The caches must not change in
-/// between: both walk them in the same order.
-pub(super) struct RecentSplit {
-    /// Entries changed after this second are recent...
-    cut_s: u32,
-    /// ...and, per cache, this many of its entries of that second, the
-    /// first in its order.
-    at_cut: Vec<usize>,
-    /// Each cache's size when split: a cache that changed since cannot be
-    /// split the same way.
-    lens: Vec<usize>,
-    /// The owner's clock in seconds, for the age classes.
-    now_s: u32,
-    /// Bytes each age class takes frozen (recent entries included).
-    class_bytes: [usize; AGE_CLASSES],
-}
-
-/// Whether an entry last changed at `stamp_s` is on the recent side of a
-/// cut at `cut_s`: newer than it, or of that second while `left` of those
-/// remain (one is used up). Both copies of a split decide with this, so
-/// they cannot disagree.
-fn is_recent(stamp_s: u32, cut_s: u32, left: &mut usize) -> bool {
-    if stamp_s == cut_s && *left > 0 {
-        *left -= 1;
-        return true;
-    }
-    stamp_s > cut_s
-}
-
-/// The age class of an entry last changed at `stamp_s`.
-fn age_class(now_s: u32, stamp_s: u32) -> usize {
-    (u32::BITS - now_s.saturating_sub(stamp_s).leading_zeros()) as usize
-}
-
-impl RecentSplit {
-    /// Copy the `limit` most recently changed entries of `caches` (by the
-    /// second of their last change) into one frozen cache; returns it and
-    /// the split that `freeze_rest` follows. Reads every entry's stamp
-    /// in place, copies only the recent ones.
-    pub(super) fn freeze_recent(
-        caches: &[&FlowCache],
-        limit: usize,
-        now_ms: u64,
-    ) -> (FrozenCache, RecentSplit) {
-        let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let mut class_bytes = [0; AGE_CLASSES];
-        let mut stamps = Vec::with_capacity(caches.iter().map(|c| c.len()).sum());
-        for cache in caches {
-            for (stamp, bytes) in cache.freeze_plan() {
-                stamps.push(stamp);
-                class_bytes[age_class(now_s, stamp)] += bytes;
-            }
-        }
-        // The cut: the limit-th most recent stamp; of that second only as
-        // many as fill the limit are recent.
-        let (cut_s, mut quota) = if limit == 0 {
-            (u32::MAX, 0)
-        } else if stamps.len() <= limit {
-            (0, usize::MAX)
-        } else {
-            let (_, &mut cut, _) =
-                stamps.select_nth_unstable_by_key(limit - 1, |s| std::cmp::Reverse(*s));
-            let newer = stamps.iter().filter(|&&s| s > cut).count();
-            (cut, limit - newer)
-        };
-        let mut recent = [FrozenCache::with_capacity(limit.min(stamps.len()) * 64)];
-        let mut at_cut = Vec::with_capacity(caches.len());
-        for cache in caches {
-            let before = quota;
-            cache.freeze_into(&mut recent, |stamp| {
-                is_recent(stamp, cut_s, &mut quota).then_some(0)
-            });
-            at_cut.push(before - quota);
-        }
-        let [recent] = recent;
-        let split = RecentSplit {
-            cut_s,
-            at_cut,
-            lens: caches.iter().map(|c| c.len()).collect(),
-            now_s,
-            class_bytes,
-        };
-        (recent, split)
-    }
-
-    /// Copy every entry of `caches` that `freeze_recent` left, by age
-    /// class, youngest first (empty classes left out). Caches that are not
-    /// the ones split, or changed since, are copied whole: a flow written
-    /// twice is deleted and written again, one left out would be lost.
-    pub(super) fn freeze_rest(&self, caches: &[&FlowCache]) -> Vec<FrozenCache> {
-        let lens: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        if lens != self.lens {
-            tracing::error!("a commit's caches changed between its copies: copying them whole");
-            return caches.iter().map(|c| c.freeze()).collect();
-        }
-        let mut classes: Vec<FrozenCache> = self
-            .class_bytes
-            .iter()
-            .map(|&bytes| FrozenCache::with_capacity(bytes))
-            .collect();
-        for (cache, &taken) in caches.iter().zip(&self.at_cut) {
-            let mut left = taken;
-            cache.freeze_into(&mut classes, |stamp| {
-                (!is_recent(stamp, self.cut_s, &mut left)).then(|| age_class(self.now_s, stamp))
-            });
-        }
-        classes.retain(|c| !c.is_empty());
-        classes
-    }
 }
 
 /// How recently a peer reported a flow: when it last reported a change (or
@@ -254,7 +128,7 @@ impl CommitSource {
     pub(super) fn recent_first(&self) -> impl Iterator<Item = Flow> + Send + '_ {
         let mut entries: Vec<FrozenEntry<'_>> =
             self.caches.iter().flat_map(FrozenCache::entries).collect();
-        entries.sort_by_key(|e| std::cmp::Reverse(e.updated_ms()));
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.updated_ms()));
         let (now_ms, configured) = (self.now_ms, self.configured_timeout);
         entries
             .into_iter()
@@ -288,13 +162,16 @@ impl CommitSource {
     }
 }
 
+/// Caches and copies of UDP flows for the tests here and in
+/// `recent_split`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod test_support {
+    use crate::cache::{FlowCache, FrozenCache};
     use crate::flow::test_flows::udp;
+    use crate::flow::Flow;
 
     /// A cache of UDP flows, each `(source port, last changed at ms)`.
-    fn cache(flows: &[(u16, u64)]) -> FlowCache {
+    pub fn cache(flows: &[(u16, u64)]) -> FlowCache {
         let mut cache = FlowCache::with_seed(1);
         for &(port, at_ms) in flows {
             let mut f = udp(port);
@@ -304,16 +181,7 @@ mod tests {
         cache
     }
 
-    fn source(flows: &[(u16, u64)], now_ms: u64, configured: Option<u32>) -> CommitSource {
-        CommitSource {
-            caches: vec![cache(flows).freeze()],
-            later: None,
-            now_ms,
-            configured_timeout: configured,
-        }
-    }
-
-    fn ports(flows: impl IntoIterator<Item = Flow>) -> Vec<u16> {
+    pub fn ports(flows: impl IntoIterator<Item = Flow>) -> Vec<u16> {
         flows
             .into_iter()
             .map(|f| match f.orig.l4 {
@@ -323,13 +191,34 @@ mod tests {
             .collect()
     }
 
-    fn frozen_ports(copies: &[FrozenCache]) -> Vec<u16> {
+    pub fn count(copies: &[FrozenCache]) -> usize {
+        copies.iter().map(FrozenCache::len).sum()
+    }
+
+    pub fn frozen_ports(copies: &[FrozenCache]) -> Vec<u16> {
         ports(
             copies
                 .iter()
                 .flat_map(FrozenCache::entries)
                 .map(|e| e.entry().flow),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{cache, ports};
+    use super::*;
+    use crate::daemon::recent_split::RecentSplit;
+    use crate::flow::test_flows::udp;
+
+    fn source(flows: &[(u16, u64)], now_ms: u64, configured: Option<u32>) -> CommitSource {
+        CommitSource {
+            caches: vec![cache(flows).freeze()],
+            later: None,
+            now_ms,
+            configured_timeout: configured,
+        }
     }
 
     #[test]
@@ -376,90 +265,13 @@ mod tests {
     }
 
     #[test]
-    fn the_split_copies_each_flow_once_the_most_recent_first() {
-        // Two peers; second 30 holds four flows across both, and the cut
-        // falls inside it: 3 newer than 30 s plus 2 of those four.
-        let a = cache(&[
-            (1, 31_000),
-            (2, 30_000),
-            (3, 10_000),
-            (4, 30_500),
-            (5, 33_000),
-        ]);
-        let b = cache(&[(6, 30_000), (7, 32_000), (8, 1_000), (9, 30_900)]);
-        let caches = [&a, &b];
-        let (recent, split) = RecentSplit::freeze_recent(&caches, 5, 40_000);
-        let rest = split.freeze_rest(&caches);
-        let mut recent_ports = frozen_ports(std::slice::from_ref(&recent));
-        let rest_ports = frozen_ports(&rest);
-        assert_eq!(recent_ports.len(), 5);
-        assert_eq!(rest_ports.len(), 4);
-        // The three newer than second 30 are recent; of second 30 two are,
-        // the other two are the youngest of the rest.
-        for newer in [1, 5, 7] {
-            assert!(recent_ports.contains(&newer), "{recent_ports:?}");
-        }
-        assert!(rest_ports[..2].iter().all(|p| [2, 4, 6, 9].contains(p)));
-        // Then by age class: 3 is 30 s old (class 5), 8 is 39 s (class 6).
-        assert_eq!(rest_ports[2..], [3, 8]);
-        recent_ports.extend(&rest_ports);
-        recent_ports.sort_unstable();
-        assert_eq!(
-            recent_ports,
-            (1..=9).collect::<Vec<_>>(),
-            "each flow exactly once"
-        );
-    }
-
-    #[test]
-    fn the_rest_goes_youngest_age_class_first() {
-        // Now 1000 s; ages 0, 1, 3, 100 and 900 s: five classes.
-        let c = cache(&[
-            (1, 100_000),
-            (2, 900_000),
-            (3, 997_000),
-            (4, 999_000),
-            (5, 1_000_000),
-        ]);
-        let (recent, split) = RecentSplit::freeze_recent(&[&c], 0, 1_000_000);
-        assert!(recent.is_empty());
-        let rest = split.freeze_rest(&[&c]);
-        assert_eq!(rest.len(), 5, "one copy per non-empty class");
-        assert_eq!(frozen_ports(&rest), vec![5, 4, 3, 2, 1]);
-        // A limit past the size takes everything now, nothing later.
-        let (recent, split) = RecentSplit::freeze_recent(&[&c], 10, 1_000_000);
-        assert_eq!(recent.len(), 5);
-        assert!(split.freeze_rest(&[&c]).is_empty());
-    }
-
-    #[test]
-    fn a_cache_changed_between_the_copies_is_copied_whole() {
-        let mut c = cache(&[(1, 1_000), (2, 2_000), (3, 3_000)]);
-        let (recent, split) = RecentSplit::freeze_recent(&[&c], 1, 4_000);
-        assert_eq!(recent.len(), 1);
-        assert_eq!(
-            split
-                .freeze_rest(&[&c])
-                .iter()
-                .map(FrozenCache::len)
-                .sum::<usize>(),
-            2
-        );
-        c.upsert(udp(4), 3_500);
-        let rest = split.freeze_rest(&[&c]);
-        assert_eq!(rest.iter().map(FrozenCache::len).sum::<usize>(), 4);
-        // A different set of caches likewise.
-        assert_eq!(split.freeze_rest(&[&c, &c]).len(), 2);
-    }
-
-    #[test]
     fn a_commit_takes_the_recent_flows_then_what_the_owner_sends_later() {
         // 2 is 3 s old (age class 2), 1 is 9 s old (class 4).
         let c = cache(&[(1, 1_000), (2, 7_000), (3, 8_000), (4, 9_000)]);
         let (recent, split) = RecentSplit::freeze_recent(&[&c], 2, 10_000);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let mut src = CommitSource {
-            caches: vec![recent],
+            caches: recent,
             later: Some(rx),
             now_ms: 10_000,
             configured_timeout: Some(300),

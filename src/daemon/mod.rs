@@ -27,6 +27,7 @@ mod failover_log;
 mod kernel_worker;
 mod logging;
 mod priority;
+mod recent_split;
 mod reload;
 mod requests;
 mod routing;

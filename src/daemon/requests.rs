@@ -5,8 +5,9 @@
 //! off-thread rendering, and answering the client. Must not: walk a cache
 //! here (freeze it and hand the copy over) or write to the kernel.
 
-use super::commit_plan::{CommitPlan, CommitSource, RecentSplit, URGENT_COMMIT};
+use super::commit_plan::{CommitPlan, CommitSource};
 use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
+use super::recent_split::{RecentSplit, URGENT_COMMIT};
 use super::setup::{micros, millis};
 use super::views::{self, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
@@ -195,7 +196,7 @@ impl Daemon {
                 let (recent, rest) =
                     RecentSplit::freeze_recent(&peer_caches, URGENT_COMMIT, now_ms);
                 tracing::debug!(took = ?t.elapsed(), "commit: most recent flows copied");
-                (vec![recent], Some(rest))
+                (recent, Some(rest))
             }
         };
         let (later_tx, later) = split
