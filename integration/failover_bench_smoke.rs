@@ -28,6 +28,7 @@ const WARM_WRITES_NOTHING: &[&str] = &[
     "commit_rate",
     "commit_vs_ceiling",
     "commit_vs_ceiling_after",
+    "commit_vs_ceiling_around",
 ];
 
 #[test]

@@ -455,6 +455,22 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                     waited.as_secs_f64()
                 ));
             }
+            if let Some(c) = &ceiling {
+                match measure_ceiling_again(cfg, n, c) {
+                    Ok(rate) => {
+                        progress(&format!(
+                            "N = {n}, {}: the kernel's ceiling right before the lab: {rate:.0} flows/s",
+                            sys.name()
+                        ));
+                        out.ceiling_before = Some(rate);
+                    }
+                    Err(e) => out
+                        .notes
+                        .push(format!("the ceiling before the lab failed: {e}")),
+                }
+                // The kernel frees that namespace's flows in the background.
+                settle(cfg.settle);
+            }
             let result = catch_unwind(AssertUnwindSafe(|| run_one(cfg, n, sys, &mut out)));
             match result {
                 Ok(Ok(())) => {}
@@ -555,8 +571,9 @@ fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
     c
 }
 
-/// The faster shape of `start` once more, its lab gone and the machine
-/// idle again: what the kernel took at the moment of that lab's commit.
+/// The faster shape of `start` once more, the machine idle again, right
+/// before a lab or right after it: what the kernel took about the moment
+/// of that lab's commit.
 fn measure_ceiling_again(cfg: &Config, n: usize, start: &report::Ceiling) -> Result<f64, String> {
     let (sockets, _) = start
         .best_shape()

@@ -60,6 +60,9 @@ pub struct Outcome {
     /// down: the kernel's rate drifts by more than the commit's distance
     /// from it over a run of several minutes.
     pub ceiling_after: Option<f64>,
+    /// The same, measured right before this lab was set up (after the
+    /// machine was idle): with `ceiling_after`, it brackets the commit.
+    pub ceiling_before: Option<f64>,
     /// From the failure until fwb's kernel held N + test flows (0 if it
     /// already did).
     pub kernel_complete_s: Option<f64>,
@@ -371,6 +374,19 @@ impl Report {
                 false,
                 Vec::new(),
                 &|o| Cell::num(o.commit_rate().zip(o.ceiling_after).map(|(r, c)| r / c)),
+            );
+            row(
+                "commit_vs_ceiling_around",
+                "-c's rate ÷ the geometric mean of that ceiling right before the lab and right after it",
+                false,
+                Vec::new(),
+                &|o| {
+                    let around = o
+                        .ceiling_before
+                        .zip(o.ceiling_after)
+                        .map(|(before, after)| (before * after).sqrt());
+                    Cell::num(o.commit_rate().zip(around).map(|(r, c)| r / c))
+                },
             );
             row(
                 "commit_wrote",
