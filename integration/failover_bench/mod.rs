@@ -456,18 +456,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                 ));
             }
             if let Some(c) = &ceiling {
-                match measure_ceiling_again(cfg, n, c) {
-                    Ok(rate) => {
-                        progress(&format!(
-                            "N = {n}, {}: the kernel's ceiling right before the lab: {rate:.0} flows/s",
-                            sys.name()
-                        ));
-                        out.ceiling_before = Some(rate);
-                    }
-                    Err(e) => out
-                        .notes
-                        .push(format!("the ceiling before the lab failed: {e}")),
-                }
+                out.ceiling_before = ceiling_beside_lab(cfg, c, "before", &mut out);
                 // The kernel frees that namespace's flows in the background.
                 settle(cfg.settle);
             }
@@ -490,18 +479,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                 progress(&format!("N = {n}, {}: FAILED: {e}", sys.name()));
             }
             if let Some(c) = ceiling.as_ref().filter(|_| out.commit_rate().is_some()) {
-                match measure_ceiling_again(cfg, n, c) {
-                    Ok(rate) => {
-                        progress(&format!(
-                            "N = {n}, {}: the kernel's ceiling right after the lab: {rate:.0} flows/s",
-                            sys.name()
-                        ));
-                        out.ceiling_after = Some(rate);
-                    }
-                    Err(e) => out
-                        .notes
-                        .push(format!("the ceiling after the lab failed: {e}")),
-                }
+                out.ceiling_after = ceiling_beside_lab(cfg, c, "after", &mut out);
             }
             outcomes.push(out);
         }
@@ -569,6 +547,30 @@ fn measure_ceiling(cfg: &Config, n: usize) -> report::Ceiling {
         }
     }
     c
+}
+
+/// `measure_ceiling_again` for `out`'s lab, right `when` ("before" or
+/// "after") it: the rate, said as progress, or a note why there is none.
+fn ceiling_beside_lab(
+    cfg: &Config,
+    start: &report::Ceiling,
+    when: &str,
+    out: &mut Outcome,
+) -> Option<f64> {
+    match measure_ceiling_again(cfg, out.n, start) {
+        Ok(rate) => {
+            progress(&format!(
+                "N = {}, {}: the kernel's ceiling right {when} the lab: {rate:.0} flows/s",
+                out.n, out.system
+            ));
+            Some(rate)
+        }
+        Err(e) => {
+            out.notes
+                .push(format!("the ceiling {when} the lab failed: {e}"));
+            None
+        }
+    }
 }
 
 /// The faster shape of `start` once more, the machine idle again, right
