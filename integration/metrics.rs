@@ -268,6 +268,18 @@ fn scrape_passes_promtool_and_agrees_with_stats_and_the_kernel() {
         "first write after {first_write}s, {in_kernel}s in the kernel, of {sum}s"
     );
     assert!(last <= sum + 0.001, "last {last}s, sum {sum}s");
+    // The writer's wait for a CPU is a part of the commit too (0 when the
+    // kernel keeps no account), and -s --json says the same.
+    let runqueue = must_sample(&after, "ctsync_commit_last_writer_runqueue_seconds", "");
+    assert!(
+        (0.0..=last + 1e-6).contains(&runqueue),
+        "the writer waited {runqueue}s for a CPU in a commit of {last}s"
+    );
+    assert_eq!(
+        json["commit"]["last_writer_runqueue_us"].as_f64(),
+        Some((runqueue * 1e6).round()),
+        "-s --json and the metric differ on the writer's wait"
+    );
     assert_eq!(
         json["commit"]["last_in_kernel_us"].as_f64(),
         Some((in_kernel * 1e6).round()),

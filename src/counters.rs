@@ -106,6 +106,9 @@ pub struct CommitCounters {
     pub last_first_write_us: u64,
     /// Of that, the time the kernel spent taking its writes.
     pub last_in_kernel_us: u64,
+    /// Of that, the time the writing thread waited, runnable, for a CPU
+    /// (0 where the kernel keeps no such account).
+    pub last_writer_runqueue_us: u64,
     /// How long each finished commit took.
     pub durations: CommitDurations,
     /// Expectations written, and refused, over every commit.

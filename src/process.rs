@@ -1,5 +1,6 @@
-//! Process matters of the daemon: the lock file, the pid file, and the one
-//! kernel setting ctsyncd adjusts at start.
+//! Process matters of the daemon: the lock file, the pid file, the one
+//! kernel setting ctsyncd adjusts at start, the allocator's and a thread's
+//! priority, and how long a thread waited for a CPU.
 //!
 //! Owns: files the daemon holds while it runs, removed again on drop.
 //! Must not: know about flows, sockets or the sync protocol.
@@ -165,6 +166,21 @@ pub fn trim_heap() {
     }
 }
 
+/// How long the calling thread has waited, runnable, for a CPU since it
+/// started: the second field of `/proc/thread-self/schedstat`. `None`
+/// where the kernel keeps no such account (CONFIG_SCHED_INFO off).
+pub fn thread_runqueue_wait() -> Option<std::time::Duration> {
+    parse_schedstat_wait(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)
+}
+
+/// The wait of a schedstat line (`<on CPU ns> <waiting ns> <timeslices>`).
+fn parse_schedstat_wait(line: &str) -> Option<std::time::Duration> {
+    let mut fields = line.split_ascii_whitespace();
+    let _on_cpu: u64 = fields.next()?.parse().ok()?;
+    let waiting: u64 = fields.next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(waiting))
+}
+
 /// Give the calling thread the nice value `nice` (raising a thread's
 /// priority needs CAP_SYS_NICE; without it the thread keeps its own).
 pub fn set_thread_nice(nice: libc::c_int) {
@@ -183,6 +199,77 @@ pub fn set_thread_nice(nice: libc::c_int) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn schedstat_lines_give_their_wait() {
+        assert_eq!(
+            super::parse_schedstat_wait("1793492979 25030590 43\n"),
+            Some(Duration::from_nanos(25_030_590))
+        );
+        assert_eq!(super::parse_schedstat_wait("17934"), None);
+        assert_eq!(super::parse_schedstat_wait("x 1 2"), None);
+        assert_eq!(super::parse_schedstat_wait(""), None);
+    }
+
+    /// Two threads that spin on the one CPU both may use wait for it, each
+    /// about as long as the other runs; one spinning alone waits less (only
+    /// for whatever else runs there). (The control: the same spin without
+    /// a rival.)
+    #[test]
+    fn a_thread_sharing_its_cpu_is_seen_waiting() {
+        fn pin_to_first_allowed_cpu() -> bool {
+            // SAFETY: the sets are valid locals for the calls; 0 is this
+            // thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                if libc::sched_getaffinity(0, size, &mut set) != 0 {
+                    return false;
+                }
+                let Some(cpu) = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set))
+                else {
+                    return false;
+                };
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut one);
+                libc::sched_setaffinity(0, size, &one) == 0
+            }
+        }
+        fn spin_and_measure(for_how_long: Duration) -> Option<Duration> {
+            assert!(pin_to_first_allowed_cpu(), "cannot pin the thread");
+            let before = super::thread_runqueue_wait()?;
+            let started = Instant::now();
+            while started.elapsed() < for_how_long {
+                std::hint::spin_loop();
+            }
+            Some(super::thread_runqueue_wait()? - before)
+        }
+        let spin = Duration::from_millis(300);
+        let Some(alone) = std::thread::spawn(move || spin_and_measure(spin))
+            .join()
+            .expect("thread")
+        else {
+            eprintln!("no /proc/thread-self/schedstat here: nothing to test");
+            return;
+        };
+        let rivals: Vec<_> = (0..2)
+            .map(|_| std::thread::spawn(move || spin_and_measure(spin)))
+            .collect();
+        let shared: Vec<Duration> = rivals
+            .into_iter()
+            .map(|t| t.join().expect("thread").expect("schedstat"))
+            .collect();
+        let most = shared.iter().max().copied().unwrap_or_default();
+        assert!(
+            most >= Duration::from_millis(100),
+            "two threads on one CPU for {spin:?}: waits {shared:?}"
+        );
+        assert!(
+            alone < most,
+            "alone it waited {alone:?}, beside a rival {shared:?}"
+        );
+    }
     #[test]
     fn group_names_resolve_to_their_ids() {
         assert_eq!(super::group_id("root").ok(), Some(0));

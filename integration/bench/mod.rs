@@ -295,6 +295,8 @@ pub struct Figures {
     /// and the share of the commit's time the kernel spent taking writes.
     pub commit_first_write_s: Option<f64>,
     pub commit_in_kernel_share: Option<f64>,
+    /// And how long its writing thread waited, runnable, for a CPU.
+    pub commit_writer_runqueue_s: Option<f64>,
     /// The ceiling's shape once more around this commit, every daemon
     /// stopped, into a fresh namespace: the geometric mean of its rate
     /// right before the repetition and right after the commit (flows/s),
@@ -335,6 +337,7 @@ impl Figures {
             commit_user_cpu_s: m(|f| f.commit_user_cpu_s),
             commit_first_write_s: m(|f| f.commit_first_write_s),
             commit_in_kernel_share: m(|f| f.commit_in_kernel_share),
+            commit_writer_runqueue_s: m(|f| f.commit_writer_runqueue_s),
             ceiling_beside_commit: m(|f| f.ceiling_beside_commit),
             commit_vs_beside: m(|f| f.commit_vs_beside),
             burst_s: m(|f| f.burst_s),
@@ -781,12 +784,14 @@ fn measure(sys: &mut dyn System, cfg: &BenchConfig, notes: &mut Vec<String>) -> 
             ) {
                 progress(&format!(
                     "{name}: its first write {:.1} ms after the request; the kernel took \
-                     its writes {:.3} s of {secs:.3} s",
+                     its writes {:.3} s of {secs:.3} s; its writer waited {:.1} ms for a CPU",
                     clock.first_write * 1000.0,
-                    clock.in_kernel
+                    clock.in_kernel,
+                    clock.writer_runqueue * 1000.0
                 ));
                 f.commit_first_write_s = Some(clock.first_write);
                 f.commit_in_kernel_share = Some(clock.in_kernel / secs);
+                f.commit_writer_runqueue_s = Some(clock.writer_runqueue);
             }
         }
     }
@@ -1082,6 +1087,14 @@ fn rows(
             "commit_in_kernel_share",
             "commit: the kernel taking its writes, share of the commit's time",
             c.commit_in_kernel_share,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "commit_writer_runqueue_ms",
+            "commit: its writing thread waiting, runnable, for a CPU, by the daemon (ms)",
+            c.commit_writer_runqueue_s.map(|s| s * 1000.0),
             None,
             false,
             Target::None,

@@ -56,6 +56,8 @@ pub struct CommitClock {
     pub first_write: f64,
     /// The kernel taking the writes.
     pub in_kernel: f64,
+    /// The writing thread waiting, runnable, for a CPU.
+    pub writer_runqueue: f64,
 }
 
 /// ctsyncd in the lab, with the lab's TOML, run as the shipped unit runs
@@ -214,6 +216,7 @@ impl System for Ctsyncd {
         Ok(Some(CommitClock {
             first_write: us("last_first_write_us")?,
             in_kernel: us("last_in_kernel_us")?,
+            writer_runqueue: us("last_writer_runqueue_us")?,
         }))
     }
 

@@ -19,11 +19,12 @@ use crate::kernel::write::{
     missing_from_table, CreateOptions, WriteClock, WriteOp, WriteReport, Writer,
 };
 use crate::kernel::{ExpectOp, ExpectWriteReport};
+use crate::process;
 use crate::wire::FlowList;
 use foldhash::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors a merged write report keeps.
@@ -47,6 +48,10 @@ pub(super) struct CommitReport {
     pub flows: WriteReport,
     pub expectations: ExpectWriteReport,
     pub clock: WriteClock,
+    /// How long the writing thread waited, runnable, for a CPU meanwhile
+    /// (its own encoder or the owner running on it, another program):
+    /// `None` where the kernel does not say.
+    pub writer_runqueue: Option<Duration>,
 }
 
 /// Why the table is being read, and who waits for it.
@@ -237,6 +242,7 @@ fn commit(
         expectations,
     } = job;
     writer.take_clock();
+    let runqueue_before = process::thread_runqueue_wait();
     let flows = commit_flows(writer, source, plan, &options, progress)?;
     let ops: Vec<ExpectOp> = expectations.into_iter().map(ExpectOp::Create).collect();
     let expectations = if ops.is_empty() {
@@ -248,6 +254,9 @@ fn commit(
         flows,
         expectations,
         clock: writer.take_clock(),
+        writer_runqueue: runqueue_before
+            .zip(process::thread_runqueue_wait())
+            .map(|(before, after)| after.saturating_sub(before)),
     })
 }
 

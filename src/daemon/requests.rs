@@ -303,11 +303,17 @@ impl Daemon {
             .first_send
             .map_or(0, |at| micros(at.saturating_duration_since(requested)));
         counters.last_in_kernel_us = micros(clock.in_kernel);
+        counters.last_writer_runqueue_us = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.writer_runqueue)
+            .map_or(0, micros);
         let reply = match result {
             Ok(CommitReport {
                 flows: report,
                 expectations,
                 clock: _,
+                writer_runqueue: _,
             }) => {
                 counters.expectations_ok += expectations.ok;
                 counters.expectations_failed += expectations.failed;
@@ -340,6 +346,7 @@ impl Daemon {
                     first_write_ms = counters.last_first_write_us / 1000,
                     in_kernel_ms = counters.last_in_kernel_us / 1000,
                     waiting_for_flows_ms = millis(clock.waiting_for_flows),
+                    writer_runqueue_ms = counters.last_writer_runqueue_us / 1000,
                     "commit finished"
                 );
                 if report.failed > 0 && report.ok == 0 {

@@ -184,6 +184,12 @@ fn commits(e: &mut Exposition, snap: &StatsSnapshot) {
         Kind::Gauge,
         c.last_in_kernel_us as f64 / 1e6,
     );
+    e.single(
+        "ctsync_commit_last_writer_runqueue_seconds",
+        "Of the last commit, the time its writing thread waited for a CPU while runnable (other threads or programs ran on it).",
+        Kind::Gauge,
+        c.last_writer_runqueue_us as f64 / 1e6,
+    );
     let d = &c.durations;
     let buckets: Vec<(f64, u64)> = COMMIT_BUCKETS_MS
         .iter()
