@@ -1,6 +1,6 @@
 //! Process matters of the daemon: the lock file, the pid file, the one
-//! kernel setting ctsyncd adjusts at start, the allocator's and a thread's
-//! priority, and how long a thread waited for a CPU.
+//! kernel setting ctsyncd adjusts at start, the allocator's settings, a
+//! thread's priority, and how long a thread waited for a CPU.
 //!
 //! Owns: files the daemon holds while it runs, removed again on drop.
 //! Must not: know about flows, sockets or the sync protocol.
