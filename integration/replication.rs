@@ -795,10 +795,13 @@ fn a_primary_without_a_peer_keeps_its_memory_bounded() {
     );
     assert!(s["sync"]["backlog_drops"].as_u64().unwrap_or(0) > 0);
     assert!(s["queues"]["send_queue"].as_u64().unwrap_or(u64::MAX) <= 65_536);
+    // A sample also holds what still waits to be sent (bounded, above),
+    // more of it on a busy machine: a leak raises every late round, a
+    // queue's fill only some, so the least of the last three counts.
+    let late = rss[5..].iter().min().copied().unwrap_or(u64::MAX);
     assert!(
-        rss[7] <= rss[1] + 6 * 1024,
-        "RSS grew from {} KiB (round 2) to {} KiB (round 8)",
-        rss[1],
-        rss[7]
+        late <= rss[1] + 6 * 1024,
+        "RSS grew from {} KiB (round 2) to at least {late} KiB in rounds 6 to 8",
+        rss[1]
     );
 }
