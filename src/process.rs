@@ -270,6 +270,7 @@ mod tests {
             "alone it waited {alone:?}, beside a rival {shared:?}"
         );
     }
+
     #[test]
     fn group_names_resolve_to_their_ids() {
         assert_eq!(super::group_id("root").ok(), Some(0));

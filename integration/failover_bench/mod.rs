@@ -99,6 +99,13 @@ impl System {
         System::ALL.into_iter().find(|x| x.name() == s)
     }
 
+    /// Whether the new primary's commit writes the peer's flows at the
+    /// failure (warm standby's are in its kernel already): only then has
+    /// it a rate to set beside the kernel's ceiling.
+    pub fn commits_at_failover(self) -> bool {
+        self != System::CtsyncWarm
+    }
+
     pub fn mode(self) -> Mode {
         match self {
             System::CtsyncCommit => Mode::Commit,
@@ -455,7 +462,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                     waited.as_secs_f64()
                 ));
             }
-            if let Some(c) = &ceiling {
+            if let Some(c) = ceiling.as_ref().filter(|_| sys.commits_at_failover()) {
                 out.ceiling_before = ceiling_beside_lab(cfg, c, "before", &mut out);
                 // The kernel frees that namespace's flows in the background.
                 settle(cfg.settle);
