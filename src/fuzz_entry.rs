@@ -21,9 +21,13 @@
 use crate::config::Config;
 use crate::control::cli;
 use crate::control::request::{decode_request, Dialect};
+use crate::expect::Expectation;
 use crate::flow::{Flow, FlowKey};
 use crate::kernel::codec::{self, CreateOptions};
-use crate::kernel::{events, socket};
+use crate::kernel::expect_codec::{
+    decode_expectation, encode_expect_create, encode_expect_timeout,
+};
+use crate::kernel::{events, expect_events, socket};
 use crate::wire::{self, Header, Message, HEADER_LEN, MAX_BODY};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -138,6 +142,79 @@ fn written_back(flow: &Flow) {
     buf.clear();
     codec::encode_delete(&mut buf, &key, 1);
     kernel_names(&buf, &key);
+}
+
+/// A netlink datagram from the kernel's expectation socket: events
+/// (`kernel::expect_events`' decoding) and dump replies (`socket::messages`
+/// with `decode_expectation`). A decoded expectation, written back
+/// (`encode_expect_create`, `encode_expect_timeout`), names the same
+/// expectation and carries what the create is documented to carry.
+pub fn ctnetlink_expect(data: &[u8]) {
+    let mut events = Vec::new();
+    let mut decode_errors = 0u64;
+    expect_events::decode_datagram(data, &mut events, &mut decode_errors);
+    for event in &events {
+        expectation_written_back(&event.expect);
+    }
+    for m in socket::messages(data) {
+        let Ok(m) = m else { break };
+        if let Ok(e) = decode_expectation(m.payload) {
+            expectation_written_back(&e);
+        }
+    }
+    // What a bare payload (the unit tests hand one over directly) holds.
+    if let Ok(e) = decode_expectation(data) {
+        expectation_written_back(&e);
+    }
+}
+
+/// `e` written as a create and as a timeout change decodes back to the
+/// same key and mask; the create keeps flags, NAT and expectfn, sends the class and
+/// helper only for a class above 0, and a timeout of at least 1.
+fn expectation_written_back(e: &Expectation) {
+    let decoded = |encode: fn(&mut Vec<u8>, &Expectation, u32)| {
+        let mut buf = Vec::new();
+        encode(&mut buf, e, 1);
+        let Some(Ok(m)) = socket::messages(&buf).next() else {
+            panic!("an encoded expectation request does not frame");
+        };
+        match decode_expectation(m.payload) {
+            Ok(back) => back,
+            Err(err) => panic!("an encoded expectation request does not decode: {err}"),
+        }
+    };
+    let created = decoded(encode_expect_create);
+    assert_eq!(
+        (created.key(), created.mask),
+        (e.key(), e.mask),
+        "the create names another expectation"
+    );
+    assert_eq!(created.timeout, e.timeout.max(1), "the create's timeout");
+    assert_eq!(
+        (created.flags, &created.nat, &created.expectfn),
+        (e.flags, &e.nat, &e.expectfn),
+        "the create lost flags, NAT or expectfn"
+    );
+    let (class, helper) = match e.class {
+        0 => (0, None),
+        c => (c, e.helper.clone()),
+    };
+    assert_eq!(
+        (created.class, created.helper),
+        (class, helper),
+        "class and helper"
+    );
+    let changed = decoded(encode_expect_timeout);
+    assert_eq!(
+        (changed.key(), changed.mask),
+        (e.key(), e.mask),
+        "the timeout change names another expectation"
+    );
+    assert_eq!(
+        changed.timeout,
+        e.timeout.max(1),
+        "the timeout change's timeout"
+    );
 }
 
 /// A config file's bytes (`Config::load` reads it as UTF-8 text, then

@@ -19,6 +19,7 @@ type Entry = fn(&[u8]);
 const TARGETS: &[(&str, Entry)] = &[
     ("wire_datagram", ctsync::fuzz_entry::wire_datagram),
     ("ctnetlink", ctsync::fuzz_entry::ctnetlink),
+    ("ctnetlink_expect", ctsync::fuzz_entry::ctnetlink_expect),
     ("config", ctsync::fuzz_entry::config),
     ("control_request", ctsync::fuzz_entry::control_request),
     ("cli_args", ctsync::fuzz_entry::cli_args),
@@ -115,8 +116,9 @@ fn every_corpus_input_runs_clean() {
 
 mod seeds {
     use ctsync::control::{CacheSel, Envelope, Request, StatsSection};
+    use ctsync::expect::{ExpectNat, Expectation};
     use ctsync::flow::{proto, status, Flow, ProtoState, Tuple, L4};
-    use ctsync::kernel::codec;
+    use ctsync::kernel::{codec, expect_codec};
     use ctsync::wire::{self, flags, Header, Message, RangeSum, WireFlow, WireKey};
     use std::net::IpAddr;
 
@@ -396,6 +398,116 @@ mod seeds {
         out.push(nlmsg(2, 0, &[0; 20]));
         out.push(nlmsg(3, 2, &0i32.to_ne_bytes()));
         out.push(nlmsg(3, 2, &(-4i32).to_ne_bytes()));
+        all.extend(nlmsg(3, 2, &0i32.to_ne_bytes()));
+        out.push(all);
+        out
+    }
+
+    /// Expectations of every shape the expectation codec knows: FTP over
+    /// IPv4, the same NATed with an expectfn, a permanent one in a zone,
+    /// and a SIP media one over IPv6 (class 1, so with its helper name).
+    pub fn expectations() -> Vec<Expectation> {
+        let ftp = Expectation {
+            zone: 0,
+            master: tuple(
+                "198.18.0.1",
+                "198.18.0.2",
+                proto::TCP,
+                L4::Ports {
+                    src: 40000,
+                    dst: 21,
+                },
+            ),
+            tuple: tuple(
+                "198.18.0.2",
+                "198.18.0.1",
+                proto::TCP,
+                L4::Ports { src: 0, dst: 50022 },
+            ),
+            mask: tuple(
+                "255.255.255.255",
+                "255.255.255.255",
+                proto::TCP,
+                L4::Ports {
+                    src: 0,
+                    dst: 0xffff,
+                },
+            ),
+            timeout: 300,
+            flags: 0,
+            class: 0,
+            helper: Some("ftp".into()),
+            nat: None,
+            expectfn: None,
+        };
+        let mut natted = ftp.clone();
+        natted.nat = Some(ExpectNat {
+            dir: 1,
+            tuple: tuple(
+                "0.0.0.0",
+                "0.0.0.0",
+                proto::TCP,
+                L4::Ports { src: 50022, dst: 0 },
+            ),
+        });
+        natted.expectfn = Some("nat-follow-master".into());
+        let mut permanent = ftp.clone();
+        permanent.zone = 4;
+        permanent.flags = ctsync::expect::flags::PERMANENT;
+        let sip = Expectation {
+            zone: 0,
+            master: tuple(
+                "2001:db8::1",
+                "2001:db8::2",
+                proto::UDP,
+                L4::Ports {
+                    src: 5060,
+                    dst: 5060,
+                },
+            ),
+            tuple: tuple(
+                "2001:db8::2",
+                "2001:db8::1",
+                proto::UDP,
+                L4::Ports { src: 0, dst: 16384 },
+            ),
+            mask: tuple(
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                proto::UDP,
+                L4::Ports {
+                    src: 0,
+                    dst: 0xffff,
+                },
+            ),
+            timeout: 180,
+            flags: 0,
+            class: 1,
+            helper: Some("sip".into()),
+            nat: None,
+            expectfn: None,
+        };
+        vec![ftp, natted, permanent, sip]
+    }
+
+    /// Netlink datagrams as the kernel's expectation socket delivers them:
+    /// every expectation as a NEW event's layout (the create) and as a
+    /// DESTROY (the same attributes under IPCTNL_MSG_EXP_DELETE), a dump's
+    /// end, and all of them in one datagram.
+    pub fn expect_netlink() -> Vec<Vec<u8>> {
+        const EXP_DELETE: u16 = 0x0202;
+        let mut out = Vec::new();
+        let mut all = Vec::new();
+        for e in expectations() {
+            let mut b = Vec::new();
+            expect_codec::encode_expect_create(&mut b, &e, 1);
+            out.push(b.clone());
+            all.extend_from_slice(&b);
+            b[4..6].copy_from_slice(&EXP_DELETE.to_ne_bytes());
+            b[6..8].copy_from_slice(&0u16.to_ne_bytes());
+            out.push(b.clone());
+            all.extend_from_slice(&b);
+        }
         all.extend(nlmsg(3, 2, &0i32.to_ne_bytes()));
         out.push(all);
         out
@@ -751,9 +863,10 @@ General {
 #[test]
 #[ignore = "writes the seed corpora; run by name"]
 fn write_seeds() {
-    let sets: [(&str, Vec<Vec<u8>>); 9] = [
+    let sets: [(&str, Vec<Vec<u8>>); 10] = [
         ("wire_datagram", seeds::datagrams()),
         ("ctnetlink", seeds::netlink()),
+        ("ctnetlink_expect", seeds::expect_netlink()),
         ("config", seeds::configs()),
         ("control_request", seeds::requests()),
         ("cli_args", seeds::command_lines()),
@@ -788,6 +901,17 @@ fn seeds_are_valid_inputs() {
             }
         }
     }
+    // Every expectation seed decodes, one expectation per message.
+    let mut heard = Vec::new();
+    for n in seeds::expect_netlink() {
+        let decoded = ctsync::kernel::socket::messages(&n)
+            .filter_map(|m| m.ok())
+            .filter(|m| ctsync::kernel::expect_codec::decode_expectation(m.payload).is_ok())
+            .count();
+        heard.push(decoded);
+    }
+    let each = 2 * seeds::expectations().len();
+    assert_eq!(heard.iter().sum::<usize>(), 2 * each, "{heard:?}");
     let configs = seeds::configs();
     for c in &configs[..4] {
         let text = std::str::from_utf8(c).expect("UTF-8");
