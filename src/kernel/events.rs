@@ -6,7 +6,9 @@
 //! Must not: resync after an overrun (the caller dumps), filter or cache.
 
 use super::codec::{ct_msg_type, decode_flow, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW};
-use super::socket::{messages, read_queued, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL};
+use super::socket::{
+    messages, read_queued, setsockopt_int, NlSocket, RecvBatch, NLM_F_CREATE, NLM_F_EXCL,
+};
 use super::{EventKind, KernelError, KernelEvent};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -173,24 +175,10 @@ impl EventSwitch {
             NETLINK_DROP_MEMBERSHIP
         };
         for group in GROUPS {
-            let value: u32 = group;
-            // SAFETY: setsockopt reads a u32 from a pointer to a live local;
-            // the fd belongs to the event socket, which outlives the switch.
-            let rc = unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    SOL_NETLINK,
-                    option,
-                    (&value as *const u32).cast(),
-                    std::mem::size_of::<u32>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(KernelError::io(
-                    "setsockopt NETLINK_(ADD|DROP)_MEMBERSHIP",
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            // Groups 1..=3: a c_int holds each as the u32 the kernel reads.
+            let group = group as libc::c_int;
+            setsockopt_int(self.fd, SOL_NETLINK, option, group)
+                .map_err(|e| KernelError::io("setsockopt NETLINK_(ADD|DROP)_MEMBERSHIP", e))?;
         }
         Ok(())
     }

@@ -318,7 +318,14 @@ impl AsRawFd for NlSocket {
     }
 }
 
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> std::io::Result<()> {
+/// Set an `int`-valued socket option (also the netlink group options,
+/// which read a `u32`).
+pub(crate) fn setsockopt_int(
+    fd: RawFd,
+    level: i32,
+    name: i32,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: value is a valid c_int that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
