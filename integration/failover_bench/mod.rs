@@ -505,12 +505,11 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
 
 /// The N filler flows the labs write into fwa (and the ceiling measures).
 fn filler(n: usize) -> Result<Vec<Flow>, String> {
-    let vip4 = crate::failover::VIP4_WAN
-        .parse()
-        .map_err(|e| format!("VIP: {e}"))?;
-    let vip6 = crate::failover::VIP6_WAN
-        .parse()
-        .map_err(|e| format!("VIP: {e}"))?;
+    let vip = |s: &str| s.parse::<IpAddr>().map_err(|e| format!("VIP {s}: {e}"));
+    let (vip4, vip6) = (
+        vip(crate::failover::VIP4_WAN)?,
+        vip(crate::failover::VIP6_WAN)?,
+    );
     Ok(kernel::filler_flows(n, vip4, vip6))
 }
 
