@@ -148,14 +148,13 @@ fn written_back(flow: &Flow) {
 /// (`kernel::expect_events`' decoding) and dump replies (`socket::messages`
 /// with `decode_expectation`). A decoded expectation, written back
 /// (`encode_expect_create`, `encode_expect_timeout`), names the same
-/// expectation and carries what the create is documented to carry.
+/// expectation and carries what the create is documented to carry. (An
+/// event's expectation is one of the messages' below, decoded the same
+/// way: the property is checked there, once.)
 pub fn ctnetlink_expect(data: &[u8]) {
     let mut events = Vec::new();
     let mut decode_errors = 0u64;
     expect_events::decode_datagram(data, &mut events, &mut decode_errors);
-    for event in &events {
-        expectation_written_back(&event.expect);
-    }
     for m in socket::messages(data) {
         let Ok(m) = m else { break };
         if let Ok(e) = decode_expectation(m.payload) {
@@ -169,8 +168,8 @@ pub fn ctnetlink_expect(data: &[u8]) {
 }
 
 /// `e` written as a create and as a timeout change decodes back to the
-/// same key and mask; the create keeps flags, NAT and expectfn, sends the class and
-/// helper only for a class above 0, and a timeout of at least 1.
+/// same key and mask and a timeout of at least 1; the create keeps flags,
+/// NAT and expectfn, and sends class and helper only for a class above 0.
 fn expectation_written_back(e: &Expectation) {
     let decoded = |encode: fn(&mut Vec<u8>, &Expectation, u32)| {
         let mut buf = Vec::new();

@@ -901,17 +901,23 @@ fn seeds_are_valid_inputs() {
             }
         }
     }
-    // Every expectation seed decodes, one expectation per message.
-    let mut heard = Vec::new();
-    for n in seeds::expect_netlink() {
-        let decoded = ctsync::kernel::socket::messages(&n)
-            .filter_map(|m| m.ok())
-            .filter(|m| ctsync::kernel::expect_codec::decode_expectation(m.payload).is_ok())
-            .count();
-        heard.push(decoded);
-    }
+    // Every expectation seed's message decodes: each expectation as a NEW
+    // and a DESTROY, alone and again in the datagram of all of them.
+    let per_datagram: Vec<usize> = seeds::expect_netlink()
+        .iter()
+        .map(|n| {
+            ctsync::kernel::socket::messages(n)
+                .filter_map(|m| m.ok())
+                .filter(|m| ctsync::kernel::expect_codec::decode_expectation(m.payload).is_ok())
+                .count()
+        })
+        .collect();
     let each = 2 * seeds::expectations().len();
-    assert_eq!(heard.iter().sum::<usize>(), 2 * each, "{heard:?}");
+    assert_eq!(
+        per_datagram.iter().sum::<usize>(),
+        2 * each,
+        "{per_datagram:?}"
+    );
     let configs = seeds::configs();
     for c in &configs[..4] {
         let text = std::str::from_utf8(c).expect("UTF-8");
