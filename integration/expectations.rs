@@ -238,3 +238,81 @@ fn off_another_helper_or_a_filtered_master_sends_nothing() {
         assert!(shown(&lab.a, "-i").is_empty(), "{sync_extra} {tables}");
     }
 }
+
+/// The zones a daemon shows its expectations in (`-i` / `-e`).
+fn shown_zones(n: &Node, flag: &str) -> Vec<u64> {
+    let json: Vec<Value> =
+        serde_json::from_str(&n.ctl_ok(&[flag, "expect", "--json"])).expect("expect JSON");
+    json.iter().filter_map(|e| e["zone"].as_u64()).collect()
+}
+
+/// The kernel reports an expectation without its zone: A finds the zone
+/// from the master flow it caches (also when it re-reads its kernel), B's
+/// commit writes the expectation in that zone (where the kernel finds its
+/// master), and its end in A reaches B as well.
+#[test]
+fn an_expectation_whose_master_is_in_a_zone_travels_in_that_zone() {
+    require_ftp_helper();
+    // Events only: a periodic re-read of A's expectations would mend a
+    // delete that missed its zone.
+    let mut lab = Lab::new(LabSpec {
+        family: SyncFamily::V4,
+        sync_extra: "expectations = \"all\"".into(),
+        reconcile_interval_s: 0,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let mut master = control_flow(40005);
+    master.zone = 7;
+    create_in(&lab.a.ns, vec![master]);
+    assert!(
+        wait_until(WAIT, || lab.a.cache_json("-i").len() == 1),
+        "A never cached the control flow"
+    );
+    let mut e = expectation(40005, 50005);
+    e.zone = 7;
+    let r = apply_expect_in(&lab.a.ns, vec![ExpectOp::Create(e.clone())]);
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert!(
+        wait_until(WAIT, || shown_zones(&lab.b, "-e") == vec![7]),
+        "B's external expectations: {:?}; A's internal: {:?}",
+        shown(&lab.b, "-e"),
+        shown(&lab.a, "-i")
+    );
+    lab.b.ctl_ok(&["-c"]);
+    assert_eq!(kernel_expectations(&lab.b), kernel_expectations(&lab.a));
+    assert_eq!(kernel_expectations(&lab.b).len(), 1);
+    // A re-read of A's kernel finds it ours again, in zone 7: no change
+    // travels.
+    lab.a.ctl_ok(&["-R"]);
+    assert_eq!(shown_zones(&lab.a, "-i"), vec![7]);
+    let changed = wait_until(QUIET, || shown_zones(&lab.b, "-e") != vec![7]);
+    assert!(
+        !changed,
+        "B's view after A's re-read: {:?}",
+        shown(&lab.b, "-e")
+    );
+    // In zone 7 of B's kernel: a delete in zone 0 leaves it (the writer
+    // counts a delete of nothing as done), one in zone 7 takes it.
+    let mut in_zone_0 = e.key();
+    in_zone_0.zone = 0;
+    let r = apply_expect_in(&lab.b.ns, vec![ExpectOp::Delete(in_zone_0)]);
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert_eq!(kernel_expectations(&lab.b).len(), 1, "B held it in zone 0");
+    let r = apply_expect_in(&lab.b.ns, vec![ExpectOp::Delete(e.key())]);
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert!(kernel_expectations(&lab.b).is_empty(), "not in zone 7");
+    // Its end in A (as when its data connection arrives), reported again
+    // without its zone, reaches B while the master stays.
+    let r = apply_expect_in(&lab.a.ns, vec![ExpectOp::Delete(e.key())]);
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert!(kernel_expectations(&lab.a).is_empty());
+    assert!(
+        wait_until(WAIT, || shown(&lab.b, "-e").is_empty()),
+        "the expectation's end never reached B: {:?}",
+        shown(&lab.b, "-e")
+    );
+    assert_eq!(lab.b.cache_json("-e").len(), 1, "the master stays");
+    assert!(shown(&lab.a, "-i").is_empty(), "{:?}", shown(&lab.a, "-i"));
+}

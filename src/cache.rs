@@ -15,6 +15,7 @@ use crate::wire::{RangeSum, WireFlow, WireKey, RANGES};
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
@@ -166,6 +167,10 @@ pub struct FlowCache {
     ranges: Vec<(u32, u64)>,
     /// Reused for encoding the flow being upserted.
     scratch: Vec<u8>,
+    /// Every zone other than 0 a flow was inserted in since the cache was
+    /// last cleared (it does not shrink as flows leave: an expectation
+    /// ending after its master still finds the zone it was replicated in).
+    zones: BTreeSet<u16>,
 }
 
 impl Default for FlowCache {
@@ -255,11 +260,34 @@ impl FlowCache {
             digest: 0,
             ranges: vec![(0, 0); usize::from(RANGES)],
             scratch: Vec::new(),
+            zones: BTreeSet::new(),
         }
     }
 
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// The zones other than 0 that flows were inserted in since the last
+    /// `clear`, in order; some may hold no flow any more.
+    pub fn zones(&self) -> impl Iterator<Item = u16> + '_ {
+        self.zones.iter().copied()
+    }
+
+    /// The zone a flow whose original tuple is `orig` is cached in, for a
+    /// report that names the tuple without its zone (the kernel's
+    /// expectations name their master so): 0 when one is there, else the
+    /// only other zone that holds one; `None` when none or several do.
+    pub fn zone_of(&self, orig: &Tuple) -> Option<u16> {
+        let cached = |zone| self.contains(&FlowKey { zone, orig: *orig });
+        if cached(0) {
+            return Some(0);
+        }
+        let mut zones = self.zones().filter(|&zone| cached(zone));
+        match (zones.next(), zones.next()) {
+            (Some(zone), None) => Some(zone),
+            _ => None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -574,6 +602,9 @@ impl FlowCache {
                 }
             }
             sharded_table::Entry::Vacant(slot) => {
+                if flow.zone != 0 {
+                    self.zones.insert(flow.zone);
+                }
                 let h = state_hash(flow);
                 self.digest ^= h;
                 if let Some(sum) = self.ranges.get_mut(range) {
@@ -620,6 +651,7 @@ impl FlowCache {
     /// Drop every entry (the counters stay).
     pub fn clear(&mut self) {
         self.table.clear_and_free();
+        self.zones.clear();
         self.digest = 0;
         self.ranges = vec![(0, 0); usize::from(RANGES)];
     }
@@ -980,6 +1012,48 @@ mod tests {
         assert_eq!((e.since_ms, e.updated_ms, e.flow), (1_000, 9_000, longer));
         assert_eq!(c.stats().created, 1);
         assert_eq!(c.stats().updated, 2);
+    }
+
+    #[test]
+    fn zones_outlive_their_flows_until_a_clear() {
+        let mut c = FlowCache::new();
+        c.upsert(flow(1), 0);
+        assert_eq!(c.zones().count(), 0, "zone 0 is not listed");
+        for (n, zone) in [(2, 9), (3, 4), (4, 9)] {
+            let mut f = flow(n);
+            f.zone = zone;
+            c.upsert(f, 0);
+        }
+        assert_eq!(c.zones().collect::<Vec<_>>(), vec![4, 9]);
+        let mut gone = flow(3);
+        gone.zone = 4;
+        assert!(c.remove(&gone.key()).is_some());
+        assert_eq!(c.zones().collect::<Vec<_>>(), vec![4, 9]);
+        c.clear();
+        assert_eq!(c.zones().count(), 0);
+    }
+
+    #[test]
+    fn a_tuple_without_its_zone_is_placed_only_where_it_is_unique() {
+        let mut c = FlowCache::new();
+        let in_zone = |n, zone| {
+            let mut f = flow(n);
+            f.zone = zone;
+            f
+        };
+        assert_eq!(c.zone_of(&flow(1).orig), None, "not cached");
+        c.upsert(in_zone(1, 5), 0);
+        c.upsert(in_zone(2, 6), 0);
+        assert_eq!(c.zone_of(&flow(1).orig), Some(5));
+        assert_eq!(c.zone_of(&flow(2).orig), Some(6));
+        // In zone 0 as well: zone 0 wins, as the kernel's default.
+        c.upsert(flow(1), 0);
+        assert_eq!(c.zone_of(&flow(1).orig), Some(0));
+        // In two other zones: which one is unknown.
+        c.upsert(in_zone(2, 8), 0);
+        assert_eq!(c.zone_of(&flow(2).orig), None);
+        c.remove(&in_zone(2, 6).key());
+        assert_eq!(c.zone_of(&flow(2).orig), Some(8));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! An expectation is replicated when `[sync] expectations` takes its helper
 //! and its master flow is in the internal cache (ours and replicated), as
-//! conntrackd does. Our writer's creations (a commit's) and warm standby's
+//! conntrackd does; the kernel reports an expectation without its zone,
+//! so it is placed in the zone its master is ours in. Our writer's creations (a commit's) and warm standby's
 //! injector's are a peer's, not ours: neither cached nor sent, and a
 //! re-read leaves out what a peer's view holds (after `-f`, `-R` makes
 //! them ours, as for flows).
@@ -120,13 +121,34 @@ impl Daemon {
         !self.config.sync.expectations.is_off()
     }
 
-    /// Ours to replicate: the helper is taken and the master is ours.
-    fn expectation_is_ours(&self, e: &Expectation) -> bool {
-        self.config.sync.expectations.takes(e.helper.as_deref())
-            && self.node.internal().contains(&FlowKey {
-                zone: e.zone,
-                orig: e.master,
-            })
+    /// The zone `e`'s master is ours in, if it is. The kernel reports an
+    /// expectation without its zone (it decodes as 0): see
+    /// `FlowCache::zone_of` for how the zone is found then.
+    fn master_zone(&self, e: &Expectation) -> Option<u16> {
+        let internal = self.node.internal();
+        if e.zone == 0 {
+            return internal.zone_of(&e.master);
+        }
+        let key = FlowKey {
+            zone: e.zone,
+            orig: e.master,
+        };
+        internal.contains(&key).then_some(e.zone)
+    }
+
+    /// The key an ending expectation, reported without its zone, was
+    /// replicated under: the first zone whose key our cache holds, else
+    /// the key as reported.
+    fn replicated_key(&self, key: ExpectKey) -> ExpectKey {
+        if key.zone != 0 {
+            return key;
+        }
+        let cached = self.node.internal_expectations();
+        std::iter::once(0)
+            .chain(self.node.internal().zones())
+            .map(|zone| ExpectKey { zone, ..key })
+            .find(|k| cached.contains(k))
+            .unwrap_or(key)
     }
 
     pub(super) fn on_expect_feed(&mut self, feed: ExpectFeed) {
@@ -160,7 +182,8 @@ impl Daemon {
                 }
                 let key = e.key();
                 self.expect_state.waiting.retain(|(w, _)| w.key() != key);
-                if self.expectation_is_ours(&e) {
+                if let Some(zone) = self.master_zone(&e) {
+                    let e = Expectation { zone, ..e };
                     self.refresh_master(&e);
                     self.replicate_expectation(e);
                 } else if self.expect_state.waiting.len() < MAX_WAITING {
@@ -174,6 +197,7 @@ impl Daemon {
             EventKind::Destroy => {
                 let key = e.key();
                 self.expect_state.waiting.retain(|(w, _)| w.key() != key);
+                let key = self.replicated_key(key);
                 if self.node.internal_expectations().contains(&key) {
                     self.cd_expect_gone(&key);
                 }
@@ -242,7 +266,8 @@ impl Daemon {
         let now = self.now_ms();
         let waiting = std::mem::take(&mut self.expect_state.waiting);
         for (e, until) in waiting {
-            if self.expectation_is_ours(&e) {
+            if let Some(zone) = self.master_zone(&e) {
+                let e = Expectation { zone, ..e };
                 self.refresh_master(&e);
                 self.replicate_expectation(e);
             } else if now < until {
@@ -279,7 +304,8 @@ impl Daemon {
                 // standby's) is the peer's while its view holds it.
                 let ours: Vec<Expectation> = all
                     .into_iter()
-                    .filter(|e| self.expectation_is_ours(e))
+                    .filter(|e| self.config.sync.expectations.takes(e.helper.as_deref()))
+                    .filter_map(|e| self.master_zone(&e).map(|zone| Expectation { zone, ..e }))
                     .filter(|e| {
                         let key = e.key();
                         !self
