@@ -25,7 +25,8 @@
 //! - 20% loss each way in FTFW (after the handshake) converges.
 //! - flows (and an expectation) whose events an overrun lost, found by
 //!   the re-reads that heal it, reach conntrackd too; the periodic
-//!   re-reads after that resend nothing.
+//!   re-reads after that resend nothing; deletes an overrun lost reach
+//!   conntrackd the same way.
 //! - malformed datagrams sent to ctsyncd's conntrackd link are counted by
 //!   reason in `-s --json` (`conntrackd_link.malformed_by_reason`) and the
 //!   daemon goes on.
@@ -1131,6 +1132,35 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
     assert!(
         d1 - d0 < 15,
         "the re-reads resent flows: {d0} -> {d1} datagrams"
+    );
+    // Deletes lost the same way: a third of the flows go while ctsyncd is
+    // stopped, its event socket overruns again, and the re-read that heals
+    // it tells conntrackd they are gone.
+    let overruns = |pair: &Pair| pair.stats()["kernel"]["overruns"].as_u64().unwrap_or(0);
+    let o0 = overruns(&pair);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for host in 1..=4 {
+        let src = format!("198.18.3.{host}");
+        let out = pair.us.exec("conntrack", &["-D", "-s", &src]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let left = all - 1000;
+    assert!(
+        wait_until(WAIT, || pair.us.cache_json("-i").len() == left),
+        "ctsyncd -i has {} of {left}",
+        pair.us.cache_json("-i").len()
+    );
+    assert!(
+        overruns(&pair) > o0,
+        "no overrun of the deletes: the test proves nothing"
+    );
+    assert!(
+        wait_until(WAIT, || in_cd(&pair) == left),
+        "conntrackd -e has {} of {left} after the deletes",
+        in_cd(&pair),
     );
 }
 

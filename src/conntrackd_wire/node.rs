@@ -9,8 +9,8 @@
 //! Owns: the internal cache of what we sent (objects and whether they are
 //! new, updated or dead, as conntrackd's cache status), the TX queue, the
 //! sequence counter, the resend queue, the ACK window and hello handshake
-//! (FTFW), the alive timer, ALARM's per-object refresh timers, and the
-//! counters. Must not: do I/O or read the clock (time is `now_ms`), talk to
+//! (FTFW), the alive timer, ALARM's per-object refresh timers, the
+//! flow sweep's marks, and the counters. Must not: do I/O or read the clock (time is `now_ms`), talk to
 //! the kernel, or hold the external cache (the caller applies `Change`s).
 
 use super::flow_attrs::Codec;
@@ -108,6 +108,8 @@ enum Status {
 struct Entry {
     object: Object,
     status: Status,
+    /// The flow sweep it was last seen in (`begin_flow_sweep`).
+    seen: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +160,11 @@ pub struct CdNode {
     timer_of: HashMap<Key, u64>,
     rng: u64,
     stats: CdStats,
+    /// Flows held and not dead.
+    alive_flows: usize,
+    /// The current flow sweep, and how many alive flows were seen in it.
+    sweep: u32,
+    seen_alive: usize,
 }
 
 impl CdNode {
@@ -183,6 +190,9 @@ impl CdNode {
             timer_of: HashMap::new(),
             rng: cfg.seed | 1,
             stats: CdStats::default(),
+            alive_flows: 0,
+            sweep: 0,
+            seen_alive: 0,
             cfg,
         }
     }
@@ -214,6 +224,7 @@ impl CdNode {
             Some(Entry {
                 object: Object::Flow(f),
                 status,
+                ..
             }) if *status != Status::Dead => Some(f),
             _ => None,
         }
@@ -230,12 +241,48 @@ impl CdNode {
             .collect()
     }
 
+    /// Start a sweep for the flows held that the caller no longer has: it
+    /// then marks each flow it still has with `seen` (a flow sent meanwhile
+    /// is marked by `local_flow`), and `unseen_flows` counts the rest.
+    pub fn begin_flow_sweep(&mut self) {
+        self.sweep = self.sweep.wrapping_add(1);
+        self.seen_alive = 0;
+    }
+
+    /// The current sweep saw the flow `key` (if held and not dead).
+    pub fn seen(&mut self, key: &FlowKey) {
+        if let Some(e) = self.objects.get_mut(&Key::Flow(*key)) {
+            if e.status != Status::Dead && e.seen != self.sweep {
+                e.seen = self.sweep;
+                self.seen_alive += 1;
+            }
+        }
+    }
+
+    /// Flows held, not dead, that the current sweep has not seen: counted
+    /// as they change, so that a sweep that saw them all needs no walk.
+    pub fn unseen_flows(&self) -> usize {
+        self.alive_flows.saturating_sub(self.seen_alive)
+    }
+
+    /// Their keys (a walk of everything held).
+    pub fn unseen_flow_keys(&self) -> Vec<FlowKey> {
+        self.objects
+            .iter()
+            .filter_map(|(k, e)| match k {
+                Key::Flow(fk) if e.status != Status::Dead && e.seen != self.sweep => Some(*fk),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The expectation last sent for `key`, unless it is gone (dead).
     pub fn expectation(&self, key: &ExpectKey) -> Option<&Expectation> {
         match self.objects.get(&Key::Expect(*key)) {
             Some(Entry {
                 object: Object::Expect(e),
                 status,
+                ..
             }) if *status != Status::Dead => Some(e),
             _ => None,
         }
@@ -285,11 +332,27 @@ impl CdNode {
 
     fn upsert(&mut self, object: Object, now_ms: u64) {
         let key = object.key();
-        let status = match self.objects.get(&key) {
-            Some(e) if e.status != Status::Dead => Status::Alive,
-            _ => Status::New,
+        let (status, seen_before) = match self.objects.get(&key) {
+            Some(e) if e.status != Status::Dead => (Status::Alive, e.seen == self.sweep),
+            _ => (Status::New, false),
         };
-        self.objects.insert(key, Entry { object, status });
+        if matches!(key, Key::Flow(_)) {
+            if status == Status::New {
+                self.alive_flows += 1;
+            }
+            if !seen_before {
+                self.seen_alive += 1;
+            }
+        }
+        let seen = self.sweep;
+        self.objects.insert(
+            key,
+            Entry {
+                object,
+                status,
+                seen,
+            },
+        );
         self.arm_refresh(key, now_ms);
         self.enqueue(Item::Obj(key));
     }
@@ -302,6 +365,12 @@ impl CdNode {
             return;
         }
         e.status = Status::Dead;
+        if matches!(key, Key::Flow(_)) {
+            self.alive_flows -= 1;
+            if e.seen == self.sweep {
+                self.seen_alive -= 1;
+            }
+        }
         self.disarm_refresh(&key);
         self.enqueue(Item::Obj(key));
     }
@@ -334,6 +403,8 @@ impl CdNode {
     /// Forget every object without sending anything (`-f internal`).
     pub fn flush_internal(&mut self) {
         self.objects.clear();
+        self.alive_flows = 0;
+        self.seen_alive = 0;
         self.txq.retain(|i| matches!(i, Item::Ctl(_)));
         self.queued.clear();
         self.rs_index.clear();

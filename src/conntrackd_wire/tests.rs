@@ -700,6 +700,37 @@ proptest! {
         prop_assert_eq!(c.object, Object::Expect(e));
     }
 
+    /// The sweep's count of unseen flows, kept as flows come, change and
+    /// go, always equals what a walk of everything held finds.
+    #[test]
+    fn the_unseen_count_matches_a_walk(
+        ops in proptest::collection::vec((0u8..6, 0u16..12), 1..120),
+        mode in 0u8..3,
+    ) {
+        use crate::flow::test_flows::udp;
+        let mode = [CdMode::Ftfw, CdMode::Notrack, CdMode::Alarm][usize::from(mode)];
+        let mut n = CdNode::new(CdConfig { mode, ..CdConfig::default() }, 5, 0);
+        let mut now = 0;
+        for (op, k) in ops {
+            match op {
+                0 => {
+                    let mut f = udp(k);
+                    f.mark = u32::from(k) + now as u32;
+                    n.local_flow(f, now);
+                }
+                1 => n.local_flow_gone(&udp(k).key(), now),
+                2 => n.begin_flow_sweep(),
+                3 => n.seen(&udp(k).key()),
+                4 => {
+                    now += 700;
+                    let _ = n.poll_transmit(now);
+                }
+                _ => n.flush_internal(),
+            }
+            prop_assert_eq!(n.unseen_flows(), n.unseen_flow_keys().len());
+        }
+    }
+
     #[test]
     fn random_datagrams_never_panic(d in proptest::collection::vec(any::<u8>(), 0..600), mode in 0u8..3) {
         let mode = [CdMode::Ftfw, CdMode::Notrack, CdMode::Alarm][usize::from(mode)];
@@ -727,6 +758,34 @@ proptest! {
             let _ = n.poll_transmit(2000);
         }
     }
+}
+
+// ---- flow sweep -----------------------------------------------------------
+
+#[test]
+fn a_sweep_finds_only_the_flows_not_seen_or_sent_since_it_began() {
+    use crate::flow::test_flows::udp;
+    let mut n = CdNode::new(CdConfig::default(), 5, 0);
+    for k in 1..=4 {
+        n.local_flow(udp(k), 0);
+    }
+    n.begin_flow_sweep();
+    assert_eq!(n.unseen_flows(), 4);
+    n.seen(&udp(1).key());
+    n.seen(&udp(1).key());
+    let mut changed = udp(2);
+    changed.mark = 7;
+    n.local_flow(changed, 0);
+    n.local_flow(udp(5), 0);
+    n.local_flow_gone(&udp(3).key(), 0);
+    n.seen(&udp(3).key());
+    assert_eq!(n.unseen_flows(), 1);
+    assert_eq!(n.unseen_flow_keys(), vec![udp(4).key()]);
+    // A new sweep has seen nothing yet.
+    n.begin_flow_sweep();
+    assert_eq!(n.unseen_flows(), 4);
+    n.flush_internal();
+    assert_eq!(n.unseen_flows(), 0);
 }
 
 // ---- packing --------------------------------------------------------------

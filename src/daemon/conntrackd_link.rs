@@ -18,6 +18,7 @@ use crate::conntrackd_wire::{CdConfig, CdMode, CdNode, CdStats, Codec, Object, O
 use crate::counters::CdLinkBlock;
 use crate::expect::{ExpectKey, Expectation};
 use crate::flow::{Flow, FlowKey};
+use crate::sharded_table::Part;
 use crate::transport::{self, Link, Received};
 use crate::wire::{Message, WireFlow, WireKey};
 use tokio::sync::mpsc;
@@ -40,7 +41,29 @@ pub(super) struct CdLink {
     /// When the peer's last resync request refilled the link from the
     /// internal cache (a walk of the whole table: at most once a second).
     refilled_ms: Option<u64>,
+    /// The comparison after a healing re-read, while it runs.
+    catch_up: Option<CatchUp>,
 }
+
+/// The comparison of the internal cache with what the conntrackd peer was
+/// sent, a part of the cache per turn of the daemon's loop: at a million
+/// flows the whole walk takes about a second, which no event should wait
+/// for. What changes meanwhile reaches the peer as events anyway; the
+/// peer's record counts the flows the walk has not seen (`CdNode`'s
+/// sweep), so the flows we no longer hold are looked for only when there
+/// are some.
+struct CatchUp {
+    started: std::time::Instant,
+    /// The next part of the internal cache to compare.
+    next_part: usize,
+    /// The turns taken, and the longest one.
+    turns: u32,
+    longest: std::time::Duration,
+}
+
+/// The internal cache is compared in this many parts, one a turn (about
+/// 16,000 flows each at a million).
+const CATCH_UP_PARTS: usize = 64;
 
 /// Least time between two refills for the peer's resync requests.
 const REFILL_EVERY_MS: u64 = 1000;
@@ -117,6 +140,7 @@ pub(super) fn open(
         send_errors: 0,
         foreign_source: 0,
         refilled_ms: None,
+        catch_up: None,
     }))
 }
 
@@ -217,28 +241,74 @@ impl Daemon {
     /// state differs from what the peer was last sent go out as updates,
     /// those no longer in the internal cache as deletes. A peer's flow
     /// committed into our kernel is not sent back (as for its events).
+    /// Starts the comparison (anew, if one runs) and takes its first turn;
+    /// `cd_catch_up_turn` takes the rest, one a turn of the loop.
     pub(super) fn cd_catch_up(&mut self) {
-        let now = self.now_ms();
         let Some(cd) = &mut self.cd else {
             return;
         };
+        cd.node.begin_flow_sweep();
+        cd.catch_up = Some(CatchUp {
+            started: std::time::Instant::now(),
+            next_part: 0,
+            turns: 0,
+            longest: std::time::Duration::ZERO,
+        });
+        self.cd_catch_up_turn();
+    }
+
+    /// A comparison with the conntrackd peer is under way.
+    pub(super) fn cd_catching_up(&self) -> bool {
+        self.cd.as_ref().is_some_and(|cd| cd.catch_up.is_some())
+    }
+
+    /// One part of the comparison `cd_catch_up` started; after the last,
+    /// the deletes of what the peer holds and we do not.
+    pub(super) fn cd_catch_up_turn(&mut self) {
+        let now = self.now_ms();
+        let Some(CdLink { node, catch_up, .. }) = &mut self.cd else {
+            return;
+        };
+        let Some(run) = catch_up else {
+            return;
+        };
+        let turn_started = std::time::Instant::now();
         let internal = self.node.internal();
-        for flow in internal.flows() {
+        let part = Part {
+            index: run.next_part,
+            of: CATCH_UP_PARTS,
+        };
+        run.next_part += 1;
+        for flow in internal.part_flows(part) {
             let key = flow.key();
-            if cd
-                .node
-                .flow(&key)
-                .is_some_and(|sent| sent.same_state(&flow))
+            node.seen(&key);
+            if node.flow(&key).is_some_and(|sent| sent.same_state(&flow))
                 || self.node.peer_flow(&key).is_some()
             {
                 continue;
             }
-            cd.node.local_flow(flow, now);
+            node.local_flow(flow, now);
         }
-        for key in cd.node.flow_keys() {
-            if internal.flow(&key).is_none() {
-                cd.node.local_flow_gone(&key, now);
+        let mut gone = 0;
+        if run.next_part == CATCH_UP_PARTS && node.unseen_flows() > 0 {
+            for key in node.unseen_flow_keys() {
+                if !internal.contains(&key) {
+                    node.local_flow_gone(&key, now);
+                    gone += 1;
+                }
             }
+        }
+        run.turns += 1;
+        run.longest = run.longest.max(turn_started.elapsed());
+        if run.next_part == CATCH_UP_PARTS {
+            tracing::debug!(
+                duration_ms = run.started.elapsed().as_millis(),
+                turns = run.turns,
+                longest_turn_us = run.longest.as_micros(),
+                gone,
+                "conntrackd link compared with the internal cache"
+            );
+            *catch_up = None;
         }
     }
 
