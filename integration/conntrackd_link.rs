@@ -32,6 +32,8 @@
 //!   daemon goes on.
 //! - the negative control: ctsyncd on its own protocol ("ctsync") on the
 //!   same link gives conntrackd nothing and takes nothing from it.
+//! - `ctsyncd doctor` on this node judges the conntrackd peer (ok while
+//!   heard, critical once conntrackd stops) and expects no ctsync peer.
 //!
 //! Owns: two namespaces per test joined by a veth pair, the two daemons
 //! and their files; all removed on drop, even when a test fails. Network
@@ -1197,4 +1199,59 @@ fn warm_standby_writes_conntrackds_flows_and_expectation() {
         pair.kernel(&us_ns)
     );
     assert_eq!(pair.kernel(&us_ns).len(), 5);
+}
+
+/// `ctsyncd doctor --json` in ctsyncd's namespace: its exit status and,
+/// by check, the severities it reported.
+fn doctor(pair: &Pair) -> (i32, BTreeMap<String, Vec<String>>) {
+    let bin = env!("CARGO_BIN_EXE_ctsyncd");
+    let config = pair.us.config.to_str().unwrap();
+    let out = pair.us.exec(bin, &["doctor", "--json", "-C", config]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let mut by_check: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in report["findings"].as_array().expect("findings") {
+        by_check
+            .entry(f["check"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .push(f["severity"].as_str().unwrap_or_default().to_string());
+    }
+    (out.status.code().expect("exit status"), by_check)
+}
+
+/// On a node whose only link speaks conntrackd's protocol (mid-migration)
+/// doctor expects no ctsync peer and judges the conntrackd peer instead:
+/// ok while it is heard, critical once conntrackd stops.
+#[test]
+fn doctor_judges_the_conntrackd_peer_and_expects_no_ctsync_one() {
+    let mut pair = Pair::new(&Setup {
+        sync_extra: "peer_timeout_ms = 2000",
+        ..Setup::new("Mode FTFW { }", "ftfw")
+    });
+    pair.start();
+    let (code, found) = doctor(&pair);
+    let ok = vec!["ok".to_string()];
+    assert_eq!(found.get("conntrackd_link"), Some(&ok), "{found:?}");
+    assert_eq!(found.get("sync_peers"), Some(&ok), "{found:?}");
+    assert!(code < 2, "exit {code}: {found:?}");
+    pair.stop_conntrackd();
+    assert!(
+        wait_until(WAIT, || pair.stats()["conntrackd_link"]
+            ["last_heard_ms_ago"]
+            .as_u64()
+            .is_some_and(|ms| ms > 2000)),
+        "conntrackd still heard: {}",
+        pair.stats()["conntrackd_link"]
+    );
+    let (code, found) = doctor(&pair);
+    assert_eq!(
+        found.get("conntrackd_link"),
+        Some(&vec!["critical".to_string()]),
+        "{found:?}"
+    );
+    assert_eq!(code, 2);
 }

@@ -310,4 +310,6 @@ pub struct CdLinkBlock {
     pub resend_queue: u64,
     pub send_errors: u64,
     pub foreign_source: u64,
+    /// Since the last datagram from the peer's address (`None`: none yet).
+    pub last_heard_ms_ago: Option<u64>,
 }

@@ -43,6 +43,9 @@ pub(super) struct CdLink {
     refilled_ms: Option<u64>,
     /// The comparison after a healing re-read, while it runs.
     catch_up: Option<CatchUp>,
+    /// When a datagram last came from the peer's address (the owner's
+    /// milliseconds).
+    heard_ms: Option<u64>,
 }
 
 /// The comparison of the internal cache with what the conntrackd peer was
@@ -141,6 +144,7 @@ pub(super) fn open(
         foreign_source: 0,
         refilled_ms: None,
         catch_up: None,
+        heard_ms: None,
     }))
 }
 
@@ -175,7 +179,8 @@ fn same_but_timeout(a: &Expectation, b: &Expectation) -> bool {
 }
 
 impl CdLink {
-    pub fn block(&self) -> CdLinkBlock {
+    /// The counters of `-s --json`, at the owner's `now_ms`.
+    pub fn block(&self, now_ms: u64) -> CdLinkBlock {
         let s: CdStats = self.node.stats();
         let mut by_reason: Vec<(String, u64)> = s
             .rejected
@@ -202,6 +207,7 @@ impl CdLink {
             resend_queue: self.node.resend_queue_len() as u64,
             send_errors: self.send_errors,
             foreign_source: self.foreign_source,
+            last_heard_ms_ago: self.heard_ms.map(|at| now_ms.saturating_sub(at)),
         }
     }
 }
@@ -388,6 +394,7 @@ impl Daemon {
             cd.foreign_source += 1;
             return;
         }
+        cd.heard_ms = Some(now);
         let resyncs = cd.node.resync_requests();
         let changes = cd.node.on_datagram(&received.bytes, now);
         let mut msgs = Vec::with_capacity(changes.len());

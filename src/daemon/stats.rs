@@ -97,7 +97,7 @@ impl Daemon {
             refused_full: self.node.expectations_refused(),
         };
         StatsSnapshot {
-            conntrackd_link: self.cd.as_ref().map(|cd| cd.block()),
+            conntrackd_link: self.cd.as_ref().map(|cd| cd.block(now_ms)),
             expectations,
             uptime_s: self.started.elapsed().as_secs(),
             internal,

@@ -158,6 +158,19 @@ pub struct WarmFacts {
     pub pending: u64,
 }
 
+/// The link that speaks conntrackd's protocol (`-s --json`'s
+/// `conntrackd_link`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CdLinkFacts {
+    pub mode: String,
+    pub handshake_done: bool,
+    /// `None`: nothing heard from the conntrackd peer yet.
+    pub last_heard_ms_ago: Option<u64>,
+    /// Datagrams refused (malformed) and changes that failed our checks.
+    pub refused: u64,
+    pub lost: u64,
+}
+
 /// The daemon's counters that the sync checks use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaemonFacts {
@@ -176,6 +189,8 @@ pub struct DaemonFacts {
     pub resend_window: u64,
     pub window: u64,
     pub warm: Option<WarmFacts>,
+    /// `None`: the daemon has no conntrackd link.
+    pub conntrackd_link: Option<CdLinkFacts>,
 }
 
 /// Reads numbers out of `-s --json` and notes every field that is
@@ -262,8 +277,10 @@ impl DaemonFacts {
     /// From `ctsyncd -s --json`. Every field doctor uses must be there:
     /// the error lists those that are not (a daemon of another version),
     /// and the checks then say "unreadable" instead of judging zeros.
-    /// `warm` is `null` without warm standby, and a peer may not have
-    /// sent a datagram yet (no `sync.peer_wire` entry): both are values.
+    /// `warm` is `null` without warm standby, `conntrackd_link` without
+    /// such a link (and its `last_heard_ms_ago` until the peer is heard),
+    /// and a peer may not have sent a datagram yet (no `sync.peer_wire`
+    /// entry): all are values.
     pub fn from_stats_json(v: &Value) -> Result<DaemonFacts, Vec<String>> {
         let mut f = Fields {
             missing: Vec::new(),
@@ -326,6 +343,35 @@ impl DaemonFacts {
             }
             None => None,
         };
+        let conntrackd_link = match f.get(v, &["conntrackd_link"]) {
+            Some(c) if c.is_null() => None,
+            Some(c) => {
+                f.at = "conntrackd_link".into();
+                let mode = match f.get(c, &["mode"]).map(Value::as_str) {
+                    Some(Some(m)) => m.to_string(),
+                    Some(None) => {
+                        f.missing.push("conntrackd_link.mode (not a string)".into());
+                        String::new()
+                    }
+                    None => String::new(),
+                };
+                let last_heard_ms_ago = match f.get(c, &["last_heard_ms_ago"]) {
+                    Some(h) if h.is_null() => None,
+                    Some(_) => Some(f.u64(c, &["last_heard_ms_ago"])),
+                    None => None,
+                };
+                let link = CdLinkFacts {
+                    mode,
+                    handshake_done: f.bool(c, &["handshake_done"]),
+                    last_heard_ms_ago,
+                    refused: f.u64(c, &["malformed"]) + f.u64(c, &["invalid_changes"]),
+                    lost: f.u64(c, &["lost"]),
+                };
+                f.at.clear();
+                Some(link)
+            }
+            None => None,
+        };
         let facts = DaemonFacts {
             uptime_s: f.u64(v, &["uptime_s"]),
             peers,
@@ -341,6 +387,7 @@ impl DaemonFacts {
             resend_window: f.u64(v, &["queues", "resend_window"]),
             window: f.u64(v, &["queues", "window"]),
             warm,
+            conntrackd_link,
         };
         if f.missing.is_empty() {
             Ok(facts)
@@ -412,7 +459,8 @@ mod tests {
                      "messages_sent": 9, "backlog_dropped_items": 8,
                      "peer_wire": {"2": {"largest_datagram": 1400, "oversized": 4, "acks_nacks": 11}}},
             "queues": {"resend_window": 10, "window": 20},
-            "warm": {"written": 1, "failed": 2, "restored": 3, "pending": 4}
+            "warm": {"written": 1, "failed": 2, "restored": 3, "pending": 4},
+            "conntrackd_link": null
         });
         let d = DaemonFacts::from_stats_json(&v).unwrap();
         assert_eq!(d.uptime_s, 12);
@@ -434,6 +482,7 @@ mod tests {
         assert_eq!((d.dropped, d.lost, d.send_errors), (7, 5, 3));
         assert_eq!((d.resend_window, d.window, d.events_received), (10, 20, 40));
         assert_eq!(d.warm.map(|w| w.pending), Some(4));
+        assert_eq!(d.conntrackd_link, None);
         // A renamed counter is reported, not read as 0.
         let mut renamed = v.clone();
         let kernel = renamed["kernel"].as_object_mut().unwrap();
@@ -451,7 +500,19 @@ mod tests {
         );
         let bare = DaemonFacts::from_stats_json(&serde_json::json!({"warm": null})).unwrap_err();
         assert!(bare.contains(&"uptime_s".to_string()), "{bare:?}");
+        assert!(bare.contains(&"conntrackd_link".to_string()), "{bare:?}");
         assert!(!bare.iter().any(|m| m.starts_with("warm")), "{bare:?}");
+        let mut linked = v.clone();
+        linked["conntrackd_link"] = serde_json::json!({"mode": "notrack", "handshake_done": false});
+        assert_eq!(
+            DaemonFacts::from_stats_json(&linked),
+            Err(vec![
+                "conntrackd_link.last_heard_ms_ago".to_string(),
+                "conntrackd_link.malformed".to_string(),
+                "conntrackd_link.invalid_changes".to_string(),
+                "conntrackd_link.lost".to_string()
+            ])
+        );
     }
 
     /// The JSON the daemon really renders for `-s --json` (the same
@@ -512,6 +573,15 @@ mod tests {
             restored: 123,
             pending: 124,
         });
+        snap.conntrackd_link = Some(crate::counters::CdLinkBlock {
+            mode: "ftfw",
+            handshake_done: true,
+            malformed: 125,
+            invalid_changes: 126,
+            lost: 127,
+            last_heard_ms_ago: Some(128),
+            ..crate::counters::CdLinkBlock::default()
+        });
         let read = |snap: &StatsSnapshot| {
             let text = crate::control::render::render_stats_json(snap);
             let v: Value = serde_json::from_str(&text).unwrap();
@@ -559,10 +629,27 @@ mod tests {
                     restored: 123,
                     pending: 124,
                 }),
+                conntrackd_link: Some(CdLinkFacts {
+                    mode: "ftfw".into(),
+                    handshake_done: true,
+                    last_heard_ms_ago: Some(128),
+                    refused: 125 + 126,
+                    lost: 127,
+                }),
             }
         );
-        // Without warm standby, and with no peer or link yet: complete too.
+        // A conntrackd peer not heard yet.
+        if let Some(c) = &mut snap.conntrackd_link {
+            c.last_heard_ms_ago = None;
+        }
+        let d = read(&snap).unwrap();
+        assert_eq!(d.conntrackd_link.and_then(|c| c.last_heard_ms_ago), None);
+        // Without warm standby or a conntrackd link, and with no peer or
+        // link yet: complete too.
         let d = read(&StatsSnapshot::default()).unwrap();
-        assert_eq!((d.warm, d.peers.len(), d.links.len()), (None, 0, 0));
+        assert_eq!(
+            (d.warm, d.conntrackd_link, d.peers.len(), d.links.len()),
+            (None, None, 0, 0)
+        );
     }
 }

@@ -36,10 +36,7 @@ pub fn run(config: &Config, upstream_idle_timeout_s: Option<u32>) -> Report {
                 DaemonReply::Facts(later) => later,
                 _ => first.clone(),
             };
-            DaemonState::Running {
-                first: Box::new(first),
-                later: Box::new(later),
-            }
+            DaemonState::Running { first, later }
         }
     };
     Report::new(checks::run_all(&machine, &daemon, &settings))

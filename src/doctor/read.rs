@@ -140,7 +140,7 @@ pub fn machine(sample: Duration) -> MachineFacts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DaemonReply {
     /// Its counters, every field doctor uses found.
-    Facts(DaemonFacts),
+    Facts(Box<DaemonFacts>),
     /// Nothing (or a refusal) came back: why.
     NoAnswer(String),
     /// It answered, but not with the `-s --json` doctor reads: what is
@@ -170,7 +170,7 @@ pub fn daemon(socket: &Path) -> DaemonReply {
         Err(e) => return DaemonReply::Unreadable(format!("malformed stats from ctsyncd: {e}")),
     };
     match DaemonFacts::from_stats_json(&v) {
-        Ok(facts) => DaemonReply::Facts(facts),
+        Ok(facts) => DaemonReply::Facts(Box::new(facts)),
         Err(missing) => DaemonReply::Unreadable(format!(
             "ctsyncd -s --json lacks {} (a ctsyncd of another version?)",
             missing.join(", ")

@@ -179,6 +179,7 @@ mod tests {
             tcp_window_tracking,
             enable_events,
             warm_standby: false,
+            peer_timeout_ms: 5_000,
             upstream_idle_timeout_s: None,
         }
     }

@@ -6,6 +6,7 @@
 //! every check in order. Must not: read the machine or the daemon (see
 //! `doctor::read`), or print.
 
+pub mod conntrackd_link;
 pub mod kernel;
 pub mod notrack;
 pub mod sync;
@@ -27,6 +28,8 @@ pub struct Settings {
     pub tcp_window_tracking: bool,
     pub enable_events: bool,
     pub warm_standby: bool,
+    /// A peer not heard for this long is gone (`[sync] peer_timeout_ms`).
+    pub peer_timeout_ms: u64,
     /// An upstream balancer's or cloud NIC's idle timeout, seconds.
     pub upstream_idle_timeout_s: Option<u64>,
 }
@@ -46,6 +49,7 @@ impl Settings {
             tcp_window_tracking: c.kernel.tcp_window_tracking,
             enable_events: c.kernel.enable_events,
             warm_standby: c.sync.warm_standby,
+            peer_timeout_ms: c.sync.peer_timeout_ms,
             upstream_idle_timeout_s: upstream.or(c.doctor.upstream_idle_timeout_s).map(u64::from),
         }
     }
@@ -70,6 +74,7 @@ pub fn run_all(m: &MachineFacts, d: &DaemonState, s: &Settings) -> Vec<Finding> 
     out.extend(notrack::notrack(m.rate, m.mix.as_ref()));
     out.extend(sync::sync_checks(d, s));
     out.extend(warm::warm_standby(d, s));
+    out.extend(conntrackd_link::conntrackd_link(d, s));
     out
 }
 

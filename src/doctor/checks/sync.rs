@@ -38,8 +38,21 @@ pub fn sync_checks(d: &DaemonState, s: &Settings) -> Vec<Finding> {
     };
     let mut out = vec![Finding::new("daemon", Severity::Ok, "ctsyncd answers")
         .seen(format!("up {} s", later.uptime_s))];
-    out.extend(peers(later));
-    out.push(links(later));
+    if later.links.is_empty() && later.conntrackd_link.is_some() {
+        // A node mid-migration whose only link speaks conntrackd's
+        // protocol: no ctsync peer is expected.
+        out.push(
+            Finding::new(
+                "sync_peers",
+                Severity::Ok,
+                "no link speaks ctsync's protocol: the conntrackd link is judged apart (conntrackd_link)",
+            )
+            .seen("0 ctsync links, 1 conntrackd link"),
+        );
+    } else {
+        out.extend(peers(later));
+        out.push(links(later));
+    }
     out.push(drops(first, later));
     out.push(window(later));
     out.extend(peer_mode(later, s));
@@ -263,6 +276,7 @@ mod tests {
             tcp_window_tracking: false,
             enable_events: true,
             warm_standby: false,
+            peer_timeout_ms: 5_000,
             upstream_idle_timeout_s: None,
         }
     }
@@ -366,6 +380,25 @@ mod tests {
             worst(&run(healthy(), none, SyncMode::Ftfw), "sync_peers"),
             Severity::Critical
         );
+    }
+
+    /// A node whose only link speaks conntrackd's protocol expects no
+    /// ctsync peer; with a ctsync link beside it, a silent ctsync peer is
+    /// still critical.
+    #[test]
+    fn a_conntrackd_link_alone_expects_no_ctsync_peer() {
+        let mut cd_only = healthy();
+        cd_only.peers.clear();
+        cd_only.links.clear();
+        cd_only.conntrackd_link = Some(crate::doctor::facts::CdLinkFacts::default());
+        let f = run(cd_only.clone(), cd_only.clone(), SyncMode::Ftfw);
+        assert_eq!(worst(&f, "sync_peers"), Severity::Ok);
+        assert!(f.iter().all(|f| f.check != "sync_links"), "{f:?}");
+        let mut both = healthy();
+        both.peers.clear();
+        both.conntrackd_link = cd_only.conntrackd_link;
+        let f = run(both.clone(), both, SyncMode::Ftfw);
+        assert_eq!(worst(&f, "sync_peers"), Severity::Critical);
     }
 
     #[test]

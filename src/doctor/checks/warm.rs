@@ -87,6 +87,7 @@ mod tests {
             tcp_window_tracking: false,
             enable_events: true,
             warm_standby,
+            peer_timeout_ms: 5_000,
             upstream_idle_timeout_s: None,
         }
     }
