@@ -32,6 +32,11 @@
 //!   daemon goes on.
 //! - the negative control: ctsyncd on its own protocol ("ctsync") on the
 //!   same link gives conntrackd nothing and takes nothing from it.
+//! - the refills: a ctsyncd started on a table of 2,000 flows sends them
+//!   all to conntrackd, and after conntrackd forgets them, the new
+//!   primary's `-c`, `-f`, `-R`, `-B` sends them all again (the link's
+//!   record was emptied by `-f`: only the walk of the internal cache has
+//!   them).
 //! - `ctsyncd doctor` on this node judges the conntrackd peer (ok while
 //!   heard, critical once conntrackd stops) and expects no ctsync peer.
 //!
@@ -1254,4 +1259,60 @@ fn doctor_judges_the_conntrackd_peer_and_expects_no_ctsync_one() {
         "{found:?}"
     );
     assert_eq!(code, 2);
+}
+
+/// 2,000 UDP flows from 198.18.5.0/24 (not the link's network).
+fn table_flows() -> Vec<Flow> {
+    (0..2000u32)
+        .map(|i| {
+            let mut f = Flow::new(Tuple {
+                src: IpAddr::from([198, 18, 5, (i / 200) as u8 + 1]),
+                dst: IpAddr::from([198, 18, 6, 1]),
+                proto: proto::UDP,
+                l4: L4::Ports {
+                    src: 20_000 + (i % 200) as u16,
+                    dst: 5353,
+                },
+            });
+            f.status = status::CONFIRMED;
+            f.timeout = 600;
+            f
+        })
+        .collect()
+}
+
+/// The refills walk the internal cache a part a turn; every part must go
+/// out: at start (the link's record is empty) and for `-B` after `-f`
+/// (emptied again), with conntrackd's external cache flushed in between.
+#[test]
+fn the_refills_at_start_and_for_b_send_the_whole_table() {
+    let mut pair = Pair::new(&Setup::new("Mode FTFW { }", "ftfw"));
+    lab::create_in(&pair.us.ns, table_flows());
+    pair.start();
+    let in_cd = |pair: &Pair| {
+        pair.cd(&["-e", "ct"])
+            .lines()
+            .filter(|l| l.contains("src=198.18.5."))
+            .count()
+    };
+    assert!(
+        wait_until(WAIT, || in_cd(&pair) == 2000),
+        "after ctsyncd's start conntrackd -e has {} of 2000",
+        in_cd(&pair)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            pair.cd(&["-f", "external"]);
+            in_cd(&pair) == 0
+        }),
+        "-f external kept flows"
+    );
+    for args in [["-f"].as_slice(), &["-R"], &["-B"]] {
+        pair.us.ctl_ok(args);
+    }
+    assert!(
+        wait_until(WAIT, || in_cd(&pair) == 2000),
+        "after -f, -R, -B conntrackd -e has {} of 2000",
+        in_cd(&pair)
+    );
 }

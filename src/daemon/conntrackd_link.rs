@@ -43,6 +43,9 @@ pub(super) struct CdLink {
     refilled_ms: Option<u64>,
     /// The comparison after a healing re-read, while it runs.
     catch_up: Option<CatchUp>,
+    /// The next part of the internal cache a refill (`cd_refill`) queues,
+    /// while one runs.
+    refill: Option<usize>,
     /// When a datagram last came from the peer's address (the owner's
     /// milliseconds).
     heard_ms: Option<u64>,
@@ -64,8 +67,8 @@ struct CatchUp {
     longest: std::time::Duration,
 }
 
-/// The internal cache is compared in this many parts, one a turn (about
-/// 16,000 flows each at a million).
+/// The internal cache is compared (and refilled) in this many parts, one
+/// a turn (about 16,000 flows each at a million).
 const CATCH_UP_PARTS: usize = 64;
 
 /// Least time between two refills for the peer's resync requests.
@@ -144,6 +147,7 @@ pub(super) fn open(
         foreign_source: 0,
         refilled_ms: None,
         catch_up: None,
+        refill: None,
         heard_ms: None,
     }))
 }
@@ -263,14 +267,22 @@ impl Daemon {
         self.cd_catch_up_turn();
     }
 
-    /// A comparison with the conntrackd peer is under way.
-    pub(super) fn cd_catching_up(&self) -> bool {
-        self.cd.as_ref().is_some_and(|cd| cd.catch_up.is_some())
+    /// A comparison or a refill for the conntrackd peer is under way.
+    pub(super) fn cd_walking(&self) -> bool {
+        self.cd
+            .as_ref()
+            .is_some_and(|cd| cd.catch_up.is_some() || cd.refill.is_some())
+    }
+
+    /// A turn of each walk of the internal cache under way.
+    pub(super) fn cd_walk_turn(&mut self) {
+        self.cd_catch_up_turn();
+        self.cd_refill_turn();
     }
 
     /// One part of the comparison `cd_catch_up` started; after the last,
     /// the deletes of what the peer holds and we do not.
-    pub(super) fn cd_catch_up_turn(&mut self) {
+    fn cd_catch_up_turn(&mut self) {
         let now = self.now_ms();
         let Some(CdLink { node, catch_up, .. }) = &mut self.cd else {
             return;
@@ -361,27 +373,63 @@ impl Daemon {
     /// conntrackd peer. The link's own record of what it sent cannot
     /// answer this alone: `-f` empties it and `-R` refills only the
     /// internal cache, so after the glue's `-c`, `-f`, `-R`, `-B` on a new
-    /// primary that record was empty and the bulk sent nothing.
+    /// primary that record was empty and the bulk sent nothing. The
+    /// record goes first; the refill adds what it lacks.
     pub(super) fn cd_bulk(&mut self) {
-        self.cd_refill();
         if let Some(cd) = &mut self.cd {
             cd.node.send_bulk();
         }
+        self.cd_refill();
     }
 
-    /// Queue every flow and expectation of the internal cache for the
-    /// conntrackd peer (each once: the link's queue holds a key once).
+    /// Queue for the conntrackd peer every flow and expectation of the
+    /// internal cache that the link's record lacks or holds in another
+    /// state (the record itself went out already: its answer to the
+    /// peer's resync request, or `-B`'s bulk). Starts the refill (anew,
+    /// if one runs) and takes its first turn; `cd_walk_turn` takes the
+    /// rest, a part of the cache a turn, the expectations after the last.
     fn cd_refill(&mut self) {
-        let now = self.now_ms();
         let Some(cd) = &mut self.cd else {
             return;
         };
-        for flow in self.node.internal().flows() {
-            cd.node.local_flow(flow, now);
+        cd.refill = Some(0);
+        self.cd_refill_turn();
+    }
+
+    fn cd_refill_turn(&mut self) {
+        let now = self.now_ms();
+        let Some(CdLink { node, refill, .. }) = &mut self.cd else {
+            return;
+        };
+        let Some(next_part) = refill else {
+            return;
+        };
+        let part = Part {
+            index: *next_part,
+            of: CATCH_UP_PARTS,
+        };
+        *next_part += 1;
+        for flow in self.node.internal().part_flows(part) {
+            if !node
+                .flow(&flow.key())
+                .is_some_and(|sent| sent.same_state(&flow))
+            {
+                node.local_flow(flow, now);
+            }
+        }
+        if *next_part < CATCH_UP_PARTS {
+            return;
         }
         for entry in self.node.internal_expectations().iter() {
-            cd.node.local_expect(entry.expect.clone(), now);
+            let e = &entry.expect;
+            if !node
+                .expectation(&e.key())
+                .is_some_and(|sent| same_but_timeout(sent, e))
+            {
+                node.local_expect(e.clone(), now);
+            }
         }
+        *refill = None;
     }
 
     /// A datagram on the conntrackd link.

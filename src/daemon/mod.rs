@@ -480,7 +480,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             _ = sigusr1.recv() => reload::reopen_log_file_only(),
         }
         daemon.compare_table_chunk();
-        daemon.cd_catch_up_turn();
+        daemon.cd_walk_turn();
         daemon.transmit().await;
         daemon.mirror_into_kernel();
         daemon.mirror_expectations();
@@ -592,7 +592,7 @@ impl Daemon {
         if let Some(w) = &self.watchdog {
             deadline = deadline.min(w.next().max(now));
         }
-        if matches!(self.table_read, TableReadState::Comparing { .. }) || self.cd_catching_up() {
+        if matches!(self.table_read, TableReadState::Comparing { .. }) || self.cd_walking() {
             // More of the table to compare: only poll the other inputs.
             deadline = now;
         }
