@@ -38,7 +38,8 @@
 //!   record was emptied by `-f`: only the walk of the internal cache has
 //!   them).
 //! - `ctsyncd doctor` on this node judges the conntrackd peer (ok while
-//!   heard, critical once conntrackd stops) and expects no ctsync peer.
+//!   heard, critical once conntrackd stops) and expects no ctsync peer;
+//!   the link's metrics say the peer is heard.
 //!
 //! Owns: two namespaces per test joined by a veth pair, the two daemons
 //! and their files; all removed on drop, even when a test fails. Network
@@ -1233,8 +1234,9 @@ fn doctor(pair: &Pair) -> (i32, BTreeMap<String, Vec<String>>) {
 /// ok while it is heard, critical once conntrackd stops.
 #[test]
 fn doctor_judges_the_conntrackd_peer_and_expects_no_ctsync_one() {
+    // (The metrics table after [sync]'s lines: TOML takes it there.)
     let mut pair = Pair::new(&Setup {
-        sync_extra: "peer_timeout_ms = 2000",
+        sync_extra: "peer_timeout_ms = 2000\n\n[metrics]\nlisten = \"127.0.0.1:9478\"",
         ..Setup::new("Mode FTFW { }", "ftfw")
     });
     pair.start();
@@ -1243,6 +1245,37 @@ fn doctor_judges_the_conntrackd_peer_and_expects_no_ctsync_one() {
     assert_eq!(found.get("conntrackd_link"), Some(&ok), "{found:?}");
     assert_eq!(found.get("sync_peers"), Some(&ok), "{found:?}");
     assert!(code < 2, "exit {code}: {found:?}");
+    // The metrics say the same.
+    let out = pair.us.exec(
+        "curl",
+        &["-sS", "-m", "10", "http://127.0.0.1:9478/metrics"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(value("ctsync_conntrackd_link_handshake_done"), 1.0);
+    assert!(value("ctsync_conntrackd_link_last_heard_seconds") < 2.0);
+    assert!(value("ctsync_conntrackd_link_datagrams_total{direction=\"received\"}") > 0.0);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     pair.stop_conntrackd();
     assert!(
         wait_until(WAIT, || pair.stats()["conntrackd_link"]

@@ -42,6 +42,7 @@ pub fn render(snap: &StatsSnapshot) -> String {
     queues(&mut e, snap);
     commits(&mut e, snap);
     warm(&mut e, snap);
+    conntrackd_link(&mut e, snap);
     auth(&mut e, snap);
     links(&mut e, snap);
     peers(&mut e, snap);
@@ -231,6 +232,79 @@ fn warm(e: &mut Exposition, snap: &StatsSnapshot) {
         "Warm standby: peer flows not (yet) in our kernel.",
         Kind::Gauge,
         w.pending,
+    );
+}
+
+/// A link speaking conntrackd's protocol, when there is one.
+fn conntrackd_link(e: &mut Exposition, snap: &StatsSnapshot) {
+    let Some(c) = &snap.conntrackd_link else {
+        return;
+    };
+    e.single(
+        "ctsync_conntrackd_link_handshake_done",
+        "FTFW: 1 once the conntrackd peer answered our HELLO.",
+        Kind::Gauge,
+        c.handshake_done,
+    );
+    if let Some(ms) = c.last_heard_ms_ago {
+        e.single(
+            "ctsync_conntrackd_link_last_heard_seconds",
+            "Seconds since a datagram last came from the conntrackd peer (absent until one did).",
+            Kind::Gauge,
+            ms as f64 / 1000.0,
+        );
+    }
+    e.family(
+        "ctsync_conntrackd_link_datagrams_total",
+        "Datagrams on the conntrackd link.",
+        Kind::Counter,
+    )
+    .sample(&[("direction", "sent")], c.datagrams_sent)
+    .sample(&[("direction", "received")], c.datagrams_received);
+    e.single(
+        "ctsync_conntrackd_link_sent_bytes_total",
+        "Bytes sent to the conntrackd peer.",
+        Kind::Counter,
+        c.bytes_sent,
+    );
+    e.single(
+        "ctsync_conntrackd_link_received_messages_total",
+        "Messages received from the conntrackd peer.",
+        Kind::Counter,
+        c.messages_received,
+    );
+    e.family(
+        "ctsync_conntrackd_link_refused_total",
+        "The conntrackd peer's messages refused: malformed, by reason, or changes that failed our checks (invalid_change).",
+        Kind::Counter,
+    );
+    for (reason, n) in &c.malformed_by_reason {
+        e.sample(&[("reason", reason)], *n);
+    }
+    e.sample(&[("reason", "invalid_change")], c.invalid_changes);
+    e.single(
+        "ctsync_conntrackd_link_lost_messages_total",
+        "Gaps in the conntrackd peer's sequence numbers.",
+        Kind::Counter,
+        c.lost,
+    );
+    e.single(
+        "ctsync_conntrackd_link_resent_on_nack_total",
+        "FTFW: our messages the conntrackd peer asked for again.",
+        Kind::Counter,
+        c.resent_on_nack,
+    );
+    e.single(
+        "ctsync_conntrackd_link_resync_requests_total",
+        "Resyncs the conntrackd peer asked for (its -n or StartupResync).",
+        Kind::Counter,
+        c.resync_requests,
+    );
+    e.single(
+        "ctsync_conntrackd_link_resend_queue_messages",
+        "FTFW: our messages the conntrackd peer has not acknowledged.",
+        Kind::Gauge,
+        c.resend_queue,
     );
 }
 
@@ -533,6 +607,15 @@ mod tests {
                 ..Default::default()
             }],
             table: Some(TableUse { count: 9, max: 100 }),
+            conntrackd_link: Some(crate::counters::CdLinkBlock {
+                handshake_done: true,
+                last_heard_ms_ago: Some(250),
+                datagrams_received: 5,
+                malformed_by_reason: vec![("Truncated".into(), 2)],
+                invalid_changes: 1,
+                resend_queue: 4,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let out = render(&snap);
@@ -551,20 +634,41 @@ mod tests {
             "ctsync_peer_unacked_datagrams{node_id=\"7\"} 2".into(),
             "ctsync_peer_bulks_received_total{node_id=\"7\"} 1".into(),
             "ctsync_conntrack_entries 9".into(),
+            "ctsync_conntrackd_link_handshake_done 1".into(),
+            "ctsync_conntrackd_link_last_heard_seconds 0.25".into(),
+            "ctsync_conntrackd_link_datagrams_total{direction=\"received\"} 5".into(),
+            "ctsync_conntrackd_link_refused_total{reason=\"Truncated\"} 2".into(),
+            "ctsync_conntrackd_link_refused_total{reason=\"invalid_change\"} 1".into(),
+            "ctsync_conntrackd_link_resend_queue_messages 4".into(),
             "ctsync_conntrack_entries_max 100".into(),
             "ctsync_dropped_total{reason=\"foreign_source\"} 0".into(),
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in:\n{out}");
         }
-        // Without the kernel's figures, no table metrics (not zeros).
+        // Without the kernel's figures, no table metrics (not zeros); no
+        // conntrackd link, none of its metrics; a peer not heard yet, no
+        // last-heard figure.
         let out = render(&StatsSnapshot::default());
         assert!(!out.contains("ctsync_conntrack_entries"));
+        assert!(!out.contains("ctsync_conntrackd_link"));
+        let quiet = StatsSnapshot {
+            conntrackd_link: Some(Default::default()),
+            ..Default::default()
+        };
+        let out = render(&quiet);
+        assert!(out.contains("ctsync_conntrackd_link_handshake_done 0"));
+        assert!(!out.contains("ctsync_conntrackd_link_last_heard_seconds"));
     }
 
     #[test]
     fn every_family_has_help_and_type_once_and_its_samples_follow() {
         let snap = StatsSnapshot {
             warm: Some(Default::default()),
+            conntrackd_link: Some(crate::counters::CdLinkBlock {
+                last_heard_ms_ago: Some(1),
+                malformed_by_reason: vec![("BadType".into(), 1)],
+                ..Default::default()
+            }),
             peers: vec![PeerBlock::default()],
             ..Default::default()
         };
