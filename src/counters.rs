@@ -145,10 +145,15 @@ impl Default for CommitDurations {
     }
 }
 
+/// A duration in whole microseconds, saturating.
+pub fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl CommitDurations {
     /// Count one commit that took `took`.
     pub fn observe(&mut self, took: std::time::Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let us = micros(took);
         for (bucket, le_ms) in self.buckets.iter_mut().zip(COMMIT_BUCKETS_MS) {
             if us <= le_ms.saturating_mul(1000) {
                 *bucket += 1;

@@ -2,8 +2,9 @@
 //! kernel setting ctsyncd adjusts at start, the allocator's settings, a
 //! thread's priority, and how long a thread waited for a CPU.
 //!
-//! Owns: files the daemon holds while it runs, removed again on drop.
-//! Must not: know about flows, sockets or the sync protocol.
+//! Owns: the lock and pid files the daemon holds while it runs (removed
+//! again on drop), the events sysctl's adjustment, and the thread-level
+//! calls (allocator settings, priority, run-queue wait). Must not: know about flows, sockets or the sync protocol.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -8,11 +8,12 @@
 use super::commit_plan::{CommitPlan, CommitSource};
 use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
 use super::recent_split::{RecentSplit, URGENT_COMMIT};
-use super::setup::{micros, millis};
+use super::setup::millis;
 use super::views::{self, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
 use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
+use crate::counters::micros;
 use crate::kernel::write::CreateOptions;
 use crate::process;
 use std::sync::atomic::Ordering;
