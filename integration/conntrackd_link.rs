@@ -1260,22 +1260,9 @@ fn doctor_judges_the_conntrackd_peer_and_expects_no_ctsync_one() {
     assert_eq!(value("ctsync_conntrackd_link_handshake_done"), 1.0);
     assert!(value("ctsync_conntrackd_link_last_heard_seconds") < 2.0);
     assert!(value("ctsync_conntrackd_link_datagrams_total{direction=\"received\"}") > 0.0);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
-        .expect("feed promtool");
-    let checked = promtool.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    if let Err(said) = lab::promtool(&text) {
+        panic!("promtool: {said}");
+    }
     pair.stop_conntrackd();
     assert!(
         wait_until(WAIT, || pair.stats()["conntrackd_link"]

@@ -15,9 +15,8 @@
 
 mod lab;
 
-use lab::{create_in, flow_mix, has_tool, wait_until, Lab, LabSpec, Node};
+use lab::{create_in, flow_mix, has_tool, promtool, wait_until, Lab, LabSpec, Node};
 use serde_json::Value;
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -83,34 +82,6 @@ fn scrape(node: &Node) -> String {
     let (code, body) = http(node, "GET", "/metrics");
     assert_eq!(code, 200, "scrape of {}: {body}", node.name);
     body
-}
-
-/// `promtool check metrics` on `text`: Ok, or its complaints.
-fn promtool(text: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && said.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(said)
-    }
 }
 
 /// The value of the sample `name{labels}` (labels exactly as written,

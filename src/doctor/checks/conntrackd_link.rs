@@ -130,16 +130,7 @@ mod tests {
 
     #[test]
     fn without_a_conntrackd_link_or_a_daemon_nothing_is_said() {
-        let s = Settings {
-            mode: crate::config::SyncMode::Ftfw,
-            mtu: 1500,
-            max_payload: 1472,
-            tcp_window_tracking: false,
-            enable_events: true,
-            warm_standby: false,
-            peer_timeout_ms: 5_000,
-            upstream_idle_timeout_s: None,
-        };
+        let s = Settings::for_tests();
         let plain = DaemonFacts::default();
         let d = DaemonState::Running {
             first: Box::new(plain.clone()),

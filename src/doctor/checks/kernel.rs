@@ -168,19 +168,13 @@ pub fn tcp_be_liberal(s: &Sysctls, set: &Settings) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncMode;
     use crate::doctor::facts::DaemonFacts;
 
     fn set(enable_events: bool, tcp_window_tracking: bool) -> Settings {
         Settings {
-            mode: SyncMode::Ftfw,
-            mtu: 1500,
-            max_payload: 1472,
             tcp_window_tracking,
             enable_events,
-            warm_standby: false,
-            peer_timeout_ms: 5_000,
-            upstream_idle_timeout_s: None,
+            ..Settings::for_tests()
         }
     }
 

@@ -55,6 +55,24 @@ impl Settings {
     }
 }
 
+#[cfg(test)]
+impl Settings {
+    /// An FTFW node of MTU 1500 with events on and the rest off: what the
+    /// checks' tests change one field of.
+    pub fn for_tests() -> Settings {
+        Settings {
+            mode: SyncMode::Ftfw,
+            mtu: 1500,
+            max_payload: 1472,
+            tcp_window_tracking: false,
+            enable_events: true,
+            warm_standby: false,
+            peer_timeout_ms: 5_000,
+            upstream_idle_timeout_s: None,
+        }
+    }
+}
+
 /// Every check, in report order.
 pub fn run_all(m: &MachineFacts, d: &DaemonState, s: &Settings) -> Vec<Finding> {
     let sys = &m.sysctls;

@@ -271,13 +271,7 @@ mod tests {
     fn set(mode: SyncMode) -> Settings {
         Settings {
             mode,
-            mtu: 1500,
-            max_payload: 1472,
-            tcp_window_tracking: false,
-            enable_events: true,
-            warm_standby: false,
-            peer_timeout_ms: 5_000,
-            upstream_idle_timeout_s: None,
+            ..Settings::for_tests()
         }
     }
 

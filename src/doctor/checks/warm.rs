@@ -76,19 +76,12 @@ pub fn warm_standby(d: &DaemonState, s: &Settings) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncMode;
     use crate::doctor::facts::{DaemonFacts, WarmFacts};
 
     fn set(warm_standby: bool) -> Settings {
         Settings {
-            mode: SyncMode::Ftfw,
-            mtu: 1500,
-            max_payload: 1472,
-            tcp_window_tracking: false,
-            enable_events: true,
             warm_standby,
-            peer_timeout_ms: 5_000,
-            upstream_idle_timeout_s: None,
+            ..Settings::for_tests()
         }
     }
 
