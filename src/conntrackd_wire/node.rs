@@ -9,9 +9,10 @@
 //! Owns: the internal cache of what we sent (objects and whether they are
 //! new, updated or dead, as conntrackd's cache status), the TX queue, the
 //! sequence counter, the resend queue, the ACK window and hello handshake
-//! (FTFW), the alive timer, ALARM's per-object refresh timers, the
-//! flow sweep's marks, and the counters. Must not: do I/O or read the clock (time is `now_ms`), talk to
-//! the kernel, or hold the external cache (the caller applies `Change`s).
+//! (FTFW), the alive timer, ALARM's per-object refresh timers, the flow
+//! sweep's marks, and the counters. Must not: do I/O or read the clock
+//! (time is `now_ms`), talk to the kernel, or hold the external cache (the
+//! caller applies `Change`s).
 
 use super::flow_attrs::Codec;
 use super::header::{self, before, flags, split, Control, Header, Piece, Reject};
