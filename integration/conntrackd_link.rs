@@ -250,6 +250,16 @@ impl Pair {
         must("ip", &all)
     }
 
+    /// Flows in conntrackd's external cache (`-e ct`) whose line holds
+    /// `src=PREFIX`.
+    fn cd_flows_from(&self, prefix: &str) -> usize {
+        let needle = format!("src={prefix}");
+        self.cd(&["-e", "ct"])
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
     fn stats(&self) -> Value {
         serde_json::from_str(&self.us.ctl_ok(&["-s", "--json"])).expect("-s --json")
     }
@@ -1090,12 +1100,7 @@ fn flows_found_by_the_overrun_re_read_reach_conntrackd() {
         "no overrun: the test proves nothing: {}",
         stats["kernel"]
     );
-    let in_cd = |pair: &Pair| {
-        pair.cd(&["-e", "ct"])
-            .lines()
-            .filter(|l| l.contains("src=198.18.3."))
-            .count()
-    };
+    let in_cd = |pair: &Pair| pair.cd_flows_from("198.18.3.");
     let all = N + usize::from(M);
     assert!(
         wait_until(WAIT, || in_cd(&pair) == all),
@@ -1210,15 +1215,7 @@ fn warm_standby_writes_conntrackds_flows_and_expectation() {
 /// `ctsyncd doctor --json` in ctsyncd's namespace: its exit status and,
 /// by check, the severities it reported.
 fn doctor(pair: &Pair) -> (i32, BTreeMap<String, Vec<String>>) {
-    let bin = env!("CARGO_BIN_EXE_ctsyncd");
-    let config = pair.us.config.to_str().unwrap();
-    let out = pair.us.exec(bin, &["doctor", "--json", "-C", config]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let (code, report) = lab::doctor_report(&pair.us.ns, &pair.us.config, &[]);
     let mut by_check: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in report["findings"].as_array().expect("findings") {
         by_check
@@ -1226,7 +1223,7 @@ fn doctor(pair: &Pair) -> (i32, BTreeMap<String, Vec<String>>) {
             .or_default()
             .push(f["severity"].as_str().unwrap_or_default().to_string());
     }
-    (out.status.code().expect("exit status"), by_check)
+    (code, by_check)
 }
 
 /// On a node whose only link speaks conntrackd's protocol (mid-migration)
@@ -1309,12 +1306,7 @@ fn the_refills_at_start_and_for_b_send_the_whole_table() {
     let mut pair = Pair::new(&Setup::new("Mode FTFW { }", "ftfw"));
     lab::create_in(&pair.us.ns, table_flows());
     pair.start();
-    let in_cd = |pair: &Pair| {
-        pair.cd(&["-e", "ct"])
-            .lines()
-            .filter(|l| l.contains("src=198.18.5."))
-            .count()
-    };
+    let in_cd = |pair: &Pair| pair.cd_flows_from("198.18.5.");
     assert!(
         wait_until(WAIT, || in_cd(&pair) == 2000),
         "after ctsyncd's start conntrackd -e has {} of 2000",

@@ -129,30 +129,8 @@ impl Doctor {
 }
 
 fn doctor(ns: &str, config: &Path, extra: &[&str]) -> Doctor {
-    let bin = ctsyncd_bin();
-    let mut args = vec![
-        "netns",
-        "exec",
-        ns,
-        bin.to_str().unwrap(),
-        "doctor",
-        "--json",
-        "-C",
-        config.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = run("ip", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}): {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let d = Doctor {
-        code: out.status.code().expect("exit status"),
-        report,
-    };
+    let (code, report) = lab::doctor_report(ns, config, extra);
+    let d = Doctor { code, report };
     d.assert_exit_matches_worst();
     d
 }

@@ -1027,3 +1027,29 @@ pub fn promtool(text: &str) -> Result<(), String> {
         Err(said)
     }
 }
+
+/// `ctsyncd doctor --json -C config EXTRA...` in namespace `ns`: its exit
+/// status and its JSON report (panics when it printed none).
+pub fn doctor_report(ns: &str, config: &Path, extra: &[&str]) -> (i32, Value) {
+    let bin = ctsyncd_bin();
+    let mut args = vec![
+        "netns",
+        "exec",
+        ns,
+        bin.to_str().unwrap_or_default(),
+        "doctor",
+        "--json",
+        "-C",
+        config.to_str().unwrap_or_default(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run("ip", &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().expect("exit status"), report)
+}

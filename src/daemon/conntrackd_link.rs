@@ -62,8 +62,7 @@ struct CatchUp {
     started: std::time::Instant,
     /// The next part of the internal cache to compare.
     next_part: usize,
-    /// The turns taken, and the longest one.
-    turns: u32,
+    /// The longest turn so far.
     longest: std::time::Duration,
 }
 
@@ -272,7 +271,6 @@ impl Daemon {
         cd.catch_up = Some(CatchUp {
             started: std::time::Instant::now(),
             next_part: 0,
-            turns: 0,
             longest: std::time::Duration::ZERO,
         });
         self.cd_catch_up_turn();
@@ -313,8 +311,9 @@ impl Daemon {
             }
             node.local_flow(flow, now);
         }
+        let last = run.next_part == CATCH_UP_PARTS;
         let mut gone = 0;
-        if run.next_part == CATCH_UP_PARTS && node.unseen_flows() > 0 {
+        if last && node.unseen_flows() > 0 {
             for key in node.unseen_flow_keys() {
                 if !internal.contains(&key) {
                     node.local_flow_gone(&key, now);
@@ -322,12 +321,11 @@ impl Daemon {
                 }
             }
         }
-        run.turns += 1;
         run.longest = run.longest.max(turn_started.elapsed());
-        if run.next_part == CATCH_UP_PARTS {
+        if last {
             tracing::debug!(
                 duration_ms = run.started.elapsed().as_millis(),
-                turns = run.turns,
+                turns = CATCH_UP_PARTS,
                 longest_turn_us = run.longest.as_micros(),
                 gone,
                 "conntrackd link compared with the internal cache"

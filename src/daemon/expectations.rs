@@ -6,10 +6,10 @@
 //! An expectation is replicated when `[sync] expectations` takes its helper
 //! and its master flow is in the internal cache (ours and replicated), as
 //! conntrackd does; the kernel reports an expectation without its zone,
-//! so it is placed in the zone its master is ours in. Our writer's creations (a commit's) and warm standby's
-//! injector's are a peer's, not ours: neither cached nor sent, and a
-//! re-read leaves out what a peer's view holds (after `-f`, `-R` makes
-//! them ours, as for flows).
+//! so it is placed in the zone its master is ours in. Our writer's
+//! creations (a commit's) and warm standby's injector's are a peer's, not
+//! ours: neither cached nor sent, and a re-read leaves out what a peer's
+//! view holds (after `-f`, `-R` makes them ours, as for flows).
 //!
 //! Owns: `ExpectState` (the mirror's retries) and the expectation paths of
 //! `Daemon`. Must not: write to the kernel on the owner (the kernel worker
