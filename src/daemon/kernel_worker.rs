@@ -329,6 +329,7 @@ fn merge_report(into: &mut WriteReport, part: WriteReport) {
     into.first_errors
         .extend(part.first_errors.into_iter().take(room));
     into.failed_keys.extend(part.failed_keys);
+    into.replaces_lost += part.replaces_lost;
 }
 
 #[cfg(test)]
@@ -346,10 +347,12 @@ mod tests {
                     failed: 5,
                     first_errors: vec!["e".into(); 5],
                     failed_keys: Vec::new(),
+                    replaces_lost: 1,
                 },
             );
         }
         assert_eq!((into.ok, into.failed), (6, 15));
+        assert_eq!(into.replaces_lost, 3);
         assert_eq!(into.first_errors.len(), MAX_REPORTED_ERRORS);
     }
 }

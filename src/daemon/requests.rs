@@ -342,6 +342,7 @@ impl Daemon {
                 tracing::info!(
                     written = report.ok,
                     failed = report.failed,
+                    replaces_lost = report.replaces_lost,
                     flows = counters.total,
                     duration_ms = counters.last_ms,
                     first_write_ms = counters.last_first_write_us / 1000,

