@@ -293,9 +293,13 @@ impl Fw {
         s.push_str(&self.log_tail("vrrp-events.log", 20));
         s.push_str(&self.log_tail("ctl-timing.log", 40));
         s.push_str(&self.log_tail("daemon.log", 30));
-        // conntrackd's LogFile, which a converted ctsyncd config keeps.
-        if self.path("conntrackd.log").exists() {
-            s.push_str(&self.log_tail("conntrackd.log", 30));
+        // conntrackd's LogFile, which a converted ctsyncd config keeps, and
+        // ctsyncd's `log_file`: the only log of a daemon the notify script
+        // started with -d.
+        for file in ["conntrackd.log", DAEMON_FILE_LOG] {
+            if self.path(file).exists() {
+                s.push_str(&self.log_tail(file, 30));
+            }
         }
         s
     }
@@ -517,6 +521,10 @@ impl Default for Options {
         }
     }
 }
+
+/// ctsyncd's `[daemon] log_file` in a firewall's directory: a daemon the
+/// notify script starts with -d logs nowhere else.
+const DAEMON_FILE_LOG: &str = "ctsyncd.log";
 
 /// The lab.
 pub struct FailoverLab {
@@ -936,6 +944,7 @@ reconcile_interval_s = {reconcile}
 lock = "{lock}"
 pid_file = "{pid}"
 log_level = "info"
+log_file = "{log_file}"
 
 [filter]
 protocol = {{ policy = "accept", list = ["tcp", "udp", "icmp", "icmpv6"] }}
@@ -969,6 +978,7 @@ port = 3780
             reconcile = self.opts.reconcile_interval_s,
             lock = fw.lock().display(),
             pid = fw.path("ctsyncd.pid").display(),
+            log_file = fw.path(DAEMON_FILE_LOG).display(),
             v4l = VIP4_LAN,
             v4w = VIP4_WAN,
             v6l = VIP6_LAN,
