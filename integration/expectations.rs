@@ -316,3 +316,96 @@ fn an_expectation_whose_master_is_in_a_zone_travels_in_that_zone() {
     assert_eq!(lab.b.cache_json("-e").len(), 1, "the master stays");
     assert!(shown(&lab.a, "-i").is_empty(), "{:?}", shown(&lab.a, "-i"));
 }
+
+/// Zones that overlap (one per customer, the same addresses in each): the
+/// master tuple is cached in zones 0, 7 and 9, and an expectation of it,
+/// reported without its zone, could be any one's. A asks its kernel which
+/// zone holds each (events and re-reads alike), so B gets them in their
+/// own zones, commits each there, and their ends follow. Before, both
+/// were taken for zone 0's.
+#[test]
+fn an_expectation_whose_master_tuple_is_in_several_zones_is_placed_by_the_kernel() {
+    require_ftp_helper();
+    let mut lab = Lab::new(LabSpec {
+        family: SyncFamily::V4,
+        sync_extra: "expectations = \"all\"".into(),
+        reconcile_interval_s: 0,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let masters: Vec<Flow> = [0, 7, 9]
+        .into_iter()
+        .map(|zone| {
+            let mut m = control_flow(40006);
+            m.zone = zone;
+            m
+        })
+        .collect();
+    create_in(&lab.a.ns, masters);
+    assert!(
+        wait_until(WAIT, || lab.a.cache_json("-i").len() == 3),
+        "A never cached the three control flows"
+    );
+    let in_zone = |port, zone| {
+        let mut e = expectation(40006, port);
+        e.zone = zone;
+        e
+    };
+    let (in_7, in_9) = (in_zone(50007, 7), in_zone(50009, 9));
+    let r = apply_expect_in(
+        &lab.a.ns,
+        vec![
+            ExpectOp::Create(in_9.clone()),
+            ExpectOp::Create(in_7.clone()),
+        ],
+    );
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    let sorted_zones = |n: &Node, flag: &str| {
+        let mut z = shown_zones(n, flag);
+        z.sort_unstable();
+        z
+    };
+    assert!(
+        wait_until(WAIT, || sorted_zones(&lab.b, "-e") == vec![7, 9]),
+        "B's external expectations: {:?}; A's internal: {:?}",
+        shown(&lab.b, "-e"),
+        shown(&lab.a, "-i")
+    );
+    // A re-read of A's kernel places them the same way: nothing travels.
+    lab.a.ctl_ok(&["-R"]);
+    assert_eq!(sorted_zones(&lab.a, "-i"), vec![7, 9]);
+    let changed = wait_until(QUIET, || sorted_zones(&lab.b, "-e") != vec![7, 9]);
+    assert!(
+        !changed,
+        "B's view after A's re-read: {:?}",
+        shown(&lab.b, "-e")
+    );
+    // B's commit writes each in its own zone: zone 7 does not hold the
+    // one of zone 9 (the writer counts a delete of nothing as done).
+    lab.b.ctl_ok(&["-c"]);
+    assert_eq!(kernel_expectations(&lab.b).len(), 2);
+    let r = apply_expect_in(
+        &lab.b.ns,
+        vec![ExpectOp::Delete(ExpectKey {
+            zone: 7,
+            ..in_9.key()
+        })],
+    );
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert_eq!(kernel_expectations(&lab.b).len(), 2, "zone 7 held zone 9's");
+    let r = apply_expect_in(&lab.b.ns, vec![ExpectOp::Delete(in_9.key())]);
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert_eq!(kernel_expectations(&lab.b).len(), 1, "not in zone 9");
+    // Their ends in A reach B.
+    let r = apply_expect_in(
+        &lab.a.ns,
+        vec![ExpectOp::Delete(in_9.key()), ExpectOp::Delete(in_7.key())],
+    );
+    assert_eq!(r.failed, 0, "{:?}", r.first_errors);
+    assert!(
+        wait_until(WAIT, || shown(&lab.b, "-e").is_empty()),
+        "the expectations' ends never reached B: {:?}",
+        shown(&lab.b, "-e")
+    );
+}

@@ -12,12 +12,12 @@
 //! expect` is the oracle. The write side creates master flows, expectations
 //! and RELATED flows through the `Writer` in a namespace without traffic.
 
-use ctsync::expect::{flags, Expectation};
+use ctsync::expect::{flags, ExpectKey, Expectation};
 use ctsync::flow::{proto, status, Flow, ProtoState, SeqAdj, SeqAdjDir, Tuple, L4};
 use ctsync::kernel::codec::{encode_create, encode_update_as};
 use ctsync::kernel::socket::{messages, NlSocket};
 use ctsync::kernel::{
-    dump_expectations, dump_table, get_flow, EventKind, EventSocket, ExpectEvent,
+    dump_expectations, dump_table, get_expectation, get_flow, EventKind, EventSocket, ExpectEvent,
     ExpectEventSocket, ExpectOp, KernelError, KernelEvent, WriteOp, Writer,
 };
 use std::io::{BufRead, BufReader, Read, Write};
@@ -793,6 +793,14 @@ fn writer_creates_masters_expectations_and_related_flows() {
             (events[0].kind, events[0].portid),
             (EventKind::New, w.portid())
         );
+        // Read back by its expected tuple in its zone (0), not in zone 7.
+        let got = get_expectation(&exp.key()).unwrap();
+        assert!(got.is_some_and(|g| g.same_state(&exp)), "get in zone 0");
+        let elsewhere = ExpectKey {
+            zone: 7,
+            ..exp.key()
+        };
+        assert_eq!(get_expectation(&elsewhere).unwrap(), None, "get in zone 7");
 
         // What the kernel refuses: a class beyond the helper's (FTP has
         // one), an unknown expectfn. (An unknown helper name is taken by

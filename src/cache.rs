@@ -274,20 +274,14 @@ impl FlowCache {
         self.zones.iter().copied()
     }
 
-    /// The zone a flow whose original tuple is `orig` is cached in, for a
-    /// report that names the tuple without its zone (the kernel's
-    /// expectations name their master so): 0 when one is there, else the
-    /// only other zone that holds one; `None` when none or several do.
-    pub fn zone_of(&self, orig: &Tuple) -> Option<u16> {
-        let cached = |zone| self.contains(&FlowKey { zone, orig: *orig });
-        if cached(0) {
-            return Some(0);
-        }
-        let mut zones = self.zones().filter(|&zone| cached(zone));
-        match (zones.next(), zones.next()) {
-            (Some(zone), None) => Some(zone),
-            _ => None,
-        }
+    /// The zones a flow whose original tuple is `orig` is cached in, 0
+    /// first: for a report that names the tuple without its zone (the
+    /// kernel's expectations name their master so).
+    pub fn zones_of(&self, orig: &Tuple) -> Vec<u16> {
+        std::iter::once(0)
+            .chain(self.zones())
+            .filter(|&zone| self.contains(&FlowKey { zone, orig: *orig }))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1058,26 +1052,25 @@ mod tests {
     }
 
     #[test]
-    fn a_tuple_without_its_zone_is_placed_only_where_it_is_unique() {
+    fn a_tuple_without_its_zone_is_found_in_every_zone_that_caches_it() {
         let mut c = FlowCache::new();
         let in_zone = |n, zone| {
             let mut f = flow(n);
             f.zone = zone;
             f
         };
-        assert_eq!(c.zone_of(&flow(1).orig), None, "not cached");
+        assert!(c.zones_of(&flow(1).orig).is_empty(), "not cached");
         c.upsert(in_zone(1, 5), 0);
         c.upsert(in_zone(2, 6), 0);
-        assert_eq!(c.zone_of(&flow(1).orig), Some(5));
-        assert_eq!(c.zone_of(&flow(2).orig), Some(6));
-        // In zone 0 as well: zone 0 wins, as the kernel's default.
+        assert_eq!(c.zones_of(&flow(1).orig), [5]);
+        assert_eq!(c.zones_of(&flow(2).orig), [6]);
+        // In zone 0 as well: zone 0 first.
         c.upsert(flow(1), 0);
-        assert_eq!(c.zone_of(&flow(1).orig), Some(0));
-        // In two other zones: which one is unknown.
+        assert_eq!(c.zones_of(&flow(1).orig), [0, 5]);
         c.upsert(in_zone(2, 8), 0);
-        assert_eq!(c.zone_of(&flow(2).orig), None);
+        assert_eq!(c.zones_of(&flow(2).orig), [6, 8]);
         c.remove(&in_zone(2, 6).key());
-        assert_eq!(c.zone_of(&flow(2).orig), Some(8));
+        assert_eq!(c.zones_of(&flow(2).orig), [8]);
     }
 
     #[test]

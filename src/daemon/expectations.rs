@@ -6,14 +6,16 @@
 //! An expectation is replicated when `[sync] expectations` takes its helper
 //! and its master flow is in the internal cache (ours and replicated), as
 //! conntrackd does; the kernel reports an expectation without its zone,
-//! so it is placed in the zone its master is ours in. Our writer's
+//! so it is placed in the zone its master is ours in (the kernel is asked
+//! which, when the master's tuple is ours in several). Our writer's
 //! creations (a commit's) and warm standby's injector's are a peer's, not
 //! ours: neither cached nor sent, and a re-read leaves out what a peer's
 //! view holds (after `-f`, `-R` makes them ours, as for flows).
 //!
 //! Owns: `ExpectState` (the mirror's retries) and the expectation paths of
 //! `Daemon`. Must not: write to the kernel on the owner (the kernel worker
-//! does), or hold expectations itself (the sync core's caches do).
+//! does; the owner only reads one master or one expectation at a time),
+//! or hold expectations itself (the sync core's caches do).
 
 use super::kernel_worker::Job;
 use super::{failure, success, Daemon};
@@ -122,18 +124,40 @@ impl Daemon {
     }
 
     /// The zone `e`'s master is ours in, if it is. The kernel reports an
-    /// expectation without its zone (it decodes as 0): see
-    /// `FlowCache::zone_of` for how the zone is found then.
+    /// expectation without its zone (it decodes as 0), so it is placed in
+    /// the zone its master tuple is cached in; when several zones cache
+    /// that tuple, the kernel is asked which of them holds the
+    /// expectation (one read per zone, only then). Should it be gone by
+    /// then, or the kernel not answer, zone 0 is taken if it is among
+    /// them, else none (not replicated).
     fn master_zone(&self, e: &Expectation) -> Option<u16> {
         let internal = self.node.internal();
-        if e.zone == 0 {
-            return internal.zone_of(&e.master);
+        if e.zone != 0 {
+            let key = FlowKey {
+                zone: e.zone,
+                orig: e.master,
+            };
+            return internal.contains(&key).then_some(e.zone);
         }
-        let key = FlowKey {
-            zone: e.zone,
-            orig: e.master,
+        let zones = internal.zones_of(&e.master);
+        if zones.len() < 2 {
+            return zones.first().copied();
+        }
+        let held_in = |zone: u16| {
+            let key = ExpectKey { zone, ..e.key() };
+            match crate::kernel::get_expectation(&key) {
+                Ok(found) => found.is_some(),
+                Err(err) => {
+                    tracing::debug!(%err, zone, "cannot read an expectation in a zone");
+                    false
+                }
+            }
         };
-        internal.contains(&key).then_some(e.zone)
+        zones
+            .iter()
+            .copied()
+            .find(|&zone| held_in(zone))
+            .or_else(|| zones.contains(&0).then_some(0))
     }
 
     /// The key an ending expectation, reported without its zone, was

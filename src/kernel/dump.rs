@@ -1,6 +1,6 @@
 //! Table dumps: read the whole conntrack table (IPv4 and IPv6, every zone)
 //! into flows, and every expectation into expectations; and reads of one
-//! flow by key.
+//! flow by key, or of one expectation by its expected tuple and zone.
 //!
 //! Owns: the dump request/response loop, restarts after an interrupted dump,
 //! the get request/response.
@@ -10,11 +10,12 @@ use super::codec::{
     ct_msg_type, decode_flow, encode_dump_request, encode_get, CodecError, IPCTNL_MSG_CT_NEW,
 };
 use super::expect_codec::{
-    decode_expectation, encode_expect_dump_request, exp_msg_type, IPCTNL_MSG_EXP_NEW,
+    decode_expectation, encode_expect_dump_request, encode_expect_get, exp_msg_type,
+    IPCTNL_MSG_EXP_NEW,
 };
 use super::socket::{messages, NlSocket, NLM_F_DUMP_INTR};
 use super::KernelError;
-use crate::expect::Expectation;
+use crate::expect::{ExpectKey, Expectation};
 use crate::flow::{Flow, FlowKey};
 use crate::wire::FlowList;
 
@@ -61,20 +62,49 @@ pub fn dump_expectations() -> Result<Vec<Expectation>, KernelError> {
 /// adjustment (an FTP PORT rewritten under NAT): read the master again
 /// after its helper's expectation appears.
 pub fn get_flow(key: &FlowKey) -> Result<Option<Flow>, KernelError> {
+    get_one(
+        &|req| encode_get(req, key, GET_SEQ),
+        ct_msg_type(IPCTNL_MSG_CT_NEW),
+        decode_flow,
+    )
+}
+
+/// Read one expectation by its expected tuple in `key`'s zone
+/// (IPCTNL_MSG_EXP_GET); `None` when that zone holds none. The answer does
+/// not say its zone (decoded, it is 0): that it answers in `key.zone` is
+/// what tells the zone.
+pub fn get_expectation(key: &ExpectKey) -> Result<Option<Expectation>, KernelError> {
+    get_one(
+        &|req| encode_expect_get(req, key, GET_SEQ),
+        exp_msg_type(IPCTNL_MSG_EXP_NEW),
+        decode_expectation,
+    )
+}
+
+/// The sequence number of a get's request.
+const GET_SEQ: u32 = 1;
+
+/// Send the one request `encode` writes and read its answer: a message of
+/// `msg_type`, decoded, or `None` for ENOENT.
+fn get_one<T>(
+    encode: &dyn Fn(&mut Vec<u8>),
+    msg_type: u16,
+    decode: fn(&[u8]) -> Result<T, CodecError>,
+) -> Result<Option<T>, KernelError> {
     let sock = NlSocket::open()?;
     // The kernel answers at once; never wait long for it (the daemon asks
     // from its main loop).
     sock.set_read_timeout(Some(std::time::Duration::from_millis(GET_TIMEOUT_MS)))?;
     let mut req = Vec::with_capacity(128);
-    encode_get(&mut req, key, 1);
+    encode(&mut req);
     sock.send(&req)?;
     let mut buf = Vec::with_capacity(RECV_BUF);
-    // Bounded: the answer is one message (the flow or an error).
+    // Bounded: the answer is one message (the item or an error).
     for _ in 0..8 {
         sock.recv(&mut buf)
             .map_err(|e| KernelError::io("recv get", e))?;
         for m in messages(&buf).map_while(Result::ok) {
-            if m.seq != 1 {
+            if m.seq != GET_SEQ {
                 continue;
             }
             match m.error() {
@@ -83,8 +113,8 @@ pub fn get_flow(key: &FlowKey) -> Result<Option<Flow>, KernelError> {
                 Some(errno) => return Err(KernelError::Refused { what: "get", errno }),
                 None => {}
             }
-            if m.kind == ct_msg_type(IPCTNL_MSG_CT_NEW) {
-                return Ok(Some(decode_flow(m.payload)?));
+            if m.kind == msg_type {
+                return Ok(Some(decode(m.payload)?));
             }
         }
     }

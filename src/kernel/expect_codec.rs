@@ -2,7 +2,7 @@
 //! the CTNETLINK_EXP subsystem.
 //!
 //! Owns: the bytes of every expectation request ctsync sends (create,
-//! timeout change, delete by expected tuple, flush, dump) and the decoding
+//! timeout change, read and delete by expected tuple, flush, dump) and the decoding
 //! of the expectations the kernel reports (dumps and events). Tuples are
 //! written and read with `codec`'s helpers.
 //! Must not: do I/O, panic on any input, or decide timeouts.
@@ -142,6 +142,24 @@ pub fn encode_expect_delete(buf: &mut Vec<u8>, key: &ExpectKey, seq: u32) {
         buf,
         exp_msg_type(IPCTNL_MSG_EXP_DELETE),
         NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family_of(&key.tuple),
+    );
+    put_tuple(buf, CTA_EXPECT_TUPLE, &key.tuple);
+    put_zone(buf, key.zone);
+    finish_msg(buf, start);
+}
+
+/// Append a read of the expectation matching `key`'s expected tuple in its
+/// zone (IPCTNL_MSG_EXP_GET without DUMP): the kernel answers with the
+/// expectation (an IPCTNL_MSG_EXP_NEW message, which, like every
+/// expectation it reports, does not say its zone) or ENOENT. Asking zone
+/// by zone is how an expectation's zone is found.
+pub fn encode_expect_get(buf: &mut Vec<u8>, key: &ExpectKey, seq: u32) {
+    let start = start_msg(
+        buf,
+        exp_msg_type(IPCTNL_MSG_EXP_GET),
+        NLM_F_REQUEST,
         seq,
         family_of(&key.tuple),
     );

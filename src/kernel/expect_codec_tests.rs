@@ -129,7 +129,7 @@ fn golden_create_with_everything() {
 }
 
 #[test]
-fn golden_timeout_delete_flush_dump() {
+fn golden_timeout_delete_get_flush_dump() {
     let e = ftp(5000);
     let mut buf = Vec::new();
     encode_expect_timeout(&mut buf, &e, 2);
@@ -164,6 +164,16 @@ fn golden_timeout_delete_flush_dump() {
     let mut buf = Vec::new();
     encode_expect_dump_request(&mut buf, 5);
     assert_eq!(buf, msg(1, 0x0301, 0, 5, &[]), "GET|DUMP, AF_UNSPEC");
+
+    let expected = tuple4(2, [198, 18, 0, 2], [198, 18, 0, 1], 0, 5000);
+    let mut buf = Vec::new();
+    encode_expect_get(&mut buf, &key, 6);
+    let want = msg(1, 0x0001, 2, 6, &[expected.clone(), nla(7, &[0, 3])]);
+    assert_eq!(buf, want, "GET without DUMP, in zone 3");
+    key.zone = 0;
+    let mut buf = Vec::new();
+    encode_expect_get(&mut buf, &key, 7);
+    assert_eq!(buf, msg(1, 0x0001, 2, 7, &[expected]), "zone 0: no zone");
 }
 
 /// An expectation as a kernel dump or event carries it (attribute order of

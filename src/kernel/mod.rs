@@ -25,7 +25,7 @@ pub mod write;
 use crate::flow::Flow;
 
 pub use codec::{CodecError, CreateOptions};
-pub use dump::{dump_expectations, dump_table, get_flow};
+pub use dump::{dump_expectations, dump_table, get_expectation, get_flow};
 pub use events::EventSocket;
 pub use expect_events::{ExpectEvent, ExpectEventSocket};
 pub use expect_write::{ExpectOp, ExpectWriteReport};
