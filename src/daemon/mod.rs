@@ -219,6 +219,8 @@ struct Daemon {
     link_carrier: Vec<bool>,
     /// `-R` requests that arrived while another table read was running.
     pending_resyncs: Vec<oneshot::Sender<Reply>>,
+    /// `-i`/`-e` being copied, a part a turn.
+    dumps: Vec<views::SlicedDump>,
     kernel_counters: KernelCounters,
     network_counters: NetworkCounters,
     commit_counters: CommitCounters,
@@ -374,6 +376,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         },
         link_carrier: Vec::new(),
         pending_resyncs: Vec::new(),
+        dumps: Vec::new(),
         kernel_counters,
         network_counters: NetworkCounters::default(),
         commit_counters: CommitCounters::default(),
@@ -481,6 +484,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         }
         daemon.compare_table_chunk();
         daemon.cd_walk_turn();
+        daemon.dump_turn();
         daemon.transmit().await;
         daemon.mirror_into_kernel();
         daemon.mirror_expectations();
@@ -542,6 +546,17 @@ impl Daemon {
             .collect()
     }
 
+    /// Each running `-i`/`-e` copies its next part (see `SlicedDump`).
+    fn dump_turn(&mut self) {
+        for dump in std::mem::take(&mut self.dumps) {
+            let more = match dump.source {
+                views::DumpSource::Internal => dump.step(std::iter::once(self.node.internal())),
+                views::DumpSource::External => dump.step(self.node.external().values()),
+            };
+            self.dumps.extend(more);
+        }
+    }
+
     /// Every peer's cache, frozen (see `FlowCache::freeze`).
     fn frozen_peer_caches(&self) -> Vec<FrozenCache> {
         self.node
@@ -592,8 +607,12 @@ impl Daemon {
         if let Some(w) = &self.watchdog {
             deadline = deadline.min(w.next().max(now));
         }
-        if matches!(self.table_read, TableReadState::Comparing { .. }) || self.cd_walking() {
-            // More of the table to compare: only poll the other inputs.
+        if matches!(self.table_read, TableReadState::Comparing { .. })
+            || self.cd_walking()
+            || !self.dumps.is_empty()
+        {
+            // More of the table to compare or copy: only poll the other
+            // inputs.
             deadline = now;
         }
         deadline

@@ -9,7 +9,7 @@ use super::commit_plan::{CommitPlan, CommitSource};
 use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMMIT_MIN};
 use super::recent_split::{RecentSplit, URGENT_COMMIT};
 use super::setup::millis;
-use super::views::{self, View};
+use super::views::{DumpSource, SlicedDump, View};
 use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
 use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
@@ -79,20 +79,20 @@ impl Daemon {
                 return;
             }
             Request::DumpInternal => {
-                let frozen = vec![self.node.internal().freeze()];
                 let view = View {
                     with_reply: true,
                     json,
                 };
-                return views::render_off_thread(frozen, now, view, reply);
+                let dump = SlicedDump::new(DumpSource::Internal, now, view, reply);
+                return self.dumps.push(dump);
             }
             Request::DumpExternal => {
-                let frozen = self.frozen_peer_caches();
                 let view = View {
                     with_reply: false,
                     json,
                 };
-                return views::render_off_thread(frozen, now, view, reply);
+                let dump = SlicedDump::new(DumpSource::External, now, view, reply);
+                return self.dumps.push(dump);
             }
             Request::Stats(section) => success(self.render_stats(section, json)),
             Request::RequestResync => {

@@ -1,14 +1,84 @@
 //! `-i` and `-e`: the caches' contents rendered for a client, off the
 //! owner's thread.
 //!
-//! Owns: decoding and rendering frozen caches into conntrackd's line
-//! layout or JSON, on a blocking thread, and handing the reply over. Must
-//! not: read the live caches (the owner freezes them, which costs one
-//! copy and no decoding).
+//! Owns: the copy of a cache a `-i`/`-e` takes, a 64th of it per turn of
+//! the owner's loop ([`SlicedDump`]: a million flows copied in one turn
+//! held events back for some 100 ms), and decoding and rendering those
+//! copies into conntrackd's line layout or JSON, on a thread of its own,
+//! and handing the reply over. Must not: keep a live cache (the owner
+//! lends it for one part's copy, which costs no decoding).
 
-use crate::cache::{CacheEntry, FrozenCache};
+use crate::cache::{CacheEntry, FlowCache, FrozenCache};
 use crate::control::{self, Reply};
+use crate::sharded_table::Part;
 use tokio::sync::oneshot;
+
+/// Parts a `-i`/`-e` copies its caches in, one per turn of the loop.
+const DUMP_PARTS: usize = 64;
+
+/// Which caches a dump shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DumpSource {
+    /// `-i`: ours.
+    Internal,
+    /// `-e`: every peer's.
+    External,
+}
+
+/// A `-i` or `-e` being copied a part at a time. Each part is copied in
+/// one turn, so each flow shows as it was at that turn: one that changes
+/// meanwhile shows once, before or after its change, like a kernel table
+/// dump (`conntrack -L`). A flow created or removed meanwhile may or may
+/// not show.
+pub(super) struct SlicedDump {
+    pub source: DumpSource,
+    next: usize,
+    copies: Vec<FrozenCache>,
+    now_ms: u64,
+    view: View,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl SlicedDump {
+    pub(super) fn new(
+        source: DumpSource,
+        now_ms: u64,
+        view: View,
+        reply: oneshot::Sender<Reply>,
+    ) -> SlicedDump {
+        SlicedDump {
+            source,
+            next: 0,
+            copies: Vec::with_capacity(DUMP_PARTS),
+            now_ms,
+            view,
+            reply,
+        }
+    }
+
+    /// Copy the next part of `caches` (the caches of `source`): the dump
+    /// back while parts remain, else rendered off this thread (`None`).
+    pub(super) fn step<'a>(
+        mut self,
+        caches: impl Iterator<Item = &'a FlowCache>,
+    ) -> Option<SlicedDump> {
+        let part = Part {
+            index: self.next,
+            of: DUMP_PARTS,
+        };
+        let mut copy = FrozenCache::default();
+        for cache in caches {
+            cache.freeze_into(part, std::slice::from_mut(&mut copy), |_| Some(0));
+        }
+        self.copies.push(copy);
+        self.next += 1;
+        if self.next < DUMP_PARTS {
+            return Some(self);
+        }
+        render_off_thread(self.copies, self.now_ms, self.view, self.reply);
+        None
+    }
+}
 
 /// Which view, and how it is printed.
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +92,7 @@ pub(super) struct View {
 /// (Not at a lower priority: a thread that frees a dump's buffers holds
 /// the process's memory-map lock meanwhile, and starved of CPU it stalled
 /// the event reader until the event socket overran.)
-pub(super) fn render_off_thread(
+fn render_off_thread(
     caches: Vec<FrozenCache>,
     now_ms: u64,
     view: View,
@@ -65,6 +135,76 @@ mod tests {
     use super::*;
     use crate::cache::FlowCache;
     use crate::flow::test_flows::udp;
+
+    /// Step a dump of `cache` to its end, changing the cache after part
+    /// `change_after` as `change` says; the rendered body.
+    fn sliced(
+        cache: &mut FlowCache,
+        view: View,
+        change_after: usize,
+        change: impl FnOnce(&mut FlowCache),
+    ) -> String {
+        let (tx, mut rx) = oneshot::channel();
+        let mut dump = Some(SlicedDump::new(DumpSource::Internal, 9_000, view, tx));
+        let mut change = Some(change);
+        let mut turns = 0;
+        while let Some(d) = dump.take() {
+            dump = d.step(std::iter::once(&*cache));
+            turns += 1;
+            if turns == change_after {
+                if let Some(change) = change.take() {
+                    change(cache);
+                }
+            }
+        }
+        assert_eq!(turns, DUMP_PARTS);
+        for _ in 0..500 {
+            if let Ok(reply) = rx.try_recv() {
+                return reply.body;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no reply from the render thread");
+    }
+
+    #[test]
+    fn a_dump_in_parts_shows_every_flow_once() {
+        let mut cache = FlowCache::with_seed(5);
+        for port in 1..=2_000 {
+            cache.upsert(udp(port), 2_000);
+        }
+        let view = View {
+            with_reply: true,
+            json: false,
+        };
+        let mut whole: Vec<String> = render(&[cache.freeze()], 9_000, view)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let mut parts: Vec<String> = sliced(&mut cache, view, 0, |_| {})
+            .lines()
+            .map(str::to_string)
+            .collect();
+        whole.sort();
+        parts.sort();
+        assert_eq!(parts.len(), 2_000);
+        assert_eq!(parts, whole);
+        // Every flow changed halfway: each still shows once, old or new.
+        let body = sliced(&mut cache, view, DUMP_PARTS / 2, |c| {
+            for port in 1..=2_000 {
+                let mut f = udp(port);
+                f.mark = 7;
+                c.upsert(f, 3_000);
+            }
+        });
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines.len(), 2_000);
+        let changed = lines.iter().filter(|l| l.contains("mark=7")).count();
+        assert!(
+            changed > 0 && changed < 2_000,
+            "{changed} of 2000 show the change"
+        );
+    }
 
     #[test]
     fn a_frozen_cache_renders_as_the_live_one_does() {
