@@ -91,6 +91,34 @@ fn stat_value(stats: &Value, path: &[&str]) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// `ctsyncd FLAG | head -1`: the client's reader takes one line and closes
+/// the pipe while some 3 MB are still to come. The client stops quietly:
+/// exit 0, nothing on stderr (it used to panic, "failed printing to
+/// stdout", exit 101).
+fn first_line_then_hang_up(node: &lab::Node, flag: &str) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(lab::ctsyncd_bin())
+        .args(["-C", &node.config.display().to_string(), flag])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the ctsyncd client");
+    let mut first = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out)
+            .read_line(&mut first)
+            .expect("read the first line");
+    }
+    let out = child.wait_with_output().expect("wait for the client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.contains("src="), "first line: {first:?}");
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "ctsyncd {flag} | head -1: {} {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn twenty_thousand_flows_replicate_commit_update_and_delete() {
     let mut lab = Lab::two_nodes(SyncFamily::V4);
@@ -111,6 +139,7 @@ fn twenty_thousand_flows_replicate_commit_update_and_delete() {
         20_000,
         "A's internal cache after its start-up dump"
     );
+    first_line_then_hang_up(&lab.a, "-i");
     assert_converges(&lab, 20_000, "initial replication");
 
     // Failover: commit B's external cache into B's (empty) kernel table.

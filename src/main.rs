@@ -93,17 +93,22 @@ fn request(config: &Config, request: Request, json: bool) -> Result<(), String> 
     // a file, so scripts see exactly what conntrackd would print.
     let _progress = (long && std::io::stderr().is_terminal())
         .then(|| progress::Progress::start(config.socket.clone(), request.clone()));
-    let reply = match control::send(&config.socket, &Envelope { request, json }) {
-        Ok(reply) => reply,
+    // The body goes to stdout as it arrives (a -i of a million flows is
+    // some 200 MB); a reader that stops early (`| head`) ends it quietly.
+    let mut stdout = std::io::stdout().lock();
+    let outcome = match control::send_to(&config.socket, &Envelope { request, json }, &mut stdout) {
+        Ok(outcome) => outcome,
         // A daemon told to die may go before it answers: that is success.
         Err(control::ClientError::NoReply) if kill => return Ok(()),
+        Err(control::ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(())
+        }
         Err(e) => return Err(e.to_string()),
     };
-    print!("{}", reply.body);
-    if reply.ok {
+    if outcome.ok {
         Ok(())
     } else {
-        Err(reply
+        Err(outcome
             .error
             .unwrap_or_else(|| "ctsyncd refused the request".to_string()))
     }

@@ -14,6 +14,6 @@ pub mod render;
 pub mod request;
 pub mod server;
 
-pub use client::{send, ClientError};
+pub use client::{send, send_to, ClientError, Outcome};
 pub use render::{CacheBlock, LinkBlock, PeerBlock, StatsSnapshot};
 pub use request::{CacheSel, Envelope, Reply, Request, StatsSection};
