@@ -34,6 +34,8 @@ const CTSYNCD_ONLY: &[&str] = &[
     "dump_burst_with_i_s",
     "dump_burst_ratio",
     "dump_i_s",
+    "dump_peak_rss_base_mb",
+    "dump_peak_rss_with_i_mb",
     "cpu_keys_vs_plain",
 ];
 /// Rows that are "n/a" while the build rejects `[sync] warm_standby`.

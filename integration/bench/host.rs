@@ -117,6 +117,14 @@ pub fn peak_rss_bytes(pid: u32) -> Result<u64, BenchError> {
     status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
 }
 
+/// Start a process's `VmHWM` afresh from its present resident memory
+/// (`5` into /proc/PID/clear_refs), so that the next
+/// [`peak_rss_bytes`] is the peak since now.
+pub fn reset_peak_rss(pid: u32) -> Result<(), BenchError> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").map_err(|e| BenchError::Command(format!("write {path}: {e}")))
+}
+
 fn status_kb(pid: u32, field: &str) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path)

@@ -389,6 +389,10 @@ pub struct DumpUnderLoad {
     pub ratio: Option<f64>,
     /// Mean duration of one `-i` of the whole table.
     pub dump_s: Option<f64>,
+    /// A's peak resident memory through a burst with `-i`, over the same
+    /// through one without (means of each, MB).
+    pub peak_rss_with_dump_mb: Option<f64>,
+    pub peak_rss_base_mb: Option<f64>,
 }
 
 fn keep<T>(notes: &mut Vec<String>, what: &str, r: Result<T, BenchError>) -> Option<T> {
@@ -923,7 +927,10 @@ fn dump_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> DumpUnderLoad {
     }
     let mut want = n as u64;
     let (mut base, mut with_dump, mut dumps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut peak_base, mut peak_with_dump) = (Vec::new(), Vec::new());
+    let a_pid = sys.pid(Side::A);
     for (i, dumping) in [false, true, true, false].into_iter().enumerate() {
+        let reset = a_pid.map(host::reset_peak_rss);
         let dump = dumping.then(|| dump_once(sys.lab.a.config.clone()));
         let began = Instant::now();
         want += burst as u64;
@@ -947,15 +954,29 @@ fn dump_phase(cfg: &BenchConfig, notes: &mut Vec<String>) -> DumpUnderLoad {
             a["kernel"]["overruns"],
             a["kernel"]["table_reads"]
         ));
+        let peak = match (reset, a_pid) {
+            (Some(Ok(())), Some(pid)) => host::peak_rss_bytes(pid).ok(),
+            _ => None,
+        };
+        let peak_mb = peak.map(|b| b as f64 / 1e6);
+        if let Some(mb) = peak_mb {
+            progress(&format!(
+                "dump under load: A's peak RSS in that burst {mb:.1} MB"
+            ));
+        }
         if dumping {
             with_dump.push(took.as_secs_f64());
+            peak_with_dump.extend(peak_mb);
         } else {
             base.push(took.as_secs_f64());
+            peak_base.extend(peak_mb);
         }
         settle(Duration::from_secs(10));
     }
     wind_down(&mut sys);
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    d.peak_rss_base_mb = mean(&peak_base);
+    d.peak_rss_with_dump_mb = mean(&peak_with_dump);
     d.base_s = mean(&base);
     d.with_dump_s = mean(&with_dump);
     d.ratio = ratio(d.with_dump_s, d.base_s);
@@ -1253,6 +1274,22 @@ fn rows(
             "dump_i_s",
             "one -i of the whole table, during the burst (s)",
             dump.dump_s,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "dump_peak_rss_base_mb",
+            "A's peak RSS through a burst without -i (MB)",
+            dump.peak_rss_base_mb,
+            None,
+            false,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "dump_peak_rss_with_i_mb",
+            "A's peak RSS through a burst with -i (MB)",
+            dump.peak_rss_with_dump_mb,
             None,
             false,
             Target::None,

@@ -40,6 +40,7 @@ pub fn send(path: &Path, env: &Envelope) -> Result<Reply, ClientError> {
         ok: outcome.ok,
         error: outcome.error,
         body: String::from_utf8_lossy(&body).into_owned(),
+        rest: Default::default(),
     })
 }
 

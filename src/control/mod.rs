@@ -16,4 +16,4 @@ pub mod server;
 
 pub use client::{send, send_to, ClientError, Outcome};
 pub use render::{CacheBlock, LinkBlock, PeerBlock, StatsSnapshot};
-pub use request::{CacheSel, Envelope, Reply, Request, StatsSection};
+pub use request::{BodyStream, CacheSel, Envelope, Reply, Request, StatsSection};

@@ -262,6 +262,38 @@ pub fn flow_json(entry: &CacheEntry, now_ms: u64) -> FlowJson {
 }
 
 /// `--json` for `-i`/`-e`: an array of flow objects, then a newline.
+/// `flows_json`'s text one flow at a time, for a dump too big to hold in
+/// one piece: `open` first, then `item` per flow, then `close`; the pieces
+/// together are `flows_json` of those flows, byte for byte.
+pub struct FlowsJsonWriter {
+    items: usize,
+}
+
+impl FlowsJsonWriter {
+    pub fn open(out: &mut String) -> FlowsJsonWriter {
+        out.push('[');
+        FlowsJsonWriter { items: 0 }
+    }
+
+    pub fn item(&mut self, out: &mut String, entry: &CacheEntry, now_ms: u64) {
+        let one = serde_json::to_string_pretty(&flow_json(entry, now_ms))
+            .unwrap_or_else(|_| "{}".to_string());
+        out.push_str(if self.items == 0 { "\n  " } else { ",\n  " });
+        // JSON strings hold no raw newline: each one starts a line to indent.
+        for (i, line) in one.split('\n').enumerate() {
+            if i > 0 {
+                out.push_str("\n  ");
+            }
+            out.push_str(line);
+        }
+        self.items += 1;
+    }
+
+    pub fn close(self, out: &mut String) {
+        out.push_str(if self.items == 0 { "]\n" } else { "\n]\n" });
+    }
+}
+
 pub fn flows_json(entries: &[CacheEntry], now_ms: u64) -> String {
     let all: Vec<FlowJson> = entries.iter().map(|e| flow_json(e, now_ms)).collect();
     let mut s = serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".to_string());

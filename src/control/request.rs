@@ -7,6 +7,7 @@
 //! out.
 
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// Which cache a flush applies to.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,53 @@ pub struct Reply {
     pub error: Option<String>,
     /// Text (or JSON) to print as is.
     pub body: String,
+    /// More of the body, in chunks that follow `body` as they are made
+    /// (a `-i` of a million flows is some 200 MB): the control server
+    /// writes each on as it arrives. Never serialized.
+    #[serde(skip)]
+    pub rest: BodyStream,
+}
+
+/// The rest of a reply's body, made by another thread: chunks until the
+/// sender is dropped. Taken once (by the control server).
+#[derive(Clone, Default)]
+pub struct BodyStream(Option<Arc<Mutex<Option<Chunks>>>>);
+
+/// Where the chunks of a body arrive.
+pub type Chunks = tokio::sync::mpsc::Receiver<Vec<u8>>;
+
+impl BodyStream {
+    pub fn new(chunks: Chunks) -> BodyStream {
+        BodyStream(Some(Arc::new(Mutex::new(Some(chunks)))))
+    }
+
+    /// The chunks, the first time they are asked for.
+    pub fn take(&self) -> Option<Chunks> {
+        let shared = self.0.as_ref()?;
+        shared.lock().ok()?.take()
+    }
+}
+
+impl PartialEq for BodyStream {
+    fn eq(&self, other: &BodyStream) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BodyStream {}
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BodyStream(..)"
+        } else {
+            "BodyStream(none)"
+        })
+    }
 }
 
 impl Reply {
@@ -113,6 +161,7 @@ impl Reply {
             ok: true,
             error: None,
             body: body.into(),
+            rest: BodyStream::default(),
         }
     }
 
@@ -122,6 +171,7 @@ impl Reply {
             ok: false,
             error: Some(reason.into()),
             body: String::new(),
+            rest: BodyStream::default(),
         }
     }
 }

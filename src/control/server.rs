@@ -323,16 +323,29 @@ async fn write_reply(stream: &mut UnixStream, reply: &Reply, dialect: Dialect) -
             let mut line = serde_json::to_vec(&header).map_err(io::Error::other)?;
             line.push(b'\n');
             stream.write_all(&line).await?;
-            stream.write_all(reply.body.as_bytes()).await
+            write_body(stream, reply).await
         }
         Dialect::Native => {
-            stream.write_all(reply.body.as_bytes()).await?;
+            write_body(stream, reply).await?;
             match (&reply.ok, &reply.error) {
                 (false, Some(e)) => stream.write_all(format!("ERROR: {e}\n").as_bytes()).await,
                 _ => Ok(()),
             }
         }
     }
+}
+
+/// The body, then the rest of it chunk by chunk as it is made (a client
+/// that goes away ends the connection, and the thread making the chunks
+/// stops when it finds nobody taking them).
+async fn write_body(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    stream.write_all(reply.body.as_bytes()).await?;
+    if let Some(mut chunks) = reply.rest.take() {
+        while let Some(chunk) = chunks.recv().await {
+            stream.write_all(&chunk).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1010,19 +1010,11 @@ impl KeyFacts for Daemon {
 }
 
 fn success(body: String) -> Reply {
-    Reply {
-        ok: true,
-        error: None,
-        body,
-    }
+    Reply::ok(body)
 }
 
 fn failure(reason: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(reason),
-        body: String::new(),
-    }
+    Reply::err(reason)
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! Owns: the copy of a cache a `-i`/`-e` takes, a 64th of it per turn of
 //! the owner's loop ([`SlicedDump`]: a million flows copied in one turn
 //! held events back for some 100 ms), and decoding and rendering those
-//! copies into conntrackd's line layout or JSON, on a thread of its own,
-//! and handing the reply over. Must not: keep a live cache (the owner
-//! lends it for one part's copy, which costs no decoding).
+//! copies into conntrackd's line layout or JSON, on a thread of its own
+//! that hands the text to the control server a chunk at a time (the whole
+//! of a million flows is some 200 MB). Must not: keep a live cache (the
+//! owner lends it for one part's copy, which costs no decoding).
 
-use crate::cache::{CacheEntry, FlowCache, FrozenCache};
-use crate::control::{self, Reply};
+use crate::cache::{FlowCache, FrozenCache};
+use crate::control::{self, BodyStream, Reply};
 use crate::sharded_table::Part;
 use tokio::sync::oneshot;
 
@@ -88,52 +89,103 @@ pub(super) struct View {
     pub json: bool,
 }
 
-/// Render `caches` on a thread of its own and answer `reply` from there.
-/// (Not at a lower priority: a thread that frees a dump's buffers holds
-/// the process's memory-map lock meanwhile, and starved of CPU it stalled
-/// the event reader until the event socket overran.)
+/// Render `caches` on a thread of its own: `reply` is answered at once,
+/// and the body follows through its `rest`, a chunk of about
+/// [`CHUNK_BYTES`] at a time, so the daemon never holds the whole text
+/// (some 200 MB for a million flows). The thread stops when the client is
+/// gone. (Not at a lower priority: a thread that frees a dump's buffers
+/// holds the process's memory-map lock meanwhile, and starved of CPU it
+/// stalled the event reader until the event socket overran.)
 fn render_off_thread(
     caches: Vec<FrozenCache>,
     now_ms: u64,
     view: View,
     reply: oneshot::Sender<Reply>,
 ) {
+    let (chunks_tx, chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_AHEAD);
     let spawned = std::thread::Builder::new()
         .name("ct-render".into())
         .spawn(move || {
             // Never real-time (see `priority`); the daemon's nice value.
             super::priority::ordinary_thread();
-            let body = render(&caches, now_ms, view);
-            let _ = reply.send(super::success(body));
+            render_in_chunks(&caches, now_ms, view, &mut |chunk| {
+                chunks_tx.blocking_send(chunk.into_bytes()).is_ok()
+            });
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start a thread to render a cache");
+    match spawned {
+        Ok(_) => {
+            let _ = reply.send(Reply {
+                rest: BodyStream::new(chunks),
+                ..Reply::ok(String::new())
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a thread to render a cache");
+            let _ = reply.send(Reply::err(format!("cannot render the cache: {e}")));
+        }
     }
 }
 
-pub(super) fn render(caches: &[FrozenCache], now_ms: u64, view: View) -> String {
+/// Bytes of rendered text handed on at a time.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks the renderer may be ahead of the client.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Render `caches`, handing the text to `emit` a chunk of about
+/// [`CHUNK_BYTES`] at a time (the last one maybe shorter); stops early
+/// when `emit` returns false.
+fn render_in_chunks(
+    caches: &[FrozenCache],
+    now_ms: u64,
+    view: View,
+    emit: &mut dyn FnMut(String) -> bool,
+) {
     let entries = caches
         .iter()
         .flat_map(FrozenCache::entries)
         .map(|e| e.entry());
-    if view.json {
-        let all: Vec<CacheEntry> = entries.collect();
-        control::render::flows_json(&all, now_ms)
-    } else {
-        let len: usize = caches.iter().map(FrozenCache::len).sum();
-        let mut out = String::with_capacity(len * 160);
-        for entry in entries {
-            control::render::write_flow_line(&mut out, &entry, now_ms, view.with_reply);
-            out.push('\n');
+    let mut out = String::with_capacity(CHUNK_BYTES + 4096);
+    let mut json = view
+        .json
+        .then(|| control::render::FlowsJsonWriter::open(&mut out));
+    for entry in entries {
+        match &mut json {
+            Some(writer) => writer.item(&mut out, &entry, now_ms),
+            None => {
+                control::render::write_flow_line(&mut out, &entry, now_ms, view.with_reply);
+                out.push('\n');
+            }
         }
-        out
+        if out.len() >= CHUNK_BYTES {
+            let full = std::mem::replace(&mut out, String::with_capacity(CHUNK_BYTES + 4096));
+            if !emit(full) {
+                return;
+            }
+        }
     }
+    if let Some(writer) = json {
+        writer.close(&mut out);
+    }
+    if !out.is_empty() {
+        emit(out);
+    }
+}
+
+/// The whole text `render_in_chunks` makes, in one piece.
+#[cfg(test)]
+fn render(caches: &[FrozenCache], now_ms: u64, view: View) -> String {
+    let mut whole = String::new();
+    render_in_chunks(caches, now_ms, view, &mut |chunk| {
+        whole.push_str(&chunk);
+        true
+    });
+    whole
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::FlowCache;
+    use crate::cache::{CacheEntry, FlowCache};
     use crate::flow::test_flows::udp;
 
     /// Step a dump of `cache` to its end, changing the cache after part
@@ -158,13 +210,59 @@ mod tests {
             }
         }
         assert_eq!(turns, DUMP_PARTS);
-        for _ in 0..500 {
-            if let Ok(reply) = rx.try_recv() {
-                return reply.body;
+        let reply = rx
+            .try_recv()
+            .expect("answered once the last part is copied");
+        let mut body = reply.body.into_bytes();
+        if let Some(mut rest) = reply.rest.take() {
+            while let Some(chunk) = rest.blocking_recv() {
+                body.extend_from_slice(&chunk);
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        panic!("no reply from the render thread");
+        String::from_utf8(body).expect("text")
+    }
+
+    #[test]
+    fn a_big_dump_comes_in_chunks_that_add_up_and_stops_when_nobody_takes_them() {
+        let mut cache = FlowCache::with_seed(9);
+        for port in 1..=12_000 {
+            cache.upsert(udp(port), 2_000);
+        }
+        let frozen = [cache.freeze()];
+        let live: Vec<CacheEntry> = cache.iter().collect();
+        for json in [false, true] {
+            let view = View {
+                with_reply: true,
+                json,
+            };
+            let mut chunks = Vec::new();
+            render_in_chunks(&frozen, 9_000, view, &mut |c| {
+                chunks.push(c);
+                true
+            });
+            assert!(chunks.len() > 1, "{} chunks", chunks.len());
+            let (last, full) = chunks.split_last().expect("chunks");
+            assert!(full.iter().all(|c| c.len() >= CHUNK_BYTES));
+            assert!(!last.is_empty());
+            let whole = chunks.concat();
+            if json {
+                assert_eq!(whole, control::render::flows_json(&live, 9_000));
+            } else {
+                assert_eq!(whole.lines().count(), 12_000);
+            }
+            let mut taken = 0;
+            render_in_chunks(&frozen, 9_000, view, &mut |_| {
+                taken += 1;
+                false
+            });
+            assert_eq!(taken, 1, "rendering went on with nobody taking it");
+        }
+        let empty = [FlowCache::new().freeze()];
+        let view = View {
+            with_reply: false,
+            json: true,
+        };
+        assert_eq!(render(&empty, 0, view), control::render::flows_json(&[], 0));
     }
 
     #[test]
