@@ -253,8 +253,23 @@ async fn handle(
             (dispatch(env, &tx).await, d)
         }
     };
-    write_reply(&mut stream, &reply, dialect).await?;
-    stream.shutdown().await
+    match write_reply(&mut stream, &reply, dialect).await {
+        // `-i | head`: the reader had what it wanted. Not a failure.
+        Err(e) if client_left(&e) => {
+            tracing::debug!("control client left before the whole reply");
+            Ok(())
+        }
+        Err(e) => Err(e),
+        Ok(()) => stream.shutdown().await,
+    }
+}
+
+/// A write failed because the client closed its end.
+fn client_left(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn dispatch(env: Envelope, tx: &mpsc::Sender<Job>) -> Reply {
@@ -458,6 +473,66 @@ mod tests {
         assert!(!kill.ok);
         assert_eq!(kill.error.as_deref(), Some("refused in test"));
         assert_eq!(after, Reply::ok("Commit json=false\n"));
+    }
+
+    /// A stand-in that answers a dump with a head and 4 MiB of chunks
+    /// made by another task, as the daemon's render thread does.
+    fn streaming_daemon(mut rx: mpsc::Receiver<Job>) {
+        tokio::spawn(async move {
+            while let Some((_env, reply)) = rx.recv().await {
+                let (chunks_tx, chunks) = mpsc::channel::<Vec<u8>>(4);
+                tokio::spawn(async move {
+                    for i in 0..64u8 {
+                        if chunks_tx
+                            .send(vec![b'a' + i % 26; 64 * 1024])
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let _ = reply.send(Reply {
+                    rest: crate::control::BodyStream::new(chunks),
+                    ..Reply::ok("head\n")
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_arrives_whole_and_a_client_gone_early_is_no_failure() {
+        let dir = TempDir::new("stream");
+        let path = dir.0.join("ctsyncd.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        streaming_daemon(rx);
+        let counters: Arc<ControlCounters> = Arc::default();
+        tokio::spawn(serve(listener, tx, counters.clone()));
+        let p = path.clone();
+        let dump = Envelope {
+            request: Request::DumpInternal,
+            json: false,
+        };
+        let (whole, early) = tokio::task::spawn_blocking(move || {
+            let whole = client::send(&p, &dump).unwrap();
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.write_all(b"{\"request\":\"DumpInternal\"}\n").unwrap();
+            let mut early = [0u8; 10];
+            s.read_exact(&mut early).unwrap();
+            drop(s);
+            (whole, early)
+        })
+        .await
+        .unwrap();
+        assert!(whole.ok);
+        assert_eq!(whole.body.len(), 5 + 64 * 64 * 1024);
+        assert!(whole.body.starts_with("head\naaaa"));
+        assert_eq!(&early[..1], b"{");
+        // The server finds the client gone at its next write.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = counters.read();
+        assert_eq!((c.requests, c.read_failed), (2, 0));
     }
 
     #[tokio::test]
