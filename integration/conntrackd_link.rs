@@ -540,9 +540,16 @@ fn both_ways(setup: Setup) {
 
     // And ctsyncd forgets and asks (`-f external`, `-n`): conntrackd's
     // bulk refills it (ALARM: conntrackd's refresh).
-    pair.us.ctl_ok(&["-f", "external"]);
-    assert!(pair.our_external().is_empty(), "{:?}", pair.our_external());
-    assert!(pair.our_external_expect().is_empty());
+    // (ALARM: a refresh that lands between `-f` and the look refills it
+    // at once; flushed again then.)
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            pair.us.ctl_ok(&["-f", "external"]);
+            pair.our_external().is_empty() && pair.our_external_expect().is_empty()
+        }),
+        "-f external kept: {:?}",
+        pair.our_external()
+    );
     pair.us.ctl_ok(&["-n"]);
     assert!(
         wait_until(WAIT, || ours_has_conntrackds(&pair)

@@ -16,6 +16,13 @@ use tokio::sync::oneshot;
 
 /// Parts a `-i`/`-e` copies its caches in, one per turn of the loop.
 const DUMP_PARTS: usize = 64;
+/// Caches of at most this many flows together are copied in one turn
+/// (a few ms): parts would only make the dump later. (Smaller in unit
+/// tests, which step through parts of a few thousand flows.)
+#[cfg(not(test))]
+const WHOLE_AT_ONCE: usize = 65_536;
+#[cfg(test)]
+const WHOLE_AT_ONCE: usize = 1_000;
 
 /// Which caches a dump shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,15 +64,22 @@ impl SlicedDump {
         }
     }
 
-    /// Copy the next part of `caches` (the caches of `source`): the dump
-    /// back while parts remain, else rendered off this thread (`None`).
+    /// Copy the next part of `caches` (the caches of `source`; all of
+    /// them at the first step when they are small): the dump back while
+    /// parts remain, else rendered off this thread (`None`).
     pub(super) fn step<'a>(
         mut self,
-        caches: impl Iterator<Item = &'a FlowCache>,
+        caches: impl Iterator<Item = &'a FlowCache> + Clone,
     ) -> Option<SlicedDump> {
-        let part = Part {
-            index: self.next,
-            of: DUMP_PARTS,
+        let small = caches.clone().map(FlowCache::len).sum::<usize>() <= WHOLE_AT_ONCE;
+        let part = if self.next == 0 && small {
+            self.next = DUMP_PARTS - 1;
+            Part::WHOLE
+        } else {
+            Part {
+                index: self.next,
+                of: DUMP_PARTS,
+            }
         };
         let mut copy = FrozenCache::default();
         for cache in caches {
@@ -199,6 +213,11 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         let mut dump = Some(SlicedDump::new(DumpSource::Internal, 9_000, view, tx));
         let mut change = Some(change);
+        let want = if cache.len() > WHOLE_AT_ONCE {
+            DUMP_PARTS
+        } else {
+            1
+        };
         let mut turns = 0;
         while let Some(d) = dump.take() {
             dump = d.step(std::iter::once(&*cache));
@@ -209,7 +228,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(turns, DUMP_PARTS);
+        assert_eq!(turns, want);
         let reply = rx
             .try_recv()
             .expect("answered once the last part is copied");
@@ -302,6 +321,15 @@ mod tests {
             changed > 0 && changed < 2_000,
             "{changed} of 2000 show the change"
         );
+        // A small cache goes in one turn: a change after it is not seen.
+        let mut small = FlowCache::with_seed(5);
+        for port in 1..=WHOLE_AT_ONCE as u16 {
+            small.upsert(udp(port), 2_000);
+        }
+        let body = sliced(&mut small, view, 1, |c| {
+            c.upsert(udp(60_000), 3_000);
+        });
+        assert_eq!(body.lines().count(), WHOLE_AT_ONCE);
     }
 
     #[test]
