@@ -48,6 +48,14 @@ impl Part {
         (0..of).map(move |index| Part { index, of })
     }
 
+    /// For a walk of a split into `of` that takes one part at a time and
+    /// whose next part is `next`: that part; `next` moves on.
+    pub fn take_next(next: &mut usize, of: usize) -> Part {
+        let part = Part { index: *next, of };
+        *next += 1;
+        part
+    }
+
     fn shards(self) -> std::ops::Range<usize> {
         let of = self.of.max(1);
         SHARDS * self.index / of..SHARDS * (self.index + 1) / of

@@ -261,10 +261,9 @@ pub fn flow_json(entry: &CacheEntry, now_ms: u64) -> FlowJson {
     }
 }
 
-/// `--json` for `-i`/`-e`: an array of flow objects, then a newline.
-/// `flows_json`'s text one flow at a time, for a dump too big to hold in
-/// one piece: `open` first, then `item` per flow, then `close`; the pieces
-/// together are `flows_json` of those flows, byte for byte.
+/// `--json` for `-i`/`-e`, one flow at a time (a dump is too big to hold
+/// in one piece): `open` first, then `item` per flow, then `close`; the
+/// pieces together are `flows_json` of those flows, byte for byte.
 pub struct FlowsJsonWriter {
     items: usize,
 }
@@ -294,6 +293,9 @@ impl FlowsJsonWriter {
     }
 }
 
+/// An array of flow objects, then a newline, in one piece through serde:
+/// what [`FlowsJsonWriter`]'s pieces are checked against.
+#[cfg(test)]
 pub fn flows_json(entries: &[CacheEntry], now_ms: u64) -> String {
     let all: Vec<FlowJson> = entries.iter().map(|e| flow_json(e, now_ms)).collect();
     let mut s = serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".to_string());

@@ -70,17 +70,6 @@ struct CatchUp {
 /// a turn (about 16,000 flows each at a million).
 const CATCH_UP_PARTS: usize = 64;
 
-/// The part of the internal cache a walk whose next part is `next` takes
-/// this turn; `next` moves on.
-fn take_part(next: &mut usize) -> Part {
-    let part = Part {
-        index: *next,
-        of: CATCH_UP_PARTS,
-    };
-    *next += 1;
-    part
-}
-
 /// Least time between two refills for the peer's resync requests.
 const REFILL_EVERY_MS: u64 = 1000;
 
@@ -301,7 +290,7 @@ impl Daemon {
         };
         let turn_started = std::time::Instant::now();
         let internal = self.node.internal();
-        for flow in internal.part_flows(take_part(&mut run.next_part)) {
+        for flow in internal.part_flows(Part::take_next(&mut run.next_part, CATCH_UP_PARTS)) {
             let key = flow.key();
             node.seen(&key);
             if node.flow(&key).is_some_and(|sent| sent.same_state(&flow))
@@ -408,7 +397,11 @@ impl Daemon {
         let Some(next_part) = refill else {
             return;
         };
-        for flow in self.node.internal().part_flows(take_part(next_part)) {
+        for flow in self
+            .node
+            .internal()
+            .part_flows(Part::take_next(next_part, CATCH_UP_PARTS))
+        {
             if !node
                 .flow(&flow.key())
                 .is_some_and(|sent| sent.same_state(&flow))

@@ -71,22 +71,18 @@ impl SlicedDump {
         mut self,
         caches: impl Iterator<Item = &'a FlowCache> + Clone,
     ) -> Option<SlicedDump> {
-        let small = caches.clone().map(FlowCache::len).sum::<usize>() <= WHOLE_AT_ONCE;
-        let part = if self.next == 0 && small {
-            self.next = DUMP_PARTS - 1;
+        let small = || caches.clone().map(FlowCache::len).sum::<usize>() <= WHOLE_AT_ONCE;
+        let part = if self.next == 0 && small() {
+            self.next = DUMP_PARTS;
             Part::WHOLE
         } else {
-            Part {
-                index: self.next,
-                of: DUMP_PARTS,
-            }
+            Part::take_next(&mut self.next, DUMP_PARTS)
         };
         let mut copy = FrozenCache::default();
         for cache in caches {
             cache.freeze_into(part, std::slice::from_mut(&mut copy), |_| Some(0));
         }
         self.copies.push(copy);
-        self.next += 1;
         if self.next < DUMP_PARTS {
             return Some(self);
         }
