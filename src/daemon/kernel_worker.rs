@@ -330,6 +330,7 @@ fn merge_report(into: &mut WriteReport, part: WriteReport) {
         .extend(part.first_errors.into_iter().take(room));
     into.failed_keys.extend(part.failed_keys);
     into.replaces_lost += part.replaces_lost;
+    into.updated_in_place += part.updated_in_place;
 }
 
 #[cfg(test)]
@@ -348,11 +349,12 @@ mod tests {
                     first_errors: vec!["e".into(); 5],
                     failed_keys: Vec::new(),
                     replaces_lost: 1,
+                    updated_in_place: 1,
                 },
             );
         }
         assert_eq!((into.ok, into.failed), (6, 15));
-        assert_eq!(into.replaces_lost, 3);
+        assert_eq!((into.replaces_lost, into.updated_in_place), (3, 3));
         assert_eq!(into.first_errors.len(), MAX_REPORTED_ERRORS);
     }
 }

@@ -343,6 +343,7 @@ impl Daemon {
                     written = report.ok,
                     failed = report.failed,
                     replaces_lost = report.replaces_lost,
+                    updated_in_place = report.updated_in_place,
                     flows = counters.total,
                     duration_ms = counters.last_ms,
                     first_write_ms = counters.last_first_write_us / 1000,

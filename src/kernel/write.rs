@@ -5,7 +5,9 @@
 //! [`CHUNK_BYTES`] each), mapping kernel errors back to requests by sequence
 //! number, and conntrackd's fallbacks (create EEXIST -> delete + create,
 //! up to [`MAX_REPLACES`] times where conntrackd tries once: packets of
-//! the flow can make a new entry between the delete and the create;
+//! the flow can make a new entry between the delete and the create, and
+//! once that happened an entry the packets made with the flow's own NAT
+//! binding is updated in place instead, which packets cannot race;
 //! update ENOENT -> create; delete ENOENT is success), plus those of
 //! RELATED flows: a create whose master is missing (ENOENT) is tried again
 //! after the rest of the batch (the master may come later in it), then
@@ -82,6 +84,9 @@ pub struct WriteReport {
     /// again: packets of the flow made a new entry in between. Each was
     /// tried again, up to [`MAX_REPLACES`] times.
     pub replaces_lost: u64,
+    /// Of those, the flows written as an update of the entry the packets
+    /// made, because it held the flow's own NAT binding (reply tuple).
+    pub updated_in_place: u64,
 }
 
 impl WriteReport {
@@ -156,10 +161,11 @@ const USED_MASTER_WAIT: u8 = 2;
 const USED_DETACH: u8 = 4;
 const USED_FLIP: u8 = 8;
 const USED_UPDATE_CREATE: u8 = 16;
+const USED_IN_PLACE: u8 = 32;
 /// Passes over a batch: every fallback but the replace is taken at most
-/// once per request, and a request takes at most three of them in a row,
+/// once per request, and a request takes at most four of them in a row,
 /// besides its replaces.
-const MAX_PASSES: usize = 4 + MAX_REPLACES as usize;
+const MAX_PASSES: usize = 5 + MAX_REPLACES as usize;
 
 impl<'a> Unit<'a> {
     fn new(req: Req<'a>) -> Unit<'a> {
@@ -215,6 +221,26 @@ impl<'a> Unit<'a> {
             }
             (_, e) => Err(e),
         }
+    }
+
+    /// After a replace lost its race (its create met EEXIST again), given
+    /// the entry the kernel now holds under the flow's key: when that
+    /// entry carries the flow's own reply tuple (NAT binding), write the
+    /// flow as an update of it, which packets of the flow cannot race: they
+    /// only update the same entry. `None` when the binding differs (only a
+    /// replace can change it), the entry is gone, or this was done before.
+    fn in_place(self, existing: Option<&Flow>) -> Option<Unit<'a>> {
+        let Req::Create { flow, .. } = self.req else {
+            return None;
+        };
+        if self.used & USED_IN_PLACE != 0 || existing?.reply != flow.reply {
+            return None;
+        }
+        let update = Req::Update {
+            flow,
+            expected: flow.master.is_some(),
+        };
+        Some(self.then(update, USED_IN_PLACE, false))
     }
 }
 
@@ -292,7 +318,8 @@ impl Writer {
     }
 
     /// Create every flow (conntrackd's commit): on EEXIST the kernel entry
-    /// is deleted and the create tried once more.
+    /// is deleted and the create tried again (see [`MAX_REPLACES`] and
+    /// [`WriteReport::updated_in_place`]).
     pub fn create_all(&mut self, flows: &[Flow], opts: &CreateOptions) -> WriteReport {
         let reqs: Vec<Req> = flows
             .iter()
@@ -474,13 +501,22 @@ impl Writer {
                     rep.fail("delete", &u.req.key(), delete_err);
                     continue;
                 }
+                let last = pass + 1 == MAX_PASSES;
                 if u.pre_delete && err == libc::EEXIST {
                     rep.replaces_lost += 1;
+                    if let Some(update) = u.in_place(in_table(&u.req.key()).as_ref()) {
+                        if !last {
+                            next.push(update);
+                            continue;
+                        }
+                    }
                 }
-                let last = pass + 1 == MAX_PASSES;
                 match u.next(err) {
                     Ok(None) => {
                         rep.ok += 1;
+                        if u.used & USED_IN_PLACE != 0 && matches!(u.req, Req::Update { .. }) {
+                            rep.updated_in_place += 1;
+                        }
                         if let Req::Create {
                             flow,
                             master: false,
@@ -663,6 +699,18 @@ fn encode_req(buf: &mut Vec<u8>, req: &Req, seq: u32, opts: &CreateOptions) {
     }
 }
 
+/// The kernel's entry under `key`, if it can be read (a read that fails
+/// counts as none: the replace then goes on).
+fn in_table(key: &FlowKey) -> Option<Flow> {
+    match super::get_flow(key) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the entry a replace met");
+            None
+        }
+    }
+}
+
 fn verb(r: &Req) -> &'static str {
     match r {
         Req::Create { .. } => "create",
@@ -702,6 +750,36 @@ mod tests {
         assert!(matches!(detach.req, Req::Create { master: false, .. }));
         assert_eq!(detach.next(libc::ENOENT).err(), Some(libc::ENOENT));
         assert!(detach.next(0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_lost_replace_updates_in_place_only_an_entry_with_the_same_binding() {
+        let f = udp(1);
+        let lost = create(&f).next(libc::EEXIST).unwrap().unwrap();
+        // The packets' entry holds the flow's reply tuple: update it.
+        let mut packets_made = udp(1);
+        packets_made.mark = f.mark + 1;
+        let update = lost.in_place(Some(&packets_made)).unwrap();
+        assert!(matches!(update.req, Req::Update { .. }));
+        assert!(!update.pre_delete);
+        // Once: the update that fell back to a create and lost again
+        // goes on replacing.
+        let created = update.next(libc::ENOENT).unwrap().unwrap();
+        assert!(matches!(created.req, Req::Create { .. }));
+        let again = created.next(libc::EEXIST).unwrap().unwrap();
+        assert!(again.in_place(Some(&packets_made)).is_none());
+        // Another NAT binding, or no entry: only a replace will do.
+        let mut other_binding = udp(1);
+        other_binding.reply.dst = "198.18.0.9".parse().unwrap();
+        assert_ne!(other_binding.reply, f.reply);
+        assert!(lost.in_place(Some(&other_binding)).is_none());
+        assert!(lost.in_place(None).is_none());
+        // Never for anything but a create.
+        let update_unit = Unit::new(Req::Update {
+            flow: &f,
+            expected: false,
+        });
+        assert!(update_unit.in_place(Some(&packets_made)).is_none());
     }
 
     #[test]
