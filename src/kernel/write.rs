@@ -7,7 +7,8 @@
 //! up to [`MAX_REPLACES`] times where conntrackd tries once: packets of
 //! the flow can make a new entry between the delete and the create, and
 //! once that happened an entry the packets made with the flow's own NAT
-//! binding is updated in place instead, which packets cannot race;
+//! binding is updated in place instead, which packets cannot race (a
+//! refused update goes back to replacing);
 //! update ENOENT -> create; delete ENOENT is success), plus those of
 //! RELATED flows: a create whose master is missing (ENOENT) is tried again
 //! after the rest of the batch (the master may come later in it), then
@@ -163,9 +164,9 @@ const USED_FLIP: u8 = 8;
 const USED_UPDATE_CREATE: u8 = 16;
 const USED_IN_PLACE: u8 = 32;
 /// Passes over a batch: every fallback but the replace is taken at most
-/// once per request, and a request takes at most four of them in a row,
+/// once per request, and a request takes at most five of them in a row,
 /// besides its replaces.
-const MAX_PASSES: usize = 5 + MAX_REPLACES as usize;
+const MAX_PASSES: usize = 6 + MAX_REPLACES as usize;
 
 impl<'a> Unit<'a> {
     fn new(req: Req<'a>) -> Unit<'a> {
@@ -218,6 +219,14 @@ impl<'a> Unit<'a> {
                     expected: !expected,
                 };
                 Ok(Some(self.then(req, USED_FLIP, false)))
+            }
+            // An update in place the kernel refused (a status bit it will
+            // not clear, say): back to replacing.
+            (Req::Update { flow, .. }, _)
+                if !fresh(USED_IN_PLACE) && self.replaces < MAX_REPLACES =>
+            {
+                let req = Req::Create { flow, master: true };
+                Ok(Some(self.then(req, 0, true)))
             }
             (_, e) => Err(e),
         }
@@ -768,6 +777,14 @@ mod tests {
         assert!(matches!(created.req, Req::Create { .. }));
         let again = created.next(libc::EEXIST).unwrap().unwrap();
         assert!(again.in_place(Some(&packets_made)).is_none());
+        // An update in place the kernel refuses (after the EXPECTED flip
+        // for EBUSY) goes back to replacing.
+        let flipped = update.next(libc::EBUSY).unwrap().unwrap();
+        let replace = flipped.next(libc::EBUSY).unwrap().unwrap();
+        assert!(matches!(replace.req, Req::Create { .. }) && replace.pre_delete);
+        assert!(replace.in_place(Some(&packets_made)).is_none());
+        let replace = update.next(libc::EPERM).unwrap().unwrap();
+        assert!(matches!(replace.req, Req::Create { .. }) && replace.pre_delete);
         // Another NAT binding, or no entry: only a replace will do.
         let mut other_binding = udp(1);
         other_binding.reply.dst = "198.18.0.9".parse().unwrap();
