@@ -939,16 +939,22 @@ impl Daemon {
     /// the last, sweep what the table lacked and replay the events seen
     /// meanwhile.
     fn compare_table_chunk(&mut self) {
-        let TableReadState::Comparing {
-            replay,
-            mut run,
-            mut rest,
-            clients,
-            heal,
-        } = std::mem::replace(&mut self.table_read, TableReadState::Idle)
-        else {
-            return;
-        };
+        // Called every turn of the loop: any other state stays as it is (a
+        // running read must keep collecting the events to replay).
+        let (replay, mut run, mut rest, clients, heal) =
+            match std::mem::replace(&mut self.table_read, TableReadState::Idle) {
+                TableReadState::Comparing {
+                    replay,
+                    run,
+                    rest,
+                    clients,
+                    heal,
+                } => (replay, run, rest, clients, heal),
+                other => {
+                    self.table_read = other;
+                    return;
+                }
+            };
         let chunk = self.ours(rest.by_ref().take(COMPARE_CHUNK).collect());
         let now = self.now_ms();
         self.node.reconcile_chunk(&mut run, chunk, now);

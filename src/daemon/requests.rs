@@ -10,7 +10,7 @@ use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMM
 use super::recent_split::{RecentSplit, URGENT_COMMIT};
 use super::setup::millis;
 use super::views::{DumpSource, SlicedDump, View};
-use super::{failure, success, CommitPhase, Daemon, TableReadState, OWN_WRITES_MEMORY};
+use super::{failure, success, CommitPhase, Daemon, OWN_WRITES_MEMORY};
 use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
 use crate::counters::micros;
@@ -69,9 +69,10 @@ impl Daemon {
             }
             Request::ResyncFromKernel => {
                 tracing::info!("resync with master conntrack table");
-                if matches!(self.table_read, TableReadState::Running { .. }) {
-                    // A read is running (an overrun heal, say): read the
-                    // table again right after it, for this request.
+                if self.table_read_running() {
+                    // A read is running or being compared (an overrun
+                    // heal, say): read the table again right after it,
+                    // for this request.
                     self.pending_resyncs.push(reply);
                 } else {
                     self.start_table_read(DumpPurpose::Resync(vec![reply]));
