@@ -402,12 +402,18 @@ impl Daemon {
             .internal()
             .part_flows(Part::take_next(next_part, CATCH_UP_PARTS))
         {
-            if !node
-                .flow(&flow.key())
-                .is_some_and(|sent| sent.same_state(&flow))
+            let key = flow.key();
+            // A peer's flow committed into our kernel is not sent back, as
+            // in `cd_catch_up_turn`: the walk takes several turns, and a
+            // commit landing between them put the conntrackd peer's own
+            // flows in the internal cache (it then committed them over its
+            // own entries, and their expectations were lost).
+            if node.flow(&key).is_some_and(|sent| sent.same_state(&flow))
+                || self.node.peer_flow(&key).is_some()
             {
-                node.local_flow(flow, now);
+                continue;
             }
+            node.local_flow(flow, now);
         }
         if *next_part < CATCH_UP_PARTS {
             return;
