@@ -195,6 +195,30 @@ impl Drop for ConntrackLimit {
     }
 }
 
+/// A and B running for a burst, the host's conntrack limit raised until
+/// the guard drops. No periodic table re-read: every flow must travel as
+/// an event (or a test's own `-R`), so a test cannot pass through a
+/// re-read healing what the reader lost.
+fn burst_lab() -> (ConntrackLimit, Lab) {
+    let limit = ConntrackLimit::raise(1_200_000, 1_048_576);
+    let mut lab = Lab::new(LabSpec {
+        reconcile_interval_s: 0,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    (limit, lab)
+}
+
+/// A's internal cache and B's external one both hold exactly `n` flows,
+/// the same ones (digests).
+fn both_hold(lab: &Lab, n: usize) -> bool {
+    let (a, b) = (stats(&lab.a), stats(&lab.b));
+    a["internal"]["active"] == n
+        && b["external"]["active"] == n
+        && a["digests"]["internal"] == b["digests"]["external"]
+}
+
 /// N from the environment (`CTS_BURST`), 500,000 by default.
 fn burst_size() -> usize {
     std::env::var("CTS_BURST")
@@ -206,15 +230,7 @@ fn burst_size() -> usize {
 #[test]
 fn burst_of_creates_reaches_the_peer_complete_and_exact() {
     let n = burst_size();
-    let _limit = ConntrackLimit::raise(1_200_000, 1_048_576);
-    // No periodic table re-read: every flow must travel as an event, so
-    // the test cannot pass through a re-read healing what the reader lost.
-    let mut lab = Lab::new(LabSpec {
-        reconcile_interval_s: 0,
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start();
+    let (_limit, lab) = burst_lab();
     let flows: Vec<Flow> = flow_mix(n, 30, false);
     // The burst: ctsync's batched writer, as fast as the kernel takes it.
     let started = Instant::now();
@@ -225,12 +241,7 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
     let burst = started.elapsed();
     assert_eq!(report.failed, 0, "{:?}", report.first_errors);
     let burst_end = Instant::now();
-    let complete = wait_until(CONVERGE, || {
-        let (a, b) = (stats(&lab.a), stats(&lab.b));
-        a["internal"]["active"] == n
-            && b["external"]["active"] == n
-            && a["digests"]["internal"] == b["digests"]["external"]
-    });
+    let complete = wait_until(CONVERGE, || both_hold(&lab, n));
     let healed_after = burst_end.elapsed();
     let a = stats(&lab.a);
     let b = stats(&lab.b);
@@ -274,12 +285,7 @@ fn an_overrun_event_socket_heals_by_re_reading_the_table() {
     lab::run("kill", &["-STOP", &pid]);
     create_in(&lab.a.ns, flow_mix(n, 31, false));
     lab::run("kill", &["-CONT", &pid]);
-    let complete = wait_until(CONVERGE, || {
-        let (a, b) = (stats(&lab.a), stats(&lab.b));
-        a["internal"]["active"] == n
-            && b["external"]["active"] == n
-            && a["digests"]["internal"] == b["digests"]["external"]
-    });
+    let complete = wait_until(CONVERGE, || both_hold(&lab, n));
     let a = stats(&lab.a);
     assert!(
         a["kernel"]["overruns"].as_u64().unwrap_or(0) >= 1,
@@ -815,13 +821,7 @@ fn a_primary_without_a_peer_keeps_its_memory_bounded() {
 #[test]
 fn a_table_read_during_a_burst_keeps_the_flows_created_meanwhile() {
     let n = 300_000;
-    let _limit = ConntrackLimit::raise(1_200_000, 1_048_576);
-    let mut lab = Lab::new(LabSpec {
-        reconcile_interval_s: 0,
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start();
+    let (_limit, lab) = burst_lab();
     let flows: Vec<Flow> = flow_mix(n, 31, false);
     let ns = lab.a.ns.clone();
     let burst = std::thread::spawn(move || {
@@ -837,12 +837,7 @@ fn a_table_read_during_a_burst_keeps_the_flows_created_meanwhile() {
     let report = burst.join().expect("burst thread");
     assert_eq!(report.failed, 0, "{:?}", report.first_errors);
     assert!(overlapped, "the burst ended before the table read did");
-    let complete = wait_until(CONVERGE, || {
-        let (a, b) = (stats(&lab.a), stats(&lab.b));
-        a["internal"]["active"] == n
-            && b["external"]["active"] == n
-            && a["digests"]["internal"] == b["digests"]["external"]
-    });
+    let complete = wait_until(CONVERGE, || both_hold(&lab, n));
     let (a, b) = (stats(&lab.a), stats(&lab.b));
     assert!(
         complete,

@@ -238,11 +238,12 @@ impl<'a> Unit<'a> {
     /// flow as an update of it, which packets of the flow cannot race: they
     /// only update the same entry. `None` when the binding differs (only a
     /// replace can change it), the entry is gone, or this was done before.
-    fn in_place(self, existing: Option<&Flow>) -> Option<Unit<'a>> {
+    /// `existing` reads the entry, only when its answer matters.
+    fn in_place(self, existing: impl FnOnce() -> Option<Flow>) -> Option<Unit<'a>> {
         let Req::Create { flow, .. } = self.req else {
             return None;
         };
-        if self.used & USED_IN_PLACE != 0 || existing?.reply != flow.reply {
+        if self.used & USED_IN_PLACE != 0 || existing()?.reply != flow.reply {
             return None;
         }
         let update = Req::Update {
@@ -513,7 +514,7 @@ impl Writer {
                 let last = pass + 1 == MAX_PASSES;
                 if u.pre_delete && err == libc::EEXIST {
                     rep.replaces_lost += 1;
-                    if let Some(update) = u.in_place(in_table(&u.req.key()).as_ref()) {
+                    if let Some(update) = u.in_place(|| in_table(&u.req.key())) {
                         if !last {
                             next.push(update);
                             continue;
@@ -768,7 +769,7 @@ mod tests {
         // The packets' entry holds the flow's reply tuple: update it.
         let mut packets_made = udp(1);
         packets_made.mark = f.mark + 1;
-        let update = lost.in_place(Some(&packets_made)).unwrap();
+        let update = lost.in_place(|| Some(packets_made.clone())).unwrap();
         assert!(matches!(update.req, Req::Update { .. }));
         assert!(!update.pre_delete);
         // Once: the update that fell back to a create and lost again
@@ -776,27 +777,29 @@ mod tests {
         let created = update.next(libc::ENOENT).unwrap().unwrap();
         assert!(matches!(created.req, Req::Create { .. }));
         let again = created.next(libc::EEXIST).unwrap().unwrap();
-        assert!(again.in_place(Some(&packets_made)).is_none());
+        assert!(again.in_place(|| Some(packets_made.clone())).is_none());
         // An update in place the kernel refuses (after the EXPECTED flip
         // for EBUSY) goes back to replacing.
         let flipped = update.next(libc::EBUSY).unwrap().unwrap();
         let replace = flipped.next(libc::EBUSY).unwrap().unwrap();
         assert!(matches!(replace.req, Req::Create { .. }) && replace.pre_delete);
-        assert!(replace.in_place(Some(&packets_made)).is_none());
+        assert!(replace.in_place(|| Some(packets_made.clone())).is_none());
         let replace = update.next(libc::EPERM).unwrap().unwrap();
         assert!(matches!(replace.req, Req::Create { .. }) && replace.pre_delete);
         // Another NAT binding, or no entry: only a replace will do.
         let mut other_binding = udp(1);
         other_binding.reply.dst = "198.18.0.9".parse().unwrap();
         assert_ne!(other_binding.reply, f.reply);
-        assert!(lost.in_place(Some(&other_binding)).is_none());
-        assert!(lost.in_place(None).is_none());
+        assert!(lost.in_place(|| Some(other_binding.clone())).is_none());
+        assert!(lost.in_place(|| None).is_none());
         // Never for anything but a create.
         let update_unit = Unit::new(Req::Update {
             flow: &f,
             expected: false,
         });
-        assert!(update_unit.in_place(Some(&packets_made)).is_none());
+        assert!(update_unit
+            .in_place(|| Some(packets_made.clone()))
+            .is_none());
     }
 
     #[test]
