@@ -760,6 +760,78 @@ fn warm_standby_survives_t_and_lost_entries_and_commit_restores_every_flow() {
     assert_eq!(stats(&lab.b)["commit"]["ok"], 0, "-c rewrote flows");
 }
 
+/// Warm standby on both nodes (one configuration for the pair), and the
+/// backup's daemon restarted while the primary carries the traffic (an
+/// upgrade, say). The restarted backup finds the primary's flows in its
+/// kernel, where warm standby wrote them: the primary must keep them as
+/// its own all the same, in its kernel as they were and replicated as
+/// before, and the backup must withdraw its claims. With table re-reads
+/// every second (which used to make the primary drop its flows)...
+#[test]
+fn a_backup_restarted_under_warm_standby_leaves_the_primarys_flows_alone() {
+    backup_restarted_under_warm_standby(1);
+}
+
+/// ...and with none during the test: the backup withdraws its claims as
+/// the primary's bulk arrives, not at its next re-read.
+#[test]
+fn a_backup_restarted_under_warm_standby_withdraws_its_claims_at_once() {
+    backup_restarted_under_warm_standby(600);
+}
+
+fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
+    let mut lab = Lab::new(LabSpec {
+        sync_extra: "warm_standby = true".into(),
+        reconcile_interval_s,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let flows = flow_mix(3_000, 71, false);
+    create_in(&lab.a.ns, flows.clone());
+    let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    assert!(mirrored, "B's kernel never matched A's");
+    let a_table = lab.a.kernel_table();
+
+    lab.b.kill(libc::SIGTERM);
+    assert!(lab.b.wait_exit(Duration::from_secs(10)), "B did not stop");
+    lab.b.start();
+    // B resyncs (and with re-reads every second, several rounds of them).
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        lab.a.kernel_table(),
+        a_table,
+        "B's restart changed A's kernel table{}",
+        lab.a.log_tail()
+    );
+    assert_eq!(
+        lab.a.cache_json("-i").len(),
+        a_table.len(),
+        "A no longer holds all its flows as its own"
+    );
+    assert!(
+        lab.a.cache_json("-e").is_empty(),
+        "A's view of B holds A's own flows"
+    );
+    assert!(
+        lab.b.cache_json("-i").is_empty(),
+        "B still takes A's flows for its own"
+    );
+    // A still replicates them: its updates reach B's kernel.
+    let updates: Vec<WriteOp> = flows
+        .iter()
+        .step_by(5)
+        .map(|f| {
+            let mut changed = f.clone();
+            changed.mark = 5_151;
+            WriteOp::Update(changed)
+        })
+        .collect();
+    apply_in(&lab.a.ns, updates);
+    let followed = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    assert!(followed, "B's kernel no longer follows A's updates");
+}
+
 /// The daemon's resident memory in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -251,7 +251,11 @@ pub fn raw_writer_ceiling(flows: &[Flow], reps: usize) -> Result<Ceiling, BenchE
     // shapes, several per cent here).
     let mut best = Vec::new();
     for _ in 0..reps.max(1) {
-        best.push(measure_shape(flows, fastest.shape, Events::EveryFlow)?.flows_per_s);
+        let rate = measure_shape(flows, fastest.shape, Events::EveryFlow)?.flows_per_s;
+        super::progress(&format!(
+            "raw writer, fastest shape again: {rate:.0} flows/s"
+        ));
+        best.push(rate);
         super::host::settle(Duration::from_secs(10));
     }
     let median = super::report::median(&mut best);

@@ -27,6 +27,7 @@ mod failover_log;
 mod kernel_worker;
 mod logging;
 mod priority;
+mod provisional;
 mod recent_split;
 mod reload;
 mod requests;
@@ -57,6 +58,7 @@ use crate::sync::{Node, Reconciling, Replicate};
 use crate::transport::{self, Link, Received};
 use event_reader::KernelFeed;
 use kernel_worker::{Done, DumpPurpose, Job, JobSender, TableRead};
+use provisional::{Provisional, PROVISIONAL_WINDOW};
 use routing::{EventOrigins, KeyFacts, Route};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -204,6 +206,9 @@ struct Daemon {
     origins: EventOrigins,
     /// `None` without warm standby.
     warm: Option<WarmStandby>,
+    /// Under warm standby, the flows found in the kernel at start that may
+    /// be a peer's mirror (see `provisional`).
+    provisional: Provisional,
     commit: CommitPhase,
     /// Flows the running commit has written so far (the kernel worker
     /// counts).
@@ -360,6 +365,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         links,
         origins,
         warm,
+        provisional: Provisional::default(),
         commit: CommitPhase::Idle,
         commit_progress,
         events_switch,
@@ -400,6 +406,12 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     let accepted = table.into_iter().filter(|f| daemon.filter.accepts(f));
     let primed = daemon.ours(accepted.collect());
     let count = primed.len();
+    if daemon.warm.is_some() {
+        daemon.provisional = Provisional::after_start(
+            primed.iter().map(Flow::key),
+            Instant::now() + PROVISIONAL_WINDOW,
+        );
+    }
     daemon
         .node
         .reconcile_internal(primed, daemon.now_ms(), Replicate::Nothing);
@@ -569,8 +581,36 @@ impl Daemon {
     /// Warm standby: a flow a peer owns, written into our kernel for it.
     /// (After `-f` the peers' caches are empty, and `-R` then takes every
     /// flow in the kernel as ours, as a promotion wants.)
+    /// A flow we hold for good (not provisionally, see `provisional`) is
+    /// ours even when a peer claims it too.
     fn is_mirrored(&self, key: &FlowKey) -> bool {
-        self.warm.is_some() && self.node.holds_peer_flow(key)
+        self.warm.is_some() && self.node.holds_peer_flow(key) && !self.owns(key)
+    }
+
+    /// Our internal cache holds the flow, and not provisionally.
+    fn owns(&self, key: &FlowKey) -> bool {
+        self.node.internal().contains(key) && !self.provisional.contains(key)
+    }
+
+    /// Warm standby: whether a peer's change to `key` goes into our kernel.
+    /// Not over a flow we own (our live entry stays as it is; the peer's
+    /// claim is a restarted peer's provisional one, which it withdraws);
+    /// a provisional claim of ours is withdrawn instead, and the peer's
+    /// change written.
+    fn mirrors_peer_change(&mut self, key: &FlowKey, now: u64) -> bool {
+        if !self.node.internal().contains(key) {
+            return true;
+        }
+        if self.provisional.settle(key) {
+            self.cd_flow_gone(key, now);
+            self.node.local_delete(key, now, self.ctsync_links);
+            return true;
+        }
+        tracing::debug!(
+            ?key,
+            "warm standby: a peer claims a flow of ours; ours stays"
+        );
+        false
     }
 
     /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
@@ -679,9 +719,14 @@ impl Daemon {
                 self.kernel_counters.events_filtered += 1;
                 self.restore_mirrored(&key);
             }
-            Route::Upsert { replicate: true } => self.replicate_flow(&event.flow, now),
+            Route::Upsert { replicate: true } => {
+                // Traffic of its own: ours for good.
+                self.provisional.settle(&event.flow.key());
+                self.replicate_flow(&event.flow, now)
+            }
             Route::Upsert { replicate: false } => self.node.local_upsert(&event.flow, now, false),
             Route::Delete { key, replicate } => {
+                self.provisional.settle(&key);
                 if replicate {
                     self.cd_flow_gone(&key, now);
                 }
@@ -727,6 +772,12 @@ impl Daemon {
                 self.start_table_read(DumpPurpose::Heal);
             }
         }
+        if let Some(left) = self.provisional.expire(now) {
+            tracing::info!(
+                flows = left,
+                "flows found in the kernel at start that no peer claimed are ours"
+            );
+        }
         if self.timers.scheduled_flush_at.is_some_and(|at| at <= now) {
             self.timers.scheduled_flush_at = None;
             tracing::info!("flushing kernel conntrack table (scheduled)");
@@ -768,10 +819,18 @@ impl Daemon {
     /// Warm standby: queue the peers' latest changes for the kernel and
     /// hand a batch to the kernel worker when it is free.
     fn mirror_into_kernel(&mut self) {
+        if self.warm.is_none() {
+            return;
+        }
+        let mut changes = self.node.take_applied();
+        if !changes.is_empty() {
+            let now = self.now_ms();
+            changes.retain(|change| self.mirrors_peer_change(&change.key(), now));
+        }
         let Some(warm) = &mut self.warm else {
             return;
         };
-        warm.queue_applied(self.node.take_applied());
+        warm.queue_applied(changes);
         if let Some(batch) = warm.take_batch() {
             self.submit(Job::Inject(batch));
         }

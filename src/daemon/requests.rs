@@ -58,6 +58,9 @@ impl Daemon {
                     }
                     if which != CacheSel::Internal {
                         self.node.flush_external();
+                        // No peer's claim left to yield to: what we found
+                        // in the kernel at start is ours (a promotion).
+                        self.provisional.confirm_all();
                     }
                     success(String::new())
                 }
@@ -111,6 +114,10 @@ impl Daemon {
                 success(String::new())
             }
             Request::ResetTimers => {
+                // A demoted node: from now on the peer that took over owns
+                // the flows, whatever our table still holds until the
+                // purge; our digests would refill its view of us with them.
+                self.node.pause_digests();
                 if self.timers.scheduled_flush_at.is_none() {
                     let delay = u64::from(self.config.sync.purge_timeout_s);
                     tracing::info!("flushing conntrack table in {delay} secs");

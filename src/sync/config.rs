@@ -51,6 +51,15 @@ pub enum Applied {
     Delete(FlowKey),
 }
 
+impl Applied {
+    pub fn key(&self) -> FlowKey {
+        match self {
+            Applied::Created(flow) | Applied::Updated(flow) => flow.key(),
+            Applied::Delete(key) => *key,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncConfig {
     pub mode: Mode,

@@ -1,0 +1,98 @@
+//! Warm standby after a restart: which of the flows found in the kernel at
+//! start are only provisionally ours.
+//!
+//! A daemon that starts has no peer cache yet, so it cannot tell its own
+//! flows from those warm standby wrote into the kernel for a peer before
+//! the restart: it takes them all, provisionally. A provisional flow a
+//! peer turns out to hold is the peer's (the peer's claim wins, ours is
+//! withdrawn); one that sees traffic of its own is ours for good; after
+//! `PROVISIONAL_WINDOW` the rest are ours (a peer that was down gets them
+//! when it returns). A flow held for good always wins over a peer's claim
+//! of it: a restarted backup's provisional claims must never make the
+//! primary give up, overwrite or delete its own live entries.
+//!
+//! Owns: the set of provisional keys and its deadline. Must not: touch
+//! the caches or the kernel (the owner acts on its answers).
+
+use crate::flow::FlowKey;
+use foldhash::HashSet;
+use std::time::{Duration, Instant};
+
+/// How long a restarted daemon's flows stay provisional: time for every
+/// live peer to be heard and to send its bulk (a second or two), with room.
+pub(super) const PROVISIONAL_WINDOW: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub(super) struct Provisional {
+    keys: HashSet<FlowKey>,
+    until: Option<Instant>,
+}
+
+impl Provisional {
+    /// The flows primed at start, provisional until `until`.
+    pub(super) fn after_start(keys: impl IntoIterator<Item = FlowKey>, until: Instant) -> Self {
+        let keys: HashSet<FlowKey> = keys.into_iter().collect();
+        let until = (!keys.is_empty()).then_some(until);
+        Provisional { keys, until }
+    }
+
+    pub(super) fn contains(&self, key: &FlowKey) -> bool {
+        !self.keys.is_empty() && self.keys.contains(key)
+    }
+
+    /// The flow is ours for good (it saw traffic of its own), or gone, or
+    /// withdrawn: no longer provisional. Whether it was.
+    pub(super) fn settle(&mut self, key: &FlowKey) -> bool {
+        !self.keys.is_empty() && self.keys.remove(key)
+    }
+
+    /// Every remaining flow is ours for good: the window has passed, or
+    /// the peers' caches were forgotten (`-f`, a promotion).
+    pub(super) fn confirm_all(&mut self) {
+        self.keys = HashSet::default();
+        self.until = None;
+    }
+
+    /// Confirm all once the window has passed; how many were left.
+    pub(super) fn expire(&mut self, now: Instant) -> Option<usize> {
+        let until = self.until?;
+        if now < until {
+            return None;
+        }
+        let left = self.keys.len();
+        self.confirm_all();
+        Some(left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::test_flows::udp;
+
+    #[test]
+    fn flows_stay_provisional_until_settled_or_the_window_ends() {
+        let start = Instant::now();
+        let mut p =
+            Provisional::after_start([udp(1).key(), udp(2).key()], start + PROVISIONAL_WINDOW);
+        assert!(p.contains(&udp(1).key()));
+        assert!(!p.contains(&udp(3).key()));
+        assert!(p.settle(&udp(1).key()));
+        assert!(!p.settle(&udp(1).key()), "settled once");
+        assert!(!p.contains(&udp(1).key()));
+        assert_eq!(p.expire(start), None, "the window is still open");
+        assert!(p.contains(&udp(2).key()));
+        assert_eq!(p.expire(start + PROVISIONAL_WINDOW), Some(1));
+        assert!(!p.contains(&udp(2).key()));
+        assert_eq!(p.expire(start + PROVISIONAL_WINDOW * 2), None, "once");
+    }
+
+    #[test]
+    fn nothing_primed_nothing_provisional() {
+        let mut p = Provisional::after_start([], Instant::now());
+        assert_eq!(p.expire(Instant::now() + PROVISIONAL_WINDOW), None);
+        let mut q = Provisional::after_start([udp(1).key()], Instant::now());
+        q.confirm_all();
+        assert!(!q.contains(&udp(1).key()));
+    }
+}
