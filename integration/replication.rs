@@ -200,9 +200,15 @@ impl Drop for ConntrackLimit {
 /// an event (or a test's own `-R`), so a test cannot pass through a
 /// re-read healing what the reader lost.
 fn burst_lab() -> (ConntrackLimit, Lab) {
+    burst_lab_with(String::new())
+}
+
+/// [`burst_lab`] with extra `[kernel]` lines.
+fn burst_lab_with(kernel_extra: String) -> (ConntrackLimit, Lab) {
     let limit = ConntrackLimit::raise(1_200_000, 1_048_576);
     let mut lab = Lab::new(LabSpec {
         reconcile_interval_s: 0,
+        kernel_extra,
         ..LabSpec::default()
     });
     lab.a.start();
@@ -266,6 +272,102 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
     assert_eq!(
         a["kernel"]["overruns"], 0,
         "A's event socket overran during the burst"
+    );
+}
+
+/// `-F` is not replicated (a standby keeps what a demoted node purges),
+/// also when the flush's DESTROY events are lost: A's loop is held
+/// (`debug-stall`) while its worker deletes 300,000 flows, so the event
+/// reader's memory (262,144 events) fills and the smallest socket buffer
+/// overruns. The re-read that heals the overrun must not find the flows
+/// whose DESTROY it missed "gone" and send their deletes.
+#[test]
+fn a_kernel_flush_is_not_replicated_even_when_its_events_overrun() {
+    lab::require_test_seams();
+    let n = 300_000;
+    let (_limit, lab) = burst_lab_with("netlink_buffer = 65536\nnetlink_buffer_max = 65536".into());
+    let flows: Vec<Flow> = flow_mix(n, 37, false);
+    let report = in_netns(&lab.a.ns, move || {
+        let mut writer = Writer::open().expect("writer");
+        writer.create_all(&flows, &CreateOptions::default())
+    });
+    assert_eq!(report.failed, 0, "{:?}", report.first_errors);
+    assert!(
+        wait_until(CONVERGE, || both_hold(&lab, n)),
+        "B never held A's {n} flows"
+    );
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(lab::ctsyncd_bin())
+            .arg("-C")
+            .arg(&lab.a.config)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ctsyncd client")
+    };
+    let mut flush = ctl(&["-F"]);
+    std::thread::sleep(Duration::from_millis(30));
+    let mut stall = ctl(&["debug-stall", "4000"]);
+    assert!(flush.wait().expect("-F").success(), "-F failed");
+    assert!(stall.wait().expect("debug-stall").success());
+    let a = stats(&lab.a);
+    assert!(
+        a["kernel"]["overruns"].as_u64().unwrap_or(0) >= 1,
+        "no overrun: the test proves nothing"
+    );
+    // The heal's re-read comes 200 ms after the overrun is seen (the
+    // only comparison in this lab: no periodic re-read, no -R).
+    let healed = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&lab.a.log)
+            .unwrap_or_default()
+            .contains("internal cache reconciled with the kernel table")
+    });
+    assert!(healed, "A never re-read its table after the overrun");
+    assert!(
+        wait_until(Duration::from_secs(10), || stats(&lab.a)["internal"]
+            ["active"]
+            == 0),
+        "A still caches flushed flows"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        stats(&lab.b)["external"]["active"],
+        n,
+        "A's flush reached B"
+    );
+}
+
+/// A `-R` that arrives while an overrun's heal is owed must heal too: the
+/// overrun is forced as below, `-R` is sent the moment A runs again, and
+/// digests are off, so nothing but the table reads can bring B the flows
+/// whose events were lost. (A `-R` alone sends nothing, as conntrackd's.)
+#[test]
+fn a_resync_request_during_an_owed_heal_still_sends_the_differences() {
+    let n = 50_000;
+    let mut lab = Lab::new(LabSpec {
+        reconcile_interval_s: 0,
+        kernel_extra: "netlink_buffer = 65536\nnetlink_buffer_max = 65536".into(),
+        sync_extra: "digest_interval_ms = 0".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    let pid = lab.a.pid().expect("A runs").to_string();
+    lab::run("kill", &["-STOP", &pid]);
+    create_in(&lab.a.ns, flow_mix(n, 41, false));
+    lab::run("kill", &["-CONT", &pid]);
+    lab.a.ctl_ok(&["-R"]);
+    let complete = wait_until(Duration::from_secs(30), || both_hold(&lab, n));
+    let a = stats(&lab.a);
+    assert!(
+        a["kernel"]["overruns"].as_u64().unwrap_or(0) >= 1,
+        "no overrun: the test proves nothing"
+    );
+    assert!(
+        complete,
+        "B never held A's {n} flows: A {} / B {}",
+        a["internal"],
+        stats(&lab.b)["external"]
     );
 }
 

@@ -116,7 +116,11 @@ pub(super) enum Done {
     ),
     InjectExpectations(ExpectWriteReport, Vec<ExpectOp>),
     FlushExpectations(Result<(), String>, oneshot::Sender<Reply>),
-    FlushKernel(Result<WriteReport, String>, Option<oneshot::Sender<Reply>>),
+    /// The report and the keys of the flows deleted.
+    FlushKernel(
+        Result<(WriteReport, Vec<FlowKey>), String>,
+        Option<oneshot::Sender<Reply>>,
+    ),
     Dump(Result<TableRead, String>, DumpPurpose),
     /// The report, and the keys of every op in the batch.
     Inject(WriteReport, Vec<FlowKey>),
@@ -166,7 +170,7 @@ fn run_job(
                 .map(|e| e.key())
                 .collect();
             let report = writer
-                .flush(&|flow: &Flow| !filter.accepts(flow) || keep.contains(&flow.key()))
+                .flush_keys(&|flow: &Flow| !filter.accepts(flow) || keep.contains(&flow.key()))
                 .map_err(|e| e.to_string());
             Done::FlushKernel(report, client)
         }

@@ -239,6 +239,9 @@ struct Daemon {
     watchdog: Option<watchdog::Watchdog>,
     /// When the running table read started (its log line's duration).
     table_read_started: Option<Instant>,
+    /// Flows our own kernel flush deleted while a table read was being
+    /// compared, forgotten once it is done (see `forget_flushed`).
+    flushed_during_read: Vec<FlowKey>,
     /// Warm standby's expectation writes.
     expect_state: expectations::ExpectState,
     /// A link that speaks conntrackd's protocol (a migration).
@@ -392,6 +395,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         observer: failover_log::Observer::default(),
         watchdog: None,
         table_read_started: None,
+        flushed_during_read: Vec::new(),
         expect_state: expectations::ExpectState::default(),
         ctsync_links: !links_empty,
         cd,
@@ -917,12 +921,13 @@ impl Daemon {
             }
             Done::FlushKernel(result, client) => {
                 let reply = match result {
-                    Ok(report) => {
+                    Ok((report, deleted)) => {
                         tracing::info!(
                             deleted = report.ok,
                             failed = report.failed,
                             "kernel table flushed"
                         );
+                        self.forget_flushed(deleted);
                         success(String::new())
                     }
                     Err(reason) => failure(format!("kernel flush failed: {reason}")),
@@ -952,8 +957,11 @@ impl Daemon {
             TableReadState::Idle | TableReadState::Comparing { .. } => Vec::new(),
         };
         self.arm_reconcile();
+        // A `-R` read while a heal is owed (an overrun, paused events)
+        // heals too: taken in silently, what the kernel changed unheard
+        // would look the same to the heal that follows, and never be sent.
         let (heal, clients) = match purpose {
-            DumpPurpose::Resync(clients) => (false, clients),
+            DumpPurpose::Resync(clients) => (self.timers.heal_at.is_some(), clients),
             DumpPurpose::Heal => (true, Vec::new()),
         };
         let read = match result {
@@ -1028,6 +1036,8 @@ impl Daemon {
             return;
         }
         let report = self.node.reconcile_finish(run, now);
+        let flushed = std::mem::take(&mut self.flushed_during_read);
+        self.forget_flushed(flushed);
         if heal {
             self.cd_catch_up();
         }
@@ -1048,6 +1058,24 @@ impl Daemon {
         // its master is); `-R`'s clients hear back once they are in too.
         self.read_expectations(heal, clients);
         self.table_read_answered(Vec::new(), success(String::new()));
+    }
+
+    /// Our own kernel flush (`-F`, `-t`) deleted these flows: forget them
+    /// without telling the peers, as their DESTROY events (ours) do, also
+    /// when those events were lost to an overrun; a table re-read would
+    /// otherwise find them gone and send their deletes. While a read is
+    /// being compared they wait for it to finish, since its dump may be
+    /// older than the flush.
+    fn forget_flushed(&mut self, keys: Vec<FlowKey>) {
+        if matches!(self.table_read, TableReadState::Comparing { .. }) {
+            self.flushed_during_read.extend(keys);
+            return;
+        }
+        let now = self.now_ms();
+        for key in keys {
+            self.provisional.settle(&key);
+            self.node.local_delete(&key, now, false);
+        }
     }
 
     /// A table read is over: answer who waited, and start the next one

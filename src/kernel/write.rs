@@ -460,6 +460,15 @@ impl Writer {
 
     /// Dump the table and delete every flow for which `keep` is false.
     pub fn flush(&mut self, keep: &dyn Fn(&Flow) -> bool) -> Result<WriteReport, KernelError> {
+        self.flush_keys(keep).map(|(report, _)| report)
+    }
+
+    /// [`Writer::flush`], and the keys of the flows it deleted (or found
+    /// gone already).
+    pub fn flush_keys(
+        &mut self,
+        keep: &dyn Fn(&Flow) -> bool,
+    ) -> Result<(WriteReport, Vec<FlowKey>), KernelError> {
         let flows = dump_table()?;
         let reqs: Vec<Req> = flows
             .iter()
@@ -467,7 +476,14 @@ impl Writer {
             .map(|f| Req::Delete(f.key()))
             .collect();
         let opts = self.opts;
-        Ok(self.run(&reqs, &opts))
+        let report = self.run(&reqs, &opts);
+        let failed: std::collections::HashSet<&FlowKey> = report.failed_keys.iter().collect();
+        let deleted = reqs
+            .iter()
+            .map(Req::key)
+            .filter(|k| !failed.contains(k))
+            .collect();
+        Ok((report, deleted))
     }
 
     /// Run requests with the fallbacks, in pipelined passes: each pass
