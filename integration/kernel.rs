@@ -192,6 +192,40 @@ fn all_kinds() -> Vec<(&'static str, Flow)> {
             30,
         ),
     ));
+    // The kernel tracks ICMP inside IPv6 and ICMPv6 inside IPv4 by the
+    // protocol number alone: any host can make such entries.
+    v.push((
+        "icmp-in-ipv6",
+        flow(
+            tuple(
+                "2001:db8::1",
+                "2001:db8::2",
+                proto::ICMP,
+                L4::Icmp {
+                    kind: 8,
+                    code: 0,
+                    id: 4243,
+                },
+            ),
+            30,
+        ),
+    ));
+    v.push((
+        "icmpv6-in-ipv4",
+        flow(
+            tuple(
+                "198.18.0.1",
+                "198.18.0.2",
+                proto::ICMPV6,
+                L4::Icmp {
+                    kind: 128,
+                    code: 0,
+                    id: 78,
+                },
+            ),
+            30,
+        ),
+    ));
     let mut s = flow(
         tuple("198.18.0.1", "198.18.0.2", proto::SCTP, ports(3868, 3868)),
         200,

@@ -2049,3 +2049,48 @@ fn a_send_queue_past_its_bound_is_dropped_and_replaced_by_a_bulk() {
 mod auth;
 mod expect_sync;
 mod peer_figures;
+
+/// What the kernel tracks, the peer takes. An IPv6 packet whose next
+/// header is 1 (ICMP, not ICMPv6) gets a conntrack entry with an ICMP
+/// tuple, and so does ICMPv6 over IPv4; anyone can send one through the
+/// firewall. Such a flow must reach the peer like any other, and above all
+/// must not make it refuse the datagram: FTFW would resend the same bytes
+/// for ever, and every later change of the node would wait behind them.
+#[test]
+fn icmp_tuples_of_the_other_family_travel_and_stall_nothing() {
+    use crate::flow::{proto, Tuple, L4};
+    let mut sim = Sim::new(6, vec![cfg(1), cfg(2)]);
+    sim.run_until(1000);
+    let icmp = |src: &str, dst: &str, proto: u8| {
+        Flow::new(Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            l4: L4::Icmp {
+                kind: 8,
+                code: 0,
+                id: 7,
+            },
+        })
+    };
+    let odd = [
+        icmp("2001:db8::1", "2001:db8::2", proto::ICMP),
+        icmp("198.18.0.1", "198.18.0.2", proto::ICMPV6),
+    ];
+    let now = sim.now;
+    for f in &odd {
+        sim.node(0).local_upsert(f, now, true);
+    }
+    let mut rng = Rng(11);
+    let after: Vec<Flow> = (0..50).map(|slot| flow_for(&mut rng, slot)).collect();
+    for f in &after {
+        sim.node(0).local_upsert(f, now + 1, true);
+    }
+    sim.run_until(now + 2_000);
+    let b = sim.nodes[1].as_ref().unwrap();
+    let view = b.external().get(&1).expect("B's view of A");
+    for f in after.iter().chain(&odd) {
+        assert_eq!(view.flow(&f.key()).as_ref(), Some(f), "{:?}", f.orig);
+    }
+    assert_eq!(b.stats().malformed.total(), 0);
+}

@@ -546,14 +546,12 @@ impl WireTuple {
         }
     }
 
-    /// The layer-4 part must suit the protocol: ICMP ids only for ICMP over
-    /// IPv4 and ICMPv6 over IPv6.
+    /// The layer-4 part must suit the protocol: ICMP ids only for ICMP and
+    /// ICMPv6, in either address family (the kernel tracks ICMP inside
+    /// IPv6 and ICMPv6 inside IPv4 by their protocol number alone, so any
+    /// host can make such entries).
     fn validate(&self, proto: u8) -> Result<(), WireError> {
-        let icmp_ok = match proto {
-            proto::ICMP => !self.is_v6(),
-            proto::ICMPV6 => self.is_v6(),
-            _ => false,
-        };
+        let icmp_ok = matches!(proto, proto::ICMP | proto::ICMPV6);
         match self.l4 {
             WireL4::Icmp { .. } if !icmp_ok => Err(WireError::BadFlow("icmp tuple for non-icmp")),
             WireL4::Ports { .. } | WireL4::None if matches!(proto, proto::ICMP | proto::ICMPV6) => {
