@@ -2094,3 +2094,46 @@ fn icmp_tuples_of_the_other_family_travel_and_stall_nothing() {
     }
     assert_eq!(b.stats().malformed.total(), 0);
 }
+
+/// `-f internal` (or the purge `-t` schedules) while a full bulk of ours is
+/// still going out: the flows not yet sent are dropped with the rest of
+/// the queue, and so must be the bulk's end, or the peer, finding them
+/// missing from a bulk received in order, would sweep them. A standby
+/// keeps what a demoted node purges.
+#[test]
+fn a_local_flush_during_an_outgoing_bulk_does_not_sweep_the_peer() {
+    let mut sim = Sim::new(
+        8,
+        vec![
+            SyncConfig {
+                window: 4,
+                ..cfg(1)
+            },
+            cfg(2),
+        ],
+    );
+    sim.run_until(1000);
+    let mut rng = Rng(13);
+    let flows: Vec<Flow> = (0..2_000).map(|slot| flow_for(&mut rng, slot)).collect();
+    let now = sim.now;
+    for f in &flows {
+        sim.node(0).local_upsert(f, now, true);
+    }
+    sim.run_until(now + 3_000);
+    let held = |sim: &Sim| {
+        sim.nodes[1]
+            .as_ref()
+            .unwrap()
+            .external()
+            .get(&1)
+            .map_or(0, |c| c.len())
+    };
+    assert_eq!(held(&sim), flows.len(), "B holds A's flows before");
+    let now = sim.now;
+    sim.node(0).send_bulk(now);
+    // A few datagrams of the bulk leave, then the purge.
+    sim.run_until(now + 3);
+    sim.node(0).flush_internal();
+    sim.run_until(now + 20_000);
+    assert_eq!(held(&sim), flows.len(), "B swept the purged flows");
+}
