@@ -9,7 +9,9 @@ mod lab;
 
 use ctsync::flow::FlowKey;
 use ctsync::kernel::write::WriteOp;
-use lab::{apply_in, comparable, create_in, flow_mix, in_netns, wait_until, Lab, SyncFamily};
+use lab::{
+    apply_in, comparable, create_in, flow_mix, in_netns, mark_updates, wait_until, Lab, SyncFamily,
+};
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -219,15 +221,7 @@ fn ipv6_sync_link_carries_events_only_changes() {
     let flows = flow_mix(2_000, 2, false);
     create_in(&lab.a.ns, flows.clone());
     assert_converges(&lab, 2_000, "creates over an IPv6 sync link");
-    let updates: Vec<WriteOp> = flows
-        .iter()
-        .step_by(4)
-        .map(|f| {
-            let mut changed = f.clone();
-            changed.mark = 77;
-            WriteOp::Update(changed)
-        })
-        .collect();
+    let updates = mark_updates(&flows, 4, 77);
     let deletes: Vec<WriteOp> = flows
         .iter()
         .skip(1)

@@ -11,8 +11,8 @@ mod lab;
 use ctsync::flow::Flow;
 use ctsync::kernel::write::{CreateOptions, WriteOp, Writer};
 use lab::{
-    apply_in, comparable, create_in, flow_mix, in_netns, wait_until, Lab, LabSpec, LinkTransport,
-    Node,
+    apply_in, comparable, create_in, flow_mix, in_netns, mark_updates, wait_until, Lab, LabSpec,
+    LinkTransport, Node,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -113,15 +113,7 @@ fn twenty_percent_loss_both_ways_converges_without_manual_resync() {
     lab.b.start();
     let flows = flow_mix(50_000, 20, false);
     create_in(&lab.a.ns, flows.clone());
-    let updates: Vec<WriteOp> = flows
-        .iter()
-        .step_by(5)
-        .map(|f| {
-            let mut changed = f.clone();
-            changed.mark = 9_999;
-            WriteOp::Update(changed)
-        })
-        .collect();
+    let updates = mark_updates(&flows, 5, 9_999);
     let deletes: Vec<WriteOp> = flows
         .iter()
         .skip(2)
@@ -723,15 +715,7 @@ fn warm_standby_mirrors_the_peer_into_the_kernel_so_commit_has_nothing_to_do() {
     );
 
     // Updates and deletes are mirrored too.
-    let updates: Vec<WriteOp> = flows
-        .iter()
-        .step_by(7)
-        .map(|f| {
-            let mut changed = f.clone();
-            changed.mark = 4_343;
-            WriteOp::Update(changed)
-        })
-        .collect();
+    let updates = mark_updates(&flows, 7, 4_343);
     let deletes: Vec<WriteOp> = flows
         .iter()
         .skip(3)
@@ -881,6 +865,43 @@ fn a_backup_restarted_under_warm_standby_withdraws_its_claims_at_once() {
     backup_restarted_under_warm_standby(600);
 }
 
+/// Both daemons restarted together (an upgrade of the pair, say): each
+/// finds the flows in its kernel and takes them provisionally, each sees
+/// the other claim them, and both may withdraw. Whoever ends up holding
+/// them, no entry may leave either kernel: a peer withdrawing its claim
+/// deletes nothing.
+#[test]
+fn both_daemons_restarted_under_warm_standby_keep_every_entry() {
+    let mut lab = Lab::new(LabSpec {
+        sync_extra: "warm_standby = true".into(),
+        reconcile_interval_s: 1,
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start();
+    create_in(&lab.a.ns, flow_mix(3_000, 73, false));
+    let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
+    assert!(mirrored, "B's kernel never matched A's");
+    let a_table = lab.a.kernel_table();
+    for node in [&mut lab.b, &mut lab.a] {
+        node.kill(libc::SIGTERM);
+        assert!(
+            node.wait_exit(Duration::from_secs(10)),
+            "a daemon did not stop"
+        );
+    }
+    lab.b.start();
+    lab.a.start();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        lab.a.kernel_table(),
+        a_table,
+        "the restarts changed A's kernel table{}",
+        lab.a.log_tail()
+    );
+    assert_eq!(lab.b.kernel_table(), a_table, "B's mirror lost entries");
+}
+
 fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
     let mut lab = Lab::new(LabSpec {
         sync_extra: "warm_standby = true".into(),
@@ -920,15 +941,7 @@ fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
         "B still takes A's flows for its own"
     );
     // A still replicates them: its updates reach B's kernel.
-    let updates: Vec<WriteOp> = flows
-        .iter()
-        .step_by(5)
-        .map(|f| {
-            let mut changed = f.clone();
-            changed.mark = 5_151;
-            WriteOp::Update(changed)
-        })
-        .collect();
+    let updates = mark_updates(&flows, 5, 5_151);
     apply_in(&lab.a.ns, updates);
     let followed = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
     assert!(followed, "B's kernel no longer follows A's updates");

@@ -970,6 +970,20 @@ pub fn create_in(ns: &str, flows: Vec<Flow>) {
     );
 }
 
+/// An update of every `step`-th flow of `flows` (the first included),
+/// each given `mark`: a change every node must follow.
+pub fn mark_updates(flows: &[Flow], step: usize, mark: u32) -> Vec<WriteOp> {
+    flows
+        .iter()
+        .step_by(step)
+        .map(|f| {
+            let mut changed = f.clone();
+            changed.mark = mark;
+            WriteOp::Update(changed)
+        })
+        .collect()
+}
+
 pub fn apply_in(ns: &str, ops: Vec<WriteOp>) {
     let name = ns.to_string();
     let report = in_netns(ns, move || {

@@ -54,7 +54,7 @@ use crate::kernel::events::{EventSocket, EventSwitch};
 use crate::kernel::write::Writer;
 use crate::kernel::{KernelError, KernelEvent};
 use crate::process;
-use crate::sync::{Node, Reconciling, Replicate};
+use crate::sync::{Applied, Node, Reconciling, Replicate};
 use crate::transport::{self, Link, Received};
 use event_reader::KernelFeed;
 use kernel_worker::{Done, DumpPurpose, Job, JobSender, TableRead};
@@ -596,18 +596,25 @@ impl Daemon {
         self.node.internal().contains(key) && !self.provisional.contains(key)
     }
 
-    /// Warm standby: whether a peer's change to `key` goes into our kernel.
-    /// Not over a flow we own (our live entry stays as it is; the peer's
-    /// claim is a restarted peer's provisional one, which it withdraws);
-    /// a provisional claim of ours is withdrawn instead, and the peer's
-    /// change written.
-    fn mirrors_peer_change(&mut self, key: &FlowKey, now: u64) -> bool {
-        if !self.node.internal().contains(key) {
+    /// Warm standby: whether a peer's change goes into our kernel. Not over
+    /// a flow we own (our live entry stays as it is; the peer's claim is a
+    /// restarted peer's provisional one, which it withdraws). A peer's
+    /// create or update of a flow we hold provisionally makes us withdraw
+    /// ours, and is written. A peer's delete of a flow we hold, or of one
+    /// whose claim we withdrew within the window (both nodes restarted and
+    /// both withdrew), is the peer withdrawing its claim: our entry stays.
+    fn mirrors_peer_change(&mut self, change: &Applied, now: u64) -> bool {
+        let key = change.key();
+        if matches!(change, Applied::Delete(_)) {
+            let withdrawn = self.provisional.take_withdrawn(&key);
+            return !withdrawn && !self.node.internal().contains(&key);
+        }
+        if !self.node.internal().contains(&key) {
             return true;
         }
-        if self.provisional.settle(key) {
-            self.cd_flow_gone(key, now);
-            self.node.local_delete(key, now, self.ctsync_links);
+        if self.provisional.withdraw(&key) {
+            self.cd_flow_gone(&key, now);
+            self.node.local_delete(&key, now, self.ctsync_links);
             return true;
         }
         tracing::debug!(
@@ -829,7 +836,7 @@ impl Daemon {
         let mut changes = self.node.take_applied();
         if !changes.is_empty() {
             let now = self.now_ms();
-            changes.retain(|change| self.mirrors_peer_change(&change.key(), now));
+            changes.retain(|change| self.mirrors_peer_change(change, now));
         }
         let Some(warm) = &mut self.warm else {
             return;

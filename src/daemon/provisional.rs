@@ -25,6 +25,10 @@ pub(super) const PROVISIONAL_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(super) struct Provisional {
     keys: HashSet<FlowKey>,
+    /// Claims withdrawn for a peer's within the window. When both nodes
+    /// restarted, the peer may withdraw its claim of the same flow too:
+    /// its delete must then not remove the entry from our kernel.
+    withdrawn: HashSet<FlowKey>,
     until: Option<Instant>,
 }
 
@@ -33,7 +37,11 @@ impl Provisional {
     pub(super) fn after_start(keys: impl IntoIterator<Item = FlowKey>, until: Instant) -> Self {
         let keys: HashSet<FlowKey> = keys.into_iter().collect();
         let until = (!keys.is_empty()).then_some(until);
-        Provisional { keys, until }
+        Provisional {
+            keys,
+            withdrawn: HashSet::default(),
+            until,
+        }
     }
 
     pub(super) fn contains(&self, key: &FlowKey) -> bool {
@@ -46,10 +54,27 @@ impl Provisional {
         !self.keys.is_empty() && self.keys.remove(key)
     }
 
+    /// A peer claims a provisional flow: ours is withdrawn. Whether it was
+    /// provisional.
+    pub(super) fn withdraw(&mut self, key: &FlowKey) -> bool {
+        if !self.settle(key) {
+            return false;
+        }
+        self.withdrawn.insert(*key);
+        true
+    }
+
+    /// A peer deletes a flow: whether we withdrew our claim of it within
+    /// the window (asked once).
+    pub(super) fn take_withdrawn(&mut self, key: &FlowKey) -> bool {
+        !self.withdrawn.is_empty() && self.withdrawn.remove(key)
+    }
+
     /// Every remaining flow is ours for good: the window has passed, or
     /// the peers' caches were forgotten (`-f`, a promotion).
     pub(super) fn confirm_all(&mut self) {
         self.keys = HashSet::default();
+        self.withdrawn = HashSet::default();
         self.until = None;
     }
 
@@ -85,6 +110,26 @@ mod tests {
         assert_eq!(p.expire(start + PROVISIONAL_WINDOW), Some(1));
         assert!(!p.contains(&udp(2).key()));
         assert_eq!(p.expire(start + PROVISIONAL_WINDOW * 2), None, "once");
+    }
+
+    #[test]
+    fn a_withdrawn_claim_is_remembered_once_within_the_window() {
+        let start = Instant::now();
+        let mut p = Provisional::after_start([udp(1).key()], start + PROVISIONAL_WINDOW);
+        assert!(!p.withdraw(&udp(2).key()), "never ours");
+        assert!(!p.take_withdrawn(&udp(1).key()), "not withdrawn yet");
+        assert!(p.withdraw(&udp(1).key()));
+        assert!(!p.contains(&udp(1).key()));
+        assert!(!p.withdraw(&udp(1).key()), "once");
+        assert!(p.take_withdrawn(&udp(1).key()));
+        assert!(!p.take_withdrawn(&udp(1).key()), "asked once");
+        let mut q = Provisional::after_start([udp(3).key()], start + PROVISIONAL_WINDOW);
+        assert!(q.withdraw(&udp(3).key()));
+        assert_eq!(q.expire(start + PROVISIONAL_WINDOW), Some(0));
+        assert!(
+            !q.take_withdrawn(&udp(3).key()),
+            "forgotten with the window"
+        );
     }
 
     #[test]
