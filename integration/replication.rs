@@ -217,6 +217,27 @@ fn both_hold(lab: &Lab, n: usize) -> bool {
         && a["digests"]["internal"] == b["digests"]["external"]
 }
 
+/// `[kernel]` lines for the smallest event socket buffer, which a burst
+/// the daemon does not read overruns.
+const SMALLEST_EVENT_BUFFER: &str = "netlink_buffer = 65536\nnetlink_buffer_max = 65536";
+
+/// A and B of `spec` with the smallest event buffer, and `n` flows created
+/// in A's kernel while A's daemon is stopped (SIGSTOP): its event socket
+/// overruns.
+fn flows_created_while_a_is_stopped(spec: LabSpec, n: usize, salt: u8) -> Lab {
+    let mut lab = Lab::new(LabSpec {
+        kernel_extra: SMALLEST_EVENT_BUFFER.into(),
+        ..spec
+    });
+    lab.a.start();
+    lab.b.start();
+    let pid = lab.a.pid().expect("A runs").to_string();
+    lab::run("kill", &["-STOP", &pid]);
+    create_in(&lab.a.ns, flow_mix(n, salt, false));
+    lab::run("kill", &["-CONT", &pid]);
+    lab
+}
+
 /// N from the environment (`CTS_BURST`), 500,000 by default.
 fn burst_size() -> usize {
     std::env::var("CTS_BURST")
@@ -277,7 +298,7 @@ fn burst_of_creates_reaches_the_peer_complete_and_exact() {
 fn a_kernel_flush_is_not_replicated_even_when_its_events_overrun() {
     lab::require_test_seams();
     let n = 300_000;
-    let (_limit, lab) = burst_lab_with("netlink_buffer = 65536\nnetlink_buffer_max = 65536".into());
+    let (_limit, lab) = burst_lab_with(SMALLEST_EVENT_BUFFER.into());
     let flows: Vec<Flow> = flow_mix(n, 37, false);
     let report = in_netns(&lab.a.ns, move || {
         let mut writer = Writer::open().expect("writer");
@@ -336,18 +357,15 @@ fn a_kernel_flush_is_not_replicated_even_when_its_events_overrun() {
 #[test]
 fn a_resync_request_during_an_owed_heal_still_sends_the_differences() {
     let n = 50_000;
-    let mut lab = Lab::new(LabSpec {
-        reconcile_interval_s: 0,
-        kernel_extra: "netlink_buffer = 65536\nnetlink_buffer_max = 65536".into(),
-        sync_extra: "digest_interval_ms = 0".into(),
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start();
-    let pid = lab.a.pid().expect("A runs").to_string();
-    lab::run("kill", &["-STOP", &pid]);
-    create_in(&lab.a.ns, flow_mix(n, 41, false));
-    lab::run("kill", &["-CONT", &pid]);
+    let lab = flows_created_while_a_is_stopped(
+        LabSpec {
+            reconcile_interval_s: 0,
+            sync_extra: "digest_interval_ms = 0".into(),
+            ..LabSpec::default()
+        },
+        n,
+        41,
+    );
     lab.a.ctl_ok(&["-R"]);
     let complete = wait_until(Duration::from_secs(30), || both_hold(&lab, n));
     let a = stats(&lab.a);
@@ -369,16 +387,7 @@ fn a_resync_request_during_an_owed_heal_still_sends_the_differences() {
 #[test]
 fn an_overrun_event_socket_heals_by_re_reading_the_table() {
     let n = 50_000;
-    let mut lab = Lab::new(LabSpec {
-        kernel_extra: "netlink_buffer = 65536\nnetlink_buffer_max = 65536".into(),
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start();
-    let pid = lab.a.pid().expect("A runs").to_string();
-    lab::run("kill", &["-STOP", &pid]);
-    create_in(&lab.a.ns, flow_mix(n, 31, false));
-    lab::run("kill", &["-CONT", &pid]);
+    let lab = flows_created_while_a_is_stopped(LabSpec::default(), n, 31);
     let complete = wait_until(CONVERGE, || both_hold(&lab, n));
     let a = stats(&lab.a);
     assert!(
@@ -872,17 +881,7 @@ fn a_backup_restarted_under_warm_standby_withdraws_its_claims_at_once() {
 /// deletes nothing.
 #[test]
 fn both_daemons_restarted_under_warm_standby_keep_every_entry() {
-    let mut lab = Lab::new(LabSpec {
-        sync_extra: "warm_standby = true".into(),
-        reconcile_interval_s: 1,
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start();
-    create_in(&lab.a.ns, flow_mix(3_000, 73, false));
-    let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
-    assert!(mirrored, "B's kernel never matched A's");
-    let a_table = lab.a.kernel_table();
+    let (mut lab, _, a_table) = warm_pair_mirroring(1, 73);
     for node in [&mut lab.b, &mut lab.a] {
         node.kill(libc::SIGTERM);
         assert!(
@@ -902,7 +901,9 @@ fn both_daemons_restarted_under_warm_standby_keep_every_entry() {
     assert_eq!(lab.b.kernel_table(), a_table, "B's mirror lost entries");
 }
 
-fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
+/// A and B with warm standby on both, 3,000 flows created in A's kernel
+/// and mirrored into B's: the lab, the flows and A's table.
+fn warm_pair_mirroring(reconcile_interval_s: u32, salt: u8) -> (Lab, Vec<Flow>, Vec<String>) {
     let mut lab = Lab::new(LabSpec {
         sync_extra: "warm_standby = true".into(),
         reconcile_interval_s,
@@ -910,11 +911,16 @@ fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
     });
     lab.a.start();
     lab.b.start();
-    let flows = flow_mix(3_000, 71, false);
+    let flows = flow_mix(3_000, salt, false);
     create_in(&lab.a.ns, flows.clone());
     let mirrored = wait_until(CONVERGE, || lab.b.kernel_table() == lab.a.kernel_table());
     assert!(mirrored, "B's kernel never matched A's");
     let a_table = lab.a.kernel_table();
+    (lab, flows, a_table)
+}
+
+fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
+    let (mut lab, flows, a_table) = warm_pair_mirroring(reconcile_interval_s, 71);
 
     lab.b.kill(libc::SIGTERM);
     assert!(lab.b.wait_exit(Duration::from_secs(10)), "B did not stop");

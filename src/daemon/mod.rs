@@ -583,10 +583,10 @@ impl Daemon {
     }
 
     /// Warm standby: a flow a peer owns, written into our kernel for it.
-    /// (After `-f` the peers' caches are empty, and `-R` then takes every
-    /// flow in the kernel as ours, as a promotion wants.)
     /// A flow we hold for good (not provisionally, see `provisional`) is
-    /// ours even when a peer claims it too.
+    /// ours even when a peer claims it too. (After `-f` the peers' caches
+    /// are empty, and `-R` then takes every flow in the kernel as ours, as
+    /// a promotion wants.)
     fn is_mirrored(&self, key: &FlowKey) -> bool {
         self.warm.is_some() && self.node.holds_peer_flow(key) && !self.owns(key)
     }
@@ -613,8 +613,7 @@ impl Daemon {
             return true;
         }
         if self.provisional.withdraw(&key) {
-            self.cd_flow_gone(&key, now);
-            self.node.local_delete(&key, now, self.ctsync_links);
+            self.forget_own_flow(&key, now, true);
             return true;
         }
         tracing::debug!(
@@ -736,15 +735,20 @@ impl Daemon {
                 self.replicate_flow(&event.flow, now)
             }
             Route::Upsert { replicate: false } => self.node.local_upsert(&event.flow, now, false),
-            Route::Delete { key, replicate } => {
-                self.provisional.settle(&key);
-                if replicate {
-                    self.cd_flow_gone(&key, now);
-                }
-                self.node
-                    .local_delete(&key, now, replicate && self.ctsync_links);
-            }
+            Route::Delete { key, replicate } => self.forget_own_flow(&key, now, replicate),
         }
+    }
+
+    /// One of our flows is gone (its DESTROY, our own flush, a claim we
+    /// withdrew): out of the internal cache, and with `replicate` the
+    /// peers (and a conntrackd link) hear of it.
+    fn forget_own_flow(&mut self, key: &FlowKey, now: u64, replicate: bool) {
+        self.provisional.settle(key);
+        if replicate {
+            self.cd_flow_gone(key, now);
+        }
+        self.node
+            .local_delete(key, now, replicate && self.ctsync_links);
     }
 
     fn on_datagram(&mut self, received: Received) {
@@ -1080,8 +1084,7 @@ impl Daemon {
         }
         let now = self.now_ms();
         for key in keys {
-            self.provisional.settle(&key);
-            self.node.local_delete(&key, now, false);
+            self.forget_own_flow(&key, now, false);
         }
     }
 

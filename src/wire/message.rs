@@ -551,10 +551,10 @@ impl WireTuple {
     /// IPv6 and ICMPv6 inside IPv4 by their protocol number alone, so any
     /// host can make such entries).
     fn validate(&self, proto: u8) -> Result<(), WireError> {
-        let icmp_ok = matches!(proto, proto::ICMP | proto::ICMPV6);
+        let icmp = matches!(proto, proto::ICMP | proto::ICMPV6);
         match self.l4 {
-            WireL4::Icmp { .. } if !icmp_ok => Err(WireError::BadFlow("icmp tuple for non-icmp")),
-            WireL4::Ports { .. } | WireL4::None if matches!(proto, proto::ICMP | proto::ICMPV6) => {
+            WireL4::Icmp { .. } if !icmp => Err(WireError::BadFlow("icmp tuple for non-icmp")),
+            WireL4::Ports { .. } | WireL4::None if icmp => {
                 Err(WireError::BadFlow("icmp flow without icmp tuple"))
             }
             _ => Ok(()),
