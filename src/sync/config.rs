@@ -65,9 +65,9 @@ pub struct SyncConfig {
     pub mode: Mode,
     pub node_id: u32,
     /// UDP payload budget per datagram (path MTU minus IP/UDP headers). It
-    /// bounds what we send and what we accept: a datagram longer than this is
-    /// dropped unread (counted as "oversized"), so every node of a cluster
-    /// must be configured with the same MTU (and link address family).
+    /// bounds what we send, not what we accept: a peer configured with a
+    /// larger MTU is read up to the format's limit (and counted in
+    /// `peer_wire`), so a mismatch costs fragments, never the stream.
     pub max_payload: usize,
     /// Most unacknowledged reliable datagrams (the resend queue's bound).
     pub window: usize,

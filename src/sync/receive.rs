@@ -142,23 +142,11 @@ impl Node {
             l.recv_packets += 1;
             l.recv_bytes += bytes.len() as u64;
         }
-        // No peer of ours sends more than the path MTU allows (the same on
-        // every node): don't spend a decode on it.
-        if bytes.len() > self.cfg.max_payload {
-            self.stats.malformed.count(DropReason::Oversized);
-            // Whose MTU differs from ours, if the header names a known peer.
-            if let Ok(h) = Header::parse(bytes) {
-                if self.peers.peers.contains_key(&h.node_id) {
-                    let wire = self.stats.peer_wire.entry(h.node_id).or_default();
-                    wire.oversized += 1;
-                    wire.largest_datagram = wire.largest_datagram.max(bytes.len() as u64);
-                }
-            }
-            if let Some(l) = self.stats.links.get_mut(link) {
-                l.errors += 1;
-            }
-            return None;
-        }
+        // A peer whose `sync.mtu` (or first link's family) differs from ours
+        // sends larger datagrams than we do. They are read all the same, up
+        // to the format's limit: dropping them would stall its FTFW stream
+        // for good, its resends being the same size. `peer_wire` counts
+        // them for `ctsyncd doctor`.
         // Who it claims to be is in clear: refuse our own node id (a
         // reflection of our own datagrams) and ids the link does not accept
         // before the gate keeps any state for them.
@@ -260,6 +248,9 @@ impl Node {
         }
         let wire = self.stats.peer_wire.entry(sender).or_default();
         wire.largest_datagram = wire.largest_datagram.max(wire_len);
+        if wire_len > self.cfg.max_payload as u64 {
+            wire.oversized += 1;
+        }
         wire.acks_nacks += messages
             .iter()
             .filter(|m| matches!(m, Message::Ack { .. } | Message::Nack { .. }))

@@ -104,14 +104,14 @@ pub struct SyncStats {
 }
 
 /// What one peer's datagrams look like on the wire: a peer with a larger
-/// `sync.mtu` sends datagrams we drop unread, and only FTFW nodes send
-/// acknowledgements.
+/// `sync.mtu` sends datagrams larger than ours (read all the same), and
+/// only FTFW nodes send acknowledgements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PeerWire {
     /// The largest datagram received from it (as sent: sealed, with keys).
     pub largest_datagram: u64,
-    /// Datagrams over our `max_payload` whose header named it (dropped
-    /// unread, so the name is unauthenticated).
+    /// Its datagrams longer than our own `max_payload`: read, since the
+    /// format allows them, but a sign its `sync.mtu` differs from ours.
     pub oversized: u64,
     /// FTFW acknowledgements (Ack and Nack messages) it sent, whoever they
     /// were for, in any mode of ours.
@@ -128,7 +128,7 @@ pub enum DropReason {
     BadVersion,
     BadHeader,
     BadLength,
-    /// Longer than our `max_payload` (never decoded), or than the format's.
+    /// Longer than the format allows (65,507 bytes; never decoded).
     Oversized,
     BadBody,
     BadFlow,

@@ -239,20 +239,24 @@ fn mode_name(m: SyncMode) -> &'static str {
     }
 }
 
-/// A peer with a larger `sync.mtu` sends datagrams we drop unread.
+/// A peer with a larger `sync.mtu` sends datagrams larger than ours: read,
+/// but fragmented, or lost where the path's MTU is ours.
 fn peer_mtu(d: &DaemonFacts, s: &Settings) -> Vec<Finding> {
     d.peers
         .iter()
         .map(|p| {
             let seen = format!(
-                "peer node {}: largest datagram {} bytes, {} over our limit of {} (sync.mtu {})",
+                "peer node {}: largest datagram {} bytes, {} over our own size of {} (sync.mtu {})",
                 p.node_id, p.largest_datagram, p.oversized, s.max_payload, s.mtu
             );
             if p.oversized > 0 {
                 Finding::new(
                     "peer_mtu",
-                    Severity::Critical,
-                    format!("peer node {} sends datagrams larger than this node accepts: they are dropped", p.node_id),
+                    Severity::Warning,
+                    format!(
+                        "peer node {} sends datagrams larger than this node's: they fragment, or are lost if the path's MTU is this node's",
+                        p.node_id
+                    ),
                 )
                 .seen(seen)
                 .fix(format!("sync.mtu must be the same on every node (this node: {})", s.mtu))
@@ -426,6 +430,6 @@ mod tests {
         d.peers[0].oversized = 2;
         d.peers[0].largest_datagram = 8000;
         let f = run(healthy(), d, SyncMode::Ftfw);
-        assert_eq!(worst(&f, "peer_mtu"), Severity::Critical);
+        assert_eq!(worst(&f, "peer_mtu"), Severity::Warning);
     }
 }
