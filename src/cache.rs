@@ -48,6 +48,11 @@ pub enum Upsert {
     Updated,
     /// The same flow was already cached; only the timestamps moved.
     Unchanged,
+    /// A flow the wire format's checks refuse (`WireFlow::validate`): not
+    /// cached (an earlier state stays as it was: the caller decides), so
+    /// never sent. A receiver refuses a datagram holding such a flow
+    /// whole, and FTFW would resend it for ever.
+    Refused,
 }
 
 /// Counters in the layout of conntrackd's `cache internal:` block.
@@ -560,7 +565,12 @@ impl FlowCache {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.push(0);
-        let key_len = compact::put_flow(&mut scratch, &WireFlow::from(flow));
+        let wire = WireFlow::from(flow);
+        if wire.validate().is_err() {
+            self.scratch = scratch;
+            return (Upsert::Refused, false);
+        }
+        let key_len = compact::put_flow(&mut scratch, &wire);
         // A key is at most compact::MAX_KEY_LEN bytes.
         scratch[0] = key_len as u8;
         let key = &scratch[1..1 + key_len];

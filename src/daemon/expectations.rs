@@ -19,6 +19,7 @@
 
 use super::kernel_worker::Job;
 use super::{failure, success, Daemon};
+use crate::cache::Upsert;
 use crate::control::{self, Reply};
 use crate::expect::{ExpectKey, Expectation};
 use crate::expect_cache::ExpectEntry;
@@ -232,19 +233,28 @@ impl Daemon {
         }
     }
 
+    /// One the wire's checks refuse goes to no peer, the conntrackd
+    /// link's included (its catch-up would take it for gone).
     fn replicate_expectation(&mut self, e: Expectation) {
         let now = self.now_ms();
-        self.cd_expect(&e);
         let replicate = self.ctsync_links;
-        self.node.local_expect_upsert(e, now, replicate);
+        let copy = self.cd.is_some().then(|| e.clone());
+        if self.node.local_expect_upsert(e, now, replicate) == Upsert::Refused {
+            return;
+        }
+        if let Some(e) = copy {
+            self.cd_expect(&e);
+        }
     }
 
     /// A local flow change for every peer: ctsync's (when a link speaks
     /// it) and the conntrackd link's, at the owner's `now` (milliseconds).
+    /// One the wire's checks refuse goes to none.
     pub(super) fn replicate_flow(&mut self, flow: &Flow, now: u64) {
-        self.cd_flow(flow, now);
         let replicate = self.ctsync_links;
-        self.node.local_upsert(flow, now, replicate);
+        if self.node.local_upsert(flow, now, replicate) != Upsert::Refused {
+            self.cd_flow(flow, now);
+        }
     }
 
     /// The helper that made `e` may have rewritten its master's payload

@@ -606,8 +606,13 @@ impl Daemon {
     fn mirrors_peer_change(&mut self, change: &Applied, now: u64) -> bool {
         let key = change.key();
         if matches!(change, Applied::Delete(_)) {
+            // Not while we hold it, nor while another peer does (each
+            // holding it as its own, as after the traffic moved between
+            // them): the entry is still that peer's.
             let withdrawn = self.provisional.take_withdrawn(&key);
-            return !withdrawn && !self.node.internal().contains(&key);
+            return !withdrawn
+                && !self.node.internal().contains(&key)
+                && !self.node.holds_peer_flow(&key);
         }
         if !self.node.internal().contains(&key) {
             return true;
@@ -734,8 +739,33 @@ impl Daemon {
                 self.provisional.settle(&event.flow.key());
                 self.replicate_flow(&event.flow, now)
             }
-            Route::Upsert { replicate: false } => self.node.local_upsert(&event.flow, now, false),
+            Route::Upsert { replicate: false } => {
+                self.node.local_upsert(&event.flow, now, false);
+            }
             Route::Delete { key, replicate } => self.forget_own_flow(&key, now, replicate),
+        }
+    }
+
+    /// An event seen while the table was read, applied again once the
+    /// comparison is done: the dump may be older than it, so the internal
+    /// cache (and, through it, the peers after a heal) must end in the
+    /// event's state. Everything else it caused (counters, warm standby's
+    /// restore, provisional claims, the conntrackd link) happened when it
+    /// arrived, and must not happen twice: a second restore rewrote a
+    /// live mirrored entry.
+    fn reapply_event(&mut self, event: &mut KernelEvent, now: u64) {
+        match routing::route(event, &self.origins, &*self, |f| self.filter.accepts(f)) {
+            Route::Ignore | Route::Nothing | Route::RestoreMirrored(_) => {}
+            Route::Upsert { replicate } => {
+                let replicate = replicate && self.ctsync_links;
+                self.node.local_upsert(&event.flow, now, replicate);
+            }
+            Route::Delete { key, replicate } => {
+                if self.node.internal().contains(&key) {
+                    let replicate = replicate && self.ctsync_links;
+                    self.node.local_delete(&key, now, replicate);
+                }
+            }
         }
     }
 
@@ -1049,7 +1079,13 @@ impl Daemon {
         let report = self.node.reconcile_finish(run, now);
         let flushed = std::mem::take(&mut self.flushed_during_read);
         self.forget_flushed(flushed);
+        let now = self.now_ms();
+        for mut event in replay {
+            self.reapply_event(&mut event, now);
+        }
         if heal {
+            // Against the cache as the replay left it: the dump's older
+            // states must not reach the conntrackd peer.
             self.cd_catch_up();
         }
         let duration_ms = self
@@ -1061,10 +1097,6 @@ impl Daemon {
             ?report,
             "internal cache reconciled with the kernel table"
         );
-        let now = self.now_ms();
-        for mut event in replay {
-            self.apply_event(&mut event, now);
-        }
         // The expectations now, against the whole table (one is ours when
         // its master is); `-R`'s clients hear back once they are in too.
         self.read_expectations(heal, clients);

@@ -58,6 +58,7 @@ pub fn sync_rows(s: &SyncStats) -> Vec<Row> {
         ("backlog_drops", "ctsync_sync_backlog_drops_total", "Times the backlog was dropped while no peer was alive (the next peer gets a bulk).", s.backlog_drops),
         ("backlog_dropped_items", "ctsync_sync_backlog_dropped_items_total", "Queued items dropped by the backlog bounds (-s queue: not enough space errors).", s.backlog_dropped_items),
         ("send_queue_drops", "ctsync_sync_send_queue_drops_total", "Times the send queue outgrew send_queue_max and was dropped (peers get a bulk).", s.send_queue_drops),
+        ("unsendable", "ctsync_sync_unsendable_total", "Times one of our flows or expectations was refused by the wire format's checks (never cached or sent).", s.unsendable),
     ]
 }
 

@@ -331,7 +331,9 @@ impl Sim {
                 self.changes += 1;
                 if let Some(node) = host.node.as_mut() {
                     match change {
-                        super::workload::Change::Upsert(f) => node.local_upsert(&f, now, true),
+                        super::workload::Change::Upsert(f) => {
+                            node.local_upsert(&f, now, true);
+                        }
                         super::workload::Change::Delete(k) => node.local_delete(&k, now, true),
                     }
                 }

@@ -188,7 +188,8 @@ impl Views {
                     match change {
                         Upsert::Created => self.applied.push(Applied::Created(flow)),
                         Upsert::Updated => self.applied.push(Applied::Updated(flow)),
-                        Upsert::Unchanged => {}
+                        // Decoded flows were validated: not refused.
+                        Upsert::Unchanged | Upsert::Refused => {}
                     }
                 }
             }

@@ -62,6 +62,9 @@ pub(crate) struct ExpectTx {
     refreshed_ms: u64,
     /// When the queue last became non-empty.
     waiting_since: Option<u64>,
+    /// Expectations the wire format's checks refused (never cached or
+    /// sent).
+    pub refused: u64,
 }
 
 /// Expectations wait for the flows queued before them (their masters) at
@@ -111,8 +114,19 @@ impl ExpectTx {
 
     /// A kernel NEW (or a re-read's); queued for peers when it changed and
     /// `replicate`.
+    ///
+    /// One the wire format's checks refuse is not cached (`Refused`, and an
+    /// earlier state of it is dropped): a receiver would refuse its
+    /// datagram whole.
     pub fn upsert(&mut self, e: Expectation, now_ms: u64, replicate: bool) -> Upsert {
         let key = e.key();
+        if crate::wire::validate_expectation(&e).is_err() {
+            self.refused += 1;
+            if self.cache.contains(&key) {
+                self.delete(&key, replicate);
+            }
+            return Upsert::Refused;
+        }
         let what = self.cache.upsert(e, now_ms, true);
         if replicate && what != Upsert::Unchanged {
             self.push_key(key);
@@ -143,7 +157,7 @@ impl ExpectTx {
             match self.upsert(e, now_ms, replicate) {
                 Upsert::Created => report.added += 1,
                 Upsert::Updated => report.changed += 1,
-                Upsert::Unchanged => {}
+                Upsert::Unchanged | Upsert::Refused => {}
             }
         }
         for key in self.cache.sweep_older_than(generation) {
@@ -337,7 +351,7 @@ impl ExpectViews {
                     match what {
                         Upsert::Created => self.applied.push(AppliedExpect::Created(e)),
                         Upsert::Updated => self.applied.push(AppliedExpect::Updated(e)),
-                        Upsert::Unchanged => {}
+                        Upsert::Unchanged | Upsert::Refused => {}
                     }
                 }
             }

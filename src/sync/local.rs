@@ -31,11 +31,17 @@ pub(crate) struct Local {
     pub cache: FlowCache,
     /// ALARM: the walk that re-sends every flow once per period.
     pub refresh: Option<RefreshCursor>,
+    /// Flows the wire format's checks refused (never cached or sent).
+    pub refused: u64,
 }
 
 impl Local {
     pub fn new(cache: FlowCache, refresh: Option<RefreshCursor>) -> Local {
-        Local { cache, refresh }
+        Local {
+            cache,
+            refresh,
+            refused: 0,
+        }
     }
 
     /// Cache one of our flows; with `replicate`, queue it if it changed
@@ -43,6 +49,13 @@ impl Local {
     pub fn upsert(&mut self, flow: &Flow, now_ms: u64, replicate: bool, tx: &mut Sender) -> Upsert {
         let key = flow.key();
         let (what, queue) = self.cache.upsert_and_mark(flow, now_ms, replicate);
+        if what == Upsert::Refused {
+            self.refused += 1;
+            // An earlier, valid state must not stay as if it were current.
+            if self.cache.contains(&key) {
+                self.delete(&key, replicate, tx);
+            }
+        }
         if what == Upsert::Created {
             if let Some(r) = self.refresh.as_mut() {
                 r.insert(key);
@@ -132,6 +145,7 @@ impl Local {
                 Upsert::Created => report.added += 1,
                 Upsert::Updated => report.changed += 1,
                 Upsert::Unchanged => report.unchanged += 1,
+                Upsert::Refused => {}
             }
         }
     }

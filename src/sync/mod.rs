@@ -336,9 +336,17 @@ impl Node {
 
     /// A kernel NEW/UPDATE. `replicate = false`: our own commit's echo; cache
     /// it without sending.
-    pub fn local_upsert(&mut self, flow: &Flow, now_ms: u64, replicate: bool) {
+    pub fn local_upsert(&mut self, flow: &Flow, now_ms: u64, replicate: bool) -> Upsert {
         self.tick(now_ms);
-        self.local.upsert(flow, now_ms, replicate, &mut self.tx);
+        let what = self.local.upsert(flow, now_ms, replicate, &mut self.tx);
+        self.count_unsendable();
+        what
+    }
+
+    /// `stats.unsendable`: what the wire format's checks kept out of our
+    /// caches (flows and expectations).
+    fn count_unsendable(&mut self) {
+        self.stats.unsendable = self.local.refused + self.expects.refused;
     }
 
     /// Does a peer's cache hold this flow?
@@ -390,6 +398,7 @@ impl Node {
         let holds_peer_flow = |key: &FlowKey| caches.values().any(|c| c.contains(key));
         self.local
             .reconcile_chunk(run, kernel, now_ms, holds_peer_flow, &mut self.tx);
+        self.count_unsendable();
     }
 
     /// The whole dump was compared: what it lacked is gone.
@@ -514,7 +523,9 @@ impl Node {
     pub fn local_expect_upsert(&mut self, e: Expectation, now_ms: u64, replicate: bool) -> Upsert {
         self.tick(now_ms);
         let replicate = replicate && self.cfg.expectations;
-        self.expects.upsert(e, now_ms, replicate)
+        let what = self.expects.upsert(e, now_ms, replicate);
+        self.count_unsendable();
+        what
     }
 
     /// A kernel expectation DESTROY.
@@ -534,7 +545,9 @@ impl Node {
     ) -> ExpectReconcile {
         self.tick(now_ms);
         let replicate = replicate && self.cfg.expectations;
-        self.expects.reconcile(dump, now_ms, replicate)
+        let report = self.expects.reconcile(dump, now_ms, replicate);
+        self.count_unsendable();
+        report
     }
 
     /// Our expectations.

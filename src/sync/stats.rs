@@ -97,6 +97,12 @@ pub struct SyncStats {
     /// Times the send queue held more than `send_queue_max` keys and was
     /// dropped (the peers get a bulk instead: nothing is lost).
     pub send_queue_drops: u64,
+    /// Times one of our flows or expectations was refused by the wire
+    /// format's checks (each event and each re-read of it counts): it is
+    /// kept out of the internal cache and sent to no peer (a datagram
+    /// holding it would be refused whole, and FTFW would resend it for
+    /// ever).
+    pub unsendable: u64,
     pub links: Vec<LinkStats>,
     /// Per known peer (by node id): what its datagrams look like on the
     /// wire, for `ctsyncd doctor` (a peer whose MTU or mode differs).

@@ -2116,6 +2116,80 @@ fn icmp_tuples_of_the_other_family_travel_and_stall_nothing() {
     assert_eq!(b.stats().malformed.total(), 0);
 }
 
+/// A flow of ours the receivers' checks would refuse (none the kernel is
+/// known to make; the ICMP case above once was one) is kept out of the
+/// internal cache: sent, its datagram would be refused whole and resent for
+/// ever, and every later change would wait behind it. An earlier valid
+/// state of it is dropped; re-reads refuse it too, and expectations
+/// likewise.
+#[test]
+fn a_flow_the_wire_refuses_is_never_cached_or_sent_and_stalls_nothing() {
+    let mut sim = Sim::new(7, vec![cfg(1), cfg(2)]);
+    sim.run_until(1000);
+    // TCP with an ICMP tuple; a reply tuple of the other family; a helper
+    // name past the format's bound.
+    let mut tcp_with_icmp_tuple = Flow::new(Tuple {
+        src: "198.18.0.1".parse().unwrap(),
+        dst: "198.18.0.2".parse().unwrap(),
+        proto: proto::TCP,
+        l4: L4::Icmp {
+            kind: 8,
+            code: 0,
+            id: 7,
+        },
+    });
+    tcp_with_icmp_tuple.status = status::CONFIRMED;
+    let mut rng = Rng(12);
+    let mut mixed_families = flow_for(&mut rng, 0);
+    mixed_families.reply.src = "2001:db8::9".parse().unwrap();
+    // This one was cached and sent in a valid state first: that state
+    // must not stay, here or at the peer, as if it were current.
+    let was_valid = flow_for(&mut rng, 5);
+    let now = sim.now;
+    sim.node(0).local_upsert(&was_valid, now, true);
+    sim.run_until(now + 500);
+    let b = sim.nodes[1].as_ref().unwrap();
+    assert!(b.external()[&1].contains(&was_valid.key()));
+    let now = sim.now;
+    let mut long_helper = was_valid.clone();
+    long_helper.helper = Some("h".repeat(crate::wire::MAX_HELPER_LEN + 1));
+    let refused = [tcp_with_icmp_tuple, mixed_families, long_helper];
+    for f in &refused {
+        sim.node(0).local_upsert(f, now, true);
+    }
+    let after: Vec<Flow> = (1..51)
+        .map(|slot| flow_for(&mut rng, slot * 5 + 1))
+        .collect();
+    for f in &after {
+        sim.node(0).local_upsert(f, now + 1, true);
+    }
+    // A re-read finding them refuses them again.
+    let mut dump = after.clone();
+    dump.extend(refused.iter().cloned());
+    let report = sim
+        .node(0)
+        .reconcile_internal(dump, now + 2, Replicate::Differences);
+    assert_eq!(report.added, 0, "{report:?}");
+    let mut odd_expectation = crate::expect::test_expectations::ftp(2000);
+    odd_expectation.helper = Some("h".repeat(crate::wire::MAX_HELPER_LEN + 1));
+    let what = sim
+        .node(0)
+        .local_expect_upsert(odd_expectation, now + 2, true);
+    assert_eq!(what, crate::cache::Upsert::Refused);
+    sim.run_until(now + 3_000);
+    let b = sim.nodes[1].as_ref().unwrap();
+    let view = b.external().get(&1).expect("B's view of A");
+    for f in &after {
+        assert_eq!(view.flow(&f.key()).as_ref(), Some(f), "{:?}", f.orig);
+    }
+    assert_eq!(view.len(), after.len());
+    assert_eq!(b.stats().malformed.total(), 0);
+    let a = sim.nodes[0].as_ref().unwrap();
+    assert_eq!(a.internal().len(), after.len());
+    assert!(a.internal_expectations().is_empty());
+    assert_eq!(a.stats().unsendable, 7);
+}
+
 /// `-f internal` (or the purge `-t` schedules) while a full bulk of ours is
 /// still going out: the flows not yet sent are dropped with the rest of
 /// the queue, and so must be the bulk's end, or the peer, finding them

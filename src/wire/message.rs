@@ -154,7 +154,7 @@ pub const MAX_EXPECTFN_LEN: usize = 32;
 
 /// Semantic checks of an expectation bincode cannot make: one address
 /// family in every tuple, ICMP ids only for ICMP, bounded names.
-fn validate_expectation(e: &Expectation) -> Result<(), WireError> {
+pub fn validate_expectation(e: &Expectation) -> Result<(), WireError> {
     let v6 = e.tuple.src.is_ipv6();
     let tuples = [&e.master, &e.tuple, &e.mask];
     let nat = e.nat.as_ref().map(|n| &n.tuple);

@@ -16,9 +16,10 @@ pub use header::{
     MAX_DATAGRAM, TAG_LEN, VERSION,
 };
 pub use message::{
-    decode_body, encode_message, encode_message_into, Message, RangeSum, WireAddrs, WireEnd,
-    WireFlow, WireKey, WireL4, WireMaster, WireRelated, WireSeqAdj, WireState, WireTail, WireTuple,
-    MAX_EXPECTFN_LEN, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, RANGES, UPSERT_VARIANT,
+    decode_body, encode_message, encode_message_into, validate_expectation, Message, RangeSum,
+    WireAddrs, WireEnd, WireFlow, WireKey, WireL4, WireMaster, WireRelated, WireSeqAdj, WireState,
+    WireTail, WireTuple, MAX_EXPECTFN_LEN, MAX_HELPER_LEN, MAX_LABELS_LEN, MAX_MESSAGES, RANGES,
+    UPSERT_VARIANT,
 };
 
 /// The largest UDP payload for a 1500-byte MTU over IPv4 (1500 - 20 - 8).
