@@ -728,6 +728,49 @@ fn a_restart_of_either_side_resyncs() {
     );
 }
 
+/// conntrackd restarted without StartupResync (its default), and nothing
+/// of ours changing afterwards: its first HELLO gets our whole table all
+/// the same, so a failover to it keeps our idle connections. (conntrackd
+/// itself sends nothing to a restarted peer; nor did ctsyncd before.)
+#[test]
+fn a_conntrackd_restarted_without_startup_resync_gets_our_flows() {
+    let mut pair = Pair::new(&Setup::new("Mode FTFW { }", "ftfw"));
+    pair.start();
+    let us_ns = pair.us.ns.clone();
+    for args in inserts(US.0, US.1) {
+        conntrack_i(&pair, &us_ns, &args);
+    }
+    let ours_in_cd = |pair: &Pair| {
+        let text = pair.cd(&["-e", "ct"]);
+        flow_sources(US.0)[..5]
+            .iter()
+            .all(|s| text.contains(&format!("src={s} ")))
+    };
+    assert!(
+        wait_until(WAIT, || ours_in_cd(&pair)),
+        "first sync to conntrackd"
+    );
+    let restarts = |pair: &Pair| {
+        pair.stats()["conntrackd_link"]["peer_restarts"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = restarts(&pair);
+    pair.stop_conntrackd();
+    pair.start_conntrackd();
+    assert!(
+        wait_until(WAIT, || ours_in_cd(&pair)),
+        "conntrackd restarted: -e ct lacks ours:\n{}",
+        pair.cd(&["-e", "ct"])
+    );
+    assert_eq!(restarts(&pair), before + 1);
+    let cd_link = &pair.stats()["conntrackd_link"];
+    assert_eq!(
+        cd_link["resync_requests"], 0,
+        "conntrackd asked for a resync: the test proves nothing"
+    );
+}
+
 /// 20% of the datagrams lost each way (after the handshake): FTFW's NACKs
 /// and resends bring every flow through, both ways.
 #[test]

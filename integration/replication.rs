@@ -1025,6 +1025,64 @@ fn warm_standby_keeps_a_flow_one_peer_deleted_while_another_holds_it() {
     );
 }
 
+/// A quiet commit's flows (written with events paused) are found by the
+/// table read that follows it and cached as our own, not sent back to the
+/// peer they came from, however long that read takes. The read used to
+/// judge by the time it finished: past `OWN_WRITES_MEMORY` (10 s; 1 ms
+/// here through a test-build variable, as a read of several million flows
+/// outlasts 10 s) every committed flow went back to the peer at once.
+/// Digests are slowed so that they cannot send them either.
+#[test]
+fn a_quiet_commit_is_not_sent_back_when_the_read_after_it_is_slow() {
+    // The variable that shortens the memory exists only in test builds.
+    lab::require_test_seams();
+    let n = 20_000;
+    let mut lab = Lab::new(LabSpec {
+        reconcile_interval_s: 0,
+        sync_extra: "digest_interval_ms = 600000".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start_with_env(&[("CTSYNC_TEST_OWN_WRITES_MS", "1")]);
+    create_in(&lab.a.ns, flow_mix(n, 39, false));
+    let synced = wait_until(CONVERGE, || stats(&lab.b)["external"]["active"] == n);
+    assert!(synced, "B never held A's {n} flows");
+    // A's start-up request for B's table answered (B's bulk, empty): a
+    // later one would bring A the committed flows as B's, echo or not.
+    let settled = wait_until(CONVERGE, || {
+        stats(&lab.a)["sync"]["bulks_received"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(settled, "A never had B's start-up bulk");
+    let reads = |s: &Value| s["kernel"]["table_reads"].as_u64().unwrap_or(0);
+    let reads_before = reads(&stats(&lab.b));
+    lab.b.ctl_ok(&["-c"]);
+    assert!(
+        stats(&lab.b)["commit"]["ok"].as_u64().unwrap_or(0) >= n as u64,
+        "the commit wrote too little"
+    );
+    // B's read after the commit has compared: the committed flows are in
+    // its internal cache.
+    let cached = wait_until(CONVERGE, || {
+        let s = stats(&lab.b);
+        reads(&s) > reads_before && s["internal"]["active"] == n
+    });
+    assert!(
+        cached,
+        "B never cached the committed flows{}",
+        lab.b.log_tail()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lab.a.cache_json("-e").len(),
+        0,
+        "B sent the committed flows back to A: {}",
+        stats(&lab.b)["sync"]
+    );
+}
+
 /// Entries in `node`'s kernel table.
 fn kernel_count(node: &Node) -> usize {
     let out = node.exec("conntrack", &["-C"]);

@@ -308,6 +308,9 @@ pub struct CdLinkBlock {
     /// Messages received with HELLO (the peer is new or restarted, and says
     /// so until our HELLO_BACK reaches it).
     pub hellos_received: u64,
+    /// FTFW: starts and restarts of the peer seen (a run of HELLO
+    /// messages, counted as it ends), each answered with our whole table.
+    pub peer_restarts: u64,
     /// Objects and controls resent because the peer nacked them (FTFW).
     pub resent_on_nack: u64,
     /// Resyncs the peer asked for (its `-n` or StartupResync).

@@ -84,8 +84,14 @@ pub struct CdStats {
     pub nacked: u64,
     /// Resend queue entries dropped when it was full.
     pub rs_overflow: u64,
-    /// Peer restarts seen (a HELLO).
+    /// Messages received with HELLO (the peer says it until our
+    /// HELLO_BACK reaches it).
     pub hellos: u64,
+    /// FTFW: peer starts and restarts seen (a run of HELLO messages, counted
+    /// as it ends), each answered with a bulk: a restarted conntrackd
+    /// without StartupResync would otherwise hear only of the flows that
+    /// change from then on.
+    pub peer_restarts: u64,
 }
 
 impl CdStats {
@@ -155,6 +161,8 @@ pub struct CdNode {
     window: u32,
     hello: Hello,
     say_hello_back: bool,
+    /// The peer's last message carried HELLO (a run of them is one start).
+    peer_saying_hello: bool,
     alive_at: u64,
     /// ALARM: (deadline, key) and each key's deadline.
     timers: BTreeSet<(u64, Key)>,
@@ -186,6 +194,7 @@ impl CdNode {
             window: cfg.ack_window,
             hello: Hello::Init,
             say_hello_back: false,
+            peer_saying_hello: false,
             alive_at: now_ms + ALIVE_MS,
             timers: BTreeSet::new(),
             timer_of: HashMap::new(),
@@ -202,9 +211,10 @@ impl CdNode {
         &self.cfg
     }
 
-    /// The peer's resync requests so far (without copying `stats`).
-    pub fn resync_requests(&self) -> u64 {
-        self.stats.resync_requests
+    /// The bulks the peer was owed so far, for a resync request or for
+    /// its (re)start (without copying `stats`).
+    pub fn bulks_owed(&self) -> u64 {
+        self.stats.resync_requests + self.stats.peer_restarts
     }
 
     pub fn stats(&self) -> CdStats {
@@ -755,8 +765,19 @@ impl CdNode {
                 self.ack_from = h.seq;
             }
             self.rs_clear();
+            self.peer_saying_hello = true;
             SeqClass::InSync
         } else {
+            if self.peer_saying_hello {
+                // The peer (re)started, its external cache empty, and has
+                // our HELLO_BACK: send it everything, as a resync request
+                // would. Not before: each of its HELLO messages empties
+                // our resend queue, and what it lost of the bulk then
+                // could not be sent again.
+                self.peer_saying_hello = false;
+                self.stats.peer_restarts += 1;
+                self.send_bulk();
+            }
             self.rx.classify(h.seq)
         };
         match class {
@@ -827,7 +848,11 @@ impl CdNode {
             }
             Some(Control::Resync) => {
                 self.stats.resync_requests += 1;
-                self.send_bulk();
+                // A request made while the peer still says HELLO (its
+                // StartupResync) is answered as the run ends, with it.
+                if !self.peer_saying_hello {
+                    self.send_bulk();
+                }
                 Verdict::Ctl
             }
             Some(Control::Alive) => Verdict::Ctl,

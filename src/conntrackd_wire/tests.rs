@@ -1029,6 +1029,30 @@ fn ftfw_peer_restart_with_hello_is_accepted() {
     assert!(p.b.stats().hellos >= 2);
 }
 
+/// The peer restarts (a conntrackd without StartupResync, its external
+/// cache empty) and nothing changes here afterwards: its first HELLO gets
+/// everything we hold all the same, once per restart.
+#[test]
+fn ftfw_a_restarted_peer_gets_our_whole_table() {
+    let mut p = Pair::new(CdMode::Ftfw, 0);
+    for port in 1..4 {
+        p.a.local_flow(captured_flow_port(port), 0);
+    }
+    for _ in 0..5 {
+        p.step(500);
+    }
+    assert_eq!(p.ext_b.len(), 3);
+    let restarts = p.a.stats().peer_restarts;
+    p.b = CdNode::new(*p.b.config(), 1_600_000_000, p.now);
+    p.ext_b.clear();
+    for _ in 0..5 {
+        p.step(500);
+    }
+    assert_eq!(p.ext_b.len(), 3, "the restarted peer lacks our flows");
+    assert_eq!(p.a.stats().peer_restarts, restarts + 1);
+    assert!(p.a.stats().hellos > 1);
+}
+
 #[test]
 fn resend_queue_is_bounded_and_evicts_the_oldest() {
     let mut n = CdNode::new(

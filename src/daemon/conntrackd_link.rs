@@ -205,6 +205,7 @@ impl CdLink {
             lost: s.lost,
             before: s.before,
             hellos_received: s.hellos,
+            peer_restarts: s.peer_restarts,
             resent_on_nack: s.nacked,
             resync_requests: s.resync_requests,
             resend_queue: self.node.resend_queue_len() as u64,
@@ -441,7 +442,7 @@ impl Daemon {
             return;
         }
         cd.heard_ms = Some(now);
-        let resyncs = cd.node.resync_requests();
+        let owed = cd.node.bulks_owed();
         let changes = cd.node.on_datagram(&received.bytes, now);
         let mut msgs = Vec::with_capacity(changes.len());
         for change in changes {
@@ -451,13 +452,13 @@ impl Daemon {
             }
         }
         let peer = cd.peer_id;
-        // The peer asked for a resync (its `-n`, or its start): the link
-        // answered from its own record; the internal cache completes it
-        // (see `cd_bulk`).
+        // The peer asked for a resync (its `-n`, or its StartupResync) or
+        // (re)started: the link answered from its own record; the internal
+        // cache completes it (see `cd_bulk`).
         let due = cd
             .refilled_ms
             .is_none_or(|at| now >= at.saturating_add(REFILL_EVERY_MS));
-        if cd.node.resync_requests() != resyncs && due {
+        if cd.node.bulks_owed() != owed && due {
             cd.refilled_ms = Some(now);
             self.cd_refill();
         }

@@ -143,6 +143,21 @@ enum CommitPhase {
     Finished { own_writes_until: Instant },
 }
 
+/// The table read a quiet commit (events paused while it wrote) owes:
+/// until one started after it has been compared, however long it takes,
+/// the commit's writes are remembered as our own too, or that read would
+/// send the committed flows back to the peers as ours. A later commit
+/// that needs no read does not cancel it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PostCommitRead {
+    /// None owed, or it has been compared.
+    Done,
+    /// Not started yet.
+    Owed,
+    /// Started after the commit; done once compared.
+    Running,
+}
+
 /// Whether the kernel table is being read (on the worker) or compared with
 /// the internal cache (here, a chunk per turn of the loop); the events
 /// seen meanwhile are replayed on the result, in order.
@@ -210,6 +225,7 @@ struct Daemon {
     /// be a peer's mirror (see `provisional`).
     provisional: Provisional,
     commit: CommitPhase,
+    post_commit_read: PostCommitRead,
     /// Flows the running commit has written so far (the kernel worker
     /// counts).
     commit_progress: Arc<AtomicU64>,
@@ -370,6 +386,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         warm,
         provisional: Provisional::default(),
         commit: CommitPhase::Idle,
+        post_commit_read: PostCommitRead::Done,
         commit_progress,
         events_switch,
         events_paused: false,
@@ -628,13 +645,15 @@ impl Daemon {
         false
     }
 
-    /// A commit runs or ended within `OWN_WRITES_MEMORY`: a re-read of the
-    /// table then takes a flow a peer's cache holds for one the commit
-    /// wrote (`Replicate::DifferencesButPeerFlows`), so that the committed
-    /// flows (events are paused during a large commit) are not sent back.
-    /// (The peers' caches answer that without a set of a million keys.)
+    /// A commit runs or ended within `OWN_WRITES_MEMORY`, or a quiet
+    /// commit's read has not been compared yet (`PostCommitRead`): a
+    /// re-read of the table then takes a flow a peer's cache holds for one
+    /// the commit wrote (`Replicate::DifferencesButPeerFlows`), so that the
+    /// committed flows (events are paused during a large commit) are not
+    /// sent back. (The peers' caches answer that without a set of a
+    /// million keys.)
     fn remembers_own_writes(&self) -> bool {
-        self.commit != CommitPhase::Idle
+        self.commit != CommitPhase::Idle || self.post_commit_read != PostCommitRead::Done
     }
 
     /// A table read is being read or compared.
@@ -926,6 +945,9 @@ impl Daemon {
             }
             None => None,
         };
+        if self.post_commit_read == PostCommitRead::Owed {
+            self.post_commit_read = PostCommitRead::Running;
+        }
         self.table_read = TableReadState::Running { replay: Vec::new() };
         self.table_read_started = Some(Instant::now());
         self.kernel_counters.table_reads += 1;
@@ -1087,6 +1109,9 @@ impl Daemon {
             // Against the cache as the replay left it: the dump's older
             // states must not reach the conntrackd peer.
             self.cd_catch_up();
+        }
+        if self.post_commit_read == PostCommitRead::Running {
+            self.post_commit_read = PostCommitRead::Done;
         }
         let duration_ms = self
             .table_read_started

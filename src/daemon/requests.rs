@@ -10,7 +10,7 @@ use super::kernel_worker::{CommitJob, CommitReport, DumpPurpose, Job, QUIET_COMM
 use super::recent_split::{RecentSplit, URGENT_COMMIT};
 use super::setup::millis;
 use super::views::{DumpSource, SlicedDump, View};
-use super::{failure, success, CommitPhase, Daemon, OWN_WRITES_MEMORY};
+use super::{failure, success, CommitPhase, Daemon, PostCommitRead, OWN_WRITES_MEMORY};
 use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
 use crate::counters::micros;
@@ -291,8 +291,11 @@ impl Daemon {
     ) {
         let took = requested.elapsed();
         self.commit = CommitPhase::Finished {
-            own_writes_until: Instant::now() + OWN_WRITES_MEMORY,
+            own_writes_until: Instant::now() + own_writes_memory(),
         };
+        if self.events_paused {
+            self.post_commit_read = PostCommitRead::Owed;
+        }
         if self.events_paused {
             self.events_paused = false;
             if let Err(e) = self.events_switch.set(true) {
@@ -393,6 +396,22 @@ impl Daemon {
             crate::control::render::render_stats(&snapshot, section)
         }
     }
+}
+
+/// How long a commit's writes are remembered as our own after it ends
+/// (`OWN_WRITES_MEMORY`). Test builds (`test-seams`) take
+/// `CTSYNC_TEST_OWN_WRITES_MS` from the environment, so that a lab can end
+/// that memory before the table read after the commit ends, as a read of
+/// several million flows would.
+fn own_writes_memory() -> Duration {
+    #[cfg(feature = "test-seams")]
+    if let Some(ms) = std::env::var("CTSYNC_TEST_OWN_WRITES_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    OWN_WRITES_MEMORY
 }
 
 fn plan_name(plan: &CommitPlan) -> &'static str {

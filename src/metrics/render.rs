@@ -301,6 +301,12 @@ fn conntrackd_link(e: &mut Exposition, snap: &StatsSnapshot) {
         c.resync_requests,
     );
     e.single(
+        "ctsync_conntrackd_link_peer_restarts_total",
+        "Starts and restarts of the conntrackd peer seen (each answered with our whole table).",
+        Kind::Counter,
+        c.peer_restarts,
+    );
+    e.single(
         "ctsync_conntrackd_link_resend_queue_messages",
         "FTFW: our messages the conntrackd peer has not acknowledged.",
         Kind::Gauge,
