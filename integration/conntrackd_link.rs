@@ -662,6 +662,15 @@ fn alarm_both_ways_with_commits_updates_and_deletions() {
     ));
 }
 
+/// conntrackd's external cache (`-e ct`) holds the five flows `inserts`
+/// made on our side.
+fn holds_our_five(pair: &Pair) -> bool {
+    let text = pair.cd(&["-e", "ct"]);
+    flow_sources(US.0)[..5]
+        .iter()
+        .all(|s| text.contains(&format!("src={s} ")))
+}
+
 /// FTFW: conntrackd restarted with `StartupResync on` gets our table;
 /// ctsyncd restarted asks and gets conntrackd's. Neither mode has a
 /// refresh, so nothing else would bring the tables back.
@@ -676,15 +685,9 @@ fn a_restart_of_either_side_resyncs() {
     for args in inserts(US.0, US.1) {
         conntrack_i(&pair, &us_ns, &args);
     }
-    let ours_in_cd = |pair: &Pair| {
-        let text = pair.cd(&["-e", "ct"]);
-        flow_sources(US.0)[..5]
-            .iter()
-            .all(|s| text.contains(&format!("src={s} ")))
-    };
     let theirs_in_us = |pair: &Pair| pair.our_external().len() == 5;
     assert!(
-        wait_until(WAIT, || ours_in_cd(&pair)),
+        wait_until(WAIT, || holds_our_five(&pair)),
         "first sync to conntrackd"
     );
     assert!(
@@ -696,7 +699,7 @@ fn a_restart_of_either_side_resyncs() {
     pair.stop_conntrackd();
     pair.start_conntrackd();
     assert!(
-        wait_until(WAIT, || ours_in_cd(&pair)),
+        wait_until(WAIT, || holds_our_five(&pair)),
         "conntrackd restarted: -e ct lacks ours:\n{}",
         pair.cd(&["-e", "ct"])
     );
@@ -740,14 +743,8 @@ fn a_conntrackd_restarted_without_startup_resync_gets_our_flows() {
     for args in inserts(US.0, US.1) {
         conntrack_i(&pair, &us_ns, &args);
     }
-    let ours_in_cd = |pair: &Pair| {
-        let text = pair.cd(&["-e", "ct"]);
-        flow_sources(US.0)[..5]
-            .iter()
-            .all(|s| text.contains(&format!("src={s} ")))
-    };
     assert!(
-        wait_until(WAIT, || ours_in_cd(&pair)),
+        wait_until(WAIT, || holds_our_five(&pair)),
         "first sync to conntrackd"
     );
     let restarts = |pair: &Pair| {
@@ -759,7 +756,7 @@ fn a_conntrackd_restarted_without_startup_resync_gets_our_flows() {
     pair.stop_conntrackd();
     pair.start_conntrackd();
     assert!(
-        wait_until(WAIT, || ours_in_cd(&pair)),
+        wait_until(WAIT, || holds_our_five(&pair)),
         "conntrackd restarted: -e ct lacks ours:\n{}",
         pair.cd(&["-e", "ct"])
     );

@@ -311,6 +311,10 @@ pub struct CdLinkBlock {
     /// FTFW: starts and restarts of the peer seen (a run of HELLO
     /// messages, counted as it ends), each answered with our whole table.
     pub peer_restarts: u64,
+    /// FTFW: our messages the full resend queue dropped before the peer
+    /// acknowledged them, and the bulks sent for the NACK that followed.
+    pub resend_overflow: u64,
+    pub overflow_bulks: u64,
     /// Objects and controls resent because the peer nacked them (FTFW).
     pub resent_on_nack: u64,
     /// Resyncs the peer asked for (its `-n` or StartupResync).

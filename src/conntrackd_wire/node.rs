@@ -84,6 +84,8 @@ pub struct CdStats {
     pub nacked: u64,
     /// Resend queue entries dropped when it was full.
     pub rs_overflow: u64,
+    /// Bulks sent because the peer NACKed after such an overflow.
+    pub overflow_bulks: u64,
     /// Messages received with HELLO (the peer says it until our
     /// HELLO_BACK reaches it).
     pub hellos: u64,
@@ -163,6 +165,9 @@ pub struct CdNode {
     say_hello_back: bool,
     /// The peer's last message carried HELLO (a run of them is one start).
     peer_saying_hello: bool,
+    /// The resend queue overflowed: objects the peer may lack can no
+    /// longer be resent one by one, so its next NACK gets a bulk.
+    owe_bulk: bool,
     alive_at: u64,
     /// ALARM: (deadline, key) and each key's deadline.
     timers: BTreeSet<(u64, Key)>,
@@ -195,6 +200,7 @@ impl CdNode {
             hello: Hello::Init,
             say_hello_back: false,
             peer_saying_hello: false,
+            owe_bulk: false,
             alive_at: now_ms + ALIVE_MS,
             timers: BTreeSet::new(),
             timer_of: HashMap::new(),
@@ -599,6 +605,7 @@ impl CdNode {
                 Some((s, i)) => {
                     if self.release(s, i) {
                         self.stats.rs_overflow += 1;
+                        self.owe_bulk = true;
                     }
                 }
                 None => break,
@@ -844,6 +851,13 @@ impl CdNode {
                     return Verdict::Bad;
                 }
                 self.rs_range(from, to, true);
+                if std::mem::take(&mut self.owe_bulk) {
+                    // What it lost may have left the resend queue: send
+                    // everything held (deletes evicted stay lost, as in
+                    // conntrackd).
+                    self.stats.overflow_bulks += 1;
+                    self.send_bulk();
+                }
                 Verdict::Ctl
             }
             Some(Control::Resync) => {

@@ -206,6 +206,8 @@ impl CdLink {
             before: s.before,
             hellos_received: s.hellos,
             peer_restarts: s.peer_restarts,
+            resend_overflow: s.rs_overflow,
+            overflow_bulks: s.overflow_bulks,
             resent_on_nack: s.nacked,
             resync_requests: s.resync_requests,
             resend_queue: self.node.resend_queue_len() as u64,
