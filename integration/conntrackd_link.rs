@@ -671,6 +671,17 @@ fn holds_our_five(pair: &Pair) -> bool {
         .all(|s| text.contains(&format!("src={s} ")))
 }
 
+/// Restart conntrackd; its external cache must hold our five flows again.
+fn restart_conntrackd_until_it_holds_our_five(pair: &mut Pair) {
+    pair.stop_conntrackd();
+    pair.start_conntrackd();
+    assert!(
+        wait_until(WAIT, || holds_our_five(pair)),
+        "conntrackd restarted: -e ct lacks ours:\n{}",
+        pair.cd(&["-e", "ct"])
+    );
+}
+
 /// FTFW: conntrackd restarted with `StartupResync on` gets our table;
 /// ctsyncd restarted asks and gets conntrackd's. Neither mode has a
 /// refresh, so nothing else would bring the tables back.
@@ -696,13 +707,7 @@ fn a_restart_of_either_side_resyncs() {
     );
 
     let asked = pair.stats()["conntrackd_link"]["resync_requests"].clone();
-    pair.stop_conntrackd();
-    pair.start_conntrackd();
-    assert!(
-        wait_until(WAIT, || holds_our_five(&pair)),
-        "conntrackd restarted: -e ct lacks ours:\n{}",
-        pair.cd(&["-e", "ct"])
-    );
+    restart_conntrackd_until_it_holds_our_five(&mut pair);
     let cd_link = &pair.stats()["conntrackd_link"];
     assert!(
         cd_link["resync_requests"].as_u64() > asked.as_u64(),
@@ -753,13 +758,7 @@ fn a_conntrackd_restarted_without_startup_resync_gets_our_flows() {
             .unwrap_or(0)
     };
     let before = restarts(&pair);
-    pair.stop_conntrackd();
-    pair.start_conntrackd();
-    assert!(
-        wait_until(WAIT, || holds_our_five(&pair)),
-        "conntrackd restarted: -e ct lacks ours:\n{}",
-        pair.cd(&["-e", "ct"])
-    );
+    restart_conntrackd_until_it_holds_our_five(&mut pair);
     assert_eq!(restarts(&pair), before + 1);
     let cd_link = &pair.stats()["conntrackd_link"];
     assert_eq!(

@@ -623,8 +623,7 @@ fn sync_health_a_stopped_peer_fires_a_running_one_does_not() {
     }
     assert!(d.code <= 1, "{:#}", d.report);
 
-    lab.b.kill(libc::SIGTERM);
-    assert!(lab.b.wait_exit(Duration::from_secs(10)));
+    assert!(lab.b.terminate(Duration::from_secs(10)));
     assert!(
         wait_until(Duration::from_secs(30), || peer_alive(&lab.a, 2)
             == Some(false)),

@@ -900,10 +900,9 @@ fn a_backup_restarted_under_warm_standby_withdraws_its_claims_at_once() {
 fn both_daemons_restarted_under_warm_standby_keep_every_entry() {
     let (mut lab, _, a_table) = warm_pair_mirroring(1, 73);
     for node in [&mut lab.b, &mut lab.a] {
-        node.kill(libc::SIGTERM);
         assert!(
-            node.wait_exit(Duration::from_secs(10)),
-            "a daemon did not stop"
+            node.terminate(Duration::from_secs(10)),
+            "a daemon did not stop on SIGTERM"
         );
     }
     lab.b.start();
@@ -939,8 +938,10 @@ fn warm_pair_mirroring(reconcile_interval_s: u32, salt: u8) -> (Lab, Vec<Flow>, 
 fn backup_restarted_under_warm_standby(reconcile_interval_s: u32) {
     let (mut lab, flows, a_table) = warm_pair_mirroring(reconcile_interval_s, 71);
 
-    lab.b.kill(libc::SIGTERM);
-    assert!(lab.b.wait_exit(Duration::from_secs(10)), "B did not stop");
+    assert!(
+        lab.b.terminate(Duration::from_secs(10)),
+        "B did not stop on SIGTERM"
+    );
     lab.b.start();
     // B resyncs (and with re-reads every second, several rounds of them).
     std::thread::sleep(Duration::from_secs(8));

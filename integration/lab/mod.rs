@@ -261,6 +261,14 @@ impl Node {
         }
     }
 
+    /// SIGTERM, as systemd stops it: true if the daemon exited on its own
+    /// within `within` (else it was SIGKILLed), or was not running.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        self.daemon
+            .take()
+            .is_none_or(|child| signal_and_reap(child, libc::SIGTERM, within))
+    }
+
     /// Wait for the daemon to exit on its own (after `-k`); true if it did.
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
@@ -711,24 +719,26 @@ impl Drop for Lab {
 
 /// Send `signal` to a daemon we started under `ip netns exec` (which execs
 /// it, so the child's pid is the daemon's) and reap it; SIGKILL if it is
-/// still there after `within`.
-pub fn signal_and_reap(mut child: Child, signal: i32, within: Duration) {
+/// still there after `within`. True if it exited on its own.
+pub fn signal_and_reap(mut child: Child, signal: i32, within: Duration) -> bool {
     // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
     unsafe { libc::kill(child.id() as i32, signal) };
-    reap(&mut child, within);
+    reap(&mut child, within)
 }
 
-/// Wait for a child to exit (reap it); SIGKILL it after `within`.
-pub fn reap(child: &mut Child, within: Duration) {
+/// Wait for a child to exit (reap it); SIGKILL it after `within`. True if
+/// it exited on its own.
+pub fn reap(child: &mut Child, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    false
 }
 
 /// Whether `tool` is on the PATH.

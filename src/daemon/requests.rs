@@ -294,15 +294,14 @@ impl Daemon {
             own_writes_until: Instant::now() + own_writes_memory(),
         };
         if self.events_paused {
-            self.post_commit_read = PostCommitRead::Owed;
-        }
-        if self.events_paused {
             self.events_paused = false;
             if let Err(e) = self.events_switch.set(true) {
                 tracing::error!(error = %e, "cannot resume kernel events after the commit");
             }
-            // Heal what was not heard while deaf.
+            // Heal what was not heard while deaf; until that read has
+            // compared, the committed flows it finds are our own writes.
             self.timers.heal_at = Some(Instant::now());
+            self.post_commit_read = PostCommitRead::Owed;
         }
         let counters = &mut self.commit_counters;
         counters.running = false;
