@@ -2,8 +2,8 @@
 //! into flows, and every expectation into expectations; and reads of one
 //! flow by key, or of one expectation by its expected tuple and zone.
 //!
-//! Owns: the dump request/response loop, restarts after an interrupted dump,
-//! the get request/response.
+//! Owns: the dump request/response loop, restarts after an interrupted dump
+//! (or one that ran across a hash resize), the get request/response.
 //! Must not: filter, cache or write flows or expectations.
 
 use super::codec::{
@@ -170,7 +170,11 @@ fn dump_with<T>(kind: &DumpKind<T>, on_step: &mut dyn FnMut(Step<T>)) -> Result<
     let mut attempt = 0;
     loop {
         let seq = attempt + 1;
-        match dump_once(kind, &sock, seq, &mut buf, on_step)? {
+        let buckets_before = hash_buckets();
+        let complete = dump_once(kind, &sock, seq, &mut buf, on_step)?;
+        // The kernel marks no dump interrupted by a hash resize, and a
+        // dump resumed in a resized table skips or repeats entries.
+        match complete && hash_buckets() == buckets_before {
             true => return Ok(()),
             false => {
                 on_step(Step::Restart);
@@ -182,6 +186,14 @@ fn dump_with<T>(kind: &DumpKind<T>, on_step: &mut dyn FnMut(Step<T>)) -> Result<
             }
         }
     }
+}
+
+/// The table's hash size (`nf_conntrack_buckets`), `None` if unreadable.
+/// It is written when a resize starts: a dump that sees it change ran
+/// while the table was rehashed (`sysctl -w
+/// net.netfilter.nf_conntrack_buckets=...`, as `ctsyncd doctor` advises).
+fn hash_buckets() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_buckets").ok()
 }
 
 /// One dump; `false` if it was interrupted and must be restarted.
