@@ -144,7 +144,15 @@ fn twenty_percent_loss_both_ways_converges_without_manual_resync() {
 /// host's values and the last one dropped restores them (one test's
 /// guard restoring them under another's burst made that burst's creates
 /// fail, or left the host raised).
-struct ConntrackLimit;
+struct ConntrackLimit {
+    _big_table: Option<std::sync::RwLockReadGuard<'static, ()>>,
+}
+
+/// Shared by the tests with large tables, taken alone by the test that
+/// resizes the hash: a resize under a 600,000-entry burst stalls its
+/// writes, and a read slower than the resizes come would be cut again and
+/// again.
+static BIG_TABLES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// How many guards are alive, and the host's values before the first.
 static LIMIT_HOLDERS: std::sync::Mutex<Option<(usize, String, String)>> =
@@ -152,6 +160,14 @@ static LIMIT_HOLDERS: std::sync::Mutex<Option<(usize, String, String)>> =
 
 impl ConntrackLimit {
     fn raise(max: u32, buckets: u32) -> ConntrackLimit {
+        let shared = BIG_TABLES.read().unwrap_or_else(|e| e.into_inner());
+        let mut limit = ConntrackLimit::raise_alone(max, buckets);
+        limit._big_table = Some(shared);
+        limit
+    }
+
+    /// [`ConntrackLimit::raise`] for a test holding `BIG_TABLES` itself.
+    fn raise_alone(max: u32, buckets: u32) -> ConntrackLimit {
         let mut held = LIMIT_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
         match held.as_mut() {
             Some((holders, _, _)) => *holders += 1,
@@ -175,7 +191,7 @@ impl ConntrackLimit {
             "sysctl",
             &["-w", &format!("net.netfilter.nf_conntrack_max={max}")],
         );
-        ConntrackLimit
+        ConntrackLimit { _big_table: None }
     }
 }
 
@@ -1170,7 +1186,8 @@ fn a_mirrored_entry_lost_during_a_table_read_is_restored_once() {
 #[test]
 fn a_table_read_across_a_hash_resize_misses_nothing() {
     let n = 200_000;
-    let _limit = ConntrackLimit::raise(1_200_000, 1_048_576);
+    let _alone = BIG_TABLES.write().unwrap_or_else(|e| e.into_inner());
+    let _limit = ConntrackLimit::raise_alone(1_200_000, 1_048_576);
     let lab = Lab::new(LabSpec::default());
     create_in(&lab.a.ns, flow_mix(n, 77, false));
     let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
