@@ -1100,6 +1100,66 @@ fn a_quiet_commit_is_not_sent_back_when_the_read_after_it_is_slow() {
     );
 }
 
+/// After a quiet commit (events off while it writes), the kernel refuses
+/// three times to start the events again. The daemon retries until it
+/// hears again, reads the table, and later flows reach the peer as
+/// events. (Before, the subscription stayed off for good: with no
+/// periodic re-read, the new primary sent nothing more.)
+#[test]
+fn events_refused_after_a_quiet_commit_are_started_again() {
+    // The variable that makes the kernel's answer fail exists only in
+    // test builds.
+    lab::require_test_seams();
+    let n = 20_000;
+    let mut lab = Lab::new(LabSpec {
+        reconcile_interval_s: 0,
+        sync_extra: "digest_interval_ms = 600000".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b
+        .start_with_env(&[("CTSYNC_TEST_EVENT_RESUME_FAILURES", "3")]);
+    create_in(&lab.a.ns, flow_mix(n, 53, false));
+    let synced = wait_until(CONVERGE, || stats(&lab.b)["external"]["active"] == n);
+    assert!(synced, "B never held A's {n} flows");
+    // A's start-up request for B's table answered (B's bulk, empty): a
+    // later one would bring A the committed flows as B's.
+    let settled = wait_until(CONVERGE, || {
+        stats(&lab.a)["sync"]["bulks_received"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(settled, "A never had B's start-up bulk");
+    let reads = |s: &Value| s["kernel"]["table_reads"].as_u64().unwrap_or(0);
+    let reads_before = reads(&stats(&lab.b));
+    lab.b.ctl_ok(&["-c"]);
+    // Three refusals, then a start that worked and the read after it.
+    let resumed = wait_until(Duration::from_secs(30), || {
+        let s = stats(&lab.b);
+        s["kernel"]["event_switch_failures"] == 3 && reads(&s) >= reads_before + 2
+    });
+    assert!(
+        resumed,
+        "B never heard events again: {}{}",
+        stats(&lab.b)["kernel"],
+        lab.b.log_tail()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let later = 100;
+    let flows: Vec<Flow> = flow_mix(later, 54, false);
+    create_in(&lab.b.ns, flows);
+    let arrived = wait_until(Duration::from_secs(20), || {
+        lab.a.cache_json("-e").len() == later
+    });
+    assert!(
+        arrived,
+        "A's cache of B holds {} flows, not the {later} B made after the commit",
+        lab.a.cache_json("-e").len()
+    );
+    assert_eq!(stats(&lab.b)["kernel"]["event_switch_failures"], 3);
+}
+
 /// Entries in `node`'s kernel table.
 fn kernel_count(node: &Node) -> usize {
     let out = node.exec("conntrack", &["-C"]);

@@ -77,6 +77,9 @@ pub struct KernelCounters {
     pub table_reads: u64,
     /// Kernel table flushes (`-F`, `-t` when it fires).
     pub flushes: u64,
+    /// Times the kernel refused to stop or start the event subscription
+    /// around a quiet commit (each refused start is retried).
+    pub event_switch_failures: u64,
 }
 
 /// Sync datagrams the daemon refused or failed before the core saw them.

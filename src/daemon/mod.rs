@@ -232,6 +232,9 @@ struct Daemon {
     /// Turns the kernel event subscription off for a commit and on after.
     events_switch: EventSwitch,
     events_paused: bool,
+    /// Resuming the events after a quiet commit failed: retried with the
+    /// link checks, and the table read again once it succeeds.
+    events_resume_owed: bool,
     jobs: JobSender,
     done_tx: mpsc::Sender<Done>,
     started: Instant,
@@ -390,6 +393,7 @@ async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         commit_progress,
         events_switch,
         events_paused: false,
+        events_resume_owed: false,
         jobs: job_tx,
         done_tx,
         started,
@@ -822,6 +826,9 @@ impl Daemon {
             self.timers.link_check_at = now + LINK_CHECK_INTERVAL;
             self.check_links();
             self.log_failover_events();
+            if self.events_resume_owed {
+                self.retry_events_resume();
+            }
         }
         if matches!(self.commit, CommitPhase::Finished { own_writes_until } if own_writes_until <= now)
         {

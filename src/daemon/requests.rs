@@ -15,6 +15,7 @@ use crate::cache::FlowCache;
 use crate::control::{CacheSel, Envelope, Reply, Request, StatsSection};
 use crate::counters::micros;
 use crate::kernel::write::CreateOptions;
+use crate::kernel::KernelError;
 use crate::process;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -237,7 +238,10 @@ impl Daemon {
             }
             match self.events_switch.set(false) {
                 Ok(()) => self.events_paused = true,
-                Err(e) => tracing::warn!(error = %e, "cannot pause kernel events for the commit"),
+                Err(e) => {
+                    self.kernel_counters.event_switch_failures += 1;
+                    tracing::warn!(error = %e, "cannot pause kernel events for the commit");
+                }
             }
         }
         tracing::info!(
@@ -283,6 +287,36 @@ impl Daemon {
             .collect()
     }
 
+    /// Try again to hear the kernel's events; once it works, read the
+    /// table for what was missed while deaf.
+    pub(super) fn retry_events_resume(&mut self) {
+        match self.resume_events() {
+            Ok(()) => {
+                self.events_resume_owed = false;
+                self.timers.heal_at = Some(Instant::now());
+                tracing::info!("kernel events resumed; reading the table again");
+            }
+            Err(e) => tracing::debug!(error = %e, "kernel events still not resumed"),
+        }
+    }
+
+    /// Subscribe to the kernel's events again, counting a refusal. Test
+    /// builds refuse the first `CTSYNC_TEST_EVENT_RESUME_FAILURES` tries,
+    /// as a kernel short of memory would.
+    fn resume_events(&mut self) -> Result<(), KernelError> {
+        let result = match injected_resume_failure() {
+            true => Err(KernelError::io(
+                "setsockopt NETLINK_ADD_MEMBERSHIP",
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            )),
+            false => self.events_switch.set(true),
+        };
+        if result.is_err() {
+            self.kernel_counters.event_switch_failures += 1;
+        }
+        result
+    }
+
     pub(super) fn commit_done(
         &mut self,
         result: Result<CommitReport, String>,
@@ -295,8 +329,12 @@ impl Daemon {
         };
         if self.events_paused {
             self.events_paused = false;
-            if let Err(e) = self.events_switch.set(true) {
-                tracing::error!(error = %e, "cannot resume kernel events after the commit");
+            if let Err(e) = self.resume_events() {
+                tracing::error!(
+                    error = %e,
+                    "cannot resume kernel events after the commit; retrying"
+                );
+                self.events_resume_owed = true;
             }
             // Heal what was not heard while deaf; until that read has
             // compared, the committed flows it finds are our own writes.
@@ -402,6 +440,28 @@ impl Daemon {
 /// `CTSYNC_TEST_OWN_WRITES_MS` from the environment, so that a lab can end
 /// that memory before the table read after the commit ends, as a read of
 /// several million flows would.
+/// Whether a test asked this resume to fail (`CTSYNC_TEST_EVENT_RESUME_FAILURES`
+/// counts down; test builds only).
+fn injected_resume_failure() -> bool {
+    #[cfg(feature = "test-seams")]
+    {
+        use std::sync::atomic::AtomicU32;
+        static LEFT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+        let left = LEFT.get_or_init(|| {
+            AtomicU32::new(
+                std::env::var("CTSYNC_TEST_EVENT_RESUME_FAILURES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )
+        });
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    #[cfg(not(feature = "test-seams"))]
+    false
+}
+
 fn own_writes_memory() -> Duration {
     #[cfg(feature = "test-seams")]
     if let Some(ms) = std::env::var("CTSYNC_TEST_OWN_WRITES_MS")

@@ -168,20 +168,46 @@ const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
 
 impl EventSwitch {
     /// Subscribe (`true`) or unsubscribe (`false`) every conntrack group.
+    /// All or nothing when turning off: a group that cannot be left puts
+    /// back the ones already left, so a failed pause leaves the daemon
+    /// hearing every event. Turning on tries every group.
     pub fn set(&self, on: bool) -> Result<(), KernelError> {
-        let option = if on {
-            NETLINK_ADD_MEMBERSHIP
-        } else {
-            NETLINK_DROP_MEMBERSHIP
-        };
-        for group in GROUPS {
+        switch_groups(&GROUPS, on, |group, join| {
+            let option = if join {
+                NETLINK_ADD_MEMBERSHIP
+            } else {
+                NETLINK_DROP_MEMBERSHIP
+            };
             // Groups 1..=3: a c_int holds each as the u32 the kernel reads.
-            let group = group as libc::c_int;
-            setsockopt_int(self.fd, SOL_NETLINK, option, group)
-                .map_err(|e| KernelError::io("setsockopt NETLINK_(ADD|DROP)_MEMBERSHIP", e))?;
-        }
-        Ok(())
+            setsockopt_int(self.fd, SOL_NETLINK, option, group as libc::c_int)
+        })
+        .map_err(|e| KernelError::io("setsockopt NETLINK_(ADD|DROP)_MEMBERSHIP", e))
     }
+}
+
+/// Join (`on`) or leave every group through `apply(group, join)`. Leaving
+/// stops at the first failure and joins again what it left; joining tries
+/// them all. The first error is returned.
+fn switch_groups(
+    groups: &[u32],
+    on: bool,
+    mut apply: impl FnMut(u32, bool) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut first_error = None;
+    for (i, &group) in groups.iter().enumerate() {
+        if let Err(e) = apply(group, on) {
+            if !on {
+                for &left in &groups[..i] {
+                    // Best effort: joining a group we were in cannot fail
+                    // for want of room, and the error to report is `e`.
+                    let _ = apply(left, true);
+                }
+                return Err(e);
+            }
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Append the events in one netlink datagram to `out`; count what does not
@@ -246,4 +272,54 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::switch_groups;
+    use std::io::{Error, ErrorKind};
+
+    /// Records each call; fails the given (group, join) once.
+    fn recorder(
+        fail: (u32, bool),
+        calls: &mut Vec<(u32, bool)>,
+    ) -> impl FnMut(u32, bool) -> std::io::Result<()> + '_ {
+        move |group, join| {
+            calls.push((group, join));
+            if (group, join) == fail {
+                Err(Error::new(ErrorKind::OutOfMemory, "no room"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn a_pause_that_fails_partway_joins_again_what_it_left() {
+        let mut calls = Vec::new();
+        let result = switch_groups(&[1, 2, 3], false, recorder((3, false), &mut calls));
+        assert!(result.is_err());
+        assert_eq!(
+            calls,
+            vec![(1, false), (2, false), (3, false), (1, true), (2, true)]
+        );
+    }
+
+    #[test]
+    fn a_resume_that_fails_on_one_group_still_joins_the_others() {
+        let mut calls = Vec::new();
+        let result = switch_groups(&[1, 2, 3], true, recorder((1, true), &mut calls));
+        assert!(result.is_err());
+        assert_eq!(calls, vec![(1, true), (2, true), (3, true)]);
+    }
+
+    #[test]
+    fn a_switch_without_failures_touches_each_group_once() {
+        for on in [false, true] {
+            let mut calls = Vec::new();
+            let result = switch_groups(&[1, 2, 3], on, recorder((9, on), &mut calls));
+            assert!(result.is_ok());
+            assert_eq!(calls, vec![(1, on), (2, on), (3, on)]);
+        }
+    }
 }

@@ -74,6 +74,7 @@ pub fn daemon_rows(snap: &StatsSnapshot) -> Vec<Row> {
         ("read_failures", "ctsync_kernel_read_failures_total", "Failed event reads and table reads (-s: catch event failed).", k.read_failures),
         ("table_reads", "ctsync_kernel_table_reads_total", "Kernel table reads (start-up, -R, overruns, the periodic re-read).", k.table_reads),
         ("flushes", "ctsync_kernel_flushes_total", "Kernel table flushes (-F, -t).", k.flushes),
+        ("event_switch_failures", "ctsync_kernel_event_switch_failures_total", "Refusals to stop or start the event subscription around a quiet commit (a refused start is retried).", k.event_switch_failures),
         ("send_errors", "ctsync_send_errors_total", "Sync datagrams the sockets would not send, every link.", snap.network.send_errors),
         ("requests", "ctsync_control_requests_total", "Requests on the control socket.", c.requests),
         ("read_failed", "ctsync_control_read_failures_total", "Control requests that could not be read.", c.read_failed),
