@@ -329,13 +329,14 @@ impl Daemon {
         };
         if self.events_paused {
             self.events_paused = false;
-            if let Err(e) = self.resume_events() {
+            let resumed = self.resume_events();
+            if let Err(e) = &resumed {
                 tracing::error!(
                     error = %e,
                     "cannot resume kernel events after the commit; retrying"
                 );
-                self.events_resume_owed = true;
             }
+            self.events_resume_owed = resumed.is_err();
             // Heal what was not heard while deaf; until that read has
             // compared, the committed flows it finds are our own writes.
             self.timers.heal_at = Some(Instant::now());
@@ -435,13 +436,9 @@ impl Daemon {
     }
 }
 
-/// How long a commit's writes are remembered as our own after it ends
-/// (`OWN_WRITES_MEMORY`). Test builds (`test-seams`) take
-/// `CTSYNC_TEST_OWN_WRITES_MS` from the environment, so that a lab can end
-/// that memory before the table read after the commit ends, as a read of
-/// several million flows would.
-/// Whether a test asked this resume to fail (`CTSYNC_TEST_EVENT_RESUME_FAILURES`
-/// counts down; test builds only).
+/// Whether a test build was asked to refuse this start of the events
+/// (`CTSYNC_TEST_EVENT_RESUME_FAILURES` counts down; always `false`
+/// without `test-seams`).
 fn injected_resume_failure() -> bool {
     #[cfg(feature = "test-seams")]
     {
@@ -462,6 +459,11 @@ fn injected_resume_failure() -> bool {
     false
 }
 
+/// How long a commit's writes are remembered as our own after it ends
+/// (`OWN_WRITES_MEMORY`). Test builds (`test-seams`) take
+/// `CTSYNC_TEST_OWN_WRITES_MS` from the environment, so that a lab can end
+/// that memory before the table read after the commit ends, as a read of
+/// several million flows would.
 fn own_writes_memory() -> Duration {
     #[cfg(feature = "test-seams")]
     if let Some(ms) = std::env::var("CTSYNC_TEST_OWN_WRITES_MS")
