@@ -1042,6 +1042,37 @@ fn warm_standby_keeps_a_flow_one_peer_deleted_while_another_holds_it() {
     );
 }
 
+/// A pair ready for a quiet commit on B: `n` flows made in A's kernel and
+/// held in B's view of A, B started with `seam` in its environment,
+/// no periodic re-read, digests slowed. A's start-up request for B's table
+/// is answered (B's bulk, empty) before this returns: a later one would
+/// bring A the committed flows as B's, echo or not.
+fn before_a_quiet_commit(n: usize, salt: u8, seam: (&str, &str)) -> Lab {
+    let mut lab = Lab::new(LabSpec {
+        reconcile_interval_s: 0,
+        sync_extra: "digest_interval_ms = 600000".into(),
+        ..LabSpec::default()
+    });
+    lab.a.start();
+    lab.b.start_with_env(&[seam]);
+    create_in(&lab.a.ns, flow_mix(n, salt, false));
+    let synced = wait_until(CONVERGE, || stats(&lab.b)["external"]["active"] == n);
+    assert!(synced, "B never held A's {n} flows");
+    let settled = wait_until(CONVERGE, || {
+        stats(&lab.a)["sync"]["bulks_received"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(settled, "A never had B's start-up bulk");
+    lab
+}
+
+/// Table reads since start, from `-s --json`.
+fn table_reads(stats: &Value) -> u64 {
+    stats["kernel"]["table_reads"].as_u64().unwrap_or(0)
+}
+
 /// A quiet commit's flows (written with events paused) are found by the
 /// table read that follows it and cached as our own, not sent back to the
 /// peer they came from, however long that read takes. The read used to
@@ -1054,27 +1085,8 @@ fn a_quiet_commit_is_not_sent_back_when_the_read_after_it_is_slow() {
     // The variable that shortens the memory exists only in test builds.
     lab::require_test_seams();
     let n = 20_000;
-    let mut lab = Lab::new(LabSpec {
-        reconcile_interval_s: 0,
-        sync_extra: "digest_interval_ms = 600000".into(),
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b.start_with_env(&[("CTSYNC_TEST_OWN_WRITES_MS", "1")]);
-    create_in(&lab.a.ns, flow_mix(n, 39, false));
-    let synced = wait_until(CONVERGE, || stats(&lab.b)["external"]["active"] == n);
-    assert!(synced, "B never held A's {n} flows");
-    // A's start-up request for B's table answered (B's bulk, empty): a
-    // later one would bring A the committed flows as B's, echo or not.
-    let settled = wait_until(CONVERGE, || {
-        stats(&lab.a)["sync"]["bulks_received"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    });
-    assert!(settled, "A never had B's start-up bulk");
-    let reads = |s: &Value| s["kernel"]["table_reads"].as_u64().unwrap_or(0);
-    let reads_before = reads(&stats(&lab.b));
+    let lab = before_a_quiet_commit(n, 39, ("CTSYNC_TEST_OWN_WRITES_MS", "1"));
+    let reads_before = table_reads(&stats(&lab.b));
     lab.b.ctl_ok(&["-c"]);
     assert!(
         stats(&lab.b)["commit"]["ok"].as_u64().unwrap_or(0) >= n as u64,
@@ -1084,7 +1096,7 @@ fn a_quiet_commit_is_not_sent_back_when_the_read_after_it_is_slow() {
     // its internal cache.
     let cached = wait_until(CONVERGE, || {
         let s = stats(&lab.b);
-        reads(&s) > reads_before && s["internal"]["active"] == n
+        table_reads(&s) > reads_before && s["internal"]["active"] == n
     });
     assert!(
         cached,
@@ -1111,33 +1123,13 @@ fn events_refused_after_a_quiet_commit_are_started_again() {
     // test builds.
     lab::require_test_seams();
     let n = 20_000;
-    let mut lab = Lab::new(LabSpec {
-        reconcile_interval_s: 0,
-        sync_extra: "digest_interval_ms = 600000".into(),
-        ..LabSpec::default()
-    });
-    lab.a.start();
-    lab.b
-        .start_with_env(&[("CTSYNC_TEST_EVENT_RESUME_FAILURES", "3")]);
-    create_in(&lab.a.ns, flow_mix(n, 53, false));
-    let synced = wait_until(CONVERGE, || stats(&lab.b)["external"]["active"] == n);
-    assert!(synced, "B never held A's {n} flows");
-    // A's start-up request for B's table answered (B's bulk, empty): a
-    // later one would bring A the committed flows as B's.
-    let settled = wait_until(CONVERGE, || {
-        stats(&lab.a)["sync"]["bulks_received"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    });
-    assert!(settled, "A never had B's start-up bulk");
-    let reads = |s: &Value| s["kernel"]["table_reads"].as_u64().unwrap_or(0);
-    let reads_before = reads(&stats(&lab.b));
+    let lab = before_a_quiet_commit(n, 53, ("CTSYNC_TEST_EVENT_RESUME_FAILURES", "3"));
+    let reads_before = table_reads(&stats(&lab.b));
     lab.b.ctl_ok(&["-c"]);
     // Three refusals, then a start that worked and the read after it.
     let resumed = wait_until(Duration::from_secs(30), || {
         let s = stats(&lab.b);
-        s["kernel"]["event_switch_failures"] == 3 && reads(&s) >= reads_before + 2
+        s["kernel"]["event_switch_failures"] == 3 && table_reads(&s) >= reads_before + 2
     });
     assert!(
         resumed,
@@ -1200,9 +1192,8 @@ fn a_mirrored_entry_lost_during_a_table_read_is_restored_once() {
     let settled = wait_until(CONVERGE, || stats(&lab.b)["warm"]["pending"] == 0);
     assert!(settled, "B's mirror never settled");
     let restored = |lab: &Lab| stats(&lab.b)["warm"]["restored"].as_u64().unwrap_or(0);
-    let table_reads = |lab: &Lab| stats(&lab.b)["kernel"]["table_reads"].as_u64().unwrap_or(0);
     let before = restored(&lab);
-    let reads_before = table_reads(&lab);
+    let reads_before = table_reads(&stats(&lab.b));
 
     // 50 mirrored entries deleted by another program while B reads its
     // table (a few hundred milliseconds at this size).
@@ -1214,7 +1205,7 @@ fn a_mirrored_entry_lost_during_a_table_read_is_restored_once() {
     let overlapped = std::thread::scope(|scope| {
         let read = scope.spawn(|| lab.b.ctl_ok(&["-R"]));
         // The read has begun (it is counted as it starts).
-        while table_reads(&lab) == reads_before && !read.is_finished() {
+        while table_reads(&stats(&lab.b)) == reads_before && !read.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
         }
         apply_in(&lab.b.ns, lost.clone());
