@@ -141,82 +141,66 @@ fn twenty_percent_loss_both_ways_converges_without_manual_resync() {
 
 /// Raise the host's conntrack limit (a global setting) for the burst, and
 /// put it back afterwards. Tests run in parallel: the first guard saves the
-/// host's values and the last one dropped restores them (one test's
-/// guard restoring them under another's burst made that burst's creates
-/// fail, or left the host raised).
+/// host's value and the last one dropped restores it (one test's guard
+/// restoring it under another's burst made that burst's creates fail, or
+/// left the host raised). The hash size is left alone: a resize makes
+/// every table read running then start again, and the tests that check a
+/// read overlapped a burst would then find the burst over first.
 struct ConntrackLimit {
-    _big_table: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    _big_table: std::sync::RwLockReadGuard<'static, ()>,
 }
 
 /// Shared by the tests with large tables, taken alone by the test that
 /// resizes the hash: a resize under a 600,000-entry burst stalls its
-/// writes, and a read slower than the resizes come would be cut again and
-/// again.
+/// writes and restarts its reads.
 static BIG_TABLES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// How many guards are alive, and the host's values before the first.
-static LIMIT_HOLDERS: std::sync::Mutex<Option<(usize, String, String)>> =
-    std::sync::Mutex::new(None);
+/// How many guards are alive, and the host's limit before the first.
+static LIMIT_HOLDERS: std::sync::Mutex<Option<(usize, String)>> = std::sync::Mutex::new(None);
+
+const MAX: &str = "net.netfilter.nf_conntrack_max";
+const BUCKETS: &str = "net.netfilter.nf_conntrack_buckets";
 
 impl ConntrackLimit {
-    fn raise(max: u32, buckets: u32) -> ConntrackLimit {
+    fn raise(max: u32) -> ConntrackLimit {
         let shared = BIG_TABLES.read().unwrap_or_else(|e| e.into_inner());
-        let mut limit = ConntrackLimit::raise_alone(max, buckets);
-        limit._big_table = Some(shared);
-        limit
-    }
-
-    /// [`ConntrackLimit::raise`] for a test holding `BIG_TABLES` itself.
-    fn raise_alone(max: u32, buckets: u32) -> ConntrackLimit {
         let mut held = LIMIT_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
         match held.as_mut() {
-            Some((holders, _, _)) => *holders += 1,
-            None => {
-                let read = |k: &str| lab::must("sysctl", &["-n", k]).trim().to_string();
-                *held = Some((
-                    1,
-                    read("net.netfilter.nf_conntrack_max"),
-                    read("net.netfilter.nf_conntrack_buckets"),
-                ));
-            }
+            Some((holders, _)) => *holders += 1,
+            None => *held = Some((1, lab::must("sysctl", &["-n", MAX]).trim().to_string())),
         }
-        let _ = lab::run(
-            "sysctl",
-            &[
-                "-w",
-                &format!("net.netfilter.nf_conntrack_buckets={buckets}"),
-            ],
-        );
-        lab::must(
-            "sysctl",
-            &["-w", &format!("net.netfilter.nf_conntrack_max={max}")],
-        );
-        ConntrackLimit { _big_table: None }
+        lab::must("sysctl", &["-w", &format!("{MAX}={max}")]);
+        ConntrackLimit { _big_table: shared }
     }
 }
 
 impl Drop for ConntrackLimit {
     fn drop(&mut self) {
         let mut held = LIMIT_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((holders, max, buckets)) = held.as_mut() else {
+        let Some((holders, max)) = held.as_mut() else {
             return;
         };
         *holders -= 1;
         if *holders > 0 {
             return;
         }
-        let _ = lab::run(
-            "sysctl",
-            &["-w", &format!("net.netfilter.nf_conntrack_max={max}")],
-        );
-        let _ = lab::run(
-            "sysctl",
-            &[
-                "-w",
-                &format!("net.netfilter.nf_conntrack_buckets={buckets}"),
-            ],
-        );
+        let _ = lab::run("sysctl", &["-w", &format!("{MAX}={max}")]);
         *held = None;
+    }
+}
+
+/// The host's hash size, put back when dropped.
+struct BucketsRestore(String);
+
+impl BucketsRestore {
+    fn save() -> BucketsRestore {
+        BucketsRestore(lab::must("sysctl", &["-n", BUCKETS]).trim().to_string())
+    }
+}
+
+impl Drop for BucketsRestore {
+    fn drop(&mut self) {
+        let _ = lab::run("sysctl", &["-w", &format!("{BUCKETS}={}", self.0)]);
     }
 }
 
@@ -230,7 +214,7 @@ fn burst_lab() -> (ConntrackLimit, Lab) {
 
 /// [`burst_lab`] with extra `[kernel]` lines.
 fn burst_lab_with(kernel_extra: String) -> (ConntrackLimit, Lab) {
-    let limit = ConntrackLimit::raise(1_200_000, 1_048_576);
+    let limit = ConntrackLimit::raise(1_200_000);
     let mut lab = Lab::new(LabSpec {
         reconcile_interval_s: 0,
         kernel_extra,
@@ -1169,7 +1153,7 @@ fn kernel_count(node: &Node) -> usize {
 #[test]
 fn a_mirrored_entry_lost_during_a_table_read_is_restored_once() {
     let n = 300_000;
-    let _limit = ConntrackLimit::raise(1_200_000, 1_048_576);
+    let _limit = ConntrackLimit::raise(1_200_000);
     let mut lab = Lab::new(LabSpec {
         sync_extra: "warm_standby = true".into(),
         reconcile_interval_s: 0,
@@ -1238,7 +1222,7 @@ fn a_mirrored_entry_lost_during_a_table_read_is_restored_once() {
 fn a_table_read_across_a_hash_resize_misses_nothing() {
     let n = 200_000;
     let _alone = BIG_TABLES.write().unwrap_or_else(|e| e.into_inner());
-    let _limit = ConntrackLimit::raise_alone(1_200_000, 1_048_576);
+    let _buckets = BucketsRestore::save();
     let lab = Lab::new(LabSpec::default());
     create_in(&lab.a.ns, flow_mix(n, 77, false));
     let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -1249,10 +1233,7 @@ fn a_table_read_across_a_hash_resize_misses_nothing() {
             for i in 0..10u32 {
                 std::thread::sleep(Duration::from_millis(900));
                 let size = if i % 2 == 0 { 524_288 } else { 1_048_576 };
-                let _ = lab::run(
-                    "sysctl",
-                    &["-w", &format!("net.netfilter.nf_conntrack_buckets={size}")],
-                );
+                let _ = lab::run("sysctl", &["-w", &format!("{BUCKETS}={size}")]);
                 at.push(Instant::now());
             }
             resizing.store(false, std::sync::atomic::Ordering::SeqCst);
