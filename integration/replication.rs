@@ -1225,24 +1225,19 @@ fn a_table_read_across_a_hash_resize_misses_nothing() {
     let _buckets = BucketsRestore::save();
     let lab = Lab::new(LabSpec::default());
     create_in(&lab.a.ns, flow_mix(n, 77, false));
-    let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flips = {
-        let resizing = resizing.clone();
-        std::thread::spawn(move || {
-            let mut at = Vec::new();
-            for i in 0..10u32 {
-                std::thread::sleep(Duration::from_millis(900));
-                let size = if i % 2 == 0 { 524_288 } else { 1_048_576 };
-                let _ = lab::run("sysctl", &["-w", &format!("{BUCKETS}={size}")]);
-                at.push(Instant::now());
-            }
-            resizing.store(false, std::sync::atomic::Ordering::SeqCst);
-            at
-        })
-    };
+    let flips = std::thread::spawn(|| {
+        let mut at = Vec::new();
+        for i in 0..10u32 {
+            std::thread::sleep(Duration::from_millis(900));
+            let size = if i % 2 == 0 { 524_288 } else { 1_048_576 };
+            let _ = lab::run("sysctl", &["-w", &format!("{BUCKETS}={size}")]);
+            at.push(Instant::now());
+        }
+        at
+    });
     let mut reads = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while resizing.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+    while !flips.is_finished() && Instant::now() < deadline {
         let start = Instant::now();
         let keys: BTreeSet<String> = in_netns(&lab.a.ns, || {
             ctsync::kernel::dump::dump_table()
